@@ -1,0 +1,44 @@
+"""Output files appear whole or not at all."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import ModelError
+
+
+def atomic_write(path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and rename.
+
+    A crash or error midway leaves no partial file behind.
+    """
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelError(f"output folder '{folder}' does not exist", file=path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_bytes(path, what: str) -> bytes:
+    """Read a whole input file, turning OS errors into a ModelError naming the file."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{what} not found", file=path) from None
+    except IsADirectoryError:
+        raise ModelError(f"{what} is a directory, not a file", file=path) from None
+    except PermissionError:
+        raise ModelError(f"{what} is not readable (permission denied)", file=path) from None

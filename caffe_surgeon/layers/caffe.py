@@ -1,0 +1,695 @@
+"""Caffe layer specs: shapes, weight arrays, counts and synthetic weights.
+
+Shape rules follow BVLC Caffe's ``Reshape`` methods (and the SSD, Xilinx and
+darknet2caffe forks for their layers). Counting follows vai_p_caffe's
+``net_counter``: conv ops = out_C x out_H x out_W x (2 x in_C/group x kH x kW + 1),
+BatchNorm counts 4C + 1 params and no ops, InnerProduct is left out of totals.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ModelError
+from .caffe_geometry import (canonical_axis, conv_geometry, conv_out, deconv_out,
+                             pair, pool_out, shape_dims, sub)
+from .fillers import fill
+from .registry import Counts, LayerSpec, Shape, register
+
+
+class CaffeSpec(LayerSpec):
+    framework = "caffe"
+
+
+def _prod(xs) -> int:
+    return int(np.prod(xs, dtype=np.int64)) if len(xs) else 1
+
+
+# ---------------------------------------------------------------- sources
+@register
+class Input(CaffeSpec):
+    types = ("Input",)
+    channel_role = "source"
+
+    def infer(self, layer, inputs):
+        shapes = [shape_dims(s) for s in sub(layer, "input_param").get("shape", [])]
+        if not shapes:
+            raise ModelError("Input layer has no input_param { shape { dim ... } }")
+        if len(shapes) == 1:
+            return shapes * len(layer.tops)
+        if len(shapes) != len(layer.tops):
+            raise ModelError(f"Input layer has {len(layer.tops)} tops but {len(shapes)} shapes")
+        return shapes
+
+
+@register
+class DummyData(CaffeSpec):
+    types = ("DummyData",)
+    channel_role = "source"
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "dummy_data_param")
+        shapes = [shape_dims(s) for s in p.get("shape", [])]
+        if not shapes and p.get("num"):
+            legacy = zip(p.get("num", []), p.get("channels", []), p.get("height", []), p.get("width", []))
+            shapes = [tuple(int(v) for v in dims) for dims in legacy]
+        if not shapes:
+            raise ModelError("DummyData layer declares no shape")
+        return shapes * len(layer.tops) if len(shapes) == 1 else shapes
+
+
+class _DataSpec(CaffeSpec):
+    """Database-backed data layers: the image size comes from the transform or resize
+    settings; the channel count cannot be read without the database, so colour (3)
+    is assumed unless the layer says otherwise (override with an explicit input shape)."""
+
+    channel_role = "source"
+
+    def batch(self, layer) -> int:
+        return int(sub(layer, "data_param").get("batch_size", 1))
+
+    def image(self, layer) -> tuple[int, int, int]:
+        crop = int(sub(layer, "transform_param").get("crop_size", 0))
+        if crop:
+            return 3, crop, crop
+        raise ModelError(f"the input size of {layer.type} layer depends on its database; "
+                         "give the input shape explicitly (e.g. --input-shape data=1,3,224,224)")
+
+    def infer(self, layer, inputs):
+        n = self.batch(layer)
+        c, h, w = self.image(layer)
+        out = [(n, c, h, w)]
+        if len(layer.tops) > 1:
+            out.append((n,))
+        return out + [(n,)] * (len(layer.tops) - len(out))
+
+
+@register
+class Data(_DataSpec):
+    types = ("Data", "WindowData")
+
+    def batch(self, layer):
+        p = sub(layer, "data_param") or sub(layer, "window_data_param")
+        return int(p.get("batch_size", 1))
+
+    def image(self, layer):
+        crop = int(sub(layer, "window_data_param").get("crop_size", 0))
+        if crop:
+            return 3, crop, crop
+        return super().image(layer)
+
+
+@register
+class ImageData(_DataSpec):
+    types = ("ImageData",)
+
+    def batch(self, layer):
+        return int(sub(layer, "image_data_param").get("batch_size", 1))
+
+    def image(self, layer):
+        p = sub(layer, "image_data_param")
+        c = 3 if p.get("is_color", True) else 1
+        crop = int(sub(layer, "transform_param").get("crop_size", 0))
+        if crop:
+            return c, crop, crop
+        if p.get("new_height") and p.get("new_width"):
+            return c, int(p["new_height"]), int(p["new_width"])
+        return super().image(layer)
+
+
+@register
+class MemoryData(_DataSpec):
+    types = ("MemoryData",)
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "memory_data_param")
+        n = int(p.get("batch_size", 1))
+        return [(n, int(p.get("channels", 0)), int(p.get("height", 0)), int(p.get("width", 0))), (n,)][: len(layer.tops)]
+
+
+@register
+class AnnotatedData(_DataSpec):
+    types = ("AnnotatedData",)
+
+    def image(self, layer):
+        r = sub(layer, "transform_param").get("resize_param") or {}
+        if r.get("height") and r.get("width"):
+            return 3, int(r["height"]), int(r["width"])
+        return super().image(layer)
+
+    def infer(self, layer, inputs):
+        n = self.batch(layer)
+        c, h, w = self.image(layer)
+        # SSD's label blob holds a variable number of 8-value boxes; one is its reshape size.
+        return [(n, c, h, w), (1, 1, 1, 8)][: len(layer.tops)]
+
+
+# ---------------------------------------------------------------- producers
+@register
+class Convolution(CaffeSpec):
+    types = ("Convolution", "ConvolutionDepthwise", "ConvolutionFixed", "DepthwiseConvolution")
+    channel_role = "producer"
+
+    def _geom(self, layer, inputs):
+        p = sub(layer, "convolution_param")
+        if "num_output" not in p:
+            raise ModelError(f"{layer.type} has no convolution_param.num_output")
+        if len(inputs[0]) != 4:
+            raise ModelError(f"{layer.type} expects a 4-D input, got {tuple(inputs[0])}")
+        group = int(p.get("group", 1))
+        if layer.type in ("ConvolutionDepthwise", "DepthwiseConvolution"):
+            group = inputs[0][1]
+        return p, int(p["num_output"]), group, conv_geometry(p)
+
+    def infer(self, layer, inputs):
+        p, n, group, (k, s, pd, d) = self._geom(layer, inputs)
+        c = inputs[0][1]
+        if c % group or n % group:
+            raise ModelError(f"group {group} does not divide input channels {c} and num_output {n}")
+        out = [(x[0], n, conv_out(x[2], k[0], s[0], pd[0], d[0]), conv_out(x[3], k[1], s[1], pd[1], d[1]))
+               for x in inputs]
+        return out
+
+    def weight_shapes(self, layer, inputs):
+        p, n, group, (k, _, _, _) = self._geom(layer, inputs)
+        shapes = {"weight": (n, inputs[0][1] // group, k[0], k[1])}
+        if p.get("bias_term", True):
+            shapes["bias"] = (n,)
+        return shapes
+
+    def weight_names(self, layer, count):
+        return ["weight", "bias"][:count] if count <= 2 else super().weight_names(layer, count)
+
+    def count(self, layer, inputs, outputs):
+        p, n, group, (k, _, _, _) = self._geom(layer, inputs)
+        out = outputs[0]
+        per_out = inputs[0][1] // group * k[0] * k[1]
+        bias = bool(p.get("bias_term", True))
+        spatial = n * out[2] * out[3]
+        return Counts(ops=spatial * (2 * per_out + 1), macs=spatial * per_out,
+                      params=n * per_out + (n if bias else 0))
+
+    def init_weights(self, layer, inputs, rng):
+        p = sub(layer, "convolution_param")
+        return {name: fill(p.get("weight_filler" if name == "weight" else "bias_filler"),
+                           shape, rng, default=("msra" if name == "weight" else "small"))
+                for name, shape in self.weight_shapes(layer, inputs).items()}
+
+
+@register
+class Deconvolution(Convolution):
+    types = ("Deconvolution",)
+
+    def infer(self, layer, inputs):
+        p, n, group, (k, s, pd, d) = self._geom(layer, inputs)
+        if inputs[0][1] % group or n % group:
+            raise ModelError(f"group {group} does not divide input channels {inputs[0][1]} and num_output {n}")
+        return [(x[0], n, deconv_out(x[2], k[0], s[0], pd[0], d[0]), deconv_out(x[3], k[1], s[1], pd[1], d[1]))
+                for x in inputs]
+
+    def weight_shapes(self, layer, inputs):
+        p, n, group, (k, _, _, _) = self._geom(layer, inputs)
+        shapes = {"weight": (inputs[0][1], n // group, k[0], k[1])}
+        if p.get("bias_term", True):
+            shapes["bias"] = (n,)
+        return shapes
+
+    def count(self, layer, inputs, outputs):
+        p, n, group, (k, _, _, _) = self._geom(layer, inputs)
+        x, out = inputs[0], outputs[0]
+        macs = x[1] * x[2] * x[3] * (n // group) * k[0] * k[1]
+        bias = n * out[2] * out[3] if p.get("bias_term", True) else 0
+        params = x[1] * (n // group) * k[0] * k[1] + (n if p.get("bias_term", True) else 0)
+        return Counts(ops=2 * macs + bias, macs=macs, params=params)
+
+
+@register
+class InnerProduct(CaffeSpec):
+    types = ("InnerProduct", "InnerProductFixed")
+    channel_role = "producer"
+
+    def _dims(self, layer, inputs):
+        p = sub(layer, "inner_product_param")
+        if "num_output" not in p:
+            raise ModelError("InnerProduct has no inner_product_param.num_output")
+        axis = canonical_axis(int(p.get("axis", 1)), len(inputs[0]))
+        return p, axis, _prod(inputs[0][axis:]), int(p["num_output"])
+
+    def infer(self, layer, inputs):
+        _, axis, _, n = self._dims(layer, inputs)
+        return [tuple(inputs[0][:axis]) + (n,)]
+
+    def weight_shapes(self, layer, inputs):
+        p, _, k, n = self._dims(layer, inputs)
+        shapes = {"weight": (k, n) if p.get("transpose", False) else (n, k)}
+        if p.get("bias_term", True):
+            shapes["bias"] = (n,)
+        return shapes
+
+    def weight_names(self, layer, count):
+        return ["weight", "bias"][:count] if count <= 2 else super().weight_names(layer, count)
+
+    def count(self, layer, inputs, outputs):
+        p, axis, k, n = self._dims(layer, inputs)
+        rows = _prod(inputs[0][1:axis]) if axis > 1 else 1
+        bias = p.get("bias_term", True)
+        return Counts(ops=rows * n * (2 * k + (1 if bias else 0)), macs=rows * n * k,
+                      params=n * k + (n if bias else 0), in_total=False)
+
+    def init_weights(self, layer, inputs, rng):
+        p = sub(layer, "inner_product_param")
+        return {name: fill(p.get("weight_filler" if name == "weight" else "bias_filler"),
+                           shape, rng, default=("xavier" if name == "weight" else "small"))
+                for name, shape in self.weight_shapes(layer, inputs).items()}
+
+
+# ---------------------------------------------------------------- per-channel
+@register
+class BatchNorm(CaffeSpec):
+    """Blobs are [mean*s, var*s, s]: the engine divides by the scalar s (0 -> 0)."""
+
+    types = ("BatchNorm",)
+
+    def weight_shapes(self, layer, inputs):
+        c = inputs[0][1] if len(inputs[0]) > 1 else 1
+        return {"mean": (c,), "variance": (c,), "scale_factor": (1,)}
+
+    def weight_names(self, layer, count):
+        return ["mean", "variance", "scale_factor"][:count] if count <= 3 else super().weight_names(layer, count)
+
+    def count(self, layer, inputs, outputs):
+        c = inputs[0][1] if len(inputs[0]) > 1 else 1
+        return Counts(params=4 * c + 1)  # vai_p_caffe's count (observed in its logs)
+
+    def init_weights(self, layer, inputs, rng):
+        c = self.weight_shapes(layer, inputs)["mean"][0]
+        s = np.float32(rng.uniform(0.5, 2.0))  # a non-unit factor exercises the division
+        return {"mean": (rng.standard_normal(c) * 0.1 * s).astype(np.float32),
+                "variance": (rng.uniform(0.5, 1.5, c) * s).astype(np.float32),
+                "scale_factor": np.array([s], np.float32)}
+
+
+class _AxisParam(CaffeSpec):
+    """Scale and Bias: a learned blob spanning ``num_axes`` axes from ``axis``."""
+
+    param_key = ""
+
+    def blob_shape(self, layer, inputs) -> Shape:
+        p = sub(layer, self.param_key)
+        x = inputs[0]
+        axis = canonical_axis(int(p.get("axis", 1)), len(x))
+        num = int(p.get("num_axes", 1))
+        return tuple(x[axis:] if num == -1 else x[axis:axis + num])
+
+    def count(self, layer, inputs, outputs):
+        return Counts(params=sum(_prod(s) for s in self.weight_shapes(layer, inputs).values()),
+                      in_total=False)
+
+
+@register
+class Scale(_AxisParam):
+    types = ("Scale",)
+    param_key = "scale_param"
+
+    def weight_shapes(self, layer, inputs):
+        p = sub(layer, "scale_param")
+        shape = self.blob_shape(layer, inputs) if len(inputs) == 1 else tuple(inputs[1])
+        shapes = {"scale": shape} if len(inputs) == 1 else {}
+        if p.get("bias_term", False):
+            shapes["bias"] = shape
+        return shapes
+
+    def weight_names(self, layer, count):
+        return ["scale", "bias"][:count] if count <= 2 else super().weight_names(layer, count)
+
+    def init_weights(self, layer, inputs, rng):
+        p = sub(layer, "scale_param")
+        out = {}
+        for name, shape in self.weight_shapes(layer, inputs).items():
+            given = p.get("filler" if name == "scale" else "bias_filler")
+            out[name] = fill(given, shape, rng, default="around_one" if name == "scale" else "small")
+        return out
+
+
+@register
+class Bias(_AxisParam):
+    types = ("Bias",)
+    param_key = "bias_param"
+
+    def weight_shapes(self, layer, inputs):
+        return {"bias": self.blob_shape(layer, inputs)} if len(inputs) == 1 else {}
+
+    def init_weights(self, layer, inputs, rng):
+        return {n: fill(sub(layer, "bias_param").get("filler"), s, rng, default="small")
+                for n, s in self.weight_shapes(layer, inputs).items()}
+
+
+@register
+class PReLU(CaffeSpec):
+    types = ("PReLU",)
+
+    def weight_shapes(self, layer, inputs):
+        shared = sub(layer, "prelu_param").get("channel_shared", False)
+        return {"slope": (1,) if shared else (inputs[0][1],)}
+
+    def init_weights(self, layer, inputs, rng):
+        return {n: fill(sub(layer, "prelu_param").get("filler"), s, rng, default="prelu")
+                for n, s in self.weight_shapes(layer, inputs).items()}
+
+
+@register
+class Normalize(CaffeSpec):
+    types = ("Normalize",)
+
+    def weight_shapes(self, layer, inputs):
+        shared = sub(layer, "norm_param").get("channel_shared", True)
+        return {"scale": (1,) if shared else (inputs[0][1],)}
+
+    def init_weights(self, layer, inputs, rng):
+        return {n: fill(sub(layer, "norm_param").get("scale_filler"), s, rng, default="around_one")
+                for n, s in self.weight_shapes(layer, inputs).items()}
+
+
+@register
+class Elementwise(CaffeSpec):
+    types = ("ReLU", "ReLU6", "ELU", "Sigmoid", "TanH", "Power", "AbsVal", "BNLL", "Exp",
+             "Log", "Swish", "Clip", "Mish", "Threshold", "Dropout", "LRN", "Softmax",
+             "FixedNeuron", "MVN", "HardSigmoid", "GELU")
+
+
+@register
+class Pooling(CaffeSpec):
+    types = ("Pooling",)
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "pooling_param")
+        x = inputs[0]
+        if len(x) != 4:
+            raise ModelError(f"Pooling expects a 4-D input, got {tuple(x)}")
+        if p.get("global_pooling", False):
+            return [(x[0], x[1], 1, 1)]
+        k = pair(p, "kernel", 0) if ("kernel_h" in p or "kernel_w" in p) else pair(p, "kernel_size", 0)
+        if min(k) <= 0:
+            raise ModelError("pooling_param has no kernel_size and global_pooling is off")
+        s, pd = pair(p, "stride", 1), pair(p, "pad", 0)
+        # round_mode (BVLC) and ceil_mode (fork extension) both select floor rounding.
+        ceil = p.get("round_mode", "CEIL") == "CEIL" and p.get("ceil_mode", True)
+        return [(x[0], x[1], pool_out(x[2], k[0], s[0], pd[0], ceil), pool_out(x[3], k[1], s[1], pd[1], ceil))]
+
+
+# ---------------------------------------------------------------- structure
+@register
+class Eltwise(CaffeSpec):
+    types = ("Eltwise",)
+    channel_role = "coupler"
+
+    def infer(self, layer, inputs):
+        for i, s in enumerate(inputs[1:], 1):
+            if tuple(s) != tuple(inputs[0]):
+                raise ModelError(f"Eltwise input {i} ('{layer.bottoms[i]}') has shape {tuple(s)}, "
+                                 f"input 0 ('{layer.bottoms[0]}') has {tuple(inputs[0])}")
+        return [tuple(inputs[0])]
+
+
+@register
+class Concat(CaffeSpec):
+    types = ("Concat",)
+    channel_role = "coupler"
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "concat_param")
+        axis = int(p["concat_dim"]) if "concat_dim" in p else int(p.get("axis", 1))
+        axis = canonical_axis(axis, len(inputs[0]))
+        out = list(inputs[0])
+        for i, s in enumerate(inputs[1:], 1):
+            if len(s) != len(out) or any(a != b for j, (a, b) in enumerate(zip(s, inputs[0])) if j != axis):
+                raise ModelError(f"Concat input {i} ('{layer.bottoms[i]}') has shape {tuple(s)}, which does not "
+                                 f"match input 0 {tuple(inputs[0])} outside axis {axis}")
+            out[axis] += s[axis]
+        return [tuple(out)]
+
+
+@register
+class Slice(CaffeSpec):
+    types = ("Slice",)
+    channel_role = "coupler"
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "slice_param")
+        x = inputs[0]
+        axis = canonical_axis(int(p["slice_dim"]) if "slice_dim" in p else int(p.get("axis", 1)), len(x))
+        points = [int(v) for v in p.get("slice_point", [])]
+        n = len(layer.tops)
+        if points:
+            if len(points) != n - 1:
+                raise ModelError(f"Slice has {n} tops but {len(points)} slice points")
+            bounds = [0] + points + [x[axis]]
+        else:
+            if x[axis] % n:
+                raise ModelError(f"Slice cannot split axis {axis} of size {x[axis]} into {n} equal parts")
+            bounds = [i * x[axis] // n for i in range(n + 1)]
+        out = []
+        for a, b in zip(bounds, bounds[1:]):
+            if b <= a:
+                raise ModelError(f"Slice points {points} are not increasing within size {x[axis]}")
+            out.append(tuple(x[:axis]) + (b - a,) + tuple(x[axis + 1:]))
+        return out
+
+
+@register
+class Split(CaffeSpec):
+    types = ("Split",)
+
+
+@register
+class Flatten(CaffeSpec):
+    types = ("Flatten",)
+    channel_role = "reshape"
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "flatten_param")
+        x = inputs[0]
+        a = canonical_axis(int(p.get("axis", 1)), len(x))
+        e = canonical_axis(int(p.get("end_axis", -1)), len(x))
+        return [tuple(x[:a]) + (_prod(x[a:e + 1]),) + tuple(x[e + 1:])]
+
+
+@register
+class Reshape(CaffeSpec):
+    types = ("Reshape",)
+    channel_role = "blocker"
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "reshape_param")
+        x = list(inputs[0])
+        dims = list(shape_dims(p.get("shape", {})))
+        axis = int(p.get("axis", 0))
+        axis = axis if axis >= 0 else len(x) + axis + 1
+        num = int(p.get("num_axes", -1))
+        end = len(x) if num == -1 else axis + num
+        head, mid, tail = x[:axis], x[axis:end], x[end:]
+        out = []
+        for i, d in enumerate(dims):
+            if d == 0:
+                if i >= len(mid):
+                    raise ModelError(f"Reshape dim {i} copies an axis the input {tuple(x)} does not have")
+                out.append(mid[i])
+            else:
+                out.append(d)
+        if out.count(-1) > 1:
+            raise ModelError("Reshape has more than one -1 dim")
+        if -1 in out:
+            known = _prod([d for d in out if d != -1])
+            total = _prod(mid)
+            if known == 0 or total % known:
+                raise ModelError(f"Reshape cannot infer -1: {_prod(x)} elements into {dims}")
+            out[out.index(-1)] = total // known
+        result = tuple(head + out + tail)
+        if _prod(result) != _prod(x):
+            raise ModelError(f"Reshape {tuple(x)} -> {result} changes the element count")
+        return [result]
+
+
+@register
+class Permute(CaffeSpec):
+    types = ("Permute",)
+    channel_role = "blocker"
+
+    def infer(self, layer, inputs):
+        x = inputs[0]
+        order = [int(o) for o in sub(layer, "permute_param").get("order", [])]
+        order += [i for i in range(len(x)) if i not in order]
+        if sorted(order) != list(range(len(x))):
+            raise ModelError(f"Permute order {order} is not a permutation of {len(x)} axes")
+        return [tuple(x[i] for i in order)]
+
+
+@register
+class Crop(CaffeSpec):
+    types = ("Crop",)
+
+    def infer(self, layer, inputs):
+        if len(inputs) != 2:
+            raise ModelError(f"Crop needs 2 inputs, got {len(inputs)}")
+        x, ref = inputs
+        axis = canonical_axis(int(sub(layer, "crop_param").get("axis", 2)), len(x))
+        return [tuple(x[:axis]) + tuple(ref[axis:])]
+
+
+@register
+class Tile(CaffeSpec):
+    types = ("Tile",)
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "tile_param")
+        x = list(inputs[0])
+        axis = canonical_axis(int(p.get("axis", 1)), len(x))
+        x[axis] *= int(p.get("tiles", 1))
+        return [tuple(x)]
+
+
+@register
+class Upsample(CaffeSpec):
+    """darknet2caffe's nearest-neighbour Upsample (``upsample_param { scale }``)."""
+
+    types = ("Upsample",)
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "upsample_param")
+        x = inputs[0]
+        if p.get("upsample_h") and p.get("upsample_w"):
+            return [(x[0], x[1], int(p["upsample_h"]), int(p["upsample_w"]))]
+        sh = int(p.get("scale_h", p.get("scale", 2)))
+        sw = int(p.get("scale_w", p.get("scale", 2)))
+        return [(x[0], x[1], x[2] * sh, x[3] * sw)]
+
+
+@register
+class Interp(CaffeSpec):
+    """DeepLab/PSPNet bilinear Interp: size from height/width, zoom/shrink or a second input."""
+
+    types = ("Interp",)
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "interp_param")
+        x = inputs[0]
+        h = x[2] + int(p.get("pad_beg", 0)) + int(p.get("pad_end", 0))
+        w = x[3] + int(p.get("pad_beg", 0)) + int(p.get("pad_end", 0))
+        zoom, shrink = int(p.get("zoom_factor", 1)), int(p.get("shrink_factor", 1))
+        if len(inputs) > 1:
+            h, w = inputs[1][2], inputs[1][3]
+        elif p.get("height") and p.get("width"):
+            h, w = int(p["height"]), int(p["width"])
+        else:
+            if shrink != 1:
+                h, w = (h - 1) // shrink + 1, (w - 1) // shrink + 1
+            if zoom != 1:
+                h, w = h + (h - 1) * (zoom - 1), w + (w - 1) * (zoom - 1)
+        return [(x[0], x[1], h, w)]
+
+
+@register
+class DeephiResize(CaffeSpec):
+    types = ("DeephiResize",)
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "deephi_resize_param")
+        x = inputs[0]
+        if p.get("new_height") and p.get("new_width"):
+            return [(x[0], x[1], int(p["new_height"]), int(p["new_width"]))]
+        return [(x[0], x[1], int(x[2] * float(p.get("scale_h", 2))), int(x[3] * float(p.get("scale_w", 2))))]
+
+
+@register
+class Reorg(CaffeSpec):
+    types = ("Reorg",)
+    channel_role = "blocker"
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "reorg_param")
+        s = int(p.get("stride", 2))
+        n, c, h, w = inputs[0]
+        if p.get("reverse", False):
+            return [(n, c // (s * s), h * s, w * s)]
+        if h % s or w % s:
+            raise ModelError(f"Reorg stride {s} does not divide {h}x{w}")
+        return [(n, c * s * s, h // s, w // s)]
+
+
+@register
+class ArgMax(CaffeSpec):
+    types = ("ArgMax",)
+    channel_role = "sink"
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "argmax_param")
+        x = list(inputs[0])
+        k = int(p.get("top_k", 1))
+        if "axis" in p:
+            x[canonical_axis(int(p["axis"]), len(x))] = k
+            return [tuple(x)]
+        return [(x[0], 2 if p.get("out_max_val", False) else 1, k)]
+
+
+# ---------------------------------------------------------------- SSD
+@register
+class PriorBox(CaffeSpec):
+    types = ("PriorBox",)
+    channel_role = "sink"
+
+    @staticmethod
+    def num_priors(p: dict) -> int:
+        ratios = [1.0]
+        for ar in p.get("aspect_ratio", []):
+            if any(abs(ar - r) < 1e-6 for r in ratios):
+                continue
+            ratios.append(ar)
+            if p.get("flip", True):
+                ratios.append(1.0 / ar)
+        return len(ratios) * len(p.get("min_size", [])) + len(p.get("max_size", []))
+
+    def infer(self, layer, inputs):
+        p = sub(layer, "prior_box_param")
+        if not p.get("min_size"):
+            raise ModelError("PriorBox has no min_size")
+        x = inputs[0]
+        return [(1, 2, x[2] * x[3] * self.num_priors(p) * 4)]
+
+
+@register
+class DetectionOutput(CaffeSpec):
+    types = ("DetectionOutput",)
+    channel_role = "sink"
+
+    def infer(self, layer, inputs):
+        # Caffe sizes this per run; OpenCV reserves keep_top_k rows per image.
+        keep = int(sub(layer, "detection_output_param").get("keep_top_k", -1))
+        return [(1, 1, max(keep, 1) * inputs[0][0], 7)]
+
+
+# ---------------------------------------------------------------- heads
+@register
+class Scalar(CaffeSpec):
+    """Metric and loss layers: one scalar per top (Accuracy's optional per-class top is C)."""
+
+    types = ("Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss",
+             "ContrastiveLoss", "MultiBoxLoss", "HingeLoss", "InfogainLoss",
+             "MultinomialLogisticLoss", "L1Loss", "SmoothL1Loss", "DetectionEvaluate")
+    channel_role = "sink"
+
+    def infer(self, layer, inputs):
+        out = [()]
+        if layer.type == "Accuracy" and len(layer.tops) > 1:
+            out.append((inputs[0][1],))
+        return (out + [()] * len(layer.tops))[: len(layer.tops)]
+
+
+@register
+class Silence(CaffeSpec):
+    types = ("Silence",)
+    channel_role = "sink"
+
+    def infer(self, layer, inputs):
+        return []

@@ -1,0 +1,75 @@
+"""Caffe parameter decoding shared by several layer specs.
+
+Caffe spreads one idea over several spellings (``kernel_size`` repeated or
+``kernel_h``/``kernel_w``; ``concat_dim`` vs ``axis``). These helpers turn
+the plain params dict into the numbers the shape rules use, with Caffe's
+defaults from caffe.proto.
+"""
+from __future__ import annotations
+
+import math
+
+from ..errors import ModelError
+
+
+def sub(layer, key: str) -> dict:
+    """The ``<key>`` sub-message of a layer's params, or an empty dict."""
+    return layer.params.get(key) or {}
+
+
+def pair(p: dict, name: str, default: int, spatial: int = 2) -> tuple[int, ...]:
+    """Read ``name`` (repeated) or ``name_h``/``name_w`` as one value per spatial axis."""
+    h, w = p.get(f"{name}_h"), p.get(f"{name}_w")
+    if h is not None or w is not None:
+        if h is None or w is None:
+            raise ModelError(f"{name}_h and {name}_w must be given together")
+        return (int(h), int(w))
+    vals = p.get(name, [])
+    if not isinstance(vals, list):
+        vals = [vals]
+    if not vals:
+        return (default,) * spatial
+    if len(vals) == 1:
+        return (int(vals[0]),) * spatial
+    if len(vals) != spatial:
+        raise ModelError(f"{name} has {len(vals)} values for {spatial} spatial axes")
+    return tuple(int(v) for v in vals)
+
+
+def conv_geometry(p: dict):
+    """(kernel, stride, pad, dilation) as (h, w) tuples from a ConvolutionParameter."""
+    kernel = pair(p, "kernel", 0) if ("kernel_h" in p or "kernel_w" in p) else pair(p, "kernel_size", 0)
+    if min(kernel) <= 0:
+        raise ModelError("convolution_param has no kernel_size (or kernel_h/kernel_w)")
+    stride = pair(p, "stride", 1)
+    pad = pair(p, "pad", 0)
+    dilation = pair(p, "dilation", 1)
+    return kernel, stride, pad, dilation
+
+
+def conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
+
+
+def deconv_out(size: int, k: int, s: int, p: int, d: int) -> int:
+    return s * (size - 1) + d * (k - 1) + 1 - 2 * p
+
+
+def pool_out(size: int, k: int, s: int, p: int, ceil: bool) -> int:
+    """Caffe's pooling size: ceil by default, then drop a window that starts in the padding."""
+    span = (size + 2 * p - k) / s
+    out = (math.ceil(span) if ceil else math.floor(span)) + 1
+    if p and (out - 1) * s >= size + p:
+        out -= 1
+    return int(out)
+
+
+def canonical_axis(axis: int, ndim: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise ModelError(f"axis {axis} is out of range for a {ndim}-D blob")
+    return axis % ndim
+
+
+def shape_dims(shape_msg: dict) -> tuple[int, ...]:
+    """Dims of a BlobShape dict (``{"dim": [1, 3, 224, 224]}``)."""
+    return tuple(int(d) for d in (shape_msg or {}).get("dim", []))
