@@ -32,6 +32,11 @@ V1_BOTTOM, V1_TOP, V1_NAME, V1_TYPE, V1_BLOBS = 2, 3, 4, 5, 6
 # BlobProto
 BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH = 1, 2, 3, 4
 BLOB_DATA, BLOB_DIFF, BLOB_SHAPE, BLOB_DOUBLE_DATA = 5, 6, 7, 8
+# NVIDIA Caffe / OpenCV store half-precision weights as raw bytes: raw_data_type (10,
+# varint) + raw_data (12, bytes). Xilinx uses 10 and 12 for a packed float mask and a
+# format enum; the wire types tell the two apart (see proto/README.md).
+BLOB_RAW_TYPE, BLOB_RAW_DATA = 10, 12
+RAW_DTYPES = {0: "<f8", 1: "<f4", 2: "<f2"}
 # BlobShape
 SHAPE_DIM = 1
 
@@ -126,6 +131,7 @@ def decode_blob(buf, start: int, end: int) -> Blob:
     dims: list[int] = []
     chunks: list[np.ndarray] = []
     doubles: list[np.ndarray] = []
+    raw_type, raw = None, None
     for f in iter_fields(buf, start, end):
         if f.number in (BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH) and f.wire_type == VARINT:
             legacy[f.number] = _signed64(f.value)
@@ -141,6 +147,10 @@ def decode_blob(buf, start: int, end: int) -> Blob:
                 doubles.append(np.frombuffer(buf, dtype="<f8", count=(f.end - f.start) // 8, offset=f.start))
             elif f.wire_type == FIXED64:
                 doubles.append(np.frombuffer(buf, dtype="<f8", count=1, offset=f.start))
+        elif f.number == BLOB_RAW_TYPE and f.wire_type == VARINT:
+            raw_type = f.value
+        elif f.number == BLOB_RAW_DATA and f.wire_type == LEN:
+            raw = (f.start, f.end)
         elif f.number == BLOB_SHAPE and f.wire_type == LEN:
             for d in iter_fields(buf, f.start, f.end):
                 if d.number != SHAPE_DIM:
@@ -156,6 +166,15 @@ def decode_blob(buf, start: int, end: int) -> Blob:
         data = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
     elif doubles:
         data = (doubles[0] if len(doubles) == 1 else np.concatenate(doubles)).astype(np.float32)
+    elif raw is not None and raw_type is not None:
+        dtype = RAW_DTYPES.get(raw_type)
+        if dtype is None:
+            raise WireError(f"raw_data of type {raw_type} is not a floating-point type", raw[0])
+        size = np.dtype(dtype).itemsize
+        if (raw[1] - raw[0]) % size:
+            raise WireError(f"raw_data of {raw[1] - raw[0]} bytes is not a multiple of {size}", raw[0])
+        data = np.frombuffer(buf, dtype=dtype, count=(raw[1] - raw[0]) // size,
+                             offset=raw[0]).astype(np.float32)
     else:
         data = np.zeros(0, np.float32)
     if legacy:

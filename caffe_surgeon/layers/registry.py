@@ -146,8 +146,10 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, Shape] | None = None,
         except KeyError as e:
             raise ModelError(f"bottom {e.args[0]!r} is not produced by an earlier layer",
                              file=graph.source_text, layer=layer.name) from None
-        if not layer.bottoms and all(t in overrides for t in layer.tops) and layer.tops:
-            out_shapes = [tuple(overrides[t]) for t in layer.tops]
+        if not layer.bottoms and layer.tops and layer.tops[0] in overrides:
+            # A data layer shaped by the caller; its other tops are per-image labels.
+            first = tuple(overrides[layer.tops[0]])
+            out_shapes = [tuple(overrides.get(t, first[:1])) for t in layer.tops]
         else:
             try:
                 out_shapes = [tuple(int(d) for d in s) for s in spec.infer(layer, in_shapes)]

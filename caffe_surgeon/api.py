@@ -1,0 +1,91 @@
+"""The public Python API: load, save, stat, init.
+
+Model files are recognised by extension: ``.prototxt``/``.pt`` (Caffe
+definition), ``.caffemodel`` (Caffe weights), ``.cfg`` (Darknet definition),
+``.weights`` (Darknet weights).
+
+Example::
+
+    import caffe_surgeon as cs
+    g = cs.load("deploy.prototxt", "model.caffemodel")
+    print(cs.stat(g).total.ops)
+    cs.save(g, "out.prototxt", "out.caffemodel")
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ModelError
+from .graph import Graph
+
+CAFFE_DEF = (".prototxt", ".pt", ".txt")
+CAFFE_WEIGHTS = (".caffemodel",)
+DARKNET_DEF = (".cfg",)
+DARKNET_WEIGHTS = (".weights",)
+
+
+def classify(paths) -> tuple[str, Path, Path | None]:
+    """(framework, definition, weights or None) from a list of 1 or 2 model files."""
+    paths = [Path(p) for p in paths]
+    if not 1 <= len(paths) <= 2:
+        raise ModelError(f"expected a definition and optionally a weights file, got {len(paths)} files")
+    kinds = {}
+    for p in paths:
+        ext = p.suffix.lower()
+        kind = ("caffe_def" if ext in CAFFE_DEF else "caffe_weights" if ext in CAFFE_WEIGHTS
+                else "darknet_def" if ext in DARKNET_DEF else "darknet_weights" if ext in DARKNET_WEIGHTS
+                else None)
+        if kind is None:
+            raise ModelError("unrecognised model file extension (expected .prototxt, .caffemodel, "
+                             ".cfg or .weights)", file=p)
+        if kind in kinds:
+            raise ModelError(f"two {kind.replace('_', ' ')} files given: {kinds[kind]} and {p}")
+        kinds[kind] = p
+    framework = "caffe" if any(k.startswith("caffe") for k in kinds) else "darknet"
+    if any(not k.startswith(framework) for k in kinds):
+        raise ModelError(f"mixed Caffe and Darknet files: {', '.join(map(str, paths))}")
+    definition = kinds.get(f"{framework}_def")
+    if definition is None:
+        raise ModelError(f"no {framework} definition file given (only weights: {paths[0]})")
+    return framework, definition, kinds.get(f"{framework}_weights")
+
+
+def load(*paths, phase: str = "TEST", stages=(), level: int = 0) -> Graph:
+    """Read a model from its definition and (optional) weights file.
+
+    Args:
+        paths: ``deploy.prototxt [model.caffemodel]`` or ``net.cfg [net.weights]``.
+        phase, stages, level: Caffe NetState used by include/exclude rules.
+    """
+    framework, definition, weights = classify(paths)
+    if framework == "caffe":
+        from .caffe.reader import read_caffe
+        return read_caffe(definition, weights, phase=phase, stages=stages, level=level)
+    from darknet_io import read_darknet
+    return read_darknet(definition, weights)
+
+
+def save(graph: Graph, *paths) -> None:
+    """Write ``graph`` to a definition and (optional) weights file, atomically."""
+    framework, definition, weights = classify(paths)
+    if framework != graph.framework:
+        raise ModelError(f"cannot save a {graph.framework} graph as {framework} files "
+                         "(conversion between frameworks is not available yet)")
+    if framework == "caffe":
+        from .caffe.writer import write_caffe
+        write_caffe(graph, definition, weights)
+    else:
+        from darknet_io import write_darknet
+        write_darknet(graph, definition, weights)
+
+
+def stat(graph: Graph, input_shapes=None):
+    """Per-layer and total ops, MACs and params for one image (see :mod:`caffe_surgeon.opcount`)."""
+    from .opcount import stat as _stat
+    return _stat(graph, input_shapes)
+
+
+def init(graph: Graph, seed: int = 0, input_shapes=None) -> Graph:
+    """Fill ``graph`` with deterministic synthetic weights (in place)."""
+    from .synthetic import init_weights
+    return init_weights(graph, seed, input_shapes)

@@ -1,0 +1,54 @@
+"""What every command shares: one-line errors instead of tracebacks, shape arguments."""
+from __future__ import annotations
+
+import sys
+from functools import wraps
+
+from ..errors import ModelError
+
+EXIT_USAGE = 2
+
+
+def guarded(main):
+    """Run ``main``; a ModelError (or a broken pipe) becomes one line on stderr and exit 2."""
+    @wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv) or 0
+        except ModelError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except BrokenPipeError:
+            return 0
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    return run
+
+
+def parse_input_shapes(items) -> dict:
+    """``["data=1,3,224,224", ...]`` (or one bare ``1,3,224,224``) -> {name: shape}."""
+    shapes = {}
+    for item in items or []:
+        name, _, dims = item.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise ModelError(f"--input-shape '{item}': dims must be integers like data=1,3,224,224") from None
+        if any(d <= 0 for d in shape):
+            raise ModelError(f"--input-shape '{item}': dims must be positive")
+        shapes[name or ""] = shape
+    return shapes
+
+
+def resolve_input_shapes(graph, shapes: dict) -> dict:
+    """Give an unnamed shape to the graph's only input (or only source layer)."""
+    if "" not in shapes:
+        return shapes
+    shape = shapes.pop("")
+    names = list(graph.inputs) or [t for l in graph.layers if not l.bottoms for t in l.tops[:1]]
+    if len(names) != 1:
+        raise ModelError(f"the net has {len(names)} inputs ({', '.join(names)}); name the one "
+                         "to shape, as NAME=1,3,224,224")
+    shapes[names[0]] = shape
+    return shapes
