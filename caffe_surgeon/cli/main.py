@@ -74,6 +74,7 @@ def main(argv=None):
     elif args.command == "rewrite":
         graph, _ = _load(args)
         api.save(graph, *args.output)
+        print(f"wrote {' and '.join(args.output)} ({len(graph.layers)} layers)")
     return 0
 
 

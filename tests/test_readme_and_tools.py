@@ -1,0 +1,76 @@
+"""The README's commands and the batch script run, so documentation cannot rot."""
+from __future__ import annotations
+
+import csv
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from assets import shared_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+ENTRY = {"caffe-surgeon": "caffe_surgeon.cli.main", "vai_p_caffe": "caffe_surgeon.cli.vai_p_caffe",
+         "vai_p_darknet": "caffe_surgeon.cli.vai_p_darknet"}
+
+
+def blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+
+
+def readme_commands():
+    cmds = []
+    for block in blocks("sh"):
+        for line in block.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            # "pip install ... && <command>": the install is CI's job; run what follows it.
+            part = line.split("&&")[-1].strip()
+            if part.split()[0] in ENTRY:
+                cmds.append(part)
+    return cmds
+
+
+def test_readme_starts_with_setup_and_test_commands():
+    first, second = blocks("sh")[:2]
+    assert "pip install" in first and "caffe-surgeon" in first
+    assert "pytest" in second
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert second.strip() in ci, "CI must run the README's test command"
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_command_runs(command, tmp_path):
+    argv = shlex.split(command)
+    proc = subprocess.run([sys.executable, "-m", ENTRY[argv[0]], *argv[1:]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() or proc.stderr.strip()
+
+
+def test_readme_python_example_runs():
+    code = blocks("python")[0]
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+
+
+def test_batch_stat_on_the_zoo(tmp_path):
+    zoo = shared_dir() / "zoo"
+    out = tmp_path / "zoo.csv"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "batch_stat.py"), str(zoo), "-o", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["path"]: r for r in csv.DictReader(out.open())}
+    definitions = [p for p in zoo.rglob("*") if p.suffix in (".prototxt", ".cfg")]
+    assert len(rows) == len(definitions)
+    alex = rows["caffe/xilinx_pruning/alexnetBNnoLRN_train_val.prototxt"]
+    assert alex["error"] == "" and int(alex["layers"]) > 20
+    # Solvers are not nets: their row carries the reason, with the file named.
+    solver = rows["caffe/bvlc/lenet_solver.prototxt"]
+    assert solver["error"] and "lenet_solver.prototxt" in solver["error"]
+    # A Data-layer net without crop_size says what to give.
+    assert "input shape" in rows["caffe/bvlc/lenet_train_test.prototxt"]["error"]
