@@ -193,3 +193,40 @@ def test_large_blob_beyond_protobuf_default_limit(tmp_path):
     w = g2.layer("fc").weights["weight"]
     assert w.shape == (4352, 4096) and not w.flags.owndata
     np.testing.assert_array_equal(w, g.layer("fc").weights["weight"])
+
+
+def test_xilinx_batchnorm_with_five_blobs(tmp_path):
+    """caffe-xilinx BatchNorm stores [scale, bias, mean, variance, counter]."""
+    proto = tmp_path / "bn.prototxt"
+    proto.write_text('input: "data"\ninput_shape { dim: 1 dim: 6 dim: 4 dim: 4 }\n'
+                     'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" '
+                     'param { lr_mult: 1 } param { lr_mult: 1 } param { lr_mult: 0 } param { lr_mult: 0 } }\n')
+    g = cs.init(cs.load(proto), seed=0)
+    assert list(g.layer("bn").weights) == ["scale", "bias", "mean", "variance", "counter"]
+    cs.save(g, tmp_path / "o.prototxt", tmp_path / "bn.caffemodel")
+    # The same weights read back under a prototxt without the 4 param specs (as in the
+    # vendor's AlexNet-BN train_val) are recognised by their count.
+    plain = tmp_path / "plain.prototxt"
+    plain.write_text(proto.read_text().split("param {")[0] + "}\n")
+    g2 = cs.load(plain, tmp_path / "bn.caffemodel")
+    assert list(g2.layer("bn").weights) == ["scale", "bias", "mean", "variance", "counter"]
+    np.testing.assert_array_equal(g2.layer("bn").weights["variance"], g.layer("bn").weights["variance"])
+
+
+def test_pure_python_protobuf_backend_reads_the_same(tmp_path):
+    """Weights never go through protobuf, so the slow backend is just as fast and equal."""
+    import os
+    import subprocess
+    import sys
+    code = ("import sys, hashlib, caffe_surgeon as cs\n"
+            "from google.protobuf.internal import api_implementation as a\n"
+            "g = cs.load(sys.argv[1], sys.argv[2])\n"
+            "h = hashlib.sha256(b''.join(w.tobytes() for l in g.layers for w in l.weights.values()))\n"
+            "print(a.Type(), h.hexdigest(), len(g.layers))\n")
+    env = dict(os.environ, PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python")
+    out = subprocess.run([sys.executable, "-c", code, str(TINY), str(TINY_W)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.split()
+    g = cs.load(TINY, TINY_W)
+    import hashlib
+    h = hashlib.sha256(b"".join(w.tobytes() for l in g.layers for w in l.weights.values())).hexdigest()
+    assert out == ["python", h, str(len(g.layers))]

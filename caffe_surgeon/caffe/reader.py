@@ -242,7 +242,8 @@ def attach_caffemodel(graph: Graph, caffemodel) -> None:
         spec = spec_for("caffe", layer, graph.source_text)
         expected = None
         if shapes is not None:
-            expected = spec.weight_shapes(layer, shapes.inputs[layer.name])
+            layouts = spec.weight_layouts(layer, shapes.inputs[layer.name])
+            expected = next((l for l in layouts if len(l) == len(rec.blobs)), layouts[0])
         layer.weights = _shape_blobs(rec, layer, spec, expected, caffemodel)
         layer.origin.record = i
         layer.origin.arrays = dict(layer.weights)

@@ -268,23 +268,55 @@ class InnerProduct(CaffeSpec):
 # ---------------------------------------------------------------- per-channel
 @register
 class BatchNorm(CaffeSpec):
-    """Blobs are [mean*s, var*s, s]: the engine divides by the scalar s (0 -> 0)."""
+    """Two stored forms, told apart by their array count.
+
+    BVLC: [mean*s, var*s, s] with a scalar factor s the engine divides out
+    (0 -> 0); gamma/beta live in a following Scale layer.
+    caffe-xilinx: [scale, bias, mean, variance, counter] (its batch_norm_layer.cpp):
+    the affine part is built in, statistics are stored undivided, and the
+    one-element fifth blob is a training counter. vai_p_caffe's 4C+1 parameter
+    count is this form's size.
+    """
 
     types = ("BatchNorm",)
+    BVLC = ("mean", "variance", "scale_factor")
+    XILINX = ("scale", "bias", "mean", "variance", "counter")
+
+    @staticmethod
+    def channels(inputs) -> int:
+        return inputs[0][1] if len(inputs[0]) > 1 else 1
+
+    @staticmethod
+    def is_xilinx(layer) -> bool:
+        p = sub(layer, "batch_norm_param")
+        return (len(layer.weights) == 5 or len(layer.params.get("param", [])) == 4
+                or "scale_filler" in p or "bias_filler" in p)
+
+    def weight_layouts(self, layer, inputs):
+        c = self.channels(inputs)
+        bvlc = {"mean": (c,), "variance": (c,), "scale_factor": (1,)}
+        xilinx = {"scale": (c,), "bias": (c,), "mean": (c,), "variance": (c,), "counter": (1,)}
+        return [xilinx, bvlc] if self.is_xilinx(layer) else [bvlc, xilinx]
 
     def weight_shapes(self, layer, inputs):
-        c = inputs[0][1] if len(inputs[0]) > 1 else 1
-        return {"mean": (c,), "variance": (c,), "scale_factor": (1,)}
+        return self.weight_layouts(layer, inputs)[0]
 
     def weight_names(self, layer, count):
-        return ["mean", "variance", "scale_factor"][:count] if count <= 3 else super().weight_names(layer, count)
+        names = {3: self.BVLC, 5: self.XILINX}.get(count)
+        return list(names) if names else super().weight_names(layer, count)
 
     def count(self, layer, inputs, outputs):
-        c = inputs[0][1] if len(inputs[0]) > 1 else 1
-        return Counts(params=4 * c + 1)  # vai_p_caffe's count (observed in its logs)
+        return Counts(params=4 * self.channels(inputs) + 1)  # vai_p_caffe's count (see class doc)
 
     def init_weights(self, layer, inputs, rng):
-        c = self.weight_shapes(layer, inputs)["mean"][0]
+        c = self.channels(inputs)
+        if self.is_xilinx(layer):
+            p = sub(layer, "batch_norm_param")
+            return {"scale": fill(p.get("scale_filler"), (c,), rng, default="around_one"),
+                    "bias": fill(p.get("bias_filler"), (c,), rng, default="small"),
+                    "mean": (rng.standard_normal(c) * 0.1).astype(np.float32),
+                    "variance": rng.uniform(0.5, 1.5, c).astype(np.float32),
+                    "counter": np.zeros(1, np.float32)}
         s = np.float32(rng.uniform(0.5, 2.0))  # a non-unit factor exercises the division
         return {"mean": (rng.standard_normal(c) * 0.1 * s).astype(np.float32),
                 "variance": (rng.uniform(0.5, 1.5, c) * s).astype(np.float32),

@@ -55,6 +55,14 @@ class LayerSpec:
         """Expected weight arrays, in file order (empty when the type has none)."""
         return {}
 
+    def weight_layouts(self, layer: Layer, inputs: Sequence[Shape]) -> list[dict[str, Shape]]:
+        """Every stored-array layout a weights file may legitimately hold for this layer.
+
+        Most types have one; a reader picks the layout whose array count matches
+        the file (Caffe's BatchNorm has a BVLC and a Xilinx form).
+        """
+        return [self.weight_shapes(layer, inputs)]
+
     def weight_names(self, layer: Layer, count: int) -> list[str]:
         """Names for ``count`` stored arrays when shapes are not known yet."""
         return [f"blob{i}" for i in range(count)]
