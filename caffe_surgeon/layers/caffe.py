@@ -146,6 +146,19 @@ class AnnotatedData(_DataSpec):
         return [(n, c, h, w), (1, 1, 1, 8)][: len(layer.tops)]
 
 
+@register
+class OpaqueSource(CaffeSpec):
+    """Layers whose output size only their data file or Python code knows."""
+
+    types = ("HDF5Data", "Python")
+    channel_role = "source"
+
+    def infer(self, layer, inputs):
+        what = "HDF5 file" if layer.type == "HDF5Data" else "Python code"
+        raise ModelError(f"the output shape of a {layer.type} layer is set by its {what}; give it "
+                         f"explicitly (e.g. --input-shape {layer.tops[0] if layer.tops else 'data'}=1,3,224,224)")
+
+
 # ---------------------------------------------------------------- producers
 @register
 class Convolution(CaffeSpec):
