@@ -1,0 +1,180 @@
+"""Runs a Graph in topological order on NCHW float32 arrays.
+
+Blob versions: with in-place layers one name is written several times, so
+every value is keyed by (producer layer index, blob name); index -1 is a
+network input. A value is dropped as soon as the last layer reading it has
+run, unless the caller asked for it, which bounds memory by the live
+activations plus the weights.
+
+For sensitivity analysis, :meth:`Executor.prefix` runs the layers before a
+given index once and returns exactly the values later layers need, and
+:meth:`Executor.run` can resume from such a cache, so only the part of the
+net downstream of a change is recomputed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelError
+from ..graph import Graph
+from ..layers.registry import infer_shapes, spec_for
+from .ops import RunContext, op_for
+
+Version = tuple  # (producer index, blob name)
+
+
+class Executor:
+    """A graph prepared for repeated forward passes.
+
+    Args:
+        graph: the model (weights attached).
+        darknet_bn: Darknet BatchNorm flavour, "pjreddie" (default, like the Debian
+            darknet binary) or "alexeyab".
+        check_weights: verify up front that every layer has the arrays its type needs.
+    """
+
+    def __init__(self, graph: Graph, *, darknet_bn: str = "pjreddie", check_weights: bool = True):
+        if darknet_bn not in ("pjreddie", "alexeyab"):
+            raise ModelError(f"darknet_bn must be 'pjreddie' or 'alexeyab', not {darknet_bn!r}")
+        self.graph = graph
+        self.ctx = RunContext(darknet_bn=darknet_bn, graph=graph)
+        self.fns = [op_for(graph.framework, l, graph.source_text) for l in graph.layers]
+        producers = graph.producers()
+        self.reads: list[list[Version]] = [
+            [(p if p is not None else -1, b) for p, b in zip(row, layer.bottoms)]
+            for row, layer in zip(producers, graph.layers)]
+        self.last_use: dict[Version, int] = {}
+        for i, row in enumerate(self.reads):
+            for v in row:
+                self.last_use[v] = i
+        self.final: dict[str, Version] = {name: (-1, name) for name in graph.inputs}
+        for i, layer in enumerate(graph.layers):
+            for t in layer.tops:
+                self.final[t] = (i, t)
+        if check_weights:
+            self._check_weights()
+
+    def _check_weights(self):
+        try:
+            shapes = infer_shapes(self.graph)
+        except ModelError:
+            return  # shapes depend on the fed input; checked per layer at run time
+        for layer in self.graph.layers:
+            spec = spec_for(self.graph.framework, layer)
+            layouts = spec.weight_layouts(layer, shapes.inputs[layer.name])
+            if not any(list(l) == list(layer.weights) and
+                       all(tuple(layer.weights[k].shape) == tuple(s) for k, s in l.items())
+                       for l in layouts):
+                want = layouts[0]
+                have = {k: tuple(v.shape) for k, v in layer.weights.items()}
+                if not layer.weights and want:
+                    raise ModelError(f"missing weights: this {layer.type} needs "
+                                     f"{', '.join(f'{k} {tuple(s)}' for k, s in want.items())}",
+                                     file=self.graph.source_text, layer=layer.name)
+                raise ModelError(f"weights {have} do not fit this {layer.type} layer, which needs "
+                                 f"{ {k: tuple(s) for k, s in want.items()} }",
+                                 file=self.graph.source_text, layer=layer.name)
+
+    # ------------------------------------------------------------------
+    def version_of(self, name: str) -> Version:
+        if name not in self.final:
+            raise ModelError(f"no blob named '{name}' in the net", file=self.graph.source_text)
+        return self.final[name]
+
+    def run(self, inputs: dict | None = None, outputs=None, *, start: int = 0,
+            cache: dict | None = None, layer_outputs=()) -> dict[str, np.ndarray]:
+        """Run layers ``start`` .. end.
+
+        Args:
+            inputs: network input name -> array (N, C, H, W) (ignored for start > 0).
+            outputs: blob names to return (their final values); default: the graph outputs.
+            start: first layer to run; values it needs come from ``cache``.
+            cache: versions -> arrays, as returned by :meth:`prefix`.
+            layer_outputs: layer names whose top values (as that layer wrote them) to return too,
+                keyed ``"<layer>:<top>"``.
+
+        Returns:
+            name -> array.
+        """
+        outputs = list(self.graph.outputs if outputs is None else outputs)
+        wanted = {self.version_of(n): n for n in outputs}
+        for lname in layer_outputs:
+            i = self.graph.index(lname)
+            for t in self.graph.layers[i].tops:
+                wanted[(i, t)] = f"{lname}:{t}"
+        env = dict(cache or {})
+        if start == 0:
+            env.update(self._feed(inputs or {}))
+        result = {}
+        self._run_range(env, start, len(self.graph.layers), wanted, result)
+        for v, name in wanted.items():
+            if v in env and name not in result:
+                result[name] = env[v]
+        missing = [n for n in wanted.values() if n not in result]
+        if missing:
+            raise ModelError(f"requested blobs were not computed from layer {start} on: {missing}")
+        return result
+
+    def prefix(self, inputs: dict, stop: int) -> dict:
+        """Run layers 0 .. stop-1 and return the values that layers >= stop will read."""
+        env = self._feed(inputs)
+        self._run_range(env, 0, stop, {}, {})
+        needed = {v for row in self.reads[stop:] for v in row}
+        return {v: a for v, a in env.items() if v in needed}
+
+    def _feed(self, inputs: dict) -> dict:
+        env = {}
+        for name, shape in self.graph.inputs.items():
+            if name not in inputs:
+                raise ModelError(f"no value given for network input '{name}' (shape {shape})",
+                                 file=self.graph.source_text)
+            arr = np.ascontiguousarray(inputs[name], dtype=np.float32)
+            if shape is not None and len(arr.shape) == len(shape) and tuple(arr.shape[1:]) != tuple(shape[1:]):
+                raise ModelError(f"input '{name}' has shape {arr.shape}, the net expects "
+                                 f"(N, {', '.join(map(str, shape[1:]))})", file=self.graph.source_text)
+            env[(-1, name)] = arr
+        extra = set(inputs) - set(self.graph.inputs)
+        for name in extra:  # data layers fed directly by name
+            env[("feed", name)] = np.ascontiguousarray(inputs[name], dtype=np.float32)
+        return env
+
+    def _run_range(self, env, start, stop, wanted, result):
+        layers = self.graph.layers
+        for i in range(start, stop):
+            layer = layers[i]
+            try:
+                args = [env[v] for v in self.reads[i]]
+            except KeyError as e:
+                raise ModelError(f"value {e.args[0]} needed by this layer is not available "
+                                 f"(start={start})", layer=layer.name) from None
+            dying = [self.last_use.get(v) == i and v not in wanted for v in self.reads[i]]
+            # An input may be overwritten only if nothing else still alive shares its memory
+            # (Split returns one array for several tops; Reshape and Flatten return views).
+            self.ctx.donate = [d and not any(o is not a and np.may_share_memory(o, a) for o in env.values())
+                               and sum(a is o for o in env.values()) == 1 and sum(a is b for b in args) == 1
+                               for d, a, v in zip(dying, args, self.reads[i])]
+            if not layer.bottoms:
+                self.ctx.feeds = {n[1]: a for n, a in env.items() if n[0] == "feed"}
+            try:
+                outs = self.fns[i](layer, args, self.ctx)
+            except ModelError as e:
+                raise e.located(file=self.graph.source_text, layer=layer.name) from None
+            except (ValueError, IndexError) as e:
+                shapes = [tuple(a.shape) for a in args]
+                raise ModelError(f"{layer.type} failed on inputs of shapes {shapes}: {e}",
+                                 file=self.graph.source_text, layer=layer.name) from None
+            for v, d in zip(self.reads[i], dying):
+                if d:
+                    env.pop(v, None)
+            for t, a in zip(layer.tops, outs):
+                env[(i, t)] = a
+                if (i, t) in wanted:
+                    result[wanted[(i, t)]] = a
+            for t in layer.tops:  # nobody reads it and nobody asked for it
+                if (i, t) not in self.last_use and (i, t) not in wanted:
+                    env.pop((i, t), None)
+
+
+def forward(graph: Graph, inputs: dict, outputs=None, **kw) -> dict[str, np.ndarray]:
+    """One-shot convenience: ``Executor(graph, **kw).run(inputs, outputs)``."""
+    return Executor(graph, **kw).run(inputs, outputs)

@@ -1,0 +1,6 @@
+"""Numerical kernels. Each Numba kernel has a slow NumPy twin in ``reference.py`` that the tests compare it with.
+
+Importing this package compiles nothing; kernels are compiled on first call
+(and cached on disk, ``cache=True``), so paths that never run a forward pass
+never pay for Numba.
+"""

@@ -1,0 +1,68 @@
+"""im2col / col2im for convolution and deconvolution as a matrix product.
+
+Layout: for an input (C, H, W) the column matrix is (C*kh*kw, oh*ow), the row
+order (c, i, j) matching Caffe's and Darknet's weight layout (O, C, kh, kw),
+so ``W.reshape(O, -1) @ cols`` is the convolution.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(cache=True, nogil=True)
+def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    C, H, W = x.shape
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for y in range(oh):
+                    iy = y * sh - ph + i * dh
+                    base = y * ow
+                    if iy < 0 or iy >= H:
+                        for xo in range(ow):
+                            out[row, base + xo] = 0.0
+                        continue
+                    for xo in range(ow):
+                        ix = xo * sw - pw + j * dw
+                        if 0 <= ix < W:
+                            out[row, base + xo] = x[c, iy, ix]
+                        else:
+                            out[row, base + xo] = 0.0
+
+
+def im2col(x: np.ndarray, kernel, stride, pad, dilation, out_hw, out: np.ndarray | None = None) -> np.ndarray:
+    """(C, H, W) -> (C*kh*kw, oh*ow) float32."""
+    kh, kw = kernel
+    oh, ow = out_hw
+    if out is None:
+        out = np.empty((x.shape[0] * kh * kw, oh * ow), np.float32)
+    _im2col(np.ascontiguousarray(x, np.float32), kh, kw, stride[0], stride[1], pad[0], pad[1],
+            dilation[0], dilation[1], oh, ow, out)
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _col2im(cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for y in range(oh):
+                    iy = y * sh - ph + i * dh
+                    if iy < 0 or iy >= H:
+                        continue
+                    base = y * ow
+                    for xo in range(ow):
+                        ix = xo * sw - pw + j * dw
+                        if 0 <= ix < W:
+                            out[c, iy, ix] += cols[row, base + xo]
+
+
+def col2im(cols: np.ndarray, shape, kernel, stride, pad, dilation, in_hw) -> np.ndarray:
+    """Scatter-add (C*kh*kw, ih*iw) columns back into an image of ``shape`` (C, H, W)."""
+    out = np.zeros(shape, np.float32)
+    _col2im(np.ascontiguousarray(cols, np.float32), shape[0], shape[1], shape[2], kernel[0], kernel[1],
+            stride[0], stride[1], pad[0], pad[1], dilation[0], dilation[1], in_hw[0], in_hw[1], out)
+    return out
