@@ -1,0 +1,1 @@
+"""Forward functions of Darknet layer types."""
