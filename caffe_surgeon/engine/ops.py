@@ -27,7 +27,7 @@ def op(framework: str, *types: str):
 
 
 def _load():
-    from . import caffe_ops, darknet_ops  # noqa: F401  (they register themselves)
+    from . import caffe_ops, darknet_ops, ssd_ops  # noqa: F401  (they register themselves)
 
 
 def op_for(framework: str, layer, file=None) -> Callable:

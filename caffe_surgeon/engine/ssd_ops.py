@@ -1,0 +1,177 @@
+"""SSD layers (weiliu89's fork): Normalize, PriorBox, DetectionOutput.
+
+DetectionOutput follows the fork's ``detection_output_layer.cpp`` at test time:
+CENTER_SIZE/CORNER decoding with variances, per-class score threshold, top_k,
+greedy NMS with adaptive ``eta``, then ``keep_top_k`` over all classes. Its
+rows are ``[image_id, label, score, xmin, ymin, xmax, ymax]`` in normalized
+coordinates; with no detection it emits one row of -1, as Caffe does.
+OpenCV's extra ``clip`` flag clips decoded boxes to [0, 1].
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ModelError
+from ..layers.caffe_geometry import sub
+from .ops import op
+
+F32 = np.float32
+
+
+@op("caffe", "Normalize")
+def normalize(layer, inputs, ctx):
+    p = sub(layer, "norm_param")
+    x = inputs[0].astype(np.float64)
+    eps = float(p.get("eps", 1e-10))
+    if p.get("across_spatial", True):
+        norm = np.sqrt((x * x).reshape(x.shape[0], -1).sum(axis=1) + eps).reshape(-1, 1, 1, 1)
+    else:
+        norm = np.sqrt((x * x).sum(axis=1, keepdims=True) + eps)
+    s = layer.weights["scale"].astype(np.float64)
+    scale = s[0] if s.size == 1 else s.reshape(1, -1, 1, 1)
+    return [(x / norm * scale).astype(F32)]
+
+
+def prior_boxes(p: dict, layer_hw, image_hw) -> np.ndarray:
+    """(2, H*W*num_priors*4): corner boxes then variances, as PriorBoxLayer::Forward_cpu."""
+    lh, lw = layer_hw
+    ih = int(p.get("img_h", p.get("img_size", 0))) or image_hw[0]
+    iw = int(p.get("img_w", p.get("img_size", 0))) or image_hw[1]
+    sh = float(p.get("step_h", p.get("step", 0))) or ih / lh
+    sw = float(p.get("step_w", p.get("step", 0))) or iw / lw
+    offset = float(p.get("offset", 0.5))
+    mins = [float(v) for v in p.get("min_size", [])]
+    maxs = [float(v) for v in p.get("max_size", [])]
+    if maxs and len(maxs) != len(mins):
+        raise ModelError(f"PriorBox has {len(mins)} min_size but {len(maxs)} max_size values")
+    ratios = [1.0]
+    for ar in p.get("aspect_ratio", []):
+        if any(abs(ar - r) < 1e-6 for r in ratios):
+            continue
+        ratios.append(float(ar))
+        if p.get("flip", True):
+            ratios.append(1.0 / ar)
+    sizes = []  # (w, h) per prior in the fork's order
+    for i, m in enumerate(mins):
+        sizes.append((m, m))
+        if maxs:
+            s = math.sqrt(m * maxs[i])
+            sizes.append((s, s))
+        for r in ratios[1:]:
+            sizes.append((m * math.sqrt(r), m / math.sqrt(r)))
+    sizes = np.array(sizes, np.float64)
+    cy, cx = np.meshgrid((np.arange(lh) + offset) * sh, (np.arange(lw) + offset) * sw, indexing="ij")
+    cx = cx.reshape(-1, 1)
+    cy = cy.reshape(-1, 1)
+    boxes = np.stack([(cx - sizes[:, 0] / 2) / iw, (cy - sizes[:, 1] / 2) / ih,
+                      (cx + sizes[:, 0] / 2) / iw, (cy + sizes[:, 1] / 2) / ih], axis=-1)
+    boxes = boxes.reshape(-1).astype(F32)
+    if p.get("clip", False):
+        boxes = np.clip(boxes, 0.0, 1.0)
+    var = [float(v) for v in p.get("variance", [])] or [0.1]
+    if len(var) not in (1, 4):
+        raise ModelError(f"PriorBox needs 1 or 4 variances, got {len(var)}")
+    variances = np.resize(np.array(var * (4 if len(var) == 1 else 1), F32), boxes.size)
+    return np.stack([boxes, variances])
+
+
+@op("caffe", "PriorBox")
+def prior_box(layer, inputs, ctx):
+    feat, image = inputs[0], inputs[1]
+    out = prior_boxes(sub(layer, "prior_box_param"), feat.shape[2:], image.shape[2:])
+    return [out[None]]
+
+
+def _iou(box, others):
+    ix1 = np.maximum(box[0], others[:, 0])
+    iy1 = np.maximum(box[1], others[:, 1])
+    ix2 = np.minimum(box[2], others[:, 2])
+    iy2 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
+    union = area(box) + area(others) - inter
+    return np.where(inter > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms_fast(boxes, scores, score_threshold, nms_threshold, top_k, eta=1.0) -> list[int]:
+    """Caffe SSD's ApplyNMSFast: indices kept, highest score first."""
+    order = np.flatnonzero(scores > score_threshold)
+    order = order[np.argsort(-scores[order], kind="stable")]
+    if top_k > -1:
+        order = order[:top_k]
+    kept: list[int] = []
+    thr = nms_threshold
+    for idx in order:
+        keep = True
+        if kept:
+            keep = bool(np.all(_iou(boxes[idx], boxes[kept]) <= thr))
+        if keep:
+            kept.append(int(idx))
+            if eta < 1 and thr > 0.5:
+                thr *= eta
+    return kept
+
+
+def decode_boxes(loc, priors, variances, code_type, encoded_in_target):
+    p = priors.astype(np.float64)
+    v = variances.astype(np.float64) if not encoded_in_target else np.ones_like(p)
+    loc = loc.astype(np.float64)
+    if code_type == "CORNER":
+        return p + loc * v
+    if code_type == "CENTER_SIZE":
+        pw, ph = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+        pcx, pcy = (p[:, 0] + p[:, 2]) / 2, (p[:, 1] + p[:, 3]) / 2
+        cx = v[:, 0] * loc[:, 0] * pw + pcx
+        cy = v[:, 1] * loc[:, 1] * ph + pcy
+        w = np.exp(v[:, 2] * loc[:, 2]) * pw
+        h = np.exp(v[:, 3] * loc[:, 3]) * ph
+        return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    if code_type == "CORNER_SIZE":
+        pw, ph = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+        return p + loc * v * np.stack([pw, ph, pw, ph], axis=1)
+    raise ModelError(f"unknown code_type {code_type}")
+
+
+@op("caffe", "DetectionOutput")
+def detection_output(layer, inputs, ctx):
+    p = sub(layer, "detection_output_param")
+    loc, conf, prior = inputs[0], inputs[1], inputs[2]
+    num_classes = int(p.get("num_classes", 0))
+    if num_classes <= 0:
+        raise ModelError("DetectionOutput needs num_classes")
+    if not p.get("share_location", True):
+        raise ModelError("DetectionOutput with share_location: false is not supported")
+    n = loc.shape[0]
+    priors = prior.reshape(2, -1, 4)
+    num_priors = priors.shape[1]
+    loc = loc.reshape(n, num_priors, 4)
+    conf = conf.reshape(n, num_priors, num_classes)
+    nms = p.get("nms_param", {})
+    nms_thr, top_k = float(nms.get("nms_threshold", 0.3)), int(nms.get("top_k", -1))
+    eta = float(nms.get("eta", 1.0))
+    conf_thr = float(p.get("confidence_threshold", -np.inf))
+    keep_top_k = int(p.get("keep_top_k", -1))
+    background = int(p.get("background_label_id", 0))
+    rows = []
+    for i in range(n):
+        boxes = decode_boxes(loc[i], priors[0], priors[1], p.get("code_type", "CORNER"),
+                             p.get("variance_encoded_in_target", False))
+        if p.get("clip", False):
+            boxes = np.clip(boxes, 0.0, 1.0)
+        found = []
+        for c in range(num_classes):
+            if c == background:
+                continue
+            scores = conf[i, :, c].astype(np.float64)
+            for j in nms_fast(boxes, scores, conf_thr, nms_thr, top_k, eta):
+                found.append((scores[j], c, j))
+        if keep_top_k > -1 and len(found) > keep_top_k:
+            found.sort(key=lambda t: -t[0])
+            found = found[:keep_top_k]
+        found.sort(key=lambda t: (t[1], -t[0]))  # the fork emits per class, best first
+        rows += [[i, c, s, *boxes[j]] for s, c, j in found]
+    if not rows:
+        return [np.full((1, 1, 1, 7), -1, F32)]
+    return [np.array(rows, F32).reshape(1, 1, -1, 7)]
