@@ -51,14 +51,28 @@ class Executor:
         for i, layer in enumerate(graph.layers):
             for t in layer.tops:
                 self.final[t] = (i, t)
+        self._checked: set = set()
         if check_weights:
-            self._check_weights()
+            try:
+                self._check_weights(infer_shapes(self.graph))
+                self._checked.add(None)
+            except ModelError as e:
+                if "give" not in e.message and "not declared" not in e.message:
+                    raise
+                # The input size comes with the data; checked on the first run.
+        self.check_weights = check_weights
 
-    def _check_weights(self):
-        try:
-            shapes = infer_shapes(self.graph)
-        except ModelError:
-            return  # shapes depend on the fed input; checked per layer at run time
+    def _check_fed(self, env):
+        """Shape-check the whole net for the fed input sizes (once per distinct size)."""
+        fed = {name[1]: tuple(a.shape) for name, a in env.items() if name[0] in (-1, "feed")}
+        key = tuple(sorted(fed.items()))
+        if key in self._checked or not self.check_weights:
+            return
+        shapes = infer_shapes(self.graph, fed)  # names the layer and shapes on mismatch
+        self._check_weights(shapes)
+        self._checked.add(key)
+
+    def _check_weights(self, shapes):
         for layer in self.graph.layers:
             spec = spec_for(self.graph.framework, layer)
             layouts = spec.weight_layouts(layer, shapes.inputs[layer.name])
@@ -71,8 +85,9 @@ class Executor:
                     raise ModelError(f"missing weights: this {layer.type} needs "
                                      f"{', '.join(f'{k} {tuple(s)}' for k, s in want.items())}",
                                      file=self.graph.source_text, layer=layer.name)
+                ins = [tuple(x) for x in shapes.inputs[layer.name]]
                 raise ModelError(f"weights {have} do not fit this {layer.type} layer, which needs "
-                                 f"{ {k: tuple(s) for k, s in want.items()} }",
+                                 f"{ {k: tuple(s) for k, s in want.items()} } for input shapes {ins}",
                                  file=self.graph.source_text, layer=layer.name)
 
     # ------------------------------------------------------------------
@@ -105,6 +120,7 @@ class Executor:
         env = dict(cache or {})
         if start == 0:
             env.update(self._feed(inputs or {}))
+            self._check_fed(env)
         result = {}
         self._run_range(env, start, len(self.graph.layers), wanted, result)
         for v, name in wanted.items():
