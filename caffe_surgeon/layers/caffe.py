@@ -618,20 +618,29 @@ class Interp(CaffeSpec):
     types = ("Interp",)
 
     def infer(self, layer, inputs):
+        # DeepLab v2 / PSPNet interp_layer.cpp, in its order: a lone shrink or zoom
+        # factor wins over height/width, height/width over the pair of factors
+        # (shrink, then zoom), and a second input sizes the output only when
+        # nothing else does.
         p = sub(layer, "interp_param")
         x = inputs[0]
         h = x[2] + int(p.get("pad_beg", 0)) + int(p.get("pad_end", 0))
         w = x[3] + int(p.get("pad_beg", 0)) + int(p.get("pad_end", 0))
-        zoom, shrink = int(p.get("zoom_factor", 1)), int(p.get("shrink_factor", 1))
-        if len(inputs) > 1:
-            h, w = inputs[1][2], inputs[1][3]
-        elif p.get("height") and p.get("width"):
+        zoom, shrink = "zoom_factor" in p, "shrink_factor" in p
+        if zoom != shrink or (zoom and not ("height" in p and "width" in p)):
+            if shrink:
+                s = int(p["shrink_factor"])
+                h, w = (h - 1) // s + 1, (w - 1) // s + 1
+            if zoom:
+                z = int(p["zoom_factor"])
+                h, w = h + (h - 1) * (z - 1), w + (w - 1) * (z - 1)
+        elif "height" in p and "width" in p:
             h, w = int(p["height"]), int(p["width"])
+        elif len(inputs) > 1:
+            h, w = inputs[1][2], inputs[1][3]
         else:
-            if shrink != 1:
-                h, w = (h - 1) // shrink + 1, (w - 1) // shrink + 1
-            if zoom != 1:
-                h, w = h + (h - 1) * (zoom - 1), w + (w - 1) * (zoom - 1)
+            raise ModelError("Interp needs zoom_factor, shrink_factor, height and width, "
+                             "or a second input to size its output")
         return [(x[0], x[1], h, w)]
 
 
