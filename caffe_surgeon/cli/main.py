@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weights file to write (.caffemodel or .weights)")
     p.add_argument("--seed", type=int, default=0)
 
-    from . import forward
+    from . import detect, forward
     forward.add_parser(sub)
+    detect.add_parser(sub)
 
     p = sub.add_parser("rewrite", help="read a model and write it back (lossless round trip)")
     _add_model_args(p)
@@ -74,6 +75,9 @@ def main(argv=None):
             print(f"{layer.name[:32]:<32} {layer.type[:24]:<24} {outs}")
     elif args.command == "init":
         _init(args)
+    elif args.command == "detect":
+        from . import detect
+        detect.run(args)
     elif args.command == "forward":
         from . import forward
         forward.run(args)

@@ -52,6 +52,7 @@ class RunContext:
     """
 
     darknet_bn: str = "pjreddie"
+    darknet_flavour: str | None = None  # shortcut semantics; defaults to the BN flavour's fork
     cache: dict = field(default_factory=dict)
     donate: list = field(default_factory=list)
     graph: object = None
