@@ -16,6 +16,7 @@ from ..errors import ModelError
 from .caffe_geometry import (canonical_axis, conv_geometry, conv_out, deconv_out,
                              pair, pool_out, shape_dims, sub)
 from .fillers import fill
+from .channel_flow import ChannelFlow, blocked, passthrough
 from .registry import Counts, LayerSpec, Shape, register
 
 
@@ -195,6 +196,26 @@ class Convolution(CaffeSpec):
     def weight_names(self, layer, count):
         return ["weight", "bias"][:count] if count <= 2 else super().weight_names(layer, count)
 
+    def channel_flow(self, layer, inputs, outputs):
+        p, n, group, _ = self._geom(layer, inputs)
+        per_channel = {k: 0 for k in ("weight", "bias") if k in layer.weights or k == "weight"}
+        if group > 1 and group == inputs[0][1] == n:
+            # Depthwise: channel i in, channel i out, one filter each.
+            return passthrough(out_axes=per_channel, silence={"weight": 0.0, "bias": 0.0})
+        if group > 1:
+            why = (f"grouped convolution (group={group}) would have to lose the same number of "
+                   "channels in every group; not supported")
+            return ChannelFlow("produce", out_axes=per_channel, in_axes={"weight": 1},
+                               in_block=why, out_block=why)
+        return ChannelFlow("produce", out_axes=per_channel, in_axes={"weight": 1},
+                           offset_into="bias", silence={"weight": 0.0, "bias": 0.0})
+
+    def set_channels(self, layer, n):
+        p = layer.params.setdefault("convolution_param", {})
+        if int(p.get("group", 1)) > 1 and int(p["group"]) == int(p["num_output"]):
+            p["group"] = n
+        p["num_output"] = n
+
     def count(self, layer, inputs, outputs):
         p, n, group, (k, _, _, _) = self._geom(layer, inputs)
         out = outputs[0]
@@ -228,6 +249,17 @@ class Deconvolution(Convolution):
         if p.get("bias_term", True):
             shapes["bias"] = (n,)
         return shapes
+
+    def channel_flow(self, layer, inputs, outputs):
+        p, n, group, _ = self._geom(layer, inputs)
+        out_axes = {"weight": 1, **({"bias": 0} if "bias" in layer.weights else {})}
+        why = "" if group == 1 else f"grouped deconvolution (group={group}) is not pruned"
+        return ChannelFlow("produce", out_axes=out_axes, in_axes={"weight": 0},
+                           in_block=why, out_block=why, offset_into="bias",
+                           silence={"weight": 0.0, "bias": 0.0})
+
+    def set_channels(self, layer, n):
+        layer.params.setdefault("convolution_param", {})["num_output"] = n
 
     def count(self, layer, inputs, outputs):
         p, n, group, (k, _, _, _) = self._geom(layer, inputs)
@@ -263,6 +295,19 @@ class InnerProduct(CaffeSpec):
 
     def weight_names(self, layer, count):
         return ["weight", "bias"][:count] if count <= 2 else super().weight_names(layer, count)
+
+    def channel_flow(self, layer, inputs, outputs):
+        p, axis, _, _ = self._dims(layer, inputs)
+        t = bool(p.get("transpose", False))
+        out_axes = {"weight": 1 if t else 0, **({"bias": 0} if "bias" in layer.weights else {})}
+        return ChannelFlow("produce", out_axes=out_axes, in_axes={"weight": 0 if t else 1},
+                           in_block="" if axis == 1 else f"InnerProduct over axis {axis}",
+                           out_block="" if len(outputs[0]) == 2 else
+                           f"InnerProduct output {tuple(outputs[0])} is not (N, C)",
+                           offset_into="bias", silence={"weight": 0.0, "bias": 0.0})
+
+    def set_channels(self, layer, n):
+        layer.params.setdefault("inner_product_param", {})["num_output"] = n
 
     def count(self, layer, inputs, outputs):
         p, axis, k, n = self._dims(layer, inputs)
@@ -321,6 +366,12 @@ class BatchNorm(CaffeSpec):
     def count(self, layer, inputs, outputs):
         return Counts(params=4 * self.channels(inputs) + 1)  # vai_p_caffe's count (see class doc)
 
+    def channel_flow(self, layer, inputs, outputs):
+        if "scale" in layer.weights:  # Xilinx form: affine part built in
+            return passthrough(out_axes=dict.fromkeys(("scale", "bias", "mean", "variance"), 0),
+                               gamma="scale", silence={"bias": 0.0, "mean": 0.0})
+        return passthrough(out_axes={"mean": 0, "variance": 0}, silence={"mean": 0.0})
+
     def init_weights(self, layer, inputs, rng):
         c = self.channels(inputs)
         if self.is_xilinx(layer):
@@ -334,6 +385,17 @@ class BatchNorm(CaffeSpec):
         return {"mean": (rng.standard_normal(c) * 0.1 * s).astype(np.float32),
                 "variance": (rng.uniform(0.5, 1.5, c) * s).astype(np.float32),
                 "scale_factor": np.array([s], np.float32)}
+
+
+def _axis_flow(layer, inputs, key, gamma=None) -> ChannelFlow:
+    """Scale/Bias: per-channel when the learned blob (or second input) starts at axis 1."""
+    axis = canonical_axis(int(sub(layer, key).get("axis", 1)), len(inputs[0]))
+    if axis != 1:
+        return blocked(f"{layer.type} '{layer.name}' works along axis {axis}, not channels")
+    if len(inputs) == 2:
+        return ChannelFlow("join", inputs=(0, 1))
+    return passthrough(out_axes=dict.fromkeys(layer.weights, 0), gamma=gamma,
+                       silence={"bias": 0.0})
 
 
 class _AxisParam(CaffeSpec):
@@ -369,6 +431,9 @@ class Scale(_AxisParam):
     def weight_names(self, layer, count):
         return ["scale", "bias"][:count] if count <= 2 else super().weight_names(layer, count)
 
+    def channel_flow(self, layer, inputs, outputs):
+        return _axis_flow(layer, inputs, "scale_param", gamma="scale")
+
     def init_weights(self, layer, inputs, rng):
         p = sub(layer, "scale_param")
         out = {}
@@ -386,6 +451,9 @@ class Bias(_AxisParam):
     def weight_shapes(self, layer, inputs):
         return {"bias": self.blob_shape(layer, inputs)} if len(inputs) == 1 else {}
 
+    def channel_flow(self, layer, inputs, outputs):
+        return _axis_flow(layer, inputs, "bias_param")
+
     def init_weights(self, layer, inputs, rng):
         return {n: fill(sub(layer, "bias_param").get("filler"), s, rng, default="small")
                 for n, s in self.weight_shapes(layer, inputs).items()}
@@ -398,6 +466,10 @@ class PReLU(CaffeSpec):
     def weight_shapes(self, layer, inputs):
         shared = sub(layer, "prelu_param").get("channel_shared", False)
         return {"slope": (1,) if shared else (inputs[0][1],)}
+
+    def channel_flow(self, layer, inputs, outputs):
+        shared = sub(layer, "prelu_param").get("channel_shared", False)
+        return passthrough(out_axes={} if shared else {"slope": 0})
 
     def init_weights(self, layer, inputs, rng):
         return {n: fill(sub(layer, "prelu_param").get("filler"), s, rng, default="prelu")
@@ -412,6 +484,12 @@ class Normalize(CaffeSpec):
         shared = sub(layer, "norm_param").get("channel_shared", True)
         return {"scale": (1,) if shared else (inputs[0][1],)}
 
+    def channel_flow(self, layer, inputs, outputs):
+        # The norm runs across channels; a removed channel must emit exactly 0,
+        # which the sparse output guarantees by silencing it (see pruning/surgery.py).
+        shared = sub(layer, "norm_param").get("channel_shared", True)
+        return passthrough(out_axes={} if shared else {"scale": 0})
+
     def init_weights(self, layer, inputs, rng):
         return {n: fill(sub(layer, "norm_param").get("scale_filler"), s, rng, default="around_one")
                 for n, s in self.weight_shapes(layer, inputs).items()}
@@ -422,6 +500,16 @@ class Elementwise(CaffeSpec):
     types = ("ReLU", "ReLU6", "ELU", "Sigmoid", "TanH", "Power", "AbsVal", "BNLL", "Exp",
              "Log", "Swish", "Clip", "Mish", "Threshold", "Dropout", "LRN", "Softmax",
              "FixedNeuron", "MVN", "HardSigmoid", "GELU")
+
+    def channel_flow(self, layer, inputs, outputs):
+        if layer.type == "LRN" and sub(layer, "lrn_param").get("norm_region", "ACROSS_CHANNELS") \
+                == "ACROSS_CHANNELS":
+            return blocked(f"LRN '{layer.name}' normalises across neighbouring channels")
+        if layer.type == "Softmax":
+            return blocked(f"Softmax '{layer.name}' normalises over all channels")
+        if layer.type == "MVN" and sub(layer, "mvn_param").get("across_channels", False):
+            return blocked(f"MVN '{layer.name}' normalises across channels")
+        return passthrough()
 
 
 @register
@@ -457,6 +545,9 @@ class Eltwise(CaffeSpec):
                                  f"input 0 ('{layer.bottoms[0]}') has {tuple(inputs[0])}")
         return [tuple(inputs[0])]
 
+    def channel_flow(self, layer, inputs, outputs):
+        return ChannelFlow("join")
+
 
 @register
 class Concat(CaffeSpec):
@@ -474,6 +565,13 @@ class Concat(CaffeSpec):
                                  f"match input 0 {tuple(inputs[0])} outside axis {axis}")
             out[axis] += s[axis]
         return [tuple(out)]
+
+    def channel_flow(self, layer, inputs, outputs):
+        p = sub(layer, "concat_param")
+        axis = canonical_axis(int(p["concat_dim"]) if "concat_dim" in p else int(p.get("axis", 1)),
+                              len(inputs[0]))
+        return ChannelFlow("concat") if axis == 1 else \
+            blocked(f"Concat '{layer.name}' joins along axis {axis}, not channels")
 
 
 @register
@@ -502,6 +600,18 @@ class Slice(CaffeSpec):
             out.append(tuple(x[:axis]) + (b - a,) + tuple(x[axis + 1:]))
         return out
 
+    def channel_flow(self, layer, inputs, outputs):
+        p = sub(layer, "slice_param")
+        axis = canonical_axis(int(p["slice_dim"]) if "slice_dim" in p else int(p.get("axis", 1)),
+                              len(inputs[0]))
+        if axis != 1:
+            return passthrough() if axis >= 2 else \
+                blocked(f"Slice '{layer.name}' splits axis {axis}")
+        if len(layer.tops) > 1 and not p.get("slice_point"):
+            return blocked(f"Slice '{layer.name}' splits channels into equal parts "
+                           "(no slice_point), which pruning would have to keep equal")
+        return ChannelFlow("slice")
+
 
 @register
 class Split(CaffeSpec):
@@ -519,6 +629,15 @@ class Flatten(CaffeSpec):
         a = canonical_axis(int(p.get("axis", 1)), len(x))
         e = canonical_axis(int(p.get("end_axis", -1)), len(x))
         return [tuple(x[:a]) + (_prod(x[a:e + 1]),) + tuple(x[e + 1:])]
+
+    def channel_flow(self, layer, inputs, outputs):
+        p = sub(layer, "flatten_param")
+        x = inputs[0]
+        a = canonical_axis(int(p.get("axis", 1)), len(x))
+        e = canonical_axis(int(p.get("end_axis", -1)), len(x))
+        if a == 1 and e == len(x) - 1:
+            return ChannelFlow("flatten")
+        return blocked(f"Flatten '{layer.name}' over axes {a}..{e} hides the channel axis")
 
 
 @register
@@ -582,6 +701,11 @@ class Crop(CaffeSpec):
         axis = canonical_axis(int(sub(layer, "crop_param").get("axis", 2)), len(x))
         return [tuple(x[:axis]) + tuple(ref[axis:])]
 
+    def channel_flow(self, layer, inputs, outputs):
+        axis = canonical_axis(int(sub(layer, "crop_param").get("axis", 2)), len(inputs[0]))
+        return passthrough(inputs=(0,)) if axis >= 2 else \
+            blocked(f"Crop '{layer.name}' crops the channel axis")
+
 
 @register
 class Tile(CaffeSpec):
@@ -593,6 +717,10 @@ class Tile(CaffeSpec):
         axis = canonical_axis(int(p.get("axis", 1)), len(x))
         x[axis] *= int(p.get("tiles", 1))
         return [tuple(x)]
+
+    def channel_flow(self, layer, inputs, outputs):
+        axis = canonical_axis(int(sub(layer, "tile_param").get("axis", 1)), len(inputs[0]))
+        return passthrough() if axis >= 2 else blocked(f"Tile '{layer.name}' repeats channels")
 
 
 @register
@@ -609,6 +737,10 @@ class Upsample(CaffeSpec):
         sh = int(p.get("scale_h", p.get("scale", 2)))
         sw = int(p.get("scale_w", p.get("scale", 2)))
         return [(x[0], x[1], x[2] * sh, x[3] * sw)]
+
+    def channel_flow(self, layer, inputs, outputs):
+        # SegNet's form reads the pooling mask as a second input, channel for channel.
+        return ChannelFlow("join") if len(inputs) == 2 else passthrough()
 
 
 @register
@@ -691,7 +823,9 @@ class ArgMax(CaffeSpec):
 @register
 class PriorBox(CaffeSpec):
     types = ("PriorBox",)
-    channel_role = "sink"
+
+    def channel_flow(self, layer, inputs, outputs):
+        return ChannelFlow("shape_only")  # reads the feature map's size, never its values
 
     @staticmethod
     def num_priors(p: dict) -> int:
@@ -743,7 +877,9 @@ class Scalar(CaffeSpec):
 @register
 class Silence(CaffeSpec):
     types = ("Silence",)
-    channel_role = "sink"
+
+    def channel_flow(self, layer, inputs, outputs):
+        return ChannelFlow("shape_only")
 
     def infer(self, layer, inputs):
         return []

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph import Layer
+from .channel_flow import ChannelFlow, blocked, passthrough
 from .registry import Counts, LayerSpec, Shape, register
 
 _LEAD_NUM = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -74,6 +75,16 @@ def _bn(layer: Layer) -> bool:
 def _bn_arrays(prefix: str, n: int) -> dict[str, Shape]:
     return {f"{prefix}scales": (n,), f"{prefix}rolling_mean": (n,),
             f"{prefix}rolling_variance": (n,)}
+
+
+def _producer_flow(layer: Layer, out_axes: dict, in_axes: dict, why: str = "") -> ChannelFlow:
+    """Darknet conv/connected: with batch_normalize an input offset folds into the BN mean."""
+    bn = _bn(layer)
+    return ChannelFlow("produce", out_axes=out_axes, in_axes=in_axes, in_block=why,
+                       out_block=why, gamma="scales" if bn else None,
+                       offset_into="rolling_mean" if bn else "biases",
+                       offset_sign=-1.0 if bn else 1.0,
+                       silence={"weights": 0.0, "biases": 0.0, "rolling_mean": 0.0})
 
 
 def _connected_arrays(prefix: str, n_in: int, n_out: int, bn: bool) -> dict[str, Shape]:
@@ -188,6 +199,24 @@ class Convolutional(_Windowed):
         out["weights"] = (g["n"], g["c"] // g["groups"], g["size"], g["size"])
         return out
 
+    def channel_flow(self, layer, inputs, outputs):
+        if "share_index" in layer.params:
+            return blocked(f"'{layer.name}' shares its weights with another layer")
+        g = self.geometry(layer, inputs)
+        per_channel = dict.fromkeys(layer.weights, 0)
+        if 1 < g["groups"] == g["c"] == g["n"]:  # depthwise: channel i in, channel i out
+            return passthrough(out_axes=per_channel, gamma="scales" if _bn(layer) else None,
+                               silence={"weights": 0.0, "biases": 0.0, "rolling_mean": 0.0})
+        why = "" if g["groups"] == 1 else (
+            f"grouped convolution (groups={g['groups']}) would have to lose the same number "
+            "of channels in every group; not supported")
+        return _producer_flow(layer, per_channel, {"weights": 1}, why)
+
+    def set_channels(self, layer, n):
+        if opt_int(layer, "groups", 1) > 1:
+            layer.params["groups"] = n
+        layer.params["filters"] = n
+
 
 @register
 class Deconvolutional(_Windowed):
@@ -207,6 +236,13 @@ class Deconvolutional(_Windowed):
             out.update(_bn_arrays("", g["n"]))
         out["weights"] = (g["c"], g["n"], g["size"], g["size"])
         return out
+
+    def channel_flow(self, layer, inputs, outputs):
+        out_axes = {**dict.fromkeys(layer.weights, 0), "weights": 1}
+        return _producer_flow(layer, out_axes, {"weights": 0})
+
+    def set_channels(self, layer, n):
+        layer.params["filters"] = n
 
 
 @register
@@ -250,6 +286,12 @@ class Connected(DarknetSpec):
     def macs(self, layer, inputs, outputs):
         return _prod(inputs[0][1:]) * opt_int(layer, "output", 1)
 
+    def channel_flow(self, layer, inputs, outputs):
+        return _producer_flow(layer, dict.fromkeys(layer.weights, 0), {"weights": 1})
+
+    def set_channels(self, layer, n):
+        layer.params["output"] = n
+
 
 @register
 class BatchNorm(DarknetSpec):
@@ -260,6 +302,10 @@ class BatchNorm(DarknetSpec):
     def weight_shapes(self, layer, inputs):
         c = _chw(inputs[0])[1]
         return {"biases": (c,), **_bn_arrays("", c)}
+
+    def channel_flow(self, layer, inputs, outputs):
+        return passthrough(out_axes=dict.fromkeys(layer.weights, 0), gamma="scales",
+                           silence={"biases": 0.0, "rolling_mean": 0.0})
 
 
 class _Recurrent(DarknetSpec):
@@ -337,6 +383,11 @@ class MaxPool(_Pool):
 
     types = ("maxpool",)
 
+    def channel_flow(self, layer, inputs, outputs):
+        if opt_int(layer, "maxpool_depth", 0):
+            return blocked(f"maxpool '{layer.name}' pools across channels (maxpool_depth=1)")
+        return passthrough()
+
 
 @register
 class LocalAvgPool(_Pool):
@@ -384,6 +435,13 @@ class Route(DarknetSpec):
             total += c
         return [(b, total // groups, h, w)]
 
+    def channel_flow(self, layer, inputs, outputs):
+        groups = max(1, opt_int(layer, "groups", 1))
+        if groups > 1:
+            return blocked(f"route '{layer.name}' keeps channel group {opt_int(layer, 'group_id', 0)}"
+                           f" of {groups}: every group would have to lose the same channels")
+        return ChannelFlow("concat")
+
 
 @register
 class Shortcut(DarknetSpec):
@@ -408,6 +466,14 @@ class Shortcut(DarknetSpec):
             return {"weights": (n + 1, _chw(inputs[0])[1])}
         raise ModelError(f"weights_type={kind} is not one of none, per_feature, per_channel")
 
+    def channel_flow(self, layer, inputs, outputs):
+        counts = [_chw(s)[1] for s in inputs]
+        if len(set(counts)) > 1:
+            return blocked(f"shortcut '{layer.name}' adds inputs with different channel counts "
+                           f"{counts}: darknet adds only the overlapping channels")
+        per_channel = {"weights": 1} if layer.params.get("weights_type") == "per_channel" else {}
+        return ChannelFlow("join", out_axes=per_channel)
+
     def init_weights(self, layer, inputs, rng):
         return {k: rng.uniform(0.5, 1.5, s).astype(np.float32)
                 for k, s in self.weight_shapes(layer, inputs).items()}
@@ -428,6 +494,11 @@ class ScaleChannels(DarknetSpec):
                              f"{(c2, h2, w2)} from= layer, got {(c, h, w)}")
         return [(b2, c2, h2, w2)]
 
+    def channel_flow(self, layer, inputs, outputs):
+        if opt_int(layer, "scale_wh", 0):
+            return blocked(f"scale_channels '{layer.name}' with scale_wh=1 scales by a 1-channel map")
+        return ChannelFlow("join", inputs=(1, 0))  # output carries the features' channels
+
 
 @register
 class Sam(DarknetSpec):
@@ -440,6 +511,9 @@ class Sam(DarknetSpec):
         if len(inputs) != 2 or tuple(inputs[0][1:]) != tuple(inputs[1][1:]):
             raise ModelError(f"sam needs two inputs of equal shape, got {[tuple(s) for s in inputs]}")
         return [tuple(inputs[1])]
+
+    def channel_flow(self, layer, inputs, outputs):
+        return ChannelFlow("join", inputs=(1, 0))
 
 
 # ----------------------------------------------------------------- resampling
@@ -497,6 +571,10 @@ class _Head(DarknetSpec):
 
     channel_role = "sink"
     flat = False  # True when darknet checks the flat size rather than the channels
+
+    def channel_flow(self, layer, inputs, outputs):
+        need, why = self.expect(layer)
+        return blocked(f"{layer.type} head '{layer.name}' fixes the channels of its input to {why}")
 
     def infer(self, layer, inputs):
         need, why = self.expect(layer)
@@ -584,6 +662,11 @@ class Elementwise(DarknetSpec):
     """Layers that keep the shape and store nothing."""
 
     types = ("dropout", "normalization", "activation", "logistic", "l2norm", "empty")
+
+    def channel_flow(self, layer, inputs, outputs):
+        if layer.type in ("normalization", "l2norm"):
+            return blocked(f"{layer.type} '{layer.name}' normalises across channels")
+        return passthrough()
 
 
 #: sections both darknets know but this package does not model, and why.

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph import Graph, Layer
+from .channel_flow import ChannelFlow, blocked, passthrough
 
 Shape = tuple[int, ...]
 
@@ -42,8 +43,8 @@ class LayerSpec:
 
     framework: str = ""
     types: tuple[str, ...] = ()
-    #: how the layer's channels flow, for the pruning core: "producer",
-    #: "passthrough", "coupler", "blocker", "sink" or "source".
+    #: default channel behaviour for :meth:`channel_flow`: "passthrough",
+    #: "source", "blocker" or "sink"; types with weights or joins override it.
     channel_role: str = "passthrough"
 
     def infer(self, layer: Layer, inputs: Sequence[Shape]) -> list[Shape]:
@@ -69,6 +70,21 @@ class LayerSpec:
 
     def count(self, layer: Layer, inputs: Sequence[Shape], outputs: Sequence[Shape]) -> Counts:
         return Counts()
+
+    def channel_flow(self, layer: Layer, inputs: Sequence[Shape],
+                     outputs: Sequence[Shape]) -> ChannelFlow:
+        """How channels cross this layer (see :mod:`.channel_flow`)."""
+        if self.channel_role == "passthrough":
+            return passthrough()
+        if self.channel_role == "source":
+            return ChannelFlow("source", reason=f"produced by the {layer.type} data layer")
+        if self.channel_role == "sink":
+            return blocked(f"read by {layer.type} '{layer.name}', which needs every channel")
+        return blocked(f"{layer.type} '{layer.name}' moves channels in a way that cannot be traced")
+
+    def set_channels(self, layer: Layer, n: int) -> None:
+        """Record a new output channel count in ``layer.params`` (producers, depthwise)."""
+        raise ModelError(f"{layer.type} has no channel count to change", layer=layer.name)
 
     def init_weights(self, layer: Layer, inputs: Sequence[Shape],
                      rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -181,3 +197,12 @@ def _rebatch(shape: Shape, batch: int | None) -> Shape:
     if batch is None or not shape:
         return shape
     return (batch,) + tuple(shape[1:])
+
+
+def feed_shapes(graph: Graph, shapes: ShapeMap) -> dict[str, Shape]:
+    """Blobs a caller feeds to run the graph: network inputs and the tops of data layers."""
+    out = {name: shapes.blobs[name] for name in graph.inputs}
+    for layer in graph.layers:
+        if not layer.bottoms:
+            out.update({t: shapes.blobs[t] for t in layer.tops})
+    return out

@@ -1,0 +1,166 @@
+"""Pruning plans: a JSON value saying, per group, which channels stay.
+
+Example (one group, 50% of 8 channels, L1 ranking)::
+
+    {"format": "caffe-surgeon-plan", "version": 1, "framework": "caffe",
+     "model": "deploy.prototxt", "criterion": "l1", "reduction": "sum", "divisor": 1,
+     "groups": [{"id": 0, "producers": ["conv1"], "members": ["conv1", "bn1", "conv2"],
+                 "channels": 8, "ratio": 0.5, "keep": [1, 2, 5, 7],
+                 "scores": [0.1, 0.9, 0.8, 0.2, 0.3, 0.7, 0.05, 0.6]}]}
+
+Groups missing from a plan keep every channel. Plans are deterministic: the
+ranking breaks ties by channel index and the JSON is written with sorted,
+fixed formatting.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import ModelError
+from ..fileio import atomic_write
+from .criteria import class_scores, lowest_first
+from .groups import ChannelAnalysis
+
+FORMAT = "caffe-surgeon-plan"
+
+
+@dataclass
+class GroupPlan:
+    id: int
+    producers: list
+    members: list
+    channels: int
+    keep: list
+    ratio: float = 0.0
+    scores: list | None = None
+
+
+@dataclass
+class Plan:
+    framework: str
+    model: str
+    groups: list = field(default_factory=list)
+    criterion: str = "l1"
+    reduction: str = "sum"
+    divisor: int = 1
+
+    def to_json(self) -> str:
+        d = {"format": FORMAT, "version": 1, **asdict(self)}
+        return json.dumps(d, indent=1, sort_keys=True) + "\n"
+
+    def save(self, path) -> None:
+        atomic_write(path, self.to_json())
+
+    @property
+    def removed(self) -> int:
+        return sum(g.channels - len(g.keep) for g in self.groups)
+
+    @staticmethod
+    def from_json(text: str, source=None) -> "Plan":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ModelError(f"plan is not valid JSON: {e.msg}", file=source, line=e.lineno) from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ModelError(f"not a pruning plan (expected \"format\": \"{FORMAT}\")", file=source)
+        try:
+            groups = [GroupPlan(**g) for g in d["groups"]]
+            return Plan(d["framework"], d.get("model", ""), groups, d.get("criterion", "l1"),
+                        d.get("reduction", "sum"), int(d.get("divisor", 1)))
+        except (KeyError, TypeError) as e:
+            raise ModelError(f"plan is missing or has an unexpected field: {e}", file=source) from None
+
+    @staticmethod
+    def load(path) -> "Plan":
+        from ..fileio import read_bytes
+        return Plan.from_json(read_bytes(path).decode("utf-8", "replace"), source=str(path))
+
+
+def kept_count(channels: int, ratio: float, divisor: int = 1) -> int:
+    """Channels left after pruning ``ratio`` of ``channels``, rounded up to a multiple of ``divisor``.
+
+    Example: 64 channels, ratio 0.3, divisor 8 -> ceil(44.8 / 8) * 8 = 48;
+    6 channels, ratio 0.9, divisor 4 -> 4 (at least one multiple of the divisor).
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ModelError(f"ratio {ratio} is outside [0, 1): a ratio of 1 would remove every channel")
+    if divisor < 1:
+        raise ModelError(f"channel divisor must be >= 1, got {divisor}")
+    keep = math.ceil(round(channels * (1.0 - ratio), 6) / divisor) * divisor
+    return min(channels, max(keep, divisor, 1))
+
+
+def make_plan(analysis: ChannelAnalysis, ratio: float | None = None, ratios: dict | None = None,
+              criterion="l1", reduction: str = "sum", divisor: int = 1,
+              model: str = "") -> Plan:
+    """Rank channels and keep the best ``1 - ratio`` of every prunable group.
+
+    Args:
+        ratio: one ratio for every prunable group.
+        ratios: group id or producer name -> ratio (overrides ``ratio``); naming an
+            unprunable group is an error that gives the reason.
+        criterion: "l1", "l2", "bn" or a callable (see :mod:`.criteria`).
+        divisor: kept channels are a multiple of it (``channel_divisible``, ``kernel_batch``).
+    """
+    per_group = {}
+    for ref, r in (ratios or {}).items():
+        g = analysis.group(ref)
+        if not g.prunable:
+            raise ModelError(f"group {g.id} ({', '.join(g.producers)}) cannot be pruned: "
+                             f"{'; '.join(g.reasons)}", file=analysis.graph.source_text)
+        if g.id in per_group and per_group[g.id] != r:
+            raise ModelError(f"group {g.id} ({', '.join(g.producers)}) is given two ratios: "
+                             f"{per_group[g.id]} and {r}")
+        per_group[g.id] = float(r)
+    groups = []
+    for g in analysis.prunable_groups():
+        r = per_group.get(g.id, ratio if ratio is not None else 0.0)
+        keep_n = kept_count(g.channels, float(r), divisor)
+        scores = class_scores(analysis, g, criterion, reduction)
+        order = lowest_first(scores)
+        keep = sorted(int(k) for k in order[g.channels - keep_n:])
+        groups.append(GroupPlan(g.id, list(g.producers), list(g.members), g.channels, keep,
+                                float(r), [float(f"{s:.9g}") for s in scores]))
+    name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
+    return Plan(analysis.graph.framework, model or analysis.graph.source_text or "", groups,
+                name, reduction, divisor)
+
+
+def node_keep(analysis: ChannelAnalysis, plan: Plan) -> np.ndarray:
+    """Per node, whether it stays; checks that ``plan`` fits the analysed model."""
+    keep = np.ones(len(analysis.node_space), bool)
+    src = analysis.graph.source_text
+    if plan.framework != analysis.graph.framework:
+        raise ModelError(f"the plan is for a {plan.framework} model, this is a "
+                         f"{analysis.graph.framework} model", file=src)
+    seen = set()
+    for gp in plan.groups:
+        g = next((x for x in analysis.groups if x.producers == list(gp.producers)), None)
+        if g is None:
+            raise ModelError(f"plan group {gp.id} ({', '.join(gp.producers)}) does not match any "
+                             "channel group of this model", file=src)
+        if g.channels != gp.channels:
+            raise ModelError(f"plan group {gp.id} ({', '.join(gp.producers)}) has {gp.channels} "
+                             f"channels, the model has {g.channels}", file=src)
+        if g.id in seen:
+            raise ModelError(f"plan lists group {g.id} ({', '.join(g.producers)}) twice", file=src)
+        seen.add(g.id)
+        kept = sorted(set(int(k) for k in gp.keep))
+        if len(kept) != len(gp.keep) or (kept and not 0 <= kept[0] <= kept[-1] < g.channels):
+            raise ModelError(f"plan group {gp.id} ({', '.join(gp.producers)}): keep must list "
+                             f"distinct indices in 0..{g.channels - 1}", file=src)
+        if not kept:
+            raise ModelError(f"plan group {gp.id} ({', '.join(gp.producers)}) keeps no channel; "
+                             "a layer cannot be emptied", file=src)
+        if len(kept) < g.channels and not g.prunable:
+            raise ModelError(f"plan prunes group {g.id} ({', '.join(g.producers)}), which cannot "
+                             f"be pruned: {'; '.join(g.reasons)}", file=src)
+        drop = np.setdiff1d(np.arange(g.channels), kept)
+        for k in drop:
+            for s, c in g.classes[int(k)]:
+                keep[analysis.spaces[s].first_node + c] = False
+    return keep

@@ -1,0 +1,229 @@
+"""apply(plan): the one step that changes a model.
+
+Dense output slices the arrays and updates ``num_output`` / ``filters`` and
+every dependent parameter. Sparse output keeps every shape and makes each
+removed channel inert, so that both outputs compute the same function:
+
+- the producer's filter row, bias and the shift of every per-channel layer
+  after it (BatchNorm mean, Scale/Bias bias, Darknet ``biases`` and
+  ``rolling_mean``) are zeroed, so the channel emits exactly 0 wherever the
+  activation maps 0 to 0 (this is what a channel-mixing layer such as SSD's
+  Normalize needs, and what lets ``transform`` recognise it);
+- every consumer's weights reading the channel are zeroed;
+- the constant the channel used to emit with a dead filter (act(beta), through
+  pooling, upsampling, concat and joins) is added to each consumer's bias in
+  both outputs (offset folding), so removing a channel whose filter is dead
+  changes nothing.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ..errors import ModelError
+from ..graph import Graph, Layer
+from ..layers.registry import LayerSpec, feed_shapes, spec_for
+from .groups import ChannelAnalysis, analyse
+from .plan import Plan, node_keep
+
+MODES = ("dense", "sparse")
+
+
+def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
+          analysis: ChannelAnalysis | None = None) -> Graph:
+    """Return a pruned copy of ``graph`` (the input graph is not modified).
+
+    Args:
+        plan: which channels stay (see :mod:`.plan`); checked against the model.
+        mode: "dense" (smaller arrays) or "sparse" (original shapes, removed channels zeroed).
+        fold: fold the constant output of removed channels into consumer biases.
+        analysis: the model's channel analysis, if already computed.
+    """
+    if mode not in MODES:
+        raise ModelError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    a = analysis or analyse(graph)
+    keep = node_keep(a, plan)
+    out = copy_graph(graph)
+    if keep.all():
+        return out
+    _check_nothing_emptied(a, keep)
+    consts = removed_constants(graph, a, keep) if fold else {}
+    for i, layer in enumerate(out.layers):
+        flow = a.flows[i]
+        spec = spec_for(graph.framework, layer)
+        if flow.kind == "produce":
+            e = (a.layer_out[i] or [None])[0]
+            if e is not None and not keep[e.nodes].all():
+                _cut_outputs(layer, spec, flow, keep[e.nodes], mode, resize=True)
+            e = a.layer_in[i]
+            if e is not None and not flow.in_block:
+                name, axis = next(iter(flow.in_axes.items()))
+                try:
+                    cols = _columns(keep, e, a.shapes.inputs[layer.name][0],
+                                    layer.weights[name].shape[axis])
+                except ModelError as err:
+                    raise err.located(file=graph.source_text, layer=layer.name) from None
+                if not cols.all():
+                    if i in consts:
+                        _fold(layer, spec, flow, cols, consts[i])
+                    _cut_inputs(layer, flow, cols, mode)
+        elif flow.kind in ("pass", "join") and a.layer_in[i] is not None:
+            m = keep[a.layer_in[i].nodes]
+            if not m.all() and flow.out_axes:
+                resize = type(spec).set_channels is not LayerSpec.set_channels
+                _cut_outputs(layer, spec, flow, m, mode, resize=resize)
+        elif flow.kind == "slice" and mode == "dense" and a.layer_in[i] is not None:
+            sizes = [int(keep[e.nodes].sum()) for e in a.layer_out[i]]
+            p = layer.params.setdefault("slice_param", {})
+            if p.get("slice_point"):
+                p["slice_point"] = list(np.cumsum(sizes)[:-1].tolist())
+    return out
+
+
+def copy_graph(graph: Graph) -> Graph:
+    """A copy whose layers can be edited; arrays are shared until replaced, origins kept."""
+    layers = [Layer(l.name, l.type, list(l.bottoms), list(l.tops), copy.deepcopy(l.params),
+                    dict(l.weights), l.origin) for l in graph.layers]
+    return Graph(graph.framework, graph.name, layers, dict(graph.inputs), list(graph.outputs),
+                 copy.deepcopy(graph.meta), graph.origin, list(graph.source))
+
+
+def _check_nothing_emptied(a: ChannelAnalysis, keep) -> None:
+    for i, tops in enumerate(a.layer_out):
+        for t, e in zip(a.graph.layers[i].tops, tops or []):
+            if e is not None and len(e) and not keep[e.nodes].any():
+                raise ModelError(f"the plan removes every channel of blob '{t}'",
+                                 file=a.graph.source_text, layer=a.graph.layers[i].name)
+
+
+def _columns(keep, entries, in_shape, n_cols: int) -> np.ndarray:
+    """Keep mask over a consumer's input columns.
+
+    A convolution has one column per channel; an InnerProduct reads every
+    feature, so a channel spans width x H x W columns (width > 1 after Flatten).
+    """
+    m = keep[entries.nodes]
+    if n_cols == len(m):
+        return m
+    spatial = int(np.prod(in_shape[2:], dtype=np.int64)) if len(in_shape) > 2 else 1
+    cols = np.repeat(m, np.asarray(entries.widths, np.int64) * spatial)
+    if len(cols) != n_cols:
+        raise ModelError(f"the layer reads {n_cols} input features, the channel analysis "
+                         f"traces {len(cols)}")
+    return cols
+
+
+def _cut_outputs(layer, spec, flow, m, mode, resize):
+    idx = np.flatnonzero(m)
+    drop = np.flatnonzero(~m)
+    for name, axis in flow.out_axes.items():
+        if name not in layer.weights:
+            continue
+        arr = layer.weights[name]
+        if mode == "dense":
+            layer.weights[name] = np.ascontiguousarray(np.take(arr, idx, axis=axis))
+        elif name in flow.silence:
+            z = arr.copy()
+            sl = [slice(None)] * z.ndim
+            sl[axis] = drop
+            z[tuple(sl)] = flow.silence[name]
+            layer.weights[name] = z
+    if mode == "dense" and resize:
+        spec.set_channels(layer, int(m.sum()))
+
+
+def _cut_inputs(layer, flow, cols, mode):
+    idx = np.flatnonzero(cols)
+    for name, axis in flow.in_axes.items():
+        arr = layer.weights[name]
+        if arr.shape[axis] != len(cols):
+            raise ModelError(f"'{name}' has {arr.shape[axis]} inputs along axis {axis}, the "
+                             f"channel analysis expects {len(cols)}", layer=layer.name)
+        if mode == "dense":
+            layer.weights[name] = np.ascontiguousarray(np.take(arr, idx, axis=axis))
+        else:
+            z = arr.copy()
+            sl = [slice(None)] * z.ndim
+            sl[axis] = np.flatnonzero(~cols)
+            z[tuple(sl)] = 0.0
+            layer.weights[name] = z
+
+
+def _fold(layer, spec, flow, cols, values):
+    """Add what the removed input features contributed as constants to the layer's output offset."""
+    drop = np.flatnonzero(~cols)
+    delta = None
+    for name, axis in flow.in_axes.items():
+        w = np.moveaxis(layer.weights[name], axis, 0).astype(np.float64)
+        w = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2)  # (inputs, outputs)
+        d = values[drop].astype(np.float64) @ w[drop]
+        delta = d if delta is None else delta + d
+    if delta is None or not np.any(delta):
+        return
+    target = flow.offset_into
+    if target is None:
+        raise ModelError("removed input channels emit a constant, but this layer has no offset "
+                         "to fold it into", layer=layer.name)
+    if target not in layer.weights:
+        _add_bias(layer, target, len(delta))
+    arr = layer.weights[target].astype(np.float64) + flow.offset_sign * delta
+    layer.weights[target] = arr.astype(np.float32)
+
+
+def _add_bias(layer, name, n):
+    """Caffe conv/IP with bias_term: false: switch the bias on (file order: weight, bias)."""
+    for key in ("convolution_param", "inner_product_param"):
+        if key in layer.params or (key == "convolution_param" and "Convolution" in layer.type) \
+                or (key == "inner_product_param" and "InnerProduct" in layer.type):
+            layer.params.setdefault(key, {})["bias_term"] = True
+            break
+    layer.weights[name] = np.zeros(n, np.float32)
+
+
+def removed_constants(graph: Graph, a: ChannelAnalysis, keep) -> dict:
+    """Per consumer layer: the value of each input feature when removed filters are dead.
+
+    A removed channel's value then depends only on its bias chain (bias, BN,
+    activation, pooling, joins), not on the input, so one forward pass on a
+    zero input finds every such constant. For image inputs the value at the
+    centre pixel stands for the channel (borders of padded layers differ).
+    """
+    from ..engine.executor import Executor  # engine only when folding is asked for
+
+    dead = copy_graph(graph)
+    for i, layer in enumerate(dead.layers):
+        flow = a.flows[i]
+        e = (a.layer_out[i] or [None])[0]
+        if flow.kind != "produce" or e is None or keep[e.nodes].all():
+            continue
+        drop = np.flatnonzero(~keep[e.nodes])
+        for name in flow.in_axes:
+            w = layer.weights[name].copy()
+            sl = [slice(None)] * w.ndim
+            sl[flow.out_axes[name]] = drop
+            w[tuple(sl)] = 0.0
+            layer.weights[name] = w
+    producers = graph.producers()
+    wanted = {}
+    for i, layer in enumerate(graph.layers):
+        e = a.layer_in[i]
+        if a.flows[i].kind != "produce" or e is None or keep[e.nodes].all() or a.flows[i].in_block:
+            continue
+        p = producers[i][0]
+        if p is not None:
+            wanted[i] = f"{graph.layers[p].name}:{layer.bottoms[0]}"
+    if not wanted:
+        return {}
+    feeds = {name: np.zeros((1,) + tuple(shape[1:]), np.float32)
+             for name, shape in feed_shapes(graph, a.shapes).items()}
+    names = sorted({v.split(":", 1)[0] for v in wanted.values()}, key=graph.index)
+    values = Executor(dead).run(feeds, outputs=[], layer_outputs=names)
+    out = {}
+    for i, key in wanted.items():
+        v = values[key][0]
+        layer = graph.layers[i]
+        conv_like = layer.weights[next(iter(a.flows[i].in_axes))].ndim == 4
+        # Convolutions: the centre pixel stands for the channel; dense layers read every feature.
+        out[i] = v[:, v.shape[1] // 2, v.shape[2] // 2] if conv_like and v.ndim == 3 else v.reshape(-1)
+    return out
