@@ -36,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weights file to write (.caffemodel or .weights)")
     p.add_argument("--seed", type=int, default=0)
 
-    from . import detect, forward
+    from . import detect, forward, prune
     forward.add_parser(sub)
     detect.add_parser(sub)
+    prune.add_parsers(sub, _add_model_args)
 
     p = sub.add_parser("rewrite", help="read a model and write it back (lossless round trip)")
     _add_model_args(p)
@@ -81,6 +82,10 @@ def main(argv=None):
     elif args.command == "forward":
         from . import forward
         forward.run(args)
+    elif args.command in ("groups", "prune"):
+        from . import prune
+        graph, shapes = _load(args)
+        (prune.run_groups if args.command == "groups" else prune.run_prune)(args, graph, shapes)
     elif args.command == "rewrite":
         graph, _ = _load(args)
         api.save(graph, *args.output)

@@ -44,7 +44,7 @@ def l2_norm(analysis: ChannelAnalysis, space) -> np.ndarray:
     return np.sqrt((rows * rows).sum(axis=1))
 
 
-def bn_gamma(analysis: ChannelAnalysis, space) -> np.ndarray:
+def bn_gamma(analysis: ChannelAnalysis, space) -> np.ndarray | None:
     """|gamma| of the batch-norm scale right after the producer (network slimming, Liu et al. 2017)."""
     g = analysis.graph
     i = space.layer
@@ -59,8 +59,7 @@ def bn_gamma(analysis: ChannelAnalysis, space) -> np.ndarray:
                 f.gamma in g.layers[j].weights:
             start = e.nodes.index(first)
             return np.abs(g.layers[j].weights[f.gamma][start:start + space.size].astype(np.float64))
-    raise ModelError("criterion 'bn' needs a BatchNorm/Scale multiplier after this layer; "
-                     "use l1 or l2 for it", file=g.source_text, layer=g.layers[i].name)
+    return None  # no multiplier: the group's other members decide
 
 
 CHANNEL_CRITERIA: dict[str, Callable] = {"l1": l1_norm, "l2": l2_norm, "bn": bn_gamma}
@@ -85,11 +84,17 @@ def class_scores(analysis: ChannelAnalysis, group: Group, criterion="l1",
     for sid in {s for cls in group.classes for s, _ in cls}:
         space = analysis.spaces[sid]
         if space.layer is not None and analysis.flows[space.layer].kind == "produce":
-            per_space[sid] = np.asarray(fn(analysis, space), np.float64)
+            scores = fn(analysis, space)
+            if scores is not None:
+                per_space[sid] = np.asarray(scores, np.float64)
     red = REDUCTIONS[reduction]
     out = np.empty(group.channels, np.float64)
     for k, cls in enumerate(group.classes):
         vals = [per_space[s][c] for s, c in cls if s in per_space]
+        if not vals:
+            raise ModelError(f"criterion '{criterion}' cannot score group {group.id} "
+                             f"({', '.join(group.producers)}): no BatchNorm/Scale multiplier "
+                             "follows its producers; use l1 or l2", file=analysis.graph.source_text)
         out[k] = red(vals)
     return out
 

