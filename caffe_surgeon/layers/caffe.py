@@ -210,6 +210,11 @@ class Convolution(CaffeSpec):
         return ChannelFlow("produce", out_axes=per_channel, in_axes={"weight": 1},
                            offset_into="bias", silence={"weight": 0.0, "bias": 0.0})
 
+    def window(self, layer, inputs):
+        """(kernel, stride, pad, dilation) as (h, w) pairs, for patch extraction."""
+        _, _, _, (k, s, pd, d) = self._geom(layer, inputs)
+        return tuple(k), tuple(s), tuple(pd), tuple(d)
+
     def set_channels(self, layer, n):
         p = layer.params.setdefault("convolution_param", {})
         if int(p.get("group", 1)) > 1 and int(p["group"]) == int(p["num_output"]):

@@ -212,6 +212,14 @@ class Convolutional(_Windowed):
             "of channels in every group; not supported")
         return _producer_flow(layer, per_channel, {"weights": 1}, why)
 
+    def window(self, layer, inputs):
+        """(kernel, stride, pad, dilation) as (h, w) pairs, for patch extraction."""
+        g = self.geometry(layer, inputs)
+        sx, sy = opt_int(layer, "stride_x", -1), opt_int(layer, "stride_y", -1)
+        sx, sy = (sx if sx >= 1 else g["stride"]), (sy if sy >= 1 else g["stride"])
+        d = max(1, opt_int(layer, "dilation", 1))
+        return (g["size"],) * 2, (sy, sx), (g["padding"],) * 2, (d, d)
+
     def set_channels(self, layer, n):
         if opt_int(layer, "groups", 1) > 1:
             layer.params["groups"] = n
