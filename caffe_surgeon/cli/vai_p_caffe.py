@@ -12,7 +12,7 @@ from .. import api
 from ..errors import ModelError
 from .common import guarded, parse_input_shapes, resolve_input_shapes
 
-LATER = {"ana", "prune", "finetune", "transform"}
+LATER = {"ana", "prune", "finetune"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stat", help="ops and params of a prototxt (vendor log format)")
     p.add_argument("-model", "--model", required=True)
     p.add_argument("-weights", "--weights")
+    p.add_argument("-input_shape", "--input-shape", action="append")
+    p = sub.add_parser("transform", help="sparse.caffemodel (zeroed channels) -> dense weights")
+    p.add_argument("-model", "--model", required=True, help="the prototxt the sparse weights belong to")
+    p.add_argument("-weights", "--weights", required=True, help="sparse caffemodel")
+    p.add_argument("-output", "--output", default="transformed.caffemodel",
+                   help="dense caffemodel to write (default transformed.caffemodel); the matching "
+                        "prototxt is written beside it as <output>.prototxt")
     p.add_argument("-input_shape", "--input-shape", action="append")
     for name in sorted(LATER):
         p = sub.add_parser(name, help=f"{name} (not available in this release)")
@@ -34,11 +41,36 @@ def main(argv=None):
     if args.command in LATER:
         raise ModelError(f"'vai_p_caffe {args.command}' is not available in this release of "
                          "caffe-surgeon yet; 'stat' is")
+    if args.command == "transform":
+        return _transform(args)
     from ..opcount import format_vendor
     files = [args.model] + ([args.weights] if args.weights else [])
     graph = api.load(*files)
     shapes = resolve_input_shapes(graph, parse_input_shapes(args.input_shape))
     print(format_vendor(api.stat(graph, shapes)))
+    return 0
+
+
+def _transform(args):
+    from pathlib import Path
+
+    from ..caffe.writer import render_caffemodel, render_prototxt
+    from ..fileio import atomic_write
+    from ..pruning.transform import transform
+    graph = api.load(args.model, args.weights)
+    shapes = resolve_input_shapes(graph, parse_input_shapes(args.input_shape))
+    result = transform(graph, input_shapes=shapes)
+    out = Path(args.output)
+    proto = out.with_suffix(".prototxt")
+    model_bytes, text = render_caffemodel(result.dense), render_prototxt(result.dense)
+    atomic_write(out, model_bytes)
+    atomic_write(proto, text)
+    removed = result.plan.removed
+    total = sum(g.channels for g in result.plan.groups)
+    print(f"transform: removed {removed} all-zero channels in {len(result.plan.groups)} groups "
+          f"(of {total}); wrote {out} and {proto}")
+    for gid, n in sorted(result.mixed.items()):
+        print(f"  note: group {gid} has {n} channels zero in only some of its coupled layers; kept")
     return 0
 
 

@@ -8,7 +8,7 @@ from .. import api
 from ..errors import ModelError
 from .common import guarded
 
-LATER = {"ana", "prune", "finetune", "transform", "valid", "map"}
+LATER = {"ana", "prune", "finetune", "valid", "map"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stat", help="per-layer BFLOPs and params of a cfg")
     p.add_argument("cfg")
     p.add_argument("weights", nargs="?")
+    p = sub.add_parser("transform", help="sparse weights (zeroed filters) -> dense cfg and weights")
+    p.add_argument("cfg", help="the [pruning] config file, or a model .cfg")
+    p.add_argument("weights", help="sparse .weights")
+    p.add_argument("-o", "--output", help="output prefix (default: <workspace>/model-transform)")
     for name in sorted(LATER):
         p = sub.add_parser(name, help=f"{name} (not available in this release)")
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -31,10 +35,44 @@ def main(argv=None):
     if args.command in LATER:
         raise ModelError(f"'vai_p_darknet pruner {args.command}' is not available in this release "
                          "of caffe-surgeon yet; 'stat' is")
+    if args.command == "transform":
+        return _transform(args)
     from ..opcount import format_table
     graph = api.load(args.cfg)
     print(format_table(api.stat(graph)))
     return 0
+
+
+def _transform(args):
+    from pathlib import Path
+
+    from darknet_io import write_darknet
+
+    from ..pruning.transform import transform
+    cfg_path, prefix, ignore = Path(args.cfg), None, ()
+    if cfg_path.suffix.lower() != ".cfg" or _is_pruning_ini(cfg_path):
+        from ..workflow.config import read_darknet_pruning
+        conf = read_darknet_pruning(cfg_path)
+        cfg_path, prefix = Path(conf.modelcfg), Path(conf.workspace) / "model-transform"
+        graph0 = api.load(cfg_path)
+        ignore = [graph0.layers[i].name for i in conf.ignore_layer if i < len(graph0.layers)]
+    prefix = Path(args.output) if args.output else (prefix or cfg_path.with_name(cfg_path.stem + "-transform"))
+    graph = api.load(cfg_path, args.weights)
+    result = transform(graph, ignore=ignore)
+    out_cfg, out_weights = prefix.with_suffix(".cfg"), prefix.with_suffix(".weights")
+    out_cfg.parent.mkdir(parents=True, exist_ok=True)
+    write_darknet(result.dense, out_cfg, out_weights)
+    print(f"transform: removed {result.plan.removed} all-zero channels in "
+          f"{len(result.plan.groups)} groups; wrote {out_cfg} and {out_weights}")
+    return 0
+
+
+def _is_pruning_ini(path) -> bool:
+    try:
+        head = path.read_text(errors="replace")[:4096]
+    except OSError:
+        return False
+    return "[pruning]" in head
 
 
 if __name__ == "__main__":
