@@ -1,0 +1,1 @@
+"""Developer tools (dataset reader, fixture training); not part of the installed product."""
