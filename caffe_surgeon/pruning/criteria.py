@@ -79,7 +79,7 @@ def class_scores(analysis: ChannelAnalysis, group: Group, criterion="l1",
     fn = CHANNEL_CRITERIA.get(criterion) if isinstance(criterion, str) else criterion
     if fn is None:
         raise ModelError(f"unknown criterion '{criterion}' (choose from "
-                         f"{', '.join(list(CHANNEL_CRITERIA) + ['lasso'])})")
+                         f"{', '.join(CHANNEL_CRITERIA)})")
     per_space = {}
     for sid in {s for cls in group.classes for s, _ in cls}:
         space = analysis.spaces[sid]
