@@ -203,12 +203,6 @@ def check_against_opencv(spec, tmp_path: Path) -> dict:
     """
     cfg = spec if isinstance(spec, Path) else zoo_or_debian(spec)
     graph, weights = synthetic(cfg, tmp_path)
-    return compare_with_libdarknet(cfg, weights, graph, tmp_path, limit)
-
-
-def compare_with_libdarknet(cfg: Path, weights: Path, graph, tmp_path: Path,
-                            limit=120_000_000) -> dict:
-    """Layer-by-layer comparison of ``graph`` (read from cfg + weights) with libdarknet."""
     x = probe_input(graph)
     try:
         net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
