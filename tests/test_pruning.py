@@ -269,7 +269,10 @@ def test_every_zoo_model_dense_equals_sparse_and_opencv(spec, tmp_path):
     except ModelError as e:
         pytest.skip(f"our engine cannot run it: {e}")
     try:  # OpenCV rejects train_val files (one blob per phase) and some fork layers
-        cv2.dnn.readNetFromCaffe(str(zoo(spec)))
+        net = cv2.dnn.readNetFromCaffe(str(zoo(spec)))
+        for k, v in feeds(g).items():
+            net.setInput(v, k)
+        net.forward()
         opencv = True
     except cv2.error:
         opencv = False
