@@ -20,8 +20,9 @@ def add_parsers(sub, add_model_args):
     how.add_argument("--ratio", type=float, help="fraction of channels to remove from every group")
     how.add_argument("--plan", help="apply this plan.json")
     how.add_argument("--ratios", help="per-layer ratios: JSON {layer: ratio} or 'layer ratio' lines")
-    p.add_argument("--criterion", choices=("l1", "l2", "bn"), default="l1",
-                   help="filter L1 norm (vendor default), L2 norm, or BN gamma (network slimming)")
+    p.add_argument("--criterion", choices=("l1", "l2", "bn", "lasso"), default="l1",
+                   help="filter L1 norm (vendor default), L2 norm, BN gamma (network slimming), "
+                        "or LASSO channel selection on --calib images (He et al. 2017)")
     p.add_argument("--reduction", choices=("sum", "mean", "max"), default="sum",
                    help="how scores of channels tied by a join combine (default sum)")
     p.add_argument("--divisor", type=int, default=1,
@@ -30,7 +31,7 @@ def add_parsers(sub, add_model_args):
     p.add_argument("--no-fold", action="store_true", help="do not fold removed channels' constants")
     p.add_argument("--calib", nargs="+", metavar="IMAGE_OR_NPY",
                    help="calibration images (files, a folder, or .npy arrays) for least-squares "
-                        "reconstruction of the consumers")
+                        "reconstruction of the consumers and for --criterion lasso")
     p.add_argument("--calib-count", type=int, default=32, help="use at most this many images")
     p.add_argument("--ignore", nargs="+", default=[], metavar="LAYER")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
@@ -69,7 +70,13 @@ def run_prune(args, graph, shapes):
         plan = Plan.load(args.plan)
     else:
         ratios = read_ratio_file(args.ratios, a) if args.ratios else None
-        plan = make_plan(a, ratio=args.ratio, ratios=ratios, criterion=args.criterion,
+        criterion = args.criterion
+        if criterion == "lasso":
+            if calib is None:
+                raise ModelError("--criterion lasso needs calibration images (--calib)")
+            from ..pruning.lasso import LassoCriterion
+            criterion = LassoCriterion(graph, a, calib)
+        plan = make_plan(a, ratio=args.ratio, ratios=ratios, criterion=criterion,
                          reduction=args.reduction, divisor=args.divisor,
                          model=" ".join(args.model))
     pruned = apply(graph, plan, args.mode, fold=not args.no_fold, analysis=a, calib=calib)

@@ -121,7 +121,10 @@ def make_plan(analysis: ChannelAnalysis, ratio: float | None = None, ratios: dic
         r = per_group.get(g.id, ratio if ratio is not None else 0.0)
         keep_n = kept_count(g.channels, float(r), divisor)
         try:
-            scores = class_scores(analysis, g, criterion, reduction)
+            if hasattr(criterion, "group_scores"):  # data-driven, needs the kept count (LASSO)
+                scores = criterion.group_scores(analysis, g, keep_n) if keep_n < g.channels else None
+            else:
+                scores = class_scores(analysis, g, criterion, reduction)
         except ModelError:
             if keep_n < g.channels:
                 raise
@@ -134,7 +137,8 @@ def make_plan(analysis: ChannelAnalysis, ratio: float | None = None, ratios: dic
         groups.append(GroupPlan(g.id, list(g.producers), list(g.members), g.channels, keep,
                                 float(r), None if scores is None else
                                 [float(f"{s:.9g}") for s in scores]))
-    name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
+    name = criterion if isinstance(criterion, str) else \
+        getattr(criterion, "name", getattr(criterion, "__name__", "custom"))
     return Plan(analysis.graph.framework, model or analysis.graph.source_text or "", groups,
                 name, reduction, divisor)
 

@@ -22,6 +22,7 @@ from ..errors import ModelError
 from ..graph import Graph
 from ..layers.registry import spec_for
 from .groups import ChannelAnalysis
+from .patches import output_size, patches, sample_positions
 
 CHUNK = 8  # images per forward pass
 
@@ -106,26 +107,11 @@ class _Job:
         self.rows += len(p1)
 
     def _patches(self, x_o, x_p, per_image, rng):
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.window
-        n, _, h, w = x_o.shape
-        oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-        ow = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-        m = min(per_image, oh * ow)
-        pos = np.stack([rng.choice(oh * ow, m, replace=False) for _ in range(n)])
-        img = np.repeat(np.arange(n), m)
-        py, px = np.divmod(pos.reshape(-1), ow)
+        img, py, px = sample_positions(len(x_o), output_size(x_o.shape[2:], self.window),
+                                       per_image, rng)
         if x_p.shape[1] != len(self.in_cols):  # sparse model: pick the kept channels
             x_p = x_p[:, self.in_cols]
-        out = []
-        for x in (x_o, x_p):
-            xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-            iy = py[:, None] * sh + np.arange(kh)[None] * dh
-            ix = px[:, None] * sw + np.arange(kw)[None] * dw
-            c = np.arange(x.shape[1])
-            patch = xp[img[:, None, None, None], c[None, :, None, None],
-                       iy[:, None, :, None], ix[:, None, None, :]]
-            out.append(patch.reshape(len(img), -1).astype(np.float64))
-        return out
+        return [patches(x, self.window, img, py, px).reshape(len(img), -1) for x in (x_o, x_p)]
 
     def solve(self, ridge) -> bool:
         if self.rows < 2 * len(self.gram):

@@ -1,0 +1,185 @@
+"""The records behind Caffe's ``ImageData`` and ``Data`` (LMDB) layers.
+
+Both layers walk their records in order and wrap to the first one at the end
+(``lines_id_ = 0`` in ``image_data_layer.cpp``; ``cursor->SeekToFirst()`` in
+``data_layer.cpp``), so batch ``b`` holds records ``(b * batch_size + i) % N``.
+A source therefore decodes only the first ``min(N, needed)`` records.
+
+Each source checks everything cheap first (list syntax, that the files or the
+database exist) and only then decodes, so a typo fails in milliseconds.
+``shuffle`` and ``rand_skip`` are random in Caffe; records are taken in file
+order instead (the evaluator notes it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from .caffe_images import decode_image, read_image_caffe
+
+
+class ImageListSource:
+    """``image_data_param``: a text file of ``path label`` lines.
+
+    Like Caffe, the label is what follows the last space (so paths may contain
+    spaces) and the image path is ``root_folder + path``, a plain string
+    concatenation. Blank lines are skipped; a line without a label, or with a
+    label that is not an integer, is an error (Caffe's ``atoi`` would read 0).
+    """
+
+    def __init__(self, params: dict, resolve, layer: str, net_file):
+        self.layer, self.net_file = layer, net_file
+        if not params.get("source"):
+            raise ModelError("image_data_param.source is not set", file=net_file, layer=layer)
+        self.list_file = resolve(params["source"])
+        nh, nw = int(params.get("new_height", 0)), int(params.get("new_width", 0))
+        if (nh > 0) != (nw > 0):
+            raise ModelError(f"new_height ({nh}) and new_width ({nw}) must be set together "
+                             "(Caffe requires both or neither)", file=net_file, layer=layer)
+        self.new_size = (nh, nw)
+        self.is_color = bool(params.get("is_color", True))
+        root = params.get("root_folder", "")
+        self.entries = self._read_list(root, resolve)
+
+    def _read_list(self, root: str, resolve) -> list[tuple[Path, int, int]]:
+        try:
+            text = self.list_file.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            raise ModelError(f"the image list (source of layer '{self.layer}') does not exist",
+                             file=self.list_file) from None
+        except (IsADirectoryError, PermissionError) as e:
+            raise ModelError(f"cannot read the image list: {e.strerror}", file=self.list_file) from None
+        entries = []
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            name, sep, label = line.rpartition(" ")
+            if not sep or not name:
+                raise ModelError(f"expected 'path label', got {line!r}", file=self.list_file, line=number)
+            try:
+                value = int(label)
+            except ValueError:
+                raise ModelError(f"label {label!r} is not an integer", file=self.list_file,
+                                 line=number) from None
+            entries.append((resolve(root + name), value, number))
+        if not entries:
+            raise ModelError("the image list is empty (no 'path label' lines)", file=self.list_file)
+        return entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def describe(self, index: int) -> str:
+        path, _, number = self.entries[index]
+        return f"{self.list_file}:{number} ({path})"
+
+    def load(self, count: int) -> tuple[list[np.ndarray], list[int]]:
+        """Decode the first ``count`` images: uint8 (C, H, W) BGR or grey, and their labels."""
+        chosen = self.entries[:count]
+        for path, _, number in chosen:  # all missing files are reported before any decoding
+            if not path.is_file():
+                raise ModelError(f"image {path} listed here does not exist", file=self.list_file,
+                                 line=number)
+        images = []
+        for path, _, number in chosen:
+            try:
+                images.append(read_image_caffe(path, *self.new_size, self.is_color))
+            except ModelError as e:
+                raise ModelError(f"cannot load {path}: {e.message}", file=self.list_file,
+                                 line=number) from None
+        return images, [label for _, label, _ in chosen]
+
+
+class LmdbSource:
+    """``data_param`` with ``backend: LMDB``: Caffe ``Datum`` records in key order."""
+
+    def __init__(self, params: dict, resolve, layer: str, net_file, force_color=False,
+                 force_gray=False):
+        self.layer, self.net_file = layer, net_file
+        backend = params.get("backend", "LEVELDB")
+        if backend != "LMDB":
+            raise ModelError(f"data_param.backend is {backend}; only LMDB databases can be read "
+                             "(convert with Caffe's convert_imageset -backend lmdb)",
+                             file=net_file, layer=layer)
+        if not params.get("source"):
+            raise ModelError("data_param.source is not set", file=net_file, layer=layer)
+        self.path = resolve(params["source"])
+        self.mode = "color" if force_color else "gray" if force_gray else "native"
+        if not self.path.exists():
+            raise ModelError(f"the LMDB database (source of layer '{layer}') does not exist",
+                             file=self.path)
+        self.env = _open_lmdb(self.path)
+        self.size = int(self.env.stat()["entries"])
+        if self.size == 0:
+            raise ModelError("the LMDB database has no records", file=self.path)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def describe(self, index: int) -> str:
+        return f"{self.path} record {index}"
+
+    def load(self, count: int) -> tuple[list[np.ndarray], list[int]]:
+        """Decode the first ``count`` records (in key order, as Caffe's cursor walks them)."""
+        images, labels = [], []
+        try:
+            with self.env.begin(buffers=False) as txn:
+                for key, value in txn.cursor():
+                    if len(images) == count:
+                        break
+                    where = f"{self.path} record {len(images)} (key {key.decode('latin-1')!r})"
+                    datum = _parse_datum(value, where)
+                    images.append(datum_image(datum, self.mode, where))
+                    labels.append(int(datum.label))
+        finally:
+            self.env.close()  # read once; the evaluator keeps the decoded arrays
+        return images, labels
+
+
+def _parse_datum(value: bytes, where: str):
+    from ..caffe import caffe_pb2
+    datum = caffe_pb2.Datum()
+    try:
+        datum.ParseFromString(value)
+    except Exception as e:  # protobuf raises DecodeError, sometimes others
+        raise ModelError(f"{where}: not a Caffe Datum: {e}") from None
+    return datum
+
+
+def _open_lmdb(path: Path):
+    try:
+        import lmdb
+    except ImportError:
+        raise ModelError("reading an LMDB database needs the 'lmdb' package "
+                         "(pip install lmdb)", file=path) from None
+    try:
+        return lmdb.open(str(path), readonly=True, lock=False, readahead=False,
+                         subdir=path.is_dir(), max_readers=1)
+    except lmdb.Error as e:
+        raise ModelError(f"cannot open the LMDB database: {e}", file=path) from None
+
+
+def datum_image(datum, mode: str, where: str) -> np.ndarray:
+    """One Datum's image as uint8 (C, H, W), or float32 for ``float_data`` records.
+
+    Encoded records are decoded like ``DecodeDatumToCVMat``: as stored ("native",
+    ``IMREAD_UNCHANGED``) unless transform_param forces colour or grey.
+    """
+    if datum.encoded:
+        img = decode_image(bytes(datum.data), mode, what=where)
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
+    shape = (datum.channels, datum.height, datum.width)
+    size = int(np.prod(shape))
+    if size == 0:
+        raise ModelError(f"{where}: Datum has shape {shape} (channels, height, width)")
+    if len(datum.data):
+        raw, kind = np.frombuffer(datum.data, np.uint8), "bytes of data"
+    else:
+        raw, kind = np.asarray(datum.float_data, np.float32), "float_data values"
+    if raw.size != size:
+        raise ModelError(f"{where}: Datum holds {raw.size} {kind} but channels x height x "
+                         f"width = {' x '.join(map(str, shape))} = {size}")
+    return raw.reshape(shape)

@@ -1,0 +1,166 @@
+"""Evaluate a Caffe TEST net on its own data layer, as Caffe's ``Solver::Test`` does.
+
+The TEST-phase net (``cs.load(train_val, weights, phase="TEST")``) starts with
+an ``ImageData`` or LMDB ``Data`` layer. Its records are decoded and
+transformed once; batch ``b`` holds records ``(b * batch_size + i) % N``
+(Caffe's wrap-around), ``test_iter`` batches in all. The metric is the top blob
+``acc_name`` (an Accuracy output or a loss), summed over the batches in float32
+and divided by ``test_iter`` - Caffe's ``mean_score``.
+
+The data layer's tops are fed by name (image blob, then label blob), which the
+executor hands to the data layer itself; Accuracy and loss layers then run on
+the fed labels like any other layer.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelError
+from ..graph import Graph
+from .base import Evaluator
+from .caffe_data import ImageListSource, LmdbSource
+from .caffe_transform import Transform, resolver
+
+F32 = np.float32
+SOURCE_TYPES = ("ImageData", "Data")
+_DEPRECATED = ("scale", "mean_file", "crop_size", "mirror")  # V1 data_param fields
+
+
+class CaffeEvaluator(Evaluator):
+    """Feeds and metric of a Caffe TEST net.
+
+    Args:
+        graph: the TEST-phase graph (weights optional: only the data layer is read here).
+        acc_name: the top blob that holds the metric ("top-1", "accuracy", "loss", ...).
+        test_iter: number of test batches (vai_p's config default is 100).
+        base_dir: folder that relative paths in the prototxt are taken from
+            (default: the current directory, as Caffe does).
+    """
+
+    def __init__(self, graph: Graph, acc_name: str, test_iter: int = 100, base_dir=None):
+        super().__init__()
+        if graph.framework != "caffe":
+            raise ModelError(f"CaffeEvaluator needs a Caffe graph, not {graph.framework}")
+        if int(test_iter) < 1:
+            raise ModelError(f"test_iter must be at least 1, got {test_iter}")
+        self.net_file = graph.source[0] if graph.source else None
+        self.acc_name, self.test_iter = acc_name, int(test_iter)
+        self.metric_name = acc_name
+        self._check_metric(graph)
+        self.data_layer = _data_layer(graph, self.net_file)
+        self.tops = list(self.data_layer.tops)
+        self.outputs = [acc_name]
+        params = _upgraded_params(graph, self.data_layer)
+        resolve = resolver(base_dir)
+        name = self.data_layer.name
+        self.transform = Transform(params.get("transform_param", {}), name, self.net_file, resolve)
+        if self.data_layer.type == "ImageData":
+            p = params.get("image_data_param", {})
+            source = ImageListSource(p, resolve, name, self.net_file)
+        else:
+            p = params.get("data_param", {})
+            source = LmdbSource(p, resolve, name, self.net_file,
+                                self.transform.force_color, self.transform.force_gray)
+        self.batch_size = int(p.get("batch_size", 1 if self.data_layer.type == "ImageData" else 0))
+        if self.batch_size < 1:
+            raise ModelError(f"batch_size is {self.batch_size}; Caffe needs a positive batch size",
+                             file=self.net_file, layer=name)
+        self._note_ignored(p)
+        self.source_size = len(source)
+        self.feeds = self._build_feeds(source)
+        # The data layer's real top shapes (the prototxt alone cannot tell a database's channel
+        # count), for infer_shapes / stat on the TEST net.
+        self.input_shapes = {top: tuple(a.shape) for top, a in self.feeds[0].items()}
+
+    # ------------------------------------------------------------------ checks
+    def _check_metric(self, graph: Graph) -> None:
+        produced = [t for layer in graph.layers for t in layer.tops]
+        if self.acc_name not in produced:
+            metric_tops = [t for layer in graph.layers if layer.type == "Accuracy" or
+                           layer.type.endswith("Loss") for t in layer.tops]
+            candidates = list(dict.fromkeys(metric_tops + list(graph.outputs)))
+            raise ModelError(f"acc_name '{self.acc_name}' is not a top of any layer in the TEST "
+                             f"net; candidate tops: {', '.join(candidates) or '(none)'}",
+                             file=self.net_file)
+
+    def _note_ignored(self, p: dict) -> None:
+        if p.get("shuffle"):
+            self.notes.append("shuffle: records are evaluated in file order (Caffe's order is random)")
+        if p.get("rand_skip"):
+            self.notes.append(f"rand_skip {p['rand_skip']}: no records skipped (Caffe skips a random count)")
+        if self.transform.mirror:
+            self.notes.append("mirror: images are not mirrored (Caffe mirrors at random, even at TEST)")
+
+    # ------------------------------------------------------------------ data
+    def _build_feeds(self, source) -> list[dict[str, np.ndarray]]:
+        needed = self.test_iter * self.batch_size
+        images, labels = source.load(min(needed, len(source)))
+        for i, img in enumerate(images):
+            self.transform.check(tuple(img.shape), source.describe(i))
+        data = [self.transform(img) for img in images]
+        label = np.asarray(labels, F32)
+        self.record_order = [(np.arange(self.batch_size) + b * self.batch_size) % len(images)
+                             for b in range(self.test_iter)]
+        feeds = []
+        for idx in self.record_order:
+            first = data[idx[0]].shape
+            for i in idx:  # Caffe shapes a batch by its first image; the rest must fit
+                if data[i].shape != first:
+                    raise ModelError(f"{source.describe(i)} gives {data[i].shape} (C, H, W) but "
+                                     f"{source.describe(idx[0])} in the same batch gives {first}; "
+                                     "without crop_size the images of a batch need one size",
+                                     file=self.net_file, layer=self.data_layer.name)
+            feed = {self.tops[0]: np.stack([data[i] for i in idx])}
+            if len(self.tops) > 1:
+                feed[self.tops[1]] = label[idx]
+            feeds.append(feed)
+        return feeds
+
+    # ------------------------------------------------------------------ metric
+    def _score(self, results) -> float:
+        total = F32(0)
+        for b, result in enumerate(results):
+            if self.acc_name not in result:
+                raise ModelError(f"result {b} has no '{self.acc_name}' blob (run with outputs="
+                                 f"{self.outputs})")
+            value = np.asarray(result[self.acc_name], F32)
+            if value.size != 1:
+                raise ModelError(f"acc_name '{self.acc_name}' has {value.size} values "
+                                 f"(shape {value.shape}); the metric must be a single number",
+                                 file=self.net_file)
+            total = F32(total + value.reshape(()))  # Caffe accumulates in Dtype (float)
+        return float(F32(total / F32(self.test_iter)))
+
+
+def _data_layer(graph: Graph, net_file):
+    sources = [layer for layer in graph.layers if not layer.bottoms and layer.tops]
+    usable = [layer for layer in sources if layer.type in SOURCE_TYPES]
+    if len(usable) != 1:
+        found = ", ".join(f"{l.name} ({l.type})" for l in sources) or "none"
+        what = "no ImageData or Data layer" if not usable else "several data layers"
+        raise ModelError(f"the TEST net has {what} to evaluate from (source layers: {found}); "
+                         "evaluation reads exactly one ImageData or LMDB Data layer",
+                         file=net_file)
+    layer = usable[0]
+    if len(layer.tops) > 2:
+        raise ModelError(f"{layer.type} layer has {len(layer.tops)} tops; expected data and label",
+                         file=net_file, layer=layer.name)
+    return layer
+
+
+def _upgraded_params(graph: Graph, layer) -> dict:
+    """Layer params with V1 transformation fields moved into transform_param.
+
+    Caffe's ``UpgradeNetDataTransformation`` does this for V1 (``layers {}``) files
+    only; in new-style files the deprecated data_param fields are ignored.
+    """
+    params = dict(layer.params)
+    if not getattr(graph.origin, "v1", False):
+        return params
+    key = "image_data_param" if layer.type == "ImageData" else "data_param"
+    p = dict(params.get(key, {}))
+    moved = {k: p.pop(k) for k in _DEPRECATED if k in p}
+    if moved:
+        params[key] = p
+        params["transform_param"] = {**moved, **params.get("transform_param", {})}
+    return params
