@@ -1,0 +1,81 @@
+"""``prune`` with a target ``rate``: sensitivity curves -> per-group ratios -> pruned model.
+
+The reference is always the analysed model: its operations and its baseline
+metric from the analysis file. Iterative use (vendor flow: prune, finetune,
+prune again at a higher rate with ``weights`` pointing at the finetuned
+snapshot) therefore keeps the original baseline; the channels are ranked on
+the current weights, so channels zeroed by an earlier round rank lowest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ModelError
+from ..graph import Graph
+from ..opcount import stat
+from ..pruning import Plan, analyse, apply, make_plan
+from .allocate import Allocation, OpsCounter, allocate
+from .report import PruneSummary
+
+
+@dataclass
+class PruneOutcome:
+    allocation: Allocation
+    plan: Plan
+    dense: Graph
+    sparse: Graph
+    summary: PruneSummary
+
+
+def higher_is_better(metric_name: str) -> bool:
+    """Accuracy-like metrics grow, losses shrink (``acc_name: "loss"``)."""
+    return "loss" not in metric_name.lower()
+
+
+def curves_of(ana, analysis) -> dict:
+    """Map the analysis file's groups onto this model's groups (by producers): gid -> {ratio: metric}."""
+    ours = {tuple(g.producers): g for g in analysis.prunable_groups()}
+    curves = {}
+    for grp in ana.groups:
+        key = tuple(grp["producers"])
+        g = ours.get(key)
+        if g is None or g.channels != grp["channels"]:
+            raise ModelError(f"the analysis has a group {', '.join(key)} with {grp['channels']} "
+                             "channels that this model does not have; the model changed since "
+                             "ana ran: run ana again")
+        curve = {}
+        for r in ana.ratios:
+            v = ana.metric(grp["id"], r)
+            if v is None:
+                raise ModelError(f"the analysis is incomplete (group {grp['id']} at ratio {r}); "
+                                 "run ana again to finish it")
+            curve[float(r)] = float(v)
+        curves[g.id] = curve
+    return curves
+
+
+def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: str = "l1",
+                  divisor: int = 2, method: str = "lagrangian", ignore=(),
+                  input_shapes=None) -> PruneOutcome:
+    """Allocate ratios for ``rate`` from ``ana`` and prune ``graph`` (dense and sparse forms).
+
+    Args:
+        graph: the model to prune, as the evaluator runs it (weights may be a
+            finetuned snapshot of the analysed model).
+        ana: the analysis result (``AnaResult``: baseline, metric_name, groups, ratios, metric()).
+        evaluator: if given, the pruned model is evaluated for the summary.
+    """
+    a = analyse(graph, ignore=ignore, input_shapes=input_shapes)
+    curves = curves_of(ana, a)
+    counter = OpsCounter(graph, a, divisor, input_shapes)
+    alloc = allocate(counter, curves, float(ana.baseline), rate, method,
+                     higher_is_better(ana.metric_name))
+    plan = make_plan(a, ratios=alloc.ratios, criterion=criterion, divisor=divisor)
+    dense = apply(graph, plan, "dense", fold=True, analysis=a)
+    sparse = apply(graph, plan, "sparse", fold=True, analysis=a)
+    acc = float(evaluator.evaluate(dense)) if evaluator is not None else float("nan")
+    before, after = stat(graph, input_shapes).total, stat(dense, input_shapes).total
+    summary = PruneSummary(acc_baseline=float(ana.baseline), acc_compressed=acc,
+                           weights_baseline=before.params, weights_compressed=after.params,
+                           ops_baseline=before.ops, ops_compressed=after.ops, rate=rate)
+    return PruneOutcome(alloc, plan, dense, sparse, summary)
