@@ -8,16 +8,16 @@ model with the kept channel counts, never estimated.
 
 - ``threshold`` (the vendor's method): per group, the largest ratio whose
   relative metric drop stays within t; t is bisected.
-- ``lagrangian`` (default): per group, the ratio maximising
-  ``mu x ops saved - metric drop`` (the drop of that group alone, from its curve;
-  ops saved by that group alone); the multiplier mu is bisected. Groups
-  that cost little accuracy per operation are pruned first, which is what the
-  threshold rule ignores (a cheap-to-prune but large layer and an expensive
-  small one get the same t).
+- ``greedy`` (default): repeatedly take the move (one group to a larger analysed
+  ratio) with the least predicted metric drop per operation saved, the saving
+  counted exactly on the current configuration (so neighbouring groups that
+  share a layer are not double counted). Groups that cost little accuracy per
+  operation go first, which the threshold rule ignores (a cheap-to-prune large
+  layer and an expensive small one get the same t). For convex curves this is
+  the optimal marginal allocation.
 
-Grid steps are coarse (0.1), so the final step interpolates the ratios of
-the groups that differ between the two bracketing solutions until the exact
-operation count is within tolerance.
+Grid steps are coarse (0.1), so a final step moves single groups by one
+``divisor`` of channels until the exact operation count is within tolerance.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from ..opcount import stat
 from ..pruning.groups import ChannelAnalysis
 from ..pruning.plan import kept_count
 
-ALLOCATORS = ("lagrangian", "threshold")
+ALLOCATORS = ("greedy", "threshold")
 
 
 @dataclass
@@ -115,7 +115,7 @@ def metric_drop(curve: dict, baseline: float, ratio: float, higher_is_better: bo
 
 
 def allocate(counter: OpsCounter, curves: dict, baseline: float, rate: float,
-             method: str = "lagrangian", higher_is_better: bool = True,
+             method: str = "greedy", higher_is_better: bool = True,
              tolerance: float = 0.01) -> Allocation:
     """Choose per-group ratios removing ``rate`` of the operations.
 
@@ -140,44 +140,81 @@ def allocate(counter: OpsCounter, curves: dict, baseline: float, rate: float,
         raise ModelError(f"rate {rate} cannot be reached: pruning every group at its largest "
                          f"analysed ratio leaves {counter.ops(full) / base_ops:.1%} of the "
                          "operations; analyse larger ratios or lower the rate")
-    if method == "threshold":
-        def pick(t):
-            out = {}
-            for gid, g in drops.items():
-                ok = [r for r in grids[gid] if g[r] / max(abs(baseline), 1e-12) <= t]
-                if ok:
-                    out[gid] = max(ok)
-            return out
-        lo, hi = -1.0, 1.0 + max(max(d.values()) for d in drops.values()) / max(abs(baseline), 1e-12)
+    if method == "greedy":
+        ratios = _greedy(counter, grids, drops, target)
     else:
-        saved = {gid: {r: base_ops - counter.ops({gid: r}) for r in grids[gid]} for gid in grids}
+        ratios = _threshold(counter, grids, drops, baseline, target, base_ops, tolerance)
+    ratios = _settle(counter, ratios, target, base_ops, tolerance,
+                     lambda g, r: metric_drop(curves[g], baseline, r, higher_is_better) if r > 0 else 0.0)
+    pred = sum(metric_drop(curves[g], baseline, r, higher_is_better) for g, r in ratios.items())
+    return Allocation(ratios, counter.ops(ratios), base_ops, pred, method)
 
-        def pick(mu):
-            out = {}
-            for gid in grids:
-                best, best_r = 0.0, 0.0
-                for r in grids[gid]:
-                    v = mu * saved[gid][r] - drops[gid][r]
-                    if v > best + 1e-15:
-                        best, best_r = v, r
-                if best_r > 0:
-                    out[gid] = best_r
-            return out
-        span = max(max(abs(x) for x in d.values()) for d in drops.values()) + 1e-12
-        lo, hi = 0.0, span / max(1.0, min(s for d in saved.values() for s in d.values() if s > 0))
-        while counter.ops(pick(hi)) > target:
-            hi *= 4
-    # bisection: ``lo`` prunes too little (ops above target), ``hi`` enough
-    for _ in range(60):
+
+def _threshold(counter, grids, drops, baseline, target, base_ops, tolerance) -> dict:
+    """The vendor's rule: per group the largest ratio within relative drop t; bisect t."""
+    def pick(t):
+        out = {}
+        for gid, g in drops.items():
+            ok = [r for r in grids[gid] if g[r] / max(abs(baseline), 1e-12) <= t]
+            if ok:
+                out[gid] = max(ok)
+        return out
+    lo = -1.0
+    hi = 1.0 + max(max(d.values()) for d in drops.values()) / max(abs(baseline), 1e-12)
+    for _ in range(60):  # ``lo`` prunes too little (ops above target), ``hi`` enough
         mid = (lo + hi) / 2
         if counter.ops(pick(mid)) > target:
             lo = mid
         else:
             hi = mid
-    few, many = pick(lo), pick(hi)
-    ratios = _interpolate(counter, few, many, target, base_ops, tolerance)
-    pred = sum(metric_drop(curves[g], baseline, r, higher_is_better) for g, r in ratios.items())
-    return Allocation(ratios, counter.ops(ratios), base_ops, pred, method)
+    return _interpolate(counter, pick(lo), pick(hi), target, base_ops, tolerance)
+
+
+def _greedy(counter, grids, drops, target) -> dict:
+    """Repeatedly take the move (one group to a larger analysed ratio) that costs the least
+    predicted metric per operation saved, counting the saving exactly on the current model.
+
+    Lazy evaluation: a popped move is re-priced on the current configuration and
+    taken only if it still beats the next best; otherwise it goes back on the heap.
+    """
+    import heapq
+    state = {gid: 0.0 for gid in grids}
+
+    def best_move(gid):
+        now = counter.ops({g: r for g, r in state.items() if r > 0})
+        cur = state[gid]
+        best = None
+        for r in (x for x in grids[gid] if x > cur):
+            # any larger analysed ratio, priced by its average cost: walking the lower
+            # convex hull of (ops saved, drop) copes with noisy, non-monotone curves
+            trial = {g: v for g, v in state.items() if v > 0}
+            trial[gid] = r
+            saved = now - counter.ops(trial)
+            if saved <= 0:
+                continue
+            cost = (drops[gid][r] - (drops[gid][cur] if cur > 0 else 0.0)) / saved
+            if best is None or cost < best[0]:
+                best = (cost, r)
+        return best
+
+    heap = []
+    for gid in sorted(grids):
+        m = best_move(gid)
+        if m:
+            heapq.heappush(heap, (m[0], gid, m[1]))
+    while heap and counter.ops({g: r for g, r in state.items() if r > 0}) > target:
+        cost, gid, r = heapq.heappop(heap)
+        fresh = best_move(gid)
+        if fresh is None:
+            continue
+        if heap and fresh[0] > heap[0][0] + 1e-15:
+            heapq.heappush(heap, (fresh[0], gid, fresh[1]))
+            continue
+        state[gid] = fresh[1]
+        nxt = best_move(gid)
+        if nxt:
+            heapq.heappush(heap, (nxt[0], gid, nxt[1]))
+    return {g: r for g, r in state.items() if r > 0}
 
 
 def _interpolate(counter, few, many, target, base_ops, tolerance) -> dict:
@@ -198,3 +235,43 @@ def _interpolate(counter, few, many, target, base_ops, tolerance) -> dict:
         if abs(counter.ops(at(hi)) - target) <= tolerance * base_ops / 4:
             break
     return {k: round(v, 6) for k, v in at(hi).items() if v > 0}
+
+
+def _settle(counter, ratios, target, base_ops, tolerance, drop) -> dict:
+    """Nudge one group at a time by one divisor step until the count is within tolerance.
+
+    Joint interpolation and greedy jumps can land off target when a few big
+    groups change together; single steps of ``divisor`` channels are the finest
+    moves there are. Among the moves that close the gap, the one losing the
+    least predicted metric per operation moved wins.
+    """
+    groups = {g.id: g for g in counter.a.prunable_groups()}
+    ratios = dict(ratios)
+    for _ in range(500):
+        now = counter.ops(ratios)
+        if abs(now - target) <= tolerance * base_ops:
+            break
+        best = None
+        for gid, g in groups.items():
+            n = g.channels
+            r0 = ratios.get(gid, 0.0)
+            keep = kept_count(n, r0, counter.divisor)
+            for k in (keep - counter.divisor, keep + counter.divisor):
+                # over target: keep fewer channels; under it: keep more
+                if not counter.divisor <= k <= n or (k > keep) == (now > target):
+                    continue
+                trial = dict(ratios)
+                trial[gid] = round(1 - k / n, 6)
+                ops = counter.ops(trial)
+                moved = abs(now - ops)
+                if not moved or abs(ops - target) >= abs(now - target):
+                    continue
+                # pruning more: cheapest drop per op saved; pruning less: most drop won back
+                cost = (drop(gid, trial[gid]) - drop(gid, r0)) / moved
+                key = cost if now > target else -cost
+                if best is None or key < best[0]:
+                    best = (key, trial)
+        if best is None:
+            break
+        ratios = best[1]
+    return {k: v for k, v in ratios.items() if v > 0}

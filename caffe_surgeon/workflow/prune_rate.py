@@ -55,7 +55,7 @@ def curves_of(ana, analysis) -> dict:
 
 
 def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: str = "l1",
-                  divisor: int = 2, method: str = "lagrangian", ignore=(),
+                  divisor: int = 2, method: str = "greedy", ignore=(),
                   input_shapes=None) -> PruneOutcome:
     """Allocate ratios for ``rate`` from ``ana`` and prune ``graph`` (dense and sparse forms).
 

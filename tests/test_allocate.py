@@ -1,0 +1,79 @@
+"""Rate-driven allocation: exact op counts and both allocators."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import caffe_surgeon as cs
+from caffe_surgeon.errors import ModelError
+from caffe_surgeon.pruning import analyse, apply, make_plan
+from caffe_surgeon.workflow.allocate import OpsCounter, allocate, metric_drop
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = (ROOT / "fixtures/fashion/fashion_deploy.prototxt", ROOT / "fixtures/fashion/fashion.caffemodel")
+DARK = (ROOT / "fixtures/fashion/fashion.cfg", ROOT / "fixtures/fashion/fashion.weights")
+
+
+@pytest.mark.parametrize("files", [FASHION, DARK], ids=["caffe", "darknet"])
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.77])
+def test_ops_counter_equals_stat_of_the_pruned_model(files, ratio):
+    g = cs.load(*files)
+    a = analyse(g)
+    counter = OpsCounter(g, a, divisor=2)
+    ratios = {grp.id: ratio for grp in a.prunable_groups()}
+    dense = apply(g, make_plan(a, ratios=ratios, divisor=2), analysis=a)
+    assert counter.ops(ratios) == cs.stat(dense).total.ops
+    assert counter.ops({}) == cs.stat(g).total.ops
+
+
+def _curves(a, seed, noise=0.0):
+    """Sensitivity curves 0.9 - u r^2 (u per group), optionally with measurement noise."""
+    rng = np.random.default_rng(seed)
+    curves = {}
+    for grp in a.prunable_groups():
+        u = rng.uniform(0.01, 0.6)
+        curves[grp.id] = {round(r, 1): 0.9 - u * r ** 2 + noise * rng.standard_normal()
+                          for r in np.arange(0.1, 1.0, 0.1)}
+    return curves
+
+
+@pytest.mark.parametrize("method", ["threshold", "greedy"])
+@pytest.mark.parametrize("rate", [0.2, 0.5, 0.7])
+def test_allocators_reach_the_rate_within_one_percent(method, rate):
+    g = cs.load(*FASHION)
+    a = analyse(g)
+    al = allocate(OpsCounter(g, a, 2), _curves(a, 1, noise=0.01), 0.9, rate, method)
+    assert abs(al.reduction - rate) <= 0.01, al
+    assert all(0 < r < 1 for r in al.ratios.values())
+
+
+def test_greedy_predicts_less_loss_than_threshold():
+    g = cs.load(*FASHION)
+    a = analyse(g)
+    counter = OpsCounter(g, a, 2)
+    for seed in range(5):
+        curves = _curves(a, seed)
+        lag = allocate(counter, curves, 0.9, 0.5, "greedy")
+        thr = allocate(counter, curves, 0.9, 0.5, "threshold")
+        assert lag.predicted_drop <= thr.predicted_drop + 1e-9, (seed, lag, thr)
+
+
+def test_unreachable_rate_and_bad_inputs():
+    g = cs.load(*FASHION)
+    a = analyse(g)
+    counter = OpsCounter(g, a, 2)
+    with pytest.raises(ModelError, match="cannot be reached"):
+        allocate(counter, _curves(a, 0), 0.9, 0.995)
+    with pytest.raises(ModelError, match="outside"):
+        allocate(counter, _curves(a, 0), 0.9, 1.0)
+    with pytest.raises(ModelError, match="allocator"):
+        allocate(counter, _curves(a, 0), 0.9, 0.5, "magic")
+
+
+def test_metric_drop_interpolates_and_respects_direction():
+    curve = {0.1: 0.8, 0.2: 0.6}
+    assert metric_drop(curve, 0.9, 0.05) == pytest.approx(0.05)
+    assert metric_drop(curve, 0.9, 0.15) == pytest.approx(0.2)
+    assert metric_drop({0.1: 1.5}, 1.0, 0.1, higher_is_better=False) == pytest.approx(0.5)
