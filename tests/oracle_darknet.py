@@ -191,18 +191,19 @@ def compare_yolo_rows(layer, ours, raw_in, theirs, net_w, net_h) -> float:
     return min(direct, propagated)
 
 
-def check_against_opencv(spec, tmp_path: Path) -> dict:
+def check_against_opencv(spec, tmp_path: Path, prepared=None) -> dict:
     """Compare our engine with OpenCV on ``spec`` (see the module docstring).
 
     Args:
         spec: ``debian:<name>.cfg``, a path under shared/zoo/darknet, or a Path.
         tmp_path: where the synthetic weights are written.
+        prepared: (graph, weights path) to use instead of synthetic weights.
     Returns:
         blob -> relative error (``out:<layer>`` for network outputs). Skips when
         OpenCV cannot import or run the cfg; fails above 1e-4.
     """
     cfg = spec if isinstance(spec, Path) else zoo_or_debian(spec)
-    graph, weights = synthetic(cfg, tmp_path)
+    graph, weights = synthetic(cfg, tmp_path) if prepared is None else prepared
     x = probe_input(graph)
     try:
         net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))

