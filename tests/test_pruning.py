@@ -562,3 +562,34 @@ def test_pruned_yolov3_tiny_detections_match_darknet_binary(darknet_oracle, tmp_
         assert ours == theirs, (img.name, ours, theirs)
         total += len(ours)
     assert total > 0, "the pruned model should still detect something on the sample photos"
+
+
+def test_folding_with_batch_norm_uses_act_beta():
+    """Darknet conv + BN: a dead filter (running mean 0) is removed without changing the
+    consumer's output (interior); a live channel folds act(beta), not act(beta - gamma mean/std)."""
+    from darknet_io import init_darknet_weights, read_darknet
+    g = read_darknet(ROOT / "fixtures/darknet/tiny-yolo.cfg")
+    init_darknet_weights(g, seed=6)
+    conv = g.layer("convolutional_0")
+    dead = [1, 3, 10]
+    for k in ("weights", "rolling_mean"):
+        w = conv.weights[k].copy()
+        w[dead] = 0
+        conv.weights[k] = w
+    a = analyse(g)
+    plan = make_plan(a, ratios={"convolutional_0": 0.0})
+    next(x for x in plan.groups if x.producers == ["convolutional_0"]).keep = \
+        [k for k in range(16) if k not in dead]
+    x = feeds(g, shapes=a.shapes)
+    want = Executor(g).run(x, [], layer_outputs=["convolutional_2"])["convolutional_2:convolutional_2"]
+    got = Executor(apply(g, plan, analysis=a)).run(x, [], layer_outputs=["convolutional_2"])
+    got = got["convolutional_2:convolutional_2"]
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    assert rel(got[inner], want[inner]) < 1e-5
+    # live channel: the folded constant is leaky(biases) (BN output at its mean)
+    from caffe_surgeon.pruning.surgery import removed_constants
+    keep = np.ones(len(a.node_space), bool)
+    keep[a.spaces[a.group("convolutional_0").classes[5][0][0]].first_node + 5] = False
+    consts = removed_constants(g, a, keep)
+    beta = float(conv.weights["biases"][5])
+    assert consts[g.index("convolutional_2")][5] == pytest.approx(beta if beta > 0 else 0.1 * beta, rel=1e-5)

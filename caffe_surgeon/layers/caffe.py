@@ -374,8 +374,8 @@ class BatchNorm(CaffeSpec):
     def channel_flow(self, layer, inputs, outputs):
         if "scale" in layer.weights:  # Xilinx form: affine part built in
             return passthrough(out_axes=dict.fromkeys(("scale", "bias", "mean", "variance"), 0),
-                               gamma="scale", silence={"bias": 0.0, "mean": 0.0})
-        return passthrough(out_axes={"mean": 0, "variance": 0}, silence={"mean": 0.0})
+                               gamma="scale", silence={"bias": 0.0, "mean": 0.0}, mean="mean")
+        return passthrough(out_axes={"mean": 0, "variance": 0}, silence={"mean": 0.0}, mean="mean")
 
     def init_weights(self, layer, inputs, rng):
         c = self.channels(inputs)

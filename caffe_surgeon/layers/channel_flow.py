@@ -54,6 +54,8 @@ class ChannelFlow:
     offset_sign: float = 1.0
     #: per-channel arrays and the value that makes a removed channel emit 0
     silence: dict = field(default_factory=dict)
+    #: the batch-norm running mean, if the layer normalises its channels
+    mean: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -83,7 +83,7 @@ def _producer_flow(layer: Layer, out_axes: dict, in_axes: dict, why: str = "") -
     return ChannelFlow("produce", out_axes=out_axes, in_axes=in_axes, in_block=why,
                        out_block=why, gamma="scales" if bn else None,
                        offset_into="rolling_mean" if bn else "biases",
-                       offset_sign=-1.0 if bn else 1.0,
+                       offset_sign=-1.0 if bn else 1.0, mean="rolling_mean" if bn else None,
                        silence={"weights": 0.0, "biases": 0.0, "rolling_mean": 0.0})
 
 
@@ -206,6 +206,7 @@ class Convolutional(_Windowed):
         per_channel = dict.fromkeys(layer.weights, 0)
         if 1 < g["groups"] == g["c"] == g["n"]:  # depthwise: channel i in, channel i out
             return passthrough(out_axes=per_channel, gamma="scales" if _bn(layer) else None,
+                               mean="rolling_mean" if _bn(layer) else None,
                                silence={"weights": 0.0, "biases": 0.0, "rolling_mean": 0.0})
         why = "" if g["groups"] == 1 else (
             f"grouped convolution (groups={g['groups']}) would have to lose the same number "
@@ -313,7 +314,7 @@ class BatchNorm(DarknetSpec):
 
     def channel_flow(self, layer, inputs, outputs):
         return passthrough(out_axes=dict.fromkeys(layer.weights, 0), gamma="scales",
-                           silence={"biases": 0.0, "rolling_mean": 0.0})
+                           mean="rolling_mean", silence={"biases": 0.0, "rolling_mean": 0.0})
 
 
 class _Recurrent(DarknetSpec):

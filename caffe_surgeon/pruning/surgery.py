@@ -189,16 +189,35 @@ def _add_bias(layer, name, n):
 
 
 def removed_constants(graph: Graph, a: ChannelAnalysis, keep) -> dict:
-    """Per consumer layer: the value of each input feature when removed filters are dead.
+    """Per consumer layer: the value of each input feature a removed channel stands for.
 
-    A removed channel's value then depends only on its bias chain (bias, BN,
-    activation, pooling, joins), not on the input, so one forward pass on a
-    zero input finds every such constant. For image inputs the value at the
-    centre pixel stands for the channel (borders of padded layers differ).
+    That value is act(beta): what the channel emits when its linear output sits at
+    its batch-norm running mean (normalised value 0), or act(bias) without batch
+    norm. For a filter that is truly dead both are exact (its running mean is 0);
+    for a live low-norm channel it is the value around which it varies, which a
+    zeroed filter alone (normalised value -mean/std) is not. It depends only on
+    the bias chain (bias, BN, activation, pooling, joins), not on the input, so
+    one forward pass of a copy with those filters zeroed and those means set to
+    0 finds every constant. For image inputs the centre pixel stands for the
+    channel (borders of padded layers differ).
     """
     from ..engine.executor import Executor  # engine only when folding is asked for
 
+    removed = ~keep
     dead = copy_graph(graph)
+    normalised = np.zeros(len(keep), bool)
+    for i, layer in enumerate(dead.layers):
+        flow = a.flows[i]
+        e = a.layer_in[i] if flow.kind == "pass" else (a.layer_out[i] or [None])[0]
+        if flow.kind not in ("pass", "produce") or e is None or not flow.mean or \
+                flow.mean not in layer.weights:
+            continue
+        m = removed[e.nodes]
+        if m.any():
+            arr = layer.weights[flow.mean].copy()
+            arr[np.flatnonzero(m)] = 0.0
+            layer.weights[flow.mean] = arr
+            normalised[np.asarray(e.nodes)[m]] = True
     for i, layer in enumerate(dead.layers):
         flow = a.flows[i]
         e = (a.layer_out[i] or [None])[0]
@@ -211,6 +230,13 @@ def removed_constants(graph: Graph, a: ChannelAnalysis, keep) -> dict:
             sl[flow.out_axes[name]] = drop
             w[tuple(sl)] = 0.0
             layer.weights[name] = w
+        # a batch norm downstream sees exactly its (zeroed) mean
+        bias = flow.offset_into if flow.offset_sign > 0 else None
+        fix = drop[normalised[np.asarray(e.nodes)[drop]]]
+        if bias in layer.weights and len(fix):
+            b = layer.weights[bias].copy()
+            b[fix] = 0.0
+            layer.weights[bias] = b
     producers = graph.producers()
     wanted = {}
     for i, layer in enumerate(graph.layers):
