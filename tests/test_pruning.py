@@ -223,14 +223,23 @@ def test_folding_makes_dead_filters_free():
     assert rel(plain[inner], ref[inner]) > 1e-2
 
 
-def test_caffe_conv_without_bias_gets_one_when_folding():
+def test_conv_without_bias_folds_into_the_batch_norm_after_it():
+    """ResNet's convs have bias_term: false; the constant goes into the next BatchNorm's mean,
+    so the file layout (and a sparse caffemodel's pairing with the original prototxt) stays."""
     g = cs.load(zoo("caffe/resnet/ResNet-50-deploy.prototxt"))
     cs.init(g, seed=3)
-    plan = make_plan(analyse(g), ratios={"res2a_branch2a": 0.5})
-    out = apply(g, plan)
-    layer = out.layer("res2a_branch2b")
-    assert g.layer("res2a_branch2b").params["convolution_param"]["bias_term"] is False
-    assert layer.params["convolution_param"]["bias_term"] is True and "bias" in layer.weights
+    a = analyse(g)
+    plan = make_plan(a, ratios={"res2a_branch2a": 0.5})
+    for mode in ("dense", "sparse"):
+        out = apply(g, plan, mode, analysis=a)
+        conv = out.layer("res2a_branch2b")
+        assert conv.params["convolution_param"].get("bias_term", True) is False
+        assert list(conv.weights) == ["weight"]
+        bn0, bn1 = g.layer("bn2a_branch2b").weights["mean"], out.layer("bn2a_branch2b").weights["mean"]
+        assert bn0.shape == bn1.shape and not np.allclose(bn0, bn1)
+    x = feeds(g, shapes=a.shapes)
+    d, s = apply(g, plan, "dense", analysis=a), apply(g, plan, "sparse", analysis=a)
+    assert rel(Executor(d).run(x)["prob"], Executor(s).run(x)["prob"]) < 1e-4
 
 
 # ------------------------------------------------------------------ zoo sweep

@@ -198,7 +198,7 @@ class Convolution(CaffeSpec):
 
     def channel_flow(self, layer, inputs, outputs):
         p, n, group, _ = self._geom(layer, inputs)
-        per_channel = {k: 0 for k in ("weight", "bias") if k in layer.weights or k == "weight"}
+        per_channel = {"weight": 0, "bias": 0}  # a bias may be switched on by offset folding
         if group > 1 and group == inputs[0][1] == n:
             # Depthwise: channel i in, channel i out, one filter each.
             return passthrough(out_axes=per_channel, silence={"weight": 0.0, "bias": 0.0})
@@ -257,7 +257,7 @@ class Deconvolution(Convolution):
 
     def channel_flow(self, layer, inputs, outputs):
         p, n, group, _ = self._geom(layer, inputs)
-        out_axes = {"weight": 1, **({"bias": 0} if "bias" in layer.weights else {})}
+        out_axes = {"weight": 1, "bias": 0}
         why = "" if group == 1 else f"grouped deconvolution (group={group}) is not pruned"
         return ChannelFlow("produce", out_axes=out_axes, in_axes={"weight": 0},
                            in_block=why, out_block=why, offset_into="bias",
@@ -304,7 +304,7 @@ class InnerProduct(CaffeSpec):
     def channel_flow(self, layer, inputs, outputs):
         p, axis, _, _ = self._dims(layer, inputs)
         t = bool(p.get("transpose", False))
-        out_axes = {"weight": 1 if t else 0, **({"bias": 0} if "bias" in layer.weights else {})}
+        out_axes = {"weight": 1 if t else 0, "bias": 0}
         return ChannelFlow("produce", out_axes=out_axes, in_axes={"weight": 0 if t else 1},
                            in_block="" if axis == 1 else f"InnerProduct over axis {axis}",
                            out_block="" if len(outputs[0]) == 2 else

@@ -23,13 +23,14 @@ from ..graph import Graph
 from ..layers.registry import spec_for
 from .groups import ChannelAnalysis
 from .patches import output_size, patches, sample_positions
+from .surgery import add_offset, offset_target
 
 CHUNK = 8  # images per forward pass
 
 
 def reconstruct(original: Graph, pruned: Graph, a: ChannelAnalysis, keep: np.ndarray,
                 calib: dict, samples: int = 4096, ridge: float = 1e-3, seed: int = 0,
-                darknet_bn: str = "pjreddie") -> list[str]:
+                darknet_bn: str = "pjreddie", create: bool = True) -> list[str]:
     """Refit, in place, the consumers in ``pruned`` whose inputs lost channels.
 
     Args:
@@ -47,6 +48,8 @@ def reconstruct(original: Graph, pruned: Graph, a: ChannelAnalysis, keep: np.nda
     from ..engine.executor import Executor
 
     jobs = _jobs(original, pruned, a, keep)
+    for job in jobs:
+        job.create = create
     if not jobs:
         return []
     n = min(len(v) for v in calib.values())
@@ -113,6 +116,16 @@ class _Job:
             x_p = x_p[:, self.in_cols]
         return [patches(x, self.window, img, py, px).reshape(len(img), -1) for x in (x_o, x_p)]
 
+    def effective_offset(self, graph) -> np.ndarray:
+        """The additive offset of the layer's linear output, for the kept output rows."""
+        target = offset_target(graph, self.a, self.index)
+        if target is None:
+            return np.zeros(len(self.out_rows))
+        layer, name, sign, factor = target
+        arr = layer.weights[name].astype(np.float64)
+        idx = self.out_rows if len(arr) != len(self.out_rows) else np.arange(len(arr))
+        return sign * arr[idx] / factor
+
     def solve(self, ridge) -> bool:
         if self.rows < 2 * len(self.gram):
             return False  # too few samples to pin down the weights: keep the folded ones
@@ -122,19 +135,17 @@ class _Job:
         rows = slice(None) if w.shape[0] == len(self.out_rows) else self.out_rows
         cols = slice(None) if w.shape[1] == len(self.in_cols) else self.in_cols
         w0 = w[rows][:, cols].reshape(len(self.out_rows), -1).astype(np.float64)
-        target = flow.offset_into
-        off = layer.weights.get(target)
-        off0 = np.zeros(len(self.out_rows)) if off is None else \
-            flow.offset_sign * off[rows].astype(np.float64)
-        # c starts at what folding added to the original offset
-        init = np.concatenate([w0.T, (off0 - self.orig_offset)[None]], axis=0)  # (D+1, O')
+        # c is the change of the layer's additive offset against the original layer;
+        # folding already moved it by f, which is where the pull towards init starts
+        fold = self.effective_offset(self.pruned) - self.effective_offset(self.original)
+        init = np.concatenate([w0.T, fold[None]], axis=0)  # (D+1, O')
         lam = ridge * max(np.trace(self.gram) / len(self.gram), 1e-12)
         try:
             sol = np.linalg.solve(self.gram + lam * np.eye(len(self.gram)), self.cross + lam * init)
         except np.linalg.LinAlgError:
             return False
-        # the target is the bias-free output; the original offset stays on top of c
-        orig_off = self.orig_offset
+        if offset_target(self.pruned, self.a, self.index, self.create) is None:
+            sol[-1] = fold  # nowhere to put an offset: refit the weights alone
         new_w = sol[:-1].T.astype(np.float32).reshape((len(self.out_rows), -1) + w.shape[2:])
         out = w.copy()
         if dense:
@@ -144,12 +155,7 @@ class _Job:
             c = np.arange(w.shape[1]) if isinstance(cols, slice) else self.in_cols
             out[np.ix_(r, c)] = new_w
         layer.weights[self.name] = out
-        if target not in layer.weights:
-            from .surgery import _add_bias
-            _add_bias(layer, target, w.shape[0])
-        new_off = layer.weights[target].astype(np.float64).copy()
-        new_off[rows] = flow.offset_sign * (orig_off + sol[-1])
-        layer.weights[target] = new_off.astype(np.float32)
+        add_offset(self.pruned, self.a, self.index, sol[-1] - fold, self.out_rows, self.create)
         return True
 
 
@@ -181,8 +187,6 @@ def _jobs(original, pruned, a, keep) -> list[_Job]:
         out_e = (a.layer_out[i] or [None])[0]
         out_rows = np.flatnonzero(keep[out_e.nodes]) if out_e is not None else np.arange(w.shape[0])
         job = _Job(i, layer, orig, flow, window, np.flatnonzero(cols), out_rows, in_shape)
-        off = orig.weights.get(flow.offset_into)
-        job.orig_offset = (np.zeros(len(out_rows)) if off is None else
-                           flow.offset_sign * off[out_rows].astype(np.float64))
+        job.a, job.index, job.original, job.pruned = a, i, original, pruned
         jobs.append(job)
     return jobs

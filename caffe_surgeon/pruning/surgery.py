@@ -32,7 +32,7 @@ MODES = ("dense", "sparse")
 
 def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
           analysis: ChannelAnalysis | None = None, calib: dict | None = None,
-          darknet_bn: str = "pjreddie") -> Graph:
+          darknet_bn: str = "pjreddie", keep_layout: bool = False) -> Graph:
     """Return a pruned copy of ``graph`` (the input graph is not modified).
 
     Args:
@@ -43,6 +43,8 @@ def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
         calib: input blobs (N, C, H, W) of calibration images: refit the weights of
             every layer that lost input channels by least squares so that its output
             matches the original model's (see :mod:`.reconstruct`).
+        keep_layout: never switch a bias on (a sparse caffemodel then still pairs with
+            the original prototxt); constants with nowhere to go are not folded.
     """
     if mode not in MODES:
         raise ModelError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -57,9 +59,7 @@ def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
         flow = a.flows[i]
         spec = spec_for(graph.framework, layer)
         if flow.kind == "produce":
-            e = (a.layer_out[i] or [None])[0]
-            if e is not None and not keep[e.nodes].all():
-                _cut_outputs(layer, spec, flow, keep[e.nodes], mode, resize=True)
+            cols = None
             e = a.layer_in[i]
             if e is not None and not flow.in_block:
                 name, axis = next(iter(flow.in_axes.items()))
@@ -68,10 +68,13 @@ def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
                                     layer.weights[name].shape[axis])
                 except ModelError as err:
                     raise err.located(file=graph.source_text, layer=layer.name) from None
-                if not cols.all():
-                    if i in consts:
-                        _fold(layer, spec, flow, cols, consts[i])
-                    _cut_inputs(layer, flow, cols, mode)
+                if i in consts and not cols.all():  # before any slicing: full-size arrays
+                    _fold(out, a, i, cols, consts[i], create=not keep_layout)
+            e = (a.layer_out[i] or [None])[0]
+            if e is not None and not keep[e.nodes].all():
+                _cut_outputs(layer, spec, flow, keep[e.nodes], mode, resize=True)
+            if cols is not None and not cols.all():
+                _cut_inputs(layer, flow, cols, mode)
         elif flow.kind in ("pass", "join") and a.layer_in[i] is not None:
             m = keep[a.layer_in[i].nodes]
             if not m.all() and flow.out_axes:
@@ -84,7 +87,7 @@ def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
                 p["slice_point"] = list(np.cumsum(sizes)[:-1].tolist())
     if calib is not None:
         from .reconstruct import reconstruct
-        reconstruct(graph, out, a, keep, calib, darknet_bn=darknet_bn)
+        reconstruct(graph, out, a, keep, calib, darknet_bn=darknet_bn, create=not keep_layout)
     return out
 
 
@@ -157,8 +160,9 @@ def _cut_inputs(layer, flow, cols, mode):
             layer.weights[name] = z
 
 
-def _fold(layer, spec, flow, cols, values):
-    """Add what the removed input features contributed as constants to the layer's output offset."""
+def _fold(out: Graph, a: ChannelAnalysis, i: int, cols, values, create: bool = True):
+    """Add what the removed input features contributed as constants to layer i's output offset."""
+    layer, flow = out.layers[i], a.flows[i]
     drop = np.flatnonzero(~cols)
     delta = None
     for name, axis in flow.in_axes.items():
@@ -166,26 +170,63 @@ def _fold(layer, spec, flow, cols, values):
         w = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2)  # (inputs, outputs)
         d = values[drop].astype(np.float64) @ w[drop]
         delta = d if delta is None else delta + d
-    if delta is None or not np.any(delta):
-        return
-    target = flow.offset_into
+    if delta is not None and np.any(delta):
+        add_offset(out, a, i, delta, np.arange(len(delta)), create)
+
+
+def offset_target(out: Graph, a: ChannelAnalysis, i: int, create: bool = False):
+    """Where a constant added to layer i's linear output goes: (layer, array, sign, factor).
+
+    Its own bias (or, for Darknet batch-normalised layers, ``rolling_mean`` with
+    sign -1); a Caffe conv/IP without a bias folds into the BatchNorm right after
+    it (mean - delta, times BVLC's scale factor), so the file keeps its layout and
+    a sparse caffemodel still pairs with the original prototxt. Otherwise, with
+    ``create``, the layer's bias is switched on; else None.
+    """
+    layer, flow = out.layers[i], a.flows[i]
+    if flow.offset_into in layer.weights:
+        return layer, flow.offset_into, flow.offset_sign, 1.0
+    found = _bn_after(out, a, i)
+    if found is None and create and flow.offset_into and flow.offset_sign > 0:
+        n = layer.weights[next(iter(flow.in_axes))].shape[flow.out_axes[next(iter(flow.in_axes))]]
+        for key in ("convolution_param", "inner_product_param"):
+            if key in layer.params or key.split("_")[0] in layer.type.lower():
+                layer.params.setdefault(key, {})["bias_term"] = True
+                break
+        layer.weights[flow.offset_into] = np.zeros(n, np.float32)
+        return layer, flow.offset_into, 1.0, 1.0
+    return found
+
+
+def _bn_after(out: Graph, a: ChannelAnalysis, i: int):
+    """The BatchNorm that is the first reader of layer i's output, as an offset target."""
+    e = (a.layer_out[i] or [None])[0]
+    if e is None:
+        return None
+    for j in range(i + 1, len(out.layers)):
+        fj, ej = a.flows[j], a.layer_in[j]
+        if ej is None or ej.nodes != e.nodes:
+            continue
+        bn = out.layers[j]
+        if fj.kind == "pass" and fj.mean and fj.mean in bn.weights:
+            s = bn.weights.get("scale_factor")
+            factor = float(s[0]) if s is not None and float(s[0]) != 0 else 1.0
+            return bn, fj.mean, -1.0, factor
+        return None  # the first layer reading the output is not a batch norm
+    return None
+
+
+def add_offset(out: Graph, a: ChannelAnalysis, i: int, delta, rows, create: bool = True) -> bool:
+    """Add ``delta`` (for output channels ``rows`` of layer i) to its offset target."""
+    target = offset_target(out, a, i, create)
     if target is None:
-        raise ModelError("removed input channels emit a constant, but this layer has no offset "
-                         "to fold it into", layer=layer.name)
-    if target not in layer.weights:
-        _add_bias(layer, target, len(delta))
-    arr = layer.weights[target].astype(np.float64) + flow.offset_sign * delta
-    layer.weights[target] = arr.astype(np.float32)
-
-
-def _add_bias(layer, name, n):
-    """Caffe conv/IP with bias_term: false: switch the bias on (file order: weight, bias)."""
-    for key in ("convolution_param", "inner_product_param"):
-        if key in layer.params or (key == "convolution_param" and "Convolution" in layer.type) \
-                or (key == "inner_product_param" and "InnerProduct" in layer.type):
-            layer.params.setdefault(key, {})["bias_term"] = True
-            break
-    layer.weights[name] = np.zeros(n, np.float32)
+        return False
+    layer, name, sign, factor = target
+    arr = layer.weights[name].astype(np.float64)
+    idx = rows if len(arr) != len(delta) else np.arange(len(delta))
+    arr[idx] += sign * factor * np.asarray(delta, np.float64)
+    layer.weights[name] = arr.astype(np.float32)
+    return True
 
 
 def removed_constants(graph: Graph, a: ChannelAnalysis, keep) -> dict:

@@ -71,8 +71,9 @@ def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: 
     alloc = allocate(counter, curves, float(ana.baseline), rate, method,
                      higher_is_better(ana.metric_name))
     plan = make_plan(a, ratios=alloc.ratios, criterion=criterion, divisor=divisor)
-    dense = apply(graph, plan, "dense", fold=True, analysis=a)
-    sparse = apply(graph, plan, "sparse", fold=True, analysis=a)
+    # keep_layout: sparse.caffemodel must still pair with the original prototxt
+    dense = apply(graph, plan, "dense", fold=True, analysis=a, keep_layout=True)
+    sparse = apply(graph, plan, "sparse", fold=True, analysis=a, keep_layout=True)
     acc = float(evaluator.evaluate(dense)) if evaluator is not None else float("nan")
     before, after = stat(graph, input_shapes).total, stat(dense, input_shapes).total
     summary = PruneSummary(acc_baseline=float(ana.baseline), acc_compressed=acc,
