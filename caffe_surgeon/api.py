@@ -30,11 +30,16 @@ def classify(paths) -> tuple[str, Path, Path | None]:
     if not 1 <= len(paths) <= 2:
         raise ModelError(f"expected a definition and optionally a weights file, got {len(paths)} files")
     kinds = {}
+    # Darknet weights often go by other names (weights.prune, weights.transform, *.backup):
+    # after a .cfg, any second file is its weights.
+    cfg_first = len(paths) == 2 and paths[0].suffix.lower() in DARKNET_DEF
     for p in paths:
         ext = p.suffix.lower()
         kind = ("caffe_def" if ext in CAFFE_DEF else "caffe_weights" if ext in CAFFE_WEIGHTS
                 else "darknet_def" if ext in DARKNET_DEF else "darknet_weights" if ext in DARKNET_WEIGHTS
                 else None)
+        if kind is None and cfg_first and p is paths[1]:
+            kind = "darknet_weights"
         if kind is None:
             raise ModelError("unrecognised model file extension (expected .prototxt, .caffemodel, "
                              ".cfg or .weights)", file=p)
