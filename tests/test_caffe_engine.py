@@ -173,3 +173,26 @@ def test_unsupported_layer_is_named():
     g.layer("prob").type = "Interp2"
     with pytest.raises(ModelError, match="Interp2"):
         Executor(g, check_weights=False)
+
+
+def test_fused_chains_equal_the_layers_one_by_one():
+    """conv1 -> bn1 -> scale1 -> relu1 and conv2a -> relu2a run as one conv with an epilogue;
+    asking for an intermediate value (or stopping a prefix inside a chain) runs the layers one
+    by one, and both give the same bits."""
+    g = cs.load(TINY, TINY_W)
+    ex = Executor(g)
+    heads = {g.layers[i].name: [g.layers[j].name for j in f] for i, f in ex.chains.items()}
+    assert heads["conv1"] == ["bn1", "scale1", "relu1"] and heads["conv2a"] == ["relu2a"]
+    x = np.random.default_rng(5).random((3, 3, 32, 32)).astype(np.float32)
+    fused = ex.run({"data": x}, ["conv1", "conv2a", "prob"])
+    one_by_one = ex.run({"data": x}, ["conv1", "conv2a", "prob"], layer_outputs=["bn1", "conv2a"])
+    for name in ("conv1", "conv2a", "prob"):
+        np.testing.assert_array_equal(fused[name], one_by_one[name])
+    for stop in range(1, len(g.layers)):
+        cache = ex.prefix({"data": x}, stop)
+        np.testing.assert_array_equal(ex.run(cache=cache, start=stop)["prob"], fused["prob"])
+    # a replaced BN array takes effect in the same Executor (the epilogue is rebuilt)
+    bn = g.layer("bn1")
+    bn.weights = dict(bn.weights, variance=bn.weights["variance"] * 4)
+    np.testing.assert_array_equal(ex.run({"data": x})["prob"], Executor(g).run({"data": x})["prob"])
+    assert not np.array_equal(ex.run({"data": x})["prob"], fused["prob"])

@@ -22,7 +22,12 @@ CONV_CASES = [  # N, C, H, W, O, k, stride, pad, dilation, group
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv2d_matches_reference(case):
+@pytest.mark.parametrize("parallel_kernels", [False, True])
+def test_conv2d_matches_reference(case, parallel_kernels, monkeypatch):
+    from caffe_surgeon.engine.kernels import parallel
+    if parallel_kernels:  # tiny layers run serially unless told otherwise
+        monkeypatch.setattr(parallel, "MIN_PARALLEL_MACS", 0)
+        monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
     n, c, h, w, o, k, s, p, d, g = case
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = rng.standard_normal((o, c // g, k, k)).astype(np.float32)
@@ -65,8 +70,12 @@ POOL_CASES = [  # H, W, k, stride, pad, ceil
 
 @pytest.mark.parametrize("case", POOL_CASES)
 @pytest.mark.parametrize("mode", ["max", "ave"])
-def test_pooling_matches_reference(case, mode):
+@pytest.mark.parametrize("parallel_kernels", [False, True])
+def test_pooling_matches_reference(case, mode, parallel_kernels, monkeypatch):
+    from caffe_surgeon.engine.kernels import parallel
     from caffe_surgeon.layers.caffe_geometry import pool_out
+    if parallel_kernels:
+        monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
     h, w, k, s, p, ceil = case
     x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
     out_hw = (pool_out(h, k, s, p, ceil), pool_out(w, k, s, p, ceil))
@@ -83,3 +92,168 @@ def test_avgpool_valid_only_divisor():
     np.testing.assert_allclose(got, want, rtol=1e-6)
     # The corner window holds 4 valid cells: its value is their mean, not their sum / 9.
     np.testing.assert_allclose(got[0, 0, 0, 0], x[0, 0, :2, :2].mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n, thr, eta, top_k", [(300, 0.45, 1.0, 400), (500, 0.3, 1.0, -1),
+                                               (200, 0.7, 0.9, 100), (50, 0.0, 1.0, -1)])
+def test_nms_matches_reference(n, thr, eta, top_k):
+    from caffe_surgeon.engine import ssd_ops
+    centre = rng.random((n, 2))
+    size = rng.random((n, 2)) * 0.3
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    boxes[::17, 2] = boxes[::17, 0] - 0.01  # degenerate (negative width) boxes
+    boxes[5] = np.nan
+    scores = rng.random(n)
+    scores[::7] = scores[3]  # ties keep the stable order
+    got = ssd_ops.nms_fast(boxes, scores, 0.05, thr, top_k, eta)
+    want = ref.nms_fast(boxes, scores, 0.05, thr, top_k, eta)
+    assert got == want and len(want) > 3
+
+
+IM2COL_CASES = [  # N, C, H, W, k, stride, pad, dilation
+    (1, 3, 9, 8, 3, 1, 1, 1), (2, 4, 10, 11, 3, 2, 1, 1), (3, 2, 7, 7, 5, 1, 2, 2),
+    (1, 5, 6, 6, 1, 1, 0, 1), (2, 2, 5, 9, 7, 3, 3, 1)]
+
+
+@pytest.mark.parametrize("case", IM2COL_CASES)
+@pytest.mark.parametrize("parallel", [False, True])
+def test_im2col_batch_matches_reference(case, parallel):
+    from caffe_surgeon.engine.kernels.im2col import im2col_batch
+    n, c, h, w, k, s, p, d = case
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    oh, ow = conv.out_size(h, k, s, p, d), conv.out_size(w, k, s, p, d)
+    got = im2col_batch(x, (k, k), (s, s), (p, p), (d, d), (oh, ow), parallel=parallel)
+    np.testing.assert_array_equal(got, ref.im2col(x, (k, k), (s, s), (p, p), (d, d), (oh, ow)))
+
+
+def _epilogue(o):
+    from caffe_surgeon.engine.kernels.epilogue import Epilogue
+    return (Epilogue(o).add(rng.standard_normal(o)).mul(rng.standard_normal(o)).add(rng.standard_normal(o))
+            .leaky(0.1).mul(rng.random(o) + 0.5).relu().clip(-1, 2.5))
+
+
+@pytest.mark.parametrize("parallel_kernels", [False, True])
+def test_epilogue_is_bitwise_the_separate_passes(parallel_kernels, monkeypatch):
+    from caffe_surgeon.engine.kernels import epilogue as epi, parallel
+    if parallel_kernels:
+        monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
+    y = (rng.standard_normal((2, 5, 7, 3)) * 3).astype(np.float32)
+    y[0, 0, 0, 0] = np.nan
+    ep = _epilogue(5)
+    want = ref.epilogue(y, ep.stages)
+    np.testing.assert_array_equal(epi.apply(y.copy(), ep), want)
+    np.testing.assert_array_equal(
+        epi.transpose_apply(np.ascontiguousarray(y.transpose(1, 0, 2, 3)).reshape(5, 2, 21), ep).reshape(y.shape),
+        want)
+    part = y[1].reshape(5, 21).copy()
+    epi.apply_cols(part, 4, 17, ep)
+    np.testing.assert_array_equal(part[:, 4:17], want[1].reshape(5, 21)[:, 4:17])
+    np.testing.assert_array_equal(part[:, :4], y[1].reshape(5, 21)[:, :4])
+
+
+TILED_CASES = [  # N, C, H, W, O, k, stride, pad, dilation, group
+    (1, 3, 40, 36, 16, 3, 1, 1, 1, 1),   # row tiles
+    (3, 8, 23, 17, 12, 3, 2, 1, 1, 2),   # row tiles, groups, several images
+    (2, 16, 9, 9, 40, 3, 1, 1, 1, 1),    # block tiles, batch
+    (1, 24, 6, 6, 64, 1, 1, 0, 1, 1),    # pointwise
+    (4, 24, 5, 7, 20, 1, 1, 0, 1, 1),    # pointwise, batch
+    (2, 6, 11, 10, 8, 5, 2, 2, 2, 2),    # dilation + groups
+]
+
+
+@pytest.mark.parametrize("case", TILED_CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("tiles", ["rows", "blocks"])
+def test_conv2d_tilings_match_reference_and_epilogue_is_exact(case, threads, tiles, monkeypatch):
+    """Row tiles and block tiles (whichever the shapes pick), on 1 and 2 threads: the
+    reference result, and the fused epilogue equal to the separate passes bit for bit."""
+    import numba
+    from caffe_surgeon.engine.kernels import epilogue as epi, parallel
+    n, c, h, w, o, k, s, p, d, g = case
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_MACS", 0)  # tiny layers: still the parallel kernels
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
+    if tiles == "rows":
+        monkeypatch.setattr(conv, "ROW_TILES_ABOVE", 0)
+        monkeypatch.setattr(conv, "TILE_BYTES", 4 * (c // g) * k * k * g * 7)  # a few rows a tile
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c // g, k, k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        got = conv.conv2d(x, wt, b, (s, s), (p, p), (d, d), g)
+        ep = _epilogue(o)
+        fused = conv.conv2d(x, wt, b, (s, s), (p, p), (d, d), g, epilogue=ep)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_allclose(got, ref.conv2d(x, wt, b, (s, s), (p, p), (d, d), g), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(fused, epi.apply(got.copy(), ep))
+
+
+WINOGRAD_CASES = [  # N, C, H, W, O, pad
+    (1, 5, 7, 9, 6, 1), (2, 3, 6, 6, 4, 0), (1, 4, 8, 5, 3, 2), (3, 2, 3, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_winograd_matches_its_definition_and_direct_conv(case):
+    from caffe_surgeon.engine.kernels import blas, winograd
+    from caffe_surgeon.engine.kernels.epilogue import Epilogue
+    n, c, h, w, o, p = case
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+    oh, ow = h + 2 * p - 2, w + 2 * p - 2
+    u = winograd.transform_weights(wt)
+    for threads in (1, 2):
+        got = winograd.conv2d(blas.gemm(), x, u, (p, p), (oh, ow), Epilogue(o).arrays(), threads)
+        np.testing.assert_allclose(got, ref.winograd_conv2d(x, wt, (p, p)), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, ref.conv2d(x, wt, None, (1, 1), (p, p), (1, 1), 1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n, c, o, hw", [(1, 64, 128, (13, 11)), (2, 96, 80, (10, 9))])
+def test_conv2d_takes_winograd_for_wide_3x3_layers(n, c, o, hw):
+    from caffe_surgeon.engine.kernels import epilogue as epi
+    assert conv.use_winograd((n, c) + hw, (o, c, 3, 3), (1, 1), (1, 1), 1)
+    assert not conv.use_winograd((n, c) + hw, (o, c, 3, 3), (2, 2), (1, 1), 1)
+    assert not conv.use_winograd((1, c, 7, 7), (o, c, 3, 3), (1, 1), (1, 1), 1)  # 16 tiles only
+    x = rng.standard_normal((n, c) + hw).astype(np.float32)
+    wt = (rng.standard_normal((o, c, 3, 3)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    got = conv.conv2d(x, wt, b, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(got, ref.conv2d(x, wt, b, (1, 1), (1, 1), (1, 1), 1), rtol=1e-4, atol=1e-4)
+    ep = _epilogue(o)
+    np.testing.assert_array_equal(conv.conv2d(x, wt, b, (1, 1), (1, 1), (1, 1), 1, epilogue=ep),
+                                  epi.apply(got.copy(), ep))
+
+
+@pytest.mark.parametrize("parallel_kernels", [False, True])
+def test_conv2d_batch_of_small_maps_goes_side_by_side(parallel_kernels, monkeypatch):
+    """og > P with several images: one wide GEMM over the batch, then back to NCHW."""
+    from caffe_surgeon.engine.kernels import parallel
+    if parallel_kernels:
+        monkeypatch.setattr(parallel, "MIN_PARALLEL_MACS", 0)
+    x = rng.standard_normal((3, 20, 4, 5)).astype(np.float32)
+    wt = rng.standard_normal((48, 20, 2, 2)).astype(np.float32)
+    b = rng.standard_normal(48).astype(np.float32)
+    for s, p in (((1, 1), (0, 0)), ((2, 1), (1, 0))):
+        got = conv.conv2d(x, wt, b, s, p, (1, 1), 1)
+        np.testing.assert_allclose(got, ref.conv2d(x, wt, b, s, p, (1, 1), 1), rtol=1e-4, atol=1e-4)
+    w1 = rng.standard_normal((40, 20, 1, 1)).astype(np.float32)
+    np.testing.assert_allclose(conv.conv2d(x, w1, b[:40]), ref.conv2d(x, w1, b[:40], (1, 1), (0, 0), (1, 1), 1),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, axis", [((2, 5, 3, 4), 1), ((1, 8892, 2), 2), ((3, 7), 1), ((2, 3, 4), 0)])
+def test_softmax_matches_reference(shape, axis, monkeypatch):
+    from caffe_surgeon.engine.kernels import channelwise, parallel
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
+    x = (rng.standard_normal(shape) * 5).astype(np.float32)
+    np.testing.assert_allclose(channelwise.softmax(x, axis), ref.softmax(x, axis), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale_size", [1, 6])
+def test_l2_normalize_channels_matches_reference(scale_size):
+    from caffe_surgeon.engine.kernels import channelwise
+    x = rng.standard_normal((2, 6, 5, 7)).astype(np.float32)
+    scale = (rng.random(scale_size) * 20).astype(np.float32)
+    np.testing.assert_allclose(channelwise.l2_normalize_channels(x, 1e-10, scale),
+                               ref.l2_normalize_channels(x, 1e-10, scale), rtol=1e-6)

@@ -5,7 +5,10 @@ import numpy as np
 
 from ..errors import ModelError
 from ..layers.caffe_geometry import canonical_axis, conv_geometry, pair, pool_out, sub
-from .kernels.conv import conv2d, deconv2d
+from .kernels import channelwise
+from .kernels.conv import conv2d, deconv2d, winograd_weights
+from .kernels.epilogue import Epilogue
+from .kernels.epilogue import apply as apply_epilogue
 from .kernels.pooling import avgpool, maxpool
 from .ops import op
 
@@ -52,14 +55,18 @@ def _conv_args(layer, x):
     return stride, pad, dilation, group
 
 
-@op("caffe", "Convolution", "ConvolutionDepthwise", "DepthwiseConvolution", "ConvolutionFixed")
+CONV_TYPES = ("Convolution", "ConvolutionDepthwise", "DepthwiseConvolution", "ConvolutionFixed")
+
+
+@op("caffe", *CONV_TYPES)
 def convolution(layer, inputs, ctx):
     w = layer.weights["weight"]
     b = layer.weights.get("bias")
     outs = []
     for x in inputs:
         stride, pad, dilation, group = _conv_args(layer, x)
-        outs.append(conv2d(x, w, b, stride, pad, dilation, group))
+        u = winograd_weights(ctx.cache, ("winograd", layer.name), w, stride, dilation, group)
+        outs.append(conv2d(x, w, b, stride, pad, dilation, group, epilogue=ctx.epilogue, winograd_u=u))
     return outs
 
 
@@ -90,30 +97,39 @@ def _channel_shape(x, axis=1, count=None):
     return shape
 
 
+def _bn_affine(layer, ctx):
+    """(a, c) float32 with BatchNorm(x) == x * a + c per channel, cached while the weights stay."""
+    eps = float(sub(layer, "batch_norm_param").get("eps", 1e-5))
+    w = layer.weights
+    arrays = tuple(w.values())
+    prepared = ctx.cache.get(layer.name)
+    if prepared is not None and prepared[0] == eps and len(prepared[1]) == len(arrays) \
+            and all(a is b for a, b in zip(prepared[1], arrays)):
+        return prepared[2], prepared[3]
+    if "scale_factor" in w:
+        s = float(w["scale_factor"][0])
+        f = 0.0 if s == 0 else 1.0 / s
+        mean, var = w["mean"].astype(np.float64) * f, w["variance"].astype(np.float64) * f
+        gamma, beta = 1.0, 0.0
+    else:  # caffe-xilinx: affine part built in
+        mean, var = w["mean"].astype(np.float64), w["variance"].astype(np.float64)
+        gamma, beta = w["scale"].astype(np.float64), w["bias"].astype(np.float64)
+    inv = gamma / np.sqrt(var + eps)
+    a = np.ascontiguousarray(inv, F32).reshape(-1)
+    c = np.ascontiguousarray(beta - mean * inv, F32).reshape(-1)
+    ctx.cache[layer.name] = (eps, arrays, a, c)
+    return a, c
+
+
 @op("caffe", "BatchNorm")
 def batch_norm(layer, inputs, ctx):
     x = inputs[0]
-    eps = float(sub(layer, "batch_norm_param").get("eps", 1e-5))
-    prepared = ctx.cache.get(layer.name)
-    if prepared is None or prepared[0] is not layer.weights:
-        w = layer.weights
-        if "scale_factor" in w:
-            s = float(w["scale_factor"][0])
-            f = 0.0 if s == 0 else 1.0 / s
-            mean, var = w["mean"].astype(np.float64) * f, w["variance"].astype(np.float64) * f
-            gamma, beta = 1.0, 0.0
-        else:  # caffe-xilinx: affine part built in
-            mean, var = w["mean"].astype(np.float64), w["variance"].astype(np.float64)
-            gamma, beta = w["scale"].astype(np.float64), w["bias"].astype(np.float64)
-        inv = gamma / np.sqrt(var + eps)
-        a = inv.astype(F32)
-        c = (beta - mean * inv).astype(F32)
-        prepared = (layer.weights, a, c)
-        ctx.cache[layer.name] = prepared
-    _, a, c = prepared
+    a, c = _bn_affine(layer, ctx)
     shape = _channel_shape(x) if x.ndim > 1 else [-1]
     out = _out(ctx, x)
     np.multiply(x, a.reshape(shape), out=out)
+    if ctx.epilogue is not None:  # the following in-place layers, fused (see fusion.py)
+        return [apply_epilogue(out, Epilogue(x.shape[1]).add(c).extend(ctx.epilogue))]
     out += c.reshape(shape)
     return [out]
 
@@ -132,6 +148,11 @@ def scale(layer, inputs, ctx):
     s = inputs[1] if len(inputs) > 1 else layer.weights["scale"]
     out = _out(ctx, x)
     np.multiply(x, s.reshape(_axis_blob_shape(x, s, axis)), out=out)
+    if ctx.epilogue is not None:  # only for a per-channel Scale (see epilogue_of)
+        ep = Epilogue(x.shape[1])
+        if "bias" in layer.weights:
+            ep.add(layer.weights["bias"])
+        return [apply_epilogue(out, ep.extend(ctx.epilogue))]
     if "bias" in layer.weights:
         b = layer.weights["bias"]
         out += b.reshape(_axis_blob_shape(x, b, axis))
@@ -363,8 +384,7 @@ def permute(layer, inputs, ctx):
 def softmax(layer, inputs, ctx):
     x = inputs[0]
     axis = canonical_axis(int(sub(layer, "softmax_param").get("axis", 1)), x.ndim)
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return [(e / e.sum(axis=axis, keepdims=True)).astype(F32)]
+    return [channelwise.softmax(x, axis)]
 
 
 @op("caffe", "LRN")
@@ -495,3 +515,80 @@ def sigmoid_ce_loss(layer, inputs, ctx):
     x, t = inputs[0].astype(np.float64), inputs[1].reshape(inputs[0].shape).astype(np.float64)
     loss = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
     return [np.array(loss.sum() / x.shape[0], F32)]
+
+
+# ---------------------------------------------------------------- fusion
+#: layer types whose output pass can absorb the per-channel layers after them
+FUSION_HEADS = CONV_TYPES + ("BatchNorm", "Scale")
+#: per-channel layers that can run inside the previous layer's output pass
+FUSION_FOLLOWERS = ("BatchNorm", "Scale", "Bias", "ReLU", "ReLU6", "Clip")
+
+
+def fusable(layer, as_head: bool) -> bool:
+    """Whether ``layer`` can head a fused chain / be fused into one (static checks only)."""
+    if len(layer.bottoms) != 1 or len(layer.tops) != 1:
+        return False
+    t = layer.type
+    if as_head:
+        if t in CONV_TYPES:
+            return True
+        if t not in ("BatchNorm", "Scale"):
+            return False
+    elif t not in FUSION_FOLLOWERS:
+        return False
+    if t in ("Scale", "Bias"):
+        p = sub(layer, "scale_param" if t == "Scale" else "bias_param")
+        if int(p.get("axis", 1)) != 1 or any(v.ndim != 1 for v in layer.weights.values()):
+            return False
+        if t == "Scale" and "scale" not in layer.weights or t == "Bias" and "bias" not in layer.weights:
+            return False
+    return True
+
+
+def head_channels(layer, inputs) -> int | None:
+    """The channel count of a fusion head's output, or None when it cannot take an epilogue."""
+    x = inputs[0]
+    if x.ndim < 2:
+        return None
+    if layer.type in CONV_TYPES:
+        w = layer.weights.get("weight")
+        return None if w is None or w.ndim != 4 else int(w.shape[0])
+    if layer.type == "Scale" and layer.weights.get("scale") is not None \
+            and layer.weights["scale"].size != x.shape[1]:
+        return None
+    return int(x.shape[1])
+
+
+def epilogue_of(layers, ctx, channels) -> Epilogue | None:
+    """The stages of ``layers`` (FUSION_FOLLOWERS, in order) as one Epilogue with exactly the
+    float32 operations their forward functions do, or None if one of them does not fit."""
+    ep = Epilogue(channels)
+    for layer in layers:
+        t = layer.type
+        if t == "BatchNorm":
+            a, c = _bn_affine(layer, ctx)
+            if a.size != channels:
+                return None
+            ep.mul(a).add(c)
+        elif t == "Scale":
+            s = layer.weights["scale"]
+            if s.size != channels or ("bias" in layer.weights and layer.weights["bias"].size != channels):
+                return None
+            ep.mul(s)
+            if "bias" in layer.weights:
+                ep.add(layer.weights["bias"])
+        elif t == "Bias":
+            if layer.weights["bias"].size != channels:
+                return None
+            ep.add(layer.weights["bias"])
+        elif t == "ReLU":
+            slope = float(sub(layer, "relu_param").get("negative_slope", 0.0))
+            ep.relu() if slope == 0.0 else ep.leaky(slope)
+        elif t == "ReLU6":
+            ep.clip(0, 6)
+        elif t == "Clip":
+            p = sub(layer, "clip_param")
+            ep.clip(p.get("min", -np.inf), p.get("max", np.inf))
+        else:
+            return None
+    return ep

@@ -140,14 +140,19 @@ DEFAULT_ACTIVATION = {
 }
 
 
+def activation_name(layer) -> str:
+    """The layer's ``activation=`` or its section's default."""
+    return str(layer.params.get("activation", DEFAULT_ACTIVATION.get(layer.type, "linear")))
+
+
 def activation(layer) -> Callable[[np.ndarray], np.ndarray]:
     """The activation function of ``layer`` (its ``activation=`` or the section default).
 
     Raises:
         ModelError for a name neither darknet knows (darknet would silently use ReLU).
     """
-    name = layer.params.get("activation", DEFAULT_ACTIVATION.get(layer.type, "linear"))
-    fn = ACTIVATIONS.get(str(name))
+    name = activation_name(layer)
+    fn = ACTIVATIONS.get(name)
     if fn is None:
         raise ModelError(f"unknown activation '{name}' (darknet would silently use relu; "
                          f"known: {', '.join(sorted(ACTIVATIONS))})")

@@ -31,7 +31,8 @@ from ..errors import ModelError
 from ..layers.darknet import opt_float, opt_int, opt_list
 from ..layers.registry import REGISTRY
 from . import darknet_activations as acts
-from .kernels.conv import conv2d, deconv2d
+from .kernels.conv import conv2d, deconv2d, winograd_weights
+from .kernels.epilogue import Epilogue
 from .kernels.pooling import avgpool, maxpool
 from .ops import op
 
@@ -119,11 +120,43 @@ def convolutional(layer, inputs, ctx):
     dil = max(1, opt_int(layer, "dilation", 1)) if g["size"] > 1 else 1
     # AlexeyAB pads by pad*dilation but sizes the output without the dilation.
     p = g["padding"] * dil
-    y = conv2d(x, w, None, stride, (p, p), (dil, dil), g["groups"])
+    ep, fused_act = _conv_epilogue(layer, src, ctx, w.shape[0])
+    u = winograd_weights(ctx.cache, ("winograd", layer.name), w, stride, (dil, dil), g["groups"])
+    y = conv2d(x, w, None, stride, (p, p), (dil, dil), g["groups"], epilogue=ep, winograd_u=u)
     if y.shape[2:] != (g["oh"], g["ow"]):
         raise ModelError(f"dilation={dil} with padding={g['padding']} gives a {y.shape[3]} x "
                          f"{y.shape[2]} output where darknet allocates {g['ow']} x {g['oh']}")
-    return _finish(layer, _bias_or_bn(src, ctx, y))
+    return [y] if fused_act else _finish(layer, y)
+
+
+#: activations the conv epilogue applies itself (same float32 operations as ACTIVATIONS)
+_EPILOGUE_ACTS = {"linear": lambda e: e, "relu": lambda e: e.relu(),
+                  "leaky": lambda e: e.leaky(.1), "revleaky": lambda e: e.leaky(.1),
+                  "relu6": lambda e: e.clip(0, 6)}
+
+
+def _conv_epilogue(layer, src, ctx, channels):
+    """(Epilogue, whether it includes the activation): the bias or BN, then, when the
+    activation is a simple one, the activation, all in the conv's output pass."""
+    name = acts.activation_name(layer)
+    bn = bool(opt_int(src, "batch_normalize", 0) or opt_int(src, "cbn", 0))
+    arrays = ((src.weights["biases"],) if not bn else
+              tuple(src.weights[k] for k in ("biases", "scales", "rolling_mean", "rolling_variance")))
+    key = ("conv_epilogue", layer.name, ctx.darknet_bn)
+    hit = ctx.cache.get(key)
+    if hit is not None and hit[1] == (name, bn, channels) and all(a is b for a, b in zip(hit[0], arrays)):
+        return hit[2], hit[3]
+    ep = Epilogue(channels)
+    if bn:
+        a, c = bn_affine(src, ctx)
+        ep.mul(a).add(c)
+    else:
+        ep.add(src.weights["biases"])
+    fused = name in _EPILOGUE_ACTS
+    if fused:
+        _EPILOGUE_ACTS[name](ep)
+    ctx.cache[key] = (arrays, (name, bn, channels), ep, fused)
+    return ep, fused
 
 
 @op("darknet", "deconvolutional")

@@ -10,6 +10,13 @@ For sensitivity analysis, :meth:`Executor.prefix` runs the layers before a
 given index once and returns exactly the values later layers need, and
 :meth:`Executor.run` can resume from such a cache, so only the part of the
 net downstream of a change is recomputed.
+
+Fusion (:mod:`.fusion`): a Caffe convolution (or BatchNorm / Scale) followed by
+per-channel layers that only it feeds (BatchNorm, Scale, Bias, ReLU, ReLU6,
+Clip) runs as one layer whose output pass applies them, when the run needs
+none of the intermediate values; the result is bit for bit the one the layers
+give one by one, which is how they run when an intermediate value is asked for
+or a prefix/resume boundary falls inside the chain.
 """
 from __future__ import annotations
 
@@ -61,6 +68,19 @@ class Executor:
                     raise
                 # The input size comes with the data; checked on the first run.
         self.check_weights = check_weights
+        # Fused chains (see fusion.py): head index -> follower indices, the versions only the
+        # chain itself sees, and each chain's epilogue, built now and checked on every run.
+        from . import caffe_ops, fusion  # the numerical modules, only once a net is to be run
+        from .kernels import blas
+        self._ops, self._fusion, self._blas = caffe_ops, fusion, blas
+        self.chains = fusion.plan(graph, self.reads)
+        self._inner = {i: [(k, graph.layers[k].tops[0]) for k in [i] + f[:-1]]
+                       for i, f in self.chains.items()}
+        self._epilogues: dict[int, tuple] = {}
+        for i, f in self.chains.items():
+            w = graph.layers[i].weights.get("weight")
+            if graph.layers[i].type in caffe_ops.CONV_TYPES and w is not None and getattr(w, "ndim", 0) == 4:
+                self._chain_epilogue(i, int(w.shape[0]))
 
     def _check_fed(self, env):
         """Shape-check the whole net for the fed input sizes (once per distinct size)."""
@@ -122,7 +142,8 @@ class Executor:
             env.update(self._feed(inputs or {}))
             self._check_fed(env)
         result = {}
-        self._run_range(env, start, len(self.graph.layers), wanted, result)
+        with self._blas.single_threaded():
+            self._run_range(env, start, len(self.graph.layers), wanted, result)
         for v, name in wanted.items():
             if v in env and name not in result:
                 result[name] = env[v]
@@ -134,7 +155,8 @@ class Executor:
     def prefix(self, inputs: dict, stop: int) -> dict:
         """Run layers 0 .. stop-1 and return the values that layers >= stop will read."""
         env = self._feed(inputs)
-        self._run_range(env, 0, stop, {}, {})
+        with self._blas.single_threaded():
+            self._run_range(env, 0, stop, {}, {})
         needed = {v for row in self.reads[stop:] for v in row}
         return {v: a for v, a in env.items() if v in needed}
 
@@ -154,9 +176,24 @@ class Executor:
             env[("feed", name)] = np.ascontiguousarray(inputs[name], dtype=np.float32)
         return env
 
+    def _chain_epilogue(self, i, channels):
+        """The epilogue of chain ``i`` for a head output of ``channels`` channels, or None."""
+        followers = [self.graph.layers[k] for k in self.chains[i]]
+        hit = self._epilogues.get(i)
+        if hit is not None and hit[0] == channels and self._fusion.same_signature(hit[1], followers):
+            return hit[2]
+        try:
+            ep = self._ops.epilogue_of(followers, self.ctx, channels)
+        except (ModelError, KeyError, ValueError, TypeError, IndexError):
+            ep = None  # run the layers one by one, which reports the problem where it is
+        self._epilogues[i] = (channels, self._fusion.signature(followers), ep)
+        return ep
+
     def _run_range(self, env, start, stop, wanted, result):
         layers = self.graph.layers
-        for i in range(start, stop):
+        ctx = self.ctx
+        i = start
+        while i < stop:
             layer = layers[i]
             try:
                 args = [env[v] for v in self.reads[i]]
@@ -166,29 +203,43 @@ class Executor:
             dying = [self.last_use.get(v) == i and v not in wanted for v in self.reads[i]]
             # An input may be overwritten only if nothing else still alive shares its memory
             # (Split returns one array for several tops; Reshape and Flatten return views).
-            self.ctx.donate = [d and not any(o is not a and np.may_share_memory(o, a) for o in env.values())
-                               and sum(a is o for o in env.values()) == 1 and sum(a is b for b in args) == 1
-                               for d, a, v in zip(dying, args, self.reads[i])]
+            # Worked out only if the layer asks (most never overwrite their inputs).
+            ctx.donate = (lambda dying=dying, args=args: [
+                d and not any(o is not a and np.may_share_memory(o, a) for o in env.values())
+                and sum(a is o for o in env.values()) == 1 and sum(a is b for b in args) == 1
+                for d, a in zip(dying, args)]) if any(dying) else []
             if not layer.bottoms:
-                self.ctx.feeds = {n[1]: a for n, a in env.items() if n[0] == "feed"}
+                ctx.feeds = {n[1]: a for n, a in env.items() if n[0] == "feed"}
+            end = i  # the last layer this step computes (a fused chain's last follower)
+            followers = self.chains.get(i)
+            if followers is not None and followers[-1] < stop and \
+                    not any(v in wanted for v in self._inner[i]):
+                channels = self._ops.head_channels(layer, args)
+                ctx.epilogue = None if channels is None else self._chain_epilogue(i, channels)
+                if ctx.epilogue is not None:
+                    end = followers[-1]
             try:
-                outs = self.fns[i](layer, args, self.ctx)
+                outs = self.fns[i](layer, args, ctx)
             except ModelError as e:
                 raise e.located(file=self.graph.source_text, layer=layer.name) from None
             except (ValueError, IndexError) as e:
                 shapes = [tuple(a.shape) for a in args]
                 raise ModelError(f"{layer.type} failed on inputs of shapes {shapes}: {e}",
                                  file=self.graph.source_text, layer=layer.name) from None
+            finally:
+                ctx.epilogue = None
             for v, d in zip(self.reads[i], dying):
                 if d:
                     env.pop(v, None)
-            for t, a in zip(layer.tops, outs):
-                env[(i, t)] = a
-                if (i, t) in wanted:
-                    result[wanted[(i, t)]] = a
-            for t in layer.tops:  # nobody reads it and nobody asked for it
-                if (i, t) not in self.last_use and (i, t) not in wanted:
-                    env.pop((i, t), None)
+            tops = layers[end].tops
+            for t, a in zip(tops, outs):
+                env[(end, t)] = a
+                if (end, t) in wanted:
+                    result[wanted[(end, t)]] = a
+            for t in tops:  # nobody reads it and nobody asked for it
+                if (end, t) not in self.last_use and (end, t) not in wanted:
+                    env.pop((end, t), None)
+            i = end + 1
 
 
 def forward(graph: Graph, inputs: dict, outputs=None, **kw) -> dict[str, np.ndarray]:

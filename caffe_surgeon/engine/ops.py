@@ -48,7 +48,11 @@ class RunContext:
         darknet_bn: "pjreddie" ((x-mean)/(sqrt(var)+1e-6)) or "alexeyab"
             ((x-mean)/sqrt(var+1e-5)).
         cache: per-layer prepared constants (e.g. folded BatchNorm), keyed by layer name.
-        donate: for the running layer, whether each input may be overwritten.
+        donate: for the running layer, whether each input may be overwritten (or a function
+            returning that list, called on the first ``donated`` query).
+        epilogue: for the running layer, per-channel stages of the layers fused into it
+            (an ``kernels.epilogue.Epilogue``) that it must apply to its output, or None.
+            Set by the executor only for the layer types ``caffe_ops.FUSION_HEADS``.
     """
 
     darknet_bn: str = "pjreddie"
@@ -56,6 +60,9 @@ class RunContext:
     cache: dict = field(default_factory=dict)
     donate: list = field(default_factory=list)
     graph: object = None
+    epilogue: object = None
 
     def donated(self, i: int) -> bool:
+        if callable(self.donate):  # the executor's, worked out on first use
+            self.donate = self.donate()
         return i < len(self.donate) and self.donate[i]

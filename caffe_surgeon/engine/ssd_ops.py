@@ -9,12 +9,15 @@ OpenCV's extra ``clip`` flag clips decoded boxes to [0, 1].
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 
 from ..errors import ModelError
 from ..layers.caffe_geometry import sub
+from .kernels import channelwise
+from .kernels.nms import nms_greedy
 from .ops import op
 
 F32 = np.float32
@@ -23,8 +26,11 @@ F32 = np.float32
 @op("caffe", "Normalize")
 def normalize(layer, inputs, ctx):
     p = sub(layer, "norm_param")
-    x = inputs[0].astype(np.float64)
     eps = float(p.get("eps", 1e-10))
+    if not p.get("across_spatial", True) and inputs[0].ndim >= 2 and \
+            layer.weights["scale"].size in (1, inputs[0].shape[1]):
+        return [channelwise.l2_normalize_channels(inputs[0], eps, layer.weights["scale"])]
+    x = inputs[0].astype(np.float64)
     if p.get("across_spatial", True):
         norm = np.sqrt((x * x).reshape(x.shape[0], -1).sum(axis=1) + eps).reshape(-1, 1, 1, 1)
     else:
@@ -79,39 +85,29 @@ def prior_boxes(p: dict, layer_hw, image_hw) -> np.ndarray:
 
 @op("caffe", "PriorBox")
 def prior_box(layer, inputs, ctx):
+    # a function of the params and the two spatial sizes only: computed once per size
     feat, image = inputs[0], inputs[1]
-    out = prior_boxes(sub(layer, "prior_box_param"), feat.shape[2:], image.shape[2:])
-    return [out[None]]
-
-
-def _iou(box, others):
-    ix1 = np.maximum(box[0], others[:, 0])
-    iy1 = np.maximum(box[1], others[:, 1])
-    ix2 = np.minimum(box[2], others[:, 2])
-    iy2 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
-    union = area(box) + area(others) - inter
-    return np.where(inter > 0, inter / np.where(union > 0, union, 1), 0.0)
+    p = sub(layer, "prior_box_param")
+    key = ("priorbox", layer.name, tuple(feat.shape[2:]), tuple(image.shape[2:]))
+    hit = ctx.cache.get(key)
+    if hit is None or hit[0] != p:
+        hit = ctx.cache[key] = (copy.deepcopy(p), prior_boxes(p, feat.shape[2:], image.shape[2:]))
+    return [hit[1][None].copy()]  # a copy: a later in-place layer may overwrite its input
 
 
 def nms_fast(boxes, scores, score_threshold, nms_threshold, top_k, eta=1.0) -> list[int]:
-    """Caffe SSD's ApplyNMSFast: indices kept, highest score first."""
+    """Caffe SSD's ApplyNMSFast: indices kept, highest score first (slow twin:
+    ``kernels.reference.nms_fast``)."""
     order = np.flatnonzero(scores > score_threshold)
+    if -1 < top_k < len(order):
+        # only the top_k best can be kept: a partition first (ties with the k-th kept, so
+        # the stable sort of what is left is the start of the stable sort of all)
+        neg = -scores[order]
+        order = order[neg <= np.partition(neg, top_k - 1)[top_k - 1]]
     order = order[np.argsort(-scores[order], kind="stable")]
     if top_k > -1:
         order = order[:top_k]
-    kept: list[int] = []
-    thr = nms_threshold
-    for idx in order:
-        keep = True
-        if kept:
-            keep = bool(np.all(_iou(boxes[idx], boxes[kept]) <= thr))
-        if keep:
-            kept.append(int(idx))
-            if eta < 1 and thr > 0.5:
-                thr *= eta
-    return kept
+    return nms_greedy(boxes, order, nms_threshold, eta)
 
 
 def decode_boxes(loc, priors, variances, code_type, encoded_in_target):

@@ -3,4 +3,8 @@
 Importing this package compiles nothing; kernels are compiled on first call
 (and cached on disk, ``cache=True``), so paths that never run a forward pass
 never pay for Numba.
+
+Threads: every parallel kernel is a Numba ``prange`` (one pool, sized by
+``NUMBA_NUM_THREADS``); BLAS is called single-threaded from inside it (see
+``blas.py``), so that two thread pools never compete for the cores.
 """

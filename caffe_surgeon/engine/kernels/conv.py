@@ -1,49 +1,297 @@
-"""Convolution and transposed convolution: pick the cheapest exact path.
+"""Convolution and transposed convolution as tiled im2col + GEMM in one thread pool.
 
-- 1x1, stride 1, no pad: a plain matrix product, no im2col.
-- depthwise (one input channel per group): the direct Numba kernel.
-- otherwise: im2col over the whole batch and one GEMM per group, so BLAS sees
-  the largest matrices it can (better throughput than one GEMM per image).
+Each convolution is one Numba ``prange`` over independent tiles, so that the
+only threads are Numba's (work-stealing: the calling thread takes tiles too,
+and a worker the OS has not scheduled delays nobody). A tile's GEMM is
+NumPy's OpenBLAS ``cblas_sgemm`` called single-threaded on strided blocks
+(:mod:`.blas`), writing straight into the NCHW output, and the tile's
+:class:`~.epilogue.Epilogue` (bias, BatchNorm, Scale, activation) runs right
+after it, on values still in cache. The paths, by shape:
+
+- *Winograd* F(2x2, 3x3) (:mod:`.winograd`, 2.25x fewer GEMM flops) for 3x3
+  stride-1 layers with channels enough on both sides (:func:`use_winograd`);
+- *row tiles* (large feature maps): whole output rows of one image; the tile
+  does its own im2col into a per-thread buffer that stays in cache (about
+  ``TILE_BYTES``), then its GEMM and epilogue;
+- *wide tiles* (several images of a small map with many output channels): the
+  batch im2col'ed side by side, one wide GEMM split in blocks, each block's
+  columns moved back to NCHW image by image;
+- *block tiles* (other small maps): the batch is im2col'ed once (in parallel
+  over input channels), then each tile is one image x group x block of output
+  channels x block of output pixels, split along whichever of the two makes the
+  GEMMs repack less (each tile repacks its weight block and its column block).
+  1x1 stride-1 unpadded convolutions read the input in place.
+
+Depthwise convolutions use their direct kernel. The tiling depends only on the
+shapes and the thread count, never on the epilogue, so fused and unfused layers
+agree bit for bit (and a run is deterministic for a given thread count). Without
+a usable OpenBLAS (:func:`.blas.gemm` is None) the convolution is im2col +
+``np.matmul`` per image.
 """
 from __future__ import annotations
 
+import threading
+
+import numba as nb
 import numpy as np
 
+from . import blas, parallel, winograd
+from . import epilogue as epi
 from .depthwise import depthwise_conv
-from .im2col import col2im, im2col
+from .epilogue import _stages_row
+from .im2col import _im2col_batch, col2im, im2col_batch
+
+F32 = np.float32
+#: bytes of im2col columns per row tile (kept in the core's cache between im2col and GEMM)
+TILE_BYTES = 1 << 20
+#: feature maps whose whole column matrix is larger than this take row tiles
+ROW_TILES_ABOVE = 4 << 20
+#: tiles per thread when running on several threads (dynamic balance vs repacking)
+TILES_PER_THREAD = 2
+#: Winograd when C*O/(C+O) reaches this and the batch has this many 2x2 output tiles
+WINOGRAD_MIN, WINOGRAD_MIN_TILES = 40, 36
 
 
 def out_size(size, k, s, p, d):
     return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
 
 
-def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1) -> np.ndarray:
-    """x (N, C, H, W) float32, w (O, C/group, kh, kw), b (O,) or None -> (N, O, oh, ow)."""
+def _with_bias(b, ep, channels):
+    if b is None:
+        return ep
+    full = epi.Epilogue(channels).add(b)
+    return full.extend(ep) if ep is not None else full
+
+
+_scratch = threading.local()  # one set per calling thread: concurrent forward passes may not share
+
+
+def _thread_scratch(n: int) -> np.ndarray:
+    """(threads, n) float32 reused between calls: row ``numba.get_thread_id()`` is a tile's own."""
+    rows = nb.config.NUMBA_NUM_THREADS
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.shape[1] < n:
+        buf = np.empty((rows, n), F32)
+        if buf.nbytes <= (256 << 20):
+            _scratch.buf = buf
+    return buf
+
+
+def _row_tiles(gemm, x, wg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows, out, codes, vecs, params,
+               scratch):
+    # x (N, C, H, W), wg (G, og, k), out (N, G*og, oh*ow); tile = (image, block of `rows` rows)
+    N = x.shape[0]
+    G, og, k = wg.shape
+    O = G * og
+    P = oh * ow
+    nt = (oh + rows - 1) // rows
+    for t in nb.prange(N * nt):
+        n = t // nt
+        y0 = (t % nt) * rows
+        y1 = min(oh, y0 + rows)
+        T = (y1 - y0) * ow
+        cols = scratch[nb.get_thread_id()][:G * k * T].reshape(G * k, 1, T)
+        # output rows y0..y1-1 are rows 0.. of the same conv padded ph - y0*sh on top
+        _im2col_batch(x[n:n + 1], kh, kw, sh, sw, ph - y0 * sh, pw, dh, dw, y1 - y0, ow, cols)
+        for g in range(G):
+            gemm(101, 111, 111, og, T, k, np.float32(1.0), wg.ctypes.data + 4 * g * og * k, k,
+                 cols.ctypes.data + 4 * g * k * T, T, np.float32(0.0),
+                 out.ctypes.data + 4 * ((n * O + g * og) * P + y0 * ow), P)
+        for o in range(O):
+            _stages_row(out[n, o, y0 * ow:y1 * ow], o, codes, vecs, params)
+
+
+ROW_TILES_K = parallel.dual(_row_tiles)
+
+
+def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, params):
+    # wg (G, og, k); b (1, size) flat: image n's column matrix of group g starts at value
+    # n*b_img + g*k*ldb, rows ldb apart; out (N, G*og, P). Tile = (image, group, channel block, pixel block).
+    G, og, k = wg.shape
+    O = G * og
+    nob = (og + ob - 1) // ob
+    npb = (P + pb - 1) // pb
+    for t in nb.prange(n_img * G * nob * npb):
+        p0 = (t % npb) * pb
+        r = t // npb
+        o0 = (r % nob) * ob
+        r //= nob
+        g = r % G
+        n = r // G
+        p1 = min(P, p0 + pb)
+        o1 = min(og, o0 + ob)
+        gemm(101, 111, 111, o1 - o0, p1 - p0, k, np.float32(1.0),
+             wg.ctypes.data + 4 * (g * og + o0) * k, k,
+             b.ctypes.data + 4 * (n * b_img + g * k * ldb + p0), ldb, np.float32(0.0),
+             out.ctypes.data + 4 * ((n * O + g * og + o0) * P + p0), P)
+        for o in range(g * og + o0, g * og + o1):
+            _stages_row(out[n, o, p0:p1], o, codes, vecs, params)
+
+
+BLOCK_TILES_K = parallel.dual(_block_tiles)
+
+
+def _wide_tiles(gemm, wg, cols, n_img, P, ob, cb, wide, out, codes, vecs, params):
+    # Several images side by side: wide[g*og + o, c] (O, N*P) = wg[g] @ cols[g*k:, c] for one
+    # (group, channel block, column block) per tile, then the tile's columns move to out
+    # (N, O, P) image by image with the epilogue.
+    G, og, k = wg.shape
+    O = G * og
+    NP = n_img * P
+    nob = (og + ob - 1) // ob
+    ncb = (NP + cb - 1) // cb
+    for t in nb.prange(G * nob * ncb):
+        c0 = (t % ncb) * cb
+        r = t // ncb
+        o0 = (r % nob) * ob
+        g = r // nob
+        c1 = min(NP, c0 + cb)
+        o1 = min(og, o0 + ob)
+        gemm(101, 111, 111, o1 - o0, c1 - c0, k, np.float32(1.0),
+             wg.ctypes.data + 4 * (g * og + o0) * k, k,
+             cols.ctypes.data + 4 * (g * k * NP + c0), NP, np.float32(0.0),
+             wide.ctypes.data + 4 * ((g * og + o0) * NP + c0), NP)
+        for o in range(g * og + o0, g * og + o1):
+            src = wide[o]
+            n = c0 // P
+            while n * P < c1:
+                a = max(c0, n * P)
+                b = min(c1, (n + 1) * P)
+                d = out[n, o, a - n * P:b - n * P]
+                s = src[a:b]
+                for p in range(b - a):
+                    d[p] = s[p]
+                _stages_row(d, o, codes, vecs, params)
+                n += 1
+
+
+WIDE_TILES_K = parallel.dual(_wide_tiles)
+
+
+def _round16(v: int, cap: int) -> int:
+    return min(cap, -(-v // 16) * 16)
+
+
+def use_winograd(x_shape, w_shape, stride, dilation, group, pad=(1, 1)) -> bool:
+    """Whether :func:`conv2d` takes the Winograd F(2x2, 3x3) path for these shapes: 3x3 stride 1,
+    and channels enough on both sides for the GEMMs to dominate the transforms (measured: from
+    64 -> 128 channels on; 64 -> 64 and thinner layers are faster as im2col + GEMM)."""
+    c, o = w_shape[1] * group, w_shape[0]
+    if not (winograd.applicable(w_shape, stride, dilation, group) and c * o >= WINOGRAD_MIN * (c + o)):
+        return False
+    if x_shape is None:  # weights only: whether the layer can take it at all
+        return True
+    # and output tiles enough for the 16 GEMMs to be worth it (a 7x7 map gives only 16)
+    oh, ow = x_shape[2] + 2 * pad[0] - 2, x_shape[3] + 2 * pad[1] - 2
+    return x_shape[0] * -(-oh // 2) * -(-ow // 2) >= WINOGRAD_MIN_TILES
+
+
+def winograd_weights(cache: dict, key, w, stride, dilation, group):
+    """``winograd.transform_weights(w)`` when :func:`use_winograd` picks the layer, kept in
+    ``cache[key]`` while ``w`` is the same array (a replaced weight array is transformed anew)."""
+    if not use_winograd(None, w.shape, stride, dilation, group):
+        return None
+    hit = cache.get(key)
+    if hit is not None and hit[0] is w:
+        return hit[1]
+    u = winograd.transform_weights(w)
+    cache[key] = (w, u)
+    return u
+
+
+def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
+           epilogue: epi.Epilogue | None = None, winograd_u: np.ndarray | None = None) -> np.ndarray:
+    """x (N, C, H, W) float32, w (O, C/group, kh, kw), b (O,) or None -> (N, O, oh, ow).
+
+    ``epilogue`` (per output channel, after the bias) is applied in the same pass.
+    ``winograd_u``: ``winograd.transform_weights(w)``, cached by the caller, for the layers
+    :func:`use_winograd` picks (computed here when not given).
+    """
     N, C, H, W = x.shape
     O, cg, kh, kw = w.shape
     oh = out_size(H, kh, stride[0], pad[0], dilation[0])
     ow = out_size(W, kw, stride[1], pad[1], dilation[1])
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"kernel {kh}x{kw} with pad {pad} and dilation {dilation} leaves no output "
+                         f"for a {H}x{W} input")
+    P = oh * ow
+    ep = _with_bias(b, epilogue, O)
+    x = np.ascontiguousarray(x, F32)
+    w = np.ascontiguousarray(w, F32)
     if cg == 1 and group == C and group > 1:
-        out = depthwise_conv(x, w, stride, pad, dilation, (oh, ow))
-    elif kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1:
-        out = np.matmul(w.reshape(O, C), x.reshape(N, C, H * W)).reshape(N, O, oh, ow)
-    else:
-        og = O // group
-        k = cg * kh * kw
-        out = np.empty((O, N, oh * ow), np.float32)
-        cols = np.empty((group, k, N * oh * ow), np.float32)
-        for n in range(N):
-            sl = slice(n * oh * ow, (n + 1) * oh * ow)
-            full = im2col(x[n], (kh, kw), stride, pad, dilation, (oh, ow))
-            cols[:, :, sl] = full.reshape(group, k, oh * ow)
-        wg = w.reshape(group, og, k)
-        for g in range(group):
-            np.matmul(wg[g], cols[g], out=out[g * og:(g + 1) * og].reshape(og, N * oh * ow))
-        out = out.reshape(O, N, oh, ow).transpose(1, 0, 2, 3)
-        out = np.ascontiguousarray(out)
-    if b is not None:
-        out += b.reshape(1, O, 1, 1)
+        return epi.apply(depthwise_conv(x, w, stride, pad, dilation, (oh, ow)), ep)
+    og = O // group
+    k = cg * kh * kw
+    K = group * k
+    wg = w.reshape(group, og, k)
+    gemm = blas.gemm()
+    if gemm is None:
+        return _conv2d_matmul(x, wg, (kh, kw), stride, pad, dilation, (oh, ow), ep)
+    codes, vecs, params = (ep or epi.Epilogue(O)).arrays()
+    # a small layer runs on the calling thread alone (see parallel.py)
+    threads = nb.get_num_threads() if N * O * k * P >= parallel.MIN_PARALLEL_MACS else 1
+    kernel = 0 if threads > 1 else 1  # parallel or serial build
+    want = 1 if threads == 1 else TILES_PER_THREAD * threads  # tiles to share out
+    if use_winograd(x.shape, w.shape, stride, dilation, group, pad):
+        if winograd_u is None:
+            winograd_u = winograd.transform_weights(w)
+        with blas.single_threaded():
+            return winograd.conv2d(gemm, x, winograd_u, pad, (oh, ow), (codes, vecs, params), threads)
+    out = np.empty((N, O, oh, ow), F32)
+    out3 = out.reshape(N, O, P)
+    with blas.single_threaded():
+        if 4 * K * N * P > ROW_TILES_ABOVE:
+            rows = max(1, min(oh, TILE_BYTES // (4 * K * ow)))
+            if N * -(-oh // rows) < want:
+                rows = max(1, -(-N * oh // want))
+            ROW_TILES_K[kernel](gemm, x, wg, kh, kw, stride[0], stride[1], pad[0], pad[1], dilation[0],
+                                dilation[1], oh, ow, rows, out3, codes, vecs, params,
+                                _thread_scratch(K * rows * ow))
+            return out
+        pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
+        if N > 1 and og > P:
+            # small maps, big weights: one GEMM over the batch side by side (weights packed
+            # once per tile rather than once per image), then back to NCHW
+            cols = im2col_batch(x, (kh, kw), stride, pad, dilation, (oh, ow), parallel=threads > 1)
+            parts = want
+            ob, cb = og, N * P
+            if parts > 1:
+                if og * k <= k * N * P:
+                    cb = _round16(-(-N * P // parts), N * P)
+                else:
+                    ob = _round16(-(-og // parts), og)
+            WIDE_TILES_K[kernel](gemm, wg, cols, N, P, ob, cb, np.empty((O, N * P), F32), out3,
+                                 codes, vecs, params)
+            return out
+        if pointwise:
+            b_mat, b_img, ldb = x, C * P, P  # the input is the column matrix
+        else:
+            b_mat = im2col_batch(x, (kh, kw), stride, pad, dilation, (oh, ow), parallel=threads > 1)
+            b_img, ldb = P, N * P
+        parts = -(-want // (N * group))
+        ob, pb = og, P
+        if parts > 1:  # split the side whose other operand is cheaper to repack per tile
+            if og * k <= k * P:
+                pb = _round16(-(-P // parts), P)
+            else:
+                ob = _round16(-(-og // parts), og)
+        BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb, out3,
+                              codes, vecs, params)
     return out
+
+
+def _conv2d_matmul(x, wg, kernel, stride, pad, dilation, out_hw, ep):
+    """Fallback without a callable OpenBLAS: im2col + np.matmul per image and group."""
+    N = x.shape[0]
+    group, og, k = wg.shape
+    P = out_hw[0] * out_hw[1]
+    out = np.empty((N, group * og) + tuple(out_hw), F32)
+    out3 = out.reshape(N, group * og, P)
+    for n in range(N):
+        cols = im2col_batch(x[n:n + 1], kernel, stride, pad, dilation, out_hw).reshape(group, k, P)
+        for g in range(group):
+            np.matmul(wg[g], cols[g], out=out3[n, g * og:(g + 1) * og])
+    return epi.apply(out, ep)
 
 
 def deconv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1) -> np.ndarray:

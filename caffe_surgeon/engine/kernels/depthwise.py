@@ -4,8 +4,9 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from . import parallel
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+
 def _depthwise(x, w, mult, sh, sw, ph, pw, dh, dw, oh, ow, out):
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
@@ -27,10 +28,15 @@ def _depthwise(x, w, mult, sh, sw, ph, pw, dh, dw, oh, ow, out):
                 out[n, o, y, xo] = acc
 
 
+DEPTHWISE_K = parallel.dual(_depthwise)
+
+
 def depthwise_conv(x, w, stride, pad, dilation, out_hw) -> np.ndarray:
     """x (N, C, H, W), w (C*m, 1, kh, kw) -> (N, C*m, oh, ow), no bias."""
     out = np.empty((x.shape[0], w.shape[0], out_hw[0], out_hw[1]), np.float32)
-    _depthwise(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(w, np.float32),
-               w.shape[0] // x.shape[1], stride[0], stride[1], pad[0], pad[1], dilation[0], dilation[1],
-               out_hw[0], out_hw[1], out)
+    macs = out.size * w.shape[2] * w.shape[3]
+    kernel = parallel.pick(DEPTHWISE_K, macs, parallel.MIN_PARALLEL_MACS)
+    kernel(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(w, np.float32),
+           w.shape[0] // x.shape[1], stride[0], stride[1], pad[0], pad[1], dilation[0], dilation[1],
+           out_hw[0], out_hw[1], out)
     return out

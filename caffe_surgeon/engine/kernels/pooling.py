@@ -11,31 +11,98 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from . import parallel
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _max_window(src, hs, he, ws, we):
+    # the window's max over rows hs..he-1, columns ws..we-1 in row-major order; ``>`` from
+    # -inf skips NaN; an empty window (all padding) gives -FLT_MAX
+    if hs >= he or ws >= we:
+        return np.float32(-3.4028235e38)
+    m = np.float32(-np.inf)
+    for i in range(hs, he):
+        for j in range(ws, we):
+            v = src[i, j]
+            m = v if v > m else m
+    return m
+
+
 def _maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow, out):
     N, C, H, W = x.shape
-    for t in nb.prange(N * C):
-        n = t // C
-        c = t % C
+    # output positions whose window lies inside the image: no clipping there, and the
+    # common 2x2 / 3x3 windows are unrolled so that LLVM vectorises along the row
+    y_lo = min((ph + sh - 1) // sh, oh)
+    y_hi = max(min((H + ph - kh) // sh + 1, oh), y_lo) if H + ph - kh >= 0 else y_lo
+    x_lo = min((pw + sw - 1) // sw, ow)
+    x_hi = max(min((W + pw - kw) // sw + 1, ow), x_lo) if W + pw - kw >= 0 else x_lo
+    ninf = np.float32(-np.inf)
+    for plane in nb.prange(N * C):
+        src = x[plane // C, plane % C]
+        dst = out[plane // C, plane % C]
         for y in range(oh):
             hs = y * sh - ph
-            he = min(hs + kh, H)
-            hs = max(hs, 0)
-            for xo in range(ow):
+            if y < y_lo or y >= y_hi:
+                for xo in range(ow):
+                    ws = xo * sw - pw
+                    dst[y, xo] = _max_window(src, max(hs, 0), min(hs + kh, H), max(ws, 0), min(ws + kw, W))
+                continue
+            for xo in range(x_lo):
                 ws = xo * sw - pw
-                we = min(ws + kw, W)
-                ws = max(ws, 0)
-                m = -np.inf
-                for i in range(hs, he):
-                    for j in range(ws, we):
-                        v = x[n, c, i, j]
-                        if v > m:
-                            m = v
-                out[n, c, y, xo] = m if hs < he and ws < we else np.float32(-3.4028235e38)
+                dst[y, xo] = _max_window(src, hs, hs + kh, max(ws, 0), min(ws + kw, W))
+            if kh == 2 and kw == 2:
+                r0 = src[hs]
+                r1 = src[hs + 1]
+                for xo in range(x_lo, x_hi):
+                    j = xo * sw - pw
+                    m = ninf
+                    v = r0[j]
+                    m = v if v > m else m
+                    v = r0[j + 1]
+                    m = v if v > m else m
+                    v = r1[j]
+                    m = v if v > m else m
+                    v = r1[j + 1]
+                    m = v if v > m else m
+                    dst[y, xo] = m
+            elif kh == 3 and kw == 3:
+                r0 = src[hs]
+                r1 = src[hs + 1]
+                r2 = src[hs + 2]
+                for xo in range(x_lo, x_hi):
+                    j = xo * sw - pw
+                    m = ninf
+                    v = r0[j]
+                    m = v if v > m else m
+                    v = r0[j + 1]
+                    m = v if v > m else m
+                    v = r0[j + 2]
+                    m = v if v > m else m
+                    v = r1[j]
+                    m = v if v > m else m
+                    v = r1[j + 1]
+                    m = v if v > m else m
+                    v = r1[j + 2]
+                    m = v if v > m else m
+                    v = r2[j]
+                    m = v if v > m else m
+                    v = r2[j + 1]
+                    m = v if v > m else m
+                    v = r2[j + 2]
+                    m = v if v > m else m
+                    dst[y, xo] = m
+            else:
+                for xo in range(x_lo, x_hi):
+                    ws = xo * sw - pw
+                    dst[y, xo] = _max_window(src, hs, hs + kh, ws, ws + kw)
+            for xo in range(x_hi, ow):
+                ws = xo * sw - pw
+                dst[y, xo] = _max_window(src, hs, hs + kh, max(ws, 0), min(ws + kw, W))
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+MAXPOOL_K = parallel.dual(_maxpool)
+
+
 def _avgpool(x, kh, kw, sh, sw, ph, pw, oh, ow, padded, out):
     N, C, H, W = x.shape
     for t in nb.prange(N * C):
@@ -62,15 +129,20 @@ def _avgpool(x, kh, kw, sh, sw, ph, pw, oh, ow, padded, out):
                 out[n, c, y, xo] = acc / size if size > 0 else np.float32(0.0)
 
 
+AVGPOOL_K = parallel.dual(_avgpool)
+
+
 def maxpool(x, kernel, stride, pad, out_hw) -> np.ndarray:
     out = np.empty(x.shape[:2] + tuple(out_hw), np.float32)
-    _maxpool(np.ascontiguousarray(x, np.float32), kernel[0], kernel[1], stride[0], stride[1],
-             pad[0], pad[1], out_hw[0], out_hw[1], out)
+    run = parallel.pick(MAXPOOL_K, out.size * kernel[0] * kernel[1])
+    run(np.ascontiguousarray(x, np.float32), kernel[0], kernel[1], stride[0], stride[1],
+        pad[0], pad[1], out_hw[0], out_hw[1], out)
     return out
 
 
 def avgpool(x, kernel, stride, pad, out_hw, divide_by_padded: bool = True) -> np.ndarray:
     out = np.empty(x.shape[:2] + tuple(out_hw), np.float32)
-    _avgpool(np.ascontiguousarray(x, np.float32), kernel[0], kernel[1], stride[0], stride[1],
-             pad[0], pad[1], out_hw[0], out_hw[1], divide_by_padded, out)
+    run = parallel.pick(AVGPOOL_K, out.size * kernel[0] * kernel[1])
+    run(np.ascontiguousarray(x, np.float32), kernel[0], kernel[1], stride[0], stride[1],
+        pad[0], pad[1], out_hw[0], out_hw[1], divide_by_padded, out)
     return out

@@ -66,3 +66,109 @@ def pool(x, kernel, stride, pad, out_hw, mode, divide_by_padded=True):
                 size = (he0 - hs0) * (we0 - ws0) if divide_by_padded else (he - hs) * (we - ws)
                 out[:, :, y, xo] = win.sum(axis=(2, 3)) / size
     return out
+
+
+def im2col(x, kernel, stride, pad, dilation, out_hw):
+    """(N, C, H, W) -> (C*kh*kw, N*oh*ow) by slicing a zero-padded copy, one (i, j) at a time."""
+    N, C, H, W = x.shape
+    (kh, kw), (oh, ow) = kernel, out_hw
+    ph, pw = pad
+    # enough padding on the far side for any window start the output geometry asks for
+    far_h = max(0, (oh - 1) * stride[0] + (kh - 1) * dilation[0] + 1 - H - ph)
+    far_w = max(0, (ow - 1) * stride[1] + (kw - 1) * dilation[1] + 1 - W - pw)
+    xp = np.zeros((N, C, ph + H + far_h, pw + W + far_w), np.float32)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    cols = np.zeros((C, kh, kw, N, oh, ow), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dilation[0], j * dilation[1]
+            patch = xp[:, :, y0:y0 + stride[0] * (oh - 1) + 1:stride[0],
+                       x0:x0 + stride[1] * (ow - 1) + 1:stride[1]]
+            cols[:, i, j] = patch.transpose(1, 0, 2, 3)
+    return cols.reshape(C * kh * kw, N * oh * ow)
+
+
+def epilogue(y, stages):
+    """The per-channel stages as the separate layers apply them: one float32 NumPy pass each."""
+    from .epilogue import ADD, CLIP, LEAKY, MUL, RELU
+    y = np.array(y, np.float32)
+    shape = (1, -1) + (1,) * (y.ndim - 2)
+    for code, vec, p0, p1 in stages:
+        if code == MUL:
+            y = y * vec.reshape(shape)
+        elif code == ADD:
+            y = y + vec.reshape(shape)
+        elif code == RELU:
+            y = np.maximum(y, np.float32(0))
+        elif code == LEAKY:
+            y = np.where(y > 0, y, np.float32(p0) * y)
+        elif code == CLIP:
+            y = np.clip(y, np.float32(p0), np.float32(p1))
+    return y.astype(np.float32)
+
+
+def _iou(box, others):
+    ix1 = np.maximum(box[0], others[:, 0])
+    iy1 = np.maximum(box[1], others[:, 1])
+    ix2 = np.minimum(box[2], others[:, 2])
+    iy2 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
+    union = area(box) + area(others) - inter
+    return np.where(inter > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms_fast(boxes, scores, score_threshold, nms_threshold, top_k, eta=1.0) -> list[int]:
+    """Caffe SSD's ApplyNMSFast, one candidate at a time against all kept boxes."""
+    order = np.flatnonzero(scores > score_threshold)
+    order = order[np.argsort(-scores[order], kind="stable")]
+    if top_k > -1:
+        order = order[:top_k]
+    kept: list[int] = []
+    thr = nms_threshold
+    for idx in order:
+        keep = True
+        if kept:
+            keep = bool(np.all(_iou(boxes[idx], boxes[kept]) <= thr))
+        if keep:
+            kept.append(int(idx))
+            if eta < 1 and thr > 0.5:
+                thr *= eta
+    return kept
+
+
+def winograd_conv2d(x, w, pad):
+    """F(2x2, 3x3) by its definition, tile by tile in float64: A^T [(G g G^T) * (B^T d B)] A."""
+    Bt = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+    G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)
+    At = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    oh, ow = H + 2 * pad[0] - 2, W + 2 * pad[1] - 2
+    th, tw = -(-oh // 2), -(-ow // 2)
+    xp = np.zeros((N, C, 2 * th + 2, 2 * tw + 2))
+    xp[:, :, pad[0]:pad[0] + H, pad[1]:pad[1] + W] = x[:, :, :2 * th + 2 - pad[0], :2 * tw + 2 - pad[1]]
+    U = np.einsum("ik,ockl,jl->ocij", G, w.astype(np.float64), G)
+    out = np.zeros((N, O, 2 * th, 2 * tw))
+    for ty in range(th):
+        for tx in range(tw):
+            d = xp[:, :, 2 * ty:2 * ty + 4, 2 * tx:2 * tx + 4]
+            V = np.einsum("ik,nckl,jl->ncij", Bt, d, Bt)
+            M = np.einsum("ocij,ncij->noij", U, V)
+            out[:, :, 2 * ty:2 * ty + 2, 2 * tx:2 * tx + 2] = np.einsum("ik,nokl,jl->noij", At, M, At)
+    return out[:, :, :oh, :ow].astype(np.float32)
+
+
+def softmax(x, axis):
+    """The NumPy expression: exp(x - max) / sum, float32."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+def l2_normalize_channels(x, eps, scale):
+    """SSD Normalize across channels in float64: x / sqrt(sum_c x^2 + eps) * scale."""
+    x64 = x.astype(np.float64)
+    norm = np.sqrt((x64 * x64).sum(axis=1, keepdims=True) + eps)
+    s = np.asarray(scale, np.float64).reshape(-1)
+    s = s[0] if s.size == 1 else s.reshape((1, -1) + (1,) * (x.ndim - 2))
+    return (x64 / norm * s).astype(np.float32)
