@@ -263,8 +263,10 @@ def test_zoo_dense_equals_sparse_and_opencv(spec, tmp_path):
 
 @needs_cv
 @pytest.mark.slow
+@pytest.mark.parametrize("ratio", [0.0, 0.5], ids=["unpruned", "pruned50"])
 @pytest.mark.parametrize("spec", _zoo_defs())
-def test_every_zoo_model_dense_equals_sparse_and_opencv(spec, tmp_path):
+def test_every_zoo_model_dense_equals_sparse_and_opencv(spec, ratio, tmp_path):
+    """Ratio 0 is the forward engine's own sweep: every zoo net against OpenCV, unpruned."""
     try:
         g = cs.load(zoo(spec))
         cs.init(g, seed=1)
@@ -285,7 +287,7 @@ def test_every_zoo_model_dense_equals_sparse_and_opencv(spec, tmp_path):
         opencv = True
     except cv2.error:
         opencv = False
-    _dense_sparse_check(g, tmp_path=tmp_path, opencv=opencv)
+    _dense_sparse_check(g, ratio=ratio, tmp_path=tmp_path, opencv=opencv)
 
 
 # ------------------------------------------------------------------ real models
