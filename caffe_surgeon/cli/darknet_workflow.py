@@ -1,0 +1,142 @@
+"""``vai_p_darknet pruner ana|prune|valid|map|finetune pruning/cfg [weights]``.
+
+``pruning/cfg`` is the vendor's INI file with a ``[pruning]`` section
+(``caffe_surgeon/workflow/config.py`` lists the keys). ``prune`` needs a
+``rate`` key (fraction of operations to remove; the vendor's ``threshold``
+has no published meaning, so it is not used to pick ratios).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelError
+
+COMMANDS = ("ana", "prune", "valid", "map", "finetune")
+
+
+def add_parsers(sub):
+    helps = {"ana": "sensitivity analysis of every prunable group",
+             "prune": "prune to the config's rate: writes prunedcfg and prune_out_weights",
+             "valid": "detections (or classifications) of the valid list, in Darknet's results format",
+             "map": "mAP@0.5 (detectors) or top-1/top-k (classifiers) on the valid list",
+             "finetune": "finetune the pruned model (arrives in a later release)"}
+    for name in COMMANDS:
+        p = sub.add_parser(name, help=helps[name])
+        p.add_argument("cfg", help="the [pruning] config file")
+        p.add_argument("weights", nargs="?", help="weights (default: modelcfg's weights are required)")
+        p.add_argument("-gpus", "--gpus", help="comma list; one evaluation worker per id")
+        if name == "ana":
+            p.add_argument("-scheduler", "--scheduler", metavar="tcp://HOST:PORT")
+            p.add_argument("-restart", "--restart", action="store_true")
+            p.add_argument("-no_progress", "--no-progress", action="store_true")
+        if name == "prune":
+            p.add_argument("-allocator", "--allocator", choices=("greedy", "threshold"),
+                           default="greedy")
+        if name in ("valid", "map"):
+            p.add_argument("-pruned", "--pruned", action="store_true",
+                           help="evaluate prunedcfg (with these weights) instead of modelcfg")
+
+
+def run(args) -> int:
+    from ..workflow.config import read_darknet_pruning
+    if args.command == "finetune":
+        raise ModelError("'vai_p_darknet pruner finetune' arrives with the PyTorch training engine in "
+                         "a later release; train prunedcfg from prune_out_weights with darknet meanwhile")
+    conf = read_darknet_pruning(args.cfg)
+    conf.check_files(("modelcfg",) + (("datacfg",) if conf.datacfg is not None else ()))
+    if conf.datacfg is None and not conf.label_free:
+        raise ModelError("the [pruning] section needs datacfg (or label_free=1)", file=args.cfg)
+    if not args.weights:
+        raise ModelError(f"'vai_p_darknet pruner {args.command}' needs a weights file after the config")
+    if not Path(args.weights).is_file():
+        raise ModelError("weights file not found", file=args.weights)
+    cfg_path = conf.prunedcfg if getattr(args, "pruned", False) else conf.modelcfg
+    spec = _spec(conf, cfg_path)
+    workers = len(args.gpus.split(",")) if args.gpus else conf.worker_count
+    if args.command == "ana":
+        return _ana(args, conf, spec, workers)
+    if args.command == "prune":
+        return _prune(args, conf, spec)
+    return _valid(args, conf, spec, cfg_path)
+
+
+def _spec(conf, cfg_path) -> dict:
+    from .. import api
+    graph = api.load(cfg_path)
+    detector = any(l.type in ("yolo", "region", "detection") for l in graph.layers)
+    kind = "darknet-detector" if detector else "darknet-classifier"
+    return {"kind": kind, "data_file": str(conf.datacfg) if conf.datacfg else None,
+            "label_free": bool(conf.label_free), "max_images": None}
+
+
+def _ignore_names(conf) -> list[str]:
+    from .. import api
+    graph = api.load(conf.modelcfg)
+    bad = [i for i in conf.ignore_layer if not 0 <= i < len(graph.layers)]
+    if bad:
+        raise ModelError(f"ignore_layer lists {bad}, but {conf.modelcfg} has layers 0..{len(graph.layers) - 1}",
+                         file=conf.file)
+    return [graph.layers[i].name for i in conf.ignore_layer]
+
+
+def _job(args, conf, spec):
+    from ..workflow.ana import AnaJob
+    return AnaJob("darknet", [str(conf.modelcfg), str(args.weights)], spec, ratios=list(conf.ratios),
+                  criterion=conf.criterion, ignore=_ignore_names(conf), divisor=conf.kernel_batch)
+
+
+def _ana(args, conf, spec, workers) -> int:
+    from ..workflow.ana import run_ana, write_reports
+    from ..workflow.report import format_sensitivity
+    result = run_ana(_job(args, conf, spec), conf.ana_out_file, workers=workers,
+                     scheduler=args.scheduler, progress=not args.no_progress, restart=args.restart)
+    write_reports(result, Path(conf.ana_out_file).parent)
+    print(format_sensitivity(result.to_table()))
+    print(f"Analysis completed: {conf.ana_out_file}")
+    return 0
+
+
+def _prune(args, conf, spec) -> int:
+    from darknet_io import write_darknet
+
+    from ..workflow.ana import AnaResult
+    from ..workflow.evaluators import build_evaluator, load_eval_graph
+    from ..workflow.prune_rate import prune_to_rate
+    if conf.rate is None:
+        raise ModelError("'prune' needs rate=<fraction of operations to remove> in [pruning]",
+                         file=conf.file)
+    if not Path(conf.ana_out_file).exists():
+        raise ModelError(f"no analysis at {conf.ana_out_file}: run 'vai_p_darknet pruner ana' first")
+    job = _job(args, conf, spec)
+    ana = AnaResult.load(conf.ana_out_file)
+    graph = load_eval_graph("darknet", job.model_files, spec)
+    evaluator = build_evaluator(spec, graph)
+    out = prune_to_rate(graph, ana, conf.rate, evaluator=evaluator, criterion=conf.criterion,
+                        divisor=conf.kernel_batch, method=args.allocator, ignore=job.ignore)
+    Path(conf.prunedcfg).parent.mkdir(parents=True, exist_ok=True)
+    Path(conf.prune_out_weights).parent.mkdir(parents=True, exist_ok=True)
+    # the dense cfg, and the sparse weights (original shapes) that finetune/transform start from
+    write_darknet(out.dense, conf.prunedcfg, None)
+    write_darknet(out.sparse, None, conf.prune_out_weights)
+    out.plan.save(Path(conf.prune_out_weights).with_suffix(".plan.json"))
+    print(out.summary.format())
+    print(f"wrote {conf.prunedcfg} and {conf.prune_out_weights} ({args.allocator} allocation)")
+    return 0
+
+
+def _valid(args, conf, spec, cfg_path) -> int:
+    from ..evaluation.darknet_valid import write_detector_valid
+    from ..workflow.evaluators import build_evaluator, load_eval_graph
+    graph = load_eval_graph("darknet", [str(cfg_path), str(args.weights)], spec)
+    ev = build_evaluator(spec, graph)
+    results = ev.run(graph)
+    if spec["kind"] == "darknet-detector":
+        if args.command == "valid":
+            files = write_detector_valid(ev, results, Path(conf.workspace) / "results")
+            print(f"wrote {len(files)} result files to {Path(conf.workspace) / 'results'}")
+        else:
+            print(f"mAP@0.5 = {ev.score(results):.4f}")
+    else:
+        acc = ev.accuracies(results)
+        print(", ".join(f"{k}: {v:.4f}" for k, v in acc.items()))
+    return 0

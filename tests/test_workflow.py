@@ -1,0 +1,157 @@
+"""The vai_p workflow end to end on the trained Fashion-MNIST fixture.
+
+vai_p_caffe ana -> prune (rate 0.5) -> transform -> stat, from a config.prototxt in the
+vendor's format; the Darknet twin from a [pruning] INI; sensitivity allocation against
+uniform L1 at the same operations reduction.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import caffe_surgeon as cs
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "fixtures" / "fashion"
+DATASET = Path("/usr/share/datasets/fashion-mnist")
+COUNT = 300  # images: 6 test batches of 50
+
+pytestmark = pytest.mark.skipif(not (DATASET / "t10k-images-idx3-ubyte.gz").exists(),
+                                reason="Debian package dataset-fashion-mnist not installed")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    from tools.make_fashion_data import make_fashion_data
+    d = tmp_path_factory.mktemp("fashion")
+    make_fashion_data(d, COUNT)
+    for name in ("fashion_train_val.prototxt", "fashion.caffemodel", "fashion.cfg",
+                 "fashion.weights", "fashion.names"):
+        shutil.copy(FIX / name, d / name)
+    (d / "fashion.data").write_text("classes=10\nvalid=t10k_valid.txt\nlabels=fashion.names\n"
+                                    "names=fashion.names\ntop=5\n")
+    return d
+
+
+def run_in(d, main, argv):
+    old = os.getcwd()
+    os.chdir(d)  # the vendor tools resolve every path against the current directory
+    try:
+        return main(argv)
+    finally:
+        os.chdir(old)
+
+
+CONFIG = """# vai_p_caffe config, vendor format
+workspace: "ws"
+gpu: "0"
+test_iter: 6
+acc_name: "top-1"
+model: "fashion_train_val.prototxt"
+weights: "fashion.caffemodel"
+rate: 0.5
+pruner {
+  method: REGULAR
+}
+"""
+
+
+def test_caffe_ana_prune_transform_stat(work, capsys):
+    from caffe_surgeon.cli.vai_p_caffe import main
+    (work / "config.prototxt").write_text(CONFIG)
+    assert run_in(work, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 0
+    assert (work / "ws" / ".ana.regular").exists()
+    capsys.readouterr()
+    assert run_in(work, main, ["prune", "-config", "config.prototxt"]) == 0
+    out = capsys.readouterr().out
+    assert "Analysis info found." in out and "Operations" in out and "Accuracy" in out
+    rdir = work / "ws" / "regular_rate_0.5"
+    assert (rdir / "sparse.caffemodel").exists() and (rdir / "final.prototxt").exists()
+    # ops -50% +- 1% by the vendor's count, on the pruned TEST net
+    base = cs.stat(cs.load(work / "fashion_train_val.prototxt"), {"data": (1, 1, 28, 28)}).total
+    final = cs.stat(cs.load(rdir / "final.prototxt"), {"data": (1, 1, 28, 28)}).total
+    assert abs(final.ops / base.ops - 0.5) <= 0.01, final.ops / base.ops
+    # transform the sparse weights against the original model: same architecture as final
+    assert run_in(work, main, ["transform", "-model", "fashion_train_val.prototxt", "-weights",
+                               str(rdir / "sparse.caffemodel"), "-output",
+                               str(rdir / "transformed.caffemodel")]) == 0
+    t = cs.load(rdir / "transformed.prototxt", rdir / "transformed.caffemodel")
+    f = cs.load(rdir / "final.prototxt", rdir / "transformed.caffemodel")
+    assert [l.weights[k].shape for l in t.layers for k in l.weights] == \
+        [l.weights[k].shape for l in f.layers for k in l.weights]
+    capsys.readouterr()
+    assert run_in(work, main, ["stat", "-model", str(rdir / "final.prototxt"),
+                               "-input_shape", "data=1,1,28,28"]) == 0
+    stat_out = capsys.readouterr().out
+    assert f"{final.ops:,}".replace(",", "") in stat_out.replace(",", "")
+
+
+def test_caffe_prune_accuracy_beats_uniform_l1(work):
+    """At the same operations reduction, the sensitivity allocation keeps more accuracy."""
+    from caffe_surgeon.pruning import analyse, apply, make_plan
+    from caffe_surgeon.workflow.allocate import OpsCounter
+    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    rdir = work / "ws" / "regular_rate_0.5"
+    if not (rdir / "plan.json").exists():
+        pytest.skip("needs test_caffe_ana_prune_transform_stat first")
+    spec = {"kind": "caffe", "acc_name": "top-1", "test_iter": 6, "base_dir": str(work)}
+    g = load_eval_graph("caffe", [str(work / "fashion_train_val.prototxt"),
+                                  str(work / "fashion.caffemodel")], spec)
+    ev = build_evaluator(spec, g)
+    shapes = ev.input_shapes
+    a = analyse(g, input_shapes=shapes)
+    counter = OpsCounter(g, a, 2, shapes)
+    target = 0.5 * counter.ops({})
+    lo, hi = 0.0, 0.95  # the uniform ratio giving the same reduction
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if counter.ops({grp.id: mid for grp in a.prunable_groups()}) > target:
+            lo = mid
+        else:
+            hi = mid
+    uniform = apply(g, make_plan(a, ratio=hi, divisor=2), analysis=a)
+    from caffe_surgeon.pruning import Plan
+    plan = Plan.load(rdir / "plan.json")
+    sens = apply(g, plan, analysis=a)
+    acc_uniform, acc_sens = ev.evaluate(uniform), ev.evaluate(sens)
+    print(f"rate 0.5: uniform L1 (ratio {hi:.3f}) top-1 {acc_uniform:.4f}, "
+          f"sensitivity allocation {acc_sens:.4f}")
+    assert acc_sens > acc_uniform
+
+
+PRUNING_INI = """[pruning]
+workspace=dws
+datacfg=fashion.data
+modelcfg=fashion.cfg
+prunedcfg=dws/fashion-prune.cfg
+ana_out_file=dws/ana.out
+prune_out_weights=dws/weights.prune
+criteria=0
+kernel_batch=2
+rate=0.5
+"""
+
+
+def test_darknet_ana_prune_transform(work, capsys):
+    from caffe_surgeon.cli.vai_p_darknet import main
+    (work / "pruning.cfg").write_text(PRUNING_INI)
+    assert run_in(work, main, ["pruner", "ana", "pruning.cfg", "fashion.weights", "-no_progress"]) == 0
+    assert (work / "dws" / "ana.out").exists()
+    capsys.readouterr()
+    assert run_in(work, main, ["pruner", "prune", "pruning.cfg", "fashion.weights"]) == 0
+    out = capsys.readouterr().out
+    assert "Operations" in out
+    base = cs.stat(cs.load(work / "fashion.cfg")).total.ops
+    pruned = cs.stat(cs.load(work / "dws" / "fashion-prune.cfg")).total.ops
+    assert abs(pruned / base - 0.5) <= 0.01, pruned / base
+    assert run_in(work, main, ["pruner", "transform", "pruning.cfg", "dws/weights.prune"]) == 0
+    t = cs.load(work / "dws" / "model-transform.cfg", work / "dws" / "model-transform.weights")
+    assert cs.stat(t).total.ops == pruned
+    capsys.readouterr()
+    assert run_in(work, main, ["pruner", "map", "pruning.cfg", "dws/model-transform.weights",
+                               "-pruned"]) == 0  # prunedcfg with the dense weights
+    assert "top-1" in capsys.readouterr().out
