@@ -155,3 +155,33 @@ def test_darknet_ana_prune_transform(work, capsys):
     assert run_in(work, main, ["pruner", "map", "pruning.cfg", "dws/model-transform.weights",
                                "-pruned"]) == 0  # prunedcfg with the dense weights
     assert "top-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c.replace('acc_name: "top-1"', 'acc_name: "top-9"'), "top-9"),
+    (lambda c: c.replace("test_iter: 6", "test_iter: 6\nlearning_rate: 0.1"), "learning_rate"),
+    (lambda c: c.replace('weights: "fashion.caffemodel"', 'weights: "missing.caffemodel"'),
+     "missing.caffemodel"),
+])
+def test_bad_config_fails_before_any_evaluation(work, capsys, edit, message):
+    from caffe_surgeon.cli.vai_p_caffe import main
+    (work / "bad.prototxt").write_text(edit(CONFIG).replace('workspace: "ws"', 'workspace: "ws_bad"'))
+    assert run_in(work, main, ["ana", "-config", "bad.prototxt", "-no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (work / "ws_bad" / ".ana.regular").exists()
+
+
+def test_empty_image_list_and_unreadable_image_are_refused(work, capsys, tmp_path):
+    from caffe_surgeon.cli.vai_p_caffe import main
+    d = tmp_path / "w"
+    shutil.copytree(work, d, ignore=shutil.ignore_patterns("ws*", "dws*", "t10k_lmdb*"))
+    (d / "t10k_list.txt").write_text("")
+    (d / "config.prototxt").write_text(CONFIG)
+    assert run_in(d, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 2
+    assert "t10k_list.txt" in capsys.readouterr().err
+    first = sorted((d / "t10k").iterdir())[0]
+    (d / "t10k_list.txt").write_text(f"{first.name} 3\n")
+    first.write_bytes(b"not a png")
+    assert run_in(d, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 2
+    assert first.name in capsys.readouterr().err
