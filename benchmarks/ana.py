@@ -90,6 +90,14 @@ def ops_bounds(g, a, ratios, input_shapes=None) -> tuple[float, float]:
             naive / (1 + r * sum(shares)))
 
 
+def warm_up(job: AnaJob) -> None:
+    """Load this process's Numba kernels (cached compilation) before anything is timed."""
+    spec = dict(job.evaluator)
+    spec.update({"test_iter": 1} if job.framework == "caffe" else {"max_images": 1})
+    g = load_eval_graph(job.framework, job.model_files, spec)
+    build_evaluator(spec, g, darknet_bn=job.darknet_bn).evaluate(g)
+
+
 def paired(job: AnaJob, repeats: int):
     """The evaluation phase alone, naive and ana interleaved group by group in one process.
 
@@ -139,7 +147,16 @@ def paired(job: AnaJob, repeats: int):
     print(f"     total: naive {tn:.2f} s, ana {ta:.2f} s -> {tn / ta:.2f}x; per evaluation: median "
           f"naive {statistics.median(t_naive) / len(job.ratios):.3f} s, "
           f"ana {statistics.median(t_ana) / len(job.ratios):.3f} s", flush=True)
+    once, free = ops_bounds(g, a, job.ratios, getattr(ev, "input_shapes", None))
+    print(f"     operation-count bound of prefix reuse: {once:.2f}x (prefix once per group and "
+          f"batch, as ana does), {free:.2f}x (prefixes free)")
     return tn / ta
+
+
+def warm_up(job: AnaJob) -> None:
+    """One untimed baseline evaluation: Numba kernels compiled/loaded, files in the page cache."""
+    g = load_eval_graph(job.framework, job.model_files, job.evaluator)
+    build_evaluator(job.evaluator, g, darknet_bn=job.darknet_bn).evaluate(g)
 
 
 def bench(name: str, job: AnaJob, repeats: int, tmp: Path, cluster_address: str | None,
@@ -179,12 +196,6 @@ def bench(name: str, job: AnaJob, repeats: int, tmp: Path, cluster_address: str 
     for label, walls in rows.items():
         med = statistics.median(walls)
         print(f"   {label:34s} {med:9.2f} {len(walls):5d} {base / med:8.2f}x", flush=True)
-    ishapes = None
-    if job.framework == "caffe":
-        ishapes = build_evaluator(dict(job.evaluator, test_iter=1), g).input_shapes
-    once, free = ops_bounds(g, a, job.ratios, ishapes)
-    print(f"   operation-count bound of prefix reuse: {once:.2f}x (prefix once per group and "
-          f"batch, as ana does), {free:.2f}x (prefixes free)")
     print(f"   all ana modes wrote byte-identical state files: {same}; every metric equals the "
           "naive loop's: True")
     return rows
