@@ -90,14 +90,6 @@ def ops_bounds(g, a, ratios, input_shapes=None) -> tuple[float, float]:
             naive / (1 + r * sum(shares)))
 
 
-def warm_up(job: AnaJob) -> None:
-    """Load this process's Numba kernels (cached compilation) before anything is timed."""
-    spec = dict(job.evaluator)
-    spec.update({"test_iter": 1} if job.framework == "caffe" else {"max_images": 1})
-    g = load_eval_graph(job.framework, job.model_files, spec)
-    build_evaluator(spec, g, darknet_bn=job.darknet_bn).evaluate(g)
-
-
 def paired(job: AnaJob, repeats: int):
     """The evaluation phase alone, naive and ana interleaved group by group in one process.
 
