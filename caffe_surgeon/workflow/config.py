@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
+from ..fileio import read_bytes
 
 DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CRITERIA = ("l1", "l2")
@@ -35,14 +36,7 @@ DARKNET_CRITERIA = {0: "l1", 1: "l2"}
 
 # ====================================================================== shared checks
 def _read_text(path: Path, what: str) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelError(f"{what} not found", file=path) from None
-    except IsADirectoryError:
-        raise ModelError(f"{what} is a directory, not a file", file=path) from None
-    except PermissionError:
-        raise ModelError(f"{what} is not readable (permission denied)", file=path) from None
+    data = read_bytes(path, what)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
