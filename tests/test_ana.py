@@ -55,6 +55,12 @@ def caffe_job(root, acc="loss", ratios=RATIOS, files=(TRAIN_VAL, CAFFEMODEL), **
                    **spec}, ratios=list(ratios))
 
 
+def same_metric(got, want) -> bool:
+    """ana reuses the original's kept filter outputs, computed with other GEMM shapes than the
+    pruned layer's: the same function, so the metric agrees to float rounding."""
+    return abs(got - want) <= 1e-6 * max(abs(want), 1e-12)
+
+
 def from_scratch(graph, evaluator, analysis, gid, ratio, divisor=1):
     """The metric of the pruned model by a plain full forward of every batch."""
     plan = make_plan(analysis, ratios={gid: ratio}, criterion="l1", divisor=divisor)
@@ -87,13 +93,14 @@ def test_baseline_and_every_result_equal_full_forward_evaluations(data_root, tmp
     for grp in a.prunable_groups():
         for r in RATIOS:
             got = result.metric(grp.id, r)
-            assert got == from_scratch(g, ev, a, grp.id, r), (grp.producers, r)
+            assert same_metric(got, from_scratch(g, ev, a, grp.id, r)), (grp.producers, r)
             values.add(got)
     assert len(values) == 18 and result.baseline not in values  # every pruning changed the loss
-    # only the first member's layers on were recomputed: runs start at each group's first member
-    firsts = {min(g.index(m) for m in grp.members) for grp in a.prunable_groups()}
-    assert firsts == {1, 6, 10, 20, 24, 29}
-    assert set(starts) == {0} | firsts
+    # only the layers from each group's first consumer on were recomputed: conv1 -> conv2a,
+    # conv2a+conv2c -> conv2b, conv2b -> conv2c, b3a and b3b (through the Concat) -> conv4, conv4 -> fc
+    consumers = {g.index(n) for n in ("conv2a", "conv2b", "conv2c", "conv4", "fc")}
+    assert consumers == {6, 10, 14, 29, 33}
+    assert set(starts) == {0} | consumers
     assert starts.count(0) == N // 50  # the baseline only
 
     again = AnaResult.load(state)
@@ -124,7 +131,7 @@ def test_caffe_label_free_agreement(data_root, tmp_path):
     assert result.baseline == 1.0
     a = analyse(g, input_shapes=ev.input_shapes)
     for grp in a.prunable_groups():
-        assert result.metric(grp.id, 0.5) == from_scratch(g, ev, a, grp.id, 0.5)
+        assert same_metric(result.metric(grp.id, 0.5), from_scratch(g, ev, a, grp.id, 0.5))
     assert min(result.results[0].values()) < 1.0
 
 
@@ -202,7 +209,7 @@ def test_shared_kept_counts_are_evaluated_once(data_root, tmp_path):
     a = analyse(g, input_shapes=ev.input_shapes)
     for grp in a.prunable_groups():
         for r in RATIOS:
-            assert serial.metric(grp.id, r) == from_scratch(g, ev, a, grp.id, r, divisor=8)
+            assert same_metric(serial.metric(grp.id, r), from_scratch(g, ev, a, grp.id, r, divisor=8))
     parallel = run_ana(job, tmp_path / "parallel.json", workers=2, progress=False)
     assert parallel.forward_evaluations == serial.forward_evaluations
     assert (tmp_path / "parallel.json").read_bytes() == (tmp_path / "serial.json").read_bytes()
@@ -380,9 +387,9 @@ def test_darknet_classifier_flow(data_root, tmp_path, label_free):
     assert [x["producers"][0] for x in result.groups] == [
         "convolutional_0", "convolutional_2", "convolutional_3", "convolutional_7",
         "convolutional_9", "convolutional_11"]
-    for grp in a.prunable_groups():  # group 0 starts at layer 0: no prefix at all
+    for grp in a.prunable_groups():
         for r in (0.3, 0.7):
-            assert result.metric(grp.id, r) == from_scratch(g, ev, a, grp.id, r, divisor=2)
+            assert same_metric(result.metric(grp.id, r), from_scratch(g, ev, a, grp.id, r, divisor=2))
     assert json.loads((tmp_path / "ana.out").read_text())["inputs"]["darknet_bn"] == "pjreddie"
     names = [p.name for p in write_reports(result, tmp_path)]
     assert "ana_sensitivity.csv" in names and (tmp_path / "ana_sensitivity.txt").is_file()
@@ -418,5 +425,5 @@ def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_pa
                                                                      "convolutional_21")]
     assert len(late) == 2 and len(result.groups) == 4
     for grp in a.prunable_groups():
-        assert result.metric(grp.id, 0.5) == from_scratch(g, ev, a, grp.id, 0.5)
+        assert same_metric(result.metric(grp.id, 0.5), from_scratch(g, ev, a, grp.id, 0.5))
     assert any(result.metric(grp.id, 0.5) < 1.0 for grp in late)

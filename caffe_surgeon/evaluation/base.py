@@ -49,6 +49,11 @@ class Evaluator:
         """Keyword arguments for ``Executor.run`` that compute what :meth:`score` needs."""
         return {"outputs": list(self.outputs), "layer_outputs": list(self.layer_outputs)}
 
+    def decode(self) -> list[dict[str, np.ndarray]]:
+        """Read and decode the data files again and return fresh feeds (``feeds`` is
+        this, computed once by the constructor)."""
+        raise NotImplementedError
+
     def score(self, results: list[dict[str, np.ndarray]]) -> float:
         """The metric from one result dict per feed (same order as :attr:`feeds`)."""
         if len(results) != len(self.feeds):

@@ -67,7 +67,8 @@ class CaffeEvaluator(Evaluator):
                              file=self.net_file, layer=name)
         self._note_ignored(p)
         self.source_size = len(source)
-        self.feeds = self._build_feeds(source)
+        self.source = source
+        self.feeds = self.decode()
         # The data layer's real top shapes (the prototxt alone cannot tell a database's channel
         # count), for infer_shapes / stat on the TEST net.
         self.input_shapes = {top: tuple(a.shape) for top, a in self.feeds[0].items()}
@@ -92,7 +93,10 @@ class CaffeEvaluator(Evaluator):
             self.notes.append("mirror: images are not mirrored (Caffe mirrors at random, even at TEST)")
 
     # ------------------------------------------------------------------ data
-    def _build_feeds(self, source) -> list[dict[str, np.ndarray]]:
+    def decode(self) -> list[dict[str, np.ndarray]]:
+        """Read, decode and transform the records again: the feeds, as Caffe's data layer
+        produces them on every test pass."""
+        source = self.source
         needed = self.test_iter * self.batch_size
         images, labels = source.load(min(needed, len(source)))
         for i, img in enumerate(images):

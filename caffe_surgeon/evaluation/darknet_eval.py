@@ -114,11 +114,15 @@ class DarknetClassifierEvaluator(_DarknetEvaluator):
         if not label_free:  # every path must name its class before anything is decoded
             labels = read_names(self.data, ("labels", "names"), self.classes)[:self.classes]
             self.truth = np.array([class_from_path(item, labels) for item in self.items])
-        images = [classifier_input(item, self.net_w, self.net_h, self.channels)
-                  for item in progress(self.items, show_progress, "loading images", len(self.items))]
-        self.feeds = self._batches(images)
+        self.feeds = self.decode()
         if label_free:
             self.reference_top1 = top_k(self._scores(self.run(graph)), 1)[:, 0]
+
+    def decode(self) -> list[dict[str, np.ndarray]]:
+        """Load and resize the valid list's images again (darknet's ``load_image_color``)."""
+        images = [classifier_input(item, self.net_w, self.net_h, self.channels) for item in
+                  progress(self.items, self.show_progress, "loading images", len(self.items))]
+        return self._batches(images)
 
     def _k(self, metric: str) -> int:
         if metric == "top-k":
@@ -188,10 +192,7 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
         if not label_free:  # label files are checked before any image is decoded
             self.truths = [read_boxes(self.data.resolve(label_path(item.written)), self.classes, item)
                            for item in self.items]
-        decoded = [detector_input(item, self.net_w, self.net_h, self.channels)
-                   for item in progress(self.items, show_progress, "loading images", len(self.items))]
-        self.sizes = [size for _, size in decoded]
-        self.feeds = self._batches([x for x, _ in decoded])
+        self.feeds = self.decode()
         if label_free:
             self.truths = agreement.reference_truth(self.box_rows(self.run(graph)), truth_thresh)
             if not any(len(t) for t in self.truths):
@@ -199,6 +200,13 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
                                  f"{truth_thresh} in the {len(self.items)} images of "
                                  f"{self.items[0].list_file}; agreement is undefined",
                                  file=self.model_file)
+
+    def decode(self) -> list[dict[str, np.ndarray]]:
+        """Load and letterbox the valid list's images again (also sets ``sizes``)."""
+        decoded = [detector_input(item, self.net_w, self.net_h, self.channels) for item in
+                   progress(self.items, self.show_progress, "loading images", len(self.items))]
+        self.sizes = [size for _, size in decoded]
+        return self._batches([x for x, _ in decoded])
 
     def detections(self, results) -> list[list[detection.Detection]]:
         """Per image, darknet's detection array after ``do_nms_sort`` (thresh ``self.thresh``)."""

@@ -493,7 +493,7 @@ class Normalize(CaffeSpec):
         # The norm runs across channels; a removed channel must emit exactly 0,
         # which the sparse output guarantees by silencing it (see pruning/surgery.py).
         shared = sub(layer, "norm_param").get("channel_shared", True)
-        return passthrough(out_axes={} if shared else {"scale": 0})
+        return passthrough(out_axes={} if shared else {"scale": 0}, mixes_channels=True)
 
     def init_weights(self, layer, inputs, rng):
         return {n: fill(sub(layer, "norm_param").get("scale_filler"), s, rng, default="around_one")

@@ -56,6 +56,9 @@ class ChannelFlow:
     silence: dict = field(default_factory=dict)
     #: the batch-norm running mean, if the layer normalises its channels
     mean: str | None = None
+    #: a kept output channel also depends on the values of the other channels
+    #: (SSD's Normalize): pruning changes it even where its own input is unchanged
+    mixes_channels: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:

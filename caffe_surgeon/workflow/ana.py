@@ -398,19 +398,18 @@ class _Context:
     def baseline(self) -> float:
         return float(self.evaluator.evaluate(self.graph, self.executor))
 
-    def start_of(self, gid: int) -> int:
-        g = self.analysis.group(gid)
-        return min(self.graph.index(m) for m in g.members)
-
     def unit(self, gid: int, ratios, baseline: float | None):
         """Evaluate group ``gid`` at each ratio; yields ``(ratio, metric, ran_forward)``.
 
         Ratios whose plans keep the same channels are evaluated once; a plan keeping
         every channel is the unpruned model, whose metric is ``baseline`` (None when
-        the caller fills it in).
+        the caller fills it in). Each variant runs from its first changed layer
+        (:func:`~caffe_surgeon.pruning.reuse.reusable_values`) on the original
+        model's activations, sliced to the kept channels.
         """
         from ..engine import Executor
-        from ..pruning import apply, make_plan
+        from ..pruning import apply, make_plan, node_keep
+        from ..pruning.reuse import reusable_values
         job, graph, a = self.job, self.graph, self.analysis
         g = a.group(gid)
         plans: dict[tuple, list] = {}
@@ -418,22 +417,33 @@ class _Context:
             plan = make_plan(a, ratios={gid: r}, criterion=job.criterion, divisor=job.divisor)
             keep = tuple(next(gp.keep for gp in plan.groups if gp.id == gid))
             plans.setdefault(keep, [plan, []])[1].append(r)
-        runner = None
+        runners: dict[int, _SuffixRunner] = {}
         for keep, (plan, rs) in plans.items():
             if len(keep) == g.channels:
                 for r in rs:
                     yield r, baseline, False
                 continue
+            reuse = reusable_values(a, node_keep(a, plan))
+            runner = runners.get(reuse.start)
             if runner is None:
-                runner = _SuffixRunner(self, self.start_of(gid))
+                runner = runners[reuse.start] = _SuffixRunner(self, reuse.start)
             pruned = apply(graph, plan, "dense", fold=True, analysis=a)
-            metric = runner.evaluate(Executor(pruned, darknet_bn=job.darknet_bn))
+            metric = runner.evaluate(Executor(pruned, darknet_bn=job.darknet_bn), reuse)
             for k, r in enumerate(rs):
                 yield r, metric, k == 0
 
+    def start_of(self, gid: int) -> int:
+        """The first layer pruning group ``gid`` changes (the same for every ratio)."""
+        import numpy as np
+
+        from ..pruning.reuse import reusable_values
+        a = self.analysis
+        keep = ~((a.node_group == gid) & (a.node_class == 0))
+        return reusable_values(a, np.asarray(keep)).start
+
 
 class _SuffixRunner:
-    """Runs pruned variants of one group from its start layer on cached original activations."""
+    """Runs pruned variants from layer ``start`` on cached original activations."""
 
     def __init__(self, ctx: _Context, start: int):
         self.ctx, self.start = ctx, start
@@ -448,7 +458,8 @@ class _SuffixRunner:
         self.cached_bytes = 0
 
     def _prefix(self, b: int) -> tuple[dict, dict]:
-        """(cache for layers >= start, scored values produced before start) for batch ``b``."""
+        """For batch ``b``: (original values layers >= start read, scored values written
+        before start as ``name -> (version, value)``)."""
         hit = self.caches.get(b)
         if hit is not None:
             return hit
@@ -470,19 +481,21 @@ class _SuffixRunner:
             cache = {(p, t): res[f"{graph.layers[p].name}:{t}"] for p, t in needed}
             for v in {v for row in ex.reads[s:] for v in row if v[0] == -1}:
                 cache[v] = np.ascontiguousarray(feed[v[1]], dtype=np.float32)
-            early = {o: (res[o] if ex.version_of(o)[0] >= 0
+            early = {o: (ex.version_of(o), res[o] if ex.version_of(o)[0] >= 0
                          else np.ascontiguousarray(feed[o], dtype=np.float32))
                      for o in self.early_out}
             for l in self.early_layers:
-                for t in graph.layers[graph.index(l)].tops:
-                    early[f"{l}:{t}"] = res[f"{l}:{t}"]
+                i = graph.index(l)
+                for t in graph.layers[i].tops:
+                    early[f"{l}:{t}"] = ((i, t), res[f"{l}:{t}"])
         size = sum(int(getattr(a, "nbytes", 0)) for a in cache.values())
         if self.cached_bytes + size <= ctx.cache_budget:
             self.caches[b] = (cache, early)
             self.cached_bytes += size
         return cache, early
 
-    def evaluate(self, executor) -> float:
+    def evaluate(self, executor, reuse) -> float:
+        """Score ``executor``'s model, whose values before ``start`` are ``reuse`` of the original's."""
         ev, s = self.ctx.evaluator, self.start
         results = []
         for b, feed in enumerate(ev.feeds):
@@ -490,10 +503,11 @@ class _SuffixRunner:
                 res = executor.run(feed, **self.late)
             else:
                 cache, early = self._prefix(b)
-                # the executor may overwrite inputs that die in place: give it copies
-                res = executor.run(None, start=s, cache={k: v.copy() for k, v in cache.items()},
-                                   **self.late)
-                res.update(early)
+                # new arrays: the executor may overwrite inputs that die in place
+                pruned = {v: reuse.take(v, value) for v, value in cache.items()}
+                res = executor.run(None, start=s, cache=pruned, **self.late) \
+                    if s < len(executor.graph.layers) else {}
+                res.update({name: reuse.take(v, value) for name, (v, value) in early.items()})
             results.append(res)
         return ev.score(results)
 

@@ -1,0 +1,122 @@
+"""reusable_values: which values of a dense-pruned model are the original's, sliced.
+
+Checked by running both models with every intermediate value kept: each value
+listed as reusable must equal the original's at the listed channels, and the
+first changed layer must really change.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import caffe_surgeon as cs
+from caffe_surgeon.engine import Executor
+from caffe_surgeon.layers.registry import feed_shapes
+from caffe_surgeon.pruning import analyse, apply, make_plan, node_keep
+from caffe_surgeon.pruning.reuse import reusable_values
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "fixtures"
+
+NORMALIZE_NET = """
+name: "norm"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 12 dim: 12 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "norm1" type: "Normalize" bottom: "conv1" top: "norm1"
+        norm_param { across_spatial: false channel_shared: false } }
+layer { name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 1 } }
+"""
+
+
+def every_value(graph, feed):
+    ex = Executor(graph)
+    res = ex.run(feed, outputs=[], layer_outputs=[l.name for l in graph.layers])
+    return {(i, t): res[f"{l.name}:{t}"] for i, l in enumerate(graph.layers) for t in l.tops}
+
+
+def random_feed(graph, a, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal((2,) + tuple(s[1:])).astype(np.float32)
+            for k, s in feed_shapes(graph, a.shapes).items()}
+
+
+def check_every_group(graph, ratio=0.5):
+    a = analyse(graph)
+    feed = random_feed(graph, a)
+    original = every_value(graph, feed)
+    starts = {}
+    for grp in a.prunable_groups():
+        plan = make_plan(a, ratios={grp.id: ratio})
+        reuse = reusable_values(a, node_keep(a, plan))
+        pruned_graph = apply(graph, plan, "dense", fold=True, analysis=a)
+        pruned = every_value(pruned_graph, feed)
+        first_member = min(graph.index(m) for m in grp.members)
+        assert first_member <= reuse.start < len(graph.layers), grp.producers
+        sliced = 0
+        for v, idx in reuse.columns.items():
+            if v[0] < 0:
+                continue
+            assert v[0] < reuse.start
+            want = original[v] if idx is None else np.take(original[v], idx, axis=1)
+            # the same function, computed with other GEMM shapes: equal to float rounding
+            assert pruned[v].shape == want.shape, (grp.producers, v)
+            assert np.abs(pruned[v] - want).max() <= 1e-5 * max(np.abs(want).max(), 1e-30), \
+                (grp.producers, v)
+            np.testing.assert_array_equal(reuse.take(v, original[v]), want)
+            sliced += idx is not None
+        assert sliced, f"group {grp.producers}: no producer output listed as a channel subset"
+        # the first changed layer really changes: some top differs from every reading of the original
+        layer = graph.layers[reuse.start]
+        changed = False
+        for t in layer.tops:
+            p, o = pruned[(reuse.start, t)], original[(reuse.start, t)]
+            changed |= p.shape != o.shape or np.abs(p - o).max() > 1e-3 * np.abs(o).max()
+        assert changed, f"group {grp.producers}: layer {layer.name} is listed as changed but is not"
+        starts[tuple(grp.producers)] = layer.name
+    return starts
+
+
+def test_fashion_fixture_consumers_start_the_recomputation():
+    g = cs.load(FIX / "fashion/fashion_deploy.prototxt", FIX / "fashion/fashion.caffemodel")
+    starts = check_every_group(g)
+    # conv1's BN/Scale/ReLU and pool1 keep their values: conv2a, the first consumer, starts
+    assert starts[("conv1",)] == "conv2a"
+    # the Concat of b3a/b3b only moves channels: conv4 reads it and starts
+    assert starts[("b3a",)] == starts[("b3b",)] == "conv4"
+
+
+def test_tinynet_eltwise_and_concat_groups():
+    check_every_group(cs.load(FIX / "caffe/tinynet_deploy.prototxt", FIX / "caffe/tinynet.caffemodel"))
+
+
+def test_darknet_routes_and_upsample():
+    g = cs.init(cs.load(FIX / "darknet/tiny-yolo.cfg"), seed=3)
+    check_every_group(g, ratio=0.3)
+
+
+def test_darknet_fixture_twin():
+    check_every_group(cs.load(FIX / "fashion/fashion.cfg", FIX / "fashion/fashion.weights"))
+
+
+def test_normalize_mixes_channels_so_it_changes(tmp_path):
+    proto = tmp_path / "norm.prototxt"
+    proto.write_text(NORMALIZE_NET)
+    g = cs.init(cs.load(proto), seed=1)
+    starts = check_every_group(g)
+    assert starts[("conv1",)] == "norm1"  # not conv2: the norm runs over the kept channels only
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.75])
+def test_keep_all_lists_nothing_as_changed(ratio):
+    g = cs.load(FIX / "fashion/fashion_deploy.prototxt", FIX / "fashion/fashion.caffemodel")
+    a = analyse(g)
+    keep = np.ones(len(a.node_space), bool)
+    reuse = reusable_values(a, keep)
+    assert reuse.start == len(g.layers)
+    assert all(idx is None for idx in reuse.columns.values())
