@@ -217,10 +217,11 @@ def test_mean_file_and_centre_crop_follow_caffe(fashion, lenet, tmp_path):
         net = cs.load(lenet_train_val(deploy, layer, tmp_path / "d.prototxt"), phase="TEST")
         return CaffeEvaluator(net, "top-1", test_iter=test_iter, base_dir=tmp_path)
 
-    # The reader assumes 3 channels for a Data layer with crop_size (the database is not read
-    # at load time), so weights go on the ImageData twin; both feed the tops "data" and "label".
-    g = cs.load(lenet_train_val(deploy, image_data_layer("big.txt", "big/", 8, transform),
+    # A Data layer's channel count is only known from its database (the prototxt would say 3
+    # with crop_size): the grey caffemodel loads against it and runs on the 1-channel records.
+    g = cs.load(lenet_train_val(deploy, lmdb_layer("big_lmdb", 8, transform),
                                 tmp_path / "m.prototxt"), model, phase="TEST")
+    assert g.layers[1].weights["weight"].shape[1] == 1
     logits = Executor(cs.load(deploy, model)).run({"data": want}, outputs=["ip2"])["ip2"]
     per_batch = caffe_accuracy(logits, labels[:n], 1).reshape(5, 8).mean(1)
     for layer in (image_data_layer("big.txt", "big/", 8, transform), lmdb_layer("big_lmdb", 8, transform)):
@@ -542,3 +543,19 @@ def test_detector_valid_files_match_darknet_detector_valid(detector):
             count += 1
     assert count > 100 and worst < 2e-3, (count, worst)
     print(f"darknet detector valid: {count} lines, largest difference {worst:.1e}")
+
+
+def test_database_channel_count_is_a_marked_guess(tmp_path):
+    """crop_size gives a Data layer's size but not its channels: 3 is a guess, marked as one;
+    force_gray / force_color say it."""
+    from caffe_surgeon.layers.registry import infer_shapes
+    body = ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+            'convolution_param { num_output: 2 kernel_size: 3 } }\n')
+    for transform, channels, guessed in (("crop_size: 8", 3, True),
+                                         ("crop_size: 8 force_gray: true", 1, False),
+                                         ("crop_size: 8 force_color: true", 3, False)):
+        (tmp_path / "n.prototxt").write_text(lmdb_layer("db", 4, transform).replace(
+            "include { phase: TEST }", "") + "\n" + body)
+        shapes = infer_shapes(cs.load(tmp_path / "n.prototxt"))
+        assert shapes.blobs["data"] == (4, channels, 8, 8)
+        assert shapes.guessed == ({"data"} if guessed else set())

@@ -227,6 +227,8 @@ def attach_caffemodel(graph: Graph, caffemodel) -> None:
         shapes = infer_shapes(graph)
     except ModelError:
         shapes = None  # e.g. a Data layer whose size only the database knows
+    if shapes is not None and shapes.guessed:
+        shapes = None  # a database's channel count was guessed: trust the stored shapes
     for i, rec in enumerate(scanned.records):
         layer = by_name.get(rec.name)
         if layer is None or layer.origin.record is not None:

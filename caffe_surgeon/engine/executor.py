@@ -61,8 +61,10 @@ class Executor:
         self._checked: set = set()
         if check_weights:
             try:
-                self._check_weights(infer_shapes(self.graph))
-                self._checked.add(None)
+                shapes = infer_shapes(self.graph)
+                if not shapes.guessed:  # else the fed data tells; checked on the first run
+                    self._check_weights(shapes)
+                    self._checked.add(None)
             except ModelError as e:
                 if "give" not in e.message and "not declared" not in e.message:
                     raise

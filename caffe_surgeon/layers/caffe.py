@@ -64,17 +64,25 @@ class DummyData(CaffeSpec):
 class _DataSpec(CaffeSpec):
     """Database-backed data layers: the image size comes from the transform or resize
     settings; the channel count cannot be read without the database, so colour (3)
-    is assumed unless the layer says otherwise (override with an explicit input shape)."""
+    is assumed unless force_gray/force_color says it (override with an explicit input
+    shape). The guess is marked (``guesses_channels``): weights are not checked against it."""
 
     channel_role = "source"
 
     def batch(self, layer) -> int:
         return int(sub(layer, "data_param").get("batch_size", 1))
 
+    def channels(self, layer) -> int:
+        return 1 if sub(layer, "transform_param").get("force_gray") else 3
+
+    def guesses_channels(self, layer) -> bool:
+        t = sub(layer, "transform_param")
+        return not (t.get("force_gray") or t.get("force_color"))
+
     def image(self, layer) -> tuple[int, int, int]:
         crop = int(sub(layer, "transform_param").get("crop_size", 0))
         if crop:
-            return 3, crop, crop
+            return self.channels(layer), crop, crop
         raise ModelError(f"the input size of {layer.type} layer depends on its database; "
                          "give the input shape explicitly (e.g. --input-shape data=1,3,224,224)")
 
@@ -98,7 +106,7 @@ class Data(_DataSpec):
     def image(self, layer):
         crop = int(sub(layer, "window_data_param").get("crop_size", 0))
         if crop:
-            return 3, crop, crop
+            return self.channels(layer), crop, crop
         return super().image(layer)
 
 
@@ -108,6 +116,9 @@ class ImageData(_DataSpec):
 
     def batch(self, layer):
         return int(sub(layer, "image_data_param").get("batch_size", 1))
+
+    def guesses_channels(self, layer) -> bool:
+        return False  # is_color says it
 
     def image(self, layer):
         p = sub(layer, "image_data_param")

@@ -52,6 +52,11 @@ class LayerSpec:
             raise ModelError(f"{layer.type} needs an input")
         return [tuple(inputs[0])] * max(1, len(layer.tops))
 
+    def guesses_channels(self, layer: Layer) -> bool:
+        """Whether :meth:`infer` had to guess the channel count of the first top (a data
+        layer whose database alone knows it)."""
+        return False
+
     def weight_shapes(self, layer: Layer, inputs: Sequence[Shape]) -> dict[str, Shape]:
         """Expected weight arrays, in file order (empty when the type has none)."""
         return {}
@@ -139,6 +144,9 @@ class ShapeMap:
     inputs: dict[str, list[Shape]]
     outputs: dict[str, list[Shape]]
     blobs: dict[str, Shape]  # final shape of every blob name
+    #: blobs whose channel count is a guess (data layers reading a database): shapes
+    #: downstream are plausible for counting, not for checking stored weights
+    guessed: frozenset = frozenset()
 
 
 def infer_shapes(graph: Graph, input_shapes: dict[str, Shape] | None = None,
@@ -163,6 +171,7 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, Shape] | None = None,
         blobs[name] = _rebatch(tuple(int(d) for d in shape), batch)
     ins: dict[str, list[Shape]] = {}
     outs: dict[str, list[Shape]] = {}
+    guessed: set[str] = set()
     for layer in graph.layers:
         spec = spec_for(graph.framework, layer, graph.source_text)
         try:
@@ -179,6 +188,8 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, Shape] | None = None,
                 out_shapes = [tuple(int(d) for d in s) for s in spec.infer(layer, in_shapes)]
             except ModelError as e:
                 raise e.located(file=graph.source_text, layer=layer.name) from None
+            if layer.tops and spec.guesses_channels(layer):
+                guessed.add(layer.tops[0])
         if not layer.bottoms:
             out_shapes = [_rebatch(s, batch) if len(s) == 4 else s for s in out_shapes]
         for s in out_shapes:
@@ -190,7 +201,7 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, Shape] | None = None,
         outs[layer.name] = out_shapes
         for t, s in zip(layer.tops, out_shapes):
             blobs[t] = s
-    return ShapeMap(ins, outs, blobs)
+    return ShapeMap(ins, outs, blobs, frozenset(guessed))
 
 
 def _rebatch(shape: Shape, batch: int | None) -> Shape:
