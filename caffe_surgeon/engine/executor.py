@@ -154,12 +154,21 @@ class Executor:
             raise ModelError(f"requested blobs were not computed from layer {start} on: {missing}")
         return result
 
-    def prefix(self, inputs: dict, stop: int) -> dict:
-        """Run layers 0 .. stop-1 and return the values that layers >= stop will read."""
-        env = self._feed(inputs)
+    def prefix(self, inputs: dict, stop: int, keep=()) -> dict:
+        """Run layers 0 .. stop-1 and return the values that layers >= stop will read,
+        plus the versions in ``keep`` computed on the way."""
+        return self._advance(self._feed(inputs), 0, stop, keep)
+
+    def advance(self, values: dict, start: int, stop: int, keep=()) -> dict:
+        """Like :meth:`prefix`, from ``values`` (what layers >= ``start`` read, e.g. an
+        earlier prefix) instead of the inputs; the given arrays are not modified."""
+        return self._advance({v: a.copy() for v, a in values.items()}, start, stop, keep)
+
+    def _advance(self, env: dict, start: int, stop: int, keep) -> dict:
+        wanted = {v: v for v in keep}
         with self._blas.single_threaded():
-            self._run_range(env, 0, stop, {}, {})
-        needed = {v for row in self.reads[stop:] for v in row}
+            self._run_range(env, start, stop, wanted, {})
+        needed = {v for row in self.reads[stop:] for v in row} | set(keep)
         return {v: a for v, a in env.items() if v in needed}
 
     def _feed(self, inputs: dict) -> dict:

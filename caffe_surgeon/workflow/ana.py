@@ -369,6 +369,10 @@ def write_reports(result: AnaResult, workspace) -> list[Path]:
 
 
 # ====================================================================== evaluation context
+def _nbytes(values: dict) -> int:
+    return sum(int(getattr(a, "nbytes", 0)) for a in values.values())
+
+
 class _Context:
     """One process's model, evaluator and channel analysis, built once and reused."""
 
@@ -390,6 +394,15 @@ class _Context:
                                 input_shapes=getattr(self.evaluator, "input_shapes", None))
         self.executor = Executor(self.graph, darknet_bn=job.darknet_bn)
         self.cache_budget = cache_budget
+        # Per batch, the original model's values at one layer (what later layers read, and
+        # every scored value so far): units run in order of their start layer, so each
+        # group's prefix continues the previous group's instead of starting from the input.
+        self.checkpoints: dict[int, tuple[int, dict]] = {}
+        self.checkpoint_bytes = 0
+        args, ex = self.evaluator.run_args, self.executor
+        self.scored = {ex.version_of(o) for o in args["outputs"]} | {
+            (self.graph.index(l), t) for l in args["layer_outputs"]
+            for t in self.graph.layers[self.graph.index(l)].tops}
 
     def group_records(self) -> list[dict]:
         return [{"id": g.id, "producers": list(g.producers), "members": list(g.members),
@@ -397,6 +410,25 @@ class _Context:
 
     def baseline(self) -> float:
         return float(self.evaluator.evaluate(self.graph, self.executor))
+
+    def original_values(self, b: int, start: int) -> dict:
+        """The original model's values for batch ``b`` that layers >= ``start`` read, and
+        its scored values computed before ``start`` (keyed by version)."""
+        ex = self.executor
+        cp = self.checkpoints.get(b)
+        if cp is not None and cp[0] == start:
+            return cp[1]
+        keep = [v for v in self.scored if 0 <= v[0] < start]
+        if cp is not None and cp[0] < start:
+            values = ex.advance(cp[1], cp[0], start, keep)
+        else:
+            values = ex.prefix(self.evaluator.feeds[b], start, keep)
+        old = _nbytes(cp[1]) if cp is not None else 0
+        size = _nbytes(values)
+        if self.checkpoint_bytes - old + size <= self.cache_budget:
+            self.checkpoints[b] = (start, values)
+            self.checkpoint_bytes += size - old
+        return values  # over budget: recomputed for the next variant
 
     def unit(self, gid: int, ratios, baseline: float | None):
         """Evaluate group ``gid`` at each ratio; yields ``(ratio, metric, ran_forward)``.
@@ -443,7 +475,7 @@ class _Context:
 
 
 class _SuffixRunner:
-    """Runs pruned variants from layer ``start`` on cached original activations."""
+    """Runs pruned variants from layer ``start`` on the original model's activations there."""
 
     def __init__(self, ctx: _Context, start: int):
         self.ctx, self.start = ctx, start
@@ -453,46 +485,13 @@ class _SuffixRunner:
         early_layers = [l for l in args["layer_outputs"] if graph.index(l) < start]
         self.late = {"outputs": [o for o in args["outputs"] if o not in early_out],
                      "layer_outputs": [l for l in args["layer_outputs"] if l not in early_layers]}
-        self.early_out, self.early_layers = early_out, early_layers
-        self.caches: dict[int, tuple] = {}
-        self.cached_bytes = 0
-
-    def _prefix(self, b: int) -> tuple[dict, dict]:
-        """For batch ``b``: (original values layers >= start read, scored values written
-        before start as ``name -> (version, value)``)."""
-        hit = self.caches.get(b)
-        if hit is not None:
-            return hit
-        import numpy as np
-        ctx, s = self.ctx, self.start
-        feed = ctx.evaluator.feeds[b]
-        ex, graph = ctx.executor, ctx.graph
-        if not self.early_out and not self.early_layers:
-            cache, early = ex.prefix(feed, s), {}
-        else:
-            # Scored outputs written before the start layer are the original model's; one
-            # original run gives them and the start layer's inputs together.
-            needed = sorted({v for row in ex.reads[s:] for v in row if isinstance(v[0], int)
-                             and 0 <= v[0] < s}, key=lambda v: (v[0], v[1]))
-            names = sorted({graph.layers[p].name for p, _ in needed} | set(self.early_layers),
-                           key=graph.index)
-            res = ex.run(feed, [o for o in self.early_out if ex.version_of(o)[0] >= 0],
-                         layer_outputs=names)
-            cache = {(p, t): res[f"{graph.layers[p].name}:{t}"] for p, t in needed}
-            for v in {v for row in ex.reads[s:] for v in row if v[0] == -1}:
-                cache[v] = np.ascontiguousarray(feed[v[1]], dtype=np.float32)
-            early = {o: (ex.version_of(o), res[o] if ex.version_of(o)[0] >= 0
-                         else np.ascontiguousarray(feed[o], dtype=np.float32))
-                     for o in self.early_out}
-            for l in self.early_layers:
-                i = graph.index(l)
-                for t in graph.layers[i].tops:
-                    early[f"{l}:{t}"] = ((i, t), res[f"{l}:{t}"])
-        size = sum(int(getattr(a, "nbytes", 0)) for a in cache.values())
-        if self.cached_bytes + size <= ctx.cache_budget:
-            self.caches[b] = (cache, early)
-            self.cached_bytes += size
-        return cache, early
+        # scored values written before start: the original's (sliced like any other value)
+        self.early = {o: ex.version_of(o) for o in early_out}
+        for l in early_layers:
+            i = graph.index(l)
+            self.early.update({f"{l}:{t}": (i, t) for t in graph.layers[i].tops})
+        self.needed = sorted({v for row in ex.reads[start:] for v in row if v[0] == -1 or
+                              (isinstance(v[0], int) and v[0] < start)}, key=str)
 
     def evaluate(self, executor, reuse) -> float:
         """Score ``executor``'s model, whose values before ``start`` are ``reuse`` of the original's."""
@@ -502,12 +501,12 @@ class _SuffixRunner:
             if s == 0:
                 res = executor.run(feed, **self.late)
             else:
-                cache, early = self._prefix(b)
+                values = self.ctx.original_values(b, s)
                 # new arrays: the executor may overwrite inputs that die in place
-                pruned = {v: reuse.take(v, value) for v, value in cache.items()}
-                res = executor.run(None, start=s, cache=pruned, **self.late) \
+                cache = {v: reuse.take(v, values[v]) for v in self.needed}
+                res = executor.run(None, start=s, cache=cache, **self.late) \
                     if s < len(executor.graph.layers) else {}
-                res.update({name: reuse.take(v, value) for name, (v, value) in early.items()})
+                res.update({name: reuse.take(v, values[v]) for name, v in self.early.items()})
             results.append(res)
         return ev.score(results)
 
@@ -656,7 +655,8 @@ def run_ana(job: AnaJob, state_path, workers: int = 1, scheduler=None, progress:
             values "auto", "serial", "process", "thread") evaluates locally.
         progress: a tqdm progress bar with ETA on stderr (if tqdm is installed).
         on_result: called as ``on_result(gid, ratio, metric)`` after each result is saved.
-        cache_budget: bytes of prefix activations kept per group across its ratios.
+        cache_budget: bytes of original activations kept (one checkpoint per batch, carried
+            from group to group); batches over it recompute their prefix per variant.
     """
     job = job.checked()
     scheduler = _check_scheduler(workers, scheduler)
