@@ -32,7 +32,9 @@ class Layer:
             own field names (Caffe: ``{"convolution_param": {"num_output": 64}}``;
             Darknet: ``{"filters": 64, "size": 3}``). Unset fields are absent;
             defaults are applied by the layer registry, not stored.
-        weights: ordered name -> float32 array, in file order.
+        weights: ordered name -> float32 array, in file order. Arrays are shared between
+            copies of a graph and derived data (Winograd transforms) is cached per array:
+            replace an array to change it, never write into it.
         origin: opaque record of the reader, used by the writer of the same
             format to reproduce untouched parts byte for byte.
     """

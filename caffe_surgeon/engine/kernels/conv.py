@@ -31,6 +31,7 @@ a usable OpenBLAS (:func:`.blas.gemm` is None) the convolution is im2col +
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numba as nb
 import numpy as np
@@ -186,15 +187,30 @@ def use_winograd(x_shape, w_shape, stride, dilation, group, pad=(1, 1)) -> bool:
     return x_shape[0] * -(-oh // 2) * -(-ow // 2) >= WINOGRAD_MIN_TILES
 
 
+#: id(weight array) -> (weak reference to it, its Winograd transform), shared by every
+#: executor: pruned copies of a model share their untouched arrays with the original, and
+#: sensitivity analysis builds hundreds of such copies
+_TRANSFORMS: dict[int, tuple] = {}
+
+
 def winograd_weights(cache: dict, key, w, stride, dilation, group):
-    """``winograd.transform_weights(w)`` when :func:`use_winograd` picks the layer, kept in
-    ``cache[key]`` while ``w`` is the same array (a replaced weight array is transformed anew)."""
+    """``winograd.transform_weights(w)`` when :func:`use_winograd` picks the layer, computed
+    once per weight array while it lives (a replaced array is transformed anew)."""
     if not use_winograd(None, w.shape, stride, dilation, group):
         return None
     hit = cache.get(key)
     if hit is not None and hit[0] is w:
         return hit[1]
-    u = winograd.transform_weights(w)
+    shared = _TRANSFORMS.get(id(w))
+    if shared is not None and shared[0]() is w:
+        u = shared[1]
+    else:
+        u = winograd.transform_weights(w)
+        try:
+            ref = weakref.ref(w, lambda _, k=id(w): _TRANSFORMS.pop(k, None))
+            _TRANSFORMS[id(w)] = (ref, u)
+        except TypeError:  # an array type without weak references: per-executor cache only
+            pass
     cache[key] = (w, u)
     return u
 
