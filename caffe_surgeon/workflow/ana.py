@@ -5,12 +5,20 @@ baseline evaluation, then for every prunable group and every ratio, a model
 with only that group pruned (channels ranked by ``criterion``, kept count a
 multiple of ``divisor``; dense surgery with offset folding) is evaluated.
 
-Speed. The layers before a group's first member are identical in every model
-that prunes only that group, so their activations are computed once per batch
-on the original model (:meth:`Executor.prefix`) and each ratio runs only the
-layers from that member on, resumed from a copy of those activations
-(a copy because the executor may overwrite dying inputs in place). Ratios
-whose rounded kept counts coincide share one evaluation, and a ratio that
+Speed. Pruning a group leaves the kept filters' outputs and every channel-local
+layer after them (BatchNorm, activations, pooling, joins, concat) as they were,
+minus the removed channels; the first values that change are the consumers'
+(:func:`~caffe_surgeon.pruning.reuse.reusable_values`). So the original model
+runs once per batch up to that layer, and each ratio runs only from there on,
+resumed from those activations sliced to the kept channels (fresh arrays: the
+executor may overwrite dying inputs in place). Groups run in order of their
+first changed layer, and each batch keeps one checkpoint of the original's
+activations that the next group's prefix continues from (:meth:`Executor.advance`),
+so all prefixes together cost one forward pass per batch. The reused values are
+the same function the pruned model computes, but the kept filters come from a
+GEMM of another shape, so metrics can differ from a from-scratch run in the last
+float bits; runs of ana itself are bit-identical whatever the worker count.
+Ratios whose rounded kept counts coincide share one evaluation, and a ratio that
 keeps every channel is the baseline. ``workers=N`` spreads the groups over N
 local processes; ``scheduler="tcp://host:port"`` over a Dask cluster.
 
@@ -61,7 +69,7 @@ FORMAT = "caffe-surgeon-ana"
 VERSION = 1
 DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 CRITERIA = ("l1", "l2", "bn")
-#: bytes of prefix activations one process keeps per group across ratios (beyond: recomputed)
+#: bytes of original activations one process keeps as checkpoints (beyond: recomputed)
 CACHE_BUDGET = 1 << 30
 REPORT_NAMES = ("ana_sensitivity.txt", "ana_sensitivity.csv", "ana_sensitivity.png")
 
