@@ -73,13 +73,12 @@ def naive(job: AnaJob):
 
 
 def ops_bounds(g, starts, ratios, input_shapes=None) -> tuple[float, float]:
-    """Speed-ups prefix reuse allows by operation counts, in units of one full forward.
+    """Speed-ups reuse allows by operation counts, in units of one full forward.
 
-    ``starts``: per prunable group, the first layer its pruning changes.
-
-    naive = 1 + G*R; ana = 1 + sum over groups of (prefix share + R * suffix share),
-    the prefix computed once per group and batch (what ana does); and the ideal where
-    prefixes cost nothing (1 + R * sum of suffix shares).
+    ``starts``: per prunable group, the first layer its pruning changes. naive = 1 + G*R;
+    ana = 1 (baseline) + the original's layers before the last start (the prefixes, one
+    pass carried from group to group, as ana does) + R * sum of suffix shares; and the
+    ideal where prefixes cost nothing.
     """
     st = cs.stat(g, input_shapes)
     ops = [0] * len(g.layers)
@@ -89,8 +88,8 @@ def ops_bounds(g, starts, ratios, input_shapes=None) -> tuple[float, float]:
     shares = [sum(ops[start:]) / total for start in starts]
     r = len(ratios)
     naive = 1 + len(shares) * r
-    return (naive / (1 + sum((1 - x) + r * x for x in shares)),
-            naive / (1 + r * sum(shares)))
+    prefixes = 1 - min(shares)
+    return naive / (1 + prefixes + r * sum(shares)), naive / (1 + r * sum(shares))
 
 
 def paired(job: AnaJob, repeats: int):
@@ -158,8 +157,8 @@ def paired(job: AnaJob, repeats: int):
     td = sum(t_decoding) / repeats
     print(f"     naive loop that also reads and decodes the data for every evaluation (as Caffe's "
           f"test loop and darknet's valid do): {td:.2f} s -> ana {td / ta:.2f}x")
-    print(f"     operation-count bound of prefix reuse: {once:.2f}x (prefix once per group and "
-          f"batch, as ana does), {free:.2f}x (prefixes free)")
+    print(f"     operation-count bound of reuse: {once:.2f}x (prefixes in one pass per batch, as "
+          f"ana does), {free:.2f}x (prefixes free); it counts operations only, not per-layer call overheads")
     return tn / ta
 
 
