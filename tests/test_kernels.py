@@ -190,6 +190,38 @@ def test_conv2d_tilings_match_reference_and_epilogue_is_exact(case, threads, til
     np.testing.assert_array_equal(fused, epi.apply(got.copy(), ep))
 
 
+THREAD_CASES = {  # the four conv paths at sizes the pool takes: N, C, H, W, O, k
+    "row tiles": (1, 64, 104, 104, 64, 3),
+    "wide tiles": (4, 256, 7, 7, 512, 1),
+    "block tiles": (1, 128, 28, 28, 128, 1),
+    "winograd": (2, 128, 26, 26, 128, 3),
+}
+
+
+@pytest.mark.parametrize("path", sorted(THREAD_CASES))
+def test_conv_results_do_not_depend_on_the_thread_count(path):
+    """The tiling is fixed by the shapes, so the GEMM shapes and the rounding are too: ana's
+    worker processes may use any thread count and still agree bit for bit."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    n, c, h, w, o, k = THREAD_CASES[path]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    assert conv.use_winograd(x.shape, wt.shape, (1, 1), (1, 1), 1, (k // 2, k // 2)) == \
+        (path == "winograd")
+    before = numba.get_num_threads()
+    out = {}
+    try:
+        for t in (1, 2):
+            numba.set_num_threads(t)
+            out[t] = conv.conv2d(x, wt, None, pad=(k // 2, k // 2))
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(out[1], out[2])
+
+
 WINOGRAD_CASES = [  # N, C, H, W, O, pad
     (1, 5, 7, 9, 6, 1), (2, 3, 6, 6, 4, 0), (1, 4, 8, 5, 3, 2), (3, 2, 3, 3, 2, 1)]
 

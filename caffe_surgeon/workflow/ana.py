@@ -533,24 +533,20 @@ def _payload(job: AnaJob, data_sha256: str, cache_budget: int) -> dict:
             spec[k] = os.path.join(cwd, spec[k])
     spec["base_dir"] = os.path.join(cwd, spec["base_dir"]) if spec.get("base_dir") else cwd
     files = [os.path.join(cwd, f) for f in job.model_files]
-    try:
-        import numba
-        threads = numba.get_num_threads()
-    except ImportError:  # pragma: no cover - numba is a dependency
-        threads = None
     return {"job": asdict(replace(job, model_files=files, evaluator=spec)),
-            "data_sha256": data_sha256, "threads": threads, "cache_budget": cache_budget}
+            "data_sha256": data_sha256, "threads": None, "per_host": {},
+            "cache_budget": cache_budget}
 
 
 def _configure_threads(threads, one_task_at_a_time: bool) -> None:
-    """Run this worker's kernels on ``threads`` Numba threads, as the parent does.
+    """Run this worker's kernels on ``threads`` Numba threads (None: leave the count).
 
-    The engine's tiling (and so the last bits of some layers) follows the thread
-    count, so every evaluation of one analysis uses the parent's count. Several
-    such processes on one host oversubscribe the cores; TBB and OpenMP threads
-    spin while waiting and then crawl, the workqueue layer does not, so a
-    process running one task at a time switches to it (before its first
-    parallel kernel; the layer never changes results).
+    Results do not depend on the thread count (the engine's tiling is fixed by
+    the layer shapes), so workers on one host share its cores between them.
+    TBB and OpenMP threads spin while waiting and then crawl when processes
+    oversubscribe the cores, the workqueue layer does not, so a process running
+    one task at a time switches to it (before its first parallel kernel; the
+    layer never changes results).
     """
     import numba
     if one_task_at_a_time:
@@ -562,11 +558,7 @@ def _configure_threads(threads, one_task_at_a_time: bool) -> None:
         if not started:
             numba.config.THREADING_LAYER = "workqueue"
     if threads:
-        if numba.config.NUMBA_NUM_THREADS < threads:
-            raise ModelError(f"this worker can run {numba.config.NUMBA_NUM_THREADS} Numba threads, "
-                             f"the process that started ana runs {threads}; results would not be "
-                             f"bit-identical: start the worker with NUMBA_NUM_THREADS={threads}")
-        numba.set_num_threads(threads)
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
 
 
 def _worker_context(payload: dict, one_task_at_a_time: bool = True) -> _Context:
@@ -613,10 +605,18 @@ def _dask_unit(payload: dict, gid: int, ratios, baseline: float):
         from distributed import get_worker
         worker = get_worker()
         state = getattr(worker, "state", worker)
-        single = int(getattr(state, "nthreads", 1)) == 1
+        tasks = int(getattr(state, "nthreads", 1))
+        # the host's cores shared between the worker processes on it and their task threads
+        host = _host_of(worker.address)
+        share = len(payload["per_host"].get(host, [])) * tasks
+        payload = dict(payload, threads=max(1, (os.cpu_count() or 1) // share) if share else None)
     except (ImportError, ValueError):
-        single = False  # not inside a worker: keep the thread-safe default layer
-    return _run_unit(_worker_context(payload, single), gid, ratios, baseline)
+        tasks = 0  # not inside a worker: keep the thread-safe default layer
+    return _run_unit(_worker_context(payload, tasks == 1), gid, ratios, baseline)
+
+
+def _host_of(address: str) -> str:
+    return address.split("://")[-1].rsplit(":", 1)[0]
 
 
 # ====================================================================== driver
@@ -653,13 +653,13 @@ def run_ana(job: AnaJob, state_path, workers: int = 1, scheduler=None, progress:
     Args:
         state_path: the state file; created (with its folder), resumed, or refused when it
             belongs to other inputs (``restart=True`` discards it instead).
-        workers: local worker processes (1 = evaluate in this process). They are spawned,
-            so a script calling this with ``workers > 1`` needs the usual
-            ``if __name__ == "__main__":`` guard.
+        workers: local worker processes (1 = evaluate in this process), sharing this
+            process's Numba threads between them. They are spawned, so a script calling
+            this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
         scheduler: a Dask scheduler address ``tcp://host:port`` (or a ``distributed.Client``):
             the groups are evaluated there; model and data paths must be readable by the
-            workers, which must allow as many Numba threads as this process uses (results
-            then match bit for bit). ``workers`` is then ignored. None (or the config
+            workers. Each worker process uses its host's cores divided by the worker
+            threads on that host. ``workers`` is then ignored. None (or the config
             values "auto", "serial", "process", "thread") evaluates locally.
         progress: a tqdm progress bar with ETA on stderr (if tqdm is installed).
         on_result: called as ``on_result(gid, ratio, metric)`` after each result is saved.
@@ -760,9 +760,12 @@ def _run_pool(workers, job, ctx, state: _Progress, units, cache_budget):
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
     payload = _payload(job, ctx.data_sha256, cache_budget)
+    n = min(workers, len(units))
+    import numba
+    payload["threads"] = max(1, numba.get_num_threads() // n)  # this host's cores, shared
     # spawn: a fresh interpreter per worker (forking a process with running Numba/TBB
     # threads is unsafe)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)),
+    pool = ProcessPoolExecutor(max_workers=n,
                                mp_context=multiprocessing.get_context("spawn"),
                                initializer=_pool_init, initargs=(payload,))
     try:
@@ -801,6 +804,10 @@ def _run_dask(scheduler, job, ctx, state: _Progress, units, cache_budget):
     else:
         client = scheduler
     try:
+        hosts: dict[str, list] = {}
+        for address in client.scheduler_info().get("workers", {}):
+            hosts.setdefault(_host_of(address), []).append(address)
+        payload["per_host"] = hosts
         run = uuid.uuid4().hex[:12]  # fresh keys: never a stale result of an earlier run
         futures = [client.submit(_dask_unit, payload, gid, rs, None, pure=False,
                                  key=f"ana-{run}-group-{gid}")

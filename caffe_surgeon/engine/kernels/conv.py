@@ -47,8 +47,11 @@ F32 = np.float32
 TILE_BYTES = 1 << 20
 #: feature maps whose whole column matrix is larger than this take row tiles
 ROW_TILES_ABOVE = 4 << 20
-#: tiles per thread when running on several threads (dynamic balance vs repacking)
-TILES_PER_THREAD = 2
+#: tiles a layer big enough for the pool is cut into, whatever the thread count: the cut
+#: fixes the GEMM shapes and so the float rounding, which makes results independent of
+#: the number of threads (2 tiles per thread on the 2-core machines it was tuned on; on
+#: bigger machines, run several ana workers rather than wider layers)
+TILES = 4
 #: Winograd when C*O/(C+O) reaches this and the batch has this many 2x2 output tiles
 WINOGRAD_MIN, WINOGRAD_MIN_TILES = 40, 36
 
@@ -245,9 +248,10 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
         return _conv2d_matmul(x, wg, (kh, kw), stride, pad, dilation, (oh, ow), ep)
     codes, vecs, params = (ep or epi.Epilogue(O)).arrays()
     # a small layer runs on the calling thread alone (see parallel.py)
-    threads = nb.get_num_threads() if N * O * k * P >= parallel.MIN_PARALLEL_MACS else 1
-    kernel = 0 if threads > 1 else 1  # parallel or serial build
-    want = 1 if threads == 1 else TILES_PER_THREAD * threads  # tiles to share out
+    big = N * O * k * P >= parallel.MIN_PARALLEL_MACS
+    threads = nb.get_num_threads() if big else 1
+    kernel = 0 if threads > 1 else 1  # parallel or serial build, same tiles
+    want = TILES if big else 1  # tiles to share out
     if use_winograd(x.shape, w.shape, stride, dilation, group, pad):
         if winograd_u is None:
             winograd_u = winograd.transform_weights(w)

@@ -170,10 +170,9 @@ def conv2d(gemm, x, u, pad, out_hw, ep_arrays, threads: int) -> np.ndarray:
     par = threads > 1  # the caller decided (conv2d: enough work for the pool)
     (INPUT_TRANSFORM_K[0] if par else INPUT_TRANSFORM_K[1])(x, pad[0], pad[1], th, tw, v)
     m = np.empty((16, O, NT), F32)
-    want = 1 if threads == 1 else 2 * threads
-    parts = -(-want // 16)  # 16 GEMMs already share out over the threads
-    ob = O if parts == 1 else min(O, -(-(-(-O // parts)) // 16) * 16)
-    (GEMMS_K[0] if par else GEMMS_K[1])(gemm, u, v, m, ob, NT)
+    # the 16 GEMMs share out over the threads whole, so their shapes (and the rounding)
+    # do not depend on the thread count
+    (GEMMS_K[0] if par else GEMMS_K[1])(gemm, u, v, m, O, NT)
     out = np.empty((N, O, oh, ow), F32)
     (OUTPUT_TRANSFORM_K[0] if par else OUTPUT_TRANSFORM_K[1])(m, th, tw, out, *ep_arrays)
     return out
