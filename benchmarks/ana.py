@@ -25,6 +25,7 @@ every channel or share a kept count aside).
 
     python benchmarks/ana.py [--images 300] [--ratios 0.3,0.6,0.9] [--repeats 1]
                              [--fashion-iter 20] [--fashion-repeats 3] [--skip-yolo]
+                             [--skip-fashion] [--no-dask] [--paired-only | --skip-paired]
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ FIX = ROOT / "fixtures" / "fashion"
 PHOTOS = Path("/usr/share/darknet/data")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 PAIRED_ONLY = False
+SKIP_PAIRED = False
 
 
 def naive(job: AnaJob):
@@ -172,7 +174,8 @@ def bench(name: str, job: AnaJob, repeats: int, tmp: Path, cluster_address: str 
           paired_repeats: int = 1):
     print(f"\n== {name}: {len(job.ratios)} ratios {job.ratios}", flush=True)
     warm_up(job)
-    paired(job, paired_repeats)
+    if not SKIP_PAIRED:
+        paired(job, paired_repeats)
     if PAIRED_ONLY:
         return None
     rows: dict[str, list[float]] = {}
@@ -262,9 +265,11 @@ def main():
     ap.add_argument("--no-dask", action="store_true")
     ap.add_argument("--paired-only", action="store_true",
                     help="only the interleaved evaluation-phase comparison")
+    ap.add_argument("--skip-paired", action="store_true",
+                    help="only the whole-job comparison")
     args = ap.parse_args()
-    global PAIRED_ONLY
-    PAIRED_ONLY = args.paired_only
+    global PAIRED_ONLY, SKIP_PAIRED
+    PAIRED_ONLY, SKIP_PAIRED = args.paired_only, args.skip_paired
     if not FASHION.is_dir():
         sys.exit(f"needs the Fashion-MNIST dataset package ({FASHION})")
     tmp = Path(tempfile.mkdtemp(prefix="bench_ana_"))

@@ -427,3 +427,35 @@ def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_pa
     for grp in a.prunable_groups():
         assert same_metric(result.metric(grp.id, 0.5), from_scratch(g, ev, a, grp.id, 0.5))
     assert any(result.metric(grp.id, 0.5) < 1.0 for grp in late)
+
+
+@pytest.mark.parametrize("kind", ["darknet-classifier", "caffe"])
+def test_label_free_reference_is_handed_over_not_recomputed(data_root, monkeypatch, kind):
+    """ana's workers get the reference model's outputs from the parent: an evaluator built
+    with reference= runs nothing at construction and scores exactly like the original."""
+    if kind == "caffe":
+        spec = {"kind": "caffe", "acc_name": "top-1", "test_iter": N // 50,
+                "base_dir": str(data_root), "label_free": True}
+        files = [str(TRAIN_VAL), str(CAFFEMODEL)]
+    else:
+        spec = {"kind": "darknet-classifier", "data_file": str(data_root / "t10k.data"),
+                "base_dir": str(data_root), "max_images": 100, "batch_size": 50,
+                "label_free": True}
+        files = [str(FIX / "fashion.cfg"), str(FIX / "fashion.weights")]
+    g = load_eval_graph(kind.split("-")[0], files, spec)
+    ev = build_evaluator(spec, g)
+    state = ev.reference_state()
+    assert state is not None
+    runs = []
+    real_run = Executor.run
+    monkeypatch.setattr(Executor, "run", lambda self, *a, **k: runs.append(1) or real_run(self, *a, **k))
+    again = build_evaluator(spec, g, reference=state)
+    assert runs == []
+    a = analyse(g, input_shapes=getattr(ev, "input_shapes", None))
+    pruned = apply(g, make_plan(a, ratio=0.5), "dense", fold=True, analysis=a)
+    assert again.evaluate(pruned) == ev.evaluate(pruned) < 1.0
+    with pytest.raises(ModelError, match="reference covers 1"):
+        build_evaluator(spec, g, reference=state[:1])
+    labelled = dict(spec, label_free=False, acc_name="top-1") if kind == "caffe" else \
+        dict(spec, label_free=False)
+    assert build_evaluator(labelled, g).reference_state() is None

@@ -49,6 +49,12 @@ class Evaluator:
         """Keyword arguments for ``Executor.run`` that compute what :meth:`score` needs."""
         return {"outputs": list(self.outputs), "layer_outputs": list(self.layer_outputs)}
 
+    def reference_state(self):
+        """Label-free evaluators: what they derived from the reference model's run (pass it
+        as ``reference=`` to build an equal evaluator without running the model again).
+        None for evaluators that score against labels."""
+        return None
+
     def decode(self) -> list[dict[str, np.ndarray]]:
         """Read and decode the data files again and return fresh feeds (``feeds`` is
         this, computed once by the constructor)."""

@@ -77,6 +77,14 @@ def _output_layer(graph: Graph):
     raise ModelError("the net has no layers", file=graph.source_text)
 
 
+def _checked_reference(reference, count: int):
+    """A ``reference=`` given to a constructor: one entry per image of the valid list."""
+    if len(reference) != count:
+        raise ModelError(f"the given reference covers {len(reference)} images, the valid list "
+                         f"has {count}")
+    return reference
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """darknet ``top_k`` per row: indices of the k largest, ties to the lower index."""
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -95,7 +103,7 @@ class DarknetClassifierEvaluator(_DarknetEvaluator):
 
     def __init__(self, data_file, graph: Graph, *, metric: str = "top-1", label_free: bool = False,
                  batch_size: int = 32, max_images: int | None = None, base_dir=None,
-                 darknet_bn: str = "pjreddie", show_progress: bool = False):
+                 darknet_bn: str = "pjreddie", show_progress: bool = False, reference=None):
         super().__init__(data_file, graph, batch_size=batch_size, max_images=max_images,
                          base_dir=base_dir, darknet_bn=darknet_bn, show_progress=show_progress)
         self.classes = self.data.integer("classes", 2)
@@ -116,7 +124,11 @@ class DarknetClassifierEvaluator(_DarknetEvaluator):
             self.truth = np.array([class_from_path(item, labels) for item in self.items])
         self.feeds = self.decode()
         if label_free:
-            self.reference_top1 = top_k(self._scores(self.run(graph)), 1)[:, 0]
+            self.reference_top1 = top_k(self._scores(self.run(graph)), 1)[:, 0] \
+                if reference is None else _checked_reference(reference, len(self.items))
+
+    def reference_state(self):
+        return self.reference_top1 if self.label_free else None
 
     def decode(self) -> list[dict[str, np.ndarray]]:
         """Load and resize the valid list's images again (darknet's ``load_image_color``)."""
@@ -170,7 +182,7 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
     def __init__(self, data_file, graph: Graph, *, label_free: bool = False, thresh: float = .005,
                  nms: float = .45, truth_thresh: float = .25, iou_thresh: float = .5,
                  batch_size: int = 8, max_images: int | None = None, base_dir=None,
-                 darknet_bn: str = "pjreddie", show_progress: bool = False):
+                 darknet_bn: str = "pjreddie", show_progress: bool = False, reference=None):
         super().__init__(data_file, graph, batch_size=batch_size, max_images=max_images,
                          base_dir=base_dir, darknet_bn=darknet_bn, show_progress=show_progress)
         heads = [l for l in graph.layers if l.type in HEADS]
@@ -194,7 +206,8 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
                            for item in self.items]
         self.feeds = self.decode()
         if label_free:
-            self.truths = agreement.reference_truth(self.box_rows(self.run(graph)), truth_thresh)
+            self.truths = agreement.reference_truth(self.box_rows(self.run(graph)), truth_thresh) \
+                if reference is None else list(_checked_reference(reference, len(self.items)))
             if not any(len(t) for t in self.truths):
                 raise ModelError(f"the reference model detects nothing with probability > "
                                  f"{truth_thresh} in the {len(self.items)} images of "
@@ -207,6 +220,9 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
                    progress(self.items, self.show_progress, "loading images", len(self.items))]
         self.sizes = [size for _, size in decoded]
         return self._batches([x for x, _ in decoded])
+
+    def reference_state(self):
+        return self.truths if self.label_free else None
 
     def detections(self, results) -> list[list[detection.Detection]]:
         """Per image, darknet's detection array after ``do_nms_sort`` (thresh ``self.thresh``)."""

@@ -384,7 +384,8 @@ def _nbytes(values: dict) -> int:
 class _Context:
     """One process's model, evaluator and channel analysis, built once and reused."""
 
-    def __init__(self, job: AnaJob, show_progress: bool = False, cache_budget: int = CACHE_BUDGET):
+    def __init__(self, job: AnaJob, show_progress: bool = False, cache_budget: int = CACHE_BUDGET,
+                 reference=None):
         from ..engine import Executor
         from ..pruning import analyse
         from .evaluators import build_evaluator, data_digest, load_eval_graph
@@ -396,7 +397,7 @@ class _Context:
             raise ModelError(f"ignore names layers the model does not have: {', '.join(unknown)}",
                              file=job.model_files[0])
         self.evaluator = build_evaluator(job.evaluator, self.graph, darknet_bn=job.darknet_bn,
-                                         show_progress=show_progress)
+                                         show_progress=show_progress, reference=reference)
         self.data_sha256 = data_digest(self.evaluator)
         self.analysis = analyse(self.graph, job.ignore,
                                 input_shapes=getattr(self.evaluator, "input_shapes", None))
@@ -524,8 +525,9 @@ _POOL: dict = {}
 _CONTEXTS: dict = {}
 
 
-def _payload(job: AnaJob, data_sha256: str, cache_budget: int) -> dict:
-    """What a worker needs: the job with absolute paths, and what to check it against."""
+def _payload(job: AnaJob, ctx: _Context, cache_budget: int) -> dict:
+    """What a worker needs: the job with absolute paths, what to check it against, and a
+    label-free evaluator's reference (so workers do not run the reference model again)."""
     spec = dict(job.evaluator)
     cwd = os.getcwd()
     for k in ("data_file",):
@@ -534,8 +536,8 @@ def _payload(job: AnaJob, data_sha256: str, cache_budget: int) -> dict:
     spec["base_dir"] = os.path.join(cwd, spec["base_dir"]) if spec.get("base_dir") else cwd
     files = [os.path.join(cwd, f) for f in job.model_files]
     return {"job": asdict(replace(job, model_files=files, evaluator=spec)),
-            "data_sha256": data_sha256, "threads": None, "per_host": {},
-            "cache_budget": cache_budget}
+            "data_sha256": ctx.data_sha256, "reference": ctx.evaluator.reference_state(),
+            "threads": None, "per_host": {}, "cache_budget": cache_budget}
 
 
 def _configure_threads(threads, one_task_at_a_time: bool) -> None:
@@ -567,7 +569,8 @@ def _worker_context(payload: dict, one_task_at_a_time: bool = True) -> _Context:
     if ctx is not None:
         return ctx
     _configure_threads(payload.get("threads"), one_task_at_a_time)
-    ctx = _Context(AnaJob(**payload["job"]), cache_budget=payload["cache_budget"])
+    ctx = _Context(AnaJob(**payload["job"]), cache_budget=payload["cache_budget"],
+                   reference=payload.get("reference"))
     if ctx.data_sha256 != payload["data_sha256"]:
         raise ModelError("a worker decoded different evaluation data than the process that "
                          "started ana (other files at the same paths?): "
@@ -759,7 +762,7 @@ def _run_pool(workers, job, ctx, state: _Progress, units, cache_budget):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
-    payload = _payload(job, ctx.data_sha256, cache_budget)
+    payload = _payload(job, ctx, cache_budget)
     n = min(workers, len(units))
     import numba
     payload["threads"] = max(1, numba.get_num_threads() // n)  # this host's cores, shared
@@ -793,7 +796,7 @@ def _run_dask(scheduler, job, ctx, state: _Progress, units, cache_budget):
     except ImportError:
         raise ModelError("a Dask scheduler was given but the 'distributed' package is not "
                          "installed (pip install distributed)") from None
-    payload = _payload(job, ctx.data_sha256, cache_budget)
+    payload = _payload(job, ctx, cache_budget)
     own = not isinstance(scheduler, Client)
     if own:
         address = getattr(scheduler, "scheduler_address", scheduler)

@@ -180,8 +180,12 @@ def load_eval_graph(framework: str, model_files, spec: dict) -> Graph:
 
 
 def build_evaluator(spec: dict, graph: Graph, *, darknet_bn: str = "pjreddie",
-                    show_progress: bool = False) -> Evaluator:
-    """The evaluator ``spec`` describes, for ``graph`` (the unpruned reference model)."""
+                    show_progress: bool = False, reference=None) -> Evaluator:
+    """The evaluator ``spec`` describes, for ``graph`` (the unpruned reference model).
+
+    ``reference``: a label-free evaluator's ``reference_state()`` for the same model and
+    data, which spares running the reference model again (ana's worker processes).
+    """
     spec = normalize_spec(spec)
     if FRAMEWORK_OF[spec["kind"]] != graph.framework:
         raise ModelError(f"an evaluator of kind '{spec['kind']}' cannot evaluate a "
@@ -190,11 +194,13 @@ def build_evaluator(spec: dict, graph: Graph, *, darknet_bn: str = "pjreddie",
     if kind == "caffe":
         if spec["label_free"]:
             return CaffeAgreementEvaluator(graph, spec["test_iter"], spec["base_dir"],
-                                           acc_name=spec["acc_name"], score_blob=spec["score_blob"])
+                                           acc_name=spec["acc_name"], score_blob=spec["score_blob"],
+                                           reference=reference)
         return CaffeEvaluator(graph, spec["acc_name"], spec["test_iter"], spec["base_dir"])
     common = dict(label_free=spec["label_free"], batch_size=spec["batch_size"],
                   max_images=spec["max_images"], base_dir=spec["base_dir"],
-                  darknet_bn=darknet_bn, show_progress=show_progress)
+                  darknet_bn=darknet_bn, show_progress=show_progress,
+                  reference=reference if spec["label_free"] else None)
     if kind == "darknet-classifier":
         return DarknetClassifierEvaluator(spec["data_file"], graph, metric=spec["metric"], **common)
     return DarknetDetectorEvaluator(spec["data_file"], graph, thresh=spec["thresh"], nms=spec["nms"],
@@ -212,13 +218,20 @@ class CaffeAgreementEvaluator(CaffeEvaluator):
     """
 
     def __init__(self, graph: Graph, test_iter: int = 100, base_dir=None, *, acc_name=None,
-                 score_blob=None):
+                 score_blob=None, reference=None):
         blob = score_blob or _score_blob(graph, acc_name)
         super().__init__(graph, blob, test_iter, base_dir)
         self.score_blob = blob
         self.label_free = True
         self.metric_name = "top-1 agreement"
-        self.reference = [self._top1(r) for r in self.run(graph)]
+        if reference is not None and len(reference) != len(self.feeds):
+            raise ModelError(f"the given reference covers {len(reference)} batches, the "
+                             f"evaluation has {len(self.feeds)}", file=self.net_file)
+        self.reference = [self._top1(r) for r in self.run(graph)] if reference is None \
+            else list(reference)
+
+    def reference_state(self):
+        return self.reference
 
     def _top1(self, result) -> np.ndarray:
         value = np.asarray(result[self.score_blob])
