@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import caffe_surgeon as cs
+from caffe_surgeon.engine import Executor
 from caffe_surgeon.caffe import caffe_pb2, wire
 from caffe_surgeon.caffe.reader import read_caffe
 from caffe_surgeon.caffe.writer import render_caffemodel, render_prototxt
@@ -230,3 +231,31 @@ def test_pure_python_protobuf_backend_reads_the_same(tmp_path):
     import hashlib
     h = hashlib.sha256(b"".join(w.tobytes() for l in g.layers for w in l.weights.values())).hexdigest()
     assert out == ["python", h, str(len(g.layers))]
+
+
+def test_guessed_database_channels_keep_legacy_reshaping_elsewhere(tmp_path):
+    """A Data layer with crop_size: its channel count (3) is a guess. The grey conv1 keeps its
+    stored shape; the other layers are still shaped from the prototxt, so a legacy
+    (1, 1, 1, 144) blob of a one-output InnerProduct becomes (1, 144), not (144,)."""
+    rng = np.random.default_rng(4)
+    net = caffe_pb2.NetParameter(name="v1db")
+    for name, kind, shapes in (("conv1", caffe_pb2.V1LayerParameter.CONVOLUTION, [(4, 1, 3, 3), (1, 1, 1, 4)]),
+                               ("ip1", caffe_pb2.V1LayerParameter.INNER_PRODUCT, [(1, 1, 1, 144), (1, 1, 1, 1)])):
+        layer = net.layers.add(name=name, type=kind)
+        for shape in shapes:
+            blob = layer.blobs.add(num=shape[0], channels=shape[1], height=shape[2], width=shape[3])
+            blob.data.extend(rng.standard_normal(shape).astype(np.float32).ravel().tolist())
+    (tmp_path / "db.caffemodel").write_bytes(net.SerializeToString())
+    (tmp_path / "db.prototxt").write_text(
+        'name: "v1db"\n'
+        'layers { name: "data" type: DATA top: "data" top: "label"\n'
+        '         data_param { source: "db" backend: LMDB batch_size: 2 }\n'
+        '         transform_param { crop_size: 8 } }\n'
+        + V1_DEF.split("\n", 3)[3].replace("num_output: 5", "num_output: 1"))
+    g = cs.load(tmp_path / "db.prototxt", tmp_path / "db.caffemodel")
+    assert g.layer("conv1").weights["weight"].shape == (4, 1, 3, 3)
+    assert g.layer("conv1").weights["bias"].shape == (4,)
+    assert g.layer("ip1").weights["weight"].shape == (1, 144)
+    out = Executor(g).run({"data": rng.standard_normal((2, 1, 8, 8)).astype(np.float32),
+                           "label": np.zeros(2, np.float32)}, outputs=["ip1"])["ip1"]
+    assert out.shape == (2, 1)

@@ -120,3 +120,29 @@ def test_keep_all_lists_nothing_as_changed(ratio):
     reuse = reusable_values(a, keep)
     assert reuse.start == len(g.layers)
     assert all(idx is None for idx in reuse.columns.values())
+
+
+MULTI_TOP_NET = """
+name: "twin"
+input: "a"
+input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
+input: "b"
+input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
+layer { name: "conv1" type: "Convolution" bottom: "a" bottom: "b" top: "c1a" top: "c1b"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "relu" type: "ReLU" bottom: "c1b" top: "r" }
+layer { name: "conv2" type: "Convolution" bottom: "c1a" top: "c2"
+        convolution_param { num_output: 4 kernel_size: 1 } }
+"""
+
+
+def test_a_cut_producer_with_an_untraced_second_top_changes(tmp_path):
+    """Only a producer's first top is traced; its other tops shrink all the same."""
+    proto = tmp_path / "twin.prototxt"
+    proto.write_text(MULTI_TOP_NET)
+    g = cs.init(cs.load(proto), seed=2)
+    a = analyse(g)
+    grp = next(x for x in a.prunable_groups() if x.producers == ["conv1"])
+    reuse = reusable_values(a, node_keep(a, make_plan(a, ratios={grp.id: 0.5})))
+    assert reuse.start == g.index("conv1")
+    assert (0, "c1b") not in reuse.columns and (1, "r") not in reuse.columns

@@ -227,8 +227,6 @@ def attach_caffemodel(graph: Graph, caffemodel) -> None:
         shapes = infer_shapes(graph)
     except ModelError:
         shapes = None  # e.g. a Data layer whose size only the database knows
-    if shapes is not None and shapes.guessed:
-        shapes = None  # a database's channel count was guessed: trust the stored shapes
     for i, rec in enumerate(scanned.records):
         layer = by_name.get(rec.name)
         if layer is None or layer.origin.record is not None:
@@ -246,7 +244,14 @@ def attach_caffemodel(graph: Graph, caffemodel) -> None:
         if shapes is not None:
             layouts = spec.weight_layouts(layer, shapes.inputs[layer.name])
             expected = next((l for l in layouts if len(l) == len(rec.blobs)), layouts[0])
-        layer.weights = _shape_blobs(rec, layer, spec, expected, caffemodel)
+        try:
+            layer.weights = _shape_blobs(rec, layer, spec, expected, caffemodel)
+        except ModelError:
+            if expected is None or not shapes.guessed:
+                raise
+            # a database's channel count was guessed (3): the layers that see it keep the
+            # stored shapes, checked against the real data when the net runs
+            layer.weights = _shape_blobs(rec, layer, spec, None, caffemodel)
         layer.origin.record = i
         layer.origin.arrays = dict(layer.weights)
 

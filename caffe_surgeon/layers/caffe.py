@@ -135,6 +135,9 @@ class ImageData(_DataSpec):
 class MemoryData(_DataSpec):
     types = ("MemoryData",)
 
+    def guesses_channels(self, layer) -> bool:
+        return False  # memory_data_param states it
+
     def infer(self, layer, inputs):
         p = sub(layer, "memory_data_param")
         n = int(p.get("batch_size", 1))
@@ -148,7 +151,7 @@ class AnnotatedData(_DataSpec):
     def image(self, layer):
         r = sub(layer, "transform_param").get("resize_param") or {}
         if r.get("height") and r.get("width"):
-            return 3, int(r["height"]), int(r["width"])
+            return self.channels(layer), int(r["height"]), int(r["width"])
         return super().image(layer)
 
     def infer(self, layer, inputs):

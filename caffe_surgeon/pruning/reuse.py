@@ -68,6 +68,8 @@ def reusable_values(a: ChannelAnalysis, keep: np.ndarray) -> Reuse:
         elif not any(s is not None for s in ins):  # every input as it was
             tops = [_subset(keep, e) for e in outs] if flow.kind == "produce" else \
                 [None] * len(layer.tops)
+            if any(t is not None for t in tops):  # filters cut: untraced tops shrink too
+                tops = [_CHANGED if e is None else t for e, t in zip(outs, tops)]
         elif flow.kind in CHANNEL_LOCAL and not flow.mixes_channels:
             tops = [_CHANGED if e is None else _subset(keep, e) for e in outs]
         else:  # reads fewer channels than before: its values change

@@ -57,6 +57,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -515,7 +516,8 @@ class _SuffixRunner:
                 cache = {v: reuse.take(v, values[v]) for v in self.needed}
                 res = executor.run(None, start=s, cache=cache, **self.late) \
                     if s < len(executor.graph.layers) else {}
-                res.update({name: reuse.take(v, values[v]) for name, v in self.early.items()})
+                res.update({name: reuse.take(v, values[v] if v in values else feed[v[1]])
+                            for name, v in self.early.items()})
             results.append(res)
         return ev.score(results)
 
@@ -523,6 +525,7 @@ class _SuffixRunner:
 # ====================================================================== worker side
 _POOL: dict = {}
 _CONTEXTS: dict = {}
+_UNIT_LOCK = threading.Lock()
 
 
 def _payload(job: AnaJob, ctx: _Context, cache_budget: int) -> dict:
@@ -603,19 +606,24 @@ def _pool_unit(gid: int, ratios, baseline: float):
 
 
 def _dask_unit(payload: dict, gid: int, ratios, baseline: float):
-    """A Dask task: the context is built once per worker process and kept for later units."""
+    """A Dask task: the context is built once per worker process and kept for later units.
+
+    A process evaluates one unit at a time (its context and executor are not shared
+    between threads), on its host's cores divided by the worker processes there.
+    """
     try:
         from distributed import get_worker
         worker = get_worker()
         state = getattr(worker, "state", worker)
-        tasks = int(getattr(state, "nthreads", 1))
-        # the host's cores shared between the worker processes on it and their task threads
-        host = _host_of(worker.address)
-        share = len(payload["per_host"].get(host, [])) * tasks
-        payload = dict(payload, threads=max(1, (os.cpu_count() or 1) // share) if share else None)
+        single = int(getattr(state, "nthreads", 1)) == 1
+        procs = len(payload["per_host"].get(_host_of(worker.address), [])) or 1
+        threads = max(1, (os.cpu_count() or 1) // procs)
     except (ImportError, ValueError):
-        tasks = 0  # not inside a worker: keep the thread-safe default layer
-    return _run_unit(_worker_context(payload, tasks == 1), gid, ratios, baseline)
+        single, threads = False, None  # not inside a worker: the thread-safe default layer
+    with _UNIT_LOCK:
+        ctx = _worker_context(dict(payload, threads=threads), single)
+        _configure_threads(threads, False)  # Numba's thread count is per calling thread
+        return _run_unit(ctx, gid, ratios, baseline)
 
 
 def _host_of(address: str) -> str:
