@@ -23,9 +23,17 @@ timing. Prints the median over ``--repeats`` runs and the speed-ups, plus the
 speed-up prefix reuse allows at best by operation counts (ratios that keep
 every channel or share a kept count aside).
 
+Early stop (``--early-stop D``, opt-in in ana): ana at 1 worker skipping a
+group's larger ratios once its relative drop exceeds D, against the same full
+naive loop. It does less work, so the script also shows what that costs: how
+many evaluations were skipped, that every value it did measure equals the full
+run's, and whether ``prune``'s allocation (greedy and threshold, rates 0.3,
+0.5, 0.7) from the early-stopped analysis is the one the full analysis gives.
+
     python benchmarks/ana.py [--images 300] [--ratios 0.3,0.6,0.9] [--repeats 1]
                              [--fashion-iter 20] [--fashion-repeats 3] [--skip-yolo]
                              [--skip-fashion] [--no-dask] [--paired-only | --skip-paired]
+                             [--early-stop 0.1[,0.2]]
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +60,8 @@ PHOTOS = Path("/usr/share/darknet/data")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 PAIRED_ONLY = False
 SKIP_PAIRED = False
+EARLY_STOPS: list[float] = []
+RATES = (0.3, 0.5, 0.7)
 
 
 def naive(job: AnaJob):
@@ -110,6 +121,7 @@ def paired(job: AnaJob, repeats: int):
     g, a, ev = ctx.graph, ctx.analysis, ctx.evaluator
     baseline = ev.evaluate(g, ctx.executor)
     t_naive, t_ana, t_decoding = [], [], []
+    t_stopped: dict[float, list] = {}
     for rep in range(repeats):
         for k, grp in enumerate(a.prunable_groups()):
             def run_naive():
@@ -132,9 +144,20 @@ def paired(job: AnaJob, repeats: int):
             def run_ana():
                 return {r: m for r, m, _ in ctx.unit(grp.id, job.ratios, baseline)}
 
+            def run_stopped(d):
+                def run():
+                    ctx.job = replace(job, early_stop=d)
+                    try:
+                        return {r: m for r, m, _ in ctx.unit(grp.id, job.ratios, baseline)}
+                    finally:
+                        ctx.job = job
+                return run
+
             order = [("naive", run_naive, t_naive), ("ana", run_ana, t_ana),
                      ("decoding", run_decoding, t_decoding)]
-            order = order[(k + rep) % 3:] + order[:(k + rep) % 3]
+            order += [(f"stop {d:g}", run_stopped(d), t_stopped.setdefault(d, []))
+                      for d in EARLY_STOPS]
+            order = order[(k + rep) % len(order):] + order[:(k + rep) % len(order)]
             got = {}
             for label, fn, times in order:
                 t = time.perf_counter()
@@ -143,6 +166,10 @@ def paired(job: AnaJob, repeats: int):
             for r in job.ratios:
                 close(got["ana"][r], got["naive"][r], f"group {grp.id} ratio {r}")
                 close(got["decoding"][r], got["naive"][r], f"group {grp.id} ratio {r} (decoding)")
+                for d in EARLY_STOPS:
+                    if r in got[f"stop {d:g}"]:
+                        close(got[f"stop {d:g}"][r], got["naive"][r], f"group {grp.id} ratio {r} "
+                              f"(early stop {d:g})")
     n = len(a.prunable_groups())
     per_group = [(sum(t_naive[i::n]), sum(t_ana[i::n])) for i in range(n)]
     print(f"   evaluation phase, interleaved per group ({repeats} pass(es), same process):")
@@ -161,6 +188,10 @@ def paired(job: AnaJob, repeats: int):
           f"test loop and darknet's valid do): {td:.2f} s -> ana {td / ta:.2f}x")
     print(f"     operation-count bound of reuse: {once:.2f}x (prefixes in one pass per batch, as "
           f"ana does), {free:.2f}x (prefixes free); it counts operations only, not per-layer call overheads")
+    for d, times in t_stopped.items():
+        tsd = sum(times) / repeats
+        print(f"     ana with early stop {d:g} (opt-in; evaluates fewer ratios): {tsd:.2f} s -> "
+              f"{tn / tsd:.2f}x against the full naive loop")
     return tn / ta
 
 
@@ -180,6 +211,7 @@ def bench(name: str, job: AnaJob, repeats: int, tmp: Path, cluster_address: str 
         return None
     rows: dict[str, list[float]] = {}
     states = {}
+    stopped: dict[str, AnaResult] = {}
     ref = None
     for k in range(repeats):
         wall, baseline, results, times, g, a = naive(job)
@@ -192,27 +224,68 @@ def bench(name: str, job: AnaJob, repeats: int, tmp: Path, cluster_address: str 
         modes = [("ana, 1 worker", dict(workers=1)), ("ana, 2 workers", dict(workers=2))]
         if cluster_address:
             modes.append(("ana, Dask LocalCluster (2 procs)", dict(scheduler=cluster_address)))
-        for label, kw in modes:
-            state = tmp / f"{name}-{label.split(',')[1].strip().split()[0]}-{k}.json"
+        modes += [(f"ana, 1 worker, early stop {d:g}", dict(workers=1, early_stop=d))
+                  for d in EARLY_STOPS]
+        for m, (label, kw) in enumerate(modes):
+            state = tmp / f"{name.split()[0]}-mode{m}-{k}.json"
+            kw = dict(kw)
+            run_job = replace(job, early_stop=kw.pop("early_stop", None))
             t0 = time.perf_counter()
-            res = run_ana(job, state, progress=False, restart=True, **kw)
+            res = run_ana(run_job, state, progress=False, restart=True, **kw)
             rows.setdefault(label, []).append(time.perf_counter() - t0)
             states.setdefault(label, state.read_bytes())
             if state.read_bytes() != states[label]:
                 sys.exit(f"{label}: run {k} wrote other bytes than run 0")
             check(res, *ref, label)
-    first = next(iter(states.values()))
-    same = all(b == first for b in states.values())
+            if run_job.early_stop is not None and k == 0:
+                stopped[label] = res
+    full_states = [b for label, b in states.items() if "early stop" not in label]
+    first = full_states[0]
+    same = all(b == first for b in full_states)
     base = statistics.median(rows["naive loop (1 process)"])
     print(f"   {'setup':34s} {'median s':>9s} {'runs':>5s} {'speed-up':>9s}")
     for label, walls in rows.items():
         med = statistics.median(walls)
         print(f"   {label:34s} {med:9.2f} {len(walls):5d} {base / med:8.2f}x", flush=True)
     exact = sum(d == 0 for d in DIFFS)
-    print(f"   all ana modes wrote byte-identical state files: {same}; metrics equal to the naive "
-          f"loop's: {exact} of {len(DIFFS)} bit for bit, largest relative difference "
+    print(f"   all full ana modes wrote byte-identical state files: {same}; metrics equal to the "
+          f"naive loop's: {exact} of {len(DIFFS)} bit for bit, largest relative difference "
           f"{max(DIFFS, default=0):.1e}")
+    if stopped:
+        full = AnaResult.load(tmp / f"{name.split()[0]}-mode0-0.json")
+        for label, res in stopped.items():
+            compare_allocations(label, job, g, full, res)
     return rows
+
+
+def compare_allocations(label: str, job: AnaJob, graph, full: AnaResult, cut: AnaResult) -> None:
+    """What early stop costs: evaluations skipped, and prune's allocations against the full run's."""
+    from caffe_surgeon.errors import ModelError
+    from caffe_surgeon.workflow.prune_rate import prune_to_rate
+    print(f"   {label}: {cut.done} of {cut.total} evaluations run, {cut.skipped_count} skipped "
+          f"({len([g for g in cut.groups if cut.skipped(g['id'])])} of {len(cut.groups)} groups "
+          "stopped); prune's allocation from it vs from the full analysis:")
+    for rate in RATES:
+        cells = []
+        for method in ("greedy", "threshold"):
+            try:
+                a = prune_to_rate(graph, full, rate, criterion=job.criterion, divisor=job.divisor,
+                                  method=method).allocation
+            except ModelError:
+                cells.append(f"{method}: rate out of reach for the full analysis too")
+                continue
+            try:
+                b = prune_to_rate(graph, cut, rate, criterion=job.criterion, divisor=job.divisor,
+                                  method=method).allocation
+            except ModelError:
+                cells.append(f"{method}: out of reach (needs skipped ratios)")
+                continue
+            if a.ratios == b.ratios:
+                cells.append(f"{method}: same")
+            else:
+                cells.append(f"{method}: differs (predicted drop {a.predicted_drop:.4g} full, "
+                             f"{b.predicted_drop:.4g} early stop)")
+        print(f"     rate {rate}: " + "; ".join(cells))
 
 
 DIFFS: list[float] = []
@@ -230,7 +303,10 @@ def close(got: float, want: float, where: str) -> None:
 def check(res: AnaResult, baseline, results, label):
     close(res.baseline, baseline, f"{label}: baseline")
     for (gid, r), v in results.items():
-        close(res.metric(gid, r), v, f"{label}: group {gid} ratio {r}")
+        got = res.metric(gid, r)
+        if got is None and r in res.skipped(gid):
+            continue  # early stop
+        close(got, v, f"{label}: group {gid} ratio {r}")
 
 
 def yolo_data(tmp: Path, count: int) -> Path:
@@ -267,9 +343,12 @@ def main():
                     help="only the interleaved evaluation-phase comparison")
     ap.add_argument("--skip-paired", action="store_true",
                     help="only the whole-job comparison")
+    ap.add_argument("--early-stop", default="0.1",
+                    help="comma list of relative drops for the early-stop runs ('' for none)")
     args = ap.parse_args()
-    global PAIRED_ONLY, SKIP_PAIRED
+    global PAIRED_ONLY, SKIP_PAIRED, EARLY_STOPS
     PAIRED_ONLY, SKIP_PAIRED = args.paired_only, args.skip_paired
+    EARLY_STOPS = [float(x) for x in args.early_stop.split(",") if x.strip()]
     if not FASHION.is_dir():
         sys.exit(f"needs the Fashion-MNIST dataset package ({FASHION})")
     tmp = Path(tempfile.mkdtemp(prefix="bench_ana_"))

@@ -20,6 +20,9 @@ def add_parsers(sub):
             p.add_argument("-restart", "--restart", action="store_true",
                            help="discard an analysis file made for other inputs and start over")
             p.add_argument("-no_progress", "--no-progress", action="store_true")
+            p.add_argument("-early_stop", "--early-stop", type=float, metavar="DROP",
+                           help="skip a group's larger ratios once its metric drops by more "
+                                "than DROP (relative, e.g. 0.1); default: evaluate every ratio")
         if name == "prune":
             p.add_argument("-allocator", "--allocator", choices=("greedy", "threshold"),
                            default="greedy",
@@ -35,7 +38,7 @@ def _job(cfg):
         spec["label_free"] = True
     return AnaJob("caffe", [str(cfg.model), str(cfg.weights)], spec, ratios=list(cfg.ratios),
                   criterion=cfg.criterion, ignore=list(cfg.exclude),
-                  divisor=cfg.channel_divisible)
+                  divisor=cfg.channel_divisible, early_stop=cfg.early_stop)
 
 
 def _config(args, command):
@@ -55,6 +58,8 @@ def run(args) -> int:
                          "sparse.caffemodel in your Caffe setup meanwhile")
     cfg = _config(args, args.command)
     job = _job(cfg)
+    if getattr(args, "early_stop", None) is not None:
+        job.early_stop = args.early_stop
     if args.command == "ana":
         return _ana(args, cfg, job)
     return _prune(args, cfg, job)

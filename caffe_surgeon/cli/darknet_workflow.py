@@ -29,6 +29,9 @@ def add_parsers(sub):
             p.add_argument("-scheduler", "--scheduler", metavar="tcp://HOST:PORT")
             p.add_argument("-restart", "--restart", action="store_true")
             p.add_argument("-no_progress", "--no-progress", action="store_true")
+            p.add_argument("-early_stop", "--early-stop", type=float, metavar="DROP",
+                           help="skip a group's larger ratios once its metric drops by more "
+                                "than DROP (relative, e.g. 0.1); default: evaluate every ratio")
         if name == "prune":
             p.add_argument("-allocator", "--allocator", choices=("greedy", "threshold"),
                            default="greedy")
@@ -82,7 +85,9 @@ def _ignore_names(conf) -> list[str]:
 def _job(args, conf, spec):
     from ..workflow.ana import AnaJob
     return AnaJob("darknet", [str(conf.modelcfg), str(args.weights)], spec, ratios=list(conf.ratios),
-                  criterion=conf.criterion, ignore=_ignore_names(conf), divisor=conf.kernel_batch)
+                  criterion=conf.criterion, ignore=_ignore_names(conf), divisor=conf.kernel_batch,
+                  early_stop=(args.early_stop if getattr(args, "early_stop", None) is not None
+                              else conf.early_stop))
 
 
 def _ana(args, conf, spec, workers) -> int:

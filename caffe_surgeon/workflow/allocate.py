@@ -116,13 +116,15 @@ def metric_drop(curve: dict, baseline: float, ratio: float, higher_is_better: bo
 
 def allocate(counter: OpsCounter, curves: dict, baseline: float, rate: float,
              method: str = "greedy", higher_is_better: bool = True,
-             tolerance: float = 0.01) -> Allocation:
+             tolerance: float = 0.01, cut_short=()) -> Allocation:
     """Choose per-group ratios removing ``rate`` of the operations.
 
     Args:
         curves: group id -> {ratio: metric after pruning that group alone}.
         baseline: the unpruned metric.
         rate: fraction of operations to remove (vendor ``rate``), 0 <= rate < 1.
+        cut_short: groups whose curves end early (ana's early stop): never pruned
+            beyond their largest measured ratio, where nothing is known.
     """
     if method not in ALLOCATORS:
         raise ModelError(f"allocator must be one of {', '.join(ALLOCATORS)}, not {method!r}")
@@ -144,8 +146,10 @@ def allocate(counter: OpsCounter, curves: dict, baseline: float, rate: float,
         ratios = _greedy(counter, grids, drops, target)
     else:
         ratios = _threshold(counter, grids, drops, baseline, target, base_ops, tolerance)
+    limits = {gid: max(curves[gid]) for gid in cut_short if curves.get(gid)}
     ratios = _settle(counter, ratios, target, base_ops, tolerance,
-                     lambda g, r: metric_drop(curves[g], baseline, r, higher_is_better) if r > 0 else 0.0)
+                     lambda g, r: metric_drop(curves[g], baseline, r, higher_is_better) if r > 0 else 0.0,
+                     limits)
     pred = sum(metric_drop(curves[g], baseline, r, higher_is_better) for g, r in ratios.items())
     return Allocation(ratios, counter.ops(ratios), base_ops, pred, method)
 
@@ -237,7 +241,7 @@ def _interpolate(counter, few, many, target, base_ops, tolerance) -> dict:
     return {k: round(v, 6) for k, v in at(hi).items() if v > 0}
 
 
-def _settle(counter, ratios, target, base_ops, tolerance, drop) -> dict:
+def _settle(counter, ratios, target, base_ops, tolerance, drop, limits=None) -> dict:
     """Nudge one group at a time by one divisor step until the count is within tolerance.
 
     Joint interpolation and greedy jumps can land off target when a few big
@@ -262,6 +266,8 @@ def _settle(counter, ratios, target, base_ops, tolerance, drop) -> dict:
                     continue
                 trial = dict(ratios)
                 trial[gid] = round(1 - k / n, 6)
+                if limits and trial[gid] > limits.get(gid, 1.0) + 1e-9:
+                    continue
                 ops = counter.ops(trial)
                 moved = abs(now - ops)
                 if not moved or abs(ops - target) >= abs(now - target):

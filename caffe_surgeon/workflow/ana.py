@@ -22,6 +22,18 @@ Ratios whose rounded kept counts coincide share one evaluation, and a ratio that
 keeps every channel is the baseline. ``workers=N`` spreads the groups over N
 local processes; ``scheduler="tcp://host:port"`` over a Dask cluster.
 
+Early stop (opt-in, ``early_stop=D``; off by default, as the vendor evaluates
+every ratio). A group's ratios run in increasing order, and once one costs a
+relative drop ``|baseline - v| / |baseline|`` above ``D`` the group's larger
+ratios are skipped: they are recorded as skipped, never estimated, so every
+value in the file is a measurement. This is what cuts the time below the
+operation-count bound of exact reuse (pruning more of a group rarely wins the
+metric back, but it can: curves are noisy). ``prune`` then chooses only among
+the evaluated ratios, and says so when the rate cannot be reached without the
+skipped ones. The rule is not part of the inputs: a later run with another
+``D`` (or none) keeps every measured value and evaluates what its own rule
+still needs, so an early-stopped analysis can be completed later.
+
 The state file (``<workspace>/.ana.regular`` for Caffe, ``ana_out_file`` for
 Darknet) is JSON, rewritten atomically after every finished evaluation (after
 every finished group when evaluations run in other processes)::
@@ -38,10 +50,14 @@ every finished group when evaluations run in other processes)::
      "metric": "top-1", "baseline": 0.9193,
      "groups": [{"id": 0, "producers": ["conv1"], "members": [...], "channels": 16}, ...],
      "results": {"0": {"0.1": 0.9187, "0.2": 0.9150, ...}, ...},
-     "done": {"baseline": true, "evaluations": 12, "total": 54, "complete": false}}
+     "done": {"baseline": true, "evaluations": 12, "total": 54, "complete": false},
+     ("early_stop": {"drop": 0.1, "stopped": {"0": 0.4, ...}} and "done": {"skipped": 10, ...}
+      only when the run used early stop)}
 
 ``groups`` lists the prunable groups only; ``results`` maps a group id and a
-ratio (``repr`` of the float) to the metric; a missing entry is not done yet.
+ratio (``repr`` of the float) to the metric; a missing entry is not done yet,
+or skipped: ``stopped`` gives, for each group with skipped ratios, the ratio
+whose drop ended it.
 Non-finite metrics are written as the strings "NaN", "Infinity", "-Infinity".
 The file is written with sorted keys and Python's shortest float repr, so the
 same inputs give the same bytes whatever the order or place the evaluations ran.
@@ -90,6 +106,9 @@ class AnaJob:
         ignore: layer names whose output channels are never pruned.
         divisor: kept channels are a multiple of it (``channel_divisible``, ``kernel_batch``).
         darknet_bn: Darknet BatchNorm flavour for the forward passes.
+        early_stop: None (default: every ratio is evaluated), or a relative metric drop
+            ``|baseline - v| / |baseline|``: once a group's drop exceeds it, the group's
+            larger ratios are skipped (opt-in; see "Early stop" above).
     """
 
     framework: str
@@ -100,6 +119,7 @@ class AnaJob:
     ignore: list = field(default_factory=list)
     divisor: int = 1
     darknet_bn: str = "pjreddie"
+    early_stop: float | None = None
 
     def checked(self) -> "AnaJob":
         """A normalised copy (sorted ratios, evaluator defaults filled in); ModelError if invalid."""
@@ -135,8 +155,17 @@ class AnaJob:
         if self.darknet_bn not in ("pjreddie", "alexeyab"):
             raise ModelError(f"ana: darknet_bn must be 'pjreddie' or 'alexeyab', "
                              f"not {self.darknet_bn!r}")
+        early = self.early_stop
+        if early is not None:
+            try:
+                early = float(early)
+            except (TypeError, ValueError):
+                raise ModelError(f"ana: early_stop must be a number, got {self.early_stop!r}") from None
+            if isinstance(self.early_stop, bool) or not (math.isfinite(early) and early > 0):
+                raise ModelError(f"ana: early_stop must be a relative metric drop > 0 "
+                                 f"(e.g. 0.1 = 10%), got {self.early_stop!r}")
         return replace(self, model_files=files, evaluator=spec, ratios=sorted(ratios),
-                       ignore=sorted(set(ignore)))
+                       ignore=sorted(set(ignore)), early_stop=early)
 
 
 def ratio_key(r: float) -> str:
@@ -207,6 +236,12 @@ def _mismatch(path, changes: list[str]) -> ModelError:
 
 
 # ====================================================================== result / state file
+def relative_drop(baseline: float, value: float) -> float:
+    """``|baseline - value| / |baseline|`` (the vendor's threshold measure); NaN counts as inf."""
+    d = abs(float(baseline) - float(value)) / max(abs(float(baseline)), 1e-12)
+    return math.inf if math.isnan(d) else d
+
+
 def _enc(v):
     if v is None:
         return None
@@ -242,6 +277,8 @@ class AnaResult:
         evaluated: (group, ratio) results computed by the call that returned this object.
         forward_evaluations: forward evaluations that call ran (baseline included); lower
             than ``evaluated`` when ratios share a kept count.
+        early_stop: the relative drop after which a group's larger ratios are skipped
+            (None: none are).
     """
 
     baseline: float | None
@@ -256,6 +293,7 @@ class AnaResult:
     path: Path | None = None
     evaluated: int = 0
     forward_evaluations: int = 0
+    early_stop: float | None = None
 
     @property
     def total(self) -> int:
@@ -266,8 +304,30 @@ class AnaResult:
         return sum(len(v) for v in self.results.values())
 
     @property
+    def skipped_count(self) -> int:
+        return sum(len(self.skipped(g["id"])) for g in self.groups)
+
+    @property
     def complete(self) -> bool:
-        return self.baseline is not None and self.done == self.total
+        return self.baseline is not None and self.done + self.skipped_count == self.total
+
+    def stopped_at(self, gid: int) -> float | None:
+        """With ``early_stop``: the smallest evaluated ratio of group ``gid`` whose relative
+        drop exceeds it (the group's larger ratios are skipped), else None."""
+        if self.early_stop is None or self.baseline is None:
+            return None
+        for r in self.ratios:
+            v = self.metric(gid, r)
+            if v is not None and relative_drop(self.baseline, v) > self.early_stop:
+                return r
+        return None
+
+    def skipped(self, gid: int) -> list:
+        """Ratios of group ``gid`` that early stop leaves out (not evaluated)."""
+        stop = self.stopped_at(gid)
+        if stop is None:
+            return []
+        return [r for r in self.ratios if r > stop and self.metric(gid, r) is None]
 
     def metric(self, gid: int, ratio: float) -> float | None:
         """The metric with group ``gid`` pruned by ``ratio``, or None if not evaluated."""
@@ -280,10 +340,12 @@ class AnaResult:
         return None
 
     def missing(self, gid: int) -> list:
-        return [r for r in self.ratios if self.metric(gid, r) is None]
+        """Ratios of group ``gid`` still to evaluate (not done, not skipped by early stop)."""
+        skipped = set(self.skipped(gid))
+        return [r for r in self.ratios if self.metric(gid, r) is None and r not in skipped]
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "format": FORMAT, "version": VERSION, "digest": self.digest, "inputs": self.inputs,
             "metric": self.metric_name, "baseline": _enc(self.baseline),
             "groups": [{"id": g["id"], "producers": list(g["producers"]),
@@ -294,6 +356,12 @@ class AnaResult:
             "done": {"baseline": self.baseline is not None, "evaluations": self.done,
                      "total": self.total, "complete": self.complete},
         }
+        if self.early_stop is not None:
+            stops = {str(g["id"]): self.stopped_at(g["id"]) for g in self.groups
+                     if self.skipped(g["id"])}
+            d["early_stop"] = {"drop": self.early_stop, "stopped": stops}
+            d["done"]["skipped"] = self.skipped_count
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False) + "\n"
@@ -329,11 +397,14 @@ class AnaResult:
                                      file=path)
                 results[int(gid)] = {float(r): _dec(v, path, f"results[{gid}][{r}]")
                                      for r, v in row.items()}
+            early = d.get("early_stop")
+            early = None if early is None else _dec(early["drop"], path, "early_stop.drop")
             return AnaResult(baseline=_dec(d["baseline"], path, "baseline"),
                              metric_name=str(d["metric"]), groups=groups, results=results,
                              ratios=ratios, criterion=str(inputs["criterion"]),
                              digest=str(d["digest"]), divisor=int(inputs["divisor"]),
-                             inputs=inputs, path=Path(path) if path else None)
+                             inputs=inputs, path=Path(path) if path else None,
+                             early_stop=early)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ModelError(f"analysis file is missing or has a malformed field: {e!r}",
                              file=path) from None
@@ -354,7 +425,13 @@ class AnaResult:
                                        [float("nan") if v is None else v for v in values],
                                        tuple(g["producers"]), g["channels"]))
         base = float("nan") if self.baseline is None else self.baseline
-        return SensitivityTable(self.metric_name, base, list(self.ratios), rows)
+        note = ""
+        if self.early_stop is not None:
+            stopped = [g["producers"][0] for g in self.groups if self.skipped(g["id"])]
+            note = (f"early stop at a relative drop of {self.early_stop:g}: "
+                    + (f"{len(stopped)} group(s) stopped ({', '.join(stopped)}); '-' = skipped"
+                       if stopped else "no group stopped"))
+        return SensitivityTable(self.metric_name, base, list(self.ratios), rows, note)
 
 
 def write_reports(result: AnaResult, workspace) -> list[Path]:
@@ -447,15 +524,20 @@ class _Context:
         every channel is the unpruned model, whose metric is ``baseline`` (None when
         the caller fills it in). Each variant runs from its first changed layer
         (:func:`~caffe_surgeon.pruning.reuse.reusable_values`) on the original
-        model's activations, sliced to the kept channels.
+        model's activations, sliced to the kept channels. With the job's
+        ``early_stop``, ratios run in increasing order and the unit ends after the
+        first whose relative drop from ``baseline`` exceeds it.
         """
         from ..engine import Executor
         from ..pruning import apply, make_plan, node_keep
         from ..pruning.reuse import reusable_values
         job, graph, a = self.job, self.graph, self.analysis
         g = a.group(gid)
+        stop = job.early_stop
+        if stop is not None and baseline is None:
+            raise ValueError("early stop needs the baseline before the groups run")
         plans: dict[tuple, list] = {}
-        for r in ratios:
+        for r in sorted(ratios):
             plan = make_plan(a, ratios={gid: r}, criterion=job.criterion, divisor=job.divisor)
             keep = tuple(next(gp.keep for gp in plan.groups if gp.id == gid))
             plans.setdefault(keep, [plan, []])[1].append(r)
@@ -473,6 +555,8 @@ class _Context:
             metric = runner.evaluate(Executor(pruned, darknet_bn=job.darknet_bn), reuse)
             for k, r in enumerate(rs):
                 yield r, metric, k == 0
+            if stop is not None and relative_drop(baseline, metric) > stop:
+                return
 
     def start_of(self, gid: int) -> int:
         """The first layer pruning group ``gid`` changes (the same for every ratio)."""
@@ -710,14 +794,17 @@ def run_ana(job: AnaJob, state_path, workers: int = 1, scheduler=None, progress:
                            job.criterion, digest, job.divisor, inputs)
     result.path, result.evaluated, result.forward_evaluations = state_path, 0, 0
     result.metric_name = ctx.evaluator.metric_name
+    result.early_stop = job.early_stop  # this run's rule; the values do not depend on it
 
-    bar = _progress_bar(progress, result.total + 1,
+    bar = _progress_bar(progress, result.total + 1 - result.skipped_count,
                         result.done + (result.baseline is not None))
-    units = [(g["id"], result.missing(g["id"])) for g in groups]
-    units = [(gid, rs) for gid, rs in units if rs]
-    units.sort(key=lambda u: (ctx.start_of(u[0]), u[0]))  # longest suffixes first
     state = _Progress(result, bar, on_result)
     try:
+        if job.early_stop is not None:  # units judge their drops against it
+            state.baseline(ctx)
+        units = [(g["id"], result.missing(g["id"])) for g in groups]
+        units = [(gid, rs) for gid, rs in units if rs]
+        units.sort(key=lambda u: (ctx.start_of(u[0]), u[0]))  # longest suffixes first
         if scheduler is not None:
             _run_dask(scheduler, job, ctx, state, units, cache_budget)
         elif workers > 1 and len(units) > 1:
@@ -760,6 +847,8 @@ class _Progress:
         result.forward_evaluations += forwards
         result.save()
         if self.bar is not None:
+            if result.early_stop is not None:
+                self.bar.total = result.total + 1 - result.skipped_count
             self.bar.update(len(values))
         if self.on_result is not None:
             for r in sorted(values):
@@ -781,7 +870,8 @@ def _run_pool(workers, job, ctx, state: _Progress, units, cache_budget):
                                initializer=_pool_init, initargs=(payload,))
     try:
         # Workers set up (decode, reference run) while this process evaluates the baseline.
-        futures = [pool.submit(_pool_unit, gid, rs, None) for gid, rs in units]
+        baseline = state.result.baseline  # known first with early stop, else None
+        futures = [pool.submit(_pool_unit, gid, rs, baseline) for gid, rs in units]
         state.baseline(ctx)
         for fut in as_completed(futures):
             try:
@@ -820,7 +910,8 @@ def _run_dask(scheduler, job, ctx, state: _Progress, units, cache_budget):
             hosts.setdefault(_host_of(address), []).append(address)
         payload["per_host"] = hosts
         run = uuid.uuid4().hex[:12]  # fresh keys: never a stale result of an earlier run
-        futures = [client.submit(_dask_unit, payload, gid, rs, None, pure=False,
+        baseline = state.result.baseline  # known first with early stop, else None
+        futures = [client.submit(_dask_unit, payload, gid, rs, baseline, pure=False,
                                  key=f"ana-{run}-group-{gid}")
                    for gid, rs in units]
         state.baseline(ctx)
@@ -837,4 +928,5 @@ def _run_dask(scheduler, job, ctx, state: _Progress, units, cache_budget):
 
 
 __all__ = ["AnaJob", "AnaResult", "run_ana", "write_reports", "job_inputs", "ratio_key",
+           "relative_drop",
            "DEFAULT_RATIOS", "FORMAT", "VERSION"]

@@ -388,7 +388,7 @@ _CAFFE_SCHEMA = {
     # ours
     "criterion": (False, False), "channel_divisible": (False, False),
     "ratios": (True, False), "workers": (False, False), "scheduler": (False, False),
-    "label_free": (False, False),
+    "label_free": (False, False), "early_stop": (False, False),
 }
 _PRUNER_SCHEMA = {"method": (False, False), "exclude": (True, True)}
 _EXCLUDE_SCHEMA = {"layer_top": (True, False)}
@@ -436,6 +436,9 @@ class CaffeConfig:
       ``process`` - how ``ana`` evaluations are spread over the workers.
     - ``label_free`` (default false): score candidates by agreement with the
       unpruned model's outputs instead of ``acc_name`` on labelled data.
+    - ``early_stop`` (default none: every ratio is evaluated): a relative metric
+      drop > 0; ``ana`` skips a group's larger ratios once one drops more
+      (``-early_stop`` on the command line overrides it).
 
     Paths (``workspace``, ``model``, ``weights``, ``solver``) are resolved
     against the current directory at read time, as the vendor tool does;
@@ -461,6 +464,7 @@ class CaffeConfig:
     workers: int | None = None
     scheduler: str = "auto"
     label_free: bool = False
+    early_stop: float | None = None
     raw: dict[str, str] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
 
@@ -568,6 +572,12 @@ def read_caffe_config(path, base_dir=None) -> CaffeConfig:
         kw["scheduler"] = top.choice("scheduler", tok, SCHEDULERS, case_insensitive=True)
     if (tok := one("label_free")) is not None:
         kw["label_free"] = top.boolean("label_free", tok)
+    if (tok := one("early_stop")) is not None:
+        kw["early_stop"] = top.number("early_stop", tok)
+        if not kw["early_stop"] > 0:
+            raise ModelError(f"field 'early_stop' is {kw['early_stop']:g}; it is a relative "
+                             "metric drop > 0 (e.g. 0.1 = 10%)", file=path, line=tok.line,
+                             column=tok.col)
 
     if (e := top.entry("pruner")) is not None:
         pruner = _Fields(e.value, _PRUNER_SCHEMA, path, "pruner")
@@ -599,7 +609,7 @@ def read_caffe_config(path, base_dir=None) -> CaffeConfig:
 _DARKNET_VENDOR_KEYS = ("workspace", "datacfg", "modelcfg", "prunedcfg", "ana_out_file",
                         "prune_out_weights", "criteria", "kernel_batch", "ignore_layer",
                         "yolov3", "yolo_v3v4", "threshold")
-_DARKNET_OUR_KEYS = ("rate", "ratios", "workers", "scheduler", "label_free")
+_DARKNET_OUR_KEYS = ("rate", "ratios", "workers", "scheduler", "label_free", "early_stop")
 _DARKNET_KEYS = _DARKNET_VENDOR_KEYS + _DARKNET_OUR_KEYS
 _DARKNET_ALIASES = {"is_yolov3": "yolov3"}  # the guide's prose calls it is_yolov3
 _DARKNET_PATHS = ("workspace", "datacfg", "modelcfg", "prunedcfg", "ana_out_file",
@@ -636,7 +646,8 @@ class DarknetPruningConfig:
     threshold is searched for), ``ratios`` (comma list, default 0.1 ... 0.9),
     ``workers`` (default None -> 1; the ``-gpus`` option of the command line
     may set it), ``scheduler`` (``auto``/``serial``/``thread``/``process``),
-    ``label_free`` (0/1/true/false).
+    ``label_free`` (0/1/true/false), ``early_stop`` (a relative metric drop > 0:
+    ``ana`` skips a group's larger ratios once one drops more; default: none).
 
     Syntax: ``key=value`` lines under ``[pruning]``; blank lines and lines
     starting with ``#`` or ``;`` are skipped, as is a `` #`` or `` ;`` comment
@@ -663,6 +674,7 @@ class DarknetPruningConfig:
     workers: int | None = None
     scheduler: str = "auto"
     label_free: bool = False
+    early_stop: float | None = None
     raw: dict[str, str] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
 
@@ -802,6 +814,10 @@ def read_darknet_pruning(path, base_dir=None) -> DarknetPruningConfig:
             bad("threshold", "a number >= 0")
     if "rate" in values:
         kw["rate"] = _check_rate(number("rate"), dict(file=path, line=lines["rate"]))
+    if "early_stop" in values:
+        kw["early_stop"] = number("early_stop")
+        if not kw["early_stop"] > 0:
+            bad("early_stop", "a relative metric drop > 0, like 0.1 (10%)")
     if "ratios" in values:
         parts = [p.strip() for p in values["ratios"].split(",")]
         if any(not p or not _FLOAT.match(p) for p in parts):

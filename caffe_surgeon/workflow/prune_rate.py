@@ -44,8 +44,11 @@ def curves_of(ana, analysis) -> dict:
                              "channels that this model does not have; the model changed since "
                              "ana ran: run ana again")
         curve = {}
+        skipped = set(ana.skipped(grp["id"])) if hasattr(ana, "skipped") else set()
         for r in ana.ratios:
             v = ana.metric(grp["id"], r)
+            if v is None and r in skipped:
+                continue  # early stop: not measured, so never chosen
             if v is None:
                 raise ModelError(f"the analysis is incomplete (group {grp['id']} at ratio {r}); "
                                  "run ana again to finish it")
@@ -68,8 +71,16 @@ def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: 
     a = analyse(graph, ignore=ignore, input_shapes=input_shapes)
     curves = curves_of(ana, a)
     counter = OpsCounter(graph, a, divisor, input_shapes)
-    alloc = allocate(counter, curves, float(ana.baseline), rate, method,
-                     higher_is_better(ana.metric_name))
+    cut = {gid for gid, c in curves.items() if len(c) < len(ana.ratios)}
+    try:
+        alloc = allocate(counter, curves, float(ana.baseline), rate, method,
+                         higher_is_better(ana.metric_name), cut_short=cut)
+    except ModelError as e:
+        if not cut:
+            raise
+        raise ModelError(f"{e.message}; early stop skipped the larger ratios of {len(cut)} "
+                         f"group(s): rerun ana without early stop (or with a larger drop) to "
+                         "evaluate them") from None
     plan = make_plan(a, ratios=alloc.ratios, criterion=criterion, divisor=divisor)
     # keep_layout: sparse.caffemodel must still pair with the original prototxt
     dense = apply(graph, plan, "dense", fold=True, analysis=a, keep_layout=True)

@@ -142,6 +142,7 @@ class SensitivityTable:
     baseline: float
     ratios: list[float]
     rows: list[SensitivityRow] = field(default_factory=list)
+    note: str = ""  # printed under the table (e.g. which groups early stop cut short)
 
     def __post_init__(self):
         for row in self.rows:
@@ -204,6 +205,8 @@ def format_sensitivity(table: SensitivityTable, digits: int = 4, relative: bool 
              f"(baseline {table.metric} = {table.baseline:.6g})")
     out = [title, line(cols), "  ".join("-" * w for w in widths)]
     out += [line(b) for b in body]
+    if table.note:
+        out.append(table.note)
     return "\n".join(out)
 
 
