@@ -77,3 +77,36 @@ def test_metric_drop_interpolates_and_respects_direction():
     assert metric_drop(curve, 0.9, 0.05) == pytest.approx(0.05)
     assert metric_drop(curve, 0.9, 0.15) == pytest.approx(0.2)
     assert metric_drop({0.1: 1.5}, 1.0, 0.1, higher_is_better=False) == pytest.approx(0.5)
+
+
+
+def test_curves_cut_short_are_never_extended_past_their_last_measured_ratio():
+    """ana's early stop ends some curves early. Past the end the drop is unknown, and
+    interpolation would hold the last value flat (pruning more looks free): the final
+    single-step settling must not go there."""
+    from caffe_surgeon.pruning.plan import kept_count
+    from caffe_surgeon.workflow.allocate import _settle
+    g = cs.load(*FASHION)
+    a = analyse(g)
+    counter = OpsCounter(g, a, 2)
+    base = counter.ops({})
+    past_end = 0
+    for seed in range(3):
+        curves = _curves(a, seed)
+        for cheap in (grp.id for grp in a.prunable_groups()):
+            curves_cut = {**curves, cheap: {0.1: 0.9 - 1e-6, 0.2: 0.9 - 2e-6}}
+
+            def drop(gid, r, c=curves_cut):
+                return metric_drop(c[gid], 0.9, r) if r > 0 else 0.0
+
+            def kept(ratios, n=a.group(cheap).channels):
+                return kept_count(n, ratios.get(cheap, 0.0), 2)
+            start = {cheap: 0.2}
+            target = counter.ops(start) - 0.03 * base  # 3% more to remove
+            free = _settle(counter, start, target, base, 0.01, drop)
+            past_end += kept(free) < kept(start)  # flat past the end: looks free, gets taken
+            cut = _settle(counter, start, target, base, 0.01, drop, {cheap: 0.2})
+            assert kept(cut) >= kept(start), (seed, cheap, cut)
+            # other groups close the gap instead
+            assert abs(counter.ops(cut) - target) < 0.5 * abs(counter.ops(start) - target), cut
+    assert past_end >= 9, past_end

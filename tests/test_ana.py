@@ -215,6 +215,101 @@ def test_shared_kept_counts_are_evaluated_once(data_root, tmp_path):
     assert (tmp_path / "parallel.json").read_bytes() == (tmp_path / "serial.json").read_bytes()
 
 
+# ---------------------------------------------------------------- early stop
+def _drops(result: AnaResult, gid: int) -> list[float]:
+    return [ana_mod.relative_drop(result.baseline, result.metric(gid, r)) for r in result.ratios]
+
+
+@pytest.fixture(scope="module")
+def early_limit(data_root, serial_bytes):
+    """A drop limit that stops some groups at their first or second ratio and not others."""
+    full = AnaResult.from_json(serial_bytes.decode())
+    firsts = sorted(_drops(full, g["id"])[0] for g in full.groups)
+    limit = (firsts[len(firsts) // 2 - 1] + firsts[len(firsts) // 2]) / 2
+    return full, limit
+
+
+def test_early_stop_skips_the_ratios_after_the_first_drop_beyond_the_limit(
+        data_root, tmp_path, early_limit, serial_bytes):
+    full, limit = early_limit
+    job = dataclasses.replace(caffe_job(data_root), early_stop=limit)
+    state = tmp_path / ".ana.regular"
+    cut = run_ana(job, state, progress=False)
+    stopped, ran = {}, 0
+    for g in full.groups:
+        gid, drops = g["id"], _drops(full, g["id"])
+        beyond = [k for k, d in enumerate(drops) if d > limit]
+        last = beyond[0] if beyond else len(RATIOS) - 1
+        for k, r in enumerate(RATIOS):
+            if k <= last:  # measured, and bit-equal to the full run's value
+                assert cut.metric(gid, r) == full.metric(gid, r), (gid, r)
+            else:
+                assert cut.metric(gid, r) is None and r in cut.skipped(gid), (gid, r)
+        if last < len(RATIOS) - 1:
+            stopped[str(gid)] = RATIOS[last]
+        ran += last + 1
+    assert 0 < len(stopped) < len(full.groups)  # the limit splits the groups
+    assert cut.complete and cut.evaluated == ran == cut.forward_evaluations - 1
+    assert cut.skipped_count == 18 - ran
+    saved = json.loads(state.read_text())
+    assert saved["early_stop"] == {"drop": limit, "stopped": stopped}
+    assert saved["done"] == {"baseline": True, "complete": True, "evaluations": ran,
+                             "skipped": 18 - ran, "total": 18}
+    again = AnaResult.load(state)
+    assert again.early_stop == limit and again.complete and again.missing(0) == []
+    table = again.to_table()
+    assert f"early stop at a relative drop of {limit:g}: {len(stopped)} group(s) stopped" in table.note
+    from caffe_surgeon.workflow.report import format_sensitivity
+    text = format_sensitivity(table)
+    assert text.endswith(table.note) and text.count(" -") >= 18 - ran
+
+    # the same rule in two worker processes: the same bytes
+    run_ana(job, tmp_path / "parallel.json", workers=2, progress=False)
+    assert (tmp_path / "parallel.json").read_bytes() == state.read_bytes()
+
+    # a later run without early stop keeps every measured value and evaluates only the rest
+    seen = []
+    rest = run_ana(dataclasses.replace(job, early_stop=None), state, progress=False,
+                   on_result=lambda *a: seen.append(a[:2]))
+    assert rest.evaluated == len(seen) == 18 - ran and rest.complete
+    assert all(r in cut.skipped(gid) for gid, r in seen)
+    assert state.read_bytes() == serial_bytes
+
+
+def test_prune_chooses_only_measured_ratios_after_an_early_stop(data_root, tmp_path, early_limit):
+    from caffe_surgeon.workflow.prune_rate import prune_to_rate
+    full, limit = early_limit
+    job = dataclasses.replace(caffe_job(data_root), early_stop=limit)
+    cut = run_ana(job, tmp_path / "cut.json", progress=False)
+    g = cs.load(TRAIN_VAL, CAFFEMODEL, phase="TEST")
+    ev = CaffeEvaluator(g, "loss", test_iter=N // 50, base_dir=data_root)
+    by_producers = {tuple(gr["producers"]): gr["id"] for gr in cut.groups}
+    a = analyse(g, input_shapes=ev.input_shapes)
+    reachable = 0
+    for rate in (0.2, 0.35, 0.5):
+        for method in ("greedy", "threshold"):
+            try:
+                out = prune_to_rate(g, cut, rate, divisor=1, method=method,
+                                    input_shapes=ev.input_shapes)
+            except ModelError as e:
+                assert "early stop skipped the larger ratios of" in str(e)
+                assert "rerun ana without early stop" in str(e)
+                continue
+            reachable += 1
+            assert abs(out.allocation.reduction - rate) <= 0.01
+            for gid, r in out.allocation.ratios.items():
+                ana_gid = by_producers[tuple(a.group(gid).producers)]
+                measured = [x for x in RATIOS if cut.metric(ana_gid, x) is not None]
+                assert r <= max(measured) + 1e-9, (rate, method, gid, r, measured)
+    assert reachable  # the low rate at least is reachable from the measured ratios
+    # every group cut short at its first ratio: nothing reaches a rate that needs more
+    tiny = dataclasses.replace(job, early_stop=1e-9)
+    first_only = run_ana(tiny, tmp_path / "first.json", progress=False)
+    assert first_only.done == len(first_only.groups)
+    with pytest.raises(ModelError, match="early stop skipped the larger ratios of 6 group"):
+        prune_to_rate(g, first_only, 0.6, divisor=1, input_shapes=ev.input_shapes)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -346,6 +441,11 @@ def test_bad_evaluator_spec_fails_before_any_computation(spec, message, tmp_path
     ({"model_files": [str(TRAIN_VAL), "/nonexistent.caffemodel"]}, "/nonexistent.caffemodel: model file not found"),
     ({"ignore": ["conv9"]}, "ignore names layers the model does not have: conv9"),
     ({"evaluator": {"kind": "caffe", "acc_name": "top-9", "test_iter": 1}}, "acc_name 'top-9' is not a top"),
+    ({"early_stop": 0}, "early_stop must be a relative metric drop > 0 (e.g. 0.1 = 10%), got 0"),
+    ({"early_stop": -0.1}, "early_stop must be a relative metric drop > 0"),
+    ({"early_stop": float("nan")}, "early_stop must be a relative metric drop > 0"),
+    ({"early_stop": True}, "early_stop must be a relative metric drop > 0"),
+    ({"early_stop": "lots"}, "early_stop must be a number, got 'lots'"),
 ])
 def test_bad_job_fails_before_any_computation(change, message, data_root, tmp_path, no_computation):
     job = dataclasses.replace(caffe_job(data_root, ratios=[0.5]), **change)

@@ -157,6 +157,28 @@ def test_darknet_ana_prune_transform(work, capsys):
     assert "top-1" in capsys.readouterr().out
 
 
+def test_early_stop_from_the_command_line_and_the_ini(work, capsys):
+    import json
+    from caffe_surgeon.cli import vai_p_caffe, vai_p_darknet
+    (work / "config_es.prototxt").write_text(CONFIG.replace('"ws"', '"ws_es"'))
+    argv = ["ana", "-config", "config_es.prototxt", "-no_progress", "-early_stop", "0.02"]
+    assert run_in(work, vai_p_caffe.main, argv) == 0
+    out = capsys.readouterr().out
+    state = json.loads((work / "ws_es" / ".ana.regular").read_text())
+    assert state["early_stop"]["drop"] == 0.02 and state["done"]["complete"]
+    assert state["done"]["skipped"] > 0  # the 9-ratio curves of this model fall past 2%
+    assert f"early stop at a relative drop of 0.02: {len(state['early_stop']['stopped'])} group(s)" in out
+    assert run_in(work, vai_p_caffe.main, argv[:-2] + ["-early_stop", "-1"]) == 2
+    assert "early_stop must be a relative metric drop > 0" in capsys.readouterr().err
+
+    (work / "pruning_es.cfg").write_text(PRUNING_INI.replace("dws", "dws_es") + "early_stop=0.02\n")
+    assert run_in(work, vai_p_darknet.main, ["pruner", "ana", "pruning_es.cfg", "fashion.weights",
+                                             "-no_progress"]) == 0
+    state = json.loads((work / "dws_es" / "ana.out").read_text())
+    assert state["early_stop"]["drop"] == 0.02 and state["done"]["skipped"] > 0
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda c: c.replace('acc_name: "top-1"', 'acc_name: "top-9"'), "top-9"),
     (lambda c: c.replace("test_iter: 6", "test_iter: 6\nlearning_rate: 0.1"), "learning_rate"),

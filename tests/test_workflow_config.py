@@ -121,12 +121,14 @@ def test_our_extensions(tmp_path):
         workers: 3
         scheduler: "process"
         gpu: 1
+        early_stop: 0.05
     ''')
     cfg = read_caffe_config(path, base_dir=tmp_path)
-    assert cfg.acc_name is None and cfg.label_free
+    assert cfg.acc_name is None and cfg.label_free and cfg.early_stop == 0.05
     assert (cfg.criterion, cfg.channel_divisible, cfg.ratios) == ("l2", 8, (0.25, 0.5, 0.75))
     assert (cfg.workers, cfg.worker_count, cfg.scheduler, cfg.gpu) == (3, 3, "process", [1])
     assert cfg.test_iter == 100 and cfg.rate is None
+    assert read_caffe_config(write(tmp_path, "d.prototxt", BASE), base_dir=tmp_path).early_stop is None
     assert "needs 'weights', 'rate'" in error_of(cfg.require, "weights", "rate", command="prune")
     assert "'rate'" in error_of(cfg.rate_dir)
 
@@ -159,6 +161,8 @@ BASE = 'workspace: "ws"\nmodel: "m.prototxt"\nacc_name: "top-1"\n'
     ('model2 "x"\n', ":4:8: ", ["expected ':' or '{' after field name 'model2'"]),
     ('acc_name: "top-5\n', ":4:11: ", ["not closed on this line"]),
     ('label_free: maybe\n', ":4:13: ", ["expects true or false"]),
+    ('early_stop: 0\n', ":4:13: ", ["'early_stop' is 0", "relative metric drop > 0"]),
+    ('early_stop: "a lot"\n', ":4:13: ", ["'early_stop' expects a number"]),
 ])
 def test_caffe_config_errors(tmp_path, extra, where, words):
     path = write(tmp_path, "config.prototxt", BASE + extra)
@@ -184,7 +188,7 @@ def test_caffe_config_unknown_field_in_real_file_copy(tmp_path):
     assert msg.startswith(f"{path}:24:1: unknown field 'test_iters'; accepted fields: "
                           "workspace, gpu, test_iter, acc_name, model, weights, solver, rate, "
                           "pruner, ssd_ap_version, criterion, channel_divisible, ratios, "
-                          "workers, scheduler, label_free"), msg
+                          "workers, scheduler, label_free, early_stop"), msg
 
 
 def test_check_files_lists_every_missing_file(tmp_path):
@@ -281,6 +285,7 @@ def test_darknet_defaults_comments_and_ours(tmp_path):
         workers=2
         scheduler=Thread
         kernel_batch=4
+        early_stop=0.2
     ''')
     (tmp_path / "models").mkdir()
     (tmp_path / "models/yolov4.cfg").write_text("[net]\n")
@@ -293,6 +298,7 @@ def test_darknet_defaults_comments_and_ours(tmp_path):
     assert cfg.ignore_layer == (3, 5) and cfg.criterion == "l2" and cfg.kernel_batch == 4
     assert (cfg.rate, cfg.ratios, cfg.worker_count, cfg.scheduler) == (0.5, (0.1, 0.3), 2,
                                                                        "thread")
+    assert cfg.early_stop == 0.2
     cfg.check_files()  # modelcfg exists, datacfg not set: nothing missing
 
 
@@ -311,10 +317,12 @@ def test_darknet_defaults_comments_and_ours(tmp_path):
     (["ratios=0.1,,0.2"], 5, ["numbers in (0, 1)"]),
     (["scheduler=gpu"], 5, ["auto, serial, thread, process"]),
     (["workers=0"], 5, ["integer >= 1"]),
+    (["early_stop=0"], 5, ["'early_stop' is '0'", "relative metric drop > 0"]),
+    (["early_stop=x"], 5, ["'early_stop' is 'x'", "a number"]),
     (["gpus=0,1"], 5, ["unknown key 'gpus' in [pruning]; accepted keys: workspace, datacfg, "
                        "modelcfg, prunedcfg, ana_out_file, prune_out_weights, criteria, "
                        "kernel_batch, ignore_layer, yolov3, yolo_v3v4, threshold, rate, "
-                       "ratios, workers, scheduler, label_free"]),
+                       "ratios, workers, scheduler, label_free, early_stop"]),
     (["threshold=0.1", "threshold=0.2"], 6, ["'threshold' is given twice (first at line 5)"]),
     (["yolov3=1", "yolo_v3v4=1"], 6, ["not both"]),
     (["just words"], 5, ["expected key=value, got 'just words'"]),
