@@ -33,7 +33,7 @@ run's, and whether ``prune``'s allocation (greedy and threshold, rates 0.3,
     python benchmarks/ana.py [--images 300] [--ratios 0.3,0.6,0.9] [--repeats 1]
                              [--fashion-iter 20] [--fashion-repeats 3] [--skip-yolo]
                              [--skip-fashion] [--no-dask] [--paired-only | --skip-paired]
-                             [--early-stop 0.1[,0.2]]
+                             [--skip-workers] [--early-stop 0.1[,0.2]]
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ PHOTOS = Path("/usr/share/darknet/data")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 PAIRED_ONLY = False
 SKIP_PAIRED = False
+SKIP_WORKERS = False
 EARLY_STOPS: list[float] = []
 RATES = (0.3, 0.5, 0.7)
 
@@ -221,7 +222,9 @@ def bench(name: str, job: AnaJob, repeats: int, tmp: Path, cluster_address: str 
             n_eval = len(times)
             print(f"   {len(a.prunable_groups())} prunable groups, {n_eval} evaluations; naive: median "
                   f"{statistics.median(times):.3f} s per evaluation", flush=True)
-        modes = [("ana, 1 worker", dict(workers=1)), ("ana, 2 workers", dict(workers=2))]
+        modes = [("ana, 1 worker", dict(workers=1))]
+        if not SKIP_WORKERS:
+            modes.append(("ana, 2 workers", dict(workers=2)))
         if cluster_address:
             modes.append(("ana, Dask LocalCluster (2 procs)", dict(scheduler=cluster_address)))
         modes += [(f"ana, 1 worker, early stop {d:g}", dict(workers=1, early_stop=d))
@@ -343,11 +346,13 @@ def main():
                     help="only the interleaved evaluation-phase comparison")
     ap.add_argument("--skip-paired", action="store_true",
                     help="only the whole-job comparison")
+    ap.add_argument("--skip-workers", action="store_true",
+                    help="whole job: no 2-worker run (with --no-dask: 1 worker only)")
     ap.add_argument("--early-stop", default="0.1",
                     help="comma list of relative drops for the early-stop runs ('' for none)")
     args = ap.parse_args()
-    global PAIRED_ONLY, SKIP_PAIRED, EARLY_STOPS
-    PAIRED_ONLY, SKIP_PAIRED = args.paired_only, args.skip_paired
+    global PAIRED_ONLY, SKIP_PAIRED, SKIP_WORKERS, EARLY_STOPS
+    PAIRED_ONLY, SKIP_PAIRED, SKIP_WORKERS = args.paired_only, args.skip_paired, args.skip_workers
     EARLY_STOPS = [float(x) for x in args.early_stop.split(",") if x.strip()]
     if not FASHION.is_dir():
         sys.exit(f"needs the Fashion-MNIST dataset package ({FASHION})")

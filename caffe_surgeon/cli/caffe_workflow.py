@@ -101,6 +101,8 @@ def _prune(args, cfg, job) -> int:
     atomic_write(folder / "final.prototxt", final_text)
     out.plan.save(folder / "plan.json")
     print(out.summary.format())
+    if out.allocation.off_target_note():
+        print(out.allocation.off_target_note())
     print(f"wrote {folder / 'sparse.caffemodel'}, {folder / 'final.prototxt'} and {folder / 'plan.json'} "
           f"({args.allocator} allocation, predicted drop {out.allocation.predicted_drop:.4g})")
     return 0

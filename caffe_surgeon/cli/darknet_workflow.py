@@ -125,6 +125,8 @@ def _prune(args, conf, spec) -> int:
     write_darknet(out.sparse, None, conf.prune_out_weights)
     out.plan.save(Path(conf.prune_out_weights).with_suffix(".plan.json"))
     print(out.summary.format())
+    if out.allocation.off_target_note():
+        print(out.allocation.off_target_note())
     print(f"wrote {conf.prunedcfg} and {conf.prune_out_weights} ({args.allocator} allocation)")
     return 0
 

@@ -43,10 +43,26 @@ class Allocation:
     baseline_ops: int
     predicted_drop: float  # sum of single-group metric drops (additive estimate)
     method: str
+    rate: float = 0.0
+    tolerance: float = 0.01
+    divisor_hint: int = 1  # kept channels are multiples of it (for the note)
 
     @property
     def reduction(self) -> float:
         return 1.0 - self.ops / self.baseline_ops
+
+    @property
+    def on_target(self) -> bool:
+        """Operations within ``tolerance`` (of the baseline) of ``(1 - rate)`` x baseline."""
+        return abs(self.reduction - self.rate) <= self.tolerance + 1e-12
+
+    def off_target_note(self) -> str:
+        """'' when on target, else a line saying how far off and why."""
+        if self.on_target:
+            return ""
+        return (f"note: operations change by {-self.reduction:+.2%} instead of {-self.rate:+.2%}: "
+                f"no choice of kept channels (multiples of {self.divisor_hint}) comes within "
+                f"{self.tolerance:.0%} of the target on this model")
 
 
 class OpsCounter:
@@ -133,7 +149,7 @@ def allocate(counter: OpsCounter, curves: dict, baseline: float, rate: float,
     base_ops = counter.ops({})
     target = (1 - rate) * base_ops
     if rate == 0 or not curves:
-        return Allocation({}, base_ops, base_ops, 0.0, method)
+        return Allocation({}, base_ops, base_ops, 0.0, method, rate, tolerance, counter.divisor)
     grids = {gid: sorted(c) for gid, c in curves.items()}
     drops = {gid: {r: metric_drop(c, baseline, r, higher_is_better) for r in grids[gid]}
              for gid, c in curves.items()}
@@ -151,7 +167,8 @@ def allocate(counter: OpsCounter, curves: dict, baseline: float, rate: float,
                      lambda g, r: metric_drop(curves[g], baseline, r, higher_is_better) if r > 0 else 0.0,
                      limits)
     pred = sum(metric_drop(curves[g], baseline, r, higher_is_better) for g, r in ratios.items())
-    return Allocation(ratios, counter.ops(ratios), base_ops, pred, method)
+    return Allocation(ratios, counter.ops(ratios), base_ops, pred, method, rate, tolerance,
+                      counter.divisor)
 
 
 def _threshold(counter, grids, drops, baseline, target, base_ops, tolerance) -> dict:
@@ -241,13 +258,29 @@ def _interpolate(counter, few, many, target, base_ops, tolerance) -> dict:
     return {k: round(v, 6) for k, v in at(hi).items() if v > 0}
 
 
+def _steps(counter, ratios, groups, limits):
+    """Every single move of one group by one ``divisor`` of channels: (gid, new ratio)."""
+    for gid, g in groups.items():
+        n = g.channels
+        keep = kept_count(n, ratios.get(gid, 0.0), counter.divisor)
+        for k in (keep - counter.divisor, keep + counter.divisor):
+            if not counter.divisor <= k <= n:
+                continue
+            r = round(1 - k / n, 6)
+            if limits and r > limits.get(gid, 1.0) + 1e-9:
+                continue  # past the end of a curve cut short: nothing is known there
+            yield gid, r
+
+
 def _settle(counter, ratios, target, base_ops, tolerance, drop, limits=None) -> dict:
-    """Nudge one group at a time by one divisor step until the count is within tolerance.
+    """Nudge groups by one divisor step at a time until the count is within tolerance.
 
     Joint interpolation and greedy jumps can land off target when a few big
     groups change together; single steps of ``divisor`` channels are the finest
     moves there are. Among the moves that close the gap, the one losing the
-    least predicted metric per operation moved wins.
+    least predicted metric per operation moved wins. When every single step
+    overshoots the window (small models, where one step is over 1% of the
+    operations), one group steps up and another down together.
     """
     groups = {g.id: g for g in counter.a.prunable_groups()}
     ratios = dict(ratios)
@@ -256,28 +289,49 @@ def _settle(counter, ratios, target, base_ops, tolerance, drop, limits=None) -> 
         if abs(now - target) <= tolerance * base_ops:
             break
         best = None
-        for gid, g in groups.items():
-            n = g.channels
-            r0 = ratios.get(gid, 0.0)
-            keep = kept_count(n, r0, counter.divisor)
-            for k in (keep - counter.divisor, keep + counter.divisor):
-                # over target: keep fewer channels; under it: keep more
-                if not counter.divisor <= k <= n or (k > keep) == (now > target):
-                    continue
-                trial = dict(ratios)
-                trial[gid] = round(1 - k / n, 6)
-                if limits and trial[gid] > limits.get(gid, 1.0) + 1e-9:
-                    continue
-                ops = counter.ops(trial)
-                moved = abs(now - ops)
-                if not moved or abs(ops - target) >= abs(now - target):
-                    continue
-                # pruning more: cheapest drop per op saved; pruning less: most drop won back
-                cost = (drop(gid, trial[gid]) - drop(gid, r0)) / moved
-                key = cost if now > target else -cost
-                if best is None or key < best[0]:
-                    best = (key, trial)
+        singles = []
+        for gid, r in _steps(counter, ratios, groups, limits):
+            trial = dict(ratios)
+            trial[gid] = r
+            ops = counter.ops(trial)
+            singles.append((gid, r, ops - now))
+            moved = abs(now - ops)
+            if not moved or abs(ops - target) >= abs(now - target):
+                continue
+            # pruning more: cheapest drop per op saved; pruning less: most drop won back
+            cost = (drop(gid, r) - drop(gid, ratios.get(gid, 0.0))) / moved
+            key = cost if now > target else -cost
+            if best is None or key < best[0]:
+                best = (key, trial)
+        if best is None:
+            best = _pair_move(counter, ratios, now, target, base_ops, tolerance, drop, singles)
         if best is None:
             break
         ratios = best[1]
     return {k: v for k, v in ratios.items() if v > 0}
+
+
+def _pair_move(counter, ratios, now, target, base_ops, tolerance, drop, singles):
+    """Two single steps of different groups together, closest to the target first.
+
+    Pairs are ranked by their summed operation changes (exact counts checked for
+    the 32 closest; groups sharing a layer do not add up exactly); among those
+    landing within tolerance the least predicted drop wins, else the nearest.
+    """
+    gap = abs(now - target)
+    pairs = sorted(((abs(now + da + db - target), i, j)
+                    for i, (ga, _, da) in enumerate(singles)
+                    for j, (gb, _, db) in enumerate(singles) if i < j and ga != gb))
+    best = None
+    for _, i, j in pairs[:32]:
+        (ga, ra, _), (gb, rb, _) = singles[i], singles[j]
+        trial = dict(ratios)
+        trial[ga], trial[gb] = ra, rb
+        off = abs(counter.ops(trial) - target)
+        if off >= gap:
+            continue
+        cost = sum(drop(g, r) - drop(g, ratios.get(g, 0.0)) for g, r in ((ga, ra), (gb, rb)))
+        key = (0, cost) if off <= tolerance * base_ops else (1, off)
+        if best is None or key < best[0]:
+            best = (key, trial)
+    return best
