@@ -113,9 +113,14 @@ def test_curves_cut_short_are_never_extended_past_their_last_measured_ratio():
 
 
 @pytest.mark.parametrize("method", ["threshold", "greedy"])
-def test_rate_is_met_where_single_channel_steps_overshoot(method):
+def test_rate_is_met_where_single_channel_steps_overshoot(method, monkeypatch):
     """On this small model one step of 2 channels can move more than 1% of the operations,
     so landing within 1% sometimes needs one group up and another down together."""
+    from caffe_surgeon.workflow import allocate as allocate_mod
+    pairs = []
+    real = allocate_mod._pair_move
+    monkeypatch.setattr(allocate_mod, "_pair_move",
+                        lambda *a: pairs.append(real(*a)) or pairs[-1])
     g = cs.load(*FASHION)
     a = analyse(g)
     counter = OpsCounter(g, a, 2)
@@ -127,7 +132,10 @@ def test_rate_is_met_where_single_channel_steps_overshoot(method):
                 al = allocate(counter, c, 0.9, rate, method)
                 assert al.on_target and abs(al.reduction - rate) <= 0.01, (seed, flat, rate, al)
                 assert al.off_target_note() == ""
+    if method == "greedy":
+        assert any(p is not None for p in pairs)  # the cases single steps cannot settle
     off = allocate(counter, curves, 0.9, 0.45, method)
     off.ops = int(off.baseline_ops * 0.53)
     assert not off.on_target
-    assert off.off_target_note().startswith("note: operations change by -47.00% instead of -45.00%")
+    assert off.off_target_note().startswith("note: operations change by -47.00% instead of -45.00%: "
+                                            "settling by steps of 2 channel(s) found no choice")

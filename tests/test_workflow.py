@@ -176,7 +176,18 @@ def test_early_stop_from_the_command_line_and_the_ini(work, capsys):
                                              "-no_progress"]) == 0
     state = json.loads((work / "dws_es" / "ana.out").read_text())
     assert state["early_stop"]["drop"] == 0.02 and state["done"]["skipped"] > 0
-    capsys.readouterr()
+    done = state["done"]["evaluations"]
+    # the command line overrides the INI: every ratio, measured values kept
+    assert run_in(work, vai_p_darknet.main, ["pruner", "ana", "pruning_es.cfg", "fashion.weights",
+                                             "-no_progress", "-early_stop", "none"]) == 0
+    state = json.loads((work / "dws_es" / "ana.out").read_text())
+    assert "early_stop" not in state and state["done"]["complete"]
+    assert state["done"]["evaluations"] == state["done"]["total"] > done
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+        run_in(work, vai_p_darknet.main, ["pruner", "ana", "pruning_es.cfg", "fashion.weights",
+                                          "-early_stop", "lots"])
+    assert exit_.value.code == 2
+    assert "expected a relative drop like 0.1, or none; got 'lots'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("edit,message", [

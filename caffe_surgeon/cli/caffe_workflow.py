@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
+from .common import NO_EARLY_STOP, early_stop_arg
 
 
 def add_parsers(sub):
@@ -20,9 +21,10 @@ def add_parsers(sub):
             p.add_argument("-restart", "--restart", action="store_true",
                            help="discard an analysis file made for other inputs and start over")
             p.add_argument("-no_progress", "--no-progress", action="store_true")
-            p.add_argument("-early_stop", "--early-stop", type=float, metavar="DROP",
+            p.add_argument("-early_stop", "--early-stop", type=early_stop_arg, metavar="DROP",
                            help="skip a group's larger ratios once its metric drops by more "
-                                "than DROP (relative, e.g. 0.1); default: evaluate every ratio")
+                                "than DROP (relative, e.g. 0.1); 'none' evaluates every ratio "
+                                "(the default, unless the config sets early_stop)")
         if name == "prune":
             p.add_argument("-allocator", "--allocator", choices=("greedy", "threshold"),
                            default="greedy",
@@ -58,8 +60,8 @@ def run(args) -> int:
                          "sparse.caffemodel in your Caffe setup meanwhile")
     cfg = _config(args, args.command)
     job = _job(cfg)
-    if getattr(args, "early_stop", None) is not None:
-        job.early_stop = args.early_stop
+    if getattr(args, "early_stop", None) is not None:  # the command line wins over the config
+        job.early_stop = None if args.early_stop == NO_EARLY_STOP else args.early_stop
     if args.command == "ana":
         return _ana(args, cfg, job)
     return _prune(args, cfg, job)

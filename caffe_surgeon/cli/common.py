@@ -1,12 +1,25 @@
 """What every command shares: one-line errors instead of tracebacks, shape arguments."""
 from __future__ import annotations
 
+import argparse
 import sys
 from functools import wraps
 
 from ..errors import ModelError
 
 EXIT_USAGE = 2
+NO_EARLY_STOP = "none"
+
+
+def early_stop_arg(text: str):
+    """``-early_stop``: a relative metric drop, or ``none`` (every ratio, whatever the config says)."""
+    if text.strip().lower() in ("none", "off"):
+        return NO_EARLY_STOP
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a relative drop like 0.1, or none; "
+                                         f"got {text!r}") from None
 
 
 def guarded(main):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
+from .common import NO_EARLY_STOP, early_stop_arg
 
 COMMANDS = ("ana", "prune", "valid", "map", "finetune")
 
@@ -29,9 +30,10 @@ def add_parsers(sub):
             p.add_argument("-scheduler", "--scheduler", metavar="tcp://HOST:PORT")
             p.add_argument("-restart", "--restart", action="store_true")
             p.add_argument("-no_progress", "--no-progress", action="store_true")
-            p.add_argument("-early_stop", "--early-stop", type=float, metavar="DROP",
+            p.add_argument("-early_stop", "--early-stop", type=early_stop_arg, metavar="DROP",
                            help="skip a group's larger ratios once its metric drops by more "
-                                "than DROP (relative, e.g. 0.1); default: evaluate every ratio")
+                                "than DROP (relative, e.g. 0.1); 'none' evaluates every ratio "
+                                "(the default, unless the config sets early_stop)")
         if name == "prune":
             p.add_argument("-allocator", "--allocator", choices=("greedy", "threshold"),
                            default="greedy")
@@ -86,8 +88,15 @@ def _job(args, conf, spec):
     from ..workflow.ana import AnaJob
     return AnaJob("darknet", [str(conf.modelcfg), str(args.weights)], spec, ratios=list(conf.ratios),
                   criterion=conf.criterion, ignore=_ignore_names(conf), divisor=conf.kernel_batch,
-                  early_stop=(args.early_stop if getattr(args, "early_stop", None) is not None
-                              else conf.early_stop))
+                  early_stop=_early_stop(args, conf))
+
+
+def _early_stop(args, conf):
+    """The command line wins over the [pruning] key; ``-early_stop none`` turns it off."""
+    flag = getattr(args, "early_stop", None)
+    if flag is None:
+        return conf.early_stop
+    return None if flag == NO_EARLY_STOP else flag
 
 
 def _ana(args, conf, spec, workers) -> int:

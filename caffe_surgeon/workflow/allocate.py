@@ -46,6 +46,7 @@ class Allocation:
     rate: float = 0.0
     tolerance: float = 0.01
     divisor_hint: int = 1  # kept channels are multiples of it (for the note)
+    cut_short: bool = False  # some curves ended early (ana's early stop)
 
     @property
     def reduction(self) -> float:
@@ -61,8 +62,9 @@ class Allocation:
         if self.on_target:
             return ""
         return (f"note: operations change by {-self.reduction:+.2%} instead of {-self.rate:+.2%}: "
-                f"no choice of kept channels (multiples of {self.divisor_hint}) comes within "
-                f"{self.tolerance:.0%} of the target on this model")
+                f"settling by steps of {self.divisor_hint} channel(s) found no choice within "
+                f"{self.tolerance:.0%} of the target on this model"
+                + (" (without the ratios early stop skipped)" if self.cut_short else ""))
 
 
 class OpsCounter:
@@ -168,7 +170,7 @@ def allocate(counter: OpsCounter, curves: dict, baseline: float, rate: float,
                      limits)
     pred = sum(metric_drop(curves[g], baseline, r, higher_is_better) for g, r in ratios.items())
     return Allocation(ratios, counter.ops(ratios), base_ops, pred, method, rate, tolerance,
-                      counter.divisor)
+                      counter.divisor, bool(limits))
 
 
 def _threshold(counter, grids, drops, baseline, target, base_ops, tolerance) -> dict:
@@ -299,10 +301,10 @@ def _settle(counter, ratios, target, base_ops, tolerance, drop, limits=None) -> 
             if not moved or abs(ops - target) >= abs(now - target):
                 continue
             # pruning more: cheapest drop per op saved; pruning less: most drop won back
+            # (the most negative change per op): the smallest cost either way
             cost = (drop(gid, r) - drop(gid, ratios.get(gid, 0.0))) / moved
-            key = cost if now > target else -cost
-            if best is None or key < best[0]:
-                best = (key, trial)
+            if best is None or cost < best[0]:
+                best = (cost, trial)
         if best is None:
             best = _pair_move(counter, ratios, now, target, base_ops, tolerance, drop, singles)
         if best is None:

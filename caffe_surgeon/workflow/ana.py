@@ -323,11 +323,17 @@ class AnaResult:
         return None
 
     def skipped(self, gid: int) -> list:
-        """Ratios of group ``gid`` that early stop leaves out (not evaluated)."""
+        """Ratios of group ``gid`` that early stop leaves out (not evaluated): those keeping
+        fewer channels than the ratio that stopped it (ratios sharing its kept count share
+        its value, whether or not a killed run got to record them)."""
+        from ..pruning.plan import kept_count
         stop = self.stopped_at(gid)
         if stop is None:
             return []
-        return [r for r in self.ratios if r > stop and self.metric(gid, r) is None]
+        n = next(g["channels"] for g in self.groups if g["id"] == int(gid))
+        last = kept_count(n, stop, self.divisor)
+        return [r for r in self.ratios if self.metric(gid, r) is None
+                and kept_count(n, r, self.divisor) < last]
 
     def metric(self, gid: int, ratio: float) -> float | None:
         """The metric with group ``gid`` pruned by ``ratio``, or None if not evaluated."""
@@ -399,6 +405,9 @@ class AnaResult:
                                      for r, v in row.items()}
             early = d.get("early_stop")
             early = None if early is None else _dec(early["drop"], path, "early_stop.drop")
+            if early is not None and not (math.isfinite(early) and early > 0):
+                raise ModelError(f"early_stop.drop is {early}; it must be a relative drop > 0",
+                                 file=path)
             return AnaResult(baseline=_dec(d["baseline"], path, "baseline"),
                              metric_name=str(d["metric"]), groups=groups, results=results,
                              ratios=ratios, criterion=str(inputs["criterion"]),
@@ -802,6 +811,11 @@ def run_ana(job: AnaJob, state_path, workers: int = 1, scheduler=None, progress:
     try:
         if job.early_stop is not None:  # units judge their drops against it
             state.baseline(ctx)
+            if not math.isfinite(result.baseline) or result.baseline == 0:
+                raise ModelError(f"early stop measures drops relative to the baseline "
+                                 f"{result.metric_name} = {result.baseline}, which cannot be "
+                                 "done for a baseline that is 0 or not finite; run ana without "
+                                 "early stop")
         units = [(g["id"], result.missing(g["id"])) for g in groups]
         units = [(gid, rs) for gid, rs in units if rs]
         units.sort(key=lambda u: (ctx.start_of(u[0]), u[0]))  # longest suffixes first

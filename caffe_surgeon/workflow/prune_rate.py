@@ -76,11 +76,14 @@ def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: 
         alloc = allocate(counter, curves, float(ana.baseline), rate, method,
                          higher_is_better(ana.metric_name), cut_short=cut)
     except ModelError as e:
-        if not cut:
+        if not cut or not 0 < rate < 1:
             raise
+        largest = {gid: max(ana.ratios) for gid in curves}
+        if counter.ops(largest) > (1 - rate) * counter.ops({}) * 1.01:
+            raise  # out of reach even with every skipped ratio
         raise ModelError(f"{e.message}; early stop skipped the larger ratios of {len(cut)} "
-                         f"group(s): rerun ana without early stop (or with a larger drop) to "
-                         "evaluate them") from None
+                         f"group(s): rerun ana with '-early_stop none' (or a larger drop) to "
+                         "evaluate them", file=e.file) from None
     plan = make_plan(a, ratios=alloc.ratios, criterion=criterion, divisor=divisor)
     # keep_layout: sparse.caffemodel must still pair with the original prototxt
     dense = apply(graph, plan, "dense", fold=True, analysis=a, keep_layout=True)
