@@ -224,11 +224,17 @@ def test_mean_file_and_centre_crop_follow_caffe(fashion, lenet, tmp_path):
     assert g.layers[1].weights["weight"].shape[1] == 1
     logits = Executor(cs.load(deploy, model)).run({"data": want}, outputs=["ip2"])["ip2"]
     per_batch = caffe_accuracy(logits, labels[:n], 1).reshape(5, 8).mean(1)
-    for layer in (image_data_layer("big.txt", "big/", 8, transform), lmdb_layer("big_lmdb", 8, transform)):
+    for layer in (image_data_layer("big.txt", "big/", 8, transform), lmdb_layer("big_lmdb", 8, transform),
+                  # raw records keep their channels whatever force_color says (Caffe decodes
+                  # only encoded records with it): the grey model loads and runs on them
+                  lmdb_layer("big_lmdb", 8, f"{transform} force_color: true")):
         ev = evaluator(layer)
         got = np.concatenate([f["data"] for f in ev.feeds])
         assert got.shape == (n, 1, 28, 28) and np.array_equal(got, want)
         assert ev.evaluate(g) == pytest.approx(per_batch.mean(), abs=1e-6)
+    forced = cs.load(lenet_train_val(deploy, lmdb_layer("big_lmdb", 8, f"{transform} force_color: true"),
+                                     tmp_path / "f.prototxt"), model, phase="TEST")
+    assert ev.evaluate(forced) == pytest.approx(per_batch.mean(), abs=1e-6)
 
     got = evaluator(image_data_layer("big.txt", "big/", 8, f"scale: {SCALE} mean_value: 33 crop_size: 28"),
                     1).feeds[0]["data"]
@@ -546,14 +552,15 @@ def test_detector_valid_files_match_darknet_detector_valid(detector):
 
 
 def test_database_channel_count_is_a_marked_guess(tmp_path):
-    """crop_size gives a Data layer's size but not its channels: 3 is a guess, marked as one;
-    force_gray / force_color say it."""
+    """crop_size gives a Data layer's size but not its channels: 3 (1 with force_gray) is a
+    guess, marked as one. force_gray/force_color do not settle it: Caffe applies them only to
+    encoded records, raw ones keep their stored channels."""
     from caffe_surgeon.layers.registry import infer_shapes
     body = ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
             'convolution_param { num_output: 2 kernel_size: 3 } }\n')
     for transform, channels, guessed in (("crop_size: 8", 3, True),
-                                         ("crop_size: 8 force_gray: true", 1, False),
-                                         ("crop_size: 8 force_color: true", 3, False)):
+                                         ("crop_size: 8 force_gray: true", 1, True),
+                                         ("crop_size: 8 force_color: true", 3, True)):
         (tmp_path / "n.prototxt").write_text(lmdb_layer("db", 4, transform).replace(
             "include { phase: TEST }", "") + "\n" + body)
         shapes = infer_shapes(cs.load(tmp_path / "n.prototxt"))

@@ -64,8 +64,10 @@ class DummyData(CaffeSpec):
 class _DataSpec(CaffeSpec):
     """Database-backed data layers: the image size comes from the transform or resize
     settings; the channel count cannot be read without the database, so colour (3)
-    is assumed unless force_gray/force_color says it (override with an explicit input
-    shape). The guess is marked (``guesses_channels``): weights are not checked against it."""
+    is assumed, grey (1) with force_gray (override with an explicit input shape). It
+    stays a guess either way (``guesses_channels``; weights are not checked against
+    it): Caffe applies force_gray/force_color only when decoding encoded records,
+    while raw records keep the channels they were stored with."""
 
     channel_role = "source"
 
@@ -76,8 +78,7 @@ class _DataSpec(CaffeSpec):
         return 1 if sub(layer, "transform_param").get("force_gray") else 3
 
     def guesses_channels(self, layer) -> bool:
-        t = sub(layer, "transform_param")
-        return not (t.get("force_gray") or t.get("force_color"))
+        return True
 
     def image(self, layer) -> tuple[int, int, int]:
         crop = int(sub(layer, "transform_param").get("crop_size", 0))
