@@ -268,22 +268,22 @@ def compare_allocations(label: str, job: AnaJob, graph, full: AnaResult, cut: An
     print(f"   {label}: {cut.done} of {cut.total} evaluations run, {cut.skipped_count} skipped "
           f"({len([g for g in cut.groups if cut.skipped(g['id'])])} of {len(cut.groups)} groups "
           "stopped); prune's allocation from it vs from the full analysis:")
+    def allocation(ana, rate, method):
+        try:
+            return prune_to_rate(graph, ana, rate, criterion=job.criterion, divisor=job.divisor,
+                                 method=method).allocation
+        except ModelError:
+            return None
+
     for rate in RATES:
         cells = []
         for method in ("greedy", "threshold"):
-            try:
-                a = prune_to_rate(graph, full, rate, criterion=job.criterion, divisor=job.divisor,
-                                  method=method).allocation
-            except ModelError:
+            a, b = allocation(full, rate, method), allocation(cut, rate, method)
+            if a is None:
                 cells.append(f"{method}: rate out of reach for the full analysis too")
-                continue
-            try:
-                b = prune_to_rate(graph, cut, rate, criterion=job.criterion, divisor=job.divisor,
-                                  method=method).allocation
-            except ModelError:
+            elif b is None:
                 cells.append(f"{method}: out of reach (needs skipped ratios)")
-                continue
-            if a.ratios == b.ratios:
+            elif a.ratios == b.ratios:
                 cells.append(f"{method}: same")
             else:
                 cells.append(f"{method}: differs (predicted drop {a.predicted_drop:.4g} full, "
