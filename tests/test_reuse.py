@@ -1,12 +1,14 @@
 """reusable_values: which values of a dense-pruned model are the original's, sliced.
 
 Checked by running both models with every intermediate value kept: each value
-listed as reusable must equal the original's at the listed channels, and the
-first changed layer must really change.
+listed as reusable (before the first changed layer or after it) must equal the
+original's at the listed channels, and the first changed layer must really change.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+import re
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ from caffe_surgeon.engine import Executor
 from caffe_surgeon.layers.registry import feed_shapes
 from caffe_surgeon.pruning import analyse, apply, make_plan, node_keep
 from caffe_surgeon.pruning.reuse import reusable_values
+
+from assets import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures"
@@ -59,10 +63,12 @@ def check_every_group(graph, ratio=0.5):
         first_member = min(graph.index(m) for m in grp.members)
         assert first_member <= reuse.start < len(graph.layers), grp.producers
         sliced = 0
+        assert reuse.changed and reuse.changed[0] == reuse.start
+        assert list(reuse.changed) == sorted(set(reuse.changed))
         for v, idx in reuse.columns.items():
             if v[0] < 0:
                 continue
-            assert v[0] < reuse.start
+            assert v[0] not in reuse.changed
             want = original[v] if idx is None else np.take(original[v], idx, axis=1)
             # the same function, computed with other GEMM shapes: equal to float rounding
             assert pruned[v].shape == want.shape, (grp.producers, v)
@@ -79,6 +85,10 @@ def check_every_group(graph, ratio=0.5):
             changed |= p.shape != o.shape or np.abs(p - o).max() > 1e-3 * np.abs(o).max()
         assert changed, f"group {grp.producers}: layer {layer.name} is listed as changed but is not"
         starts[tuple(grp.producers)] = layer.name
+        # every version is either listed or written by a changed layer
+        for i, l in enumerate(graph.layers):
+            for t in l.tops:
+                assert ((i, t) in reuse.columns) != (i in reuse.changed), (grp.producers, l.name)
     return starts
 
 
@@ -98,6 +108,31 @@ def test_tinynet_eltwise_and_concat_groups():
 def test_darknet_routes_and_upsample():
     g = cs.init(cs.load(FIX / "darknet/tiny-yolo.cfg"), seed=3)
     check_every_group(g, ratio=0.3)
+
+
+def test_a_head_group_leaves_the_other_head_unchanged(tmp_path):
+    """yolov3-tiny: the first head's last 3x3 conv feeds only that head; the second head
+    (route, 1x1, upsample, route, convs, yolo) comes later but keeps the original's values."""
+    text = zoo("darknet/pjreddie/yolov3-tiny.cfg").read_text()
+    cfg = tmp_path / "yolov3-tiny.cfg"
+    cfg.write_text(re.sub(r"(?m)^(width|height)\s*=\s*416", r"\1=128", text))
+    g = cs.init(cs.load(cfg), seed=4)
+    a = analyse(g)
+    names = [l.name for l in g.layers]
+    grp = next(x for x in a.prunable_groups() if x.producers == ["convolutional_14"])
+    plan = make_plan(a, ratios={grp.id: 0.5})
+    reuse = reusable_values(a, node_keep(a, plan))
+    assert [names[i] for i in reuse.changed] == ["convolutional_15", "yolo_16"]
+    assert reuse.start == names.index("convolutional_15")
+    feed = random_feed(g, a)
+    original = every_value(g, feed)
+    pruned = every_value(apply(g, plan, "dense", fold=True, analysis=a), feed)
+    head2 = names.index("yolo_23")
+    assert reuse.columns[(head2, g.layers[head2].tops[0])] is None
+    for i in range(reuse.start, len(names)):
+        for t in g.layers[i].tops:
+            same = np.array_equal(pruned[(i, t)], original[(i, t)])
+            assert same == (i not in reuse.changed), names[i]
 
 
 def test_darknet_fixture_twin():

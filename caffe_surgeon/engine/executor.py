@@ -119,8 +119,8 @@ class Executor:
         return self.final[name]
 
     def run(self, inputs: dict | None = None, outputs=None, *, start: int = 0,
-            cache: dict | None = None, layer_outputs=()) -> dict[str, np.ndarray]:
-        """Run layers ``start`` .. end.
+            cache: dict | None = None, layer_outputs=(), only=None) -> dict[str, np.ndarray]:
+        """Run layers ``start`` .. end (those in ``only``, if given).
 
         Args:
             inputs: network input name -> array (N, C, H, W) (ignored for start > 0).
@@ -129,6 +129,8 @@ class Executor:
             cache: versions -> arrays, as returned by :meth:`prefix`.
             layer_outputs: layer names whose top values (as that layer wrote them) to return too,
                 keyed ``"<layer>:<top>"``.
+            only: layer indices to run; the values the others would write come from
+                ``cache`` (sensitivity analysis: a pruned model's unchanged layers).
 
         Returns:
             name -> array.
@@ -145,7 +147,7 @@ class Executor:
             self._check_fed(env)
         result = {}
         with self._blas.single_threaded():
-            self._run_range(env, start, len(self.graph.layers), wanted, result)
+            self._run_range(env, start, len(self.graph.layers), wanted, result, only)
         for v, name in wanted.items():
             if v in env and name not in result:
                 result[name] = env[v]
@@ -159,10 +161,18 @@ class Executor:
         plus the versions in ``keep`` computed on the way."""
         return self._advance(self._feed(inputs), 0, stop, keep)
 
-    def advance(self, values: dict, start: int, stop: int, keep=()) -> dict:
+    def advance(self, values: dict, start: int, stop: int, keep=(), only=None) -> dict:
         """Like :meth:`prefix`, from ``values`` (what layers >= ``start`` read, e.g. an
-        earlier prefix) instead of the inputs; the given arrays are not modified."""
-        return self._advance({v: a.copy() for v, a in values.items()}, start, stop, keep)
+        earlier prefix) instead of the inputs; the given arrays are not modified.
+        With ``only``, runs just those layers and returns the versions in ``keep``."""
+        env = {v: a.copy() for v, a in values.items()}
+        if only is None:
+            return self._advance(env, start, stop, keep)
+        wanted = {v: v for v in keep}
+        result: dict = {}
+        with self._blas.single_threaded():
+            self._run_range(env, start, stop, wanted, result, only)
+        return {v: result.get(v, env.get(v)) for v in keep}
 
     def _advance(self, env: dict, start: int, stop: int, keep) -> dict:
         wanted = {v: v for v in keep}
@@ -200,11 +210,14 @@ class Executor:
         self._epilogues[i] = (channels, self._fusion.signature(followers), ep)
         return ep
 
-    def _run_range(self, env, start, stop, wanted, result):
+    def _run_range(self, env, start, stop, wanted, result, only=None):
         layers = self.graph.layers
         ctx = self.ctx
         i = start
         while i < stop:
+            if only is not None and i not in only:
+                i += 1
+                continue
             layer = layers[i]
             try:
                 args = [env[v] for v in self.reads[i]]
@@ -224,7 +237,8 @@ class Executor:
             end = i  # the last layer this step computes (a fused chain's last follower)
             followers = self.chains.get(i)
             if followers is not None and followers[-1] < stop and \
-                    not any(v in wanted for v in self._inner[i]):
+                    not any(v in wanted for v in self._inner[i]) and \
+                    (only is None or all(k in only for k in followers)):
                 channels = self._ops.head_channels(layer, args)
                 ctx.epilogue = None if channels is None else self._chain_epilogue(i, channels)
                 if ctx.epilogue is not None:

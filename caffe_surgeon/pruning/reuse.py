@@ -32,11 +32,15 @@ class Reuse:
             (beyond dropping channels); ``len(layers)`` if none does.
         columns: version ``(producer index or -1, blob)`` -> the original channel
             indices the pruned value keeps (axis 1), or None when it is the original
-            value unchanged. Versions computed from ``start`` on are not listed.
+            value unchanged. Versions the changed layers compute are not listed.
+        changed: the indices of the layers whose outputs differ (``start`` and
+            every later layer that reads a changed value or mixes cut channels),
+            ascending; the other layers from ``start`` on keep the original's values.
     """
 
     start: int
     columns: dict
+    changed: tuple = ()
 
     def take(self, version, original: np.ndarray) -> np.ndarray:
         """The pruned model's value of ``version``, as a new array."""
@@ -56,7 +60,7 @@ def reusable_values(a: ChannelAnalysis, keep: np.ndarray) -> Reuse:
     """
     graph = a.graph
     status: dict = {(-1, name): None for name in graph.inputs}
-    start = len(graph.layers)
+    changed = []
     for i, (layer, row) in enumerate(zip(graph.layers, graph.producers())):
         ins = [status.get((-1 if p is None else p, b), None) for p, b in zip(row, layer.bottoms)]
         flow = a.flows[i]
@@ -75,11 +79,12 @@ def reusable_values(a: ChannelAnalysis, keep: np.ndarray) -> Reuse:
         else:  # reads fewer channels than before: its values change
             tops = [_CHANGED] * len(layer.tops)
         if any(t is _CHANGED for t in tops):
-            start = i
-            break
+            changed.append(i)
+            tops = [_CHANGED] * len(layer.tops)  # recomputed whole
         for t, s in zip(layer.tops, tops):
             status[(i, t)] = s
-    return Reuse(start, status)
+    columns = {v: s for v, s in status.items() if s is not _CHANGED}
+    return Reuse(changed[0] if changed else len(graph.layers), columns, tuple(changed))
 
 
 def _subset(keep: np.ndarray, entries):

@@ -9,9 +9,12 @@ Speed. Pruning a group leaves the kept filters' outputs and every channel-local
 layer after them (BatchNorm, activations, pooling, joins, concat) as they were,
 minus the removed channels; the first values that change are the consumers'
 (:func:`~caffe_surgeon.pruning.reuse.reusable_values`). So the original model
-runs once per batch up to that layer, and each ratio runs only from there on,
-resumed from those activations sliced to the kept channels (fresh arrays: the
-executor may overwrite dying inputs in place). Groups run in order of their
+runs once per batch up to that layer, and each ratio runs only the layers that
+change from there on (the consumers and what reads their values), resumed from
+those activations sliced to the kept channels (fresh arrays: the executor may
+overwrite dying inputs in place). Later layers that read no changed value
+(another detector head, a branch that joins only after it is scored) run once
+per batch on the original model for all of a group's ratios. Groups run in order of their
 first changed layer, and each batch keeps one checkpoint of the original's
 activations that the next group's prefix continues from (:meth:`Executor.advance`),
 so all prefixes together cost one forward pass per batch. The reused values are
@@ -19,8 +22,8 @@ the same function the pruned model computes, but the kept filters come from a
 GEMM of another shape, so metrics can differ from a from-scratch run in the last
 float bits; runs of ana itself are bit-identical whatever the worker count.
 Ratios whose rounded kept counts coincide share one evaluation, and a ratio that
-keeps every channel is the baseline. ``workers=N`` spreads the groups over N
-local processes; ``scheduler="tcp://host:port"`` over a Dask cluster.
+keeps every channel is the baseline. ``workers=N`` spreads the groups over this
+process and N-1 worker processes; ``scheduler="tcp://host:port"`` over a Dask cluster.
 
 Early stop (opt-in, ``early_stop=D``; off by default, as the vendor evaluates
 every ratio). A group's ratios run in increasing order, and once one costs a
@@ -531,9 +534,9 @@ class _Context:
 
         Ratios whose plans keep the same channels are evaluated once; a plan keeping
         every channel is the unpruned model, whose metric is ``baseline`` (None when
-        the caller fills it in). Each variant runs from its first changed layer
+        the caller fills it in). Each variant runs only its changed layers
         (:func:`~caffe_surgeon.pruning.reuse.reusable_values`) on the original
-        model's activations, sliced to the kept channels. With the job's
+        model's values of the others, sliced to the kept channels. With the job's
         ``early_stop``, ratios run in increasing order and the unit ends after the
         first whose relative drop from ``baseline`` exceeds it.
         """
@@ -550,16 +553,17 @@ class _Context:
             plan = make_plan(a, ratios={gid: r}, criterion=job.criterion, divisor=job.divisor)
             keep = tuple(next(gp.keep for gp in plan.groups if gp.id == gid))
             plans.setdefault(keep, [plan, []])[1].append(r)
-        runners: dict[int, _SuffixRunner] = {}
+        runners: dict[tuple, _SuffixRunner] = {}
         for keep, (plan, rs) in plans.items():
             if len(keep) == g.channels:
                 for r in rs:
                     yield r, baseline, False
                 continue
             reuse = reusable_values(a, node_keep(a, plan))
-            runner = runners.get(reuse.start)
+            key = (reuse.start, reuse.changed)
+            runner = runners.get(key)
             if runner is None:
-                runner = runners[reuse.start] = _SuffixRunner(self, reuse.start)
+                runner = runners[key] = _SuffixRunner(self, reuse.start, reuse.changed)
             pruned = apply(graph, plan, "dense", fold=True, analysis=a)
             metric = runner.evaluate(Executor(pruned, darknet_bn=job.darknet_bn), reuse)
             for k, r in enumerate(rs):
@@ -569,35 +573,66 @@ class _Context:
 
     def start_of(self, gid: int) -> int:
         """The first layer pruning group ``gid`` changes (the same for every ratio)."""
+        return self.reuse_of(gid).start
+
+    def reuse_of(self, gid: int):
+        """:func:`~caffe_surgeon.pruning.reuse.reusable_values` for pruning some of group
+        ``gid``'s channels: which layers change (the same for every ratio)."""
         import numpy as np
 
         from ..pruning.reuse import reusable_values
         a = self.analysis
         keep = ~((a.node_group == gid) & (a.node_class == 0))
-        return reusable_values(a, np.asarray(keep)).start
+        return reusable_values(a, np.asarray(keep))
 
 
 class _SuffixRunner:
-    """Runs pruned variants from layer ``start`` on the original model's activations there."""
+    """Runs pruned variants whose changed layers are ``changed`` (the first is ``start``) on
+    the original model's values of every other layer."""
 
-    def __init__(self, ctx: _Context, start: int):
+    def __init__(self, ctx: _Context, start: int, changed):
         self.ctx, self.start = ctx, start
         ev, graph, ex = ctx.evaluator, ctx.graph, ctx.executor
+        self.changed = frozenset(changed)
+        # layers after start that read no changed value (another head, a later branch):
+        # the original runs them once per batch for all of a unit's variants
+        self.unchanged = frozenset(range(start, len(graph.layers))) - self.changed
         args = ev.run_args
-        early_out = [o for o in args["outputs"] if ex.version_of(o)[0] < start]
-        early_layers = [l for l in args["layer_outputs"] if graph.index(l) < start]
+        early_out = [o for o in args["outputs"] if ex.version_of(o)[0] not in self.changed]
+        early_layers = [l for l in args["layer_outputs"] if graph.index(l) not in self.changed]
         self.late = {"outputs": [o for o in args["outputs"] if o not in early_out],
                      "layer_outputs": [l for l in args["layer_outputs"] if l not in early_layers]}
-        # scored values written before start: the original's (sliced like any other value)
+        # scored values no changed layer writes: the original's (sliced like any other value)
         self.early = {o: ex.version_of(o) for o in early_out}
         for l in early_layers:
             i = graph.index(l)
             self.early.update({f"{l}:{t}": (i, t) for t in graph.layers[i].tops})
-        self.needed = sorted({v for row in ex.reads[start:] for v in row if v[0] == -1 or
-                              (isinstance(v[0], int) and v[0] < start)}, key=str)
+        self.needed = sorted({v for i in self.changed for v in ex.reads[i]
+                              if v[0] not in self.changed}, key=str)
+        self.from_unchanged = sorted({v for v in list(self.needed) + list(self.early.values())
+                                      if v[0] in self.unchanged}, key=str)
+        self.unchanged_values: dict[int, dict] = {}
+        self.unchanged_bytes = 0
+
+    def _unchanged(self, b: int, values: dict) -> dict:
+        """The original's values of batch ``b`` that the unchanged layers after ``start``
+        write and the variants read or score (kept for the unit while memory allows)."""
+        if not self.from_unchanged:
+            return {}
+        hit = self.unchanged_values.get(b)
+        if hit is not None:
+            return hit
+        ctx = self.ctx
+        got = ctx.executor.advance(values, self.start, len(ctx.graph.layers),
+                                   keep=self.from_unchanged, only=self.unchanged)
+        size = _nbytes(got)
+        if ctx.checkpoint_bytes + self.unchanged_bytes + size <= ctx.cache_budget:
+            self.unchanged_values[b] = got
+            self.unchanged_bytes += size
+        return got
 
     def evaluate(self, executor, reuse) -> float:
-        """Score ``executor``'s model, whose values before ``start`` are ``reuse`` of the original's."""
+        """Score ``executor``'s model, whose unchanged values are ``reuse`` of the original's."""
         ev, s = self.ctx.evaluator, self.start
         results = []
         for b, feed in enumerate(ev.feeds):
@@ -605,9 +640,10 @@ class _SuffixRunner:
                 res = executor.run(feed, **self.late)
             else:
                 values = self.ctx.original_values(b, s)
+                values = {**values, **self._unchanged(b, values)}
                 # new arrays: the executor may overwrite inputs that die in place
                 cache = {v: reuse.take(v, values[v]) for v in self.needed}
-                res = executor.run(None, start=s, cache=cache, **self.late) \
+                res = executor.run(None, start=s, cache=cache, only=self.changed, **self.late) \
                     if s < len(executor.graph.layers) else {}
                 res.update({name: reuse.take(v, values[v] if v in values else feed[v[1]])
                             for name, v in self.early.items()})
@@ -757,8 +793,8 @@ def run_ana(job: AnaJob, state_path, workers: int = 1, scheduler=None, progress:
     Args:
         state_path: the state file; created (with its folder), resumed, or refused when it
             belongs to other inputs (``restart=True`` discards it instead).
-        workers: local worker processes (1 = evaluate in this process), sharing this
-            process's Numba threads between them. They are spawned, so a script calling
+        workers: local evaluators sharing this process's Numba threads: this process
+            and ``workers - 1`` worker processes. Those are spawned, so a script calling
             this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
         scheduler: a Dask scheduler address ``tcp://host:port`` (or a ``distributed.Client``):
             the groups are evaluated there; model and data paths must be readable by the
@@ -870,33 +906,85 @@ class _Progress:
 
 
 def _run_pool(workers, job, ctx, state: _Progress, units, cache_budget):
+    """``workers`` evaluators: this process (it has the model and data already) and
+    ``workers - 1`` spawned processes, each taking the next unit when it is free."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import queue
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
-    payload = _payload(job, ctx, cache_budget)
-    n = min(workers, len(units))
+
     import numba
-    payload["threads"] = max(1, numba.get_num_threads() // n)  # this host's cores, shared
+    n = min(workers, len(units))
+    threads = max(1, numba.get_num_threads() // n)  # this host's cores, shared
+    payload = _payload(job, ctx, cache_budget)
+    payload["threads"] = threads
     # spawn: a fresh interpreter per worker (forking a process with running Numba/TBB
     # threads is unsafe)
-    pool = ProcessPoolExecutor(max_workers=n,
+    pool = ProcessPoolExecutor(max_workers=n - 1,
                                mp_context=multiprocessing.get_context("spawn"),
                                initializer=_pool_init, initargs=(payload,))
+    pending, lock = deque(units), threading.Lock()
+    events: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+    baseline = state.result.baseline  # known first with early stop, else None
+
+    def take():
+        with lock:
+            return pending.popleft() if pending else None
+
+    def submit() -> int:
+        unit = take()
+        if unit is None:
+            return 0
+        fut = pool.submit(_pool_unit, unit[0], unit[1], baseline)
+        fut.add_done_callback(lambda f: events.put(("unit", f)))
+        return 1
+
+    def evaluate_here():  # this process's share, one ratio at a time (saved as it comes)
+        try:
+            numba.set_num_threads(threads)  # per calling thread
+            while not cancel.is_set() and (unit := take()) is not None:
+                for r, metric, ran in ctx.unit(unit[0], unit[1], baseline):
+                    events.put(("ratio", (unit[0], {r: metric}, int(ran))))
+                    if cancel.is_set():
+                        return
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            events.put(("error", e))
+        finally:
+            events.put(("done", None))
+
+    in_flight, here = 0, None
     try:
         # Workers set up (decode, reference run) while this process evaluates the baseline.
-        baseline = state.result.baseline  # known first with early stop, else None
-        futures = [pool.submit(_pool_unit, gid, rs, baseline) for gid, rs in units]
+        for _ in range(n - 1):
+            in_flight += submit()
         state.baseline(ctx)
-        for fut in as_completed(futures):
-            try:
-                gid, values, forwards = fut.result()
-            except BrokenProcessPool as e:
-                raise ModelError(f"an ana worker process died ({e}); if run_ana is called from a "
-                                 "script, guard the call with if __name__ == '__main__': (worker "
-                                 "processes are spawned and import the main module), and check "
-                                 "memory: each worker holds the model and the decoded data") from None
-            state.finish(gid, values, forwards)
+        here = threading.Thread(target=evaluate_here, name="ana-evaluate-here", daemon=True)
+        here.start()
+        running_here = True
+        while in_flight or running_here:
+            kind, item = events.get()
+            if kind == "unit":
+                in_flight -= 1
+                try:
+                    gid, values, forwards = item.result()
+                except BrokenProcessPool as e:
+                    raise ModelError(f"an ana worker process died ({e}); if run_ana is called from "
+                                     "a script, guard the call with if __name__ == '__main__': "
+                                     "(worker processes are spawned and import the main module), "
+                                     "and check memory: each worker holds the model and the "
+                                     "decoded data") from None
+                state.finish(gid, values, forwards)
+                in_flight += submit()
+            elif kind == "ratio":
+                state.finish(*item)
+            elif kind == "error":
+                raise item
+            else:
+                running_here = False
     except BaseException:
+        cancel.set()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
