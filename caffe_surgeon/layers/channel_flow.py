@@ -59,6 +59,9 @@ class ChannelFlow:
     #: a kept output channel also depends on the values of the other channels
     #: (SSD's Normalize): pruning changes it even where its own input is unchanged
     mixes_channels: bool = False
+    #: the layer whose arrays this one uses (AlexeyAB share_index: absolute index, or
+    #: relative when negative): pruning that layer would change this one's weights
+    shares_weights_of: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -76,5 +79,5 @@ def passthrough(**kw) -> ChannelFlow:
     return ChannelFlow("pass", **kw)
 
 
-def blocked(reason: str) -> ChannelFlow:
-    return ChannelFlow("block", reason=reason)
+def blocked(reason: str, **kw) -> ChannelFlow:
+    return ChannelFlow("block", reason=reason, **kw)

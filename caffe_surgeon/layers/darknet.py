@@ -201,7 +201,8 @@ class Convolutional(_Windowed):
 
     def channel_flow(self, layer, inputs, outputs):
         if "share_index" in layer.params:
-            return blocked(f"'{layer.name}' shares its weights with another layer")
+            return blocked(f"'{layer.name}' shares its weights with another layer",
+                           shares_weights_of=opt_int(layer, "share_index", 0))
         g = self.geometry(layer, inputs)
         per_channel = dict.fromkeys(layer.weights, 0)
         if 1 < g["groups"] == g["c"] == g["n"]:  # depthwise: channel i in, channel i out

@@ -244,6 +244,13 @@ def analyse(graph: Graph, ignore=(), input_shapes=None) -> ChannelAnalysis:
         elif kind == "block":
             for j in chan:
                 block(bottoms[j], flow.reason)
+        if flow.shares_weights_of is not None:  # the arrays' owner must keep every channel
+            j = flow.shares_weights_of if flow.shares_weights_of >= 0 else i + flow.shares_weights_of
+            if 0 <= j < i:
+                why = f"{graph.layers[j].name}: its weights are shared by '{layer.name}'"
+                block(layer_in[j], why)
+                for e in layer_out[j] or []:
+                    block(e, why)
         # shape_only: nothing flows
         layer_out[i] = tops
         for t, e in zip(layer.tops, tops):

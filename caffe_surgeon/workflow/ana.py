@@ -498,6 +498,7 @@ class _Context:
         # group's prefix continues the previous group's instead of starting from the input.
         self.checkpoints: dict[int, tuple[int, dict]] = {}
         self.checkpoint_bytes = 0
+        self.unit_bytes = 0  # the running unit's own cache (_SuffixRunner), same budget
         args, ex = self.evaluator.run_args, self.executor
         self.scored = {ex.version_of(o) for o in args["outputs"]} | {
             (self.graph.index(l), t) for l in args["layer_outputs"]
@@ -524,7 +525,7 @@ class _Context:
             values = ex.prefix(self.evaluator.feeds[b], start, keep)
         old = _nbytes(cp[1]) if cp is not None else 0
         size = _nbytes(values)
-        if self.checkpoint_bytes - old + size <= self.cache_budget:
+        if self.checkpoint_bytes - old + size + self.unit_bytes <= self.cache_budget:
             self.checkpoints[b] = (start, values)
             self.checkpoint_bytes += size - old
         return values  # over budget: recomputed for the next variant
@@ -540,10 +541,8 @@ class _Context:
         ``early_stop``, ratios run in increasing order and the unit ends after the
         first whose relative drop from ``baseline`` exceeds it.
         """
-        from ..engine import Executor
-        from ..pruning import apply, make_plan, node_keep
-        from ..pruning.reuse import reusable_values
-        job, graph, a = self.job, self.graph, self.analysis
+        from ..pruning import make_plan
+        job, a = self.job, self.analysis
         g = a.group(gid)
         stop = job.early_stop
         if stop is not None and baseline is None:
@@ -553,6 +552,17 @@ class _Context:
             plan = make_plan(a, ratios={gid: r}, criterion=job.criterion, divisor=job.divisor)
             keep = tuple(next(gp.keep for gp in plan.groups if gp.id == gid))
             plans.setdefault(keep, [plan, []])[1].append(r)
+        self.unit_bytes = 0
+        try:
+            yield from self._variants(g, plans, baseline, stop)
+        finally:
+            self.unit_bytes = 0  # the runners and their caches go with the generator
+
+    def _variants(self, g, plans: dict, baseline, stop):
+        from ..engine import Executor
+        from ..pruning import apply, node_keep
+        from ..pruning.reuse import reusable_values
+        job, graph, a = self.job, self.graph, self.analysis
         runners: dict[tuple, _SuffixRunner] = {}
         for keep, (plan, rs) in plans.items():
             if len(keep) == g.channels:
@@ -612,7 +622,6 @@ class _SuffixRunner:
         self.from_unchanged = sorted({v for v in list(self.needed) + list(self.early.values())
                                       if v[0] in self.unchanged}, key=str)
         self.unchanged_values: dict[int, dict] = {}
-        self.unchanged_bytes = 0
 
     def _unchanged(self, b: int, values: dict) -> dict:
         """The original's values of batch ``b`` that the unchanged layers after ``start``
@@ -625,10 +634,11 @@ class _SuffixRunner:
         ctx = self.ctx
         got = ctx.executor.advance(values, self.start, len(ctx.graph.layers),
                                    keep=self.from_unchanged, only=self.unchanged)
+        got = {v: a if a.base is None else a.copy() for v, a in got.items()}  # no hidden bases
         size = _nbytes(got)
-        if ctx.checkpoint_bytes + self.unchanged_bytes + size <= ctx.cache_budget:
+        if ctx.checkpoint_bytes + ctx.unit_bytes + size <= ctx.cache_budget:
             self.unchanged_values[b] = got
-            self.unchanged_bytes += size
+            ctx.unit_bytes += size
         return got
 
     def evaluate(self, executor, reuse) -> float:
@@ -636,8 +646,8 @@ class _SuffixRunner:
         ev, s = self.ctx.evaluator, self.start
         results = []
         for b, feed in enumerate(ev.feeds):
-            if s == 0:
-                res = executor.run(feed, **self.late)
+            if s == 0:  # nothing before the change: the whole pruned model
+                res = executor.run(feed, **ev.run_args)
             else:
                 values = self.ctx.original_values(b, s)
                 values = {**values, **self._unchanged(b, values)}
@@ -985,6 +995,8 @@ def _run_pool(workers, job, ctx, state: _Progress, units, cache_budget):
                 running_here = False
     except BaseException:
         cancel.set()
+        if here is not None:
+            here.join()  # its current ratio ends first: no kernel left running behind the caller
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
