@@ -665,3 +665,37 @@ def test_folding_with_batch_norm_uses_act_beta():
     consts = removed_constants(g, a, keep)
     beta = float(conv.weights["biases"][5])
     assert consts[g.index("convolutional_2")][5] == pytest.approx(beta if beta > 0 else 0.1 * beta, rel=1e-5)
+
+
+@pytest.mark.parametrize("files", [("caffe/tinynet_deploy.prototxt", "caffe/tinynet.caffemodel"),
+                                   ("fashion/fashion_deploy.prototxt", "fashion/fashion.caffemodel"),
+                                   ("fashion/fashion.cfg", "fashion/fashion.weights"),
+                                   ("darknet/tiny-yolo.cfg", None)])
+def test_constants_of_a_whole_group_fold_like_each_plans_own(files):
+    """ana folds every ratio of a group with the constants of the whole group removed (one
+    dead-model pass): the pruned arrays are exactly those apply() finds plan by plan."""
+    from caffe_surgeon.pruning.surgery import constants_stand_alone, removed_constants
+    model, weights = (ROOT / "fixtures" / f if f else None for f in files)
+    g = cs.load(model, weights) if weights else cs.init(cs.load(model), seed=7)
+    a = analyse(g)
+    assert constants_stand_alone(a)
+    folded, moved = 0, None
+    for grp in a.prunable_groups():
+        constants = removed_constants(g, a, a.node_group != grp.id)
+        for ratio in (0.3, 0.7):
+            plan = make_plan(a, ratios={grp.id: ratio})
+            want = apply(g, plan, "dense", analysis=a)
+            got = apply(g, plan, "dense", analysis=a, constants=constants)
+            for lw, lg, lo in zip(want.layers, got.layers, g.layers):
+                assert lw.weights.keys() == lg.weights.keys()
+                for k in lw.weights:
+                    np.testing.assert_array_equal(lg.weights[k], lw.weights[k], err_msg=lw.name)
+                    if k in lo.weights and lw.weights[k].shape == lo.weights[k].shape and \
+                            lw.weights[k].ndim == 1 and not np.array_equal(lw.weights[k], lo.weights[k]):
+                        folded, moved = folded + 1, (plan, want)
+    assert folded  # some offset really moved
+    # and apply() does use what it is given: no constants, no folding
+    plan, want = moved
+    unfolded = apply(g, plan, "dense", analysis=a, constants={})
+    assert any(not np.array_equal(lu.weights[k], lw.weights[k])
+               for lu, lw in zip(unfolded.layers, want.layers) for k in lw.weights)

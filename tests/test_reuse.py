@@ -145,6 +145,8 @@ def test_normalize_mixes_channels_so_it_changes(tmp_path):
     g = cs.init(cs.load(proto), seed=1)
     starts = check_every_group(g)
     assert starts[("conv1",)] == "norm1"  # not conv2: the norm runs over the kept channels only
+    from caffe_surgeon.pruning.surgery import constants_stand_alone
+    assert not constants_stand_alone(analyse(g))  # ana then folds plan by plan
 
 
 @pytest.mark.parametrize("ratio", [0.25, 0.75])

@@ -32,7 +32,8 @@ MODES = ("dense", "sparse")
 
 def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
           analysis: ChannelAnalysis | None = None, calib: dict | None = None,
-          darknet_bn: str = "pjreddie", keep_layout: bool = False) -> Graph:
+          darknet_bn: str = "pjreddie", keep_layout: bool = False,
+          constants: dict | None = None) -> Graph:
     """Return a pruned copy of ``graph`` (the input graph is not modified).
 
     Args:
@@ -45,6 +46,9 @@ def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
             matches the original model's (see :mod:`.reconstruct`).
         keep_layout: never switch a bias on (a sparse caffemodel then still pairs with
             the original prototxt); constants with nowhere to go are not folded.
+        constants: :func:`removed_constants` computed for a plan that removes at least
+            this plan's channels (see :func:`constants_stand_alone`); saves its forward pass
+            when many plans cut the same group (sensitivity analysis).
     """
     if mode not in MODES:
         raise ModelError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -54,7 +58,8 @@ def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
     if keep.all():
         return out
     _check_nothing_emptied(a, keep)
-    consts = removed_constants(graph, a, keep) if fold else {}
+    consts = {} if not fold else removed_constants(graph, a, keep) if constants is None \
+        else constants
     for i, layer in enumerate(out.layers):
         flow = a.flows[i]
         spec = spec_for(graph.framework, layer)
@@ -227,6 +232,13 @@ def add_offset(out: Graph, a: ChannelAnalysis, i: int, delta, rows, create: bool
     arr[idx] += sign * factor * np.asarray(delta, np.float64)
     layer.weights[name] = arr.astype(np.float32)
     return True
+
+
+def constants_stand_alone(a: ChannelAnalysis) -> bool:
+    """Whether a removed channel's constant depends on that channel alone (no layer mixes
+    channels on its way), so :func:`removed_constants` of a plan removing more channels
+    gives the same values for the channels both remove."""
+    return not any(f.mixes_channels for f in a.flows)
 
 
 def removed_constants(graph: Graph, a: ChannelAnalysis, keep) -> dict:

@@ -562,19 +562,25 @@ class _Context:
         from ..engine import Executor
         from ..pruning import apply, node_keep
         from ..pruning.reuse import reusable_values
+        from ..pruning.surgery import constants_stand_alone, removed_constants
         job, graph, a = self.job, self.graph, self.analysis
         runners: dict[tuple, _SuffixRunner] = {}
+        constants = None
         for keep, (plan, rs) in plans.items():
             if len(keep) == g.channels:
                 for r in rs:
                     yield r, baseline, False
                 continue
+            if constants is None and constants_stand_alone(a):
+                # what every channel of the group folds as once removed: one dead-model
+                # pass for all ratios, the same values apply() finds for each
+                constants = removed_constants(graph, a, a.node_group != g.id)
             reuse = reusable_values(a, node_keep(a, plan))
             key = (reuse.start, reuse.changed)
             runner = runners.get(key)
             if runner is None:
                 runner = runners[key] = _SuffixRunner(self, reuse.start, reuse.changed)
-            pruned = apply(graph, plan, "dense", fold=True, analysis=a)
+            pruned = apply(graph, plan, "dense", fold=True, analysis=a, constants=constants)
             metric = runner.evaluate(Executor(pruned, darknet_bn=job.darknet_bn), reuse)
             for k, r in enumerate(rs):
                 yield r, metric, k == 0
@@ -592,8 +598,7 @@ class _Context:
 
         from ..pruning.reuse import reusable_values
         a = self.analysis
-        keep = ~((a.node_group == gid) & (a.node_class == 0))
-        return reusable_values(a, np.asarray(keep))
+        return reusable_values(a, np.asarray(~((a.node_group == gid) & (a.node_class == 0))))
 
 
 class _SuffixRunner:
