@@ -76,47 +76,10 @@ def test_darknet_yolo_heads_and_shortcut_blocked_or_tied():
     assert heads and all("yolo" in grp.reasons[0] for grp in heads)
 
 
-SHARED_CFG = """[net]
-height=12
-width=12
-channels=3
-
-[convolutional]
-filters=8
-size=3
-pad=1
-activation=leaky
-
-[convolutional]
-filters=8
-size=3
-pad=1
-activation=leaky
-
-[convolutional]
-filters=8
-size=3
-pad=1
-activation=leaky
-
-[convolutional]
-share_index=1
-filters=8
-size=3
-pad=1
-activation=leaky
-
-[convolutional]
-filters=8
-size=3
-pad=1
-activation=leaky
-
-[convolutional]
-filters=4
-size=1
-activation=linear
-"""
+CONV3 = "[convolutional]\n{extra}filters=8\nsize=3\npad=1\nactivation=leaky\n"
+SHARED_CFG = "[net]\nheight=12\nwidth=12\nchannels=3\n\n" + "\n".join(
+    CONV3.format(extra=extra) for extra in ("", "", "", "share_index=1\n", "")) + \
+    "\n[convolutional]\nfilters=4\nsize=1\nactivation=linear\n"
 
 
 def test_darknet_share_index_pins_the_shared_layers_channels(tmp_path):

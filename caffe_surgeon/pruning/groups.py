@@ -245,7 +245,8 @@ def analyse(graph: Graph, ignore=(), input_shapes=None) -> ChannelAnalysis:
             for j in chan:
                 block(bottoms[j], flow.reason)
         if flow.shares_weights_of is not None:  # the arrays' owner must keep every channel
-            j = flow.shares_weights_of if flow.shares_weights_of >= 0 else i + flow.shares_weights_of
+            j = flow.shares_weights_of
+            j = j if j >= 0 else i + j
             if 0 <= j < i:
                 why = f"{graph.layers[j].name}: its weights are shared by '{layer.name}'"
                 block(layer_in[j], why)

@@ -14,16 +14,18 @@ change from there on (the consumers and what reads their values), resumed from
 those activations sliced to the kept channels (fresh arrays: the executor may
 overwrite dying inputs in place). Later layers that read no changed value
 (another detector head, a branch that joins only after it is scored) run once
-per batch on the original model for all of a group's ratios. Groups run in order of their
-first changed layer, and each batch keeps one checkpoint of the original's
-activations that the next group's prefix continues from (:meth:`Executor.advance`),
-so all prefixes together cost one forward pass per batch. The reused values are
+per batch on the original model for all of a group's ratios. Groups run in
+order of their first changed layer, and each batch keeps one checkpoint of the
+original's activations that the next group's prefix continues from
+(:meth:`Executor.advance`), so all prefixes together cost one forward pass per
+batch. The reused values are
 the same function the pruned model computes, but the kept filters come from a
 GEMM of another shape, so metrics can differ from a from-scratch run in the last
 float bits; runs of ana itself are bit-identical whatever the worker count.
 Ratios whose rounded kept counts coincide share one evaluation, and a ratio that
 keeps every channel is the baseline. ``workers=N`` spreads the groups over this
-process and N-1 worker processes; ``scheduler="tcp://host:port"`` over a Dask cluster.
+process and N-1 worker processes; ``scheduler="tcp://host:port"`` over a Dask
+cluster.
 
 Early stop (opt-in, ``early_stop=D``; off by default, as the vendor evaluates
 every ratio). A group's ratios run in increasing order, and once one costs a
