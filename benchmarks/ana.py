@@ -20,8 +20,9 @@ Dask cluster (``LocalCluster``, 2 single-threaded worker processes; cluster
 start-up not timed; worker processes pay their own model load, decoding and -
 label-free - reference run). This process's Numba kernels are loaded before
 timing. Prints the median over ``--repeats`` runs and the speed-ups, plus the
-speed-up prefix reuse allows at best by operation counts (ratios that keep
-every channel or share a kept count aside).
+speed-ups reuse allows at best by operation counts, each pruned model at its
+real size (:func:`ops_bounds`): as ana runs, with prefixes and unchanged layers
+free, and with consumers updated incrementally across ratios (not built).
 
 Early stop (``--early-stop D``, opt-in in ana): ana at 1 worker skipping a
 group's larger ratios once its relative drop exceeds D, against the same full
@@ -86,26 +87,59 @@ def naive(job: AnaJob):
     return time.perf_counter() - t0, baseline, results, times, g, a
 
 
-def ops_bounds(g, reuses, ratios, input_shapes=None) -> tuple[float, float]:
-    """Speed-ups reuse allows by operation counts, in units of one full forward.
+def ops_bounds(ctx, job) -> tuple[float, float, float]:
+    """Speed-ups reuse allows by operation counts (each pruned model at its real size), in
+    units of one forward of the original.
 
-    ``reuses``: per prunable group, its :class:`~caffe_surgeon.pruning.reuse.Reuse` (which
-    layers change). naive = 1 + G*R; ana = 1 (baseline) + the original's layers before the
-    last start (the prefixes, one pass carried from group to group, as ana does) + per
-    group the unchanged layers after its start once + R * its changed layers; and the
-    ideal where prefixes and unchanged layers cost nothing.
+    naive = the baseline + every variant's full forward. ana = the baseline + the
+    original's layers before the last start (the prefixes, one pass carried from group
+    to group, as ana does) + per group its unchanged layers after the start once + every
+    variant's changed layers. Then the ideal where prefixes and unchanged layers cost
+    nothing; and that ideal with each consumer (a changed layer reading no changed value)
+    updated incrementally across ratios: its full output once, then only the newly
+    removed channels subtracted, (1 + max ratio) consumers per group when that is less
+    than the variants' own. That last one is not built: it changes float rounding (no
+    longer bit-equal to a from-scratch run); it shows what no exact reuse can beat.
     """
-    st = cs.stat(g, input_shapes)
-    ops = [0] * len(g.layers)
-    for row in st.layers:
-        ops[row.index] = row.ops
-    total = sum(ops)
-    changed = sum(sum(ops[i] for i in ru.changed) for ru in reuses) / total
-    unchanged = sum(sum(ops[ru.start:]) - sum(ops[i] for i in ru.changed) for ru in reuses) / total
-    prefixes = sum(ops[:max(ru.start for ru in reuses)]) / total
-    r = len(ratios)
-    naive = 1 + len(reuses) * r
-    return naive / (1 + prefixes + unchanged + r * changed), naive / (1 + r * changed)
+    g, a, shapes = ctx.graph, ctx.analysis, getattr(ctx.evaluator, "input_shapes", None)
+    reads = ctx.executor.reads
+
+    def layer_ops(graph):
+        ops = [0] * len(graph.layers)
+        for row in cs.stat(graph, shapes).layers:
+            ops[row.index] = row.ops
+        return ops
+
+    full = layer_ops(g)
+    total = sum(full)
+    naive = once = free = ideal = 1.0
+    last_start = 0
+    for grp in a.prunable_groups():
+        ru = ctx.reuse_of(grp.id)
+        last_start = max(last_start, ru.start)
+        consumers = [i for i in ru.changed if not any(v[0] in ru.changed for v in reads[i])]
+        once += (sum(full[ru.start:]) - sum(full[i] for i in ru.changed)) / total
+        own = 0.0
+        for r in job.ratios:
+            plan = make_plan(a, ratios={grp.id: r}, criterion=job.criterion, divisor=job.divisor)
+            ops = layer_ops(apply(g, plan, "dense", fold=False, analysis=a))
+            naive += sum(ops) / total
+            changed = sum(ops[i] for i in ru.changed) / total
+            once += changed
+            free += changed
+            ideal += changed - sum(ops[i] for i in consumers) / total
+            own += sum(ops[i] for i in consumers) / total
+        ideal += min(own, (1 + max(job.ratios)) * sum(full[i] for i in consumers) / total)
+    once += sum(full[:last_start]) / total
+    return naive / once, naive / free, naive / ideal
+
+
+def bounds_line(ctx, job) -> str:
+    once, free, ideal = ops_bounds(ctx, job)
+    return (f"     operation-count bound of reuse: {once:.2f}x (prefixes in one pass per batch, as "
+            f"ana does), {free:.2f}x (prefixes and unchanged layers free), {ideal:.2f}x "
+            "(also consumers updated incrementally across ratios: not built, inexact); it counts "
+            "operations only, not per-layer call overheads")
 
 
 def paired(job: AnaJob, repeats: int):
@@ -185,14 +219,10 @@ def paired(job: AnaJob, repeats: int):
     print(f"     total: naive {tn:.2f} s, ana {ta:.2f} s -> {tn / ta:.2f}x; per evaluation: median "
           f"naive {statistics.median(t_naive) / len(job.ratios):.3f} s, "
           f"ana {statistics.median(t_ana) / len(job.ratios):.3f} s", flush=True)
-    reuses = [ctx.reuse_of(grp.id) for grp in a.prunable_groups()]
-    once, free = ops_bounds(g, reuses, job.ratios, getattr(ev, "input_shapes", None))
     td = sum(t_decoding) / repeats
     print(f"     naive loop that also reads and decodes the data for every evaluation (as Caffe's "
           f"test loop and darknet's valid do): {td:.2f} s -> ana {td / ta:.2f}x")
-    print(f"     operation-count bound of reuse: {once:.2f}x (prefixes in one pass per batch, as "
-          f"ana does), {free:.2f}x (prefixes and unchanged layers free); it counts operations "
-          "only, not per-layer call overheads")
+    print(bounds_line(ctx, job))
     for d, times in t_stopped.items():
         tsd = sum(times) / repeats
         print(f"     ana with early stop {d:g} (opt-in; evaluates fewer ratios): {tsd:.2f} s -> "
@@ -212,6 +242,9 @@ def bench(name: str, job: AnaJob, repeats: int, tmp: Path, cluster_address: str 
     warm_up(job)
     if not SKIP_PAIRED:
         paired(job, paired_repeats)
+    else:
+        from caffe_surgeon.workflow.ana import _Context
+        print(bounds_line(_Context(job.checked()), job), flush=True)
     if PAIRED_ONLY:
         return None
     rows: dict[str, list[float]] = {}
