@@ -91,19 +91,20 @@ def test_image_folder_round_trips_pixels(tmp_path):
 
 
 @needs_data
-def test_shipped_images_are_the_first_t10k_images():
-    """The quick start's 500 images and both lists are the dataset's, pixel for pixel."""
+@pytest.mark.parametrize("kind,count", [("t10k", 500), ("train", 64)])
+def test_shipped_images_are_the_first_of_the_dataset(kind, count):
+    """The quick start's images and their lists are the dataset's, pixel for pixel."""
     from PIL import Image
-    images, labels = fm.read_idx("t10k")
-    listed = (FIX / "t10k_list.txt").read_text().splitlines()
-    valid = (FIX / "t10k_valid.txt").read_text().splitlines()
-    files = sorted(p.name for p in (FIX / "t10k").iterdir())
-    assert len(listed) == len(valid) == len(files) == 500
+    images, labels = fm.read_idx(kind)
+    listed = (FIX / f"{kind}_list.txt").read_text().splitlines()
+    valid = (FIX / fm.DARKNET_LISTS[kind]).read_text().splitlines()
+    files = sorted(p.name for p in (FIX / kind).iterdir())
+    assert len(listed) == len(valid) == len(files) == count
     for i, line in enumerate(listed):
         name, label = line.split()
         assert name == files[i] and int(label) == labels[i]
-        assert valid[i] == f"t10k/{name}" and fm.CLASS_NAMES[labels[i]] in name
-        assert np.array_equal(np.asarray(Image.open(FIX / "t10k" / name)), images[i]), name
+        assert valid[i] == f"{kind}/{name}" and fm.CLASS_NAMES[labels[i]] in name
+        assert np.array_equal(np.asarray(Image.open(FIX / kind / name)), images[i]), name
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,16 @@ def test_readme_quick_start_runs_the_workflow_on_the_shipped_example(tmp_path):
     rdir = cwd / "ws" / "regular_rate_0.5"
     assert sorted(p.name for p in rdir.iterdir()) == ["final.prototxt", "plan.json",
                                                      "sparse.caffemodel"]
+    # the README's figures: 0.668 as pruned, 0.906 refitted on the 64 shipped training images
+    assert float(summary["Accuracy"][1]) == pytest.approx(0.668, abs=1e-6)
+    proc = subprocess.run([*shlex.split(steps[-1].replace("vai_p_caffe", f"{sys.executable} -m "
+                                                          f"{ENTRY['vai_p_caffe']}")),
+                           "-reconstruct", "64"], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    refit = next(r for r in proc.stdout.splitlines() if r.startswith("| Accuracy"))
+    assert float(refit.split("|")[3]) == pytest.approx(0.906, abs=1e-6)
+    assert "-reconstruct 64" in README and "0.916 -> 0.906" in README and "0.916 -> 0.668" in README
 
 
 @pytest.mark.parametrize("command", readme_commands())

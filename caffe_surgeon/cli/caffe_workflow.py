@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .common import NO_EARLY_STOP, early_stop_arg
+from .common import NO_EARLY_STOP, early_stop_arg, refit_note
 
 
 def add_parsers(sub):
@@ -31,6 +31,11 @@ def add_parsers(sub):
                            default="greedy",
                            help="greedy (default): least predicted metric loss per operation saved; "
                                 "threshold: the vendor's per-layer drop threshold")
+            p.add_argument("-reconstruct", "--reconstruct", type=int, metavar="N",
+                           help="refit, by least squares, every layer that lost input channels so that it "
+                                "reproduces the original's output on the first N training images "
+                                "(Caffe: the TRAIN-phase data layer; Darknet: the .data train list); "
+                                "not in the vendor tool, off by default")
 
 
 def _job(cfg):
@@ -84,6 +89,7 @@ def _prune(args, cfg, job) -> int:
     from ..caffe.writer import render_caffemodel, render_prototxt
     from ..fileio import atomic_write
     from ..workflow.ana import AnaResult
+    from ..workflow.calibration import calibration_images
     from ..workflow.evaluators import build_evaluator, load_eval_graph
     from ..workflow.prune_rate import prune_to_rate
     cfg.require("rate", command="prune")
@@ -94,9 +100,14 @@ def _prune(args, cfg, job) -> int:
     print("Analysis info found.")
     graph = load_eval_graph("caffe", [str(cfg.model), str(cfg.weights)], job.evaluator)
     evaluator = build_evaluator(job.evaluator, graph)
+    calib = None
+    if args.reconstruct is not None:  # read before anything is pruned or written
+        calib = calibration_images("caffe", job.model_files, job.evaluator, args.reconstruct,
+                                   graph, evaluator)
     out = prune_to_rate(graph, ana, cfg.rate, evaluator=evaluator, criterion=cfg.criterion,
                         divisor=cfg.channel_divisible, method=args.allocator,
-                        ignore=list(cfg.exclude), input_shapes=getattr(evaluator, "input_shapes", None))
+                        ignore=list(cfg.exclude), input_shapes=getattr(evaluator, "input_shapes", None),
+                        calib=calib and calib.feed)
     folder = cfg.rate_dir()
     folder.mkdir(parents=True, exist_ok=True)
     sparse_bytes, final_text = render_caffemodel(out.sparse), render_prototxt(out.dense)
@@ -106,6 +117,8 @@ def _prune(args, cfg, job) -> int:
     print(out.summary.format())
     if out.allocation.off_target_note():
         print(out.allocation.off_target_note())
+    if calib is not None:
+        print(refit_note(out.refitted, calib))
     print(f"wrote {folder / 'sparse.caffemodel'}, {folder / 'final.prototxt'} and {folder / 'plan.json'} "
           f"({args.allocator} allocation, predicted drop {out.allocation.predicted_drop:.4g})")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .common import NO_EARLY_STOP, early_stop_arg
+from .common import NO_EARLY_STOP, early_stop_arg, refit_note
 
 COMMANDS = ("ana", "prune", "valid", "map", "finetune")
 
@@ -37,6 +37,11 @@ def add_parsers(sub):
         if name == "prune":
             p.add_argument("-allocator", "--allocator", choices=("greedy", "threshold"),
                            default="greedy")
+            p.add_argument("-reconstruct", "--reconstruct", type=int, metavar="N",
+                           help="refit, by least squares, every layer that lost input channels so that it "
+                                "reproduces the original's output on the first N training images "
+                                "(Caffe: the TRAIN-phase data layer; Darknet: the .data train list); "
+                                "not in the vendor tool, off by default")
         if name in ("valid", "map"):
             p.add_argument("-pruned", "--pruned", action="store_true",
                            help="evaluate prunedcfg (with these weights) instead of modelcfg")
@@ -114,6 +119,7 @@ def _prune(args, conf, spec) -> int:
     from darknet_io import write_darknet
 
     from ..workflow.ana import AnaResult
+    from ..workflow.calibration import calibration_images
     from ..workflow.evaluators import build_evaluator, load_eval_graph
     from ..workflow.prune_rate import prune_to_rate
     if conf.rate is None:
@@ -125,8 +131,13 @@ def _prune(args, conf, spec) -> int:
     ana = AnaResult.load(conf.ana_out_file)
     graph = load_eval_graph("darknet", job.model_files, spec)
     evaluator = build_evaluator(spec, graph)
+    calib = None
+    if args.reconstruct is not None:  # read before anything is pruned or written
+        calib = calibration_images("darknet", job.model_files, spec, args.reconstruct, graph,
+                                   evaluator)
     out = prune_to_rate(graph, ana, conf.rate, evaluator=evaluator, criterion=conf.criterion,
-                        divisor=conf.kernel_batch, method=args.allocator, ignore=job.ignore)
+                        divisor=conf.kernel_batch, method=args.allocator, ignore=job.ignore,
+                        calib=calib and calib.feed, darknet_bn=job.darknet_bn)
     Path(conf.prunedcfg).parent.mkdir(parents=True, exist_ok=True)
     Path(conf.prune_out_weights).parent.mkdir(parents=True, exist_ok=True)
     # the dense cfg, and the sparse weights (original shapes) that finetune/transform start from
@@ -136,6 +147,8 @@ def _prune(args, conf, spec) -> int:
     print(out.summary.format())
     if out.allocation.off_target_note():
         print(out.allocation.off_target_note())
+    if calib is not None:
+        print(refit_note(out.refitted, calib))
     print(f"wrote {conf.prunedcfg} and {conf.prune_out_weights} ({args.allocator} allocation)")
     return 0
 

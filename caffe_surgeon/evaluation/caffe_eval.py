@@ -47,24 +47,9 @@ class CaffeEvaluator(Evaluator):
         self.acc_name, self.test_iter = acc_name, int(test_iter)
         self.metric_name = acc_name
         self._check_metric(graph)
-        self.data_layer = _data_layer(graph, self.net_file)
-        self.tops = list(self.data_layer.tops)
+        layer, self.transform, source, self.batch_size, p = open_data_layer(graph, base_dir)
+        self.data_layer, self.tops = layer, list(layer.tops)
         self.outputs = [acc_name]
-        params = _upgraded_params(graph, self.data_layer)
-        resolve = resolver(base_dir)
-        name = self.data_layer.name
-        self.transform = Transform(params.get("transform_param", {}), name, self.net_file, resolve)
-        if self.data_layer.type == "ImageData":
-            p = params.get("image_data_param", {})
-            source = ImageListSource(p, resolve, name, self.net_file)
-        else:
-            p = params.get("data_param", {})
-            source = LmdbSource(p, resolve, name, self.net_file,
-                                self.transform.force_color, self.transform.force_gray)
-        self.batch_size = int(p.get("batch_size", 1 if self.data_layer.type == "ImageData" else 0))
-        if self.batch_size < 1:
-            raise ModelError(f"batch_size is {self.batch_size}; Caffe needs a positive batch size",
-                             file=self.net_file, layer=name)
         self._note_ignored(p)
         self.source_size = len(source)
         self.source = source
@@ -134,6 +119,47 @@ class CaffeEvaluator(Evaluator):
                                  file=self.net_file)
             total = F32(total + value.reshape(()))  # Caffe accumulates in Dtype (float)
         return float(F32(total / F32(self.test_iter)))
+
+
+def open_data_layer(graph: Graph, base_dir=None):
+    """The net's one ImageData / LMDB Data layer, opened: ``(layer, transform, source,
+    batch_size, params)``, every setting checked before any record is decoded."""
+    net_file = graph.source[0] if graph.source else None
+    layer = _data_layer(graph, net_file)
+    params = _upgraded_params(graph, layer)
+    resolve = resolver(base_dir)
+    transform = Transform(params.get("transform_param", {}), layer.name, net_file, resolve)
+    if layer.type == "ImageData":
+        p = params.get("image_data_param", {})
+        source = ImageListSource(p, resolve, layer.name, net_file)
+    else:
+        p = params.get("data_param", {})
+        source = LmdbSource(p, resolve, layer.name, net_file, transform.force_color,
+                            transform.force_gray)
+    batch_size = int(p.get("batch_size", 1 if layer.type == "ImageData" else 0))
+    if batch_size < 1:
+        raise ModelError(f"batch_size is {batch_size}; Caffe needs a positive batch size",
+                         file=net_file, layer=layer.name)
+    return layer, transform, source, batch_size, p
+
+
+def read_records(graph: Graph, count: int, base_dir=None) -> tuple[np.ndarray, str]:
+    """The first ``count`` records (fewer if the source has fewer) of the net's data layer,
+    transformed as at TEST (centre crop, no mirror): ``(images (N, C, H, W), source)``."""
+    layer, transform, source, _, _ = open_data_layer(graph, base_dir)
+    images, _ = source.load(min(int(count), len(source)))
+    if not images:
+        raise ModelError(f"the {layer.type} layer's source has no records",
+                         file=graph.source_text, layer=layer.name)
+    data = []
+    for i, img in enumerate(images):
+        transform.check(tuple(img.shape), source.describe(i))
+        data.append(transform(img))
+        if data[-1].shape != data[0].shape:
+            raise ModelError(f"{source.describe(i)} gives {data[-1].shape} (C, H, W) but "
+                             f"{source.describe(0)} gives {data[0].shape}; without crop_size "
+                             "the images need one size", file=graph.source_text, layer=layer.name)
+    return np.stack(data), str(getattr(source, "list_file", None) or source.path)
 
 
 def _data_layer(graph: Graph, net_file):

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from ..errors import ModelError
 from ..graph import Graph
 from ..opcount import stat
-from ..pruning import Plan, analyse, apply, make_plan
+from ..pruning import Plan, analyse, apply, make_plan, node_keep
+from ..pruning.reconstruct import reconstruct
+from ..pruning.transform import transform
 from .allocate import Allocation, OpsCounter, allocate
 from .report import PruneSummary
 
@@ -25,6 +27,7 @@ class PruneOutcome:
     dense: Graph
     sparse: Graph
     summary: PruneSummary
+    refitted: list  # layers refitted by least squares (empty without calibration images)
 
 
 def higher_is_better(metric_name: str) -> bool:
@@ -59,7 +62,8 @@ def curves_of(ana, analysis) -> dict:
 
 def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: str = "l1",
                   divisor: int = 2, method: str = "greedy", ignore=(),
-                  input_shapes=None) -> PruneOutcome:
+                  input_shapes=None, calib: dict | None = None,
+                  darknet_bn: str = "pjreddie") -> PruneOutcome:
     """Allocate ratios for ``rate`` from ``ana`` and prune ``graph`` (dense and sparse forms).
 
     Args:
@@ -67,6 +71,10 @@ def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: 
             finetuned snapshot of the analysed model).
         ana: the analysis result (``AnaResult``: baseline, metric_name, groups, ratios, metric()).
         evaluator: if given, the pruned model is evaluated for the summary.
+        calib: input blob -> calibration images (:mod:`.calibration`): the layers that lost
+            input channels are refitted by least squares (:mod:`..pruning.reconstruct`) in
+            the sparse model, and the dense one is what ``transform`` makes of it, so the
+            evaluated model is exactly the one the written sparse weights give.
     """
     a = analyse(graph, ignore=ignore, input_shapes=input_shapes)
     curves = curves_of(ana, a)
@@ -86,11 +94,30 @@ def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: 
                          "evaluate them", file=e.file) from None
     plan = make_plan(a, ratios=alloc.ratios, criterion=criterion, divisor=divisor)
     # keep_layout: sparse.caffemodel must still pair with the original prototxt
-    dense = apply(graph, plan, "dense", fold=True, analysis=a, keep_layout=True)
     sparse = apply(graph, plan, "sparse", fold=True, analysis=a, keep_layout=True)
+    refitted = []
+    if calib is None:
+        dense = apply(graph, plan, "dense", fold=True, analysis=a, keep_layout=True)
+    else:
+        refitted = reconstruct(graph, sparse, a, node_keep(a, plan), calib,
+                               darknet_bn=darknet_bn, create=False)
+        dense = _dense_of(sparse, plan, ignore, input_shapes)
     acc = float(evaluator.evaluate(dense)) if evaluator is not None else float("nan")
     before, after = stat(graph, input_shapes).total, stat(dense, input_shapes).total
     summary = PruneSummary(acc_baseline=float(ana.baseline), acc_compressed=acc,
                            weights_baseline=before.params, weights_compressed=after.params,
                            ops_baseline=before.ops, ops_compressed=after.ops, rate=rate)
-    return PruneOutcome(alloc, plan, dense, sparse, summary)
+    return PruneOutcome(alloc, plan, dense, sparse, summary, refitted)
+
+
+def _dense_of(sparse: Graph, plan: Plan, ignore, input_shapes) -> Graph:
+    """``transform`` of a refitted sparse model, checked to find the plan it was made with."""
+    result = transform(sparse, ignore=ignore, input_shapes=input_shapes)
+    found = {g.id: tuple(g.keep) for g in result.plan.groups}
+    for g in plan.groups:
+        if found.get(g.id, tuple(g.keep)) != tuple(g.keep):
+            raise ModelError(f"after reconstruction, group {g.id} of the sparse model reads as "
+                             f"keeping {len(found[g.id])} channels where the plan keeps "
+                             f"{len(g.keep)}; prune without -reconstruct",
+                             file=sparse.source_text)
+    return result.dense

@@ -1,0 +1,179 @@
+"""``prune -reconstruct N``: least-squares refit on training images, on the trained fixture.
+
+Checked against independent runtimes: OpenCV runs the deploy prototxt with the
+written sparse.caffemodel, the Debian darknet binary runs the transformed
+Darknet twin; both must give the top-1 the summary printed.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import caffe_surgeon as cs
+from test_workflow import CONFIG, DATASET, FIX, PRUNING_INI, run_in
+
+pytestmark = pytest.mark.skipif(not (DATASET / "t10k-images-idx3-ubyte.gz").exists(),
+                                reason="Debian package dataset-fashion-mnist not installed")
+COUNT, CALIB = 300, 64
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    from tools.fashion_mnist import write_image_folder
+    from tools.make_fashion_data import make_fashion_data
+    d = tmp_path_factory.mktemp("reconstruct")
+    make_fashion_data(d, COUNT)
+    write_image_folder(d, "train", CALIB)  # train/, train_list.txt, train_darknet.txt
+    for name in ("fashion_train_val.prototxt", "fashion.caffemodel", "fashion.cfg",
+                 "fashion.weights", "fashion.names"):
+        shutil.copy(FIX / name, d / name)
+    (d / "fashion.data").write_text("classes=10\ntrain=train_darknet.txt\nvalid=t10k_valid.txt\n"
+                                    "labels=fashion.names\nnames=fashion.names\ntop=5\n")
+    (d / "config.prototxt").write_text(CONFIG)
+    (d / "pruning.cfg").write_text(PRUNING_INI)
+    from caffe_surgeon.cli import vai_p_caffe, vai_p_darknet
+    assert run_in(d, vai_p_caffe.main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 0
+    assert run_in(d, vai_p_darknet.main, ["pruner", "ana", "pruning.cfg", "fashion.weights",
+                                          "-no_progress"]) == 0
+    return d
+
+
+def summary(out: str) -> dict:
+    rows = {}
+    for line in out.splitlines():
+        m = re.match(r"\| (\w+)\s+\| (\S+).*?\| (\S+).*?\| (\S+)", line)
+        if m and m.group(1) != "Item":
+            rows[m.group(1)] = m.group(3)
+    return rows
+
+
+def caffe_prune(work, capsys, *extra) -> dict:
+    from caffe_surgeon.cli.vai_p_caffe import main
+    capsys.readouterr()
+    assert run_in(work, main, ["prune", "-config", "config.prototxt", *extra]) == 0
+    out = capsys.readouterr().out
+    rdir = work / "ws" / "regular_rate_0.5"
+    return {"out": out, "acc": float(summary(out)["Accuracy"]), "ops": summary(out)["Operations"],
+            "sparse": (rdir / "sparse.caffemodel").read_bytes(),
+            "final": (rdir / "final.prototxt").read_text()}
+
+
+def test_caffe_reconstruct_recovers_accuracy_and_opencv_agrees(work, capsys):
+    plain = caffe_prune(work, capsys)
+    refit = caffe_prune(work, capsys, "-reconstruct", str(CALIB))
+    print(f"Caffe rate 0.5 on {COUNT} t10k images: top-1 {plain['acc']:.4f} plain, "
+          f"{refit['acc']:.4f} reconstructed on {CALIB} training images")
+    assert refit["ops"] == plain["ops"] and refit["final"] == plain["final"]
+    assert refit["acc"] >= plain["acc"] + 0.05, (plain["acc"], refit["acc"])
+    assert f"on {CALIB} training images from train_list.txt" in refit["out"]
+    assert "refitted 6 layer(s)" in refit["out"]  # every conv that lost inputs; fc has too few rows
+    again = caffe_prune(work, capsys, "-reconstruct", str(CALIB))
+    assert again["sparse"] == refit["sparse"]  # deterministic, byte for byte
+
+    # OpenCV: the original deploy prototxt with the written sparse weights
+    cv2 = pytest.importorskip("cv2")
+    from tools.fashion_mnist import read_idx
+    images, labels = read_idx("t10k")
+    x = images[:COUNT, None].astype(np.float32) / np.float32(255)
+    (work / "sparse.caffemodel").write_bytes(refit["sparse"])
+    net = cv2.dnn.readNetFromCaffe(str(FIX / "fashion_deploy.prototxt"),
+                                   str(work / "sparse.caffemodel"))
+    net.setInput(x)
+    top1 = float((net.forward().reshape(COUNT, -1).argmax(1) == labels[:COUNT]).mean())
+    assert abs(top1 - refit["acc"]) <= 1 / COUNT, (top1, refit["acc"])
+
+
+def test_darknet_reconstruct_and_the_darknet_binary_agrees(work, capsys):
+    from caffe_surgeon.cli.vai_p_darknet import main
+    capsys.readouterr()
+    assert run_in(work, main, ["pruner", "prune", "pruning.cfg", "fashion.weights"]) == 0
+    plain = float(summary(capsys.readouterr().out)["Accuracy"])
+    assert run_in(work, main, ["pruner", "prune", "pruning.cfg", "fashion.weights",
+                               "-reconstruct", str(CALIB)]) == 0
+    out = capsys.readouterr().out
+    refit = float(summary(out)["Accuracy"])
+    assert f"on {CALIB} training images from train_darknet.txt" in out
+    assert refit >= plain + 0.05, (plain, refit)
+    assert run_in(work, main, ["pruner", "transform", "pruning.cfg", "dws/weights.prune"]) == 0
+    t = cs.load(work / "dws" / "model-transform.cfg", work / "dws" / "model-transform.weights")
+    assert cs.stat(t).total.ops == cs.stat(cs.load(work / "dws" / "fashion-prune.cfg")).total.ops
+    darknet = shutil.which("darknet")
+    if darknet is None:
+        pytest.skip("the Debian darknet binary is not installed")
+    proc = subprocess.run([darknet, "classifier", "valid", "fashion.data", "dws/model-transform.cfg",
+                           "dws/model-transform.weights"], cwd=work, capture_output=True,
+                          text=True, timeout=600)
+    m = re.findall(r"top 1: ([0-9.]+)", proc.stdout + proc.stderr)
+    assert m, proc.stderr[-2000:]
+    assert abs(float(m[-1]) - refit) <= 1 / COUNT, (m[-1], refit)
+
+
+def test_reconstruct_refuses_missing_training_data_before_writing(work, capsys, tmp_path):
+    from caffe_surgeon.cli import vai_p_caffe, vai_p_darknet
+    d = tmp_path / "w"
+    shutil.copytree(work, d, ignore=shutil.ignore_patterns("train", "train_list.txt", "dws*"))
+    shutil.rmtree(d / "ws" / "regular_rate_0.5", ignore_errors=True)
+    assert run_in(d, vai_p_caffe.main, ["prune", "-config", "config.prototxt",
+                                        "-reconstruct", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "TRAIN-phase data layer" in err and "train_list.txt" in err, err
+    assert not (d / "ws" / "regular_rate_0.5").exists()  # nothing written
+    assert run_in(d, vai_p_caffe.main, ["prune", "-config", "config.prototxt",
+                                        "-reconstruct", "0"]) == 2
+    assert "number of calibration images >= 1, got 0" in capsys.readouterr().err
+
+    (d / "fashion.data").write_text("classes=10\nvalid=t10k_valid.txt\nlabels=fashion.names\n"
+                                    "names=fashion.names\n")
+    shutil.copytree(work / "dws", d / "dws")
+    before = (d / "dws" / "weights.prune").read_bytes() if (d / "dws" / "weights.prune").exists() \
+        else None
+    assert run_in(d, vai_p_darknet.main, ["pruner", "prune", "pruning.cfg", "fashion.weights",
+                                          "-reconstruct", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "no 'train=' line" in err and "fashion.data" in err, err
+    after = (d / "dws" / "weights.prune").read_bytes() if (d / "dws" / "weights.prune").exists() \
+        else None
+    assert after == before
+
+
+def test_refit_keeps_the_sparse_model_and_its_transform_in_step(work):
+    """The evaluated dense model is transform(sparse): the written file gives what was measured."""
+    from caffe_surgeon.pruning import analyse, apply, node_keep
+    from caffe_surgeon.pruning.reconstruct import reconstruct
+    from caffe_surgeon.pruning.transform import transform
+    from caffe_surgeon.workflow.ana import AnaResult
+    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from caffe_surgeon.workflow.calibration import calibration_images
+    from caffe_surgeon.workflow.prune_rate import prune_to_rate
+    spec = {"kind": "caffe", "acc_name": "top-1", "test_iter": 6, "base_dir": str(work)}
+    files = [str(work / "fashion_train_val.prototxt"), str(work / "fashion.caffemodel")]
+    g = load_eval_graph("caffe", files, spec)
+    ev = build_evaluator(spec, g)
+    import os
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        calib = calibration_images("caffe", files, spec, CALIB, g, ev)
+    finally:
+        os.chdir(old)
+    assert calib.count == CALIB and calib.feed["data"].shape == (CALIB, 1, 28, 28)
+    ana = AnaResult.load(work / "ws" / ".ana.regular")
+    out = prune_to_rate(g, ana, 0.5, evaluator=ev, input_shapes=ev.input_shapes,
+                        calib=calib.feed)
+    t = transform(out.sparse, input_shapes=ev.input_shapes).dense
+    for la, lb in zip(out.dense.layers, t.layers):
+        for k in la.weights:
+            assert np.array_equal(la.weights[k], lb.weights[k]), (la.name, k)
+    assert out.summary.acc_compressed == pytest.approx(ev.evaluate(t))
+    # the refit changed the consumers: the plain pruned model differs from it
+    a = analyse(g, input_shapes=ev.input_shapes)
+    plain = apply(g, out.plan, "sparse", analysis=a, keep_layout=True)
+    changed = [l.name for l, p in zip(out.sparse.layers, plain.layers)
+               if any(not np.array_equal(l.weights[k], p.weights[k]) for k in l.weights)]
+    assert set(out.refitted) <= set(changed) and out.refitted
+    assert reconstruct(g, plain, a, node_keep(a, out.plan), calib.feed, create=False) == \
+        out.refitted
