@@ -177,3 +177,41 @@ def test_refit_keeps_the_sparse_model_and_its_transform_in_step(work):
     assert set(out.refitted) <= set(changed) and out.refitted
     assert reconstruct(g, plain, a, node_keep(a, out.plan), calib.feed, create=False) == \
         out.refitted
+
+
+def _train_val_with(work, train_layer: str, name: str) -> str:
+    """The fixture's train_val with its TRAIN-phase data layer replaced."""
+    text = (work / "fashion_train_val.prototxt").read_text()
+    start = text.index("layer {")
+    end = text.index("layer {", text.index("include { phase: TRAIN }"))
+    assert "phase: TRAIN" in text[start:end]
+    (work / name).write_text(text[:start] + train_layer + "\n" + text[end:])
+    return str(work / name)
+
+
+def test_calibration_from_an_lmdb_train_layer_and_a_wrong_crop(work):
+    """LMDB Data layers feed calibration too (first records, key order, TEST transform), and
+    TRAIN images that do not fit the evaluated net are refused with both shapes."""
+    from caffe_surgeon.errors import ModelError
+    from caffe_surgeon.workflow.calibration import calibration_images
+    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from tools.fashion_mnist import read_idx
+    spec = {"kind": "caffe", "acc_name": "top-1", "test_iter": 6, "base_dir": str(work)}
+    files = [str(work / "fashion_train_val.prototxt"), str(work / "fashion.caffemodel")]
+    g = load_eval_graph("caffe", files, spec)
+    ev = build_evaluator(spec, g)
+    lmdb_layer = ('layer { name: "data" type: "Data" top: "data" top: "label" '
+                  'include { phase: TRAIN }\n  transform_param { scale: 0.00392156862745098 '
+                  'mirror: true }\n  data_param { source: "t10k_lmdb" backend: LMDB '
+                  'batch_size: 64 } }')
+    proto = _train_val_with(work, lmdb_layer, "lmdb_train_val.prototxt")
+    calib = calibration_images("caffe", [proto, files[1]], spec, 10, g, ev)
+    images, _ = read_idx("t10k")
+    want = images[:10, None].astype(np.float32) * np.float32(0.00392156862745098)
+    assert np.array_equal(calib.feed["data"], want)  # no mirror, key order
+    assert calib.feed["label"].shape == (10,) and "t10k_lmdb" in calib.source
+
+    cropped = lmdb_layer.replace("mirror: true", "crop_size: 24")
+    proto = _train_val_with(work, cropped, "crop_train_val.prototxt")
+    with pytest.raises(ModelError, match=r"\(1, 24, 24\).*'data' takes \(1, 28, 28\)"):
+        calibration_images("caffe", [proto, files[1]], spec, 10, g, ev)
