@@ -215,3 +215,25 @@ def test_calibration_from_an_lmdb_train_layer_and_a_wrong_crop(work):
     proto = _train_val_with(work, cropped, "crop_train_val.prototxt")
     with pytest.raises(ModelError, match=r"\(1, 24, 24\).*'data' takes \(1, 28, 28\)"):
         calibration_images("caffe", [proto, files[1]], spec, 10, g, ev)
+
+
+def test_carried_activations_refit_exactly_as_recomputed_ones(work):
+    """reconstruct carries each chunk's pruned values from consumer to consumer; with no
+    room to carry them it recomputes from the input: the refitted weights are the same bits."""
+    from caffe_surgeon.pruning import analyse, apply, make_plan, node_keep
+    from caffe_surgeon.pruning.reconstruct import reconstruct
+    from tools.fashion_mnist import read_idx
+    g = cs.load(FIX / "fashion_deploy.prototxt", FIX / "fashion.caffemodel")
+    a = analyse(g)
+    plan = make_plan(a, ratio=0.4, divisor=2)
+    images, _ = read_idx("train")
+    calib = {"data": images[:20, None].astype(np.float32) / np.float32(255)}  # 3 chunks
+    fits = []
+    for budget in (0, 1 << 30):
+        pruned = apply(g, plan, "dense", analysis=a)
+        names = reconstruct(g, pruned, a, node_keep(a, plan), calib, cache_bytes=budget)
+        fits.append((names, pruned))
+    assert fits[0][0] == fits[1][0] and len(fits[0][0]) == 6
+    for la, lb in zip(fits[0][1].layers, fits[1][1].layers):
+        for k in la.weights:
+            assert np.array_equal(la.weights[k], lb.weights[k]), (la.name, k)

@@ -26,11 +26,13 @@ from .patches import output_size, patches, sample_positions
 from .surgery import add_offset, offset_target
 
 CHUNK = 8  # images per forward pass
+CACHE_BYTES = 2 << 30  # pruned activations carried from one consumer to the next
 
 
 def reconstruct(original: Graph, pruned: Graph, a: ChannelAnalysis, keep: np.ndarray,
                 calib: dict, samples: int = 4096, ridge: float = 1e-3, seed: int = 0,
-                darknet_bn: str = "pjreddie", create: bool = True) -> list[str]:
+                darknet_bn: str = "pjreddie", create: bool = True,
+                cache_bytes: int = CACHE_BYTES) -> list[str]:
     """Refit, in place, the consumers in ``pruned`` whose inputs lost channels.
 
     Args:
@@ -40,6 +42,7 @@ def reconstruct(original: Graph, pruned: Graph, a: ChannelAnalysis, keep: np.nda
         samples: output points sampled per consumer (spread over the images).
         ridge: strength of the pull towards the folded weights, relative to the
             mean diagonal of the normal matrix.
+        cache_bytes: pruned activations kept between consumers (results do not depend on it).
     Returns:
         The names of the refitted layers. A layer with fewer sampled rows than
         twice its unknowns (e.g. a fully connected layer with few images) keeps
@@ -68,13 +71,22 @@ def reconstruct(original: Graph, pruned: Graph, a: ChannelAnalysis, keep: np.nda
     originals = [ex_o.run(c, outputs=[], layer_outputs=names) for c in chunks]
     done = []
     # Sequential: each layer is fitted to the inputs the already refitted layers
-    # before it produce, so errors do not pile up along the net.
+    # before it produce, so errors do not pile up along the net. A refit changes
+    # only its own layer and the offset after it, so each chunk's pruned values
+    # are carried from one consumer to the next (one forward pass in all) while
+    # they fit in ``cache_bytes``; chunks over it start again from the input.
+    carried: dict[int, tuple[int, dict]] = {}
     for job in jobs:
         version = (producers[job.index][0], original.layers[job.index].bottoms[0])
         ex_p = Executor(pruned, darknet_bn=darknet_bn)
-        for chunk, vo in zip(chunks, originals):
-            x_p = ex_p.prefix(chunk, job.index)[version]
-            job.add(vo[keys[job.index]], x_p, per_image, rng)
+        for c, (chunk, vo) in enumerate(zip(chunks, originals)):
+            start, values = carried.pop(c, (0, None))
+            values = ex_p.prefix(chunk, job.index) if values is None else \
+                ex_p.advance(values, start, job.index)
+            job.add(vo[keys[job.index]], values[version], per_image, rng)
+            if sum(a.nbytes for s in carried.values() for a in s[1].values()) + \
+                    sum(a.nbytes for a in values.values()) <= cache_bytes:
+                carried[c] = (job.index, values)
         if job.solve(ridge):
             done.append(job.layer.name)
     return done
