@@ -20,6 +20,11 @@ its own ``ImageData`` / LMDB ``Data`` layer (:class:`CaffeEvaluator`):
 - ``score_blob`` [None]: the class scores for ``label_free``; by default the
   first bottom of the Accuracy layer writing ``acc_name``, else of the first
   Accuracy layer, else of the first ``*Loss`` layer.
+- Detectors (a TEST net with a ``DetectionOutput`` layer, SSD) ``label_free``
+  without ``score_blob``: VOC mAP@0.5 of the candidate's detections against
+  the unpruned model's above ``truth_thresh`` [.25], matched at IoU above
+  ``iou_thresh`` [.5] (:class:`CaffeDetectionAgreementEvaluator`); the two
+  fields exist only with ``label_free``.
 
 ``{"kind": "darknet-classifier", ...}`` (:class:`DarknetClassifierEvaluator`)
 and ``{"kind": "darknet-detector", ...}`` (:class:`DarknetDetectorEvaluator`):
@@ -46,6 +51,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from ..evaluation import agreement
+from ..evaluation.voc_map import voc_map
 from ..evaluation import (CaffeEvaluator, DarknetClassifierEvaluator,
                           DarknetDetectorEvaluator, Evaluator)
 from ..graph import Graph
@@ -56,7 +63,7 @@ FRAMEWORK_OF = {"caffe": "caffe", "darknet-classifier": "darknet", "darknet-dete
 _COMMON_DARKNET = {"data_file": None, "label_free": False, "max_images": None, "base_dir": None}
 DEFAULTS = {
     "caffe": {"acc_name": None, "test_iter": 100, "base_dir": None, "label_free": False,
-              "score_blob": None},
+              "score_blob": None, "truth_thresh": 0.25, "iou_thresh": 0.5},
     "darknet-classifier": {**_COMMON_DARKNET, "metric": "top-1", "batch_size": 32},
     "darknet-detector": {**_COMMON_DARKNET, "metric": "mAP@0.5", "batch_size": 8,
                          "thresh": 0.005, "nms": 0.45, "truth_thresh": 0.25, "iou_thresh": 0.5},
@@ -129,6 +136,12 @@ def normalize_spec(spec) -> dict:
                              "(the top blob holding the metric, e.g. \"top-1\"), unless label_free")
         out["test_iter"] = _int(s, "test_iter", 1)
         out["score_blob"] = _str(s, "score_blob", optional=True)
+        if out["label_free"]:  # detection agreement's (absent otherwise: older files stay valid)
+            for field in ("truth_thresh", "iou_thresh"):
+                out[field] = _number(s, field, 0.0, 1.0)
+        elif any(f in spec for f in ("truth_thresh", "iou_thresh")):
+            raise ModelError("evaluator spec: 'truth_thresh' and 'iou_thresh' apply to "
+                             "label-free detector evaluation only (label_free: true)")
         return out
     out["data_file"] = _str(s, "data_file")
     if not Path(out["data_file"]).is_file():
@@ -192,6 +205,11 @@ def build_evaluator(spec: dict, graph: Graph, *, darknet_bn: str = "pjreddie",
                          f"{graph.framework} model", file=graph.source_text)
     kind = spec["kind"]
     if kind == "caffe":
+        if spec["label_free"] and spec["score_blob"] is None and \
+                any(l.type == "DetectionOutput" for l in graph.layers):
+            return CaffeDetectionAgreementEvaluator(
+                graph, spec["test_iter"], spec["base_dir"], truth_thresh=spec["truth_thresh"],
+                iou_thresh=spec["iou_thresh"], reference=reference)
         if spec["label_free"]:
             return CaffeAgreementEvaluator(graph, spec["test_iter"], spec["base_dir"],
                                            acc_name=spec["acc_name"], score_blob=spec["score_blob"],
@@ -250,6 +268,70 @@ class CaffeAgreementEvaluator(CaffeEvaluator):
             hits += int(np.count_nonzero(top1 == ref))
             total += ref.size
         return hits / total if total else 0.0
+
+
+class CaffeDetectionAgreementEvaluator(CaffeEvaluator):
+    """Label-free Caffe detector metric (SSD): VOC mAP@0.5 of the candidate's detections
+    scored against the unpruned model's confident ones.
+
+    Feeds come from the TEST net's data layer as for :class:`CaffeEvaluator`. The
+    ``DetectionOutput`` layer's rows ``(image, label, confidence, xmin, ymin, xmax,
+    ymax)`` of each batch position form that position's detections (a position fed
+    twice by Caffe's wrap-around counts twice, on both sides). The reference's rows
+    with confidence above ``truth_thresh`` are the truth; the candidate's rows, at the
+    layer's own ``confidence_threshold``, are ranked against them
+    (:mod:`~caffe_surgeon.evaluation.agreement`): the reference scores exactly 1.
+    """
+
+    def __init__(self, graph: Graph, test_iter: int = 100, base_dir=None, *,
+                 truth_thresh: float = 0.25, iou_thresh: float = 0.5, reference=None):
+        heads = [l for l in graph.layers if l.type == "DetectionOutput"]
+        if len(heads) != 1:
+            raise ModelError(f"label-free detector evaluation needs one DetectionOutput layer, "
+                             f"the TEST net has {len(heads)}", file=graph.source_text)
+        head = heads[0]
+        super().__init__(graph, head.tops[0], test_iter, base_dir)
+        self.label_free = True
+        self.metric_name = "mAP@0.5 agreement"
+        self.truth_thresh, self.iou_thresh = float(truth_thresh), float(iou_thresh)
+        p = head.params.get("detection_output_param", {})
+        if "num_classes" not in p:
+            raise ModelError("DetectionOutput has no num_classes", file=graph.source_text,
+                             layer=head.name)
+        self.classes = int(p["num_classes"])
+        if reference is None:
+            self.truths = agreement.reference_truth(self.box_rows(self.run(graph)), truth_thresh)
+        else:
+            self.truths = [np.asarray(t, np.float64).reshape(-1, 5) for t in reference]
+            if len(self.truths) != self.test_iter * self.batch_size:
+                raise ModelError(f"the given reference covers {len(self.truths)} images, the "
+                                 f"evaluation has {self.test_iter * self.batch_size}",
+                                 file=self.net_file)
+        if not any(len(t) for t in self.truths):
+            raise ModelError(f"the reference model detects nothing with confidence > "
+                             f"{truth_thresh} in the {len(self.truths)} images of the TEST data "
+                             f"layer '{self.data_layer.name}'; agreement is undefined",
+                             file=self.net_file)
+
+    def reference_state(self):
+        return self.truths
+
+    def box_rows(self, results) -> list[np.ndarray]:
+        """Per batch position, rows ``(label, confidence, xmin, ymin, xmax, ymax)``."""
+        rows = []
+        for b, result in enumerate(results):
+            out = np.asarray(result[self.acc_name], np.float64)
+            if out.ndim != 4 or out.shape[-1] != 7:
+                raise ModelError(f"DetectionOutput '{self.acc_name}' has shape {out.shape}; "
+                                 "expected (1, 1, K, 7)", file=self.net_file)
+            out = out.reshape(-1, 7)
+            image = out[:, 0]
+            for i in range(self.batch_size):
+                rows.append(out[image == i][:, 1:])  # Caffe's "no detection" row has image -1
+        return rows
+
+    def _score(self, results) -> float:
+        return voc_map(self.box_rows(results), self.truths, self.classes, self.iou_thresh).mean
 
 
 def _score_blob(graph: Graph, acc_name) -> str:
