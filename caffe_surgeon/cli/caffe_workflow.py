@@ -44,6 +44,8 @@ def _job(cfg):
             "base_dir": None}
     if cfg.label_free:
         spec["label_free"] = True
+    if cfg.ssd_ap_version is not None:  # DetectionEvaluate's mAP (the solver's ap_version)
+        spec["ap_version"] = cfg.ssd_ap_version
     return AnaJob("caffe", [str(cfg.model), str(cfg.weights)], spec, ratios=list(cfg.ratios),
                   criterion=cfg.criterion, ignore=list(cfg.exclude),
                   divisor=cfg.channel_divisible, early_stop=cfg.early_stop)

@@ -171,3 +171,20 @@ def detection_output(layer, inputs, ctx):
     if not rows:
         return [np.full((1, 1, 1, 7), -1, F32)]
     return [np.array(rows, F32).reshape(1, 1, -1, 7)]
+
+
+@op("caffe", "DetectionEvaluate")
+def detection_evaluate(layer, inputs, ctx):
+    from ..evaluation.ssd_map import detection_evaluate as evaluate
+    p = sub(layer, "detection_evaluate_param")
+    if p.get("name_size_file"):
+        raise ModelError("DetectionEvaluate with name_size_file (matching at the original image "
+                         "sizes) is not supported; remove it to match normalized boxes")
+    if "num_classes" not in p:
+        raise ModelError("DetectionEvaluate needs num_classes")
+    overlap = float(p.get("overlap_threshold", 0.5))
+    if overlap <= 0:
+        raise ModelError(f"DetectionEvaluate overlap_threshold must be > 0, got {overlap}")
+    return [evaluate(inputs[0], inputs[1], int(p["num_classes"]),
+                     int(p.get("background_label_id", 0)), overlap,
+                     bool(p.get("evaluate_difficult_gt", True)))]

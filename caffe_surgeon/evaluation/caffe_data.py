@@ -183,3 +183,41 @@ def datum_image(datum, mode: str, where: str) -> np.ndarray:
         raise ModelError(f"{where}: Datum holds {raw.size} {kind} but channels x height x "
                          f"width = {' x '.join(map(str, shape))} = {size}")
     return raw.reshape(shape)
+
+
+class AnnotatedLmdbSource(LmdbSource):
+    """SSD's ``AnnotatedData`` layer: LMDB ``AnnotatedDatum`` records (image + boxes).
+
+    ``load`` returns, per record, the image and an array of its boxes, rows
+    ``(group_label, instance_id, xmin, ymin, xmax, ymax, difficult)`` in
+    normalized coordinates, as stored.
+    """
+
+    def load(self, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        from ..caffe import caffe_pb2
+        images, boxes = [], []
+        try:
+            with self.env.begin(buffers=False) as txn:
+                for key, value in txn.cursor():
+                    if len(images) == count:
+                        break
+                    where = f"{self.path} record {len(images)} (key {key.decode('latin-1')!r})"
+                    record = caffe_pb2.AnnotatedDatum()
+                    try:
+                        record.ParseFromString(value)
+                    except Exception as e:  # protobuf raises DecodeError, sometimes others
+                        raise ModelError(f"{where}: not an AnnotatedDatum: {e}") from None
+                    if not record.HasField("datum"):
+                        raise ModelError(f"{where}: AnnotatedDatum without a datum (is this a "
+                                         "plain Datum database? use a Data layer)")
+                    if record.type != caffe_pb2.AnnotatedDatum.BBOX:
+                        raise ModelError(f"{where}: annotation type {record.type}; only BBOX "
+                                         "annotations can be evaluated")
+                    images.append(datum_image(record.datum, self.mode, where))
+                    rows = [(g.group_label, a.instance_id, a.bbox.xmin, a.bbox.ymin,
+                             a.bbox.xmax, a.bbox.ymax, float(a.bbox.difficult))
+                            for g in record.annotation_group for a in g.annotation]
+                    boxes.append(np.asarray(rows, np.float32).reshape(-1, 7))
+        finally:
+            self.env.close()
+        return images, boxes

@@ -18,11 +18,12 @@ import numpy as np
 from ..errors import ModelError
 from ..graph import Graph
 from .base import Evaluator
-from .caffe_data import ImageListSource, LmdbSource
+from .ssd_map import AP_VERSIONS, solver_detection_map
+from .caffe_data import AnnotatedLmdbSource, ImageListSource, LmdbSource
 from .caffe_transform import Transform, resolver
 
 F32 = np.float32
-SOURCE_TYPES = ("ImageData", "Data")
+SOURCE_TYPES = ("ImageData", "Data", "AnnotatedData")
 _DEPRECATED = ("scale", "mean_file", "crop_size", "mirror")  # V1 data_param fields
 
 
@@ -37,8 +38,13 @@ class CaffeEvaluator(Evaluator):
             (default: the current directory, as Caffe does).
     """
 
-    def __init__(self, graph: Graph, acc_name: str, test_iter: int = 100, base_dir=None):
+    def __init__(self, graph: Graph, acc_name: str, test_iter: int = 100, base_dir=None,
+                 ap_version: str = "Integral"):
         super().__init__()
+        if ap_version not in AP_VERSIONS:
+            raise ModelError(f"ap_version must be one of {', '.join(AP_VERSIONS)}, "
+                             f"got {ap_version!r}")
+        self.ap_version = ap_version
         if graph.framework != "caffe":
             raise ModelError(f"CaffeEvaluator needs a Caffe graph, not {graph.framework}")
         if int(test_iter) < 1:
@@ -47,6 +53,7 @@ class CaffeEvaluator(Evaluator):
         self.acc_name, self.test_iter = acc_name, int(test_iter)
         self.metric_name = acc_name
         self._check_metric(graph)
+        self.acc_type = next(l.type for l in graph.layers if acc_name in l.tops)
         layer, self.transform, source, self.batch_size, p = open_data_layer(graph, base_dir)
         self.data_layer, self.tops = layer, list(layer.tops)
         self.outputs = [acc_name]
@@ -70,6 +77,10 @@ class CaffeEvaluator(Evaluator):
                              file=self.net_file)
 
     def _note_ignored(self, p: dict) -> None:
+        if self.data_layer.type == "AnnotatedData" and p is not None and \
+                self.data_layer.params.get("annotated_data_param", {}).get("batch_sampler"):
+            self.notes.append("batch_sampler: Caffe re-encodes each whole-image sample as JPEG; "
+                              "here the decoded image is used as stored")
         if p.get("shuffle"):
             self.notes.append("shuffle: records are evaluated in file order (Caffe's order is random)")
         if p.get("rand_skip"):
@@ -87,7 +98,8 @@ class CaffeEvaluator(Evaluator):
         for i, img in enumerate(images):
             self.transform.check(tuple(img.shape), source.describe(i))
         data = [self.transform(img) for img in images]
-        label = np.asarray(labels, F32)
+        annotated = self.data_layer.type == "AnnotatedData"
+        label = None if annotated else np.asarray(labels, F32)
         self.record_order = [(np.arange(self.batch_size) + b * self.batch_size) % len(images)
                              for b in range(self.test_iter)]
         feeds = []
@@ -101,12 +113,18 @@ class CaffeEvaluator(Evaluator):
                                      file=self.net_file, layer=self.data_layer.name)
             feed = {self.tops[0]: np.stack([data[i] for i in idx])}
             if len(self.tops) > 1:
-                feed[self.tops[1]] = label[idx]
+                feed[self.tops[1]] = box_rows([labels[i] for i in idx]) if annotated \
+                    else label[idx]
             feeds.append(feed)
         return feeds
 
     # ------------------------------------------------------------------ metric
     def _score(self, results) -> float:
+        if self.acc_type == "DetectionEvaluate":  # Solver::TestDetection
+            missing = [b for b, r in enumerate(results) if self.acc_name not in r]
+            if missing:
+                raise ModelError(f"result {missing[0]} has no '{self.acc_name}' blob")
+            return solver_detection_map([r[self.acc_name] for r in results], self.ap_version)
         total = F32(0)
         for b, result in enumerate(results):
             if self.acc_name not in result:
@@ -134,13 +152,32 @@ def open_data_layer(graph: Graph, base_dir=None):
         source = ImageListSource(p, resolve, layer.name, net_file)
     else:
         p = params.get("data_param", {})
-        source = LmdbSource(p, resolve, layer.name, net_file, transform.force_color,
-                            transform.force_gray)
+        kind = LmdbSource
+        if layer.type == "AnnotatedData":
+            _check_samplers(params.get("annotated_data_param", {}), layer.name, net_file)
+            kind = AnnotatedLmdbSource
+        source = kind(p, resolve, layer.name, net_file, transform.force_color,
+                      transform.force_gray)
     batch_size = int(p.get("batch_size", 1 if layer.type == "ImageData" else 0))
     if batch_size < 1:
         raise ModelError(f"batch_size is {batch_size}; Caffe needs a positive batch size",
                          file=net_file, layer=layer.name)
     return layer, transform, source, batch_size, p
+
+
+def _check_samplers(p: dict, layer: str, net_file) -> None:
+    """AnnotatedData's batch samplers at TEST: only ones that always sample the whole image."""
+    samplers = p.get("batch_sampler", [])
+    for b in samplers if isinstance(samplers, list) else [samplers]:
+        sampler = b.get("sampler", {})
+        ranges = {k: float(sampler.get(k, 1.0)) for k in
+                  ("min_scale", "max_scale", "min_aspect_ratio", "max_aspect_ratio")}
+        if any(v != 1.0 for v in ranges.values()) or not b.get("use_original_image", True) or \
+                b.get("sample_constraint"):
+            raise ModelError(f"annotated_data_param.batch_sampler samples random crops "
+                             f"({', '.join(f'{k} {v:g}' for k, v in ranges.items())}); a TEST "
+                             "net evaluated here must see whole images (batch_sampler {} or none)",
+                             file=net_file, layer=layer)
 
 
 def read_records(graph: Graph, count: int, base_dir=None) -> tuple[np.ndarray, str]:
@@ -160,6 +197,24 @@ def read_records(graph: Graph, count: int, base_dir=None) -> tuple[np.ndarray, s
                              f"{source.describe(0)} gives {data[0].shape}; without crop_size "
                              "the images need one size", file=graph.source_text, layer=layer.name)
     return np.stack(data), str(getattr(source, "list_file", None) or source.path)
+
+
+def box_rows(boxes: list[np.ndarray]) -> np.ndarray:
+    """AnnotatedData's label blob for one batch: rows ``[item, group_label, instance, xmin,
+    ymin, xmax, ymax, difficult]``, each box projected on the whole image (clipped to [0, 1],
+    dropped when nothing is left), or one row of -1 when the batch has none."""
+    rows = []
+    for item, b in enumerate(boxes):
+        for g, inst, x0, y0, x1, y1, diff in np.asarray(b, F32).reshape(-1, 7):
+            if x0 >= 1 or x1 <= 0 or y0 >= 1 or y1 <= 0:
+                continue
+            c = [min(max(v, F32(0)), F32(1)) for v in (x0, y0, x1, y1)]
+            if c[2] <= c[0] or c[3] <= c[1]:
+                continue
+            rows.append([item, g, inst, *c, diff])
+    if not rows:
+        return np.full((1, 1, 1, 8), -1, F32)
+    return np.asarray(rows, F32).reshape(1, 1, -1, 8)
 
 
 def _data_layer(graph: Graph, net_file):

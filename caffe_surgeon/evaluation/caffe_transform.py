@@ -20,7 +20,7 @@ from ..errors import ModelError
 from ..fileio import read_bytes
 
 F32 = np.float32
-_UNSUPPORTED = ("resize_param", "noise_param", "distort_param", "expand_param")
+_UNSUPPORTED = ("noise_param", "distort_param", "expand_param")
 
 
 def read_mean_file(path) -> np.ndarray:
@@ -76,13 +76,47 @@ class Transform:
         if self.force_color and self.force_gray:
             raise self._error("transform_param sets both force_color and force_gray")
         self.mirror = bool(params.get("mirror", False))
+        self.resize = self._resize(params.get("resize_param"))
+
+    def _resize(self, p) -> tuple[int, int] | None:
+        """SSD's ``resize_param`` as the TEST net uses it: WARP to (height, width), LINEAR."""
+        if not p:
+            return None
+        p = p[-1] if isinstance(p, list) else p
+        mode = str(p.get("resize_mode", "WARP"))
+        interp = p.get("interp_mode", [])
+        interp = [str(m) for m in (interp if isinstance(interp, list) else [interp])]
+        if mode not in ("WARP", "1"):
+            raise self._error(f"resize_param.resize_mode {mode} is not supported for evaluation "
+                              "(WARP is)")
+        if any(m not in ("LINEAR", "1") for m in interp):
+            raise self._error(f"resize_param.interp_mode {', '.join(interp)}: only LINEAR is "
+                              "supported for evaluation")
+        if float(p.get("prob", 1.0)) != 1.0:
+            raise self._error(f"resize_param.prob is {p['prob']}; a random resize cannot be "
+                              "evaluated deterministically (use prob: 1)")
+        h, w = int(p.get("height", 0)), int(p.get("width", 0))
+        if h < 1 or w < 1:
+            raise self._error(f"resize_param needs height and width, got {h} x {w}")
+        return h, w
 
     def _error(self, message: str) -> ModelError:
         return ModelError(message, file=self.net_file, layer=self.layer)
 
+    def resized(self, image: np.ndarray) -> np.ndarray:
+        """``resize_param`` applied: ``cv::resize`` INTER_LINEAR of a uint8 (C, H, W) image."""
+        from .caffe_images import cv_resize_linear
+        if image.dtype != np.uint8:
+            raise self._error("resize_param needs 8-bit images; this source holds float data")
+        out = cv_resize_linear(np.ascontiguousarray(image.transpose(1, 2, 0)), *self.resize)
+        return np.ascontiguousarray(out.reshape(*self.resize, -1).transpose(2, 0, 1))
+
     def check(self, shape: tuple[int, int, int], where: str) -> None:
         """Refuse an image shape (C, H, W) the transform cannot take, as Caffe's CHECKs do."""
         c, h, w = shape
+        if self.resize is not None:
+            h, w = self.resize
+            shape = (c, h, w)
         ch, cw = self.crop
         if (ch and h < ch) or (cw and w < cw):
             raise self._error(f"{where}: image is {h} x {w}, smaller than the crop {ch} x {cw}")
@@ -96,6 +130,8 @@ class Transform:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """uint8 (or float) (C, H, W) -> float32 (C, crop_h or H, crop_w or W)."""
+        if self.resize is not None:  # data_transformer.cpp: resize, then crop, mean, scale
+            image = self.resized(image)
         c, h, w = image.shape
         ch, cw = self.crop[0] or h, self.crop[1] or w
         top, left = (h - ch) // 2, (w - cw) // 2

@@ -17,6 +17,9 @@ its own ``ImageData`` / LMDB ``Data`` layer (:class:`CaffeEvaluator`):
 - ``label_free`` [false]: score the fraction of positions whose top-1 class
   (argmax over channels) of ``score_blob`` equals the unpruned model's,
   instead of ``acc_name`` (:class:`CaffeAgreementEvaluator`).
+- ``ap_version`` [None = "Integral", the SSD solver's default]: how the mAP of a
+  ``DetectionEvaluate`` metric is integrated: "11point", "MaxIntegral" or
+  "Integral" (:mod:`~caffe_surgeon.evaluation.ssd_map`).
 - ``score_blob`` [None]: the class scores for ``label_free``; by default the
   first bottom of the Accuracy layer writing ``acc_name``, else of the first
   Accuracy layer, else of the first ``*Loss`` layer.
@@ -52,6 +55,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..evaluation import agreement
+from ..evaluation.ssd_map import AP_VERSIONS
 from ..evaluation.voc_map import voc_map
 from ..evaluation import (CaffeEvaluator, DarknetClassifierEvaluator,
                           DarknetDetectorEvaluator, Evaluator)
@@ -63,7 +67,7 @@ FRAMEWORK_OF = {"caffe": "caffe", "darknet-classifier": "darknet", "darknet-dete
 _COMMON_DARKNET = {"data_file": None, "label_free": False, "max_images": None, "base_dir": None}
 DEFAULTS = {
     "caffe": {"acc_name": None, "test_iter": 100, "base_dir": None, "label_free": False,
-              "score_blob": None, "truth_thresh": 0.25, "iou_thresh": 0.5},
+              "score_blob": None, "truth_thresh": 0.25, "iou_thresh": 0.5, "ap_version": None},
     "darknet-classifier": {**_COMMON_DARKNET, "metric": "top-1", "batch_size": 32},
     "darknet-detector": {**_COMMON_DARKNET, "metric": "mAP@0.5", "batch_size": 8,
                          "thresh": 0.005, "nms": 0.45, "truth_thresh": 0.25, "iou_thresh": 0.5},
@@ -136,6 +140,10 @@ def normalize_spec(spec) -> dict:
                              "(the top blob holding the metric, e.g. \"top-1\"), unless label_free")
         out["test_iter"] = _int(s, "test_iter", 1)
         out["score_blob"] = _str(s, "score_blob", optional=True)
+        if s["ap_version"] is not None:  # absent by default: older analysis files stay valid
+            if s["ap_version"] not in AP_VERSIONS:
+                raise _bad("ap_version", s["ap_version"], " or ".join(map(repr, AP_VERSIONS)))
+            out["ap_version"] = s["ap_version"]
         if out["label_free"]:  # detection agreement's (absent otherwise: older files stay valid)
             for field in ("truth_thresh", "iou_thresh"):
                 out[field] = _number(s, field, 0.0, 1.0)
@@ -214,7 +222,8 @@ def build_evaluator(spec: dict, graph: Graph, *, darknet_bn: str = "pjreddie",
             return CaffeAgreementEvaluator(graph, spec["test_iter"], spec["base_dir"],
                                            acc_name=spec["acc_name"], score_blob=spec["score_blob"],
                                            reference=reference)
-        return CaffeEvaluator(graph, spec["acc_name"], spec["test_iter"], spec["base_dir"])
+        return CaffeEvaluator(graph, spec["acc_name"], spec["test_iter"], spec["base_dir"],
+                              ap_version=spec.get("ap_version") or "Integral")
     common = dict(label_free=spec["label_free"], batch_size=spec["batch_size"],
                   max_images=spec["max_images"], base_dir=spec["base_dir"],
                   darknet_bn=darknet_bn, show_progress=show_progress,

