@@ -187,9 +187,41 @@ def test_random_samplers_and_resizes_are_refused(ssd_data, tmp_path):
         ("batch_sampler { }", "batch_sampler { sampler { min_scale: 0.3 } }", "random crops"),
         ("resize_mode: WARP", "resize_mode: FIT_SMALL_SIZE", "resize_mode FIT_SMALL_SIZE"),
         ("interp_mode: LINEAR", "interp_mode: CUBIC", "only LINEAR"),
-        ("prob: 1", "prob: 0.5", "prob is 0.5")]:
+        ("prob: 1", "prob: 0.5", "prob is 0.5"),
+        ("mean_value: 123 resize_param", "mean_value: 123 crop_size: 200 resize_param",
+         "crop_size on an AnnotatedData layer")]:
         p = Path(tmp_path / "bad.prototxt")
         p.write_text(text.replace(old, new))
         g = load_eval_graph("caffe", [str(p), str(d / "face.caffemodel")], spec)
         with pytest.raises(ModelError, match=message):
             build_evaluator(spec, g)
+
+
+def test_calibration_from_an_augmenting_ssd_train_layer_refits_without_labels(ssd_data):
+    """A real SSD TRAIN layer samples random crops, distorts and expands: calibration takes
+    its images whole and plain, and the refit never runs DetectionEvaluate (no labels)."""
+    from caffe_surgeon.pruning import analyse, apply, make_plan
+    from caffe_surgeon.workflow.calibration import calibration_images
+    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    d, _, crops, _ = ssd_data
+    test = (d / "test.prototxt").read_text()
+    start = test.index("layer {")
+    end = test.index("layer {", start + 1)
+    train = test[start:end].replace("phase: TEST", "phase: TRAIN").replace(
+        "interp_mode: LINEAR", "interp_mode: LINEAR interp_mode: AREA interp_mode: CUBIC").replace(
+        "prob: 1", "prob: 1 ").replace(
+        "batch_sampler { }", "batch_sampler { sampler { min_scale: 0.3 max_scale: 1.0 } "
+        "max_sample: 1 max_trials: 50 }").replace(
+        "mean_value: 123", "mean_value: 123 mirror: true distort_param { brightness_prob: 0.5 "
+        "brightness_delta: 32 } expand_param { prob: 0.5 max_expand_ratio: 4.0 }")
+    (d / "train_val.prototxt").write_text(test[:start] + train + test[start:])
+    spec = {"kind": "caffe", "acc_name": "detection_eval", "test_iter": 1, "base_dir": str(d)}
+    files = [str(d / "train_val.prototxt"), str(d / "face.caffemodel")]
+    g = load_eval_graph("caffe", files, spec)
+    ev = build_evaluator(spec, g)
+    calib = calibration_images("caffe", files, spec, 5, g, ev)
+    assert calib.feed["data"].shape == (5, 3, 300, 300)
+    assert np.array_equal(calib.feed["data"][:4], ev.feeds[0]["data"])  # as TEST sees them
+    a = analyse(g, input_shapes=ev.input_shapes)
+    pruned = apply(g, make_plan(a, ratio=0.3, divisor=2), analysis=a, calib=calib.feed)
+    assert 0.0 <= ev.evaluate(pruned) <= 1.0

@@ -70,7 +70,7 @@ def resolve_input_shapes(graph, shapes: dict) -> dict:
 def refit_note(refitted: list, calib) -> str:
     """What ``prune -reconstruct N`` did, for the line after the summary."""
     if not refitted:
-        return (f"reconstruction: no layer refitted on {calib.describe()} (too few samples "
-                "for every layer that lost inputs: they keep their folded weights)")
+        return (f"reconstruction: no layer refitted on {calib.describe()} (none lost input "
+                "channels, or each had too few samples: they keep their folded weights)")
     return (f"reconstruction: refitted {len(refitted)} layer(s) by least squares on "
             f"{calib.describe()}: {', '.join(refitted)}")

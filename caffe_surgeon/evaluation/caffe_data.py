@@ -76,6 +76,9 @@ class ImageListSource:
         path, _, number = self.entries[index]
         return f"{self.list_file}:{number} ({path})"
 
+    def decoded(self, index: int) -> bool:  # image files are always decoded
+        return True
+
     def load(self, count: int) -> tuple[list[np.ndarray], list[int]]:
         """Decode the first ``count`` images: uint8 (C, H, W) BGR or grey, and their labels."""
         chosen = self.entries[:count]
@@ -113,6 +116,7 @@ class LmdbSource:
                              file=self.path)
         self.env = _open_lmdb(self.path)
         self.size = int(self.env.stat()["entries"])
+        self.raw: set[int] = set()  # indices of the last load's raw (not encoded) records
         if self.size == 0:
             raise ModelError("the LMDB database has no records", file=self.path)
 
@@ -122,9 +126,14 @@ class LmdbSource:
     def describe(self, index: int) -> str:
         return f"{self.path} record {index}"
 
+    def decoded(self, index: int) -> bool:
+        """Whether record ``index`` (of the last load) was an encoded image, not raw pixels."""
+        return index not in self.raw
+
     def load(self, count: int) -> tuple[list[np.ndarray], list[int]]:
         """Decode the first ``count`` records (in key order, as Caffe's cursor walks them)."""
         images, labels = [], []
+        self.raw = set()
         try:
             with self.env.begin(buffers=False) as txn:
                 for key, value in txn.cursor():
@@ -132,6 +141,8 @@ class LmdbSource:
                         break
                     where = f"{self.path} record {len(images)} (key {key.decode('latin-1')!r})"
                     datum = _parse_datum(value, where)
+                    if not datum.encoded:
+                        self.raw.add(len(images))
                     images.append(datum_image(datum, self.mode, where))
                     labels.append(int(datum.label))
         finally:
@@ -196,6 +207,7 @@ class AnnotatedLmdbSource(LmdbSource):
     def load(self, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         from ..caffe import caffe_pb2
         images, boxes = [], []
+        self.raw = set()
         try:
             with self.env.begin(buffers=False) as txn:
                 for key, value in txn.cursor():
@@ -213,6 +225,8 @@ class AnnotatedLmdbSource(LmdbSource):
                     if record.type != caffe_pb2.AnnotatedDatum.BBOX:
                         raise ModelError(f"{where}: annotation type {record.type}; only BBOX "
                                          "annotations can be evaluated")
+                    if not record.datum.encoded:
+                        self.raw.add(len(images))
                     images.append(datum_image(record.datum, self.mode, where))
                     rows = [(g.group_label, a.instance_id, a.bbox.xmin, a.bbox.ymin,
                              a.bbox.xmax, a.bbox.ymax, float(a.bbox.difficult))

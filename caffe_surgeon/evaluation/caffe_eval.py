@@ -96,8 +96,8 @@ class CaffeEvaluator(Evaluator):
         needed = self.test_iter * self.batch_size
         images, labels = source.load(min(needed, len(source)))
         for i, img in enumerate(images):
-            self.transform.check(tuple(img.shape), source.describe(i))
-        data = [self.transform(img) for img in images]
+            self.transform.check(tuple(img.shape), source.describe(i), source.decoded(i))
+        data = [self.transform(img, source.decoded(i)) for i, img in enumerate(images)]
         annotated = self.data_layer.type == "AnnotatedData"
         label = None if annotated else np.asarray(labels, F32)
         self.record_order = [(np.arange(self.batch_size) + b * self.batch_size) % len(images)
@@ -113,7 +113,7 @@ class CaffeEvaluator(Evaluator):
                                      file=self.net_file, layer=self.data_layer.name)
             feed = {self.tops[0]: np.stack([data[i] for i in idx])}
             if len(self.tops) > 1:
-                feed[self.tops[1]] = box_rows([labels[i] for i in idx]) if annotated \
+                feed[self.tops[1]] = annotation_rows([labels[i] for i in idx]) if annotated \
                     else label[idx]
             feeds.append(feed)
         return feeds
@@ -139,14 +139,35 @@ class CaffeEvaluator(Evaluator):
         return float(F32(total / F32(self.test_iter)))
 
 
-def open_data_layer(graph: Graph, base_dir=None):
-    """The net's one ImageData / LMDB Data layer, opened: ``(layer, transform, source,
-    batch_size, params)``, every setting checked before any record is decoded."""
+def open_data_layer(graph: Graph, base_dir=None, training: bool = False):
+    """The net's one ImageData / (Annotated)Data layer, opened: ``(layer, transform, source,
+    batch_size, params)``, every setting checked before any record is decoded.
+
+    ``training``: a TRAIN-phase layer read for calibration images: its random
+    augmentation (SSD's distort/expand/noise, batch samplers, random resize
+    interpolation) is left out, so every image comes whole and deterministic."""
     net_file = graph.source[0] if graph.source else None
     layer = _data_layer(graph, net_file)
     params = _upgraded_params(graph, layer)
     resolve = resolver(base_dir)
-    transform = Transform(params.get("transform_param", {}), layer.name, net_file, resolve)
+    tp = dict(params.get("transform_param", {}))
+    if training:
+        for key in ("distort_param", "expand_param", "noise_param", "emit_constraint"):
+            tp.pop(key, None)
+        if tp.get("resize_param"):
+            r = tp["resize_param"]
+            r = dict(r[-1] if isinstance(r, list) else r)
+            r.pop("interp_mode", None)  # LINEAR
+            r["prob"] = 1.0
+            tp["resize_param"] = r
+    elif layer.type == "AnnotatedData":
+        crop = [k for k in ("crop_size", "crop_h", "crop_w", "emit_constraint") if tp.get(k)]
+        if crop:
+            raise ModelError(f"transform_param.{crop[0]} on an AnnotatedData layer is not "
+                             "supported for evaluation (its boxes would have to follow the "
+                             "crop); resize the whole image instead (resize_param)",
+                             file=net_file, layer=layer.name)
+    transform = Transform(tp, layer.name, net_file, resolve)
     if layer.type == "ImageData":
         p = params.get("image_data_param", {})
         source = ImageListSource(p, resolve, layer.name, net_file)
@@ -154,7 +175,8 @@ def open_data_layer(graph: Graph, base_dir=None):
         p = params.get("data_param", {})
         kind = LmdbSource
         if layer.type == "AnnotatedData":
-            _check_samplers(params.get("annotated_data_param", {}), layer.name, net_file)
+            if not training:
+                _check_samplers(params.get("annotated_data_param", {}), layer.name, net_file)
             kind = AnnotatedLmdbSource
         source = kind(p, resolve, layer.name, net_file, transform.force_color,
                       transform.force_gray)
@@ -181,17 +203,18 @@ def _check_samplers(p: dict, layer: str, net_file) -> None:
 
 
 def read_records(graph: Graph, count: int, base_dir=None) -> tuple[np.ndarray, str]:
-    """The first ``count`` records (fewer if the source has fewer) of the net's data layer,
-    transformed as at TEST (centre crop, no mirror): ``(images (N, C, H, W), source)``."""
-    layer, transform, source, _, _ = open_data_layer(graph, base_dir)
+    """The first ``count`` records (fewer if the source has fewer) of the net's (TRAIN-phase)
+    data layer, whole and transformed as at TEST (no augmentation, centre crop, no mirror):
+    ``(images (N, C, H, W), source)``."""
+    layer, transform, source, _, _ = open_data_layer(graph, base_dir, training=True)
     images, _ = source.load(min(int(count), len(source)))
     if not images:
         raise ModelError(f"the {layer.type} layer's source has no records",
                          file=graph.source_text, layer=layer.name)
     data = []
     for i, img in enumerate(images):
-        transform.check(tuple(img.shape), source.describe(i))
-        data.append(transform(img))
+        transform.check(tuple(img.shape), source.describe(i), source.decoded(i))
+        data.append(transform(img, source.decoded(i)))
         if data[-1].shape != data[0].shape:
             raise ModelError(f"{source.describe(i)} gives {data[-1].shape} (C, H, W) but "
                              f"{source.describe(0)} gives {data[0].shape}; without crop_size "
@@ -199,7 +222,7 @@ def read_records(graph: Graph, count: int, base_dir=None) -> tuple[np.ndarray, s
     return np.stack(data), str(getattr(source, "list_file", None) or source.path)
 
 
-def box_rows(boxes: list[np.ndarray]) -> np.ndarray:
+def annotation_rows(boxes: list[np.ndarray]) -> np.ndarray:
     """AnnotatedData's label blob for one batch: rows ``[item, group_label, instance, xmin,
     ymin, xmax, ymax, difficult]``, each box projected on the whole image (clipped to [0, 1],
     dropped when nothing is left), or one row of -1 when the batch has none."""

@@ -111,10 +111,10 @@ class Transform:
         out = cv_resize_linear(np.ascontiguousarray(image.transpose(1, 2, 0)), *self.resize)
         return np.ascontiguousarray(out.reshape(*self.resize, -1).transpose(2, 0, 1))
 
-    def check(self, shape: tuple[int, int, int], where: str) -> None:
+    def check(self, shape: tuple[int, int, int], where: str, decoded: bool = True) -> None:
         """Refuse an image shape (C, H, W) the transform cannot take, as Caffe's CHECKs do."""
         c, h, w = shape
-        if self.resize is not None:
+        if self.resize is not None and decoded:
             h, w = self.resize
             shape = (c, h, w)
         ch, cw = self.crop
@@ -128,9 +128,12 @@ class Transform:
             raise self._error(f"{len(self.mean_values)} mean_value entries for {c}-channel "
                               f"images ({where}); give 1 or {c}")
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """uint8 (or float) (C, H, W) -> float32 (C, crop_h or H, crop_w or W)."""
-        if self.resize is not None:  # data_transformer.cpp: resize, then crop, mean, scale
+    def __call__(self, image: np.ndarray, decoded: bool = True) -> np.ndarray:
+        """uint8 (or float) (C, H, W) -> float32 (C, crop_h or H, crop_w or W).
+
+        ``decoded``: the image came from an image file or an encoded record; raw Datum
+        pixels skip ``resize_param``, as the SSD fork's raw-Datum path does."""
+        if self.resize is not None and decoded:  # resize, then crop, mean, scale
             image = self.resized(image)
         c, h, w = image.shape
         ch, cw = self.crop[0] or h, self.crop[1] or w

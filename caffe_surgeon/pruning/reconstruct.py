@@ -59,16 +59,19 @@ def reconstruct(original: Graph, pruned: Graph, a: ChannelAnalysis, keep: np.nda
     if n < 1:
         raise ModelError("calibration data is empty")
     producers = original.producers()
-    keys = {}
-    for job in jobs:
-        p = producers[job.index][0]
-        keys[job.index] = f"{original.layers[p].name}:{original.layers[job.index].bottoms[0]}"
-    names = sorted({k.split(":", 1)[0] for k in keys.values()}, key=original.index)
+    versions = {job.index: (producers[job.index][0], original.layers[job.index].bottoms[0])
+                for job in jobs}
     ex_o = Executor(original, darknet_bn=darknet_bn)
     rng = np.random.default_rng(seed)
     per_image = max(1, -(-samples // n))
     chunks = [{k: v[i:i + CHUNK] for k, v in calib.items()} for i in range(0, n, CHUNK)]
-    originals = [ex_o.run(c, outputs=[], layer_outputs=names) for c in chunks]
+    # the original's inputs of every consumer; nothing after the last one runs (a metric
+    # layer there would read labels calibration images do not have)
+    wanted = set(versions.values())
+    originals = []
+    for c in chunks:
+        got = ex_o.prefix(c, max(versions) + 1, keep=wanted)
+        originals.append({v: got[v] for v in wanted})
     done = []
     # Sequential: each layer is fitted to the inputs the already refitted layers
     # before it produce, so errors do not pile up along the net. A refit changes
@@ -77,13 +80,13 @@ def reconstruct(original: Graph, pruned: Graph, a: ChannelAnalysis, keep: np.nda
     # they fit in ``cache_bytes``; chunks over it start again from the input.
     carried: dict[int, tuple[int, dict]] = {}
     for job in jobs:
-        version = (producers[job.index][0], original.layers[job.index].bottoms[0])
+        version = versions[job.index]
         ex_p = Executor(pruned, darknet_bn=darknet_bn)
         for c, (chunk, vo) in enumerate(zip(chunks, originals)):
             start, values = carried.pop(c, (0, None))
             values = ex_p.prefix(chunk, job.index) if values is None else \
                 ex_p.advance(values, start, job.index)
-            job.add(vo[keys[job.index]], values[version], per_image, rng)
+            job.add(vo[version], values[version], per_image, rng)
             if sum(a.nbytes for s in carried.values() for a in s[1].values()) + \
                     sum(a.nbytes for a in values.values()) <= cache_bytes:
                 carried[c] = (job.index, values)
@@ -152,12 +155,18 @@ class _Job:
         fold = self.effective_offset(self.pruned) - self.effective_offset(self.original)
         init = np.concatenate([w0.T, fold[None]], axis=0)  # (D+1, O')
         lam = ridge * max(np.trace(self.gram) / len(self.gram), 1e-12)
+        eye = lam * np.eye(len(self.gram))
         try:
-            sol = np.linalg.solve(self.gram + lam * np.eye(len(self.gram)), self.cross + lam * init)
+            if offset_target(self.pruned, self.a, self.index, self.create) is None:
+                # nowhere to put an offset: it stays at the folded one, the weights are
+                # fitted for that offset (the last unknown moved to the right-hand side)
+                g, c = self.gram[:-1], self.cross[:-1]
+                rhs = c - np.outer(g[:, -1], fold) + lam * init[:-1]
+                sol = np.vstack([np.linalg.solve(g[:, :-1] + eye[:-1, :-1], rhs), fold[None]])
+            else:
+                sol = np.linalg.solve(self.gram + eye, self.cross + lam * init)
         except np.linalg.LinAlgError:
             return False
-        if offset_target(self.pruned, self.a, self.index, self.create) is None:
-            sol[-1] = fold  # nowhere to put an offset: refit the weights alone
         new_w = sol[:-1].T.astype(np.float32).reshape((len(self.out_rows), -1) + w.shape[2:])
         out = w.copy()
         if dense:

@@ -1032,9 +1032,8 @@ def _run_dask(scheduler, job, ctx, state: _Progress, units, cache_budget):
         payload["per_host"] = hosts
         run = uuid.uuid4().hex[:12]  # fresh keys: never a stale result of an earlier run
         baseline = state.result.baseline  # known first with early stop, else None
-        # sent to each worker once, not with every unit (a label-free reference can be large)
-        [shared] = client.scatter([payload], broadcast=True, hash=False)
-        futures = [client.submit(_dask_unit, shared, gid, rs, baseline, pure=False,
+        # the payload goes with every unit: scattering it first would need workers up now
+        futures = [client.submit(_dask_unit, payload, gid, rs, baseline, pure=False,
                                  key=f"ana-{run}-group-{gid}")
                    for gid, rs in units]
         state.baseline(ctx)

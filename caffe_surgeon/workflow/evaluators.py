@@ -140,16 +140,20 @@ def normalize_spec(spec) -> dict:
                              "(the top blob holding the metric, e.g. \"top-1\"), unless label_free")
         out["test_iter"] = _int(s, "test_iter", 1)
         out["score_blob"] = _str(s, "score_blob", optional=True)
-        if s["ap_version"] is not None:  # absent by default: older analysis files stay valid
+        # Fields added later are kept only when they differ from their defaults, so the
+        # analysis files made before them still match the same settings.
+        if s["ap_version"] is not None:
             if s["ap_version"] not in AP_VERSIONS:
                 raise _bad("ap_version", s["ap_version"], " or ".join(map(repr, AP_VERSIONS)))
-            out["ap_version"] = s["ap_version"]
-        if out["label_free"]:  # detection agreement's (absent otherwise: older files stay valid)
-            for field in ("truth_thresh", "iou_thresh"):
-                out[field] = _number(s, field, 0.0, 1.0)
-        elif any(f in spec for f in ("truth_thresh", "iou_thresh")):
+            if s["ap_version"] != "Integral":
+                out["ap_version"] = s["ap_version"]
+        if any(f in spec for f in ("truth_thresh", "iou_thresh")) and not out["label_free"]:
             raise ModelError("evaluator spec: 'truth_thresh' and 'iou_thresh' apply to "
                              "label-free detector evaluation only (label_free: true)")
+        for field in ("truth_thresh", "iou_thresh"):
+            value = _number(s, field, 0.0, 1.0)
+            if value != DEFAULTS["caffe"][field]:
+                out[field] = value
         return out
     out["data_file"] = _str(s, "data_file")
     if not Path(out["data_file"]).is_file():
@@ -215,9 +219,11 @@ def build_evaluator(spec: dict, graph: Graph, *, darknet_bn: str = "pjreddie",
     if kind == "caffe":
         if spec["label_free"] and spec["score_blob"] is None and \
                 any(l.type == "DetectionOutput" for l in graph.layers):
+            d = DEFAULTS["caffe"]
             return CaffeDetectionAgreementEvaluator(
-                graph, spec["test_iter"], spec["base_dir"], truth_thresh=spec["truth_thresh"],
-                iou_thresh=spec["iou_thresh"], reference=reference)
+                graph, spec["test_iter"], spec["base_dir"],
+                truth_thresh=spec.get("truth_thresh", d["truth_thresh"]),
+                iou_thresh=spec.get("iou_thresh", d["iou_thresh"]), reference=reference)
         if spec["label_free"]:
             return CaffeAgreementEvaluator(graph, spec["test_iter"], spec["base_dir"],
                                            acc_name=spec["acc_name"], score_blob=spec["score_blob"],
