@@ -225,3 +225,18 @@ def test_calibration_from_an_augmenting_ssd_train_layer_refits_without_labels(ss
     a = analyse(g, input_shapes=ev.input_shapes)
     pruned = apply(g, make_plan(a, ratio=0.3, divisor=2), analysis=a, calib=calib.feed)
     assert 0.0 <= ev.evaluate(pruned) <= 1.0
+
+
+def test_a_plain_datum_database_behind_annotated_data_is_named(tmp_path):
+    pytest.importorskip("lmdb")
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    from caffe_surgeon.errors import ModelError
+    from caffe_surgeon.evaluation.caffe_data import AnnotatedLmdbSource
+    from caffe_surgeon.evaluation.caffe_transform import resolver
+    from tools.make_fashion_data import make_fashion_data
+    make_fashion_data(tmp_path, 3)
+    src = AnnotatedLmdbSource({"source": "t10k_lmdb", "backend": "LMDB"}, resolver(tmp_path),
+                              "data", "net.prototxt")
+    with pytest.raises(ModelError, match=r"t10k_lmdb record 0 .*plain Datum database"):
+        src.load(3)
