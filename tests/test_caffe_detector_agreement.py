@@ -101,21 +101,17 @@ def test_agreement_is_one_for_the_reference_and_matches_opencv_for_a_pruned_mode
 
 def test_vai_p_caffe_label_free_ana_and_prune_on_a_detector(face_net, capsys):
     import json
-    import os
+
     from caffe_surgeon.cli.vai_p_caffe import main
+    from test_workflow import run_in
     d, _ = face_net
     (d / "config.prototxt").write_text(
         f'workspace: "ws"\ntest_iter: {len(CROPS) // BATCH}\nmodel: "train_val.prototxt"\n'
         'weights: "face.caffemodel"\nrate: 0.2\nlabel_free: true\nratios: [0.3, 0.6]\n'
         'pruner { method: REGULAR }\n')
-    old = os.getcwd()
-    os.chdir(d)
-    try:
-        assert main(["ana", "-config", "config.prototxt", "-no_progress"]) == 0
-        capsys.readouterr()
-        assert main(["prune", "-config", "config.prototxt"]) == 0
-    finally:
-        os.chdir(old)
+    assert run_in(d, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 0
+    capsys.readouterr()
+    assert run_in(d, main, ["prune", "-config", "config.prototxt"]) == 0
     out = capsys.readouterr().out
     state = json.loads((d / "ws" / ".ana.regular").read_text())
     assert state["baseline"] == 1.0 and state["metric"] == "mAP@0.5 agreement"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -158,19 +157,15 @@ def test_annotated_data_feeds_and_detection_eval_match_opencv(ssd_data):
 
 def test_vai_p_caffe_ana_and_prune_on_detection_eval(ssd_data, capsys):
     from caffe_surgeon.cli.vai_p_caffe import main
+    from test_workflow import run_in
     d, _, _, _ = ssd_data
     (d / "config.prototxt").write_text(
         f'workspace: "ws"\ntest_iter: {len(CROPS) // BATCH}\nacc_name: "detection_eval"\n'
         'model: "test.prototxt"\nweights: "face.caffemodel"\nrate: 0.2\n'
         'ssd_ap_version: "11point"\nratios: [0.5]\npruner { method: REGULAR }\n')
-    old = os.getcwd()
-    os.chdir(d)
-    try:
-        assert main(["ana", "-config", "config.prototxt", "-no_progress"]) == 0
-        capsys.readouterr()
-        assert main(["prune", "-config", "config.prototxt"]) == 0
-    finally:
-        os.chdir(old)
+    assert run_in(d, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 0
+    capsys.readouterr()
+    assert run_in(d, main, ["prune", "-config", "config.prototxt"]) == 0
     state = json.loads((d / "ws" / ".ana.regular").read_text())
     assert state["metric"] == "detection_eval" and 0.0 < state["baseline"] < 1.0
     assert state["inputs"]["evaluator"]["ap_version"] == "11point"

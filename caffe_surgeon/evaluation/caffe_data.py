@@ -130,23 +130,31 @@ class LmdbSource:
         """Whether record ``index`` (of the last load) was an encoded image, not raw pixels."""
         return index not in self.raw
 
-    def load(self, count: int) -> tuple[list[np.ndarray], list[int]]:
-        """Decode the first ``count`` records (in key order, as Caffe's cursor walks them)."""
-        images, labels = [], []
+    def _records(self, count: int):
+        """``(index, where, value)`` of the first ``count`` records, in key order as Caffe's
+        cursor walks them; the database is read once (the evaluator keeps the arrays)."""
         self.raw = set()
         try:
             with self.env.begin(buffers=False) as txn:
-                for key, value in txn.cursor():
-                    if len(images) == count:
+                for i, (key, value) in enumerate(txn.cursor()):
+                    if i == count:
                         break
-                    where = f"{self.path} record {len(images)} (key {key.decode('latin-1')!r})"
-                    datum = _parse_datum(value, where)
-                    if not datum.encoded:
-                        self.raw.add(len(images))
-                    images.append(datum_image(datum, self.mode, where))
-                    labels.append(int(datum.label))
+                    yield i, f"{self.path} record {i} (key {key.decode('latin-1')!r})", value
         finally:
-            self.env.close()  # read once; the evaluator keeps the decoded arrays
+            self.env.close()
+
+    def _image(self, i: int, datum, where: str) -> np.ndarray:
+        if not datum.encoded:
+            self.raw.add(i)
+        return datum_image(datum, self.mode, where)
+
+    def load(self, count: int) -> tuple[list[np.ndarray], list[int]]:
+        """Decode the first ``count`` records: images and labels."""
+        images, labels = [], []
+        for i, where, value in self._records(count):
+            datum = _parse_datum(value, where)
+            images.append(self._image(i, datum, where))
+            labels.append(int(datum.label))
         return images, labels
 
 
@@ -207,31 +215,21 @@ class AnnotatedLmdbSource(LmdbSource):
     def load(self, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         from ..caffe import caffe_pb2
         images, boxes = [], []
-        self.raw = set()
-        try:
-            with self.env.begin(buffers=False) as txn:
-                for key, value in txn.cursor():
-                    if len(images) == count:
-                        break
-                    where = f"{self.path} record {len(images)} (key {key.decode('latin-1')!r})"
-                    record = caffe_pb2.AnnotatedDatum()
-                    try:
-                        record.ParseFromString(value)
-                    except Exception as e:  # protobuf raises DecodeError, sometimes others
-                        raise ModelError(f"{where}: not an AnnotatedDatum: {e}") from None
-                    if not record.HasField("datum"):
-                        raise ModelError(f"{where}: AnnotatedDatum without a datum (is this a "
-                                         "plain Datum database? use a Data layer)")
-                    if record.type != caffe_pb2.AnnotatedDatum.BBOX:
-                        raise ModelError(f"{where}: annotation type {record.type}; only BBOX "
-                                         "annotations can be evaluated")
-                    if not record.datum.encoded:
-                        self.raw.add(len(images))
-                    images.append(datum_image(record.datum, self.mode, where))
-                    rows = [(g.group_label, a.instance_id, a.bbox.xmin, a.bbox.ymin,
-                             a.bbox.xmax, a.bbox.ymax, float(a.bbox.difficult))
-                            for g in record.annotation_group for a in g.annotation]
-                    boxes.append(np.asarray(rows, np.float32).reshape(-1, 7))
-        finally:
-            self.env.close()
+        for i, where, value in self._records(count):
+            record = caffe_pb2.AnnotatedDatum()
+            try:
+                record.ParseFromString(value)
+            except Exception as e:  # protobuf raises DecodeError, sometimes others
+                raise ModelError(f"{where}: not an AnnotatedDatum: {e}") from None
+            if not record.HasField("datum"):
+                raise ModelError(f"{where}: AnnotatedDatum without a datum (is this a plain "
+                                 "Datum database? use a Data layer)")
+            if record.type != caffe_pb2.AnnotatedDatum.BBOX:
+                raise ModelError(f"{where}: annotation type {record.type}; only BBOX "
+                                 "annotations can be evaluated")
+            images.append(self._image(i, record.datum, where))
+            rows = [(g.group_label, a.instance_id, a.bbox.xmin, a.bbox.ymin, a.bbox.xmax,
+                     a.bbox.ymax, float(a.bbox.difficult))
+                    for g in record.annotation_group for a in g.annotation]
+            boxes.append(np.asarray(rows, np.float32).reshape(-1, 7))
         return images, boxes
