@@ -235,3 +235,37 @@ def test_a_plain_datum_database_behind_annotated_data_is_named(tmp_path):
                               "data", "net.prototxt")
     with pytest.raises(ModelError, match=r"t10k_lmdb record 0 .*plain Datum database"):
         src.load(3)
+
+
+def test_the_zoo_mobilenet_ssd_test_net_evaluates_from_an_annotated_lmdb(tmp_path):
+    """The real MobileNet-SSD TEST net (AnnotatedData with label map and batch_sampler {},
+    DetectionEvaluate over 21 classes) runs end to end on a small AnnotatedDatum LMDB."""
+    lmdb = pytest.importorskip("lmdb")
+    if not PHOTOS.is_dir():
+        pytest.skip("Debian darknet sample photos absent")
+    import caffe_surgeon as cs
+    from assets import zoo
+    from caffe_surgeon.caffe import caffe_pb2
+    from caffe_surgeon.workflow.evaluators import build_evaluator
+    net = zoo("caffe/mobilenet_ssd/voc_MobileNetSSD_test.prototxt")
+    env = lmdb.open(str(tmp_path / "test_lmdb"), map_size=64 << 20)
+    with env.begin(write=True) as txn:
+        for i, p in enumerate(sorted(PHOTOS.glob("*.jpg"))[:5]):
+            rec = caffe_pb2.AnnotatedDatum(type=caffe_pb2.AnnotatedDatum.BBOX)
+            rec.datum.data, rec.datum.encoded = p.read_bytes(), True
+            box = rec.annotation_group.add(group_label=1 + i).annotation.add(instance_id=0).bbox
+            box.xmin, box.ymin, box.xmax, box.ymax = 0.1, 0.2, 0.6, 0.7
+            txn.put(f"{i:08d}".encode(), rec.SerializeToString())
+    env.close()
+    g = cs.load(net, phase="TEST")
+    ev = build_evaluator({"kind": "caffe", "acc_name": "detection_eval", "test_iter": 2,
+                          "base_dir": str(tmp_path)}, g)
+    assert ev.feeds[0]["data"].shape == (8, 3, 300, 300)
+    label = ev.feeds[0]["label"].reshape(-1, 8)
+    assert label[:, 0].tolist() == list(range(8))  # 5 records, wrapped round to fill 8
+    assert label[:, 1].tolist() == [1, 2, 3, 4, 5, 1, 2, 3]
+    cs.init(g, seed=1, input_shapes=ev.input_shapes)
+    value = ev.evaluate(g)
+    outs = [r["detection_eval"].reshape(-1, 5) for r in ev.run(g)]
+    assert all(o[:20, 0].tolist() == [-1] * 20 for o in outs)  # one num_pos row per class
+    assert value == solver_detection_map(outs, "Integral") and 0.0 <= value <= 1.0
