@@ -269,3 +269,55 @@ def test_the_zoo_mobilenet_ssd_test_net_evaluates_from_an_annotated_lmdb(tmp_pat
     outs = [r["detection_eval"].reshape(-1, 5) for r in ev.run(g)]
     assert all(o[:20, 0].tolist() == [-1] * 20 for o in outs)  # one num_pos row per class
     assert value == solver_detection_map(outs, "Integral") and 0.0 <= value <= 1.0
+
+
+def test_pixel_matching_with_a_name_size_file():
+    """name_size_file: boxes are matched in pixels with Caffe's +1 sizes, and the image
+    sizes follow a count of the images that have detections (Caffe's count_)."""
+    det = np.array([[0, 1, .9, .1, .1, .12, .12]], np.float32)
+    gt = np.array([[0, 1, 0, .11, .1, .13, .12, 0]], np.float32)
+    assert detection_evaluate(det, gt, 2, 0, .5, True).reshape(-1, 5)[1, 3] == 0  # IoU 1/3
+    rows, count = detection_evaluate(det, gt, 2, 0, .5, True, sizes=[(100, 100)], count=0)
+    assert rows.reshape(-1, 5)[1, 3:].tolist() == [1, 0] and count == 0  # 6 / (9 + 9 - 6)
+
+    # image 0 has no detection: the count stays, image 1 is scaled by the first size
+    det = np.array([[1, 1, .9, .1, .1, .2, .2]], np.float32)
+    gt = np.array([[0, 1, 0, .5, .5, .6, .6, 0], [1, 1, 0, .15, .1, .25, .2, 0]], np.float32)
+    rows, count = detection_evaluate(det, gt, 2, 0, .5, True, sizes=[(100, 100), (10, 10)])
+    assert rows.reshape(-1, 5)[1, 3:].tolist() == [0, 1] and count == 1  # 66/176 at 100 px
+    rows, _ = detection_evaluate(det, gt, 2, 0, .5, True, sizes=[(100, 100), (10, 10)], count=1)
+    assert rows.reshape(-1, 5)[1, 3:].tolist() == [1, 0]  # 3/5 at 10 px
+
+
+def test_detection_eval_with_a_name_size_file_runs_the_count_across_batches(ssd_data, tmp_path):
+    import cv2
+
+    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    d, proto, crops, _ = ssd_data
+    (d / "sizes.txt").write_text("".join(f"crop{k} {s} {s}\n" for k, (_, _, _, s)
+                                         in enumerate(CROPS)))
+    text = (d / "test.prototxt").read_text().replace(
+        "evaluate_difficult_gt: false", 'evaluate_difficult_gt: false name_size_file: "sizes.txt"')
+    (d / "sized.prototxt").write_text(text)
+    spec = {"kind": "caffe", "acc_name": "detection_eval", "test_iter": len(CROPS) // BATCH,
+            "base_dir": str(d)}
+    g = load_eval_graph("caffe", [str(d / "sized.prototxt"), str(d / "face.caffemodel")], spec)
+    ev = build_evaluator(spec, g)
+    ours = ev.evaluate(g)
+    net = cv2.dnn.readNetFromCaffe(str(proto), str(d / "face.caffemodel"))
+    rows, count = [], 0
+    sizes = [(s, s) for _, _, _, s in CROPS]
+    for feed in ev.feeds:
+        net.setInput(feed["data"])
+        out = net.forward().reshape(-1, 7)
+        out, count = detection_evaluate(out[out[:, 1] != 0], feed["label"], 2, 0, .5, False,
+                                        sizes=sizes, count=count)
+        rows.append(out)
+    assert ours == pytest.approx(solver_detection_map(rows, "Integral"), abs=1e-6)
+    normalized = build_evaluator(spec, load_eval_graph(
+        "caffe", [str(d / "test.prototxt"), str(d / "face.caffemodel")], spec)).evaluate(g)
+    print(f"detection_eval: {ours:.4f} in pixels, {normalized:.4f} normalized")
+    from caffe_surgeon.errors import ModelError
+    (d / "sizes.txt").write_text("crop0 40\n")
+    with pytest.raises(ModelError, match="sizes.txt.*name height width"):
+        build_evaluator(spec, g)

@@ -175,11 +175,17 @@ def detection_output(layer, inputs, ctx):
 
 @op("caffe", "DetectionEvaluate")
 def detection_evaluate(layer, inputs, ctx):
+    """Rows of one batch. Caffe's layer with a ``name_size_file`` matches in pixels of
+    each original image, counted across the batches of a test pass; that count belongs
+    to the pass, so :class:`~caffe_surgeon.evaluation.CaffeEvaluator` re-scores such a
+    layer from ``DetectionOutput`` itself, and this op matches normalized boxes."""
     from ..evaluation.ssd_map import detection_evaluate as evaluate
     p = sub(layer, "detection_evaluate_param")
-    if p.get("name_size_file"):
-        raise ModelError("DetectionEvaluate with name_size_file (matching at the original image "
-                         "sizes) is not supported; remove it to match normalized boxes")
+    resize = p.get("resize_param")
+    if resize and str((resize[-1] if isinstance(resize, list) else resize)
+                      .get("resize_mode", "WARP")) not in ("WARP", "1"):
+        raise ModelError("DetectionEvaluate resize_param: only WARP maps boxes back to the "
+                         "original image here")
     if "num_classes" not in p:
         raise ModelError("DetectionEvaluate needs num_classes")
     overlap = float(p.get("overlap_threshold", 0.5))

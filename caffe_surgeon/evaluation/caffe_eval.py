@@ -57,6 +57,15 @@ class CaffeEvaluator(Evaluator):
         layer, self.transform, source, self.batch_size, p = open_data_layer(graph, base_dir)
         self.data_layer, self.tops = layer, list(layer.tops)
         self.outputs = [acc_name]
+        self.name_sizes = None  # DetectionEvaluate's name_size_file: (height, width) per image
+        if self.acc_type == "DetectionEvaluate":
+            layer = next(l for l in graph.layers if acc_name in l.tops)
+            dp = layer.params.get("detection_evaluate_param", {})
+            if dp.get("name_size_file"):
+                from .ssd_map import read_name_sizes
+                self.name_sizes = read_name_sizes(resolver(base_dir)(dp["name_size_file"]))
+                self.eval_param = dp
+                self.outputs = [acc_name, layer.bottoms[0]]  # re-scored from the detections
         self._note_ignored(p)
         self.source_size = len(source)
         self.source = source
@@ -119,12 +128,29 @@ class CaffeEvaluator(Evaluator):
         return feeds
 
     # ------------------------------------------------------------------ metric
+    def _pixel_rows(self, results) -> list[np.ndarray]:
+        """DetectionEvaluate with a name_size_file, batch by batch in test order: boxes
+        matched in each original image's pixels, the image count running across batches."""
+        from .ssd_map import detection_evaluate
+        p, det_blob = self.eval_param, self.outputs[1]
+        rows, count = [], 0
+        for feed, result in zip(self.feeds, results):
+            out, count = detection_evaluate(
+                result[det_blob], feed[self.tops[1]], int(p["num_classes"]),
+                int(p.get("background_label_id", 0)), float(p.get("overlap_threshold", 0.5)),
+                bool(p.get("evaluate_difficult_gt", True)), sizes=self.name_sizes, count=count)
+            rows.append(out)
+        return rows
+
     def _score(self, results) -> float:
         if self.acc_type == "DetectionEvaluate":  # Solver::TestDetection
             missing = [b for b, r in enumerate(results) if self.acc_name not in r]
             if missing:
                 raise ModelError(f"result {missing[0]} has no '{self.acc_name}' blob")
-            return solver_detection_map([r[self.acc_name] for r in results], self.ap_version)
+            if self.name_sizes is None:
+                return solver_detection_map([r[self.acc_name] for r in results],
+                                            self.ap_version)
+            return solver_detection_map(self._pixel_rows(results), self.ap_version)
         total = F32(0)
         for b, result in enumerate(results):
             if self.acc_name not in result:

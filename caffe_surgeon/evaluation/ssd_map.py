@@ -11,8 +11,12 @@ difficult box - are dropped) and averages, over every non-background class,
 - ``11point`` (VOC2007), ``MaxIntegral`` (VOC2012), ``Integral`` (the solver's
   default ``ap_version``), with Caffe's float arithmetic and 1e-6 recall steps.
 
-Boxes are matched in normalized coordinates (``name_size_file``, which scores
-at the original image sizes, is refused where the layer is read).
+Boxes are matched in normalized coordinates, or, with the layer's
+``name_size_file``, in pixels of each original image (``OutputBBox``: clipped to
+[0, 1], scaled, sizes and overlaps with Caffe's +1). The image sizes are taken
+in file order by a running count of the images that have detections, kept
+across the test batches (``count_``; it skips images without any detection, as
+Caffe's does); :func:`detection_evaluate` takes it and returns it advanced.
 """
 from __future__ import annotations
 
@@ -40,9 +44,65 @@ def jaccard(a, b) -> float:
     return float(F32(i / F32(F32(_size(a) + _size(b)) - i)))
 
 
+def _pixel_size(b) -> float:
+    """``BBoxSize(bbox, normalized=false)``: (w + 1) * (h + 1)."""
+    if b[2] < b[0] or b[3] < b[1]:
+        return 0.0
+    return float(F32(F32(b[2] - b[0] + F32(1)) * F32(b[3] - b[1] + F32(1))))
+
+
+def output_bbox(b, height: int, width: int) -> np.ndarray:
+    """``OutputBBox`` without a resize (or a WARP one): clip to [0, 1], scale to pixels."""
+    c = np.clip(np.asarray(b, F32), F32(0), F32(1))
+    return np.array([c[0] * F32(width), c[1] * F32(height), c[2] * F32(width),
+                     c[3] * F32(height)], F32)
+
+
+def pixel_jaccard(a, b) -> float:
+    """``JaccardOverlap(bbox1, bbox2, normalized=false)``: +1 sizes; boxes that do not
+    intersect still share the 1 x 1 of Caffe's zero intersection box."""
+    if b[0] > a[2] or b[2] < a[0] or b[1] > a[3] or b[3] < a[1]:
+        inter = (F32(0), F32(0), F32(0), F32(0))
+    else:
+        inter = (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+    iw, ih = F32(inter[2] - inter[0] + F32(1)), F32(inter[3] - inter[1] + F32(1))
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    i = F32(iw * ih)
+    return float(F32(i / F32(F32(_pixel_size(a) + _pixel_size(b)) - i)))
+
+
+def read_name_sizes(path) -> list[tuple[int, int]]:
+    """A ``name_size_file``: ``name height width`` per line -> [(height, width)]."""
+    from ..fileio import read_bytes
+    text = read_bytes(path, "name_size_file").decode("utf-8", "replace")
+    sizes = []
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            h, w = int(parts[1]), int(parts[2])
+            if h < 1 or w < 1:
+                raise ValueError
+        except ValueError:
+            raise ModelError(f"expected 'name height width', got {line.strip()!r}", file=path,
+                             line=n) from None
+        sizes.append((h, w))
+    if not sizes:
+        raise ModelError("the name_size_file lists no image", file=path)
+    return sizes
+
+
 def detection_evaluate(det: np.ndarray, gt: np.ndarray, num_classes: int, background: int,
-                       overlap: float, evaluate_difficult: bool) -> np.ndarray:
-    """``DetectionEvaluateLayer::Forward_cpu`` (normalized boxes): rows (K, 5)."""
+                       overlap: float, evaluate_difficult: bool, sizes=None,
+                       count: int = 0):
+    """``DetectionEvaluateLayer::Forward_cpu``: rows (1, 1, K, 5).
+
+    With ``sizes`` (the name_size_file's (height, width) list) boxes are matched in
+    pixels, image ``count`` onwards; returns ``(rows, count advanced)`` then."""
     det, gt = np.asarray(det, F32).reshape(-1, 7), np.asarray(gt, F32).reshape(-1, 8)
     detections: dict = {}
     for r in det:
@@ -60,8 +120,8 @@ def detection_evaluate(det: np.ndarray, gt: np.ndarray, num_classes: int, backgr
     num_pos: dict = {}
     for labels in truths.values():
         for label, boxes in labels.items():
-            count = len(boxes) if evaluate_difficult else sum(not d for _, d in boxes)
-            num_pos[label] = num_pos.get(label, 0) + count
+            n = len(boxes) if evaluate_difficult else sum(not d for _, d in boxes)
+            num_pos[label] = num_pos.get(label, 0) + n
     rows = [[-1, c, num_pos.get(c, 0), -1, -1] for c in range(num_classes) if c != background]
     for image in sorted(detections):
         by_label = truths.get(image, {})
@@ -74,11 +134,15 @@ def detection_evaluate(det: np.ndarray, gt: np.ndarray, num_classes: int, backgr
                 rows += [[image, label, b[0], 0, 1] for b in boxes]
                 continue
             visited = [False] * len(gts)
+            if sizes is not None:  # the ground truth of this label, in this image's pixels
+                gts = [(output_bbox(g, *sizes[count]), d) for g, d in gts]
+            overlap_of = jaccard if sizes is None else pixel_jaccard
             # std::sort by score, descending (ties: any order; scores rarely tie exactly)
             for b in sorted(boxes, key=lambda b: -float(b[0])):
+                box = b[1:5] if sizes is None else output_bbox(b[1:5], *sizes[count])
                 best, jmax = -1.0, -1
                 for j, (g, _) in enumerate(gts):
-                    o = jaccard(b[1:5], g)
+                    o = overlap_of(box, g)
                     if o > best:
                         best, jmax = o, j
                 if best >= overlap:
@@ -90,7 +154,10 @@ def detection_evaluate(det: np.ndarray, gt: np.ndarray, num_classes: int, backgr
                         rows.append([image, label, b[0], 0, 0])  # difficult: ignored
                 else:
                     rows.append([image, label, b[0], 0, 1])
-    return np.asarray(rows, F32).reshape(1, 1, -1, 5)
+        if sizes is not None:
+            count = (count + 1) % len(sizes)
+    out = np.asarray(rows, F32).reshape(1, 1, -1, 5)
+    return out if sizes is None else (out, count)
 
 
 def compute_ap(tp: list, fp: list, num_pos: int, version: str) -> float:
