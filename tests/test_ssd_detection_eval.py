@@ -289,16 +289,21 @@ def test_pixel_matching_with_a_name_size_file():
     assert rows.reshape(-1, 5)[1, 3:].tolist() == [1, 0]  # 3/5 at 10 px
 
 
-def test_detection_eval_with_a_name_size_file_runs_the_count_across_batches(ssd_data, tmp_path):
-    import cv2
-
-    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
-    d, proto, crops, _ = ssd_data
+def sized_net(d: Path) -> None:
+    """sized.prototxt: the test net whose DetectionEvaluate reads the crops' sizes."""
     (d / "sizes.txt").write_text("".join(f"crop{k} {s} {s}\n" for k, (_, _, _, s)
                                          in enumerate(CROPS)))
     text = (d / "test.prototxt").read_text().replace(
         "evaluate_difficult_gt: false", 'evaluate_difficult_gt: false name_size_file: "sizes.txt"')
     (d / "sized.prototxt").write_text(text)
+
+
+def test_detection_eval_with_a_name_size_file_runs_the_count_across_batches(ssd_data, tmp_path):
+    import cv2
+
+    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    d, proto, crops, _ = ssd_data
+    sized_net(d)
     spec = {"kind": "caffe", "acc_name": "detection_eval", "test_iter": len(CROPS) // BATCH,
             "base_dir": str(d)}
     g = load_eval_graph("caffe", [str(d / "sized.prototxt"), str(d / "face.caffemodel")], spec)
@@ -321,3 +326,25 @@ def test_detection_eval_with_a_name_size_file_runs_the_count_across_batches(ssd_
     (d / "sizes.txt").write_text("crop0 40\n")
     with pytest.raises(ModelError, match="sizes.txt.*name height width"):
         build_evaluator(spec, g)
+
+
+def test_ana_on_a_name_size_file_net_equals_whole_evaluations(ssd_data, tmp_path):
+    """ana's reuse (changed layers only, the original's values elsewhere) gives the same
+    pixel-matched metric as evaluating each pruned model from its input."""
+    from caffe_surgeon.pruning import analyse, apply, make_plan
+    from caffe_surgeon.workflow.ana import AnaJob, run_ana
+    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    d, _, _, _ = ssd_data
+    sized_net(d)
+    files = [str(d / "sized.prototxt"), str(d / "face.caffemodel")]
+    spec = {"kind": "caffe", "acc_name": "detection_eval", "test_iter": len(CROPS) // BATCH,
+            "base_dir": str(d)}
+    res = run_ana(AnaJob("caffe", files, spec, ratios=[0.5]), tmp_path / "s.json",
+                  progress=False)
+    g = load_eval_graph("caffe", files, spec)
+    ev = build_evaluator(spec, g)
+    a = analyse(g, input_shapes=ev.input_shapes)
+    assert res.baseline == ev.evaluate(g)
+    for grp in a.prunable_groups()[:6]:
+        plan = make_plan(a, ratios={grp.id: 0.5}, divisor=2)
+        assert res.metric(grp.id, 0.5) == ev.evaluate(apply(g, plan, analysis=a)), grp.id
