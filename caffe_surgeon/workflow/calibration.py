@@ -4,7 +4,8 @@ They come from the training data, never from the evaluation set, so the
 accuracy ``prune`` reports stays a held-out figure:
 
 - Caffe: the first N records of the TRAIN-phase data layer of the config's
-  ``model`` (ImageData list or LMDB), transformed as at TEST (centre crop, no
+  ``model`` (ImageData list, or a Data / AnnotatedData LMDB), whole and
+  transformed as at TEST (no augmentation or sampled crops, centre crop, no
   mirror), fed to the TEST net's data blob;
 - Darknet: the first N images of the ``.data`` file's ``train`` list, resized or
   letterboxed exactly as the evaluation's ``valid`` images are.
