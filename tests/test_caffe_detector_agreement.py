@@ -100,20 +100,12 @@ def test_agreement_is_one_for_the_reference_and_matches_opencv_for_a_pruned_mode
 
 
 def test_vai_p_caffe_label_free_ana_and_prune_on_a_detector(face_net, capsys):
-    import json
-
-    from caffe_surgeon.cli.vai_p_caffe import main
-    from test_workflow import run_in
+    from test_workflow import caffe_ana_then_prune
     d, _ = face_net
-    (d / "config.prototxt").write_text(
+    state, out = caffe_ana_then_prune(d, (
         f'workspace: "ws"\ntest_iter: {len(CROPS) // BATCH}\nmodel: "train_val.prototxt"\n'
         'weights: "face.caffemodel"\nrate: 0.2\nlabel_free: true\nratios: [0.3, 0.6]\n'
-        'pruner { method: REGULAR }\n')
-    assert run_in(d, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 0
-    capsys.readouterr()
-    assert run_in(d, main, ["prune", "-config", "config.prototxt"]) == 0
-    out = capsys.readouterr().out
-    state = json.loads((d / "ws" / ".ana.regular").read_text())
+        'pruner { method: REGULAR }\n'), capsys)
     assert state["baseline"] == 1.0 and state["metric"] == "mAP@0.5 agreement"
     values = [v for row in state["results"].values() for v in row.values()]
     assert values and all(0.0 <= v <= 1.0 for v in values) and min(values) < 1.0

@@ -8,7 +8,6 @@ finds): OpenCV resizes the images and runs the network for the oracle side.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -156,20 +155,15 @@ def test_annotated_data_feeds_and_detection_eval_match_opencv(ssd_data):
 
 
 def test_vai_p_caffe_ana_and_prune_on_detection_eval(ssd_data, capsys):
-    from caffe_surgeon.cli.vai_p_caffe import main
-    from test_workflow import run_in
+    from test_workflow import caffe_ana_then_prune
     d, _, _, _ = ssd_data
-    (d / "config.prototxt").write_text(
+    state, out = caffe_ana_then_prune(d, (
         f'workspace: "ws"\ntest_iter: {len(CROPS) // BATCH}\nacc_name: "detection_eval"\n'
         'model: "test.prototxt"\nweights: "face.caffemodel"\nrate: 0.2\n'
-        'ssd_ap_version: "11point"\nratios: [0.5]\npruner { method: REGULAR }\n')
-    assert run_in(d, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 0
-    capsys.readouterr()
-    assert run_in(d, main, ["prune", "-config", "config.prototxt"]) == 0
-    state = json.loads((d / "ws" / ".ana.regular").read_text())
+        'ssd_ap_version: "11point"\nratios: [0.5]\npruner { method: REGULAR }\n'), capsys)
     assert state["metric"] == "detection_eval" and 0.0 < state["baseline"] < 1.0
     assert state["inputs"]["evaluator"]["ap_version"] == "11point"
-    assert "Operations" in capsys.readouterr().out
+    assert "Operations" in out
 
 
 def test_random_samplers_and_resizes_are_refused(ssd_data, tmp_path):

@@ -46,6 +46,19 @@ def run_in(d, main, argv):
         os.chdir(old)
 
 
+def caffe_ana_then_prune(d, config: str, capsys) -> tuple[dict, str]:
+    """Write ``config.prototxt`` in ``d``, run ``vai_p_caffe ana`` then ``prune`` there;
+    returns the analysis state file and prune's output."""
+    import json
+
+    from caffe_surgeon.cli.vai_p_caffe import main
+    (d / "config.prototxt").write_text(config)
+    assert run_in(d, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 0
+    capsys.readouterr()
+    assert run_in(d, main, ["prune", "-config", "config.prototxt"]) == 0
+    return json.loads((d / "ws" / ".ana.regular").read_text()), capsys.readouterr().out
+
+
 CONFIG = """# vai_p_caffe config, vendor format
 workspace: "ws"
 gpu: "0"
