@@ -259,3 +259,35 @@ def test_zoo_detectors_changed_layers_alone_give_the_pruned_outputs(rel):
             if v[0] in later:
                 np.testing.assert_array_equal(reuse.take(v, original[v]), want[name])
     assert tried, f"{rel}: no group leaves a later layer unchanged"
+
+
+@pytest.mark.parametrize("first", [
+    'type: "ReLU" bottom: "data" top: "p"',
+    'type: "Scale" bottom: "data" top: "p" scale_param { bias_term: true }',
+    'type: "BatchNorm" bottom: "data" top: "p"',
+    'type: "Eltwise" bottom: "data" bottom: "data" top: "p"',
+    'type: "Reshape" bottom: "data" top: "v" reshape_param { shape { dim: 0 dim: -1 dim: 1 '
+    'dim: 1 } } } layer { name: "r" type: "ReLU" bottom: "v" top: "v" } layer { name: "u" '
+    'type: "Reshape" bottom: "v" top: "p" reshape_param { shape { dim: 0 dim: 2 dim: 3 dim: 3 } }',
+])
+def test_the_callers_inputs_are_never_overwritten(first, tmp_path):
+    # Evaluators feed the same arrays to every pruned variant: an in-place first layer
+    # (or one reading a view of the input) must not change them.
+    proto = tmp_path / "n.prototxt"
+    proto.write_text(f'name: "n" input: "data" input_shape {{ dim: 2 dim: 2 dim: 3 dim: 3 }}\n'
+                     f'layer {{ name: "f" {first} }}\n'
+                     'layer { name: "c" type: "Convolution" bottom: "p" top: "c" '
+                     'convolution_param { num_output: 2 kernel_size: 1 } }\n')
+    g = cs.load(proto)
+    cs.init(g, seed=1)
+    if "BatchNorm" in first:
+        g.layer("f").weights = {"mean": np.full(2, 0.5, np.float32), "variance": np.ones(2, np.float32),
+                                "scale_factor": np.ones(1, np.float32)}
+    x = np.random.default_rng(5).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    before = x.copy()
+    ex = Executor(g)
+    first_run = ex.run({"data": x})["c"]
+    ex.prefix({"data": x}, 1)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(ex.run({"data": x})["c"], first_run)
+    np.testing.assert_array_equal(Executor(g).run({"data": before.copy()})["c"], first_run)

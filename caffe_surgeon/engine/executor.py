@@ -142,12 +142,15 @@ class Executor:
             for t in self.graph.layers[i].tops:
                 wanted[(i, t)] = f"{lname}:{t}"
         env = dict(cache or {})
+        borrowed = ()
         if start == 0:
-            env.update(self._feed(inputs or {}))
+            fed = self._feed(inputs or {})
+            env.update(fed)
             self._check_fed(env)
+            borrowed = _borrowed(fed, inputs or {})
         result = {}
         with self._blas.single_threaded():
-            self._run_range(env, start, len(self.graph.layers), wanted, result, only)
+            self._run_range(env, start, len(self.graph.layers), wanted, result, only, borrowed)
         for v, name in wanted.items():
             if v in env and name not in result:
                 result[name] = env[v]
@@ -159,7 +162,8 @@ class Executor:
     def prefix(self, inputs: dict, stop: int, keep=()) -> dict:
         """Run layers 0 .. stop-1 and return the values that layers >= stop will read,
         plus the versions in ``keep`` computed on the way."""
-        return self._advance(self._feed(inputs), 0, stop, keep)
+        fed = self._feed(inputs)
+        return self._advance(fed, 0, stop, keep, _borrowed(fed, inputs))
 
     def advance(self, values: dict, start: int, stop: int, keep=(), only=None) -> dict:
         """Like :meth:`prefix`, from ``values`` (what layers >= ``start`` read, e.g. an
@@ -174,10 +178,10 @@ class Executor:
             self._run_range(env, start, stop, wanted, result, only)
         return {v: result.get(v, env.get(v)) for v in keep}
 
-    def _advance(self, env: dict, start: int, stop: int, keep) -> dict:
+    def _advance(self, env: dict, start: int, stop: int, keep, borrowed=()) -> dict:
         wanted = {v: v for v in keep}
         with self._blas.single_threaded():
-            self._run_range(env, start, stop, wanted, {})
+            self._run_range(env, start, stop, wanted, {}, borrowed=borrowed)
         needed = {v for row in self.reads[stop:] for v in row} | set(keep)
         return {v: a for v, a in env.items() if v in needed}
 
@@ -210,7 +214,9 @@ class Executor:
         self._epilogues[i] = (channels, self._fusion.signature(followers), ep)
         return ep
 
-    def _run_range(self, env, start, stop, wanted, result, only=None):
+    def _run_range(self, env, start, stop, wanted, result, only=None, borrowed=()):
+        # borrowed: the caller's input arrays, never overwritten (evaluators feed the same
+        # arrays to every variant), nor any view of them
         layers = self.graph.layers
         ctx = self.ctx
         i = start
@@ -229,7 +235,8 @@ class Executor:
             # (Split returns one array for several tops; Reshape and Flatten return views).
             # Worked out only if the layer asks (most never overwrite their inputs).
             ctx.donate = (lambda dying=dying, args=args: [
-                d and not any(o is not a and np.may_share_memory(o, a) for o in env.values())
+                d and not any(np.may_share_memory(a, b) for b in borrowed)
+                and not any(o is not a and np.may_share_memory(o, a) for o in env.values())
                 and sum(a is o for o in env.values()) == 1 and sum(a is b for b in args) == 1
                 for d, a in zip(dying, args)]) if any(dying) else []
             if not layer.bottoms:
@@ -270,3 +277,9 @@ class Executor:
 def forward(graph: Graph, inputs: dict, outputs=None, **kw) -> dict[str, np.ndarray]:
     """One-shot convenience: ``Executor(graph, **kw).run(inputs, outputs)``."""
     return Executor(graph, **kw).run(inputs, outputs)
+
+
+def _borrowed(fed: dict, inputs: dict) -> tuple:
+    """The fed arrays that are the caller's memory (no float32 conversion copied them)."""
+    given = [a for a in inputs.values() if isinstance(a, np.ndarray)]
+    return tuple(a for a in fed.values() if any(np.may_share_memory(a, g) for g in given))
