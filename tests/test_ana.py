@@ -237,6 +237,16 @@ def test_two_workers_are_this_process_and_one_spawned(data_root, tmp_path, seria
     assert not [t for t in threading.enumerate() if t.name == "ana-evaluate-here"]
 
 
+def test_feeds_kept_in_a_mapped_file_give_the_same_bytes(data_root, tmp_path, serial_bytes,
+                                                         monkeypatch):
+    monkeypatch.setenv("CAFFE_SURGEON_FEED_MEMORY", "0")  # every batch spilled, workers too
+    ctx = _Context(caffe_job(data_root))
+    assert ctx.evaluator.feeds.memory_bytes == 0 and ctx.evaluator.feeds.spilled_bytes > 0
+    state = tmp_path / "ana.json"
+    run_ana(caffe_job(data_root), state, workers=2, progress=False)
+    assert state.read_bytes() == serial_bytes
+
+
 def test_shared_kept_counts_are_evaluated_once(data_root, tmp_path):
     """divisor 8: conv1 (16 channels) keeps 16 at 0.25 (= the baseline) and 8 at 0.5 and 0.75."""
     job = dataclasses.replace(caffe_job(data_root), divisor=8)
@@ -610,6 +620,10 @@ def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_pa
     monkeypatch.setattr(Executor, "advance", real_advance)
     run_ana(job, tmp_path / "two.out", workers=2, progress=False)
     assert (tmp_path / "two.out").read_bytes() == (tmp_path / "ana.out").read_bytes()
+    monkeypatch.setenv("CAFFE_SURGEON_FEED_MEMORY", "4M")  # batch 1 (4.15 MB) in memory, 2 mapped
+    run_ana(job, tmp_path / "mapped.out", workers=2, progress=False)
+    assert (tmp_path / "mapped.out").read_bytes() == (tmp_path / "ana.out").read_bytes()
+    monkeypatch.delenv("CAFFE_SURGEON_FEED_MEMORY")
 
     assert result.metric_name == "mAP@0.5 agreement" and result.baseline == 1.0
     assert again.to_json() == result.to_json()

@@ -1,6 +1,7 @@
 """Model evaluation from the model's own data, decoded once for many evaluations.
 
-An evaluator exposes ``feeds`` (one dict blob -> array per batch, in memory),
+An evaluator exposes ``feeds`` (one dict blob -> array per batch, in memory up to
+a budget and past it in a mapped temporary file: :mod:`.feed_store`),
 ``run_args`` (what ``Executor.run`` must return) and ``score(results)``, so a
 caller can run the network itself, e.g. resuming from cached prefix
 activations; ``evaluate(graph)`` does the whole thing.

@@ -15,6 +15,7 @@ and hands the outputs back::
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,14 +25,16 @@ class Evaluator:
     """Base class: subclasses fill ``feeds``, ``outputs``, ``layer_outputs`` and ``_score``.
 
     Attributes:
-        feeds: one dict (blob name -> float32 array) per batch, in evaluation order.
+        feeds: one dict (blob name -> float32 array) per batch, in evaluation order (a
+            :class:`~.feed_store.FeedStore`: batches past its memory budget are read-only
+            views of a mapped temporary file).
         outputs: blob names the score reads from each result.
         layer_outputs: layer names whose outputs the score reads (keyed ``"layer:top"``).
         metric_name: what the float means, for reports ("top-1", "mAP@0.5", ...).
         notes: settings that were ignored or approximated, for the user to see.
     """
 
-    feeds: list[dict[str, np.ndarray]]
+    feeds: Sequence[dict[str, np.ndarray]]
     outputs: list[str]
     layer_outputs: list[str]
     metric_name: str = ""
@@ -55,7 +58,7 @@ class Evaluator:
         None for evaluators that score against labels."""
         return None
 
-    def decode(self) -> list[dict[str, np.ndarray]]:
+    def decode(self) -> Sequence[dict[str, np.ndarray]]:
         """Read and decode the data files again and return fresh feeds (``feeds`` is
         this, computed once by the constructor)."""
         raise NotImplementedError

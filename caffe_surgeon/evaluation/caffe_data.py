@@ -81,19 +81,22 @@ class ImageListSource:
 
     def load(self, count: int) -> tuple[list[np.ndarray], list[int]]:
         """Decode the first ``count`` images: uint8 (C, H, W) BGR or grey, and their labels."""
+        return _unzip(self.iter_load(count))
+
+    def iter_load(self, count: int):
+        """``load``, one ``(image, label)`` at a time (missing files are reported first)."""
         chosen = self.entries[:count]
         for path, _, number in chosen:  # all missing files are reported before any decoding
             if not path.is_file():
                 raise ModelError(f"image {path} listed here does not exist", file=self.list_file,
                                  line=number)
-        images = []
-        for path, _, number in chosen:
+        for path, label, number in chosen:
             try:
-                images.append(read_image_caffe(path, *self.new_size, self.is_color))
+                image = read_image_caffe(path, *self.new_size, self.is_color)
             except ModelError as e:
                 raise ModelError(f"cannot load {path}: {e.message}", file=self.list_file,
                                  line=number) from None
-        return images, [label for _, label, _ in chosen]
+            yield image, label
 
 
 class LmdbSource:
@@ -150,12 +153,13 @@ class LmdbSource:
 
     def load(self, count: int) -> tuple[list[np.ndarray], list[int]]:
         """Decode the first ``count`` records: images and labels."""
-        images, labels = [], []
+        return _unzip(self.iter_load(count))
+
+    def iter_load(self, count: int):
+        """``load``, one ``(image, label)`` at a time."""
         for i, where, value in self._records(count):
             datum = _parse_datum(value, where)
-            images.append(self._image(i, datum, where))
-            labels.append(int(datum.label))
-        return images, labels
+            yield self._image(i, datum, where), int(datum.label)
 
 
 def _parse_datum(value: bytes, where: str):
@@ -212,9 +216,9 @@ class AnnotatedLmdbSource(LmdbSource):
     normalized coordinates, as stored.
     """
 
-    def load(self, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def iter_load(self, count: int):
+        """``load``, one ``(image, boxes)`` at a time."""
         from ..caffe import caffe_pb2
-        images, boxes = [], []
         for i, where, value in self._records(count):
             record = caffe_pb2.AnnotatedDatum()
             try:
@@ -227,9 +231,16 @@ class AnnotatedLmdbSource(LmdbSource):
             if record.type != caffe_pb2.AnnotatedDatum.BBOX:
                 raise ModelError(f"{where}: annotation type {record.type}; only BBOX "
                                  "annotations can be evaluated")
-            images.append(self._image(i, record.datum, where))
+            image = self._image(i, record.datum, where)
             rows = [(g.group_label, a.instance_id, a.bbox.xmin, a.bbox.ymin, a.bbox.xmax,
                      a.bbox.ymax, float(a.bbox.difficult))
                     for g in record.annotation_group for a in g.annotation]
-            boxes.append(np.asarray(rows, np.float32).reshape(-1, 7))
-        return images, boxes
+            yield image, np.asarray(rows, np.float32).reshape(-1, 7)
+
+
+def _unzip(pairs) -> tuple[list, list]:
+    images, labels = [], []
+    for image, label in pairs:
+        images.append(image)
+        labels.append(label)
+    return images, labels

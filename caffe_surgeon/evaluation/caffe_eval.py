@@ -21,6 +21,7 @@ from .base import Evaluator
 from .ssd_map import AP_VERSIONS, solver_detection_map
 from .caffe_data import AnnotatedLmdbSource, ImageListSource, LmdbSource
 from .caffe_transform import Transform, resolver
+from .feed_store import FeedStore
 
 F32 = np.float32
 SOURCE_TYPES = ("ImageData", "Data", "AnnotatedData")
@@ -98,34 +99,45 @@ class CaffeEvaluator(Evaluator):
             self.notes.append("mirror: images are not mirrored (Caffe mirrors at random, even at TEST)")
 
     # ------------------------------------------------------------------ data
-    def decode(self) -> list[dict[str, np.ndarray]]:
+    def decode(self) -> FeedStore:
         """Read, decode and transform the records again: the feeds, as Caffe's data layer
-        produces them on every test pass."""
-        source = self.source
-        needed = self.test_iter * self.batch_size
-        images, labels = source.load(min(needed, len(source)))
-        for i, img in enumerate(images):
-            self.transform.check(tuple(img.shape), source.describe(i), source.decoded(i))
-        data = [self.transform(img, source.decoded(i)) for i, img in enumerate(images)]
+        produces them on every test pass. Built batch by batch as the records arrive; a
+        wrapped-around record is taken back from its first batch."""
+        source, bs = self.source, self.batch_size
+        n = min(self.test_iter * bs, len(source))
+        self.record_order = [(np.arange(bs) + b * bs) % n for b in range(self.test_iter)]
         annotated = self.data_layer.type == "AnnotatedData"
-        label = None if annotated else np.asarray(labels, F32)
-        self.record_order = [(np.arange(self.batch_size) + b * self.batch_size) % len(images)
-                             for b in range(self.test_iter)]
-        feeds = []
-        for idx in self.record_order:
-            first = data[idx[0]].shape
-            for i in idx:  # Caffe shapes a batch by its first image; the rest must fit
-                if data[i].shape != first:
-                    raise ModelError(f"{source.describe(i)} gives {data[i].shape} (C, H, W) but "
+        records = enumerate(source.iter_load(n))
+        store, labels, current = FeedStore(), [], {}
+        for b, idx in enumerate(self.record_order):
+            for i in idx:  # record i < n sits in batch i // bs, row i % bs
+                if i < len(labels) or i in current:
+                    continue
+                got = next(records, None)  # the next fresh record is i
+                if got is None:
+                    raise ModelError(f"the data source ended after {len(labels)} records, "
+                                     f"{n} were expected", file=self.net_file,
+                                     layer=self.data_layer.name)
+                k, (img, label) = got
+                self.transform.check(tuple(img.shape), source.describe(k), source.decoded(k))
+                current[k] = self.transform(img, source.decoded(k))
+                labels.append(label)
+            data = [current[i] if i in current else store[i // bs][self.tops[0]][i % bs]
+                    for i in idx]
+            first = data[0].shape
+            for i, x in zip(idx, data):  # Caffe shapes a batch by its first image; the rest must fit
+                if x.shape != first:
+                    raise ModelError(f"{source.describe(i)} gives {x.shape} (C, H, W) but "
                                      f"{source.describe(idx[0])} in the same batch gives {first}; "
                                      "without crop_size the images of a batch need one size",
                                      file=self.net_file, layer=self.data_layer.name)
-            feed = {self.tops[0]: np.stack([data[i] for i in idx])}
+            feed = {self.tops[0]: np.stack(data)}
             if len(self.tops) > 1:
                 feed[self.tops[1]] = annotation_rows([labels[i] for i in idx]) if annotated \
-                    else label[idx]
-            feeds.append(feed)
-        return feeds
+                    else np.asarray([labels[i] for i in idx], F32)
+            store.append(feed)
+            current = {}
+        return store
 
     # ------------------------------------------------------------------ metric
     def _pixel_rows(self, results) -> list[np.ndarray]:

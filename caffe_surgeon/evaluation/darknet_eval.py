@@ -12,7 +12,9 @@ evaluators run it once, at construction. Scoring decodes the candidate's
 outputs with the reference's head layers, which pruning leaves untouched.
 
 Memory: each image is kept as float32 at the net's input size (about 2 MB at
-416 x 416 x 3); ``max_images`` evaluates the first images of the list only.
+416 x 416 x 3), in memory up to a budget and past it in a memory-mapped
+temporary file (:mod:`.feed_store`); ``max_images`` evaluates the first images
+of the list only.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from . import agreement
 from .base import Evaluator, progress
 from .darknet_data import (class_from_path, classifier_input, detector_input, label_path,
                            read_boxes, read_data_cfg, read_image_list, read_names)
+from .feed_store import FeedStore
 from .voc_map import voc_map
 
 F32 = np.float32
@@ -57,9 +60,18 @@ class _DarknetEvaluator(Evaluator):
                              "(or 1, the first plane)", file=self.model_file)
         self.items = read_image_list(self.data, "valid", max_images)
 
-    def _batches(self, arrays: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        return [{"data": np.stack(arrays[i:i + self.batch_size])}
-                for i in range(0, len(arrays), self.batch_size)]
+    def _batches(self, arrays) -> FeedStore:
+        """Batches of ``batch_size`` images from an iterable, built as the images arrive
+        (one batch of decoded images is held at a time)."""
+        store, batch = FeedStore(), []
+        for a in arrays:
+            batch.append(a)
+            if len(batch) == self.batch_size:
+                store.append({"data": np.stack(batch)})
+                batch = []
+        if batch:
+            store.append({"data": np.stack(batch)})
+        return store
 
     def _per_image(self, results, key: str) -> np.ndarray:
         """One array with a row per image from the per-batch results."""
@@ -132,8 +144,8 @@ class DarknetClassifierEvaluator(_DarknetEvaluator):
 
     def decode(self) -> list[dict[str, np.ndarray]]:
         """Load and resize the valid list's images again (darknet's ``load_image_color``)."""
-        images = [classifier_input(item, self.net_w, self.net_h, self.channels) for item in
-                  progress(self.items, self.show_progress, "loading images", len(self.items))]
+        images = (classifier_input(item, self.net_w, self.net_h, self.channels) for item in
+                  progress(self.items, self.show_progress, "loading images", len(self.items)))
         return self._batches(images)
 
     def _k(self, metric: str) -> int:
@@ -216,10 +228,14 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
 
     def decode(self) -> list[dict[str, np.ndarray]]:
         """Load and letterbox the valid list's images again (also sets ``sizes``)."""
-        decoded = [detector_input(item, self.net_w, self.net_h, self.channels) for item in
-                   progress(self.items, self.show_progress, "loading images", len(self.items))]
-        self.sizes = [size for _, size in decoded]
-        return self._batches([x for x, _ in decoded])
+        self.sizes = []
+
+        def images():
+            for item in progress(self.items, self.show_progress, "loading images", len(self.items)):
+                x, size = detector_input(item, self.net_w, self.net_h, self.channels)
+                self.sizes.append(size)
+                yield x
+        return self._batches(images())
 
     def reference_state(self):
         return self.truths if self.label_free else None
