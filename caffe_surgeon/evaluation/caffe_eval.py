@@ -136,7 +136,7 @@ class CaffeEvaluator(Evaluator):
                 feed[self.tops[1]] = annotation_rows([labels[i] for i in idx]) if annotated \
                     else np.asarray([labels[i] for i in idx], F32)
             store.append(feed)
-            current = {}
+            current = data = feed = {}  # nothing of this batch stays in memory
         return store
 
     # ------------------------------------------------------------------ metric

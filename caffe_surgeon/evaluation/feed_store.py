@@ -9,7 +9,7 @@ memory allows and from disk when it does not. The file has no name (or is
 unlinked at once), so a killed run leaves nothing behind.
 
 The budget is ``memory_bytes`` or, by default, the ``CAFFE_SURGEON_FEED_MEMORY``
-environment variable (bytes; suffixes K, M, G), else :data:`FEED_MEMORY`.
+environment variable (bytes; suffixes K, M, G, T), else :data:`FEED_MEMORY`.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def feed_memory_budget(value=None) -> int:
     text = os.environ.get(ENV, "").strip()
     if not text:
         return FEED_MEMORY
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1].upper(), 1)
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1].upper(), 1)
     number = text[:-1] if scale > 1 else text
     try:
         budget = int(float(number) * scale)
@@ -94,7 +94,7 @@ class FeedStore(Sequence):
             offset = -(-self._file.seek(0, os.SEEK_END) // _ALIGN) * _ALIGN
             self._file.seek(offset)
             try:
-                self._file.write(a.tobytes())
+                self._file.write(a.reshape(-1).view(np.uint8).data)  # no copy
             except OSError as e:
                 raise ModelError(f"cannot spill decoded evaluation batches to "
                                  f"{self.directory or tempfile.gettempdir()}: {e.strerror} "
