@@ -8,8 +8,9 @@ Each setup runs in a fresh process and reports:
 * peak of memory allocated by Python and NumPy while decoding (tracemalloc),
 * anonymous resident memory (``RssAnon``) after decoding - what cannot be
   dropped under pressure, unlike the page cache behind the mapped file,
-* decode time and the median time of ``--passes`` reads of every batch
-  through a small conv layer (what each ana variant does with the feeds).
+* decode time and the median time of ``--passes`` evaluations of a small net
+  whose first layer (4 x 4 average pooling) reads every pixel of every batch,
+  as each ana variant starting at the input does.
 
 Setups: ``CAFFE_SURGEON_FEED_MEMORY`` = 1T (all in memory: the reference) and
 ``--budget`` (default 128M: the rest mapped). The metric must be the same.
@@ -36,8 +37,9 @@ layer {{ name: "data" type: "ImageData" top: "data" top: "label" include {{ phas
   transform_param {{ scale: 0.0078125 mean_value: 104 mean_value: 117 mean_value: 123 }}
   image_data_param {{ source: "list.txt" root_folder: "img/" batch_size: {batch}
     new_height: {size} new_width: {size} is_color: true }} }}
-layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
-  convolution_param {{ num_output: 4 kernel_size: 3 stride: 8 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "down" type: "Pooling" bottom: "data" top: "down" pooling_param {{ pool: AVE kernel_size: 4 stride: 4 }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "down" top: "conv"
+  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "xavier" }} }} }}
 layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param {{ pool: AVE global_pooling: true }} }}
 layer {{ name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param {{ num_output: 4 weight_filler {{ type: "xavier" }} }} }}
 layer {{ name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" }}

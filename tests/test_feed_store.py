@@ -134,3 +134,11 @@ def test_darknet_feeds_are_the_same_in_memory_and_mapped(fashion, monkeypatch):
                     ev.feeds.spilled_bytes))
     assert got[0][0] == got[1][0] and np.array_equal(got[0][1], got[1][1])
     assert got[0][2] == 0 and got[1][2] == got[1][1].nbytes and len(got[0][1]) == 500
+
+
+def test_empty_arrays_are_kept_without_the_file():
+    store = FeedStore(memory_bytes=0)
+    store.append({"rows": np.zeros((0, 8), np.float32)})  # a batch with no boxes
+    store.append({"rows": np.zeros((0, 8), np.float32), "x": np.arange(3, dtype=np.int32)})
+    assert store[0]["rows"].shape == (0, 8) and store[1]["rows"].dtype == np.float32
+    np.testing.assert_array_equal(store[1]["x"], [0, 1, 2])

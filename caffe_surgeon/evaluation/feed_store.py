@@ -74,11 +74,11 @@ class FeedStore(Sequence):
             return item
         end = max(offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
                   for _, offset, shape, dtype in item)
-        if self._map is None or len(self._map) < end:
+        if end and (self._map is None or len(self._map) < end):
             self._file.flush()
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        return {name: np.ndarray(shape, dtype, buffer=self._map, offset=offset)
-                for name, offset, shape, dtype in item}
+        return {name: np.ndarray(shape, dtype, buffer=self._map, offset=offset) if offset >= 0
+                else np.empty(shape, dtype) for name, offset, shape, dtype in item}
 
     def append(self, feed: dict) -> None:
         arrays = {name: np.ascontiguousarray(a) for name, a in feed.items()}
@@ -91,6 +91,9 @@ class FeedStore(Sequence):
             self._file = _anonymous_file(self.directory)
         item = []
         for name, a in arrays.items():
+            if a.size == 0:  # nothing to map (an empty file cannot be mapped at all)
+                item.append((name, -1, a.shape, a.dtype.str))
+                continue
             offset = -(-self._file.seek(0, os.SEEK_END) // _ALIGN) * _ALIGN
             self._file.seek(offset)
             try:
