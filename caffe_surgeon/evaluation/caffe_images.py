@@ -10,6 +10,10 @@ rgb_to_gray by one level.
 :func:`cv_resize_linear` reproduces OpenCV 4's 8-bit INTER_LINEAR bit for bit
 (fixed-point coefficients with 11 fractional bits, the vectorised vertical pass;
 checked against ``cv2.resize`` in the tests).
+
+:func:`jpeg_roundtrip` is ``cv::imencode(".jpg")`` and decoding again, as SSD's
+``CropImage`` does to a sampled encoded record; Pillow's libjpeg at OpenCV's
+defaults (quality 95, 4:2:0) writes the same bytes (checked against ``cv2``).
 """
 from __future__ import annotations
 
@@ -54,6 +58,21 @@ def decode_image(source, mode: str, what: str = "image") -> np.ndarray:
         return arr[:, :, None].copy()
     order = [2, 1, 0, 3][:arr.shape[2]]  # RGB(A) -> BGR(A)
     return np.ascontiguousarray(arr[:, :, order])
+
+
+def jpeg_roundtrip(img: np.ndarray, mode: str, what: str = "image") -> np.ndarray:
+    """uint8 (C, H, W) BGR(A) or grey -> encoded as OpenCV's default JPEG -> decoded as ``mode``.
+
+    OpenCV's JPEG encoder drops a fourth (alpha) channel."""
+    from PIL import Image
+    hwc = img.transpose(1, 2, 0)
+    if hwc.shape[2] == 1:
+        picture = Image.fromarray(np.ascontiguousarray(hwc[:, :, 0]), "L")
+    else:
+        picture = Image.fromarray(np.ascontiguousarray(hwc[:, :, 2::-1]), "RGB")
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG", quality=95)
+    return np.ascontiguousarray(decode_image(buf.getvalue(), mode, what).transpose(2, 0, 1))
 
 
 def _native_mode(img) -> str:
