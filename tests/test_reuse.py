@@ -291,3 +291,32 @@ def test_the_callers_inputs_are_never_overwritten(first, tmp_path):
     np.testing.assert_array_equal(x, before)
     np.testing.assert_array_equal(ex.run({"data": x})["c"], first_run)
     np.testing.assert_array_equal(Executor(g).run({"data": before.copy()})["c"], first_run)
+
+
+def test_resuming_from_a_prefix_leaves_the_inputs_and_the_cache_alone(tmp_path):
+    # data is read again after the prefix, by an in-place ReLU and an Eltwise that could
+    # both write into it: the prefix hands back the caller's own array
+    proto = tmp_path / "n.prototxt"
+    proto.write_text('name: "n" input: "data" input_shape { dim: 2 dim: 2 dim: 3 dim: 3 }\n'
+                     'layer { name: "c0" type: "Convolution" bottom: "data" top: "c0" '
+                     'convolution_param { num_output: 2 kernel_size: 1 } }\n'
+                     'layer { name: "r" type: "ReLU" bottom: "data" top: "data" }\n'
+                     'layer { name: "e" type: "Eltwise" bottom: "data" bottom: "c0" top: "e" }\n')
+    g = cs.load(proto)
+    cs.init(g, seed=2)
+    x = np.random.default_rng(7).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    before = x.copy()
+    ex = Executor(g)
+    cache = ex.prefix({"data": x}, 1)
+    kept = {v: a.copy() for v, a in cache.items()}
+    first = ex.run(cache=cache, start=1)["e"]
+    np.testing.assert_array_equal(x, before)
+    assert all(np.array_equal(cache[v], kept[v]) for v in kept)
+    np.testing.assert_array_equal(ex.run(cache=cache, start=1)["e"], first)
+    np.testing.assert_array_equal(Executor(g).run({"data": before})["e"], first)
+    x.flags.writeable = False  # a read-only input (a mapped feed) runs the same
+    np.testing.assert_array_equal(ex.run(cache=ex.prefix({"data": x}, 1), start=1)["e"], first)
+    # donate_cache: the caller gives its arrays up, and the in-place ReLU takes one
+    mine = {v: a.copy() for v, a in ex.prefix({"data": before}, 1).items()}
+    np.testing.assert_array_equal(ex.run(cache=mine, start=1, donate_cache=True)["e"], first)
+    assert any(not np.array_equal(mine[v], kept[v]) for v in kept)

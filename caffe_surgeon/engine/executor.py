@@ -119,7 +119,8 @@ class Executor:
         return self.final[name]
 
     def run(self, inputs: dict | None = None, outputs=None, *, start: int = 0,
-            cache: dict | None = None, layer_outputs=(), only=None) -> dict[str, np.ndarray]:
+            cache: dict | None = None, layer_outputs=(), only=None,
+            donate_cache: bool = False) -> dict[str, np.ndarray]:
         """Run layers ``start`` .. end (those in ``only``, if given).
 
         Args:
@@ -131,6 +132,9 @@ class Executor:
                 keyed ``"<layer>:<top>"``.
             only: layer indices to run; the values the others would write come from
                 ``cache`` (sensitivity analysis: a pruned model's unchanged layers).
+            donate_cache: the ``cache`` arrays are the caller's to lose: layers may overwrite
+                those that die (saves a buffer per in-place layer). By default neither
+                ``inputs`` nor ``cache`` is ever written.
 
         Returns:
             name -> array.
@@ -142,12 +146,12 @@ class Executor:
             for t in self.graph.layers[i].tops:
                 wanted[(i, t)] = f"{lname}:{t}"
         env = dict(cache or {})
-        borrowed = ()
+        borrowed = () if donate_cache else tuple(env.values())
         if start == 0:
             fed = self._feed(inputs or {})
             env.update(fed)
             self._check_fed(env)
-            borrowed = _borrowed(fed, inputs or {})
+            borrowed += _borrowed(fed, inputs or {})
         result = {}
         with self._blas.single_threaded():
             self._run_range(env, start, len(self.graph.layers), wanted, result, only, borrowed)
@@ -235,7 +239,7 @@ class Executor:
             # (Split returns one array for several tops; Reshape and Flatten return views).
             # Worked out only if the layer asks (most never overwrite their inputs).
             ctx.donate = (lambda dying=dying, args=args: [
-                d and not any(np.may_share_memory(a, b) for b in borrowed)
+                d and a.flags.writeable and not any(np.may_share_memory(a, b) for b in borrowed)
                 and not any(o is not a and np.may_share_memory(o, a) for o in env.values())
                 and sum(a is o for o in env.values()) == 1 and sum(a is b for b in args) == 1
                 for d, a in zip(dying, args)]) if any(dying) else []

@@ -103,7 +103,14 @@ class CaffeEvaluator(Evaluator):
         n = min(self.test_iter * bs, len(source))
         self.record_order = [(np.arange(bs) + b * bs) % n for b in range(self.test_iter)]
         annotated = self.data_layer.type == "AnnotatedData"
-        records = enumerate(source.iter_load(n))
+        loading = source.iter_load(n)
+        try:  # closed on an error too: an LMDB source's read transaction ends with it
+            return self._batches(source, loading, n, bs, annotated)
+        finally:
+            loading.close()
+
+    def _batches(self, source, loading, n: int, bs: int, annotated: bool) -> FeedStore:
+        records = enumerate(loading)
         store, labels, current = FeedStore(), [], {}
         for b, idx in enumerate(self.record_order):
             for i in idx:  # record i < n sits in batch i // bs, row i % bs

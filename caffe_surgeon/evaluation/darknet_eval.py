@@ -142,7 +142,7 @@ class DarknetClassifierEvaluator(_DarknetEvaluator):
     def reference_state(self):
         return self.reference_top1 if self.label_free else None
 
-    def decode(self) -> list[dict[str, np.ndarray]]:
+    def decode(self) -> FeedStore:
         """Load and resize the valid list's images again (darknet's ``load_image_color``)."""
         images = (classifier_input(item, self.net_w, self.net_h, self.channels) for item in
                   progress(self.items, self.show_progress, "loading images", len(self.items)))
@@ -226,7 +226,7 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
                                  f"{self.items[0].list_file}; agreement is undefined",
                                  file=self.model_file)
 
-    def decode(self) -> list[dict[str, np.ndarray]]:
+    def decode(self) -> FeedStore:
         """Load and letterbox the valid list's images again (also sets ``sizes``)."""
         self.sizes = []
 

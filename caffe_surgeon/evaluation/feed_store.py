@@ -9,7 +9,8 @@ memory allows and from disk when it does not. The file has no name (or is
 unlinked at once), so a killed run leaves nothing behind.
 
 The budget is ``memory_bytes`` or, by default, the ``CAFFE_SURGEON_FEED_MEMORY``
-environment variable (bytes; suffixes K, M, G, T), else :data:`FEED_MEMORY`.
+environment variable (bytes; suffixes K, M, G, T, optionally with B or iB: powers of
+1024), else :data:`FEED_MEMORY`.
 """
 from __future__ import annotations
 
@@ -35,11 +36,12 @@ def feed_memory_budget(value=None) -> int:
     text = os.environ.get(ENV, "").strip()
     if not text:
         return FEED_MEMORY
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1].upper(), 1)
-    number = text[:-1] if scale > 1 else text
+    number = text.upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(number[-1:], 1)
+    number = number[:-1] if scale > 1 else number
     try:
         budget = int(float(number) * scale)
-    except ValueError:
+    except (ValueError, OverflowError):
         budget = -1
     if budget < 0:
         raise ModelError(f"{ENV}={text!r}: expected a number of bytes such as 512M or 2G")
@@ -49,9 +51,9 @@ def feed_memory_budget(value=None) -> int:
 class FeedStore(Sequence):
     """A list of feeds (blob name -> array), appended once, then read many times.
 
-    Spilled batches come back as read-only arrays over the mapping (the executor
-    never writes into its inputs; anything else that tried would fail loudly
-    instead of changing what later variants see).
+    Every array comes back read-only, in memory or over the mapping alike: the
+    executor never writes into its inputs, and anything else that tried would
+    fail loudly instead of changing what later variants see.
     """
 
     def __init__(self, memory_bytes: int | None = None, directory=None):
@@ -74,16 +76,19 @@ class FeedStore(Sequence):
             return item
         end = max(offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
                   for _, offset, shape, dtype in item)
-        if end and (self._map is None or len(self._map) < end):
-            self._file.flush()
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        return {name: np.ndarray(shape, dtype, buffer=self._map, offset=offset) if offset >= 0
+        mapped = self._map
+        if end and (mapped is None or len(mapped) < end):
+            mapped = self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        return {name: np.ndarray(shape, dtype, buffer=mapped, offset=offset) if offset >= 0
                 else np.empty(shape, dtype) for name, offset, shape, dtype in item}
 
     def append(self, feed: dict) -> None:
-        arrays = {name: np.ascontiguousarray(a) for name, a in feed.items()}
+        arrays = {name: np.require(a, requirements="C") for name, a in feed.items()}
         size = sum(a.nbytes for a in arrays.values())
         if self._file is None and self.memory_bytes + size <= self.memory_budget:
+            arrays = {name: a.view() for name, a in arrays.items()}  # the caller's stay writable
+            for a in arrays.values():
+                a.flags.writeable = False
             self._items.append(arrays)
             self.memory_bytes += size
             return
@@ -94,9 +99,9 @@ class FeedStore(Sequence):
             if a.size == 0:  # nothing to map (an empty file cannot be mapped at all)
                 item.append((name, -1, a.shape, a.dtype.str))
                 continue
-            offset = -(-self._file.seek(0, os.SEEK_END) // _ALIGN) * _ALIGN
-            self._file.seek(offset)
             try:
+                offset = -(-self._file.seek(0, os.SEEK_END) // _ALIGN) * _ALIGN
+                self._file.seek(offset)
                 self._file.write(a.reshape(-1).view(np.uint8).data)  # no copy
             except OSError as e:
                 raise ModelError(f"cannot spill decoded evaluation batches to "
@@ -106,12 +111,6 @@ class FeedStore(Sequence):
             item.append((name, offset, a.shape, a.dtype.str))
             self.spilled_bytes += a.nbytes
         self._items.append(item)
-
-    def close(self) -> None:
-        self._map = None  # arrays handed out keep their own reference to the mapping
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
     def __getstate__(self):  # pickled (e.g. to a worker): as a plain list, in memory
         return {"feeds": [self[i] for i in range(len(self))]}
@@ -123,5 +122,6 @@ class FeedStore(Sequence):
 
 
 def _anonymous_file(directory):
-    """A temporary file with no name left on disk (TemporaryFile unlinks it at once)."""
-    return tempfile.TemporaryFile(dir=directory, prefix="caffe-surgeon-feeds-")
+    """A temporary file with no name left on disk (TemporaryFile unlinks it at once),
+    unbuffered so that a full disk shows at the write that fills it."""
+    return tempfile.TemporaryFile(dir=directory, prefix="caffe-surgeon-feeds-", buffering=0)

@@ -660,7 +660,8 @@ class _SuffixRunner:
                 values = {**values, **self._unchanged(b, values)}
                 # new arrays: the executor may overwrite inputs that die in place
                 cache = {v: reuse.take(v, values[v]) for v in self.needed}
-                res = executor.run(None, start=s, cache=cache, only=self.changed, **self.late) \
+                res = executor.run(None, start=s, cache=cache, only=self.changed, donate_cache=True,
+                                   **self.late) \
                     if s < len(executor.graph.layers) else {}
                 res.update({name: reuse.take(v, values[v] if v in values else feed[v[1]])
                             for name, v in self.early.items()})
