@@ -124,6 +124,9 @@ def test_lenet_imagedata_lmdb_and_direct_computation_agree(fashion, lenet, tmp_p
         scores[name] = {acc: ev.score(results) for acc, ev in evs.items()}
         feeds[name] = evs["top-1"].feeds
         assert evs["top-1"].evaluate(g) == scores[name]["top-1"]
+        again = evs["top-1"].decode()  # the data read again (a database is opened again)
+        assert len(again) == ITERS and all(np.array_equal(a[k], b[k]) for a, b in
+                                           zip(again, feeds[name]) for k in a)
         assert evs["top-1"].input_shapes == {"data": (BATCH, 1, 28, 28), "label": (BATCH,)}
         # resuming from cached prefix activations (as ana does) scores the same
         stop = g.index("ip1")

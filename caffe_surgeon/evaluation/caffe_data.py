@@ -117,8 +117,11 @@ class LmdbSource:
         if not self.path.exists():
             raise ModelError(f"the LMDB database (source of layer '{layer}') does not exist",
                              file=self.path)
-        self.env = _open_lmdb(self.path)
-        self.size = int(self.env.stat()["entries"])
+        env = _open_lmdb(self.path)
+        try:
+            self.size = int(env.stat()["entries"])
+        finally:
+            env.close()  # opened again by each load: no handle held between reads
         self.raw: set[int] = set()  # indices of the last load's raw (not encoded) records
         if self.size == 0:
             raise ModelError("the LMDB database has no records", file=self.path)
@@ -135,16 +138,17 @@ class LmdbSource:
 
     def _records(self, count: int):
         """``(index, where, value)`` of the first ``count`` records, in key order as Caffe's
-        cursor walks them; the database is read once (the evaluator keeps the arrays)."""
+        cursor walks them."""
         self.raw = set()
+        env = _open_lmdb(self.path)
         try:
-            with self.env.begin(buffers=False) as txn:
+            with env.begin(buffers=False) as txn:
                 for i, (key, value) in enumerate(txn.cursor()):
                     if i == count:
                         break
                     yield i, f"{self.path} record {i} (key {key.decode('latin-1')!r})", value
         finally:
-            self.env.close()
+            env.close()
 
     def _image(self, i: int, datum, where: str) -> np.ndarray:
         if not datum.encoded:
