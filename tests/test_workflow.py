@@ -231,3 +231,49 @@ def test_empty_image_list_and_unreadable_image_are_refused(work, capsys, tmp_pat
     first.write_bytes(b"not a png")
     assert run_in(d, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 2
     assert first.name in capsys.readouterr().err
+
+
+def test_prune_reads_the_analysis_only_with_its_own_settings_and_reference(work, capsys, tmp_path):
+    """prune's baseline comes from the analysis, its measurement from the config: they must be
+    the same evaluation. A later round from other weights still compares, label-free, with
+    the analysed model (ana's reference file), not with itself."""
+    import re
+
+    from caffe_surgeon.cli.vai_p_caffe import main
+    d = tmp_path / "w"
+    shutil.copytree(work, d, ignore=shutil.ignore_patterns("ws*", "dws*", "t10k_lmdb*"))
+    config = CONFIG.replace("rate: 0.5", "rate: 0.3\nlabel_free: true")
+    _, out = caffe_ana_then_prune(d, config, capsys)
+    assert (d / "ws" / ".ana.regular.reference.npz").exists()
+
+    def accuracy(text):
+        row = next(line for line in text.splitlines() if line.startswith("| Accuracy"))
+        return [float(x) for x in re.findall(r"-?\d+\.?\d*(?:e-?\d+)?", row)]
+
+    first = accuracy(out)
+    assert first[0] == 1.0 and first[1] < 1.0
+    sparse = "ws/regular_rate_0.3/sparse.caffemodel"
+    shutil.copy(d / sparse, d / "round1.caffemodel")
+    (d / "round2.prototxt").write_text(config.replace("fashion.caffemodel", "round1.caffemodel"))
+    assert run_in(d, main, ["prune", "-config", "round2.prototxt"]) == 0
+    # the same channels go (they rank lowest), so the same agreement with the original: not 1
+    assert accuracy(capsys.readouterr().out)[:2] == first[:2]
+    (d / "ws" / ".ana.regular.reference.npz").unlink()
+    assert run_in(d, main, ["prune", "-config", "round2.prototxt"]) == 2
+    assert "outputs (.ana.regular.reference.npz) are missing" in capsys.readouterr().err
+
+    for edit, message in [
+        (lambda c: c.replace("label_free: true", ""),
+         "evaluator field 'label_free' changed from True to False"),
+        (lambda c: c.replace("test_iter: 6", "test_iter: 2"), "'test_iter' changed from 6 to 2"),
+        (lambda c: c.replace("rate: 0.3", 'rate: 0.3\ncriterion: "l2"'), "criterion changed"),
+        (lambda c: c.replace("rate: 0.3", "rate: 0.3\nchannel_divisible: 4"), "divisor changed"),
+        (lambda c: c.replace("method: REGULAR", 'method: REGULAR\n  exclude { layer_top: "conv1" }'),
+         "ignore changed"),
+    ]:
+        (d / "other.prototxt").write_text(edit(config))
+        before = (d / sparse).read_bytes()
+        assert run_in(d, main, ["prune", "-config", "other.prototxt"]) == 2
+        err = capsys.readouterr().err
+        assert "measured with other settings" in err and message in err, err
+        assert (d / sparse).read_bytes() == before  # nothing written

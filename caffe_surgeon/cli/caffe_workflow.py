@@ -92,8 +92,8 @@ def _prune(args, cfg, job) -> int:
     from ..fileio import atomic_write
     from ..workflow.ana import AnaResult
     from ..workflow.calibration import calibration_images
-    from ..workflow.evaluators import build_evaluator, load_eval_graph
-    from ..workflow.prune_rate import prune_to_rate
+    from ..workflow.evaluators import load_eval_graph
+    from ..workflow.prune_rate import prune_evaluator, prune_to_rate
     cfg.require("rate", command="prune")
     if not Path(cfg.ana_file).exists():
         raise ModelError(f"no analysis found at {cfg.ana_file}: run 'vai_p_caffe ana -config "
@@ -101,7 +101,7 @@ def _prune(args, cfg, job) -> int:
     ana = AnaResult.load(cfg.ana_file)
     print("Analysis info found.")
     graph = load_eval_graph("caffe", [str(cfg.model), str(cfg.weights)], job.evaluator)
-    evaluator = build_evaluator(job.evaluator, graph)
+    evaluator = prune_evaluator(job, ana, cfg.ana_file, graph)
     calib = None
     if args.reconstruct is not None:  # read before anything is pruned or written
         calib = calibration_images("caffe", job.model_files, job.evaluator, args.reconstruct,

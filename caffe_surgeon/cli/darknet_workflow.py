@@ -120,8 +120,8 @@ def _prune(args, conf, spec) -> int:
 
     from ..workflow.ana import AnaResult
     from ..workflow.calibration import calibration_images
-    from ..workflow.evaluators import build_evaluator, load_eval_graph
-    from ..workflow.prune_rate import prune_to_rate
+    from ..workflow.evaluators import load_eval_graph
+    from ..workflow.prune_rate import prune_evaluator, prune_to_rate
     if conf.rate is None:
         raise ModelError("'prune' needs rate=<fraction of operations to remove> in [pruning]",
                          file=conf.file)
@@ -130,7 +130,7 @@ def _prune(args, conf, spec) -> int:
     job = _job(args, conf, spec)
     ana = AnaResult.load(conf.ana_out_file)
     graph = load_eval_graph("darknet", job.model_files, spec)
-    evaluator = build_evaluator(spec, graph)
+    evaluator = prune_evaluator(job, ana, conf.ana_out_file, graph)
     calib = None
     if args.reconstruct is not None:  # read before anything is pruned or written
         calib = calibration_images("darknet", job.model_files, spec, args.reconstruct, graph,

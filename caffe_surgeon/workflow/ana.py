@@ -840,6 +840,10 @@ def run_ana(job: AnaJob, state_path, workers: int = 1, scheduler=None, progress:
 
     ctx = _Context(job, show_progress=False, cache_budget=cache_budget)
     inputs["data_sha256"] = ctx.data_sha256
+    reference = ctx.evaluator.reference_state()
+    if reference is not None:  # for a prune from other weights (label-free scores)
+        from .reference_file import save_reference
+        save_reference(state_path, reference, ctx.data_sha256)
     digest = hashlib.sha256(_canonical(inputs)).hexdigest()
     groups = ctx.group_records()
     if previous is not None:

@@ -60,6 +60,54 @@ def curves_of(ana, analysis) -> dict:
     return curves
 
 
+def prune_evaluator(job, ana, state_path, graph: Graph):
+    """The evaluator ``prune`` measures with, once the analysis is known to fit it.
+
+    The curves in ``ana`` were measured with one evaluation (settings, data),
+    criterion, channel divisor, excluded layers and model definition; prune
+    refuses to mix them with others, listing what changed. The weights may
+    differ (iterative pruning from a finetuned snapshot). A label-free score then
+    still compares with the analysed model: its outputs come from the reference
+    file ``ana`` wrote (:mod:`.reference_file`), not from the current weights.
+    """
+    from .ana import _changes, job_inputs
+    from .evaluators import build_evaluator, data_digest
+    from .reference_file import check_data, load_reference, reference_path
+    job = job.checked()
+    new, old = job_inputs(job), dict(ana.inputs or {})
+    skip = ("model_files", "ratios", "data_sha256")
+    changes = _changes({k: v for k, v in old.items() if k not in skip},
+                       {k: v for k, v in new.items() if k not in skip})
+    old_files = old.get("model_files") or [{}, {}]
+    changes += _changes({"model_files": old_files[:1]}, {"model_files": new["model_files"][:1]})
+    if changes:
+        raise _stale(state_path, changes)
+    reference = stored = None
+    if job.evaluator.get("label_free") and old_files[-1] != new["model_files"][-1]:
+        got = load_reference(state_path)
+        if got is None:
+            raise ModelError(f"label-free scores compare with the analysed model, but these "
+                             f"weights ({new['model_files'][-1]['name']}) are not the ones ana "
+                             f"analysed ({old_files[-1].get('name')}) and the analysed model's "
+                             f"outputs ({reference_path(state_path).name}) are missing: run ana "
+                             "again on the original weights", file=state_path)
+        reference, stored = got
+    evaluator = build_evaluator(job.evaluator, graph, darknet_bn=job.darknet_bn, reference=reference)
+    digest = data_digest(evaluator)
+    if old.get("data_sha256") and old["data_sha256"] != digest:
+        raise _stale(state_path, _changes({"data_sha256": old["data_sha256"]},
+                                          {"data_sha256": digest}))
+    if stored is not None:
+        check_data(state_path, stored, digest)
+    return evaluator
+
+
+def _stale(state_path, changes) -> ModelError:
+    return ModelError("the analysis was measured with other settings than prune's: "
+                      + "; ".join(changes) + ". Run ana again with these settings (-restart "
+                      "starts it over)", file=state_path)
+
+
 def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: str = "l1",
                   divisor: int = 2, method: str = "greedy", ignore=(),
                   input_shapes=None, calib: dict | None = None,
