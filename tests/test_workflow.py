@@ -277,3 +277,26 @@ def test_prune_reads_the_analysis_only_with_its_own_settings_and_reference(work,
         err = capsys.readouterr().err
         assert "measured with other settings" in err and message in err, err
         assert (d / sparse).read_bytes() == before  # nothing written
+
+
+def test_exclude_names_top_blobs_and_finds_the_layer_that_writes_them(work, capsys, tmp_path,
+                                                                     monkeypatch):
+    # real nets name a convolution's top differently from the layer (conv1 -> bn1 ...)
+    import re
+
+    from caffe_surgeon.cli.caffe_workflow import excluded_layers
+    from caffe_surgeon.cli.vai_p_caffe import main
+    from caffe_surgeon.workflow.config import read_caffe_config
+    text = (work / "fashion_train_val.prototxt").read_text()
+    (tmp_path / "net.prototxt").write_text(re.sub(r'(top|bottom): "conv4"', r'\1: "c4out"', text))
+    shutil.copy(work / "fashion.caffemodel", tmp_path / "fashion.caffemodel")
+    config = CONFIG.replace("fashion_train_val.prototxt", "net.prototxt").replace(
+        "method: REGULAR", 'method: REGULAR\n  exclude { layer_top: "c4out" }\n'
+        '  exclude { layer_top: "conv1" }')
+    (tmp_path / "config.prototxt").write_text(config)
+    monkeypatch.chdir(tmp_path)  # the vendor's paths are relative to the current folder
+    assert excluded_layers(read_caffe_config("config.prototxt")) == ["conv4", "conv1"]
+    (tmp_path / "config.prototxt").write_text(config.replace('"c4out"', '"nothing"'))
+    assert run_in(tmp_path, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert "layer_top 'nothing', which no layer of" in err and err.count("\n") == 1

@@ -47,8 +47,25 @@ def _job(cfg):
     if cfg.ssd_ap_version is not None:  # DetectionEvaluate's mAP (the solver's ap_version)
         spec["ap_version"] = cfg.ssd_ap_version
     return AnaJob("caffe", [str(cfg.model), str(cfg.weights)], spec, ratios=list(cfg.ratios),
-                  criterion=cfg.criterion, ignore=list(cfg.exclude),
+                  criterion=cfg.criterion, ignore=excluded_layers(cfg),
                   divisor=cfg.channel_divisible, early_stop=cfg.early_stop)
+
+
+def excluded_layers(cfg) -> list[str]:
+    """The layers ``exclude { layer_top: X }`` names: the one that first writes top X (a
+    convolution, not the in-place BatchNorm/ReLU after it); a layer named X otherwise."""
+    from .. import api
+    graph = api.load(cfg.model)
+    names = []
+    for top in cfg.exclude:
+        layer = next((l for l in graph.layers if top in l.tops and top not in l.bottoms), None) \
+            or next((l for l in graph.layers if l.name == top), None)
+        if layer is None:
+            raise ModelError(f"pruner.exclude names layer_top '{top}', which no layer of "
+                             f"{cfg.model} writes", file=cfg.file)
+        if layer.name not in names:
+            names.append(layer.name)
+    return names
 
 
 def _config(args, command):
@@ -108,7 +125,7 @@ def _prune(args, cfg, job) -> int:
                                    graph, evaluator)
     out = prune_to_rate(graph, ana, cfg.rate, evaluator=evaluator, criterion=cfg.criterion,
                         divisor=cfg.channel_divisible, method=args.allocator,
-                        ignore=list(cfg.exclude), input_shapes=getattr(evaluator, "input_shapes", None),
+                        ignore=list(job.ignore), input_shapes=getattr(evaluator, "input_shapes", None),
                         calib=calib and calib.feed)
     folder = cfg.rate_dir()
     folder.mkdir(parents=True, exist_ok=True)
