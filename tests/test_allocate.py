@@ -70,6 +70,9 @@ def test_unreachable_rate_and_bad_inputs():
         allocate(counter, _curves(a, 0), 0.9, 1.0)
     with pytest.raises(ModelError, match="allocator"):
         allocate(counter, _curves(a, 0), 0.9, 0.5, "magic")
+    with pytest.raises(ModelError, match="cannot be reached: the analysis has no prunable group"):
+        allocate(counter, {}, 0.9, 0.5)  # every group excluded: not a silent 0% "success"
+    assert allocate(counter, {}, 0.9, 0.0).ratios == {}
 
 
 def test_metric_drop_interpolates_and_respects_direction():

@@ -150,8 +150,11 @@ def allocate(counter: OpsCounter, curves: dict, baseline: float, rate: float,
         raise ModelError(f"rate {rate} is outside [0, 1)")
     base_ops = counter.ops({})
     target = (1 - rate) * base_ops
-    if rate == 0 or not curves:
+    if rate == 0:
         return Allocation({}, base_ops, base_ops, 0.0, method, rate, tolerance, counter.divisor)
+    if not curves:
+        raise ModelError(f"rate {rate} cannot be reached: the analysis has no prunable group "
+                         "(every convolution excluded, or none whose channels can go)")
     grids = {gid: sorted(c) for gid, c in curves.items()}
     drops = {gid: {r: metric_drop(c, baseline, r, higher_is_better) for r in grids[gid]}
              for gid, c in curves.items()}
