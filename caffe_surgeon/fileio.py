@@ -19,7 +19,10 @@ def atomic_write(path, data: bytes | str) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelError(f"output folder '{folder}' does not exist", file=path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise ModelError(f"cannot write into folder '{folder}': {e.strerror}", file=path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -27,11 +30,13 @@ def atomic_write(path, data: bytes | str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise ModelError(f"cannot write the file: {e.strerror}", file=path) from None
         raise
 
 

@@ -300,3 +300,32 @@ def test_exclude_names_top_blobs_and_finds_the_layer_that_writes_them(work, caps
     assert run_in(tmp_path, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 2
     err = capsys.readouterr().err
     assert "layer_top 'nothing', which no layer of" in err and err.count("\n") == 1
+
+
+def test_transform_never_overwrites_its_inputs_or_itself(tmp_path, capsys):
+    from caffe_surgeon.cli import vai_p_caffe, vai_p_darknet
+    for name in ("fashion_train_val.prototxt", "fashion.caffemodel", "fashion.cfg", "fashion.weights"):
+        shutil.copy(FIX / name, tmp_path / name)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    (tmp_path / "folder.caffemodel").mkdir()
+    base = ["transform", "-model", "fashion_train_val.prototxt", "-weights", "fashion.caffemodel"]
+    for output, message in [("fashion_train_val.caffemodel", "would overwrite the input"),
+                            ("fashion.caffemodel", "would overwrite the input"),
+                            ("out.prototxt", "two outputs would be written to one file"),
+                            ("folder.caffemodel", "is a folder")]:
+        assert run_in(tmp_path, vai_p_caffe.main, base + ["-output", output]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    for output, message in [("fashion", "would overwrite the input"),
+                            ("fashion.weights", "would overwrite the input")]:
+        assert run_in(tmp_path, vai_p_darknet.main,
+                      ["pruner", "transform", "fashion.cfg", "fashion.weights", "-o", output]) == 2
+        assert message in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    # a dotted prefix keeps its dots: fashion.round1 -> fashion.round1.cfg / .weights
+    assert run_in(tmp_path, vai_p_darknet.main, ["pruner", "transform", "fashion.cfg",
+                                                 "fashion.weights", "-o", "fashion.round1"]) == 0
+    assert (tmp_path / "fashion.round1.cfg").exists() and (tmp_path / "fashion.round1.weights").exists()
+    assert run_in(tmp_path, vai_p_caffe.main, base + ["-output", "dense.caffemodel"]) == 0
+    assert (tmp_path / "dense.prototxt").exists()
+    assert all((tmp_path / n).read_bytes() == b for n, b in before.items())

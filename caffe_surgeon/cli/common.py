@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from functools import wraps
 
@@ -20,6 +21,23 @@ def early_stop_arg(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a relative drop like 0.1, or none; "
                                          f"got {text!r}") from None
+
+
+def check_outputs(outputs, inputs, option: str = "-output") -> None:
+    """Refuse outputs that would overwrite an input, each other, or a folder."""
+    seen: dict[str, object] = {}
+    ins = {os.path.realpath(i): i for i in inputs if i is not None}
+    for o in outputs:
+        key = os.path.realpath(o)
+        if key in seen:
+            raise ModelError(f"two outputs would be written to one file ({seen[key]} and {o}); "
+                             f"choose another {option}", file=o)
+        seen[key] = o
+        if key in ins:
+            raise ModelError(f"this output would overwrite the input {ins[key]}; choose another "
+                             f"{option}", file=o)
+        if os.path.isdir(o):
+            raise ModelError(f"this output is a folder; give {option} a file name", file=o)
 
 
 def guarded(main):

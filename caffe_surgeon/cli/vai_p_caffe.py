@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from .. import api
-from .common import guarded, parse_input_shapes, resolve_input_shapes
+from .common import check_outputs, guarded, parse_input_shapes, resolve_input_shapes
 
 
 
@@ -54,11 +54,12 @@ def _transform(args):
     from ..caffe.writer import render_caffemodel, render_prototxt
     from ..fileio import atomic_write
     from ..pruning.transform import transform
+    out = Path(args.output)
+    proto = out.with_suffix(".prototxt")
+    check_outputs([out, proto], [args.model, args.weights])  # before the long part
     graph = api.load(args.model, args.weights)
     shapes = resolve_input_shapes(graph, parse_input_shapes(args.input_shape))
     result = transform(graph, input_shapes=shapes)
-    out = Path(args.output)
-    proto = out.with_suffix(".prototxt")
     model_bytes, text = render_caffemodel(result.dense), render_prototxt(result.dense)
     atomic_write(out, model_bytes)
     atomic_write(proto, text)

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from .. import api
-from .common import guarded
+from .common import check_outputs, guarded
 
 
 
@@ -54,9 +54,12 @@ def _transform(args):
         graph0 = api.load(cfg_path)
         ignore = [graph0.layers[i].name for i in conf.ignore_layer if i < len(graph0.layers)]
     prefix = Path(args.output) if args.output else (prefix or cfg_path.with_name(cfg_path.stem + "-transform"))
+    if prefix.suffix.lower() in (".cfg", ".weights"):  # -o out.cfg means the prefix out
+        prefix = prefix.with_suffix("")
+    out_cfg, out_weights = (prefix.with_name(prefix.name + ext) for ext in (".cfg", ".weights"))
+    check_outputs([out_cfg, out_weights], [args.cfg, cfg_path, args.weights], option="-o")
     graph = api.load(cfg_path, args.weights)
     result = transform(graph, ignore=ignore)
-    out_cfg, out_weights = prefix.with_suffix(".cfg"), prefix.with_suffix(".weights")
     out_cfg.parent.mkdir(parents=True, exist_ok=True)
     write_darknet(result.dense, out_cfg, out_weights)
     print(f"transform: removed {result.plan.removed} all-zero channels in "
