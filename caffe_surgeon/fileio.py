@@ -40,6 +40,16 @@ def atomic_write(path, data: bytes | str) -> None:
         raise
 
 
+def make_folder(path) -> Path:
+    """``mkdir -p path``, an OS error (a file in the way, no permission) as a one-line error."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelError(f"cannot create the folder: {e.strerror or e}", file=path) from None
+    return path
+
+
 def read_bytes(path, what: str) -> bytes:
     """Read a whole input file, turning OS errors into a ModelError naming the file."""
     try:

@@ -208,6 +208,9 @@ def test_early_stop_from_the_command_line_and_the_ini(work, capsys):
     (lambda c: c.replace("test_iter: 6", "test_iter: 6\nlearning_rate: 0.1"), "learning_rate"),
     (lambda c: c.replace('weights: "fashion.caffemodel"', 'weights: "missing.caffemodel"'),
      "missing.caffemodel"),
+    (lambda c: c.replace('workspace: "ws"', 'workspace: "fashion.caffemodel"'),
+     "fashion.caffemodel: cannot create the folder"),  # a file in the way
+    (lambda c: c.replace('gpu: "0"', 'gpu: "\u00b2"'), "field 'gpu'"),  # "²".isdigit()
 ])
 def test_bad_config_fails_before_any_evaluation(work, capsys, edit, message):
     from caffe_surgeon.cli.vai_p_caffe import main

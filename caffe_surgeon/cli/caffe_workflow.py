@@ -106,7 +106,7 @@ def _ana(args, cfg, job) -> int:
 
 def _prune(args, cfg, job) -> int:
     from ..caffe.writer import render_caffemodel, render_prototxt
-    from ..fileio import atomic_write
+    from ..fileio import atomic_write, make_folder
     from ..workflow.ana import AnaResult
     from ..workflow.calibration import calibration_images
     from ..workflow.evaluators import load_eval_graph
@@ -128,7 +128,7 @@ def _prune(args, cfg, job) -> int:
                         ignore=list(job.ignore), input_shapes=getattr(evaluator, "input_shapes", None),
                         calib=calib and calib.feed)
     folder = cfg.rate_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     sparse_bytes, final_text = render_caffemodel(out.sparse), render_prototxt(out.dense)
     atomic_write(folder / "sparse.caffemodel", sparse_bytes)
     atomic_write(folder / "final.prototxt", final_text)

@@ -118,6 +118,7 @@ def _ana(args, conf, spec, workers) -> int:
 def _prune(args, conf, spec) -> int:
     from darknet_io import write_darknet
 
+    from ..fileio import make_folder
     from ..workflow.ana import AnaResult
     from ..workflow.calibration import calibration_images
     from ..workflow.evaluators import load_eval_graph
@@ -138,8 +139,8 @@ def _prune(args, conf, spec) -> int:
     out = prune_to_rate(graph, ana, conf.rate, evaluator=evaluator, criterion=conf.criterion,
                         divisor=conf.kernel_batch, method=args.allocator, ignore=job.ignore,
                         calib=calib and calib.feed, darknet_bn=job.darknet_bn)
-    Path(conf.prunedcfg).parent.mkdir(parents=True, exist_ok=True)
-    Path(conf.prune_out_weights).parent.mkdir(parents=True, exist_ok=True)
+    make_folder(Path(conf.prunedcfg).parent)
+    make_folder(Path(conf.prune_out_weights).parent)
     # the dense cfg, and the sparse weights (original shapes) that finetune/transform start from
     write_darknet(out.dense, conf.prunedcfg, None)
     write_darknet(out.sparse, None, conf.prune_out_weights)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import ModelError
+from ..fileio import make_folder
 
 
 def add_parsers(sub, add_model_args):
@@ -81,7 +82,7 @@ def run_prune(args, graph, shapes):
                          model=" ".join(args.model))
     pruned = apply(graph, plan, args.mode, fold=not args.no_fold, analysis=a, calib=calib)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     files = [out / Path(m).name for m in args.model]
     if len(files) == 1:  # a definition without weights gets none written
         files = files[:1]

@@ -45,6 +45,7 @@ def _transform(args):
 
     from darknet_io import write_darknet
 
+    from ..fileio import make_folder
     from ..pruning.transform import transform
     cfg_path, prefix, ignore = Path(args.cfg), None, ()
     if cfg_path.suffix.lower() != ".cfg" or _is_pruning_ini(cfg_path):
@@ -60,7 +61,7 @@ def _transform(args):
     check_outputs([out_cfg, out_weights], [args.cfg, cfg_path, args.weights], option="-o")
     graph = api.load(cfg_path, args.weights)
     result = transform(graph, ignore=ignore)
-    out_cfg.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out_cfg.parent)
     write_darknet(result.dense, out_cfg, out_weights)
     print(f"transform: removed {result.plan.removed} all-zero channels in "
           f"{len(result.plan.groups)} groups; wrote {out_cfg} and {out_weights}")

@@ -84,7 +84,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ModelError
-from ..fileio import atomic_write, read_bytes
+from ..fileio import atomic_write, make_folder, read_bytes
 from .evaluators import FRAMEWORK_OF, normalize_spec
 
 FORMAT = "caffe-surgeon-ana"
@@ -453,7 +453,7 @@ def write_reports(result: AnaResult, workspace) -> list[Path]:
     installed) into ``workspace``, atomically; return the paths written."""
     from .report import write_sensitivity_csv, write_sensitivity_plot, write_sensitivity_table
     folder = Path(workspace)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     table = result.to_table()
     txt, csv_, png = (folder / n for n in REPORT_NAMES)
     write_sensitivity_table(table, txt)
@@ -835,8 +835,7 @@ def run_ana(job: AnaJob, state_path, workers: int = 1, scheduler=None, progress:
         changes = _changes(stored, inputs)
         if changes:
             raise _mismatch(state_path, changes)
-    if not state_path.parent.is_dir():
-        state_path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(state_path.parent)
 
     ctx = _Context(job, show_progress=False, cache_budget=cache_budget)
     inputs["data_sha256"] = ctx.data_sha256

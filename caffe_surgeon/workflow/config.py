@@ -538,7 +538,7 @@ def read_caffe_config(path, base_dir=None) -> CaffeConfig:
         ids = []
         for part in spec.split(","):
             part = part.strip()
-            if not part.isdigit():
+            if not (part.isascii() and part.isdigit()):  # "²".isdigit() is True
                 raise ModelError(f"field 'gpu' is \"{spec}\"; expected device ids separated by "
                                  "commas, like \"0,1,2,3\"", file=path, line=tok.line,
                                  column=tok.col)
@@ -797,7 +797,7 @@ def read_darknet_pruning(path, base_dir=None) -> DarknetPruningConfig:
             part = part.strip()
             if not part and not values["ignore_layer"].strip():
                 continue
-            if not part.isdigit():
+            if not (part.isascii() and part.isdigit()):  # "²".isdigit() is True
                 bad("ignore_layer", "layer indices (0-based integers) separated by commas, "
                     "like 80,81,92")
             layers.append(int(part))
