@@ -332,3 +332,11 @@ def test_transform_never_overwrites_its_inputs_or_itself(tmp_path, capsys):
     assert run_in(tmp_path, vai_p_caffe.main, base + ["-output", "dense.caffemodel"]) == 0
     assert (tmp_path / "dense.prototxt").exists()
     assert all((tmp_path / n).read_bytes() == b for n, b in before.items())
+
+
+def test_workers_zero_is_refused_before_any_evaluation(work, capsys):
+    from caffe_surgeon.cli.vai_p_caffe import main
+    (work / "w0.prototxt").write_text(CONFIG.replace('workspace: "ws"', 'workspace: "ws_w0"'))
+    assert run_in(work, main, ["ana", "-config", "w0.prototxt", "-no_progress", "-workers", "0"]) == 2
+    assert "workers must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert not (work / "ws_w0" / ".ana.regular").exists()

@@ -127,6 +127,9 @@ def test_our_extensions(tmp_path):
     assert cfg.acc_name is None and cfg.label_free and cfg.early_stop == 0.05
     assert (cfg.criterion, cfg.channel_divisible, cfg.ratios) == ("l2", 8, (0.25, 0.5, 0.75))
     assert (cfg.workers, cfg.worker_count, cfg.scheduler, cfg.gpu) == (3, 3, "process", [1])
+    serial = read_caffe_config(write(tmp_path, "s.prototxt", BASE + 'gpu: "0,1,2"\nscheduler: serial\n'),
+                               base_dir=tmp_path)
+    assert (serial.gpu, serial.worker_count) == ([0, 1, 2], 1)  # this process only
     assert cfg.test_iter == 100 and cfg.rate is None
     assert read_caffe_config(write(tmp_path, "d.prototxt", BASE), base_dir=tmp_path).early_stop is None
     assert "needs 'weights', 'rate'" in error_of(cfg.require, "weights", "rate", command="prune")
@@ -151,7 +154,8 @@ BASE = 'workspace: "ws"\nmodel: "m.prototxt"\nacc_name: "top-1"\n'
     ('gpu: "0,x"\n', ":4:6: ", ["'gpu' is \"0,x\"", "\"0,1,2,3\""]),
     ('solver: solver.prototxt\n', ":4:9: ", ["'solver' expects a quoted string"]),
     ('criterion: "fpgm"\n', ":4:12: ", ["accepted values: l1, l2"]),
-    ('scheduler: gpu\n', ":4:12: ", ["accepted values: auto, serial, thread, process"]),
+    ('scheduler: gpu\n', ":4:12: ", ["accepted values: auto, serial, process"]),
+    ('scheduler: thread\n', ":4:12: ", ["accepted values: auto, serial, process"]),
     ('ratios: [0.1, 1.0]\n', ":4:1: ", ["ratio 1 is outside (0, 1)"]),
     ('ratios: 0.2 ratios: 0.2\n', ":4:1: ", ["ratio 0.2 is listed twice"]),
     ('ssd_ap_version: "11pt"\n', ":4:17: ", ["11point, MaxIntegral, Integral"]),
@@ -283,7 +287,7 @@ def test_darknet_defaults_comments_and_ours(tmp_path):
         rate=0.5   # about half the ops
         ratios=0.3,0.1
         workers=2
-        scheduler=Thread
+        scheduler=Process
         kernel_batch=4
         early_stop=0.2
     ''')
@@ -297,7 +301,7 @@ def test_darknet_defaults_comments_and_ours(tmp_path):
     assert cfg.prune_out_weights == tmp_path / "work/weights.prune"
     assert cfg.ignore_layer == (3, 5) and cfg.criterion == "l2" and cfg.kernel_batch == 4
     assert (cfg.rate, cfg.ratios, cfg.worker_count, cfg.scheduler) == (0.5, (0.1, 0.3), 2,
-                                                                       "thread")
+                                                                       "process")
     assert cfg.early_stop == 0.2
     cfg.check_files()  # modelcfg exists, datacfg not set: nothing missing
 
@@ -315,7 +319,7 @@ def test_darknet_defaults_comments_and_ours(tmp_path):
     (["rate=1"], 5, ["'rate' is 1", "[0, 1)"]),
     (["ratios=0.1,0.1"], 5, ["ratio 0.1 is listed twice"]),
     (["ratios=0.1,,0.2"], 5, ["numbers in (0, 1)"]),
-    (["scheduler=gpu"], 5, ["auto, serial, thread, process"]),
+    (["scheduler=gpu"], 5, ["auto, serial, process"]),
     (["workers=0"], 5, ["integer >= 1"]),
     (["early_stop=0"], 5, ["'early_stop' is '0'", "relative metric drop > 0"]),
     (["early_stop=x"], 5, ["'early_stop' is 'x'", "a number"]),

@@ -95,7 +95,7 @@ def run(args) -> int:
 def _ana(args, cfg, job) -> int:
     from ..workflow.ana import run_ana, write_reports
     from ..workflow.report import format_sensitivity
-    workers = args.workers or cfg.worker_count
+    workers = cfg.worker_count if args.workers is None else args.workers  # -workers 0: refused
     result = run_ana(job, cfg.ana_file, workers=workers, scheduler=args.scheduler,
                      progress=not args.no_progress, restart=args.restart)
     files = write_reports(result, cfg.workspace)

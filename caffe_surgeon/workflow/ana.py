@@ -792,7 +792,7 @@ def _check_scheduler(workers, scheduler):
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ModelError(f"ana: workers must be an integer >= 1, got {workers!r}")
     if scheduler is None or isinstance(scheduler, str) and scheduler in ("", "auto", "serial",
-                                                                        "process", "thread"):
+                                                                        "process"):
         return None
     if isinstance(scheduler, str):
         if "://" not in scheduler:
@@ -818,7 +818,7 @@ def run_ana(job: AnaJob, state_path, workers: int = 1, scheduler=None, progress:
             the groups are evaluated there; model and data paths must be readable by the
             workers. Each worker process uses its host's cores divided by the worker
             threads on that host. ``workers`` is then ignored. None (or the config
-            values "auto", "serial", "process", "thread") evaluates locally.
+            values "auto", "serial", "process") evaluates locally.
         progress: a tqdm progress bar with ETA on stderr (if tqdm is installed).
         on_result: called as ``on_result(gid, ratio, metric)`` after each result is saved.
         cache_budget: bytes of original activations kept (one checkpoint per batch, carried

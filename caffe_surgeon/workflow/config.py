@@ -26,7 +26,7 @@ from ..fileio import read_bytes
 
 DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CRITERIA = ("l1", "l2")
-SCHEDULERS = ("auto", "serial", "thread", "process")
+SCHEDULERS = ("auto", "serial", "process")
 PRUNER_METHODS = ("REGULAR",)
 SSD_AP_VERSIONS = ("11point", "MaxIntegral", "Integral")
 # vai_p_darknet's numeric ``criteria`` -> our criterion name (0 = L1 is an assumption, see
@@ -432,8 +432,10 @@ class CaffeConfig:
       repeated (``ratios: 0.1 ratios: 0.3``) or a list (``ratios: [0.1, 0.3]``);
       stored sorted, each in (0, 1), no duplicates.
     - ``workers`` (default None -> one per ``gpu`` id): parallel evaluations.
-    - ``scheduler`` (default ``"auto"``): ``auto``, ``serial``, ``thread`` or
-      ``process`` - how ``ana`` evaluations are spread over the workers.
+    - ``scheduler`` (default ``"auto"``): ``auto`` or ``process`` - ``ana``
+      evaluates in this process and worker processes, one per ``gpu`` id (or
+      ``workers``); ``serial`` - in this process only, whatever ``gpu`` lists.
+      The command line's ``-workers`` wins over both.
     - ``label_free`` (default false): score candidates by agreement with the
       unpruned model's outputs instead of ``acc_name`` on labelled data.
     - ``early_stop`` (default none: every ratio is evaluated): a relative metric
@@ -470,7 +472,9 @@ class CaffeConfig:
 
     @property
     def worker_count(self) -> int:
-        """``workers`` if set, else one worker per ``gpu`` id."""
+        """1 for ``scheduler: serial``, else ``workers`` if set, else one per ``gpu`` id."""
+        if self.scheduler == "serial":
+            return 1
         return self.workers if self.workers is not None else max(1, len(self.gpu))
 
     @property
@@ -645,7 +649,8 @@ class DarknetPruningConfig:
     Ours: ``rate`` (fraction of operations to remove, in [0, 1); when set the
     threshold is searched for), ``ratios`` (comma list, default 0.1 ... 0.9),
     ``workers`` (default None -> 1; the ``-gpus`` option of the command line
-    may set it), ``scheduler`` (``auto``/``serial``/``thread``/``process``),
+    may set it), ``scheduler`` (``auto``/``process``: worker processes;
+    ``serial``: this process only),
     ``label_free`` (0/1/true/false), ``early_stop`` (a relative metric drop > 0:
     ``ana`` skips a group's larger ratios once one drops more; default: none).
 
@@ -685,6 +690,9 @@ class DarknetPruningConfig:
 
     @property
     def worker_count(self) -> int:
+        """1 for ``scheduler=serial``, else ``workers`` (default 1)."""
+        if self.scheduler == "serial":
+            return 1
         return self.workers if self.workers is not None else 1
 
     def missing_files(self, fields=("modelcfg", "datacfg")) -> list[MissingFile]:
