@@ -127,6 +127,10 @@ def test_our_extensions(tmp_path):
     assert cfg.acc_name is None and cfg.label_free and cfg.early_stop == 0.05
     assert (cfg.criterion, cfg.channel_divisible, cfg.ratios) == ("l2", 8, (0.25, 0.5, 0.75))
     assert (cfg.workers, cfg.worker_count, cfg.scheduler, cfg.gpu) == (3, 3, "process", [1])
+    octal = read_caffe_config(write(tmp_path, "o.prototxt", BASE + "test_iter: 010\n"), base_dir=tmp_path)
+    assert octal.test_iter == 8  # protobuf's text format, as Caffe's C++ parser reads it
+    assert "an integer" in error_of(lambda: read_caffe_config(
+        write(tmp_path, "o9.prototxt", BASE + "test_iter: 09\n"), base_dir=tmp_path))
     serial = read_caffe_config(write(tmp_path, "s.prototxt", BASE + 'gpu: "0,1,2"\nscheduler: serial\n'),
                                base_dir=tmp_path)
     assert (serial.gpu, serial.worker_count) == ([0, 1, 2], 1)  # this process only

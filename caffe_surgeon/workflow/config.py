@@ -121,7 +121,7 @@ _TOKEN = re.compile(r"""
   | (?P<bad>.)
 """, re.X)
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_INT = re.compile(r"[+-]?(?:0[xX][0-9a-fA-F]+|[0-9]+)\Z")
+_INT = re.compile(r"[+-]?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\Z")  # protobuf text: 0... is octal
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[fF]?\Z")
 _ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", "a": b"\a", "b": b"\b", "f": b"\f",
             "v": b"\v", "\\": b"\\", "'": b"'", '"': b'"', "?": b"?"}
@@ -347,7 +347,13 @@ class _Fields:
     def integer(self, name: str, tok: _Tok, minimum: int | None = None) -> int:
         if tok.kind != "word" or not _INT.match(tok.text):
             self._bad(tok, name, "an integer")
-        v = int(tok.text, 0) if tok.text.lstrip("+-").lower().startswith("0x") else int(tok.text)
+        digits = tok.text.lstrip("+-").lower()
+        if digits.startswith("0x"):
+            v = int(tok.text, 16)
+        elif len(digits) > 1 and digits.startswith("0"):  # protobuf text format: 010 is octal
+            v = int(tok.text, 8)
+        else:
+            v = int(tok.text)
         if minimum is not None and v < minimum:
             raise ModelError(f"field '{name}' is {v}; it must be at least {minimum}",
                              file=self.file, line=tok.line, column=tok.col)

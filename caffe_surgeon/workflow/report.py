@@ -51,7 +51,7 @@ def _g9(x) -> str:
 
 def format_rate(rate: float) -> str:
     """``rate`` as the vendor prints it (float32, ``%g``): 0.0 -> "0", 0.7 -> "0.7"."""
-    return "%g" % _F32(rate)
+    return "%g" % (_F32(rate) + _F32(0))  # -0.0 + 0 -> 0.0: no "regular_rate_-0"
 
 
 def format_count(n) -> str:
