@@ -340,3 +340,33 @@ def test_workers_zero_is_refused_before_any_evaluation(work, capsys):
     assert run_in(work, main, ["ana", "-config", "w0.prototxt", "-no_progress", "-workers", "0"]) == 2
     assert "workers must be an integer >= 1, got 0" in capsys.readouterr().err
     assert not (work / "ws_w0" / ".ana.regular").exists()
+
+
+def test_darknet_prune_by_the_vendors_threshold_when_no_rate(work, capsys, tmp_path):
+    """An unmodified vendor [pruning] file has threshold=, no rate=: each group goes to its
+    largest analysed ratio whose relative drop is within it."""
+    import json
+
+    from caffe_surgeon.cli.vai_p_darknet import main
+    d = tmp_path / "w"
+    shutil.copytree(work, d, ignore=shutil.ignore_patterns("ws*", "dws*", "t10k_lmdb*"))
+    (d / "pruning.cfg").write_text(PRUNING_INI.replace("ratios=", "#").replace(
+        "rate=0.5", "ratios=0.2,0.5,0.8\nthreshold=0.02"))
+    assert run_in(d, main, ["pruner", "ana", "pruning.cfg", "fashion.weights", "-no_progress"]) == 0
+    state = json.loads((d / "dws" / "ana.out").read_text())
+    base = state["baseline"]
+    want = {}
+    for g in state["groups"]:
+        ok = [float(r) for r, v in state["results"][str(g["id"])].items() if (base - v) / base <= 0.02]
+        want[g["producers"][0]] = max(ok) if ok else None
+    assert None in want.values() or len(set(want.values())) > 1  # a real choice per group
+    capsys.readouterr()
+    assert run_in(d, main, ["pruner", "prune", "pruning.cfg", "fashion.weights"]) == 0
+    out = capsys.readouterr().out
+    assert "threshold 0.02: operations -" in out
+    plan = json.loads((d / "dws" / "weights.plan.json").read_text())
+    got = {g["producers"][0]: g.get("ratio") for g in plan["groups"]}
+    assert {k: v for k, v in got.items() if v} == {k: v for k, v in want.items() if v}, (got, want)
+    (d / "pruning.cfg").write_text(PRUNING_INI.replace("rate=0.5\n", ""))
+    assert run_in(d, main, ["pruner", "prune", "pruning.cfg", "fashion.weights"]) == 2
+    assert "needs rate=" in capsys.readouterr().err

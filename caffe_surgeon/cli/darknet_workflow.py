@@ -1,9 +1,11 @@
 """``vai_p_darknet pruner ana|prune|valid|map|finetune pruning/cfg [weights]``.
 
 ``pruning/cfg`` is the vendor's INI file with a ``[pruning]`` section
-(``caffe_surgeon/workflow/config.py`` lists the keys). ``prune`` needs a
-``rate`` key (fraction of operations to remove; the vendor's ``threshold``
-has no published meaning, so it is not used to pick ratios).
+(``caffe_surgeon/workflow/config.py`` lists the keys). ``prune`` takes the
+``rate`` key (fraction of operations to remove); without it, the vendor's
+``threshold`` (its meaning is not published; read as the vendor's successor
+uses its t): each group at its largest analysed ratio whose relative metric
+drop is at most ``threshold``.
 """
 from __future__ import annotations
 
@@ -51,7 +53,9 @@ def run(args) -> int:
     from ..workflow.config import read_darknet_pruning
     if args.command == "finetune":
         raise ModelError("'vai_p_darknet pruner finetune' arrives with the PyTorch training engine in "
-                         "a later release; train prunedcfg from prune_out_weights with darknet meanwhile")
+                         "a later release; meanwhile make the dense model with 'vai_p_darknet "
+                         "pruner transform <pruning cfg> <prune_out_weights>' and train that cfg "
+                         "and weights with darknet")
     conf = read_darknet_pruning(args.cfg)
     conf.check_files(("modelcfg",) + (("datacfg",) if conf.datacfg is not None else ()))
     if conf.datacfg is None and not conf.label_free:
@@ -123,8 +127,9 @@ def _prune(args, conf, spec) -> int:
     from ..workflow.calibration import calibration_images
     from ..workflow.evaluators import load_eval_graph
     from ..workflow.prune_rate import prune_evaluator, prune_to_rate
-    if conf.rate is None:
-        raise ModelError("'prune' needs rate=<fraction of operations to remove> in [pruning]",
+    if conf.rate is None and conf.threshold is None:
+        raise ModelError("'prune' needs rate=<fraction of operations to remove> (or the "
+                         "vendor's threshold=<relative metric drop per layer>) in [pruning]",
                          file=conf.file)
     if not Path(conf.ana_out_file).exists():
         raise ModelError(f"no analysis at {conf.ana_out_file}: run 'vai_p_darknet pruner ana' first")
@@ -138,7 +143,8 @@ def _prune(args, conf, spec) -> int:
                                    evaluator)
     out = prune_to_rate(graph, ana, conf.rate, evaluator=evaluator, criterion=conf.criterion,
                         divisor=conf.kernel_batch, method=args.allocator, ignore=job.ignore,
-                        calib=calib and calib.feed, darknet_bn=job.darknet_bn)
+                        calib=calib and calib.feed, darknet_bn=job.darknet_bn,
+                        threshold=conf.threshold)
     make_folder(Path(conf.prunedcfg).parent)
     make_folder(Path(conf.prune_out_weights).parent)
     # the dense cfg, and the sparse weights (original shapes) that finetune/transform start from
@@ -150,7 +156,9 @@ def _prune(args, conf, spec) -> int:
         print(out.allocation.off_target_note())
     if calib is not None:
         print(refit_note(out.refitted, calib))
-    print(f"wrote {conf.prunedcfg} and {conf.prune_out_weights} ({args.allocator} allocation)")
+    how = f"{args.allocator} allocation" if conf.rate is not None else \
+        f"threshold {conf.threshold:g}: operations -{out.allocation.rate:.2%}"
+    print(f"wrote {conf.prunedcfg} and {conf.prune_out_weights} ({how})")
     return 0
 
 

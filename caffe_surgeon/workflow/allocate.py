@@ -176,6 +176,27 @@ def allocate(counter: OpsCounter, curves: dict, baseline: float, rate: float,
                       counter.divisor, bool(limits))
 
 
+def allocate_at_threshold(counter: OpsCounter, curves: dict, baseline: float, threshold: float,
+                          higher_is_better: bool = True) -> Allocation:
+    """The vendor's per-group rule at a given t (Darknet's ``threshold`` key, when no ``rate``
+    is given): each group at its largest analysed ratio whose relative metric drop is at
+    most t. The operations removed are whatever that gives (``Allocation.rate``)."""
+    if not threshold >= 0:
+        raise ModelError(f"threshold {threshold} must be a relative metric drop >= 0")
+    if not curves:
+        raise ModelError("threshold pruning found no prunable group in the analysis")
+    scale = max(abs(baseline), 1e-12)
+    ratios = {}
+    for gid, c in curves.items():
+        ok = [r for r in sorted(c) if metric_drop(c, baseline, r, higher_is_better) / scale <= threshold]
+        if ok:
+            ratios[gid] = max(ok)
+    base_ops, ops = counter.ops({}), counter.ops(ratios)
+    pred = sum(metric_drop(curves[g], baseline, r, higher_is_better) for g, r in ratios.items())
+    return Allocation(ratios, ops, base_ops, pred, "threshold", 1.0 - ops / base_ops,
+                      divisor_hint=counter.divisor)
+
+
 def _threshold(counter, grids, drops, baseline, target, base_ops, tolerance) -> dict:
     """The vendor's rule: per group the largest ratio within relative drop t; bisect t."""
     def pick(t):

@@ -16,7 +16,7 @@ from ..opcount import stat
 from ..pruning import Plan, analyse, apply, make_plan, node_keep
 from ..pruning.reconstruct import reconstruct
 from ..pruning.transform import transform
-from .allocate import Allocation, OpsCounter, allocate
+from .allocate import Allocation, OpsCounter, allocate, allocate_at_threshold
 from .report import PruneSummary
 
 
@@ -108,16 +108,18 @@ def _stale(state_path, changes) -> ModelError:
                       "starts it over)", file=state_path)
 
 
-def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: str = "l1",
+def prune_to_rate(graph: Graph, ana, rate: float | None, *, evaluator=None, criterion: str = "l1",
                   divisor: int = 2, method: str = "greedy", ignore=(),
                   input_shapes=None, calib: dict | None = None,
-                  darknet_bn: str = "pjreddie") -> PruneOutcome:
+                  darknet_bn: str = "pjreddie", threshold: float | None = None) -> PruneOutcome:
     """Allocate ratios for ``rate`` from ``ana`` and prune ``graph`` (dense and sparse forms).
 
     Args:
         graph: the model to prune, as the evaluator runs it (weights may be a
             finetuned snapshot of the analysed model).
         ana: the analysis result (``AnaResult``: baseline, metric_name, groups, ratios, metric()).
+        rate: fraction of operations to remove; None with ``threshold``: each group at its
+            largest ratio within that relative metric drop (:func:`.allocate_at_threshold`).
         evaluator: if given, the pruned model is evaluated for the summary.
         calib: input blob -> calibration images (:mod:`.calibration`): the layers that lost
             input channels are refitted by least squares (:mod:`..pruning.reconstruct`) in
@@ -127,19 +129,14 @@ def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: 
     a = analyse(graph, ignore=ignore, input_shapes=input_shapes)
     curves = curves_of(ana, a)
     counter = OpsCounter(graph, a, divisor, input_shapes)
-    cut = {gid for gid, c in curves.items() if len(c) < len(ana.ratios)}
-    try:
-        alloc = allocate(counter, curves, float(ana.baseline), rate, method,
-                         higher_is_better(ana.metric_name), cut_short=cut)
-    except ModelError as e:
-        if not cut or not 0 < rate < 1:
-            raise
-        largest = {gid: max(ana.ratios) for gid in curves}
-        if counter.ops(largest) > (1 - rate) * counter.ops({}) * 1.01:
-            raise  # out of reach even with every skipped ratio
-        raise ModelError(f"{e.message}; early stop skipped the larger ratios of {len(cut)} "
-                         f"group(s): rerun ana with '-early_stop none' (or a larger drop) to "
-                         "evaluate them", file=e.file) from None
+    if rate is None:
+        if threshold is None:
+            raise ModelError("prune needs a rate (or a threshold)")
+        alloc = allocate_at_threshold(counter, curves, float(ana.baseline), threshold,
+                                      higher_is_better(ana.metric_name))
+        rate = alloc.rate
+    else:
+        alloc = _allocate(counter, curves, ana, rate, method)
     plan = make_plan(a, ratios=alloc.ratios, criterion=criterion, divisor=divisor)
     # keep_layout: sparse.caffemodel must still pair with the original prototxt
     sparse = apply(graph, plan, "sparse", fold=True, analysis=a, keep_layout=True)
@@ -156,6 +153,22 @@ def prune_to_rate(graph: Graph, ana, rate: float, *, evaluator=None, criterion: 
                            weights_baseline=before.params, weights_compressed=after.params,
                            ops_baseline=before.ops, ops_compressed=after.ops, rate=rate)
     return PruneOutcome(alloc, plan, dense, sparse, summary, refitted)
+
+
+def _allocate(counter, curves, ana, rate: float, method: str) -> Allocation:
+    cut = {gid for gid, c in curves.items() if len(c) < len(ana.ratios)}
+    try:
+        return allocate(counter, curves, float(ana.baseline), rate, method,
+                        higher_is_better(ana.metric_name), cut_short=cut)
+    except ModelError as e:
+        if not cut or not 0 < rate < 1:
+            raise
+        largest = {gid: max(ana.ratios) for gid in curves}
+        if counter.ops(largest) > (1 - rate) * counter.ops({}) * 1.01:
+            raise  # out of reach even with every skipped ratio
+        raise ModelError(f"{e.message}; early stop skipped the larger ratios of {len(cut)} "
+                         f"group(s): rerun ana with '-early_stop none' (or a larger drop) to "
+                         "evaluate them", file=e.file) from None
 
 
 def _dense_of(sparse: Graph, plan: Plan, ignore, input_shapes) -> Graph:
