@@ -76,8 +76,14 @@ def prune_evaluator(job, ana, state_path, graph: Graph):
     job = job.checked()
     new, old = job_inputs(job), dict(ana.inputs or {})
     skip = ("model_files", "ratios", "data_sha256")
-    changes = _changes({k: v for k, v in old.items() if k not in skip},
-                       {k: v for k, v in new.items() if k not in skip})
+    where = ("data_file", "base_dir")  # paths: a moved workspace is fine, the data digest decides
+
+    def settings(inputs):
+        out = {k: v for k, v in inputs.items() if k not in skip}
+        if isinstance(out.get("evaluator"), dict):
+            out["evaluator"] = {k: v for k, v in out["evaluator"].items() if k not in where}
+        return out
+    changes = _changes(settings(old), settings(new))
     old_files = old.get("model_files") or [{}, {}]
     changes += _changes({"model_files": old_files[:1]}, {"model_files": new["model_files"][:1]})
     if changes:
