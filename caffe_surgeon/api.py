@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .errors import ModelError
 from .graph import Graph
 
@@ -91,6 +93,8 @@ def stat(graph: Graph, input_shapes=None):
 
 
 def init(graph: Graph, seed: int = 0, input_shapes=None) -> Graph:
-    """Fill ``graph`` with deterministic synthetic weights (in place)."""
+    """Fill ``graph`` with deterministic synthetic weights (in place); ``seed`` an int >= 0."""
     from .synthetic import init_weights
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ModelError(f"init: seed must be an integer >= 0, got {seed!r}")
     return init_weights(graph, seed, input_shapes)

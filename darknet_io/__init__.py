@@ -20,6 +20,8 @@ atomically and only after everything has been checked.
 """
 from __future__ import annotations
 
+import math
+
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,10 @@ def _build_graph(cfg: cfgmod.CfgFile) -> Graph:
     net = cfg.sections[0]
     meta = net.params()
     file = cfg.path
+    for k in ("height", "width", "channels"):
+        v = meta.get(k, 0)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ModelError(f"[net] {k}={v} is not a finite number", file=file)
     h, w, c = (int(meta.get(k, 0)) if isinstance(meta.get(k, 0), (int, float)) else 0
                for k in ("height", "width", "channels"))
     inputs = meta.get("inputs")

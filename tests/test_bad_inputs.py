@@ -116,3 +116,76 @@ def test_shape_mismatch_in_a_layer_names_both_shapes(capsys, tmp_path, model):
     msg = run(capsys, "stat", proto)
     # pool2 comes after res2 in the file, so Caffe order makes this an undefined bottom.
     assert "layer 'res2'" in msg and "pool2" in msg
+
+
+NET_HEAD = 'name: "n"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+
+
+@pytest.mark.parametrize("layers, words", [
+    ('layer { name: "c" type: "Convolution" top: "c" convolution_param { num_output: 4 '
+     'kernel_size: 3 } }', ["layer 'c'", "Convolution cannot work out its output from 0 bottom(s)"]),
+    ('layer { name: "p" type: "Pooling" top: "p" pooling_param { kernel_size: 2 } }',
+     ["layer 'p'", "0 bottom(s)"]),
+    ('layer { name: "r" type: "ReLU" bottom: "data" }', ["layer 'r'", "ReLU has no top"]),
+    ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { '
+     'num_output: 4 kernel_size: 3 stride: 0 } }', ["layer 'c'", "ZeroDivisionError"]),
+    ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { '
+     'num_output: 4 kernel_size: 3 group: 0 } }', ["layer 'c'"]),
+    ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { '
+     'num_output: 3000000000 kernel_size: 3 } }', ["layer 'c'", "over 2147483647"]),
+])
+@pytest.mark.parametrize("command", ["stat", "groups"])
+def test_missing_bottoms_tops_zero_and_huge_parameters_are_named(capsys, tmp_path, layers, words,
+                                                                 command):
+    (tmp_path / "n.prototxt").write_text(NET_HEAD + layers + "\n")
+    msg = run(capsys, command, tmp_path / "n.prototxt")
+    assert all(w in msg for w in words), msg
+
+
+def test_darknet_values_too_large_for_an_integer(capsys, tmp_path):
+    body = "[net]\nwidth={w}\nheight=32\nchannels=3\n\n[convolutional]\nfilters=4\nsize={s}\n" \
+           "stride=1\npad=1\nactivation=leaky\n"
+    (tmp_path / "a.cfg").write_text(body.format(w="1e400", s=3))
+    assert "[net] width=inf is not a finite number" in run(capsys, "stat", tmp_path / "a.cfg")
+    (tmp_path / "b.cfg").write_text(body.format(w=32, s="1e400"))
+    msg = run(capsys, "stat", tmp_path / "b.cfg")
+    assert "layer 'convolutional_0'" in msg and "OverflowError" in msg
+
+
+def test_plan_keep_must_be_channel_indices(capsys, tmp_path, model):
+    import json
+    proto, weights = model
+    assert main(["prune", str(proto), str(weights), "--ratio", "0.5", "-o", str(tmp_path / "p")]) == 0
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    for bad in (None, 3, ["a"], [0.5, 1], [True, False]):
+        plan["groups"][0]["keep"] = bad
+        (tmp_path / "bad.json").write_text(json.dumps(plan))
+        msg = run(capsys, "prune", proto, weights, "--plan", tmp_path / "bad.json", "-o", tmp_path / "q")
+        assert "keep must be a list of channel indices (integers)" in msg, msg
+        assert not (tmp_path / "q").exists() or not any((tmp_path / "q").iterdir())
+
+
+def test_outputs_never_overwrite_inputs_and_arguments_are_checked(capsys, tmp_path, model):
+    proto, weights = model
+    before = weights.read_bytes()
+    x = tmp_path / "x.npy"
+    import numpy as np
+    np.save(x, np.zeros((1, 3, 32, 32), np.float32))
+    assert "would overwrite the input" in run(capsys, "forward", proto, weights, "--input", x,
+                                              "--output", weights)
+    assert "would overwrite the input" in run(capsys, "forward", proto, weights, "--input", x,
+                                              "--output", x)
+    np.save(tmp_path / "s.npy", np.array([["a", "b"]]))
+    assert "holds <U1 values" in run(capsys, "forward", proto, weights, "--input", tmp_path / "s.npy")
+    (tmp_path / "folder.caffemodel").mkdir()
+    assert "is a folder" in run(capsys, "rewrite", proto, weights, "-o", tmp_path / "ok.prototxt",
+                                tmp_path / "folder.caffemodel")
+    assert not (tmp_path / "ok.prototxt").exists()  # nothing half-written
+    assert weights.read_bytes() == before
+    for argv, words in [(["init", proto, "-o", tmp_path / "s.caffemodel", "--seed", "-1"],
+                         "expected an integer >= 0"),
+                        (["forward", proto, weights, "--input", x, "--mean", "a,b"],
+                         "expected numbers separated by commas")]:
+        with pytest.raises(SystemExit) as e:  # argparse: usage line, exit 2
+            main([str(a) for a in argv])
+        assert e.value.code == 2 and words in capsys.readouterr().err

@@ -9,6 +9,7 @@ from functools import wraps
 from ..errors import ModelError
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
 NO_EARLY_STOP = "none"
 
 
@@ -21,6 +22,26 @@ def early_stop_arg(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a relative drop like 0.1, or none; "
                                          f"got {text!r}") from None
+
+
+def mean_arg(text: str) -> list[float]:
+    """``--mean 104,117,123``: per-channel numbers."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, like "
+                                         f"104,117,123; got {text!r}") from None
+
+
+def seed_arg(text: str) -> int:
+    """``--seed``: an integer >= 0 (NumPy's generators take no negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def check_outputs(outputs, inputs, option: str = "-output") -> None:
@@ -54,6 +75,12 @@ def guarded(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except Exception as e:  # a bug of ours: one line, the details on request
+            if os.environ.get("CAFFE_SURGEON_TRACEBACK"):
+                raise
+            print(f"error: internal error ({type(e).__name__}: {e}); please report it with the "
+                  "command line (CAFFE_SURGEON_TRACEBACK=1 shows where)", file=sys.stderr)
+            return EXIT_INTERNAL
     return run
 
 

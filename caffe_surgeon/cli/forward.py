@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from .common import check_outputs, mean_arg
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp"}
 
@@ -24,7 +25,7 @@ def add_parser(sub):
                    help="Darknet BatchNorm flavour (default pjreddie, as the Debian darknet binary)")
     img = p.add_argument_group("image preprocessing (Caffe: resize, BGR, minus mean, times scale; "
                                "Darknet: resize or letterbox, RGB in [0, 1])")
-    img.add_argument("--mean", help="per-channel mean to subtract, e.g. 104,117,123 (Caffe)")
+    img.add_argument("--mean", type=mean_arg, help="per-channel mean to subtract, e.g. 104,117,123 (Caffe)")
     img.add_argument("--scale", type=float, default=1.0, help="multiply after mean subtraction (Caffe)")
     img.add_argument("--rgb", action="store_true", help="keep RGB order for Caffe (default BGR)")
     img.add_argument("--letterbox", action="store_true", help="Darknet letterbox instead of a plain resize")
@@ -54,6 +55,8 @@ def load_input(path: str, graph, shape, args) -> np.ndarray:
             arr = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot read the array: {e}", file=p) from None
+        if arr.dtype.kind not in "biuf":
+            raise ModelError(f"the array holds {arr.dtype} values; inputs are numbers", file=p)
         arr = np.asarray(arr, np.float32)
         return arr[None] if arr.ndim == 3 else arr
     if p.suffix.lower() not in IMAGE_EXT:
@@ -66,7 +69,7 @@ def load_input(path: str, graph, shape, args) -> np.ndarray:
         img = image.load_image(p, channels=shape[1])
         out = image.letterbox_image(img, w, h) if args.letterbox else image.resize_image(img, w, h)
         return out[None]
-    mean = [float(v) for v in args.mean.split(",")] if args.mean else None
+    mean = args.mean or None
     return image.caffe_preprocess(p, (h, w), mean=mean, scale=args.scale, bgr=not args.rgb,
                                   channels=shape[1])[None]
 
@@ -76,6 +79,8 @@ def run(args):
     from ..engine import Executor
     graph = api.load(*args.model, phase=args.phase)
     name, shape = _input_name_and_shape(graph, args.input_name)
+    if args.output:  # before the forward pass, which may be long
+        check_outputs([args.output], list(args.model) + [args.input], option="--output")
     x = load_input(args.input, graph, shape, args)
     ex = Executor(graph, darknet_bn=args.bn)
     t = time.perf_counter()

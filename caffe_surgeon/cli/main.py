@@ -7,7 +7,7 @@ import sys
 
 from .. import api
 from ..errors import ModelError
-from .common import guarded, parse_input_shapes, resolve_input_shapes
+from .common import check_outputs, guarded, parse_input_shapes, resolve_input_shapes, seed_arg
 
 
 def _add_model_args(p, weights=True):
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write deterministic synthetic weights for a definition")
     _add_model_args(p, weights=False)
     p.add_argument("-o", "--output", required=True, help="weights file to write (.caffemodel or .weights)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0, help="an integer >= 0 (default 0)")
 
     from . import detect, forward, prune
     forward.add_parser(sub)
@@ -87,6 +87,7 @@ def main(argv=None):
         graph, shapes = _load(args)
         (prune.run_groups if args.command == "groups" else prune.run_prune)(args, graph, shapes)
     elif args.command == "rewrite":
+        check_outputs(args.output, args.model, option="-o")
         graph, _ = _load(args)
         api.save(graph, *args.output)
         print(f"wrote {' and '.join(args.output)} ({len(graph.layers)} layers)")

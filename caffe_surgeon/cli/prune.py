@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..fileio import make_folder
+from .common import mean_arg
 
 
 def add_parsers(sub, add_model_args):
@@ -37,7 +38,7 @@ def add_parsers(sub, add_model_args):
     p.add_argument("--ignore", nargs="+", default=[], metavar="LAYER")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
     img = p.add_argument_group("calibration preprocessing (as for forward)")
-    img.add_argument("--mean", help="per-channel mean to subtract, e.g. 104,117,123 (Caffe)")
+    img.add_argument("--mean", type=mean_arg, help="per-channel mean to subtract, e.g. 104,117,123 (Caffe)")
     img.add_argument("--scale", type=float, default=1.0)
     img.add_argument("--rgb", action="store_true")
     img.add_argument("--letterbox", action="store_true")

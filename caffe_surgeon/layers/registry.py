@@ -184,10 +184,20 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, Shape] | None = None,
             first = tuple(overrides[layer.tops[0]])
             out_shapes = [tuple(overrides.get(t, first[:1])) for t in layer.tops]
         else:
+            if not layer.tops and graph.framework == "caffe" and layer.type not in _SINKS:
+                raise ModelError(f"{layer.type} has no top", file=graph.source_text,
+                                 layer=layer.name)
             try:
                 out_shapes = [tuple(int(d) for d in s) for s in spec.infer(layer, in_shapes)]
             except ModelError as e:
                 raise e.located(file=graph.source_text, layer=layer.name) from None
+            except (IndexError, KeyError, ValueError, TypeError, ZeroDivisionError,
+                    OverflowError) as e:  # what a spec trips on with odd counts or zeros
+                raise ModelError(f"{layer.type} cannot work out its output from "
+                                 f"{len(layer.bottoms)} bottom(s) {[tuple(x) for x in in_shapes]}, "
+                                 f"{len(layer.tops)} top(s) and these parameters "
+                                 f"({type(e).__name__}: {e}); check them",
+                                 file=graph.source_text, layer=layer.name) from None
             if layer.tops and spec.guesses_channels(layer):
                 guessed.add(layer.tops[0])
         if not layer.bottoms:
@@ -197,11 +207,19 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, Shape] | None = None,
                 raise ModelError(f"{layer.type} gives an empty output {s} from inputs "
                                  f"{[tuple(x) for x in in_shapes]}",
                                  file=graph.source_text, layer=layer.name)
+            if any(d > _MAX_DIM for d in s):
+                raise ModelError(f"{layer.type} gives an output {s} with a dimension over "
+                                 f"{_MAX_DIM} (Caffe's and Darknet's int limit)",
+                                 file=graph.source_text, layer=layer.name)
         ins[layer.name] = list(in_shapes)
         outs[layer.name] = out_shapes
         for t, s in zip(layer.tops, out_shapes):
             blobs[t] = s
     return ShapeMap(ins, outs, blobs, frozenset(guessed))
+
+
+_SINKS = ("Silence",)  # Caffe layers that take bottoms and give no top
+_MAX_DIM = 2**31 - 1
 
 
 def _rebatch(shape: Shape, batch: int | None) -> Shape:

@@ -162,6 +162,10 @@ def node_keep(analysis: ChannelAnalysis, plan: Plan) -> np.ndarray:
         if g.id in seen:
             raise ModelError(f"plan lists group {g.id} ({', '.join(g.producers)}) twice", file=src)
         seen.add(g.id)
+        if not isinstance(gp.keep, (list, tuple)) or \
+                not all(isinstance(k, int) and not isinstance(k, bool) for k in gp.keep):
+            raise ModelError(f"plan group {gp.id} ({', '.join(gp.producers)}): keep must be a "
+                             f"list of channel indices (integers), got {gp.keep!r:.60}", file=src)
         kept = sorted(set(int(k) for k in gp.keep))
         if len(kept) != len(gp.keep) or (kept and not 0 <= kept[0] <= kept[-1] < g.channels):
             raise ModelError(f"plan group {gp.id} ({', '.join(gp.producers)}): keep must list "
