@@ -189,3 +189,23 @@ def test_outputs_never_overwrite_inputs_and_arguments_are_checked(capsys, tmp_pa
         with pytest.raises(SystemExit) as e:  # argparse: usage line, exit 2
             main([str(a) for a in argv])
         assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_save_refuses_weights_the_prototxt_would_not_load(tmp_path, model):
+    import caffe_surgeon as cs
+    from caffe_surgeon.errors import ModelError
+    g = cs.load(*model)
+    g.layer("conv1").weights["weight"] = g.layer("conv1").weights["weight"][:3]
+    with pytest.raises(ModelError, match=r"layer 'conv1': weights 'weight' have shape \(3, 3, 3, 3\) "
+                                         r"but the prototxt implies \(16, 3, 3, 3\)"):
+        cs.save(g, tmp_path / "a.prototxt", tmp_path / "a.caffemodel")
+    assert not (tmp_path / "a.prototxt").exists() and not (tmp_path / "a.caffemodel").exists()
+
+
+def test_vai_p_caffe_transform_names_darknet_files(capsys):
+    from caffe_surgeon.cli.vai_p_caffe import main as vai_main
+    fix = ROOT / "fixtures" / "fashion"
+    assert vai_main(["transform", "-model", str(fix / "fashion.cfg"), "-weights",
+                     str(fix / "fashion.weights"), "-output", "unused.caffemodel"]) == 2
+    err = capsys.readouterr().err
+    assert "takes a Caffe prototxt and caffemodel, not darknet files" in err and "fashion.cfg" in err

@@ -32,10 +32,38 @@ def write_caffe(graph: Graph, prototxt, caffemodel=None) -> None:
         raise ModelError(f"cannot write a {graph.framework} graph as a Caffe model "
                          "(Darknet -> Caffe conversion is not available yet)")
     text = render_prototxt(graph)
-    model = render_caffemodel(graph) if caffemodel is not None else None
+    model = None
+    if caffemodel is not None:
+        _check_blob_shapes(graph)
+        model = render_caffemodel(graph)
     atomic_write(prototxt, text)
     if model is not None:
         atomic_write(caffemodel, model)
+
+
+def _check_blob_shapes(graph: Graph) -> None:
+    """Refuse weights the written prototxt would not load back (the reader's check, before
+    writing): each array's shape must be what the layer's parameters imply."""
+    from ..layers.registry import infer_shapes, spec_for
+    try:
+        shapes = infer_shapes(graph)
+    except ModelError:
+        return  # shapes depend on data the definition cannot tell; the reader checks on load
+    if shapes.guessed:
+        return
+    for layer in graph.layers:
+        if not layer.weights:
+            continue
+        layouts = spec_for("caffe", layer, graph.source_text).weight_layouts(
+            layer, shapes.inputs[layer.name])
+        layout = next((l for l in layouts if set(l) == set(layer.weights)), None)
+        if layout is None:
+            continue  # arrays named otherwise (kept as read): written as they are
+        for name, array in layer.weights.items():
+            if tuple(array.shape) != tuple(layout[name]):
+                raise ModelError(f"weights '{name}' have shape {tuple(array.shape)} but the "
+                                 f"prototxt implies {tuple(layout[name])}: the written model "
+                                 "would not load back", file=graph.source_text, layer=layer.name)
 
 
 # ------------------------------------------------------------------ text

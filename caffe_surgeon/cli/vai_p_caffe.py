@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from .. import api
+from ..errors import ModelError
 from .common import check_outputs, guarded, parse_input_shapes, resolve_input_shapes
 
 
@@ -54,6 +55,11 @@ def _transform(args):
     from ..caffe.writer import render_caffemodel, render_prototxt
     from ..fileio import atomic_write
     from ..pruning.transform import transform
+    framework, _, _ = api.classify([args.model, args.weights])
+    if framework != "caffe":
+        raise ModelError(f"vai_p_caffe transform takes a Caffe prototxt and caffemodel, not "
+                         f"{framework} files; use 'vai_p_darknet pruner transform CFG WEIGHTS'",
+                         file=args.model)
     out = Path(args.output)
     proto = out.with_suffix(".prototxt")
     check_outputs([out, proto], [args.model, args.weights])  # before the long part
