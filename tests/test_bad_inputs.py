@@ -209,3 +209,13 @@ def test_vai_p_caffe_transform_names_darknet_files(capsys):
                      str(fix / "fashion.weights"), "-output", "unused.caffemodel"]) == 2
     err = capsys.readouterr().err
     assert "takes a Caffe prototxt and caffemodel, not darknet files" in err and "fashion.cfg" in err
+
+
+def test_input_shape_must_name_an_input_and_calib_count_be_positive(capsys, model):
+    proto, weights = model
+    msg = run(capsys, "stat", proto, "--input-shape", "foo=1,3,32,32")
+    assert "names foo, which the net does not take as input; its inputs: data" in msg
+    with pytest.raises(SystemExit) as e:
+        main(["prune", str(proto), str(weights), "--ratio", "0.5", "--calib-count", "-1",
+              "-o", "unused"])
+    assert e.value.code == 2 and "expected an integer >= 1, got '-1'" in capsys.readouterr().err

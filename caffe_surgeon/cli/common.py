@@ -44,6 +44,16 @@ def seed_arg(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def check_outputs(outputs, inputs, option: str = "-output") -> None:
     """Refuse outputs that would overwrite an input, each other, or a folder."""
     seen: dict[str, object] = {}
@@ -100,11 +110,17 @@ def parse_input_shapes(items) -> dict:
 
 
 def resolve_input_shapes(graph, shapes: dict) -> dict:
-    """Give an unnamed shape to the graph's only input (or only source layer)."""
+    """Give an unnamed shape to the graph's only input (or only source layer); a named
+    shape must name one of them."""
+    names = list(graph.inputs) or [t for l in graph.layers if not l.bottoms for t in l.tops[:1]]
+    sources = set(graph.inputs) | {t for l in graph.layers if not l.bottoms for t in l.tops}
+    unknown = [n for n in shapes if n and n not in sources]
+    if unknown:
+        raise ModelError(f"--input-shape names {', '.join(unknown)}, which the net does not "
+                         f"take as input; its inputs: {', '.join(names) or '(none)'}")
     if "" not in shapes:
         return shapes
     shape = shapes.pop("")
-    names = list(graph.inputs) or [t for l in graph.layers if not l.bottoms for t in l.tops[:1]]
     if len(names) != 1:
         raise ModelError(f"the net has {len(names)} inputs ({', '.join(names)}); name the one "
                          "to shape, as NAME=1,3,224,224")

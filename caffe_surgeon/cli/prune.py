@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..fileio import make_folder
-from .common import mean_arg
+from .common import mean_arg, positive_int
 
 
 def add_parsers(sub, add_model_args):
@@ -34,7 +34,7 @@ def add_parsers(sub, add_model_args):
     p.add_argument("--calib", nargs="+", metavar="IMAGE_OR_NPY",
                    help="calibration images (files, a folder, or .npy arrays) for least-squares "
                         "reconstruction of the consumers and for --criterion lasso")
-    p.add_argument("--calib-count", type=int, default=32, help="use at most this many images")
+    p.add_argument("--calib-count", type=positive_int, default=32, help="use at most this many images")
     p.add_argument("--ignore", nargs="+", default=[], metavar="LAYER")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
     img = p.add_argument_group("calibration preprocessing (as for forward)")
