@@ -219,3 +219,18 @@ def test_input_shape_must_name_an_input_and_calib_count_be_positive(capsys, mode
         main(["prune", str(proto), str(weights), "--ratio", "0.5", "--calib-count", "-1",
               "-o", "unused"])
     assert e.value.code == 2 and "expected an integer >= 1, got '-1'" in capsys.readouterr().err
+
+
+def test_prune_refuses_a_plan_json_folder_before_writing(capsys, tmp_path, model):
+    proto, weights = model
+    (tmp_path / "p" / "plan.json").mkdir(parents=True)
+    assert "is a folder" in run(capsys, "prune", proto, weights, "--ratio", "0.5", "-o", tmp_path / "p")
+    assert [f.name for f in (tmp_path / "p").iterdir()] == ["plan.json"]
+
+
+def test_darknet_stat_reads_the_weights_it_is_given(capsys, tmp_path):
+    from caffe_surgeon.cli.vai_p_darknet import main as darknet_main
+    fix = ROOT / "fixtures" / "fashion"
+    (tmp_path / "short.weights").write_bytes((fix / "fashion.weights").read_bytes()[:1000])
+    assert darknet_main(["pruner", "stat", str(fix / "fashion.cfg"), str(tmp_path / "short.weights")]) == 2
+    assert "weights file ends inside layer" in capsys.readouterr().err

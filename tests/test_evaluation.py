@@ -592,3 +592,20 @@ def test_database_channel_count_is_a_marked_guess(tmp_path):
         shapes = infer_shapes(cs.load(tmp_path / "n.prototxt"))
         assert shapes.blobs["data"] == (4, channels, 8, 8)
         assert shapes.guessed == ({"data"} if guessed else set())
+
+
+def test_the_data_digest_follows_a_top_k_read_from_the_data_file(tmp_path):
+    # prune compares digests with ana's: editing top= between them must show
+    from caffe_surgeon.workflow.evaluators import data_digest
+    fix = ROOT / "fixtures" / "fashion"
+    g = cs.load(fix / "fashion.cfg", fix / "fashion.weights")
+    digests = {}
+    for top in (1, 5):
+        data = tmp_path / f"top{top}.data"
+        data.write_text(f"classes=10\nvalid={fix / 't10k_valid.txt'}\nlabels={fix / 'fashion.names'}\n"
+                        f"names={fix / 'fashion.names'}\ntop={top}\n")
+        for metric in ("top-k", "top-1"):
+            ev = DarknetClassifierEvaluator(data, g, metric=metric, max_images=64, base_dir=fix)
+            digests[top, metric] = data_digest(ev)
+    assert digests[1, "top-k"] == digests[1, "top-1"] == digests[5, "top-1"]  # k = 1 all three
+    assert digests[5, "top-k"] != digests[1, "top-k"]

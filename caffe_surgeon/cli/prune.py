@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..fileio import make_folder
-from .common import mean_arg, positive_int
+from .common import check_outputs, mean_arg, positive_int
 
 
 def add_parsers(sub, add_model_args):
@@ -89,6 +89,7 @@ def run_prune(args, graph, shapes):
         files = files[:1]
     if any(f.resolve() == Path(m).resolve() for f, m in zip(files, args.model)):
         raise ModelError(f"the output folder {out} holds the input files; choose another")
+    check_outputs(files + [out / "plan.json"], list(args.model), option="-o")
     api.save(pruned, *files)
     plan.save(out / "plan.json")
     before, after = api.stat(graph, shapes).total, api.stat(pruned, shapes).total

@@ -35,7 +35,8 @@ def main(argv=None):
     if args.command == "transform":
         return _transform(args)
     from ..opcount import format_table
-    graph = api.load(args.cfg)
+    # with weights: read them too, so that a file that does not fit the cfg is reported
+    graph = api.load(args.cfg, args.weights) if args.weights else api.load(args.cfg)
     print(format_table(api.stat(graph)))
     return 0
 

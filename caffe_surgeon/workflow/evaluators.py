@@ -390,4 +390,7 @@ def data_digest(evaluator: Evaluator) -> str:
     sizes = getattr(evaluator, "sizes", None)
     if sizes is not None:
         add("sizes", np.asarray(sizes, np.int64))
+    k = getattr(evaluator, "k", None)  # Darknet's top-k from the .data file's top=
+    if k not in (None, 1):
+        add("k", np.asarray(k, np.int64))
     return h.hexdigest()
