@@ -14,8 +14,8 @@ def atomic_write(path, data: bytes | str) -> None:
     A crash or error midway leaves no partial file behind.
     """
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
+    if isinstance(data, str):  # surrogates: bytes read as not UTF-8, written back as they were
+        data = data.encode("utf-8", errors="surrogateescape")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelError(f"output folder '{folder}' does not exist", file=path)

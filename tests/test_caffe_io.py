@@ -259,3 +259,17 @@ def test_guessed_database_channels_keep_legacy_reshaping_elsewhere(tmp_path):
     out = Executor(g).run({"data": rng.standard_normal((2, 1, 8, 8)).astype(np.float32),
                            "label": np.zeros(2, np.float32)}, outputs=["ip1"])["ip1"]
     assert out.shape == (2, 1)
+
+
+def test_bytes_that_are_not_utf8_in_comments_round_trip(tmp_path):
+    # Chinese model zoos ship prototxts with GBK comments; Caffe's parser skips them
+    from caffe_surgeon.errors import ModelError
+    src = (ROOT / "fixtures" / "caffe" / "tinynet_deploy.prototxt").read_bytes()
+    (tmp_path / "gbk.prototxt").write_bytes("# 卷积网络\n".encode("gbk") + src)
+    g = cs.load(tmp_path / "gbk.prototxt")
+    cs.save(g, tmp_path / "out.prototxt")
+    assert (tmp_path / "out.prototxt").read_bytes() == (tmp_path / "gbk.prototxt").read_bytes()
+    (tmp_path / "name.prototxt").write_bytes(src.replace(b'name: "conv1"', 'name: "卷积"'.encode("gbk"), 1))
+    with pytest.raises(ModelError, match=r"name.prototxt:\d+:\d+: a quoted value holds bytes that "
+                                         r"are not UTF-8"):
+        cs.load(tmp_path / "name.prototxt")

@@ -143,12 +143,15 @@ def read_caffe(prototxt, caffemodel=None, *, phase: str = "TEST", stages=(), lev
 
 
 def _read_text(path) -> str:
+    """The prototxt as text. Bytes that are not UTF-8 (a GBK comment, say) are kept as
+    surrogates, which the writers turn back into the same bytes; Caffe's parser accepts
+    them in comments too. A NUL byte means a binary file."""
     data = read_bytes(path, "prototxt")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ModelError(f"prototxt is not UTF-8 text (byte {e.start}); is it a binary caffemodel?",
-                         file=path) from None
+    nul = data.find(b"\0", 0, 4096)
+    if nul >= 0:
+        raise ModelError(f"prototxt holds binary data (a NUL byte at {nul}); is it a binary "
+                         "caffemodel?", file=path)
+    return data.decode("utf-8", errors="surrogateescape")
 
 
 def _snapshot(layer: Layer) -> tuple:

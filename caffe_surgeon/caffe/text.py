@@ -95,6 +95,8 @@ def parse_message(text: str, message, file) -> None:
         m = re.search(r'has no field named "([^"]+)"', msg)
         if m:
             msg = f"unknown field '{m.group(1)}' ({msg}); see proto/README.md for the fields each fork defines"
+        if "surrogates not allowed" in msg:  # bytes read as not UTF-8, inside a quoted value
+            msg = "a quoted value holds bytes that are not UTF-8 (only comments may)"
         raise ModelError(msg, file=file, line=line, column=col) from None
 
 
