@@ -234,3 +234,14 @@ def test_darknet_stat_reads_the_weights_it_is_given(capsys, tmp_path):
     (tmp_path / "short.weights").write_bytes((fix / "fashion.weights").read_bytes()[:1000])
     assert darknet_main(["pruner", "stat", str(fix / "fashion.cfg"), str(tmp_path / "short.weights")]) == 2
     assert "weights file ends inside layer" in capsys.readouterr().err
+
+
+def test_a_loss_layer_without_a_top_is_legal(capsys, tmp_path):
+    # Caffe gives loss layers an automatic top (zoo: bvlc pascal_finetune_trainval_test)
+    (tmp_path / "n.prototxt").write_text(
+        NET_HEAD + 'input: "label"\ninput_shape { dim: 1 }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+        'inner_product_param { num_output: 3 } }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" }\n')
+    assert main(["stat", str(tmp_path / "n.prototxt")]) == 0
+    assert capsys.readouterr().err == ""

@@ -184,7 +184,8 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, Shape] | None = None,
             first = tuple(overrides[layer.tops[0]])
             out_shapes = [tuple(overrides.get(t, first[:1])) for t in layer.tops]
         else:
-            if not layer.tops and graph.framework == "caffe" and layer.type not in _SINKS:
+            if not layer.tops and graph.framework == "caffe" and layer.type not in _SINKS \
+                    and not layer.type.endswith("Loss"):  # Caffe gives a loss an automatic top
                 raise ModelError(f"{layer.type} has no top", file=graph.source_text,
                                  layer=layer.name)
             try:
