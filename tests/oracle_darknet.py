@@ -22,7 +22,8 @@ import pytest
 import libdarknet_oracle as lo
 from assets import shared_dir
 
-from caffe_surgeon.engine import Executor, detection
+from caffe_surgeon.detection import darknet_boxes as detection
+from caffe_surgeon.engine import Executor
 from caffe_surgeon.layers.darknet import opt_float, opt_int, opt_list
 from caffe_surgeon.layers.registry import infer_shapes
 from darknet_io import init_darknet_weights, read_darknet, write_darknet

@@ -27,7 +27,7 @@ from caffe_surgeon.evaluation import CaffeEvaluator, DarknetClassifierEvaluator,
 from caffe_surgeon.pruning import analyse, apply, make_plan
 from caffe_surgeon.workflow import ana as ana_mod
 from caffe_surgeon.workflow.ana import AnaJob, AnaResult, _Context, run_ana, write_reports
-from caffe_surgeon.workflow.evaluators import (CaffeAgreementEvaluator, build_evaluator,
+from caffe_surgeon.evaluation.spec import (CaffeAgreementEvaluator, build_evaluator,
                                                load_eval_graph, normalize_spec)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,7 +70,7 @@ def test_agreement_is_one_for_the_reference_and_matches_opencv_for_a_pruned_mode
     from caffe_surgeon.evaluation import agreement
     from caffe_surgeon.evaluation.voc_map import voc_map
     from caffe_surgeon.pruning import analyse, apply, make_plan
-    from caffe_surgeon.workflow.evaluators import (CaffeDetectionAgreementEvaluator,
+    from caffe_surgeon.evaluation.spec import (CaffeDetectionAgreementEvaluator,
                                                    build_evaluator, load_eval_graph)
     d, deploy = face_net
     files = [str(d / "train_val.prototxt"), str(d / "face.caffemodel")]
@@ -114,7 +114,7 @@ def test_vai_p_caffe_label_free_ana_and_prune_on_a_detector(face_net, capsys):
 
 def test_detector_agreement_fields_need_label_free(face_net):
     from caffe_surgeon.errors import ModelError
-    from caffe_surgeon.workflow.evaluators import normalize_spec
+    from caffe_surgeon.evaluation.spec import normalize_spec
     d, _ = face_net
     with pytest.raises(ModelError, match="label-free detector evaluation only"):
         normalize_spec({"kind": "caffe", "acc_name": "x", "truth_thresh": 0.5})

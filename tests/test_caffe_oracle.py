@@ -184,7 +184,7 @@ def test_conv_pool_deconv_geometry_matches_opencv(tmp_path):
 
 def test_the_shape_oracle_catches_a_wrong_rule(tmp_path, monkeypatch):
     """Pooling rounded down (a classic porting mistake) must not go unnoticed."""
-    import caffe_surgeon.layers.caffe as caffe_rules
+    import caffe_surgeon.layers.caffe.pointwise as caffe_rules
 
     floor = caffe_rules.pool_out
     monkeypatch.setattr(caffe_rules, "pool_out", lambda size, k, s, p, ceil: floor(size, k, s, p, False))

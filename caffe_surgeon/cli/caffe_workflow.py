@@ -109,7 +109,7 @@ def _prune(args, cfg, job) -> int:
     from ..fileio import atomic_write, make_folder
     from ..workflow.ana import AnaResult
     from ..workflow.calibration import calibration_images
-    from ..workflow.evaluators import load_eval_graph
+    from ..evaluation.spec import load_eval_graph
     from ..workflow.prune_rate import prune_evaluator, prune_to_rate
     cfg.require("rate", command="prune")
     if not Path(cfg.ana_file).exists():

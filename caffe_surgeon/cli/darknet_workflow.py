@@ -77,7 +77,8 @@ def run(args) -> int:
 def _spec(conf, cfg_path) -> dict:
     from .. import api
     graph = api.load(cfg_path)
-    detector = any(l.type in ("yolo", "region", "detection") for l in graph.layers)
+    from ..detection.darknet_boxes import head_layers
+    detector = bool(head_layers(graph))
     kind = "darknet-detector" if detector else "darknet-classifier"
     return {"kind": kind, "data_file": str(conf.datacfg) if conf.datacfg else None,
             "label_free": bool(conf.label_free), "max_images": None}
@@ -125,7 +126,7 @@ def _prune(args, conf, spec) -> int:
     from ..fileio import make_folder
     from ..workflow.ana import AnaResult
     from ..workflow.calibration import calibration_images
-    from ..workflow.evaluators import load_eval_graph
+    from ..evaluation.spec import load_eval_graph
     from ..workflow.prune_rate import prune_evaluator, prune_to_rate
     if conf.rate is None and conf.threshold is None:
         raise ModelError("'prune' needs rate=<fraction of operations to remove> (or the "
@@ -164,7 +165,7 @@ def _prune(args, conf, spec) -> int:
 
 def _valid(args, conf, spec, cfg_path) -> int:
     from ..evaluation.darknet_valid import write_detector_valid
-    from ..workflow.evaluators import build_evaluator, load_eval_graph
+    from ..evaluation.spec import build_evaluator, load_eval_graph
     graph = load_eval_graph("darknet", [str(cfg_path), str(args.weights)], spec)
     ev = build_evaluator(spec, graph)
     results = ev.run(graph)

@@ -45,7 +45,9 @@ def read_names(path) -> list[str]:
 def run(args) -> int:
     from darknet_io import read_darknet
 
-    from ..engine import Executor, detection, image
+    from ..detection import darknet_boxes as detection
+    from ..engine import Executor
+    from ..images import darknet_image as image
     graph = read_darknet(args.cfg, args.weights)
     channels = graph.inputs["data"][1]
     names = read_names(args.names) if args.names else None

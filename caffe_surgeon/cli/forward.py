@@ -63,7 +63,7 @@ def load_input(path: str, graph, shape, args) -> np.ndarray:
         raise ModelError("input must be an image or a .npy array", file=p)
     if shape is None or len(shape) != 4:
         raise ModelError("the net's input size is unknown; feed a .npy array of the right shape", file=p)
-    from ..engine import image
+    from ..images import darknet_image as image
     h, w = shape[2], shape[3]
     if graph.framework == "darknet":
         img = image.load_image(p, channels=shape[1])

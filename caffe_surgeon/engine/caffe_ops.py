@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..layers.caffe_geometry import canonical_axis, conv_geometry, pair, pool_out, sub
+from ..layers.registry import spec_for
 from .kernels import channelwise
 from .kernels.conv import conv2d, deconv2d, winograd_weights
 from .kernels.epilogue import Epilogue
@@ -33,8 +34,7 @@ def data_source(layer, inputs, ctx):
 
 @op("caffe", "DummyData")
 def dummy_data(layer, inputs, ctx):
-    from ..layers.registry import REGISTRY
-    shapes = REGISTRY[("caffe", "DummyData")].infer(layer, [])
+    shapes = spec_for("caffe", layer).infer(layer, [])
     fillers = sub(layer, "dummy_data_param").get("data_filler", [])
     out = []
     for i, shape in enumerate(shapes):
@@ -47,18 +47,11 @@ def dummy_data(layer, inputs, ctx):
 
 # ---------------------------------------------------------------- weighted
 def _conv_args(layer, x):
-    p = sub(layer, "convolution_param")
-    kernel, stride, pad, dilation = conv_geometry(p)
-    group = int(p.get("group", 1))
-    if layer.type in ("ConvolutionDepthwise", "DepthwiseConvolution"):
-        group = x.shape[1]
-    return stride, pad, dilation, group
+    kernel, stride, pad, dilation = conv_geometry(sub(layer, "convolution_param"))
+    return stride, pad, dilation, spec_for("caffe", layer).group(layer, x.shape[1])
 
 
-CONV_TYPES = ("Convolution", "ConvolutionDepthwise", "DepthwiseConvolution", "ConvolutionFixed")
-
-
-@op("caffe", *CONV_TYPES)
+@op("caffe", "Convolution", "ConvolutionDepthwise", "DepthwiseConvolution", "ConvolutionFixed")
 def convolution(layer, inputs, ctx):
     w = layer.weights["weight"]
     b = layer.weights.get("bias")
@@ -97,7 +90,7 @@ def _channel_shape(x, axis=1, count=None):
     return shape
 
 
-def _bn_affine(layer, ctx):
+def bn_affine(layer, ctx):
     """(a, c) float32 with BatchNorm(x) == x * a + c per channel, cached while the weights stay."""
     eps = float(sub(layer, "batch_norm_param").get("eps", 1e-5))
     w = layer.weights
@@ -124,7 +117,7 @@ def _bn_affine(layer, ctx):
 @op("caffe", "BatchNorm")
 def batch_norm(layer, inputs, ctx):
     x = inputs[0]
-    a, c = _bn_affine(layer, ctx)
+    a, c = bn_affine(layer, ctx)
     shape = _channel_shape(x) if x.ndim > 1 else [-1]
     out = _out(ctx, x)
     np.multiply(x, a.reshape(shape), out=out)
@@ -347,11 +340,10 @@ def concat(layer, inputs, ctx):
 
 @op("caffe", "Slice")
 def slice_(layer, inputs, ctx):
-    from ..layers.registry import REGISTRY
     x = inputs[0]
     p = sub(layer, "slice_param")
     axis = canonical_axis(int(p["slice_dim"]) if "slice_dim" in p else int(p.get("axis", 1)), x.ndim)
-    shapes = REGISTRY[("caffe", "Slice")].infer(layer, [x.shape])
+    shapes = spec_for("caffe", layer).infer(layer, [x.shape])
     out, start = [], 0
     for s in shapes:
         idx = [slice(None)] * x.ndim
@@ -362,8 +354,7 @@ def slice_(layer, inputs, ctx):
 
 
 def _reshape_like_spec(layer, inputs):
-    from ..layers.registry import REGISTRY
-    shape = REGISTRY[("caffe", layer.type)].infer(layer, [inputs[0].shape])[0]
+    shape = spec_for("caffe", layer).infer(layer, [inputs[0].shape])[0]
     return [inputs[0].reshape(shape)]
 
 
@@ -427,9 +418,8 @@ def crop(layer, inputs, ctx):
 
 @op("caffe", "Upsample")
 def upsample(layer, inputs, ctx):
-    from ..layers.registry import REGISTRY
     x = inputs[0]
-    shape = REGISTRY[("caffe", "Upsample")].infer(layer, [x.shape])[0]
+    shape = spec_for("caffe", layer).infer(layer, [x.shape])[0]
     fh, fw = shape[2] // x.shape[2], shape[3] // x.shape[3]
     if fh * x.shape[2] != shape[2] or fw * x.shape[3] != shape[3]:
         raise ModelError(f"Upsample to {shape[2:]} is not an integer multiple of {x.shape[2:]}")
@@ -515,80 +505,3 @@ def sigmoid_ce_loss(layer, inputs, ctx):
     x, t = inputs[0].astype(np.float64), inputs[1].reshape(inputs[0].shape).astype(np.float64)
     loss = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
     return [np.array(loss.sum() / x.shape[0], F32)]
-
-
-# ---------------------------------------------------------------- fusion
-#: layer types whose output pass can absorb the per-channel layers after them
-FUSION_HEADS = CONV_TYPES + ("BatchNorm", "Scale")
-#: per-channel layers that can run inside the previous layer's output pass
-FUSION_FOLLOWERS = ("BatchNorm", "Scale", "Bias", "ReLU", "ReLU6", "Clip")
-
-
-def fusable(layer, as_head: bool) -> bool:
-    """Whether ``layer`` can head a fused chain / be fused into one (static checks only)."""
-    if len(layer.bottoms) != 1 or len(layer.tops) != 1:
-        return False
-    t = layer.type
-    if as_head:
-        if t in CONV_TYPES:
-            return True
-        if t not in ("BatchNorm", "Scale"):
-            return False
-    elif t not in FUSION_FOLLOWERS:
-        return False
-    if t in ("Scale", "Bias"):
-        p = sub(layer, "scale_param" if t == "Scale" else "bias_param")
-        if int(p.get("axis", 1)) != 1 or any(v.ndim != 1 for v in layer.weights.values()):
-            return False
-        if t == "Scale" and "scale" not in layer.weights or t == "Bias" and "bias" not in layer.weights:
-            return False
-    return True
-
-
-def head_channels(layer, inputs) -> int | None:
-    """The channel count of a fusion head's output, or None when it cannot take an epilogue."""
-    x = inputs[0]
-    if x.ndim < 2:
-        return None
-    if layer.type in CONV_TYPES:
-        w = layer.weights.get("weight")
-        return None if w is None or w.ndim != 4 else int(w.shape[0])
-    if layer.type == "Scale" and layer.weights.get("scale") is not None \
-            and layer.weights["scale"].size != x.shape[1]:
-        return None
-    return int(x.shape[1])
-
-
-def epilogue_of(layers, ctx, channels) -> Epilogue | None:
-    """The stages of ``layers`` (FUSION_FOLLOWERS, in order) as one Epilogue with exactly the
-    float32 operations their forward functions do, or None if one of them does not fit."""
-    ep = Epilogue(channels)
-    for layer in layers:
-        t = layer.type
-        if t == "BatchNorm":
-            a, c = _bn_affine(layer, ctx)
-            if a.size != channels:
-                return None
-            ep.mul(a).add(c)
-        elif t == "Scale":
-            s = layer.weights["scale"]
-            if s.size != channels or ("bias" in layer.weights and layer.weights["bias"].size != channels):
-                return None
-            ep.mul(s)
-            if "bias" in layer.weights:
-                ep.add(layer.weights["bias"])
-        elif t == "Bias":
-            if layer.weights["bias"].size != channels:
-                return None
-            ep.add(layer.weights["bias"])
-        elif t == "ReLU":
-            slope = float(sub(layer, "relu_param").get("negative_slope", 0.0))
-            ep.relu() if slope == 0.0 else ep.leaky(slope)
-        elif t == "ReLU6":
-            ep.clip(0, 6)
-        elif t == "Clip":
-            p = sub(layer, "clip_param")
-            ep.clip(p.get("min", -np.inf), p.get("max", np.inf))
-        else:
-            return None
-    return ep

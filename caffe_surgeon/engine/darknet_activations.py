@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ModelError
+from ..layers.registry import spec_for
 
 F32 = np.float32
 
@@ -133,16 +134,11 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "normalize_channels_softmax_maxval": lambda x: _norm_channels_softmax(x, True),
 }
 
-#: the ``activation=`` default of each section type, as in the parse_* functions.
-DEFAULT_ACTIVATION = {
-    "convolutional": "logistic", "deconvolutional": "logistic", "connected": "logistic",
-    "local": "logistic",
-}
-
-
 def activation_name(layer) -> str:
-    """The layer's ``activation=`` or its section's default."""
-    return str(layer.params.get("activation", DEFAULT_ACTIVATION.get(layer.type, "linear")))
+    """The layer's ``activation=`` or its section's default (``LayerSpec.default_activation``)."""
+    if "activation" in layer.params:
+        return str(layer.params["activation"])
+    return spec_for("darknet", layer).default_activation
 
 
 def activation(layer) -> Callable[[np.ndarray], np.ndarray]:

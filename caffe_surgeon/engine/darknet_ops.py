@@ -98,7 +98,7 @@ def _conv_weights(layer, ctx):
     i = graph.index(layer.name)
     j = opt_int(layer, "share_index", 0)
     j = j if j >= 0 else i + j
-    if not 0 <= j < i or graph.layers[j].type != "convolutional":
+    if not 0 <= j < i or graph.layers[j].type != layer.type:  # only convolutionals share
         raise ModelError(f"share_index={layer.params['share_index']} does not name an earlier "
                          "convolutional layer")
     return graph.layers[j]

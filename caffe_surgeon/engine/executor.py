@@ -72,16 +72,17 @@ class Executor:
         self.check_weights = check_weights
         # Fused chains (see fusion.py): head index -> follower indices, the versions only the
         # chain itself sees, and each chain's epilogue, built now and checked on every run.
-        from . import caffe_ops, fusion  # the numerical modules, only once a net is to be run
+        from . import fusion  # the numerical modules, only once a net is to be run
         from .kernels import blas
-        self._ops, self._fusion, self._blas = caffe_ops, fusion, blas
+        self._fusion, self._blas = fusion, blas
         self.chains = fusion.plan(graph, self.reads)
         self._inner = {i: [(k, graph.layers[k].tops[0]) for k in [i] + f[:-1]]
                        for i, f in self.chains.items()}
         self._epilogues: dict[int, tuple] = {}
         for i, f in self.chains.items():
             w = graph.layers[i].weights.get("weight")
-            if graph.layers[i].type in caffe_ops.CONV_TYPES and w is not None and getattr(w, "ndim", 0) == 4:
+            if spec_for(graph.framework, graph.layers[i]).channel_role == "produce" \
+                    and w is not None and getattr(w, "ndim", 0) == 4:
                 self._chain_epilogue(i, int(w.shape[0]))
 
     def _check_fed(self, env):
@@ -212,7 +213,7 @@ class Executor:
         if hit is not None and hit[0] == channels and self._fusion.same_signature(hit[1], followers):
             return hit[2]
         try:
-            ep = self._ops.epilogue_of(followers, self.ctx, channels)
+            ep = self._fusion.epilogue_of(followers, self.ctx, channels)
         except (ModelError, KeyError, ValueError, TypeError, IndexError):
             ep = None  # run the layers one by one, which reports the problem where it is
         self._epilogues[i] = (channels, self._fusion.signature(followers), ep)
@@ -250,7 +251,7 @@ class Executor:
             if followers is not None and followers[-1] < stop and \
                     not any(v in wanted for v in self._inner[i]) and \
                     (only is None or all(k in only for k in followers)):
-                channels = self._ops.head_channels(layer, args)
+                channels = self._fusion.head_channels(self.graph, layer, args)
                 ctx.epilogue = None if channels is None else self._chain_epilogue(i, channels)
                 if ctx.epilogue is not None:
                     end = followers[-1]

@@ -1,7 +1,8 @@
 """Which layers run inside the previous layer's output pass (Caffe conv -> BN -> Scale -> ReLU).
 
-A *chain* is a head (a convolution, or a BatchNorm / Scale) followed by
-consecutive per-channel layers (``caffe_ops.FUSION_FOLLOWERS``) each of which
+A *chain* is a head (a layer whose spec has the ``fusion_head`` role: a
+convolution, BatchNorm or Scale) followed by consecutive ``fusion_follower`` layers
+(their steps are in :mod:`.caffe_epilogues`) each of which
 reads only the previous one's value, that value having no other reader: the
 common in-place ``conv1 -> bn1 -> scale1 -> relu1`` on one blob name, or the
 same with separate names. The executor then runs the head once with the
@@ -24,7 +25,11 @@ from __future__ import annotations
 import copy
 from collections import defaultdict
 
-from . import caffe_ops
+import numpy as np
+
+from ..layers.registry import spec_for
+from . import caffe_epilogues
+from .kernels.epilogue import Epilogue
 
 
 def plan(graph, reads) -> dict[int, list[int]]:
@@ -39,9 +44,9 @@ def plan(graph, reads) -> dict[int, list[int]]:
     chains = {}
     i = 0
     while i < len(layers):
-        if caffe_ops.fusable(layers[i], as_head=True):
+        if fusable(graph, layers[i], as_head=True):
             cur, followers, j = (i, layers[i].tops[0]), [], i + 1
-            while (j < len(layers) and caffe_ops.fusable(layers[j], as_head=False)
+            while (j < len(layers) and fusable(graph, layers[j], as_head=False)
                    and reads[j] == [cur] and readers[cur] == {j}):
                 followers.append(j)
                 cur = (j, layers[j].tops[0])
@@ -69,3 +74,38 @@ def same_signature(sig, layers) -> bool:
             if k != k2 or a is not b:
                 return False
     return True
+
+
+def fusable(graph, layer, as_head: bool) -> bool:
+    """Whether ``layer`` can head a fused chain / be fused into one (static checks only)."""
+    if len(layer.bottoms) != 1 or len(layer.tops) != 1:
+        return False
+    if ("fusion_head" if as_head else "fusion_follower") not in spec_for(graph.framework, layer).roles:
+        return False
+    fits = caffe_epilogues.FITS.get(layer.type)
+    return fits is None or fits(layer)
+
+
+def head_channels(graph, layer, inputs) -> int | None:
+    """The channel count of a fusion head's output, or None when it cannot take an epilogue."""
+    x = inputs[0]
+    if x.ndim < 2:
+        return None
+    if spec_for(graph.framework, layer).channel_role == "produce":
+        w = layer.weights.get("weight")
+        return None if w is None or w.ndim != 4 else int(w.shape[0])
+    if any(np.size(a) != x.shape[1] for a in layer.weights.values() if np.ndim(a) == 1
+           and np.size(a) > 1):
+        return None
+    return int(x.shape[1])
+
+
+def epilogue_of(layers, ctx, channels) -> Epilogue | None:
+    """The stages of ``layers`` (fusion followers, in order) as one Epilogue with exactly the
+    float32 operations their forward functions do, or None if one of them does not fit."""
+    ep = Epilogue(channels)
+    for layer in layers:
+        stage = caffe_epilogues.STAGES.get(layer.type)
+        if stage is None or not stage(layer, ctx, ep, channels):
+            return None
+    return ep

@@ -52,7 +52,7 @@ class RunContext:
             returning that list, called on the first ``donated`` query).
         epilogue: for the running layer, per-channel stages of the layers fused into it
             (an ``kernels.epilogue.Epilogue``) that it must apply to its output, or None.
-            Set by the executor only for the layer types ``caffe_ops.FUSION_HEADS``.
+            Set by the executor only for layers with the ``fusion_head`` role.
     """
 
     darknet_bn: str = "pjreddie"

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from ..errors import ModelError
+from ..detection.ssd_map import detection_evaluate as match_detections
 from ..layers.caffe_geometry import sub
 from .kernels import channelwise
 from .kernels.nms import nms_greedy
@@ -179,7 +180,6 @@ def detection_evaluate(layer, inputs, ctx):
     each original image, counted across the batches of a test pass; that count belongs
     to the pass, so :class:`~caffe_surgeon.evaluation.CaffeEvaluator` re-scores such a
     layer from ``DetectionOutput`` itself, and this op matches normalized boxes."""
-    from ..evaluation.ssd_map import detection_evaluate as evaluate
     p = sub(layer, "detection_evaluate_param")
     resize = p.get("resize_param")
     if resize and str((resize[-1] if isinstance(resize, list) else resize)
@@ -191,6 +191,6 @@ def detection_evaluate(layer, inputs, ctx):
     overlap = float(p.get("overlap_threshold", 0.5))
     if overlap <= 0:
         raise ModelError(f"DetectionEvaluate overlap_threshold must be > 0, got {overlap}")
-    return [evaluate(inputs[0], inputs[1], int(p["num_classes"]),
-                     int(p.get("background_label_id", 0)), overlap,
-                     bool(p.get("evaluate_difficult_gt", True)))]
+    return [match_detections(inputs[0], inputs[1], int(p["num_classes"]),
+                             int(p.get("background_label_id", 0)), overlap,
+                             bool(p.get("evaluate_difficult_gt", True)))]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from .caffe_images import decode_image, jpeg_roundtrip, read_image_caffe
+from ..images.caffe_image import decode_image, jpeg_roundtrip, read_image_caffe
 
 
 class ImageListSource:

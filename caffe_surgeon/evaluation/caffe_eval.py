@@ -17,14 +17,15 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph import Graph
+from ..layers.registry import layers_with_role, spec_for
 from .base import Evaluator
-from .ssd_map import AP_VERSIONS, solver_detection_map
+from ..detection.ssd_map import (AP_VERSIONS, detection_evaluate, read_name_sizes,
+                                  solver_detection_map)
 from .caffe_data import AnnotatedLmdbSource, ImageListSource, LmdbSource
 from .caffe_transform import Transform, resolver
 from .feed_store import FeedStore
 
 F32 = np.float32
-SOURCE_TYPES = ("ImageData", "Data", "AnnotatedData")
 _DEPRECATED = ("scale", "mean_file", "crop_size", "mirror")  # V1 data_param fields
 
 
@@ -54,16 +55,17 @@ class CaffeEvaluator(Evaluator):
         self.acc_name, self.test_iter = acc_name, int(test_iter)
         self.metric_name = acc_name
         self._check_metric(graph)
-        self.acc_type = next(l.type for l in graph.layers if acc_name in l.tops)
+        metric_layer = next(l for l in graph.layers if acc_name in l.tops)
+        #: how per-batch values combine (None: a plain top, averaged like a metric's)
+        self.metric_kind = spec_for("caffe", metric_layer).metric_kind
         layer, self.transform, source, self.batch_size, p = open_data_layer(graph, base_dir)
         self.data_layer, self.tops = layer, list(layer.tops)
         self.outputs = [acc_name]
         self.name_sizes = None  # DetectionEvaluate's name_size_file: (height, width) per image
-        if self.acc_type == "DetectionEvaluate":
-            layer = next(l for l in graph.layers if acc_name in l.tops)
+        if self.metric_kind == "detection_map":
+            layer = metric_layer
             dp = layer.params.get("detection_evaluate_param", {})
             if dp.get("name_size_file"):
-                from .ssd_map import read_name_sizes
                 self.name_sizes = read_name_sizes(resolver(base_dir)(dp["name_size_file"]))
                 self.eval_param = dp
                 self.outputs = [acc_name, layer.bottoms[0]]  # re-scored from the detections
@@ -79,8 +81,8 @@ class CaffeEvaluator(Evaluator):
     def _check_metric(self, graph: Graph) -> None:
         produced = [t for layer in graph.layers for t in layer.tops]
         if self.acc_name not in produced:
-            metric_tops = [t for layer in graph.layers if layer.type == "Accuracy" or
-                           layer.type.endswith("Loss") for t in layer.tops]
+            scoring = layers_with_role(graph, "metric") + layers_with_role(graph, "loss")
+            metric_tops = [t for layer in graph.layers if layer in scoring for t in layer.tops]
             candidates = list(dict.fromkeys(metric_tops + list(graph.outputs)))
             raise ModelError(f"acc_name '{self.acc_name}' is not a top of any layer in the TEST "
                              f"net; candidate tops: {', '.join(candidates) or '(none)'}",
@@ -102,7 +104,7 @@ class CaffeEvaluator(Evaluator):
         source, bs = self.source, self.batch_size
         n = min(self.test_iter * bs, len(source))
         self.record_order = [(np.arange(bs) + b * bs) % n for b in range(self.test_iter)]
-        annotated = self.data_layer.type == "AnnotatedData"
+        annotated = data_format(self.data_layer) == "annotated_db"
         loading = source.iter_load(n)
         try:  # closed on an error too: an LMDB source's read transaction ends with it
             return self._batches(source, loading, n, bs, annotated)
@@ -146,7 +148,6 @@ class CaffeEvaluator(Evaluator):
     def _pixel_rows(self, results) -> list[np.ndarray]:
         """DetectionEvaluate with a name_size_file, batch by batch in test order: boxes
         matched in each original image's pixels, the image count running across batches."""
-        from .ssd_map import detection_evaluate
         p, det_blob = self.eval_param, self.outputs[1]
         rows, count = [], 0
         for feed, result in zip(self.feeds, results):
@@ -158,7 +159,7 @@ class CaffeEvaluator(Evaluator):
         return rows
 
     def _score(self, results) -> float:
-        if self.acc_type == "DetectionEvaluate":  # Solver::TestDetection
+        if self.metric_kind == "detection_map":  # Solver::TestDetection
             missing = [b for b, r in enumerate(results) if self.acc_name not in r]
             if missing:
                 raise ModelError(f"result {missing[0]} has no '{self.acc_name}' blob")
@@ -201,7 +202,7 @@ def open_data_layer(graph: Graph, base_dir=None, training: bool = False):
             r.pop("interp_mode", None)  # LINEAR
             r["prob"] = 1.0
             tp["resize_param"] = r
-    elif layer.type == "AnnotatedData":
+    elif data_format(layer) == "annotated_db":
         crop = [k for k in ("crop_size", "crop_h", "crop_w", "emit_constraint") if tp.get(k)]
         if crop:
             raise ModelError(f"transform_param.{crop[0]} on an AnnotatedData layer is not "
@@ -209,21 +210,19 @@ def open_data_layer(graph: Graph, base_dir=None, training: bool = False):
                              "crop); resize the whole image instead (resize_param)",
                              file=net_file, layer=layer.name)
     transform = Transform(tp, layer.name, net_file, resolve)
-    if layer.type == "ImageData":
-        p = params.get("image_data_param", {})
+    fmt = data_format(layer)
+    p = params.get(spec_for("caffe", layer).data_param, {})
+    if fmt == "image_list":
         source = ImageListSource(p, resolve, layer.name, net_file)
     else:
-        p = params.get("data_param", {})
-        kind = LmdbSource
-        if layer.type == "AnnotatedData":
-            kind = AnnotatedLmdbSource
+        kind = AnnotatedLmdbSource if fmt == "annotated_db" else LmdbSource
         source = kind(p, resolve, layer.name, net_file, transform.force_color,
                       transform.force_gray)
-        if layer.type == "AnnotatedData" and not training:
+        if fmt == "annotated_db" and not training:
             ap = params.get("annotated_data_param", {})
             _check_samplers(ap, layer.name, net_file)
             source.reencode = _samples_whole_image(ap)
-    batch_size = int(p.get("batch_size", 1 if layer.type == "ImageData" else 0))
+    batch_size = int(p.get("batch_size", 1 if fmt == "image_list" else 0))
     if batch_size < 1:
         raise ModelError(f"batch_size is {batch_size}; Caffe needs a positive batch size",
                          file=net_file, layer=layer.name)
@@ -292,9 +291,14 @@ def annotation_rows(boxes: list[np.ndarray]) -> np.ndarray:
     return np.asarray(rows, F32).reshape(1, 1, -1, 8)
 
 
+def data_format(layer) -> str | None:
+    """What a data layer reads (``LayerSpec.data_format``); None for one we cannot decode."""
+    return spec_for("caffe", layer).data_format
+
+
 def _data_layer(graph: Graph, net_file):
     sources = [layer for layer in graph.layers if not layer.bottoms and layer.tops]
-    usable = [layer for layer in sources if layer.type in SOURCE_TYPES]
+    usable = [layer for layer in sources if data_format(layer) is not None]
     if len(usable) != 1:
         found = ", ".join(f"{l.name} ({l.type})" for l in sources) or "none"
         what = "no ImageData or Data layer" if not usable else "several data layers"
@@ -317,7 +321,7 @@ def _upgraded_params(graph: Graph, layer) -> dict:
     params = dict(layer.params)
     if not getattr(graph.origin, "v1", False):
         return params
-    key = "image_data_param" if layer.type == "ImageData" else "data_param"
+    key = spec_for("caffe", layer).data_param
     p = dict(params.get(key, {}))
     moved = {k: p.pop(k) for k in _DEPRECATED if k in p}
     if moved:

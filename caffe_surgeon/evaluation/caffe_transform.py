@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..fileio import read_bytes
+from ..images.caffe_image import cv_resize_linear
 
 F32 = np.float32
 _UNSUPPORTED = ("noise_param", "distort_param", "expand_param")
@@ -105,7 +106,6 @@ class Transform:
 
     def resized(self, image: np.ndarray) -> np.ndarray:
         """``resize_param`` applied: ``cv::resize`` INTER_LINEAR of a uint8 (C, H, W) image."""
-        from .caffe_images import cv_resize_linear
         if image.dtype != np.uint8:
             raise self._error("resize_param needs 8-bit images; this source holds float data")
         out = cv_resize_linear(np.ascontiguousarray(image.transpose(1, 2, 0)), *self.resize)

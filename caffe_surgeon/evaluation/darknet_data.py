@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.image import letterbox_image, load_image, resize_image
+from ..images.darknet_image import letterbox_image, load_image, resize_image
 from ..errors import ModelError
 
 _LABEL_DIRS = ("images", "JPEGImages", "raw")

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import detection
+from ..detection import darknet_boxes
 from ..errors import ModelError
 from ..graph import Graph
-from ..layers.darknet import opt_int
-from ..layers.registry import infer_shapes
+from ..layers.registry import infer_shapes, spec_for
 from . import agreement
 from .base import Evaluator, progress
 from .darknet_data import (class_from_path, classifier_input, detector_input, label_path,
@@ -33,7 +32,6 @@ from .feed_store import FeedStore
 from .voc_map import voc_map
 
 F32 = np.float32
-HEADS = ("yolo", "region", "detection")
 
 
 class _DarknetEvaluator(Evaluator):
@@ -84,7 +82,7 @@ class _DarknetEvaluator(Evaluator):
 def _output_layer(graph: Graph):
     """darknet's network output: the last layer that is not a [cost] layer."""
     for layer in reversed(graph.layers):
-        if layer.type != "cost":
+        if not spec_for(graph.framework, layer).has_role("loss"):
             return layer
     raise ModelError("the net has no layers", file=graph.source_text)
 
@@ -123,9 +121,10 @@ class DarknetClassifierEvaluator(_DarknetEvaluator):
         self.label_free = label_free
         self.metric_name = "top-1 agreement" if label_free else f"top-{self.k}"
         out = _output_layer(graph)
-        if any(l.type == "softmax" and l.params.get("tree") for l in graph.layers):
-            raise ModelError("softmax trees (hierarchical classifiers) are not supported",
-                             file=self.model_file)
+        for layer in graph.layers:
+            why = spec_for(graph.framework, layer).unsupported(layer)
+            if why:
+                raise ModelError(why, file=self.model_file, layer=layer.name)
         size = int(np.prod(infer_shapes(graph).outputs[out.name][0][1:]))
         if size < self.classes:
             raise ModelError(f"the net's output layer '{out.name}' has {size} values per image but "
@@ -197,11 +196,11 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
                  darknet_bn: str = "pjreddie", show_progress: bool = False, reference=None):
         super().__init__(data_file, graph, batch_size=batch_size, max_images=max_images,
                          base_dir=base_dir, darknet_bn=darknet_bn, show_progress=show_progress)
-        heads = [l for l in graph.layers if l.type in HEADS]
+        heads = darknet_boxes.head_layers(graph)
         if not heads:
             raise ModelError("the net has no [yolo], [region] or [detection] layer",
                              file=self.model_file)
-        self.classes = opt_int(heads[-1], "classes", 20 if heads[-1].type != "detection" else 1)
+        self.classes = spec_for("darknet", heads[-1]).classes(heads[-1])
         declared = self.data.integer("classes", self.classes)
         if declared != self.classes:
             raise ModelError(f"{self.data.path} says classes={declared} but the last "
@@ -211,7 +210,8 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
         self.truth_thresh, self.label_free = truth_thresh, label_free
         self.metric_name = "mAP@0.5 agreement" if label_free else "mAP@0.5"
         self.layer_outputs = [l.name for l in heads]
-        self.head_types = {l.name: l.type for l in heads}
+        #: head name -> whether its boxes come in image pixels (YOLOv1) rather than relative
+        self.pixel_boxes = {l.name: darknet_boxes.boxes_in_pixels(graph, l) for l in heads}
         self.decoder = Graph("darknet", layers=heads, inputs=dict(graph.inputs), source=graph.source)
         if not label_free:  # label files are checked before any image is decoded
             self.truths = [read_boxes(self.data.resolve(label_path(item.written)), self.classes, item)
@@ -250,9 +250,9 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
                 raise ModelError(f"a result lacks the outputs of {missing} (run with {self.run_args})")
             for j in range(len(next(iter(outs.values())))):
                 w, h = self.sizes[len(per_image)]
-                dets = detection.network_boxes(self.decoder, outs, w, h, self.thresh, batch_index=j)
+                dets = darknet_boxes.network_boxes(self.decoder, outs, w, h, self.thresh, batch_index=j)
                 if self.nms:
-                    dets = detection.do_nms_sort(dets, self.classes, self.nms)
+                    dets = darknet_boxes.do_nms_sort(dets, self.classes, self.nms)
                 per_image.append(dets)
         if len(per_image) != len(self.items):
             raise ModelError(f"results cover {len(per_image)} images, the evaluator has {len(self.items)}")
@@ -265,7 +265,7 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
             image_rows = []
             for d in dets:
                 x, y, bw, bh = d.x, d.y, d.w, d.h
-                if self.head_types[d.layer] == "detection":  # YOLOv1 boxes come in pixels
+                if self.pixel_boxes[d.layer]:
                     x, y, bw, bh = x / w, y / h, bw / w, bh / h
                 box = np.clip([x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2], 0, 1)
                 image_rows += [(c, float(d.prob[c]), *box) for c in np.nonzero(d.prob)[0]]

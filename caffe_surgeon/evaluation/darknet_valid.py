@@ -31,18 +31,18 @@ def image_id(path: str) -> str:
     return path.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
-def _pixel_box(d, kind: str, w: int, h: int) -> tuple[F32, F32, F32, F32]:
+def _pixel_box(d, in_pixels: bool, w: int, h: int) -> tuple[F32, F32, F32, F32]:
     """get_network_boxes(..., relative=0): relative boxes times the image size, in float."""
-    if kind == "detection":  # YOLOv1 boxes are already in pixels
+    if in_pixels:  # YOLOv1 boxes are already in pixels
         return F32(d.x), F32(d.y), F32(d.w), F32(d.h)
     return F32(d.x) * F32(w), F32(d.y) * F32(h), F32(d.w) * F32(w), F32(d.h) * F32(h)
 
 
-def detection_lines(ident: str, dets, head_types: dict, w: int, h: int, classes: int):
+def detection_lines(ident: str, dets, pixel_boxes: dict, w: int, h: int, classes: int):
     """(class, line) pairs for one image, in darknet's printing order."""
     out = []
     for d in dets:
-        x, y, bw, bh = (float(v) for v in _pixel_box(d, head_types[d.layer], w, h))
+        x, y, bw, bh = (float(v) for v in _pixel_box(d, pixel_boxes[d.layer], w, h))
         xmin, xmax = F32(x - bw / 2. + 1), F32(x + bw / 2. + 1)
         ymin, ymax = F32(y - bh / 2. + 1), F32(y + bh / 2. + 1)
         xmin, ymin = max(xmin, F32(1)), max(ymin, F32(1))
@@ -74,7 +74,7 @@ def write_detector_valid(evaluator, results, out_dir=None, prefix: str = "comp4_
     texts = [[] for _ in range(evaluator.classes)]
     per_image = evaluator.detections(results)
     for item, dets, (w, h) in zip(evaluator.items, per_image, evaluator.sizes):
-        for c, line in detection_lines(image_id(item.written), dets, evaluator.head_types,
+        for c, line in detection_lines(image_id(item.written), dets, evaluator.pixel_boxes,
                                        w, h, evaluator.classes):
             texts[c].append(line)
     paths = [folder / f"{prefix}{name}.txt" for name in names]

@@ -1,9 +1,17 @@
-"""Per-layer-type behaviour, in one place.
+"""Per-layer-type knowledge, in one place.
 
 Each layer type of each framework has one :class:`LayerSpec` subclass that
-knows its output shapes, its expected weight arrays and how to count its
-operations and parameters. Adding a layer type means adding one class here
-(``caffe.py`` or ``darknet.py`` beside this file) and nothing elsewhere.
+says what the layer *is*: its output shapes, its stored arrays, its counts, how
+channels cross it (``channel_flow``) and its roles (data source, metric, loss,
+detector head, fusable head or follower, bias switch, Darknet link key; see
+:mod:`.roles`). Nothing outside ``caffe_surgeon/layers/`` matches type names.
+
+What a layer *does* lives in backends, each a table from type to implementation
+in its own module, imported only when that backend is used: the NumPy engine
+(``caffe_surgeon/engine/ops.py``: ``OPS`` and ``REFUSED``). Adding a layer type
+means one spec class here (in the ``caffe_*.py`` / ``darknet_*.py`` modules beside
+this file) and one entry (an implementation or a stated refusal) per backend;
+``tests/test_backend_coverage.py`` fails until every backend has one.
 
 Specs raise :class:`ModelError` with the message only; the caller adds the
 file and layer name.
@@ -17,7 +25,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph import Graph, Layer
-from .channel_flow import ChannelFlow, blocked, passthrough
+from . import roles as vocab
+from .channel_flow import KINDS, ChannelFlow, blocked, passthrough
 
 Shape = tuple[int, ...]
 
@@ -43,9 +52,43 @@ class LayerSpec:
 
     framework: str = ""
     types: tuple[str, ...] = ()
-    #: default channel behaviour for :meth:`channel_flow`: "passthrough",
-    #: "source", "blocker" or "sink"; types with weights or joins override it.
-    channel_role: str = "passthrough"
+    #: the :class:`ChannelFlow` kind :meth:`channel_flow` gives by default ("pass",
+    #: "source" or "block"); types with weights or joins override channel_flow and
+    #: name their kind here too, so the role can be read without shapes.
+    channel_role: str = "pass"
+    #: why channels reaching a "block" layer are fixed (``{type}``/``{name}`` filled in)
+    block_reason: str = "{type} '{name}' moves channels in a way that cannot be traced"
+    #: what the layer is for beyond computing (see :data:`.roles.ROLES`)
+    roles: frozenset = frozenset()
+    #: detector heads: how the output encodes boxes (:data:`.roles.BOX_FORMATS`)
+    box_format: str | None = None
+    #: data sources: what they read (:data:`.roles.DATA_FORMATS`) and the parameter
+    #: message that holds ``source`` / ``batch_size``
+    data_format: str | None = None
+    data_param: str | None = None
+    #: metrics: how per-batch values combine (:data:`.roles.METRIC_KINDS`)
+    metric_kind: str | None = None
+    #: (parameter message, field) that switches the bias array on, for types whose bias
+    #: is optional (offset folding may have to give them one)
+    bias_switch: tuple[str, str] | None = None
+    #: Darknet: the option naming the layers read besides (or, for route, instead of)
+    #: the previous layer, and whether the previous layer is an input at all
+    link_key: str | None = None
+    links_replace_previous: bool = False
+    #: Darknet: the activation when the section gives none (parser.c defaults)
+    default_activation: str = "linear"
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+    @property
+    def may_lack_top(self) -> bool:
+        """Caffe accepts the layer without a top (a sink, or a loss given an automatic top)."""
+        return bool(self.roles & {"no_top", "loss"})
+
+    def unsupported(self, layer: Layer) -> str:
+        """Why this layer's settings are beyond what we run ("" when they are fine)."""
+        return ""
 
     def infer(self, layer: Layer, inputs: Sequence[Shape]) -> list[Shape]:
         if not inputs:
@@ -79,13 +122,14 @@ class LayerSpec:
     def channel_flow(self, layer: Layer, inputs: Sequence[Shape],
                      outputs: Sequence[Shape]) -> ChannelFlow:
         """How channels cross this layer (see :mod:`.channel_flow`)."""
-        if self.channel_role == "passthrough":
+        if self.channel_role == "pass":
             return passthrough()
         if self.channel_role == "source":
             return ChannelFlow("source", reason=f"produced by the {layer.type} data layer")
-        if self.channel_role == "sink":
-            return blocked(f"read by {layer.type} '{layer.name}', which needs every channel")
-        return blocked(f"{layer.type} '{layer.name}' moves channels in a way that cannot be traced")
+        if self.channel_role == "block":
+            return blocked(self.block_reason.format(type=layer.type, name=layer.name))
+        raise NotImplementedError(f"{type(self).__name__} declares channel_role "
+                                  f"{self.channel_role!r} but no channel_flow")
 
     def set_channels(self, layer: Layer, n: int) -> None:
         """Record a new output channel count in ``layer.params`` (producers, depthwise)."""
@@ -105,8 +149,27 @@ class LayerSpec:
 REGISTRY: dict[tuple[str, str], LayerSpec] = {}
 
 
+#: channel_flow text for layers that read every channel (heads, softmax, metrics)
+NEEDS_EVERY_CHANNEL = "read by {type} '{name}', which needs every channel"
+
+
 def register(cls: type[LayerSpec]) -> type[LayerSpec]:
-    """Class decorator: make ``cls`` the spec of each type in ``cls.types``."""
+    """Class decorator: make ``cls`` the spec of each type in ``cls.types``.
+
+    Checks the declared vocabularies, so a misspelt role is an import-time error.
+    """
+    where = f"{cls.framework} {cls.__name__}"
+    if cls.channel_role not in KINDS:
+        raise ValueError(f"{where}: channel_role {cls.channel_role!r} is not a ChannelFlow kind "
+                         f"({', '.join(KINDS)})")
+    vocab.check("role", cls.roles, vocab.ROLES, where)
+    vocab.check("box format", cls.box_format, vocab.BOX_FORMATS, where)
+    vocab.check("data format", cls.data_format, vocab.DATA_FORMATS, where)
+    vocab.check("metric kind", cls.metric_kind, vocab.METRIC_KINDS, where)
+    if ("detector_head" in cls.roles) != (cls.box_format is not None):
+        raise ValueError(f"{where}: a detector head needs a box_format and only it has one")
+    if ("metric" in cls.roles) != (cls.metric_kind is not None):
+        raise ValueError(f"{where}: a metric needs a metric_kind and only it has one")
     inst = cls()
     for t in cls.types:
         key = (cls.framework, t)
@@ -135,6 +198,21 @@ def spec_for(framework: str, layer: Layer, file: str | None = None) -> LayerSpec
 def _load() -> None:
     # Import the per-framework spec modules on first use; they register themselves.
     from . import caffe, darknet  # noqa: F401
+
+
+def specs(framework: str, role: str | None = None) -> dict[str, LayerSpec]:
+    """Type name -> spec of every registered type of ``framework`` (with ``role``, if given)."""
+    _load()
+    if role is not None:
+        vocab.check("role", role, vocab.ROLES, "specs()")
+    return {t: s for (f, t), s in sorted(REGISTRY.items())
+            if f == framework and (role is None or role in s.roles)}
+
+
+def layers_with_role(graph: Graph, role: str) -> list[Layer]:
+    """The layers of ``graph`` whose spec has ``role``, in net order."""
+    vocab.check("role", role, vocab.ROLES, "layers_with_role()")
+    return [l for l in graph.layers if role in spec_for(graph.framework, l, graph.source_text).roles]
 
 
 @dataclass
@@ -184,8 +262,7 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, Shape] | None = None,
             first = tuple(overrides[layer.tops[0]])
             out_shapes = [tuple(overrides.get(t, first[:1])) for t in layer.tops]
         else:
-            if not layer.tops and graph.framework == "caffe" and layer.type not in _SINKS \
-                    and not layer.type.endswith("Loss"):  # Caffe gives a loss an automatic top
+            if not layer.tops and graph.framework == "caffe" and not spec.may_lack_top:
                 raise ModelError(f"{layer.type} has no top", file=graph.source_text,
                                  layer=layer.name)
             try:
@@ -219,7 +296,6 @@ def infer_shapes(graph: Graph, input_shapes: dict[str, Shape] | None = None,
     return ShapeMap(ins, outs, blobs, frozenset(guessed))
 
 
-_SINKS = ("Silence",)  # Caffe layers that take bottoms and give no top
 _MAX_DIM = 2**31 - 1
 
 

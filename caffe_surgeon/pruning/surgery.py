@@ -194,10 +194,10 @@ def offset_target(out: Graph, a: ChannelAnalysis, i: int, create: bool = False):
     found = _bn_after(out, a, i)
     if found is None and create and flow.offset_into and flow.offset_sign > 0:
         n = layer.weights[next(iter(flow.in_axes))].shape[flow.out_axes[next(iter(flow.in_axes))]]
-        for key in ("convolution_param", "inner_product_param"):
-            if key in layer.params or key.split("_")[0] in layer.type.lower():
-                layer.params.setdefault(key, {})["bias_term"] = True
-                break
+        switch = spec_for(out.framework, layer).bias_switch
+        if switch is not None:
+            message, field = switch
+            layer.params.setdefault(message, {})[field] = True
         layer.weights[flow.offset_into] = np.zeros(n, np.float32)
         return layer, flow.offset_into, 1.0, 1.0
     return found

@@ -85,7 +85,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..fileio import atomic_write, make_folder, read_bytes
-from .evaluators import FRAMEWORK_OF, normalize_spec
+from ..evaluation.spec import FRAMEWORK_OF, normalize_spec
 
 FORMAT = "caffe-surgeon-ana"
 VERSION = 1
@@ -480,7 +480,7 @@ class _Context:
                  reference=None):
         from ..engine import Executor
         from ..pruning import analyse
-        from .evaluators import build_evaluator, data_digest, load_eval_graph
+        from ..evaluation.spec import build_evaluator, data_digest, load_eval_graph
         self.job = job
         self.graph = load_eval_graph(job.framework, job.model_files, job.evaluator)
         names = {l.name for l in self.graph.layers}

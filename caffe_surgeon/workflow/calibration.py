@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..detection import darknet_boxes
 from ..errors import ModelError
 from ..graph import Graph
 
@@ -65,13 +66,12 @@ def _caffe(prototxt, spec: dict, count: int, evaluator) -> Calibration:
 
 def _darknet(spec: dict, count: int, graph: Graph, evaluator) -> Calibration:
     from ..evaluation.darknet_data import classifier_input, detector_input, read_image_list
-    from ..evaluation.darknet_eval import HEADS
     data = evaluator.data
     if data.text("train") is None:
         raise ModelError("-reconstruct reads its calibration images from the .data file's "
                          "train list, and this one has no 'train=' line", file=data.path)
     items = read_image_list(data, "train", count)
-    detector = any(l.type in HEADS for l in graph.layers)
+    detector = bool(darknet_boxes.head_layers(graph))
     args = (evaluator.net_w, evaluator.net_h, evaluator.channels)
     images = [detector_input(it, *args)[0] if detector else classifier_input(it, *args)
               for it in items]

@@ -71,7 +71,7 @@ def prune_evaluator(job, ana, state_path, graph: Graph):
     file ``ana`` wrote (:mod:`.reference_file`), not from the current weights.
     """
     from .ana import _changes, job_inputs
-    from .evaluators import build_evaluator, data_digest
+    from ..evaluation.spec import build_evaluator, data_digest
     from .reference_file import check_data, load_reference, reference_path
     job = job.checked()
     new, old = job_inputs(job), dict(ana.inputs or {})

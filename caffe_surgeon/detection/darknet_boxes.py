@@ -22,7 +22,9 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph import Graph
+from ..images.darknet_image import letterbox_image
 from ..layers.darknet import opt_int, opt_list
+from ..layers.registry import layers_with_role, spec_for
 
 F32 = np.float32
 
@@ -198,19 +200,38 @@ def network_boxes(graph: Graph, outputs: dict, im_w: int, im_h: int, thresh: flo
     """
     _, _, net_h, net_w = graph.inputs["data"]
     dets: list[Detection] = []
-    for layer in graph.layers:
-        if layer.type not in ("yolo", "region", "detection"):
-            continue
+    for layer in head_layers(graph):
         if layer.name not in outputs:
             raise ModelError(f"the output of {layer.type} layer '{layer.name}' was not computed")
         out = np.asarray(outputs[layer.name][batch_index], F32)
-        if layer.type == "yolo":
-            dets += yolo_detections(layer, out, im_w, im_h, net_w, net_h, thresh)
-        elif layer.type == "region":
-            dets += region_detections(layer, out, im_w, im_h, net_w, net_h, thresh)
-        else:
-            dets += detection_detections(layer, out, im_w, im_h, thresh)
+        decode = DECODERS[box_format(graph, layer)]
+        dets += decode(layer, out, im_w, im_h, net_w, net_h, thresh)
     return dets
+
+
+#: box_format of a Darknet head -> its ``get_*_detections``
+DECODERS = {
+    "yolo": yolo_detections,
+    "region": region_detections,
+    "yolo_v1": lambda layer, out, im_w, im_h, net_w, net_h, thresh:
+        detection_detections(layer, out, im_w, im_h, thresh),
+}
+#: heads whose boxes come in image pixels rather than relative to the image
+PIXEL_BOXES = frozenset({"yolo_v1"})
+
+
+def head_layers(graph: Graph) -> list:
+    """The layers whose output holds boxes darknet decodes ([yolo], [region], [detection])."""
+    return [l for l in layers_with_role(graph, "detector_head") if box_format(graph, l) in DECODERS]
+
+
+def box_format(graph: Graph, layer) -> str:
+    return spec_for(graph.framework, layer).box_format
+
+
+def boxes_in_pixels(graph: Graph, layer) -> bool:
+    """Whether ``layer``'s decoded boxes are in image pixels (YOLOv1) rather than relative."""
+    return box_format(graph, layer) in PIXEL_BOXES
 
 
 def _iou_matrix(dets: list[Detection]) -> np.ndarray:
@@ -293,10 +314,9 @@ def detections(graph: Graph, executor, image: np.ndarray, thresh: float = .25,
     Returns darknet's detection array after ``do_nms_sort``, in its final order
     (what ``draw_detections`` walks).
     """
-    from .image import letterbox_image
     _, c, net_h, net_w = graph.inputs["data"]
     _, im_h, im_w = image.shape
-    heads = [l.name for l in graph.layers if l.type in ("yolo", "region", "detection")]
+    heads = [l.name for l in head_layers(graph)]
     if not heads:
         raise ModelError("the net has no [yolo], [region] or [detection] layer to detect with",
                          file=graph.source_text)

@@ -1,0 +1,69 @@
+"""Caffe layers that score or train a net (metrics and losses) and sinks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ...errors import ModelError
+from ..caffe_geometry import (canonical_axis, conv_geometry, conv_out, deconv_out,
+                              pair, pool_out, shape_dims, sub)
+from ..fillers import fill
+from ..channel_flow import ChannelFlow, blocked, passthrough
+from ..registry import NEEDS_EVERY_CHANNEL, Counts, LayerSpec, Shape, register
+from .base import CaffeSpec, prod
+
+
+class _Scalar(CaffeSpec):
+    """Metrics and losses: one scalar per top, reading every channel of their inputs."""
+
+    channel_role = "block"
+    block_reason = NEEDS_EVERY_CHANNEL
+
+    def infer(self, layer, inputs):
+        return [()] * len(layer.tops)
+
+
+@register
+class Loss(_Scalar):
+    types = ("SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "ContrastiveLoss",
+             "MultiBoxLoss", "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "L1Loss",
+             "SmoothL1Loss")
+    roles = frozenset({"loss"})
+
+
+@register
+class Accuracy(_Scalar):
+    """Top-k accuracy; an optional second top holds the per-class accuracies (C)."""
+
+    types = ("Accuracy",)
+    roles = frozenset({"metric"})
+    metric_kind = "mean"
+
+    def infer(self, layer, inputs):
+        out = [(), (inputs[0][1],)] + [()] * len(layer.tops)
+        return out[: len(layer.tops)]
+
+
+@register
+class DetectionEvaluate(_Scalar):
+    """SSD's per-batch detection rows for the solver's mAP (one row block per top)."""
+
+    types = ("DetectionEvaluate",)
+    roles = frozenset({"metric"})
+    metric_kind = "detection_map"
+
+
+@register
+class Silence(CaffeSpec):
+    types = ("Silence",)
+    channel_role = "shape_only"
+    roles = frozenset({"no_top"})
+
+    def channel_flow(self, layer, inputs, outputs):
+        return ChannelFlow("shape_only")
+
+    def infer(self, layer, inputs):
+        return []
