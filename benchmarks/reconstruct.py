@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from caffe_surgeon.pruning import analyse, apply, make_plan, node_keep  # noqa: E402
 from caffe_surgeon.pruning.reconstruct import reconstruct  # noqa: E402
 from caffe_surgeon.workflow.ana import AnaJob, run_ana  # noqa: E402
-from caffe_surgeon.workflow.evaluators import build_evaluator, load_eval_graph  # noqa: E402
+from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph  # noqa: E402
 from caffe_surgeon.workflow.prune_rate import prune_to_rate  # noqa: E402
 
 FIX = ROOT / "fixtures" / "fashion"
