@@ -115,7 +115,7 @@ def ops_bounds(ctx, job) -> tuple[float, float, float]:
     naive = once = free = ideal = 1.0
     last_start = 0
     for grp in a.prunable_groups():
-        ru = ctx.reuse_of(grp.id)
+        ru = ctx.changed_layers(grp.id)
         last_start = max(last_start, ru.start)
         consumers = [i for i in ru.changed if not any(v[0] in ru.changed for v in reads[i])]
         once += (sum(full[ru.start:]) - sum(full[i] for i in ru.changed)) / total
@@ -148,13 +148,13 @@ def paired(job: AnaJob, repeats: int):
     Both share one loaded model and decoded data set (ana's own context), so model
     loading, decoding and the baseline (the same in both) are left out, and load
     from other processes on the machine hits both alike. Per group: naive = plan,
-    apply and full evaluation for every ratio; ana = the group's unit (prefix once per
+    apply and full evaluation for every ratio; ana = the group's evaluation (prefix once per
     batch, then each ratio from its first changed layer); and, for reference, the naive
     loop reading and decoding the data again for every evaluation.
     """
-    from caffe_surgeon.workflow.ana import _Context
+    from caffe_surgeon.workflow.ana_evaluation import IncrementalEvaluator
     job = job.checked()
-    ctx = _Context(job)
+    ctx = IncrementalEvaluator(job)
     g, a, ev = ctx.graph, ctx.analysis, ctx.evaluator
     baseline = ev.evaluate(g, ctx.executor)
     t_naive, t_ana, t_decoding = [], [], []
@@ -179,13 +179,14 @@ def paired(job: AnaJob, repeats: int):
                 return out
 
             def run_ana():
-                return {r: m for r, m, _ in ctx.unit(grp.id, job.ratios, baseline)}
+                return {r: m for r, m, _ in ctx.evaluate_group(grp.id, job.ratios, baseline)}
 
             def run_stopped(d):
                 def run():
                     ctx.job = replace(job, early_stop=d)
                     try:
-                        return {r: m for r, m, _ in ctx.unit(grp.id, job.ratios, baseline)}
+                        return {r: m for r, m, _ in
+                                ctx.evaluate_group(grp.id, job.ratios, baseline)}
                     finally:
                         ctx.job = job
                 return run
@@ -211,7 +212,7 @@ def paired(job: AnaJob, repeats: int):
     per_group = [(sum(t_naive[i::n]), sum(t_ana[i::n])) for i in range(n)]
     print(f"   evaluation phase, interleaved per group ({repeats} pass(es), same process):")
     for grp, (tn, ta) in zip(a.prunable_groups(), per_group):
-        ru = ctx.reuse_of(grp.id)
+        ru = ctx.changed_layers(grp.id)
         print(f"     group {grp.id:2d} {grp.producers[0]:18s} from layer {ru.start:3d} "
               f"({len(ru.changed):3d} changed of {len(g.layers) - ru.start:3d}): naive "
               f"{tn / repeats:7.2f} s  ana {ta / repeats:7.2f} s  {tn / ta:5.2f}x")
@@ -243,8 +244,8 @@ def bench(name: str, job: AnaJob, repeats: int, tmp: Path, cluster_address: str 
     if not SKIP_PAIRED:
         paired(job, paired_repeats)
     else:
-        from caffe_surgeon.workflow.ana import _Context
-        print(bounds_line(_Context(job.checked()), job), flush=True)
+        from caffe_surgeon.workflow.ana_evaluation import IncrementalEvaluator
+        print(bounds_line(IncrementalEvaluator(job.checked()), job), flush=True)
     if PAIRED_ONLY:
         return None
     rows: dict[str, list[float]] = {}

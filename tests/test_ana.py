@@ -26,7 +26,9 @@ from caffe_surgeon.errors import ModelError
 from caffe_surgeon.evaluation import CaffeEvaluator, DarknetClassifierEvaluator, DarknetDetectorEvaluator
 from caffe_surgeon.pruning import analyse, apply, make_plan
 from caffe_surgeon.workflow import ana as ana_mod
-from caffe_surgeon.workflow.ana import AnaJob, AnaResult, _Context, run_ana, write_reports
+from caffe_surgeon.workflow import ana_scheduling
+from caffe_surgeon.workflow.ana import AnaJob, AnaResult, run_ana, write_reports
+from caffe_surgeon.workflow.ana_evaluation import IncrementalEvaluator
 from caffe_surgeon.evaluation.spec import (CaffeAgreementEvaluator, build_evaluator,
                                                load_eval_graph, normalize_spec)
 
@@ -204,7 +206,7 @@ def test_two_workers_are_this_process_and_one_spawned(data_root, tmp_path, seria
     takes most of the others. An error in this process's share, or in the worker while
     this process is mid-unit, stops the run with that error and leaves no thread running."""
     mine = []
-    real_unit = _Context.unit
+    real_unit = IncrementalEvaluator.evaluate_group
 
     def slow_unit(self, gid, ratios, baseline):
         mine.append(gid)
@@ -212,24 +214,26 @@ def test_two_workers_are_this_process_and_one_spawned(data_root, tmp_path, seria
             time.sleep(1.5)
             yield item
 
-    monkeypatch.setattr(_Context, "unit", slow_unit)  # this process only (workers are spawned)
+    # this process only (workers are spawned)
+    monkeypatch.setattr(IncrementalEvaluator, "evaluate_group", slow_unit)
     state = tmp_path / "ana.json"
     result = run_ana(caffe_job(data_root), state, workers=2, progress=False)
     assert 1 <= len(mine) <= 4 and len(set(mine)) == len(mine)  # the worker did 2 or more
     assert result.evaluated == 18 and state.read_bytes() == serial_bytes
 
-    real_payload = ana_mod._payload
-    monkeypatch.setattr(ana_mod, "_payload", lambda *a: dict(real_payload(*a), data_sha256="0" * 64))
+    real_payload = ana_scheduling.worker_payload
+    monkeypatch.setattr(ana_scheduling, "worker_payload",
+                        lambda *a: dict(real_payload(*a), data_sha256="0" * 64))
     with pytest.raises(ModelError, match="decoded different evaluation data"):
         run_ana(caffe_job(data_root), tmp_path / "broken.json", workers=2, progress=False)
     assert not [t for t in threading.enumerate() if t.name == "ana-evaluate-here"]
-    monkeypatch.setattr(ana_mod, "_payload", real_payload)
+    monkeypatch.setattr(ana_scheduling, "worker_payload", real_payload)
 
     def failing_unit(self, gid, ratios, baseline):
         raise ModelError(f"group {gid} failed here")
         yield
 
-    monkeypatch.setattr(_Context, "unit", failing_unit)
+    monkeypatch.setattr(IncrementalEvaluator, "evaluate_group", failing_unit)
     with pytest.raises(ModelError, match="failed here"):
         run_ana(caffe_job(data_root), tmp_path / "fail.json", workers=2, progress=False)
     assert AnaResult.load(tmp_path / "fail.json").baseline is not None
@@ -239,7 +243,7 @@ def test_two_workers_are_this_process_and_one_spawned(data_root, tmp_path, seria
 def test_feeds_kept_in_a_mapped_file_give_the_same_bytes(data_root, tmp_path, serial_bytes,
                                                          monkeypatch):
     monkeypatch.setenv("CAFFE_SURGEON_FEED_MEMORY", "0")  # every batch spilled, workers too
-    ctx = _Context(caffe_job(data_root))
+    ctx = IncrementalEvaluator(caffe_job(data_root))
     assert ctx.evaluator.feeds.memory_bytes == 0 and ctx.evaluator.feeds.spilled_bytes > 0
     state = tmp_path / "ana.json"
     run_ana(caffe_job(data_root), state, workers=2, progress=False)
@@ -343,7 +347,7 @@ def test_early_stop_bookkeeping_with_shared_kept_counts_and_bad_baselines(data_r
     res.divisor = 4  # now 0.75 keeps 4 and 0.9 keeps 4: skipped
     assert res.skipped(0) == [0.75, 0.9] and res.missing(0) == [] and res.complete
     for base in (0.0, float("nan")):
-        monkeypatch.setattr(ana_mod._Context, "baseline", lambda self, b=base: b)
+        monkeypatch.setattr(IncrementalEvaluator, "baseline", lambda self, b=base: b)
         job = dataclasses.replace(caffe_job(data_root, ratios=[0.5]), early_stop=0.1)
         with pytest.raises(ModelError, match="cannot be done for a baseline that is 0 or not finite"):
             run_ana(job, tmp_path / f"b{base}.json", progress=False)
@@ -459,7 +463,7 @@ def test_changed_inputs_are_refused_with_what_changed(data_root, tmp_path, monke
     g.layer("conv1").weights["weight"] = g.layer("conv1").weights["weight"] * np.float32(1.5)
     cs.save(g, tmp_path / "scratch.prototxt", files[1])
     with monkeypatch.context() as m:
-        m.setattr(ana_mod, "_Context", lambda *a, **k: pytest.fail("context built"))
+        m.setattr(ana_mod, "IncrementalEvaluator", lambda *a, **k: pytest.fail("context built"))
         with pytest.raises(ModelError) as e:
             run_ana(job, state, progress=False)
         msg = str(e.value)

@@ -75,7 +75,7 @@ class CaffeDetectionAgreementEvaluator(CaffeEvaluator):
 
     def __init__(self, graph: Graph, test_iter: int = 100, base_dir=None, *,
                  truth_thresh: float = 0.25, iou_thresh: float = 0.5, reference=None):
-        heads = _ssd_heads(graph)
+        heads = ssd_heads(graph)
         if len(heads) != 1:
             raise ModelError(f"label-free detector evaluation needs one DetectionOutput layer, "
                              f"the TEST net has {len(heads)}", file=graph.source_text)
@@ -124,7 +124,7 @@ class CaffeDetectionAgreementEvaluator(CaffeEvaluator):
         return voc_map(self.box_rows(results), self.truths, self.classes, self.iou_thresh).mean
 
 
-def _ssd_heads(graph: Graph) -> list:
+def ssd_heads(graph: Graph) -> list:
     """The TEST net's layers that output decoded SSD detection rows (DetectionOutput)."""
     return [l for l in layers_with_role(graph, "detector_head")
             if spec_for(graph.framework, l).box_format == "ssd"]

@@ -240,7 +240,7 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
     def reference_state(self):
         return self.truths if self.label_free else None
 
-    def detections(self, results) -> list[list[detection.Detection]]:
+    def detections(self, results) -> list[list[darknet_boxes.Detection]]:
         """Per image, darknet's detection array after ``do_nms_sort`` (thresh ``self.thresh``)."""
         per_image = []
         for result in results:

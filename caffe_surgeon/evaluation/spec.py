@@ -57,7 +57,7 @@ from ..detection.ssd_map import AP_VERSIONS
 from ..errors import ModelError
 from ..graph import Graph
 from .base import Evaluator
-from .caffe_agreement import CaffeAgreementEvaluator, CaffeDetectionAgreementEvaluator
+from .caffe_agreement import CaffeAgreementEvaluator, CaffeDetectionAgreementEvaluator, ssd_heads
 from .caffe_eval import CaffeEvaluator
 from .darknet_eval import DarknetClassifierEvaluator, DarknetDetectorEvaluator
 
@@ -217,7 +217,7 @@ def build_evaluator(spec: dict, graph: Graph, *, darknet_bn: str = "pjreddie",
                          f"{graph.framework} model", file=graph.source_text)
     kind = spec["kind"]
     if kind == "caffe":
-        if spec["label_free"] and spec["score_blob"] is None and _ssd_heads(graph):
+        if spec["label_free"] and spec["score_blob"] is None and ssd_heads(graph):
             d = DEFAULTS["caffe"]
             return CaffeDetectionAgreementEvaluator(
                 graph, spec["test_iter"], spec["base_dir"],

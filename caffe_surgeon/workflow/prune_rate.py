@@ -70,7 +70,7 @@ def prune_evaluator(job, ana, state_path, graph: Graph):
     still compares with the analysed model: its outputs come from the reference
     file ``ana`` wrote (:mod:`.reference_file`), not from the current weights.
     """
-    from .ana import _changes, job_inputs
+    from .ana_state import describe_changes, job_inputs
     from ..evaluation.spec import build_evaluator, data_digest
     from .reference_file import check_data, load_reference, reference_path
     job = job.checked()
@@ -83,9 +83,10 @@ def prune_evaluator(job, ana, state_path, graph: Graph):
         if isinstance(out.get("evaluator"), dict):
             out["evaluator"] = {k: v for k, v in out["evaluator"].items() if k not in where}
         return out
-    changes = _changes(settings(old), settings(new))
+    changes = describe_changes(settings(old), settings(new))
     old_files = old.get("model_files") or [{}, {}]
-    changes += _changes({"model_files": old_files[:1]}, {"model_files": new["model_files"][:1]})
+    changes += describe_changes({"model_files": old_files[:1]},
+                                {"model_files": new["model_files"][:1]})
     if changes:
         raise _stale(state_path, changes)
     reference = stored = None
@@ -101,8 +102,8 @@ def prune_evaluator(job, ana, state_path, graph: Graph):
     evaluator = build_evaluator(job.evaluator, graph, darknet_bn=job.darknet_bn, reference=reference)
     digest = data_digest(evaluator)
     if old.get("data_sha256") and old["data_sha256"] != digest:
-        raise _stale(state_path, _changes({"data_sha256": old["data_sha256"]},
-                                          {"data_sha256": digest}))
+        raise _stale(state_path, describe_changes({"data_sha256": old["data_sha256"]},
+                                                  {"data_sha256": digest}))
     if stored is not None:
         check_data(state_path, stored, digest)
     return evaluator

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, make_folder
 
 _F32 = np.float32
 _CELL = 15
@@ -294,3 +294,24 @@ def write_sensitivity_plot(table: SensitivityTable, path, title: str | None = No
     except ModelError as e:
         raise e.located(file=path) from None
     atomic_write(path, data)
+
+
+SENSITIVITY_REPORT_NAMES = ("ana_sensitivity.txt", "ana_sensitivity.csv", "ana_sensitivity.png")
+
+
+def write_sensitivity_reports(table: SensitivityTable, folder) -> list[Path]:
+    """Write ``ana_sensitivity.txt`` (table), ``.csv`` and ``.png`` (if matplotlib is
+    installed) into ``folder`` (created), atomically; return the paths written."""
+    folder = Path(folder)
+    make_folder(folder)
+    txt, csv_, png = (folder / n for n in SENSITIVITY_REPORT_NAMES)
+    write_sensitivity_table(table, txt)
+    write_sensitivity_csv(table, csv_)
+    written = [txt, csv_]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return written
+    write_sensitivity_plot(table, png)
+    written.append(png)
+    return written

@@ -1,19 +1,9 @@
-"""Caffe layers that score or train a net (metrics and losses) and sinks.
-"""
+"""Caffe layers that score or train a net (metrics and losses) and sinks."""
 from __future__ import annotations
 
-import math
-from typing import Sequence
-
-import numpy as np
-
-from ...errors import ModelError
-from ..caffe_geometry import (canonical_axis, conv_geometry, conv_out, deconv_out,
-                              pair, pool_out, shape_dims, sub)
-from ..fillers import fill
-from ..channel_flow import ChannelFlow, blocked, passthrough
-from ..registry import NEEDS_EVERY_CHANNEL, Counts, LayerSpec, Shape, register
-from .base import CaffeSpec, prod
+from ..channel_flow import ChannelFlow
+from ..registry import NEEDS_EVERY_CHANNEL, register
+from .base import CaffeSpec
 
 
 class _Scalar(CaffeSpec):

@@ -1,18 +1,13 @@
-"""Caffe layers that map each channel on its own: BatchNorm, Scale, Bias, activations, pooling.
-"""
+"""Caffe layers that map each channel on its own: BatchNorm, Scale, Bias, activations, pooling."""
 from __future__ import annotations
-
-import math
-from typing import Sequence
 
 import numpy as np
 
 from ...errors import ModelError
-from ..caffe_geometry import (canonical_axis, conv_geometry, conv_out, deconv_out,
-                              pair, pool_out, shape_dims, sub)
+from ..caffe_geometry import (canonical_axis, pair, pool_out, sub)
 from ..fillers import fill
 from ..channel_flow import ChannelFlow, blocked, passthrough
-from ..registry import NEEDS_EVERY_CHANNEL, Counts, LayerSpec, Shape, register
+from ..registry import Counts, Shape, register
 from .base import CaffeSpec, prod
 
 

@@ -5,18 +5,10 @@ read (``data_format``) and which parameter message holds ``source`` and ``batch_
 """
 from __future__ import annotations
 
-import math
-from typing import Sequence
-
-import numpy as np
-
 from ...errors import ModelError
-from ..caffe_geometry import (canonical_axis, conv_geometry, conv_out, deconv_out,
-                              pair, pool_out, shape_dims, sub)
-from ..fillers import fill
-from ..channel_flow import ChannelFlow, blocked, passthrough
-from ..registry import NEEDS_EVERY_CHANNEL, Counts, LayerSpec, Shape, register
-from .base import CaffeSpec, prod
+from ..caffe_geometry import (shape_dims, sub)
+from ..registry import register
+from .base import CaffeSpec
 
 
 @register

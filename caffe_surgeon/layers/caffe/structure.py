@@ -1,18 +1,10 @@
-"""Caffe layers that join, split, reshape or resize blobs.
-"""
+"""Caffe layers that join, split, reshape or resize blobs."""
 from __future__ import annotations
 
-import math
-from typing import Sequence
-
-import numpy as np
-
 from ...errors import ModelError
-from ..caffe_geometry import (canonical_axis, conv_geometry, conv_out, deconv_out,
-                              pair, pool_out, shape_dims, sub)
-from ..fillers import fill
+from ..caffe_geometry import (canonical_axis, shape_dims, sub)
 from ..channel_flow import ChannelFlow, blocked, passthrough
-from ..registry import NEEDS_EVERY_CHANNEL, Counts, LayerSpec, Shape, register
+from ..registry import NEEDS_EVERY_CHANNEL, register
 from .base import CaffeSpec, prod
 
 

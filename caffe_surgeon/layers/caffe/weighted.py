@@ -1,18 +1,12 @@
-"""Caffe layers with learned arrays that create channels: convolutions and InnerProduct.
-"""
+"""Caffe layers with learned arrays that create channels: convolutions and InnerProduct."""
 from __future__ import annotations
-
-import math
-from typing import Sequence
-
-import numpy as np
 
 from ...errors import ModelError
 from ..caffe_geometry import (canonical_axis, conv_geometry, conv_out, deconv_out,
-                              pair, pool_out, shape_dims, sub)
+                              sub)
 from ..fillers import fill
-from ..channel_flow import ChannelFlow, blocked, passthrough
-from ..registry import NEEDS_EVERY_CHANNEL, Counts, LayerSpec, Shape, register
+from ..channel_flow import ChannelFlow, passthrough
+from ..registry import Counts, register
 from .base import CaffeSpec, prod
 
 

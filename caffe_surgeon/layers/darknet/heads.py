@@ -1,17 +1,11 @@
 """Darknet output layers: detection heads, softmax, cost."""
 from __future__ import annotations
 
-import math
-from typing import Sequence
-
-import numpy as np
-
 from ...errors import ModelError
-from ...graph import Layer
-from ..channel_flow import ChannelFlow, blocked, passthrough
-from ..registry import NEEDS_EVERY_CHANNEL, Counts, LayerSpec, Shape, register
-from .base import DarknetSpec, bn_arrays, chw, connected_arrays, has_bn, prod, producer_flow
-from .options import cdiv, opt_float, opt_int, opt_list
+from ..channel_flow import blocked
+from ..registry import NEEDS_EVERY_CHANNEL, register
+from .base import DarknetSpec, chw, prod
+from .options import opt_int, opt_list
 
 
 class _Head(DarknetSpec):

@@ -1,17 +1,9 @@
 """Darknet recurrent layers (rnn, gru): shapes and arrays only; channels are blocked."""
 from __future__ import annotations
 
-import math
-from typing import Sequence
-
-import numpy as np
-
-from ...errors import ModelError
-from ...graph import Layer
-from ..channel_flow import ChannelFlow, blocked, passthrough
-from ..registry import NEEDS_EVERY_CHANNEL, Counts, LayerSpec, Shape, register
-from .base import DarknetSpec, bn_arrays, chw, connected_arrays, has_bn, prod, producer_flow
-from .options import cdiv, opt_float, opt_int, opt_list
+from ..registry import Shape, register
+from .base import DarknetSpec, connected_arrays, has_bn, prod
+from .options import opt_int
 
 
 class _Recurrent(DarknetSpec):

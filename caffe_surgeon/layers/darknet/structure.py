@@ -1,17 +1,13 @@
 """Darknet layers that pool, join, route, resize or reorganise, and shape-keeping ones."""
 from __future__ import annotations
 
-import math
-from typing import Sequence
-
 import numpy as np
 
 from ...errors import ModelError
-from ...graph import Layer
 from ..channel_flow import ChannelFlow, blocked, passthrough
-from ..registry import NEEDS_EVERY_CHANNEL, Counts, LayerSpec, Shape, register
-from .base import DarknetSpec, bn_arrays, chw, connected_arrays, has_bn, prod, producer_flow
-from .options import cdiv, opt_float, opt_int, opt_list
+from ..registry import register
+from .base import DarknetSpec, chw
+from .options import cdiv, opt_int
 
 
 class _Pool(DarknetSpec):
