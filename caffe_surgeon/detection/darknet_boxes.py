@@ -211,8 +211,8 @@ def network_boxes(graph: Graph, outputs: dict, im_w: int, im_h: int, thresh: flo
 
 #: box_format of a Darknet head -> its ``get_*_detections``
 DECODERS = {
-    "yolo": yolo_detections,
-    "region": region_detections,
+    "yolo_v3": yolo_detections,
+    "yolo_v2": region_detections,
     "yolo_v1": lambda layer, out, im_w, im_h, net_w, net_h, thresh:
         detection_detections(layer, out, im_w, im_h, thresh),
 }

@@ -28,8 +28,8 @@ ROLES = {
 
 #: ``LayerSpec.box_format``: how a detector head's output encodes boxes.
 BOX_FORMATS = {
-    "yolo": "darknet [yolo]: anchors per mask, boxes relative to the letterboxed net input",
-    "region": "darknet [region] (YOLOv2): anchors in grid cells, relative boxes",
+    "yolo_v3": "darknet [yolo] (YOLOv3 on): anchors per mask, relative to the letterboxed input",
+    "yolo_v2": "darknet [region] (YOLOv2): anchors in grid cells, relative boxes",
     "yolo_v1": "darknet [detection] (YOLOv1): one grid, boxes already in image pixels",
     "ssd": "SSD DetectionOutput rows (image, label, score, xmin, ymin, xmax, ymax), relative",
 }

@@ -39,7 +39,7 @@ class _Head(DarknetSpec):
 class Yolo(_Head):
     types = ("yolo",)
     roles = frozenset({"detector_head"})
-    box_format = "yolo"
+    box_format = "yolo_v3"
     extra = 5
 
     def expect(self, layer):
@@ -60,7 +60,7 @@ class GaussianYolo(Yolo):
 class Region(_Head):
     types = ("region",)
     roles = frozenset({"detector_head"})
-    box_format = "region"
+    box_format = "yolo_v2"
 
     def expect(self, layer):
         num, classes = opt_int(layer, "num", 1), self.classes(layer)
