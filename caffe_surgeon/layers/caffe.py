@@ -805,7 +805,9 @@ class DeephiResize(CaffeSpec):
         x = inputs[0]
         if p.get("new_height") and p.get("new_width"):
             return [(x[0], x[1], int(p["new_height"]), int(p["new_width"]))]
-        return [(x[0], x[1], int(x[2] * float(p.get("scale_h", 2))), int(x[3] * float(p.get("scale_w", 2))))]
+        # caffe-xilinx: int = int * float (float32), scale_h/scale_w default 1 in its proto
+        return [(x[0], x[1], int(np.float32(x[2]) * np.float32(p.get("scale_h", 1))),
+                 int(np.float32(x[3]) * np.float32(p.get("scale_w", 1))))]
 
 
 @register

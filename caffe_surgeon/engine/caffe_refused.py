@@ -1,0 +1,29 @@
+"""Caffe layer types that have a shape rule but no forward in the NumPy engine, and why.
+
+Each ``refuse`` entry is what ``op_for`` (and so ``Executor``) reports for such a
+layer. The losses here are training-only: they compare a prediction with labels
+that an inference pass does not have, so they belong to the trainer (``finetune``).
+SoftmaxWithLoss, EuclideanLoss and SigmoidCrossEntropyLoss do have a forward
+(``caffe_ops``): the evaluation reads their value as a metric.
+"""
+from __future__ import annotations
+
+from .ops import refuse
+
+_TRAINING = "a training loss: runs in the trainer (finetune), not in inference"
+
+refuse("caffe", "ContrastiveLoss",
+       reason=f"{_TRAINING} (a siamese margin loss over two feature bottoms and a similarity label)")
+refuse("caffe", "HingeLoss",
+       reason=f"{_TRAINING} (an L1/L2 hinge over scores and integer labels)")
+refuse("caffe", "InfogainLoss",
+       reason=f"{_TRAINING} (a log loss weighted by an infogain matrix read from a file or a third bottom)")
+refuse("caffe", "MultinomialLogisticLoss",
+       reason=f"{_TRAINING} (a log loss over probabilities and integer labels)")
+refuse("caffe", "L1Loss",
+       reason=f"{_TRAINING} (a fork's L1 regression loss)")
+refuse("caffe", "SmoothL1Loss",
+       reason=f"{_TRAINING} (Fast R-CNN's box-regression loss with inside/outside weights)")
+refuse("caffe", "MultiBoxLoss",
+       reason=f"{_TRAINING} (SSD's loss: matches priors to ground-truth boxes and mines hard "
+              "negatives; DetectionOutput is its inference counterpart)")
