@@ -314,3 +314,45 @@ def test_hard_sigmoid_and_gelu_read_their_params(key):
     g = gelu(Layer("g", "GELU", ["x"], ["y"], {"gelu_param": {"coeff": 2.0}}), [x], RunContext())[0]
     one = gelu(Layer("g", "GELU", ["x"], ["y"], {}), [x], RunContext())[0]
     np.testing.assert_allclose(g, 2 * one, rtol=1e-7)
+
+
+PSP_HEAD = """name: "psp_head"
+input: "data"
+input_shape { dim: 2 dim: 3 dim: 24 dim: 24 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param { pool: AVE kernel_size: 12 stride: 12 } }
+layer { name: "pool1_conv" type: "Convolution" bottom: "pool1" top: "pool1_conv"
+  convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "pool1_interp" type: "Interp" bottom: "pool1_conv" top: "pool1_interp"
+  interp_param { height: 12 width: 12 } }
+layer { name: "pool3" type: "Pooling" bottom: "conv1" top: "pool3"
+  pooling_param { pool: AVE kernel_size: 4 stride: 4 } }
+layer { name: "pool3_interp" type: "Interp" bottom: "pool3" top: "pool3_interp"
+  interp_param { height: 12 width: 12 } }
+layer { name: "cat" type: "Concat" bottom: "conv1" bottom: "pool1_interp" bottom: "pool3_interp" top: "cat" }
+layer { name: "score" type: "Convolution" bottom: "cat" top: "score"
+  convolution_param { num_output: 5 kernel_size: 1 } }
+layer { name: "up" type: "Interp" bottom: "score" top: "up" interp_param { zoom_factor: 2 } }
+layer { name: "prob" type: "Softmax" bottom: "up" top: "prob" }
+"""
+
+
+def test_pspnet_style_head_runs_like_opencv(tmp_path):
+    """No zoo net has an Interp layer; a PSPNet pyramid-pooling head with synthetic weights
+    (cs.init) runs end to end and agrees with OpenCV."""
+    import caffe_surgeon as cs
+    (tmp_path / "psp.prototxt").write_text(PSP_HEAD)
+    g = cs.init(cs.load(tmp_path / "psp.prototxt"), seed=3)
+    cs.save(g, tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
+    g = cs.load(tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
+    x = rng.random((2, 3, 24, 24)).astype(F32)
+    got = Executor(g).run({"data": x}, ["up", "prob"])
+    net = oc.opencv_net(tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
+    theirs = oc.forward_of(net, {"data": x}, ["up", "prob"])
+    for name in ("up", "prob"):
+        want = theirs[name][0]
+        scale = np.abs(want).max()
+        assert np.abs(got[name] - want).max() <= 1e-5 * scale, name
