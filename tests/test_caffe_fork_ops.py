@@ -63,20 +63,18 @@ def interp2_twin(x, y1, x1, h1, w1, h2, w2):
     out = np.zeros((n, c, h2, w2), F32)
     if (h1, w1) == (h2, w2):
         return np.ascontiguousarray(x[:, :, y1:y1 + h1, x1:x1 + w1])
-    rh = F32(h1 - 1) / F32(h2 - 1) if h2 > 1 else F32(0)
-    rw = F32(w1 - 1) / F32(w2 - 1) if w2 > 1 else F32(0)
+
+    def tap(n1, n2, i):  # (int) truncation, the +1 neighbour unless at the end, float lambdas
+        r = F32(n1 - 1) / F32(n2 - 1) if n2 > 1 else F32(0)
+        pos = F32(r * F32(i))
+        k = int(pos)
+        lam = F32(pos - F32(k))
+        return k, (1 if k < n1 - 1 else 0), F32(1) - lam, lam
+
     for i in range(h2):
-        h1r = F32(rh * F32(i))
-        hh = int(h1r)
-        hp = 1 if hh < h1 - 1 else 0
-        l1 = F32(h1r - F32(hh))
-        l0 = F32(1) - l1
+        hh, hp, l0, l1 = tap(h1, h2, i)
         for j in range(w2):
-            w1r = F32(rw * F32(j))
-            ww = int(w1r)
-            wp = 1 if ww < w1 - 1 else 0
-            m1 = F32(w1r - F32(ww))
-            m0 = F32(1) - m1
+            ww, wp, m0, m1 = tap(w1, w2, j)
             p = x[:, :, y1 + hh:, x1 + ww:]
             out[:, :, i, j] = l0 * (m0 * p[:, :, 0, 0] + m1 * p[:, :, 0, wp]) + \
                 l1 * (m0 * p[:, :, hp, 0] + m1 * p[:, :, hp, wp])

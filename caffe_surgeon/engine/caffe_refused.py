@@ -12,18 +12,16 @@ from .ops import refuse
 
 _TRAINING = "a training loss: runs in the trainer (finetune), not in inference"
 
-refuse("caffe", "ContrastiveLoss",
-       reason=f"{_TRAINING} (a siamese margin loss over two feature bottoms and a similarity label)")
-refuse("caffe", "HingeLoss",
-       reason=f"{_TRAINING} (an L1/L2 hinge over scores and integer labels)")
-refuse("caffe", "InfogainLoss",
-       reason=f"{_TRAINING} (a log loss weighted by an infogain matrix read from a file or a third bottom)")
-refuse("caffe", "MultinomialLogisticLoss",
-       reason=f"{_TRAINING} (a log loss over probabilities and integer labels)")
-refuse("caffe", "L1Loss",
-       reason=f"{_TRAINING} (a fork's L1 regression loss)")
-refuse("caffe", "SmoothL1Loss",
-       reason=f"{_TRAINING} (Fast R-CNN's box-regression loss with inside/outside weights)")
-refuse("caffe", "MultiBoxLoss",
-       reason=f"{_TRAINING} (SSD's loss: matches priors to ground-truth boxes and mines hard "
-              "negatives; DetectionOutput is its inference counterpart)")
+#: loss type -> what it computes (its reason is _TRAINING, then this)
+_LOSSES = {
+    "ContrastiveLoss": "a siamese margin loss over two feature bottoms and a similarity label",
+    "HingeLoss": "an L1/L2 hinge over scores and integer labels",
+    "InfogainLoss": "a log loss weighted by an infogain matrix read from a file or a third bottom",
+    "MultinomialLogisticLoss": "a log loss over probabilities and integer labels",
+    "L1Loss": "a fork's L1 regression loss",
+    "SmoothL1Loss": "Fast R-CNN's box-regression loss with inside/outside weights",
+    "MultiBoxLoss": "SSD's loss: matches priors to ground-truth boxes and mines hard negatives; "
+                    "DetectionOutput is its inference counterpart",
+}
+for _type, _what in _LOSSES.items():
+    refuse("caffe", _type, reason=f"{_TRAINING} ({_what})")
