@@ -48,7 +48,7 @@ from caffe_surgeon.detection import darknet_boxes as detection
 from caffe_surgeon.engine import Executor, darknet_ops
 from caffe_surgeon.images import darknet_image as image
 from caffe_surgeon.engine.darknet_activations import ACTIVATIONS
-from caffe_surgeon.engine.ops import RunContext, op_for
+from caffe_surgeon.engine.ops import RunContext, op_for, refused
 from caffe_surgeon.errors import ModelError
 from caffe_surgeon.graph import Layer
 from caffe_surgeon.layers.darknet import opt_int
@@ -416,7 +416,7 @@ def test_alexeyab_sections_against_opencv(tmp_path):
 @pytest.mark.parametrize("spec", [s for s in od.all_cfgs() if s not in CV_FAST])
 def test_every_cfg_against_opencv(spec, tmp_path):
     graph = read_darknet(od.zoo_or_debian(spec))
-    unrunnable = {l.type for l in graph.layers} & (set(darknet_ops.REFUSED) | {"detection", "local"})
+    unrunnable = {l.type for l in graph.layers} & (set(refused("darknet")) | {"detection", "local"})
     if unrunnable or any(l.params.get("tree") for l in graph.layers):
         pytest.skip(f"OpenCV cannot run {sorted(unrunnable) or 'softmax trees'}")
     od.check_against_opencv(spec, tmp_path)
@@ -516,7 +516,7 @@ def test_cfg_against_libdarknet(spec, tmp_path):
                                   and s not in LIB_FAST])
 def test_every_pjreddie_cfg_against_libdarknet(spec, tmp_path):
     graph = read_darknet(od.zoo_or_debian(spec))
-    refused = {l.type for l in graph.layers} & set(darknet_ops.REFUSED)
+    refused = {l.type for l in graph.layers} & set(refused("darknet"))
     if refused or any(l.params.get("tree") for l in graph.layers):
         pytest.skip(f"not runnable here: {sorted(refused) or 'softmax tree'}")
     od.check_against_libdarknet(od.zoo_or_debian(spec), tmp_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import tokenize
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,10 @@ from caffe_surgeon.layers.roles import BOX_FORMATS, DATA_FORMATS, METRIC_KINDS, 
 
 PACKAGE = Path(__file__).resolve().parents[1] / "caffe_surgeon"
 
-#: where type names belong: the specs, and each backend's table modules
-HOMES = ("layers/", "engine/caffe_ops.py", "engine/darknet_ops.py", "engine/ssd_ops.py",
-         "engine/caffe_epilogues.py", "engine/ops.py", "engine/caffe_resize_ops.py",
-         "engine/caffe_norm_ops.py", "engine/darknet_activations.py")
+#: where type names belong: the specs, and each backend's table modules (the NumPy engine's
+#: forwards, refusals, fused stages and Darknet activation defaults)
+HOMES = ("layers/*", "engine/*_ops.py", "engine/ops.py", "engine/caffe_refused.py",
+         "engine/caffe_epilogues.py", "engine/darknet_activations.py")
 #: (module, string): quoted text that is a type name only by coincidence, and why
 KEPT = {
     # V1 files name types by enum; the upgrade maps each enum to its type name (format data).
@@ -46,7 +47,7 @@ def type_switches(root: Path) -> list[str]:
     found = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith(HOMES) or rel.endswith("_pb2.py"):
+        if any(fnmatch(rel, home) for home in HOMES) or rel.endswith("_pb2.py"):
             continue
         for line, text in _strings(path):
             if text in types and (rel, text) not in KEPT:
@@ -109,3 +110,11 @@ def test_roles_answer_what_the_callers_ask():
     assert darknet["shortcut"].link_key == "from" and not darknet["shortcut"].links_replace_previous
     assert darknet["local"].default_activation == "logistic"
     assert darknet["maxpool"].default_activation == "linear"
+
+
+def test_fusion_followers_and_the_engines_fused_stages_agree():
+    from caffe_surgeon.engine import caffe_epilogues
+
+    followers = set(registry.specs("caffe", "fusion_follower"))
+    assert followers == set(caffe_epilogues.STAGES)
+    assert set(caffe_epilogues.FITS) <= followers

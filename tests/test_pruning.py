@@ -453,11 +453,11 @@ def _darknet_specs():
 @pytest.mark.parametrize("spec", _darknet_specs())
 def test_every_darknet_cfg_dense_equals_sparse_and_opencv(spec, tmp_path):
     import oracle_darknet as od
-    from caffe_surgeon.engine import darknet_ops
+    from caffe_surgeon.engine.ops import refused
     from darknet_io import init_darknet_weights, read_darknet, write_darknet
     try:
         g = read_darknet(od.zoo_or_debian(spec))
-        refused = {l.type for l in g.layers} & set(darknet_ops.REFUSED)
+        refused = {l.type for l in g.layers} & set(refused("darknet"))
         if refused or any(l.params.get("tree") for l in g.layers):
             pytest.skip(f"our engine cannot run it: {sorted(refused) or 'softmax tree'}")
         init_darknet_weights(g, seed=5)

@@ -21,7 +21,7 @@ Fork differences and how they are chosen (``ctx`` is the executor's RunContext):
   literally, including pjreddie's famous mixed-up channel order.
 
 Sections without a forward here raise a ModelError naming the section and why
-(see :data:`REFUSED`).
+(``refuse`` entries at the end, kept in :data:`.ops.REFUSED`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from . import darknet_activations as acts
 from .kernels.conv import conv2d, deconv2d, winograd_weights
 from .kernels.epilogue import Epilogue
 from .kernels.pooling import avgpool, maxpool
-from .ops import op
+from .ops import op, refuse
 
 F32 = np.float32
 #: normalize_cpu epsilons (see module docstring).
@@ -551,21 +551,12 @@ def normalization(layer, inputs, ctx):
 
 
 # ---------------------------------------------------------------- refused
-#: sections with a shape rule but no forward, and why.
-REFUSED = {
-    "rnn": "recurrent: darknet carries the hidden state from one network_predict call to "
-           "the next, so one stateless forward pass would not match it",
-    "gru": "recurrent: darknet carries the hidden state from one network_predict call to "
-           "the next, so one stateless forward pass would not match it",
-    "Gaussian_yolo": "AlexeyAB-only head whose test-time activations (which of its 9 box values "
-                     "get a logistic) could not be checked against a reference; no cfg here uses it",
-    "iseg": "instance-segmentation head with no test-time semantics in either darknet",
-}
-
-
-def _refuse(layer, inputs, ctx):
-    raise ModelError(f"[{layer.type}] has no forward implementation: {REFUSED[layer.type]}")
-
-
-for _t in REFUSED:
-    op("darknet", _t)(_refuse)
+# sections with a shape rule but no forward, and why
+refuse("darknet", "rnn", "gru",
+       reason="recurrent: darknet carries the hidden state from one network_predict call to "
+              "the next, so one stateless forward pass would not match it")
+refuse("darknet", "Gaussian_yolo",
+       reason="AlexeyAB-only head whose test-time activations (which of its 9 box values "
+              "get a logistic) could not be checked against a reference; no cfg here uses it")
+refuse("darknet", "iseg",
+       reason="instance-segmentation head with no test-time semantics in either darknet")

@@ -4,6 +4,11 @@ Kept beside, not inside, the layer specs so that reading and ``stat`` never
 import the numerical code (and with it Numba). A forward function has the
 signature ``fn(layer, inputs, ctx) -> list[np.ndarray]`` and must not modify
 ``inputs`` unless ``ctx.donated(i)`` says input ``i`` is dead after this layer.
+
+This is the NumPy engine's backend table. Every layer type with a spec
+(``layers.registry.REGISTRY``) has here either a forward (:data:`OPS`, filled
+by :func:`op`) or a stated refusal (:data:`REFUSED`, filled by :func:`refuse`),
+never both; ``tests/test_backend_coverage.py`` holds every backend to that.
 """
 from __future__ import annotations
 
@@ -13,26 +18,61 @@ from typing import Callable
 from ..errors import ModelError
 
 OPS: dict[tuple[str, str], Callable] = {}
+#: (framework, type) -> why this engine has no forward for a type that has a spec (one line).
+REFUSED: dict[tuple[str, str], str] = {}
+
+
+def _claim(framework: str, t: str) -> None:
+    if (framework, t) in OPS or (framework, t) in REFUSED:
+        raise RuntimeError(f"{framework} {t} registered twice (forward or refusal)")
 
 
 def op(framework: str, *types: str):
     """Decorator registering a forward function for the given layer types."""
     def register(fn):
         for t in types:
-            if (framework, t) in OPS:
-                raise RuntimeError(f"forward for {framework} {t} registered twice")
+            _claim(framework, t)
             OPS[(framework, t)] = fn
         return fn
     return register
 
 
+def refuse(framework: str, *types: str, reason: str) -> None:
+    """State that this engine has no forward for ``types``, and why (one line, no final stop)."""
+    if not reason or "\n" in reason:
+        raise RuntimeError(f"refusal of {framework} {types} needs a one-line reason")
+    for t in types:
+        _claim(framework, t)
+        REFUSED[(framework, t)] = reason
+
+
 def _load():
-    from . import caffe_ops, darknet_ops, ssd_ops  # noqa: F401  (they register themselves)
+    # the forward modules register themselves on import
+    from . import (caffe_activation_ops, caffe_norm_ops, caffe_ops, caffe_refused,  # noqa: F401
+                   caffe_resize_ops, darknet_ops, ssd_ops)
+
+
+def tables() -> tuple[dict, dict]:
+    """(:data:`OPS`, :data:`REFUSED`) with every forward module loaded (the backend protocol
+    of ``tests/test_backend_coverage.py``)."""
+    _load()
+    return OPS, REFUSED
+
+
+def refused(framework: str) -> dict[str, str]:
+    """Layer type -> reason, for the types of ``framework`` this engine refuses to run."""
+    _load()
+    return {t: why for (f, t), why in REFUSED.items() if f == framework}
 
 
 def op_for(framework: str, layer, file=None) -> Callable:
     _load()
     fn = OPS.get((framework, layer.type))
+    why = REFUSED.get((framework, layer.type))
+    if why is not None:
+        name = f"[{layer.type}]" if framework == "darknet" else f"{layer.type}"
+        raise ModelError(f"{name} has no forward implementation: {why}", file=file,
+                         layer=layer.name)
     if fn is None:
         known = sorted(t for f, t in OPS if f == framework)
         raise ModelError(f"no forward implementation for {framework} layer type '{layer.type}' "

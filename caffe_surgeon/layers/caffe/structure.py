@@ -1,8 +1,10 @@
 """Caffe layers that join, split, reshape or resize blobs."""
 from __future__ import annotations
 
+import numpy as np
+
 from ...errors import ModelError
-from ..caffe_geometry import (canonical_axis, shape_dims, sub)
+from ..caffe_geometry import canonical_axis, shape_dims, sub
 from ..channel_flow import ChannelFlow, blocked, passthrough
 from ..registry import NEEDS_EVERY_CHANNEL, register
 from .base import CaffeSpec, prod
@@ -260,7 +262,9 @@ class DeephiResize(CaffeSpec):
         x = inputs[0]
         if p.get("new_height") and p.get("new_width"):
             return [(x[0], x[1], int(p["new_height"]), int(p["new_width"]))]
-        return [(x[0], x[1], int(x[2] * float(p.get("scale_h", 2))), int(x[3] * float(p.get("scale_w", 2))))]
+        # caffe-xilinx: int = int * float (float32), scale_h/scale_w default 1 in its proto
+        return [(x[0], x[1], int(np.float32(x[2]) * np.float32(p.get("scale_h", 1))),
+                 int(np.float32(x[3]) * np.float32(p.get("scale_w", 1))))]
 
 
 @register
