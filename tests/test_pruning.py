@@ -178,8 +178,9 @@ def test_ratio_file_maps_layers_to_groups(tmp_path):
 
 
 # ------------------------------------------------------------------ surgery
-def _dense_sparse_check(graph, ratio=0.5, criterion="l1", tmp_path=None, opencv=False):
-    a = analyse(graph)
+def _dense_sparse_check(graph, ratio=0.5, criterion="l1", tmp_path=None, opencv=False,
+                        input_shapes=None):
+    a = analyse(graph, input_shapes=input_shapes)
     plan = make_plan(a, ratio=ratio, criterion=criterion)
     dense, sparse = apply(graph, plan, "dense", analysis=a), apply(graph, plan, "sparse", analysis=a)
     x = feeds(graph, shapes=a.shapes)
