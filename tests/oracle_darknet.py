@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import libdarknet_oracle as lo
-from assets import shared_dir
+from assets import DARKNET_SHARE, missing_oracle, shared_dir
 
 from caffe_surgeon.engine import Executor, detection
 from caffe_surgeon.layers.darknet import opt_float, opt_int, opt_list
@@ -33,17 +33,17 @@ except ImportError:  # pragma: no cover - opencv-python-headless<5 is a test dep
     cv2 = None
 
 F32 = np.float32
-DEBIAN = Path("/usr/share/darknet")
+DEBIAN = DARKNET_SHARE
 
 
 def zoo_or_debian(spec: str) -> Path:
-    """'debian:yolov3-tiny.cfg' or a path under shared/zoo/darknet; skips if absent."""
+    """'debian:yolov3-tiny.cfg' or a path under shared/zoo/darknet; missing_oracle if absent."""
     if spec.startswith("debian:"):
         path = DEBIAN / "cfg" / spec.split(":", 1)[1]
     else:
         path = shared_dir() / "zoo" / "darknet" / spec
     if not path.exists():
-        pytest.skip(f"{path} not found")
+        missing_oracle(f"{path} not found")
     return path
 
 

