@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import caffe_surgeon as cs
+
 import libdarknet_oracle as lo
 from assets import DARKNET_SHARE, missing_oracle, shared_dir
 
 from caffe_surgeon.engine import Executor, detection
 from caffe_surgeon.layers.darknet import opt_float, opt_int, opt_list
 from caffe_surgeon.layers.registry import infer_shapes
-from darknet_io import init_darknet_weights, read_darknet, write_darknet
+from darknet_io import read_darknet, write_darknet
 
 try:
     import cv2
@@ -49,7 +51,7 @@ def zoo_or_debian(spec: str) -> Path:
 
 def synthetic(cfg: Path, tmp_path: Path):
     """(graph with seed-0 weights, weights file written by write_darknet)."""
-    g = init_darknet_weights(read_darknet(cfg), seed=0)
+    g = cs.init(read_darknet(cfg), seed=0)
     weights = tmp_path / (cfg.stem + ".weights")
     write_darknet(g, None, weights)
     return read_darknet(cfg, weights), weights

@@ -5,7 +5,7 @@ Four layers of evidence:
 1. Every forward function with non-trivial index arithmetic or vectorisation
    against ``darknet_reference.py`` (darknet's C loops transcribed), and every
    activation against a scalar transcription of ``activations.h``.
-2. Real zoo/Debian cfgs with synthetic weights (``init_darknet_weights``,
+2. Real zoo/Debian cfgs with synthetic weights (``cs.init``,
    seed 0) against OpenCV's ``readNetFromDarknet``: every network output
    (fusion on, as users run it) and every layer (fusion off: OpenCV's fused
    conv+BN+eltwise nodes report the *sum* as the conv's output, so
@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import caffe_surgeon as cs
+
 import darknet_reference as ref
 import libdarknet_oracle as lo
 import oracle_darknet as od
@@ -51,7 +53,7 @@ from caffe_surgeon.errors import ModelError
 from caffe_surgeon.graph import Layer
 from caffe_surgeon.layers.darknet import opt_int
 from caffe_surgeon.layers.registry import REGISTRY, infer_shapes
-from darknet_io import init_darknet_weights, read_darknet, write_darknet
+from darknet_io import read_darknet, write_darknet
 
 F32 = np.float32
 DEBIAN = DARKNET_SHARE
@@ -360,7 +362,7 @@ def test_batchnorm_flavours(flavour):
 def test_refused_sections_say_why(tmp_path):
     cfg = tmp_path / "rnn.cfg"
     cfg.write_text("[net]\ninputs=4\n[rnn]\noutput=3\n")
-    g = init_darknet_weights(read_darknet(cfg), 0)
+    g = cs.init(read_darknet(cfg), seed=0)
     with pytest.raises(ModelError, match=r"rnn_0.*\[rnn\] has no forward.*hidden state"):
         Executor(g).run({"data": np.zeros((1, 4, 1, 1), F32)})
     for layer, why in ((make("region", tree="data/9k.tree", num=1, classes=1), "softmax tree"),
@@ -675,7 +677,7 @@ def test_box_decoding_and_nms_match_libdarknet(spec, tmp_path):
 def test_detect_needs_a_detection_head(tmp_path):
     cfg = tmp_path / "cls.cfg"
     cfg.write_text("[net]\nheight=4\nwidth=4\nchannels=3\n[convolutional]\nfilters=2\nsize=1\n")
-    g = init_darknet_weights(read_darknet(cfg), 0)
+    g = cs.init(read_darknet(cfg), seed=0)
     with pytest.raises(ModelError, match=r"no \[yolo\], \[region\] or \[detection\] layer"):
         detection.detect(g, Executor(g), rand(3, 5, 7, lo_=0, hi=1))
 

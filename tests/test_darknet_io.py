@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import caffe_surgeon as cs
+
 from caffe_surgeon.errors import ModelError
 from caffe_surgeon.layers.registry import infer_shapes, spec_for
-from darknet_io import init_darknet_weights, read_darknet, weight_layouts, write_darknet
+from darknet_io import read_darknet, weight_layouts, write_darknet
 from darknet_io.weights import Header, total_floats
 
 from assets import (DARKNET_SHARE, LIBDARKNET, darknet_binary, need_module, need_path,
@@ -285,7 +287,7 @@ def test_failed_read_or_write_leaves_no_file(yolov3_tiny, tmp_path):
 # ----------------------------------------------------------------- synthetic weights
 @pytest.mark.parametrize("cfg", _weights_params())
 def test_init_weights_round_trip_byte_identical(cfg, tmp_path):
-    g = init_darknet_weights(read_darknet(cfg), seed=7)
+    g = cs.init(read_darknet(cfg), seed=7)
     write_darknet(g, tmp_path / "a.cfg", tmp_path / "a.weights")
     g2 = read_darknet(tmp_path / "a.cfg", tmp_path / "a.weights")
     write_darknet(g2, tmp_path / "b.cfg", tmp_path / "b.weights")
@@ -293,7 +295,7 @@ def test_init_weights_round_trip_byte_identical(cfg, tmp_path):
     g2.name, g2.source = g.name, g.source
     assert g.same_as(g2), g.diff(g2)
     # deterministic, and BN statistics are not constants
-    again = init_darknet_weights(read_darknet(cfg), seed=7)
+    again = cs.init(read_darknet(cfg), seed=7)
     assert all(a.same_as(b) for a, b in zip(g.layers, again.layers))
     for layer in g.layers:
         if "rolling_variance" in layer.weights and layer.weights["rolling_variance"].size > 1:
@@ -319,7 +321,7 @@ def _libdarknet_resave(cfg: Path, weights: Path, out: Path) -> None:
 @pytest.mark.parametrize("name", ["pjreddie_sections.cfg", "pjreddie_rnn.cfg"])
 def test_libdarknet_reads_and_writes_our_weights_unchanged(name, tmp_path):
     """pjreddie's load_weights + save_weights reproduce our file: same layout, same length."""
-    g = init_darknet_weights(read_darknet(FIXTURES / name), seed=3)
+    g = cs.init(read_darknet(FIXTURES / name), seed=3)
     write_darknet(g, tmp_path / "m.cfg", tmp_path / "m.weights")
     _libdarknet_resave(tmp_path / "m.cfg", tmp_path / "m.weights", tmp_path / "dk.weights")
     assert (tmp_path / "dk.weights").read_bytes() == (tmp_path / "m.weights").read_bytes()
@@ -328,7 +330,7 @@ def test_libdarknet_reads_and_writes_our_weights_unchanged(name, tmp_path):
 @pytest.mark.parametrize("name", ["pjreddie_sections.cfg", "pjreddie_rnn.cfg"])
 def test_transposed_connected_weights_follow_libdarknet(name, tmp_path):
     """A file with minor > 1000 stores connected matrices as (in, out); darknet flips them back."""
-    g = init_darknet_weights(read_darknet(FIXTURES / name), seed=4)
+    g = cs.init(read_darknet(FIXTURES / name), seed=4)
     raw = struct.pack("<3iI", 0, 1001, 0, 0)  # minor > 1000: transposed, 32-bit seen
     g.origin.header = Header(0, 1001, 0, 0, raw)
     write_darknet(g, tmp_path / "m.cfg", tmp_path / "t.weights")
@@ -514,7 +516,7 @@ def test_shapes_equal_opencv(cfg):
 
 def test_graph_without_origin_is_written_from_scratch(tmp_path):
     """A graph built in code (no original text) still writes a cfg darknet reads the same way."""
-    g = init_darknet_weights(read_darknet(FIXTURES / "pjreddie_sections.cfg"), seed=1)
+    g = cs.init(read_darknet(FIXTURES / "pjreddie_sections.cfg"), seed=1)
     g.origin = None
     for layer in g.layers:
         layer.origin = None
@@ -553,7 +555,7 @@ def test_loading_real_weights_costs_at_most_two_raw_reads(yolov3_tiny):
 
 
 def test_weights_only_write_matches_full_write(tmp_path):
-    g = init_darknet_weights(read_darknet(FIXTURES / "pjreddie_rnn.cfg"), seed=5)
+    g = cs.init(read_darknet(FIXTURES / "pjreddie_rnn.cfg"), seed=5)
     write_darknet(g, None, tmp_path / "only.weights")
     write_darknet(g, tmp_path / "both.cfg", tmp_path / "both.weights")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["both.cfg", "both.weights", "only.weights"]

