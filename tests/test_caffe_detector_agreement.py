@@ -8,7 +8,6 @@ computed from OpenCV's outputs on the same blobs.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
