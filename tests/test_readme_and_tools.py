@@ -80,18 +80,33 @@ def test_readme_quick_start_runs_the_workflow_on_the_shipped_example(tmp_path):
     assert "-reconstruct 64" in README and "0.916 -> 0.906" in README and "0.916 -> 0.668" in README
 
 
-@pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_runs(command, tmp_path):
-    argv = shlex.split(command)
-    proc = subprocess.run([sys.executable, "-m", ENTRY[argv[0]], *argv[1:]], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() or proc.stderr.strip()
+def in_tmp(text: str, tmp_path: Path) -> str:
+    """The README writes under /tmp; a test writes under its own tmp_path."""
+    return text.replace("/tmp/", f"{tmp_path}/")
 
 
-def test_readme_python_example_runs():
-    code = blocks("python")[0]
+def test_readme_commands_run_in_order(tmp_path):
+    """In the README's order: later commands read what earlier ones wrote (the plan, the
+    sparse model); the checkout's fixtures are only read."""
+    commands = readme_commands()
+    assert len(commands) >= 10 and any("--plan" in c for c in commands)
+    before = {p: p.stat().st_mtime_ns for p in (ROOT / "fixtures").rglob("*")}
+    for command in commands:
+        argv = shlex.split(in_tmp(command, tmp_path))
+        proc = subprocess.run([sys.executable, "-m", ENTRY[argv[0]], *argv[1:]], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert proc.stdout.strip() or proc.stderr.strip(), command
+    assert {p: p.stat().st_mtime_ns for p in (ROOT / "fixtures").rglob("*")} == before
+    assert (tmp_path / "tiny_sparse" / "transformed.caffemodel").is_file()
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    code = in_tmp(blocks("python")[0], tmp_path)
+    monkeypatch.chdir(ROOT)  # its paths are relative to the checkout
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert "Convolution" in capsys.readouterr().out
+    assert (tmp_path / "copy.caffemodel").is_file()
 
 
 def test_batch_stat_on_the_zoo(tmp_path):

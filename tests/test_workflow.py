@@ -6,6 +6,8 @@ uniform L1 at the same operations reduction.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 from pathlib import Path
@@ -14,14 +16,15 @@ import numpy as np
 import pytest
 
 import caffe_surgeon as cs
+from assets import FASHION_DATA, needs
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures" / "fashion"
-DATASET = Path("/usr/share/datasets/fashion-mnist")
+DATASET = FASHION_DATA
 COUNT = 300  # images: 6 test batches of 50
 
-pytestmark = pytest.mark.skipif(not (DATASET / "t10k-images-idx3-ubyte.gz").exists(),
-                                reason="Debian package dataset-fashion-mnist not installed")
+pytestmark = needs((DATASET / "t10k-images-idx3-ubyte.gz").exists(),
+                   "Debian package dataset-fashion-mnist not installed")
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +76,23 @@ pruner {
 """
 
 
-def test_caffe_ana_prune_transform_stat(work, capsys):
+@pytest.fixture(scope="module")
+def caffe_pruned(work):
+    """``vai_p_caffe ana`` then ``prune`` (rate 0.5) from CONFIG in ``work``, once; prune's output."""
     from caffe_surgeon.cli.vai_p_caffe import main
     (work / "config.prototxt").write_text(CONFIG)
-    assert run_in(work, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run_in(work, main, ["ana", "-config", "config.prototxt", "-no_progress"]) == 0
     assert (work / "ws" / ".ana.regular").exists()
-    capsys.readouterr()
-    assert run_in(work, main, ["prune", "-config", "config.prototxt"]) == 0
-    out = capsys.readouterr().out
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_in(work, main, ["prune", "-config", "config.prototxt"]) == 0
+    return out.getvalue()
+
+
+def test_caffe_ana_prune_transform_stat(work, caffe_pruned, capsys):
+    from caffe_surgeon.cli.vai_p_caffe import main
+    out = caffe_pruned
     assert "Analysis info found." in out and "Operations" in out and "Accuracy" in out
     rdir = work / "ws" / "regular_rate_0.5"
     assert (rdir / "sparse.caffemodel").exists() and (rdir / "final.prototxt").exists()
@@ -103,14 +115,12 @@ def test_caffe_ana_prune_transform_stat(work, capsys):
     assert f"{final.ops:,}".replace(",", "") in stat_out.replace(",", "")
 
 
-def test_caffe_prune_accuracy_beats_uniform_l1(work):
+def test_caffe_prune_accuracy_beats_uniform_l1(work, caffe_pruned):
     """At the same operations reduction, the sensitivity allocation keeps more accuracy."""
     from caffe_surgeon.pruning import analyse, apply, make_plan
     from caffe_surgeon.workflow.allocate import OpsCounter
     from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph
     rdir = work / "ws" / "regular_rate_0.5"
-    if not (rdir / "plan.json").exists():
-        pytest.skip("needs test_caffe_ana_prune_transform_stat first")
     spec = {"kind": "caffe", "acc_name": "top-1", "test_iter": 6, "base_dir": str(work)}
     g = load_eval_graph("caffe", [str(work / "fashion_train_val.prototxt"),
                                   str(work / "fashion.caffemodel")], spec)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from assets import zoo
+from assets import need_module, zoo
 from caffe_surgeon.errors import ModelError
 from caffe_surgeon.workflow import (PruneSummary, SensitivityRow, SensitivityTable,
                                     format_prune_summary, format_rate, format_sensitivity,
@@ -455,7 +455,7 @@ def test_sensitivity_csv(tmp_path):
 
 
 def test_sensitivity_png(tmp_path):
-    pytest.importorskip("matplotlib")
+    need_module("matplotlib")
     out = tmp_path / "ana.png"
     write_sensitivity_plot(_ana(), out)
     data = out.read_bytes()

@@ -40,26 +40,12 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 import oracle_caffe as oc  # noqa: E402  (a library beside the tests)
 
-#: What the sweep cannot say by itself: why an unsupported model is
-#: unsupported, with the evidence. Keyed by path relative to the zoo.
-ANALYSIS = {
-    "yolo/yolov3-tiny.prototxt":
-        "darknet2caffe output that BVLC Caffe itself rejects: darknet's size-2 stride-1 maxpool "
-        "keeps 13x13, Caffe's Pooling (ceil((13-2)/1)+1) gives 12x12, so the route Concat sees "
-        "24x24 vs 26x26 (BVLC concat_layer.cpp fails with '24 vs. 26'; caffe-yolov3 splits the "
-        "net or patches pooling_layer.cpp, ChenYingpeng/caffe-yolov3#29, #31)",
-    "bvlc/mnist_autoencoder.prototxt":
-        "its data layers are TRAIN, or TEST with stage 'test-on-train'/'test-on-test'; TEST "
-        "without a stage has no data layer, and Caffe's Net::Init fails the same way "
-        "(read with stages=['test-on-test'] and MNIST's 1x28x28 input, all 19 layers infer)",
-    "mobilenet_ssd/MobileNetSSD_train.prototxt":
-        "a TRAIN-only net: its AnnotatedData layer is TRAIN-phase, so TEST phase has no 'data' "
-        "(Caffe fails the same way; read it with phase='TRAIN')",
-    "bvlc/hdf5_nonlinear_auto_train.prototxt":
-        "HDF5Data takes its shape from the HDF5 files it lists; nothing in the prototxt says it",
-    "segmentation/voc-fcn32s_val.prototxt":
-        "its data layer is a Python layer (voc_layers.py); only its code knows the shape",
-}
+from zoo_unsupported import NOT_RUNNABLE, UNSUPPORTED  # noqa: E402  (beside the tests)
+
+#: What the sweep cannot say by itself: why an unsupported model is unsupported, with the
+#: evidence. Keyed by path relative to the zoo's caffe folder; the list lives in
+#: tests/zoo_unsupported.py, which the slow tests read too (an unlisted failure fails them).
+ANALYSIS = {k.removeprefix("caffe/"): v for k, v in UNSUPPORTED.items() if k.startswith("caffe/")}
 
 
 # ------------------------------------------------------------------ one model (child process)
@@ -166,6 +152,13 @@ def summary(reps: list[dict]) -> list[str]:
     ]
 
 
+def unsupported_list() -> list[str]:
+    """Every listed case, with its reason: a slow sweep's ModelError elsewhere is a failure."""
+    out = [f"- `{k}` (not supported): {_md(v)}" for k, v in sorted(UNSUPPORTED.items())]
+    return out + [f"- `{k}` (loads; the forward engine cannot run it): {_md(v)}"
+                  for k, v in sorted(NOT_RUNNABLE.items())]
+
+
 def markdown(reps: list[dict], command: str) -> str:
     import cv2
     import numpy as np
@@ -210,6 +203,8 @@ def markdown(reps: list[dict], command: str) -> str:
         for r in unsupported:
             why = ANALYSIS.get(r["model"], "")
             lines.append(f"- `{r['model']}`: {_md(r['reason'])}" + (f"  \n  {_md(why)}." if why else ""))
+    lines += ["", "## Unsupported zoo cases the slow tests accept (tests/zoo_unsupported.py)", "",
+              *unsupported_list()]
     no_oracle = [r for r in reps if r["supported"] and r["opencv_equal"] is None]
     if no_oracle:
         lines += ["", "## Supported, but OpenCV cannot run them as a full oracle", ""]
