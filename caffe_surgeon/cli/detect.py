@@ -43,8 +43,7 @@ def read_names(path) -> list[str]:
 
 
 def run(args) -> int:
-    from darknet_io import read_darknet
-
+    from ..darknet.reader import read_darknet
     from ..engine import Executor, detection, image
     graph = read_darknet(args.cfg, args.weights)
     channels = graph.inputs["data"][1]

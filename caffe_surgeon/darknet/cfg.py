@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from caffe_surgeon.errors import ModelError
-from caffe_surgeon.fileio import read_bytes
+from ..errors import ModelError
+from ..fileio import read_bytes
 
 #: section spelling -> canonical name. Union of pjreddie (2018) and AlexeyAB
 #: ``string_to_layer_type``. AlexeyAB maps ``[reorg]`` to REORG_OLD and
