@@ -85,12 +85,12 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..fileio import atomic_write, make_folder, read_bytes
+from ..pruning.criteria import CRITERIA
+from ..pruning.plan import DEFAULT_RATIOS
 from .evaluators import FRAMEWORK_OF, normalize_spec
 
 FORMAT = "caffe-surgeon-ana"
 VERSION = 1
-DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-CRITERIA = ("l1", "l2", "bn")
 #: bytes of original activations one process keeps as checkpoints (beyond: recomputed)
 CACHE_BUDGET = 1 << 30
 REPORT_NAMES = ("ana_sensitivity.txt", "ana_sensitivity.csv", "ana_sensitivity.png")
