@@ -344,20 +344,20 @@ class _Check:
     def __init__(self, file):
         self.file = file
 
-    def _fail(self, msg: str, v: Value):
+    def fail(self, msg: str, v: Value):
         raise ModelError(msg, file=self.file, line=v.line, column=v.col)
 
     def string(self, name: str, v: Value, nonempty: bool = True) -> str:
         if not v.quoted:
-            self._fail(f"field '{name}' expects {_EXPECTED[FieldDescriptor.TYPE_STRING]}, "
+            self.fail(f"field '{name}' expects {_EXPECTED[FieldDescriptor.TYPE_STRING]}, "
                        f"got {v.text}", v)
         if nonempty and not v.value.strip():
-            self._fail(f"field '{name}' is empty", v)
+            self.fail(f"field '{name}' is empty", v)
         return v.value
 
     def at_least(self, name: str, v: Value, minimum: int) -> int:
         if v.value < minimum:
-            self._fail(f"field '{name}' is {v.value}; it must be at least {minimum}", v)
+            self.fail(f"field '{name}' is {v.value}; it must be at least {minimum}", v)
         return v.value
 
     def choice(self, name: str, v: Value, accepted, case_insensitive: bool = False) -> str:
@@ -365,7 +365,7 @@ class _Check:
         for a in accepted:
             if v.value == a or (case_insensitive and v.value.lower() == a.lower()):
                 return a
-        self._fail(f"field '{name}' has value {v.text}; accepted values: {', '.join(accepted)}", v)
+        self.fail(f"field '{name}' has value {v.text}; accepted values: {', '.join(accepted)}", v)
 
     def gpu(self, v: Value) -> list[int]:
         """``"0,1,2,3"`` -> [0, 1, 2, 3]; a bare integer (``gpu: 0``) is one id."""
@@ -375,10 +375,10 @@ class _Check:
         for part in spec.split(","):
             part = part.strip()
             if not (part.isascii() and part.isdigit()):  # "²".isdigit() is True
-                self._fail(f"field 'gpu' is \"{spec}\"; expected device ids separated by "
+                self.fail(f"field 'gpu' is \"{spec}\"; expected device ids separated by "
                            "commas, like \"0,1,2,3\"", v)
             if int(part) in ids:
-                self._fail(f"field 'gpu' lists device {int(part)} twice", v)
+                self.fail(f"field 'gpu' lists device {int(part)} twice", v)
             ids.append(int(part))
         return ids
 
@@ -424,7 +424,7 @@ def read_caffe_config(path, base_dir=None) -> CaffeConfig:
     if (v := top.one("early_stop")) is not None:
         kw["early_stop"] = v.value
         if not v.value > 0:
-            check._fail(f"field 'early_stop' is {v.value:g}; it is a relative metric drop > 0 "
+            check.fail(f"field 'early_stop' is {v.value:g}; it is a relative metric drop > 0 "
                         "(e.g. 0.1 = 10%)", v)
     if (e := top.first("pruner")) is not None:
         pruner = e.block
