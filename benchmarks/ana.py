@@ -53,8 +53,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import caffe_surgeon as cs  # noqa: E402
 from caffe_surgeon.pruning import analyse, apply, make_plan  # noqa: E402
-from caffe_surgeon.workflow.ana import DEFAULT_RATIOS, AnaJob, AnaResult, run_ana  # noqa: E402
 from caffe_surgeon.evaluation.spec import build_evaluator, load_eval_graph  # noqa: E402
+from caffe_surgeon.pruning.plan import DEFAULT_RATIOS  # noqa: E402
+from caffe_surgeon.workflow.ana import AnaJob, AnaResult, run_ana  # noqa: E402
 
 FIX = ROOT / "fixtures" / "fashion"
 PHOTOS = Path("/usr/share/darknet/data")

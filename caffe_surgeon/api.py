@@ -68,7 +68,7 @@ def load(*paths, phase: str = "TEST", stages=(), level: int = 0) -> Graph:
     if framework == "caffe":
         from .caffe.reader import read_caffe
         return read_caffe(definition, weights, phase=phase, stages=stages, level=level)
-    from darknet_io import read_darknet
+    from .darknet.reader import read_darknet
     return read_darknet(definition, weights)
 
 
@@ -82,7 +82,7 @@ def save(graph: Graph, *paths) -> None:
         from .caffe.writer import write_caffe
         write_caffe(graph, definition, weights)
     else:
-        from darknet_io import write_darknet
+        from .darknet.writer import write_darknet
         write_darknet(graph, definition, weights)
 
 

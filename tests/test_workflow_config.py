@@ -231,6 +231,48 @@ def test_caffe_config_file_problems(tmp_path):
     assert error_of(read_caffe_config, bad).startswith(f"{bad}:2: config file is not UTF-8")
 
 
+def test_caffe_config_fields_are_the_schema_and_values_follow_protobuf_text(tmp_path):
+    from caffe_surgeon.workflow import vai_p_config_pb2
+
+    fields = [f.name for f in vai_p_config_pb2.CaffeConfig.DESCRIPTOR.fields]
+    msg = error_of(read_caffe_config, write(tmp_path, "u.prototxt", BASE + "bogus: 1\n"))
+    assert msg.endswith("accepted fields: " + ", ".join(fields)), msg
+    cfg = read_caffe_config(write(tmp_path, "p.prototxt", BASE.replace('"top-1"', '"top" "-\\x31"')
+                                  + "rate: -0\nratios: [0.5]; workers: 0x10\n"
+                                  "pruner < exclude { layer_top: ['a', \"b\"] } >\n"),
+                            base_dir=tmp_path)
+    assert (cfg.acc_name, cfg.rate, cfg.ratios, cfg.workers, cfg.exclude) == (
+        "top-1", 0.0, (0.5,), 16, ["a", "b"])
+    assert cfg.rate_dir().name == "regular_rate_0"  # -0 is 0, not "regular_rate_-0"
+    assert "expects an integer, got 08" in error_of(
+        read_caffe_config, write(tmp_path, "o.prototxt", BASE + "workers: 08\n"))
+
+
+def test_criteria_are_one_list_and_darknet_codes_name_two_of_it(tmp_path):
+    from caffe_surgeon.pruning.criteria import CRITERIA
+    from caffe_surgeon.workflow.config import DARKNET_CRITERIA
+
+    msg = error_of(read_caffe_config, write(tmp_path, "c.prototxt", BASE + "criterion: l3\n"))
+    assert msg.endswith("accepted values: " + ", ".join(CRITERIA))
+    cfg = read_caffe_config(write(tmp_path, "b.prototxt", BASE + "criterion: BN\n"))
+    assert cfg.criterion == "bn"
+    assert set(DARKNET_CRITERIA.values()) < set(CRITERIA)  # the vendor has no code for bn
+
+
+def test_generated_config_schema_module_is_up_to_date():
+    import importlib.util
+
+    pytest.importorskip("grpc_tools", reason="grpcio-tools (dev dependency) not installed")
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_proto", root / "tools" / "gen_proto.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    target = gen.TARGETS["vai_p_config"]
+    fresh = gen.render_module(gen.compile_descriptor(target.proto), target)
+    assert fresh == target.output.read_text(encoding="utf-8"), \
+        "vai_p_config_pb2.py is stale: run python tools/gen_proto.py"
+
+
 # ====================================================================== darknet INI
 GUIDE_INI = """\
 [pruning]
@@ -363,6 +405,23 @@ def test_darknet_structure_errors(tmp_path):
                     "label_free=true\r\n")
     cfg = read_darknet_pruning(path, base_dir=tmp_path)  # CRLF, alias, label_free
     assert cfg.yolov3 and cfg.modelcfg == tmp_path / "m.cfg" and cfg.lines["yolov3"] == 4
+
+
+def test_pruning_file_is_read_by_the_darknet_cfg_reader(tmp_path, monkeypatch):
+    from caffe_surgeon.darknet import cfg as cfgmod
+
+    calls = []
+    real = cfgmod.read_cfg
+    monkeypatch.setattr(cfgmod, "read_cfg", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    path = tmp_path / "cfg"
+    path.write_text("[pruning]\nwork space = w\nmodelcfg=my models/m.cfg  ; a comment\n"
+                    "label_free=1\n")
+    cfg = read_darknet_pruning(path, base_dir=tmp_path)  # darknet drops spaces in keys
+    assert cfg.raw["workspace"] == "w" and cfg.raw["modelcfg"] == "my models/m.cfg"
+    assert calls and calls[0]["head"] == "pruning"
+    path.write_text("[pruning]\n[net]\n")
+    assert "unknown section [net] (known sections: [pruning])" in error_of(read_darknet_pruning,
+                                                                            path)
 
 
 # ====================================================================== prune summary

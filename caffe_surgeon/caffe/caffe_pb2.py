@@ -1426,8 +1426,6 @@ for _name, _enum_desc in DESCRIPTOR.enum_types_by_name.items():
 for _name, _msg_desc in DESCRIPTOR.message_types_by_name.items():
     globals()[_name] = _build_class(_msg_desc)
 
-del _name, _enum_desc, _msg_desc
-try:
-    del _value
-except NameError:  # pragma: no cover
-    pass
+for _leftover in ("_name", "_enum_desc", "_msg_desc", "_value"):  # a schema may lack enums
+    globals().pop(_leftover, None)
+del _leftover

@@ -17,6 +17,7 @@ from __future__ import annotations
 from ..errors import ModelError
 from ..fileio import atomic_write
 from ..graph import Graph, Layer
+from ..layers.registry import infer_shapes, spec_for
 from . import caffe_pb2, wire
 from .reader import LayerOrigin, NetOrigin, unchanged
 from .text import dict_to_message, render
@@ -44,7 +45,6 @@ def write_caffe(graph: Graph, prototxt, caffemodel=None) -> None:
 def _check_blob_shapes(graph: Graph) -> None:
     """Refuse weights the written prototxt would not load back (the reader's check, before
     writing): each array's shape must be what the layer's parameters imply."""
-    from ..layers.registry import infer_shapes, spec_for
     try:
         shapes = infer_shapes(graph)
     except ModelError:

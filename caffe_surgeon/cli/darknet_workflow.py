@@ -121,8 +121,7 @@ def _ana(args, conf, spec, workers) -> int:
 
 
 def _prune(args, conf, spec) -> int:
-    from darknet_io import write_darknet
-
+    from ..darknet.writer import write_darknet
     from ..fileio import make_folder
     from ..workflow.ana import AnaResult
     from ..workflow.calibration import calibration_images

@@ -43,8 +43,7 @@ def read_names(path) -> list[str]:
 
 
 def run(args) -> int:
-    from darknet_io import read_darknet
-
+    from ..darknet.reader import read_darknet
     from ..detection import darknet_boxes as detection
     from ..engine import Executor
     from ..images import darknet_image as image

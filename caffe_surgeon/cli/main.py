@@ -109,7 +109,7 @@ def _init(args):
         from ..fileio import atomic_write
         atomic_write(args.output, render_caffemodel(graph))
     else:
-        from darknet_io import write_darknet
+        from ..darknet.writer import write_darknet
         write_darknet(graph, None, args.output)
     print(f"wrote {args.output} (seed {args.seed}, "
           f"{sum(a.size for l in graph.layers for a in l.weights.values()):,} weights)")

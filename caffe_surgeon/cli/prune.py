@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..fileio import make_folder
+from ..pruning.criteria import CRITERIA
 from .common import check_outputs, mean_arg, positive_int
 
 
@@ -22,7 +23,7 @@ def add_parsers(sub, add_model_args):
     how.add_argument("--ratio", type=float, help="fraction of channels to remove from every group")
     how.add_argument("--plan", help="apply this plan.json")
     how.add_argument("--ratios", help="per-layer ratios: JSON {layer: ratio} or 'layer ratio' lines")
-    p.add_argument("--criterion", choices=("l1", "l2", "bn", "lasso"), default="l1",
+    p.add_argument("--criterion", choices=(*CRITERIA, "lasso"), default="l1",
                    help="filter L1 norm (vendor default), L2 norm, BN gamma (network slimming), "
                         "or LASSO channel selection on --calib images (He et al. 2017)")
     p.add_argument("--reduction", choices=("sum", "mean", "max"), default="sum",

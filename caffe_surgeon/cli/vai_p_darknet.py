@@ -44,8 +44,7 @@ def main(argv=None):
 def _transform(args):
     from pathlib import Path
 
-    from darknet_io import write_darknet
-
+    from ..darknet.writer import write_darknet
     from ..fileio import make_folder
     from ..pruning.transform import transform
     cfg_path, prefix, ignore = Path(args.cfg), None, ()

@@ -184,6 +184,12 @@ def supported_types(framework: str) -> list[str]:
     return sorted(t for f, t in REGISTRY if f == framework)
 
 
+def spec_of_type(framework: str, type_name: str) -> LayerSpec | None:
+    """The spec registered for ``type_name``, or None (readers ask before a layer exists)."""
+    _load()
+    return REGISTRY.get((framework, type_name))
+
+
 def spec_for(framework: str, layer: Layer, file: str | None = None) -> LayerSpec:
     """The spec of ``layer``, or a ModelError naming the type, layer, file and the supported types."""
     _load()

@@ -63,6 +63,8 @@ def bn_gamma(analysis: ChannelAnalysis, space) -> np.ndarray | None:
 
 
 CHANNEL_CRITERIA: dict[str, Callable] = {"l1": l1_norm, "l2": l2_norm, "bn": bn_gamma}
+#: the criteria a name selects: every user (ana, the vai_p configs, the CLI) reads this list.
+CRITERIA: tuple[str, ...] = tuple(CHANNEL_CRITERIA)
 
 
 def class_scores(analysis: ChannelAnalysis, group: Group, criterion="l1",

@@ -26,6 +26,8 @@ from .criteria import class_scores, lowest_first
 from .groups import ChannelAnalysis
 
 FORMAT = "caffe-surgeon-plan"
+#: the fractions of a group's channels a sensitivity analysis tries (the vendor's 0.1 ... 0.9).
+DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass

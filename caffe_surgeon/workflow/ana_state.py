@@ -44,11 +44,11 @@ from pathlib import Path
 from ..errors import ModelError
 from ..fileio import atomic_write, read_bytes
 from ..evaluation.spec import FRAMEWORK_OF, normalize_spec
+from ..pruning.criteria import CRITERIA
+from ..pruning.plan import DEFAULT_RATIOS
 
 FORMAT = "caffe-surgeon-ana"
 VERSION = 1
-DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-CRITERIA = ("l1", "l2", "bn")
 
 
 # ====================================================================== job and fingerprint

@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from caffe_surgeon.errors import ModelError
-from caffe_surgeon.fileio import read_bytes
+from ..errors import ModelError
+from ..fileio import read_bytes
 
 #: section spelling -> canonical name. Union of pjreddie (2018) and AlexeyAB
 #: ``string_to_layer_type``. AlexeyAB maps ``[reorg]`` to REORG_OLD and
@@ -135,50 +135,82 @@ def encode(text: str) -> bytes:
     return text.encode("utf-8", errors="surrogateescape")
 
 
-def read_cfg(path) -> CfgFile:
-    """Read and parse a cfg file; raises ModelError naming file and line on bad input."""
-    return parse_cfg(decode(read_bytes(path, "cfg file")), path)
+def read_cfg(path, *, what: str = "cfg file", sections=None, head: str = "net") -> CfgFile:
+    """Read and parse a cfg file; raises ModelError naming file and line on bad input.
+
+    ``what`` names the file in messages; ``sections`` and ``head`` are as in
+    :func:`parse_cfg`.
+    """
+    return parse_cfg(decode(read_bytes(path, what)), path, sections=sections, head=head)
 
 
-def parse_cfg(text: str, path=None) -> CfgFile:
-    """Parse cfg text (see module docstring for the rules)."""
+def parse_cfg(text: str, path=None, *, sections=None, head: str = "net") -> CfgFile:
+    """Parse cfg text (see module docstring for the rules).
+
+    Args:
+        sections: the section spellings this kind of file accepts -> canonical
+            name (default :data:`SECTION_ALIASES`, a model cfg). The vai_p_darknet
+            ``[pruning]`` file is read with ``{"pruning": "pruning"}``.
+        head: the canonical name of the section that must come first, once.
+    """
     file = str(path) if path is not None else None
+    aliases = SECTION_ALIASES if sections is None else sections
+    heads = [k for k, v in aliases.items() if v == head]
     lines = _LINES.findall(text)
-    sections: list[Section] = []
+    found: list[Section] = []
     for i, raw in enumerate(lines):
         s = "".join(raw.split())
         if not s or s[0] in "#;":
             continue
         if s[0] == "[":
-            name = s[1:-1] if s.endswith("]") else s
-            canonical = SECTION_ALIASES.get(name)
+            if not s.endswith("]"):
+                raise ModelError(f"section header {s!r} is not closed with ']'", file=file,
+                                 line=i + 1)
+            name = s[1:-1]
+            canonical = aliases.get(name)
             if canonical is None:
                 raise ModelError(f"unknown section {s} (known sections: "
-                                 f"{', '.join('[' + k + ']' for k in KNOWN_SECTIONS)})",
+                                 f"{', '.join('[' + k + ']' for k in sorted(aliases))})",
                                  file=file, line=i + 1)
-            if canonical == "net" and sections:
-                raise ModelError(f"{s} may only be the first section (the first was "
-                                 f"[{sections[0].name}] on line {sections[0].start + 1})",
+            if canonical == head and found:
+                raise ModelError(f"a second {s} section: {s} may only be the first section (the "
+                                 f"first was [{found[0].name}] on line {found[0].start + 1})",
                                  file=file, line=i + 1)
-            if canonical != "net" and not sections:
-                raise ModelError(f"the first section must be [net] or [network], not {s}",
+            if canonical != head and not found:
+                raise ModelError(f"the first section must be "
+                                 f"{' or '.join('[' + k + ']' for k in heads)}, not {s}",
                                  file=file, line=i + 1)
-            if sections:
-                sections[-1].end = i
-            sections.append(Section(name, canonical, i, len(lines)))
+            if found:
+                found[-1].end = i
+            found.append(Section(name, canonical, i, len(lines)))
             continue
         if "=" not in s:
-            raise ModelError(f"option line '{s}' has no '=' (expected key=value)",
-                             file=file, line=i + 1)
+            raise ModelError(f"option line '{s}' has no '=' (expected key=value, got "
+                             f"{raw.strip()!r})", file=file, line=i + 1)
         key, value = s.split("=", 1)
-        if not sections:
-            raise ModelError(f"option '{key}' appears before any [section]", file=file, line=i + 1)
+        if not found:
+            where = f"the [{heads[0]}] section header" if set(aliases.values()) == {head} \
+                else "any [section]"
+            raise ModelError(f"'{key}' comes before {where}", file=file, line=i + 1)
         if not key:
             raise ModelError(f"option line '{s}' has an empty name", file=file, line=i + 1)
-        sections[-1].options.append(Option(key, value, i))
-    if not sections:
-        raise ModelError("the cfg has no sections (expected [net] first)", file=file)
-    return CfgFile(file, lines, sections, sections[0].start)
+        found[-1].options.append(Option(key, value, i))
+    if not found:
+        raise ModelError(f"no [{heads[0]}] section: the file has no sections (it should start "
+                         f"with [{heads[0]}])", file=file)
+    return CfgFile(file, lines, found, found[0].start)
+
+
+def written_value(cfg: CfgFile, option: Option) -> str:
+    """The value as written on its line: inner spaces kept, a `` #`` or `` ;`` comment dropped.
+
+    Darknet itself removes every space and keeps a trailing comment as part of
+    the value; vai_p_darknet's ``[pruning]`` files put comments after values
+    (``rate=0.5   # half the ops``) and may name paths with spaces.
+    """
+    value = cfg.lines[option.line].split("=", 1)[1].strip()
+    m = re.search(r"\s[#;]", value)
+    return value[:m.start()].rstrip() if m else value
 
 
 def line_ending(line: str) -> str:

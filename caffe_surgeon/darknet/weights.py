@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caffe_surgeon.errors import ModelError
+from ..errors import ModelError
 
 FLOAT = np.dtype("<f4")
 #: header written for new files, as both darknets do: version 0.2.0, 64-bit seen.
