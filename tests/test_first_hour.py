@@ -56,3 +56,22 @@ def test_a_clone_without_shared_collects_everything_and_zoo_tests_skip(tmp_path)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert "failed" not in summary and "error" not in summary, summary
     assert f"{len(ZOO_TESTS)} skipped" in summary, summary
+
+
+def test_progress_needs_nothing_beyond_a_plain_install():
+    import tomllib
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(d.split(">")[0].strip() == "tqdm" for d in project["dependencies"])
+
+
+def test_without_matplotlib_the_plot_is_not_promised_and_stderr_says_what_to_install(
+        tmp_path, monkeypatch, capsys):
+    from caffe_surgeon.workflow.ana import AnaResult, write_reports
+    result = AnaResult.load(REPO / "fixtures" / "ana_state" / "complete.json")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    written = write_reports(result, tmp_path)
+    assert sorted(p.name for p in written) == ["ana_sensitivity.csv", "ana_sensitivity.txt"]
+    assert not (tmp_path / "ana_sensitivity.png").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ana_sensitivity.png not written" in err[0]
+    assert "pip install matplotlib" in err[0]
