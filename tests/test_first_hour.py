@@ -75,3 +75,74 @@ def test_without_matplotlib_the_plot_is_not_promised_and_stderr_says_what_to_ins
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ana_sensitivity.png not written" in err[0]
     assert "pip install matplotlib" in err[0]
+
+
+# -- item 3: prune says what its prediction assumes; -refine N measures neighbours ----------
+
+FASHION = REPO / "fixtures" / "fashion"
+STATES = REPO / "fixtures" / "ana_state"
+
+
+@pytest.fixture
+def fashion_prune(monkeypatch):
+    """prune_to_rate on the fashion fixture with the 50-image analysis of fixtures/ana_state."""
+    from caffe_surgeon.evaluation.spec import load_eval_graph
+    from caffe_surgeon.workflow.ana import AnaJob, AnaResult
+    from caffe_surgeon.workflow.prune_rate import prune_evaluator, prune_to_rate
+    monkeypatch.chdir(FASHION)  # the job's image list is relative; nothing is written here
+    job = AnaJob("caffe", ["fashion_train_val.prototxt", "fashion.caffemodel"],
+                 {"kind": "caffe", "acc_name": "top-1", "test_iter": 1}, ratios=[0.3, 0.6])
+    ana = AnaResult.load(STATES / "complete.json")
+    graph = load_eval_graph("caffe", job.model_files, job.evaluator)
+    evaluator = prune_evaluator(job, ana, STATES / "complete.json", graph)
+
+    def run(rate, refine=0):
+        return prune_to_rate(graph, ana, rate, evaluator=evaluator, refine=refine)
+    return run
+
+
+def test_refine_keeps_the_best_measured_allocation_on_the_same_operations_target(fashion_prune):
+    plain = fashion_prune(0.5)
+    refined = fashion_prune(0.5, refine=6)
+    r = refined.refinement
+    assert plain.refinement is None and r is not None
+    assert r.start_metric == plain.summary.acc_compressed  # the greedy figure, measured
+    assert 1 <= len(r.tried) <= 6
+    assert r.best_metric == max([r.start_metric] + [m for _, m in r.tried])
+    assert refined.summary.acc_compressed == r.best_metric  # what is written is what was measured
+    assert refined.allocation.on_target and all(a.on_target for a, _ in r.tried)
+    again = fashion_prune(0.5, refine=6)
+    assert again.allocation.ratios == refined.allocation.ratios  # deterministic
+    assert [m for _, m in again.refinement.tried] == [m for _, m in r.tried]
+    assert "greedy allocation measured top-1" in r.note("top-1")
+
+
+def test_prune_says_its_prediction_assumes_groups_do_not_interact(fashion_prune):
+    note = fashion_prune(0.5).prediction_note()
+    assert "assumes groups do not interact" in note and "measured drop" in note
+
+
+def test_refine_hill_climbs_within_its_budget_and_never_measures_twice():
+    from caffe_surgeon.workflow.allocate import Allocation
+    from caffe_surgeon.workflow.refine import refine
+
+    def alloc(x):
+        return Allocation({0: x / 10}, 0, 1, 0.0, "greedy")
+    score = {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.65, 5: 0.2}
+    measured = []
+
+    def measure(a):
+        measured.append(round(a.ratios[0] * 10))
+        return score[measured[-1]]
+
+    def neighbours(a):
+        x = round(a.ratios[0] * 10)
+        return [alloc(v) for v in (x + 1, x - 1) if v in score]
+    got = refine(alloc(1), 0.5, 10, neighbours, measure)
+    assert round(got.best.ratios[0] * 10) == 3 and got.best_metric == 0.7
+    assert measured == [2, 3, 4]  # 1 is the start, 2 (seen) is not measured again
+    short = refine(alloc(1), 0.5, 1, neighbours, lambda a: score[round(a.ratios[0] * 10)])
+    assert len(short.tried) == 1 and short.best_metric == 0.6
+    lossy = refine(alloc(3), 0.7, 10, neighbours, lambda a: score[round(a.ratios[0] * 10)],
+                   higher_is_better=False)
+    assert lossy.best_metric == 0.2 and [m for _, m in lossy.tried] == [0.65, 0.2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .common import NO_EARLY_STOP, early_stop_arg, refit_note
+from .common import NO_EARLY_STOP, REFINE_HELP, early_stop_arg, refine_arg, refit_note
 
 
 def add_parsers(sub):
@@ -36,6 +36,8 @@ def add_parsers(sub):
                                 "reproduces the original's output on the first N training images "
                                 "(Caffe: the TRAIN-phase data layer; Darknet: the .data train list); "
                                 "not in the vendor tool, off by default")
+            p.add_argument("-refine", "--refine", type=refine_arg, metavar="N", default=0,
+                           help=REFINE_HELP)
 
 
 def _job(cfg):
@@ -126,7 +128,7 @@ def _prune(args, cfg, job) -> int:
     out = prune_to_rate(graph, ana, cfg.rate, evaluator=evaluator, criterion=cfg.criterion,
                         divisor=cfg.channel_divisible, method=args.allocator,
                         ignore=list(job.ignore), input_shapes=getattr(evaluator, "input_shapes", None),
-                        calib=calib and calib.feed)
+                        calib=calib and calib.feed, refine=args.refine)
     folder = cfg.rate_dir()
     make_folder(folder)
     sparse_bytes, final_text = render_caffemodel(out.sparse), render_prototxt(out.dense)
@@ -138,6 +140,9 @@ def _prune(args, cfg, job) -> int:
         print(out.allocation.off_target_note())
     if calib is not None:
         print(refit_note(out.refitted, calib))
+    print(out.prediction_note())
+    if out.refinement is not None:
+        print(out.refinement.note(ana.metric_name))
     print(f"wrote {folder / 'sparse.caffemodel'}, {folder / 'final.prototxt'} and {folder / 'plan.json'} "
-          f"({args.allocator} allocation, predicted drop {out.allocation.predicted_drop:.4g})")
+          f"({args.allocator} allocation{', refined' if out.refinement else ''})")
     return 0

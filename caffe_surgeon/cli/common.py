@@ -44,6 +44,16 @@ def seed_arg(text: str) -> int:
     return value
 
 
+def refine_arg(text: str) -> int:
+    """``-refine N``: how many allocations to measure; an integer >= 0, as a seed is."""
+    return seed_arg(text)
+
+
+REFINE_HELP = ("measure up to N allocations near the allocator's (one group a ratio step up, "
+               "another down, same operations) with the real evaluator and keep the best "
+               "measured; reports both figures. Not in the vendor tool; 0 (default) is off")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

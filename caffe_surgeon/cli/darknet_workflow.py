@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .common import NO_EARLY_STOP, early_stop_arg, refit_note
+from .common import NO_EARLY_STOP, REFINE_HELP, early_stop_arg, refine_arg, refit_note
 
 COMMANDS = ("ana", "prune", "valid", "map", "finetune")
 
@@ -44,6 +44,8 @@ def add_parsers(sub):
                                 "reproduces the original's output on the first N training images "
                                 "(Caffe: the TRAIN-phase data layer; Darknet: the .data train list); "
                                 "not in the vendor tool, off by default")
+            p.add_argument("-refine", "--refine", type=refine_arg, metavar="N", default=0,
+                           help=REFINE_HELP)
         if name in ("valid", "map"):
             p.add_argument("-pruned", "--pruned", action="store_true",
                            help="evaluate prunedcfg (with these weights) instead of modelcfg")
@@ -145,7 +147,7 @@ def _prune(args, conf, spec) -> int:
     out = prune_to_rate(graph, ana, conf.rate, evaluator=evaluator, criterion=conf.criterion,
                         divisor=conf.kernel_batch, method=args.allocator, ignore=job.ignore,
                         calib=calib and calib.feed, darknet_bn=job.darknet_bn,
-                        threshold=conf.threshold)
+                        threshold=conf.threshold, refine=args.refine)
     make_folder(Path(conf.prunedcfg).parent)
     make_folder(Path(conf.prune_out_weights).parent)
     # the dense cfg, and the sparse weights (original shapes) that finetune/transform start from
@@ -157,6 +159,9 @@ def _prune(args, conf, spec) -> int:
         print(out.allocation.off_target_note())
     if calib is not None:
         print(refit_note(out.refitted, calib))
+    print(out.prediction_note())
+    if out.refinement is not None:
+        print(out.refinement.note(ana.metric_name))
     how = f"{args.allocator} allocation" if conf.rate is not None else \
         f"threshold {conf.threshold:g}: operations -{out.allocation.rate:.2%}"
     print(f"wrote {conf.prunedcfg} and {conf.prune_out_weights} ({how})")
