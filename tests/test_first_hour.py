@@ -146,3 +146,48 @@ def test_refine_hill_climbs_within_its_budget_and_never_measures_twice():
     lossy = refine(alloc(3), 0.7, 10, neighbours, lambda a: score[round(a.ratios[0] * 10)],
                    higher_is_better=False)
     assert lossy.best_metric == 0.2 and [m for _, m in lossy.tried] == [0.65, 0.2]
+
+
+# -- item 5: -pruned with the sparse weights prune writes ---------------------------------
+
+def _pruned_workspace(tmp_path, monkeypatch):
+    """A [pruning] file whose prunedcfg is a dense cut of fashion.cfg, and the sparse weights of
+    the same plan (what 'pruner prune' writes), made with caffe-surgeon prune."""
+    from caffe_surgeon.cli.main import main as surgeon
+    monkeypatch.chdir(FASHION)  # fashion.data's lists are relative to it; writes go to tmp_path
+    assert surgeon(["prune", "fashion.cfg", "fashion.weights", "--ratio", "0.5",
+                    "-o", str(tmp_path / "dense")]) == 0
+    assert surgeon(["prune", "fashion.cfg", "fashion.weights", "--plan",
+                    str(tmp_path / "dense" / "plan.json"), "--mode", "sparse",
+                    "-o", str(tmp_path / "sparse")]) == 0
+    ini = tmp_path / "pruning.cfg"
+    ini.write_text(f"[pruning]\nworkspace={tmp_path / 'ws'}\ndatacfg=fashion.data\n"
+                   f"modelcfg=fashion.cfg\nprunedcfg={tmp_path / 'dense' / 'fashion.cfg'}\n"
+                   f"ana_out_file={tmp_path / 'ws' / 'ana.out'}\n"
+                   f"prune_out_weights={tmp_path / 'ws' / 'w.prune'}\nkernel_batch=2\n")
+    return ini
+
+
+def test_map_pruned_on_sparse_weights_evaluates_their_dense_form_and_says_so(
+        tmp_path, monkeypatch, capsys):
+    from caffe_surgeon.cli.vai_p_darknet import main
+    ini = _pruned_workspace(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["pruner", "map", str(ini), str(tmp_path / "dense" / "fashion.weights"),
+                 "-pruned"]) == 0
+    dense = capsys.readouterr()
+    assert main(["pruner", "map", str(ini), str(tmp_path / "sparse" / "fashion.weights"),
+                 "-pruned"]) == 0
+    sparse = capsys.readouterr()
+    assert sparse.out == dense.out and sparse.out.startswith("top-1: ")
+    assert "is the sparse form prune writes" in sparse.err and len(sparse.err.splitlines()) == 1
+
+
+def test_map_pruned_on_the_unpruned_weights_is_refused_naming_layer_and_counts(
+        tmp_path, monkeypatch, capsys):
+    from caffe_surgeon.cli.vai_p_darknet import main
+    ini = _pruned_workspace(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["pruner", "map", str(ini), "fashion.weights", "-pruned"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "convolutional_0 16 filters" in err[0] and "has 8" in err[0], err

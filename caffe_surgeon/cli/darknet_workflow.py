@@ -168,10 +168,45 @@ def _prune(args, conf, spec) -> int:
     return 0
 
 
+def _dense_of_sparse(conf, weights, spec):
+    """``-pruned`` with the sparse weights ``prune`` writes (modelcfg's shapes, removed channels
+    zeroed): they do not fit prunedcfg, so transform them to the dense model here, saying so.
+
+    Raises the original size error when the weights fit neither cfg."""
+    import sys
+
+    from ..evaluation.spec import load_eval_graph
+    from ..pruning.transform import transform
+    try:
+        sparse = load_eval_graph("darknet", [str(conf.modelcfg), str(weights)], spec)
+    except ModelError:
+        load_eval_graph("darknet", [str(conf.prunedcfg), str(weights)], spec)  # its own error
+        raise
+    dense = transform(sparse, ignore=_ignore_names(conf)).dense
+    from .. import api
+    for want, got in zip(api.load(conf.prunedcfg).layers, dense.layers):
+        for key in ("filters", "output"):
+            if want.params.get(key) != got.params.get(key):
+                raise ModelError(f"these weights have the shapes of modelcfg {conf.modelcfg}, and "
+                                 f"its zeroed channels give layer {got.name} {got.params.get(key)} "
+                                 f"{key} where prunedcfg {conf.prunedcfg} has "
+                                 f"{want.params.get(key)}: pass the weights prune wrote with that "
+                                 "cfg, or leave out -pruned", file=weights)
+    print(f"note: {weights} is the sparse form prune writes (the shapes of modelcfg "
+          f"{conf.modelcfg}, not of prunedcfg {conf.prunedcfg}); evaluating its dense form, "
+          "transformed here ('vai_p_darknet pruner transform' writes it)", file=sys.stderr)
+    return dense
+
+
 def _valid(args, conf, spec, cfg_path) -> int:
     from ..evaluation.darknet_valid import write_detector_valid
     from ..evaluation.spec import build_evaluator, load_eval_graph
-    graph = load_eval_graph("darknet", [str(cfg_path), str(args.weights)], spec)
+    try:
+        graph = load_eval_graph("darknet", [str(cfg_path), str(args.weights)], spec)
+    except ModelError:
+        if not getattr(args, "pruned", False):
+            raise
+        graph = _dense_of_sparse(conf, args.weights, spec)
     ev = build_evaluator(spec, graph)
     results = ev.run(graph)
     if spec["kind"] == "darknet-detector":
