@@ -191,3 +191,31 @@ def test_map_pruned_on_the_unpruned_weights_is_refused_naming_layer_and_counts(
     assert main(["pruner", "map", str(ini), "fashion.weights", "-pruned"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "convolutional_0 16 filters" in err[0] and "has 8" in err[0], err
+
+
+# -- item 6: the finetune advice pairs files that pair -------------------------------------
+
+def test_finetune_advice_is_a_command_whose_output_pairs_with_final_prototxt(
+        tmp_path, fashion_prune, capsys):
+    import re
+    import shlex
+
+    from caffe_surgeon import api
+    from caffe_surgeon.caffe.writer import render_caffemodel, render_prototxt
+    from caffe_surgeon.cli.vai_p_caffe import main
+    config = tmp_path / "config.prototxt"
+    config.write_text(f'workspace: "{tmp_path / "ws"}"\nmodel: "{FASHION / "fashion_train_val.prototxt"}"\n'
+                      f'weights: "{FASHION / "fashion.caffemodel"}"\nacc_name: "top-1"\nrate: 0.5\n')
+    out = fashion_prune(0.5)  # what prune writes into regular_rate_0.5
+    folder = tmp_path / "ws" / "regular_rate_0.5"
+    folder.mkdir(parents=True)
+    (folder / "sparse.caffemodel").write_bytes(render_caffemodel(out.sparse))
+    (folder / "final.prototxt").write_text(render_prototxt(out.dense))
+    capsys.readouterr()
+    assert main(["finetune", "-config", str(config)]) == 2
+    advice = capsys.readouterr().err
+    command = shlex.split(re.search(r"'vai_p_caffe (transform [^']*)'", advice).group(1))
+    assert main(command) == 0
+    model, weights = re.search(r"train (\S+) from (\S+) ", advice).groups()
+    assert model == str(folder / "final.prototxt")
+    api.load(model, weights)  # the advised pair reads: the shapes agree

@@ -80,11 +80,29 @@ def _config(args, command):
     return cfg
 
 
+def finetune_advice(config) -> str:
+    """What to do until finetune arrives, with this config's paths.
+
+    ``sparse.caffemodel`` keeps the original shapes (it pairs with ``model``), and
+    ``final.prototxt`` has the reduced ones: the pair to train is ``final.prototxt`` with
+    the dense weights ``transform`` makes of the sparse file.
+    """
+    from ..workflow.config import read_caffe_config
+    try:
+        cfg = read_caffe_config(config)
+        folder, model = cfg.rate_dir(), cfg.model
+    except ModelError:  # the advice still holds, with placeholders for what the config lacks
+        folder, model = Path("<workspace>/regular_rate_<rate>"), "<model>"
+    return (f"'vai_p_caffe finetune' arrives with the PyTorch training engine in a later release; "
+            f"meanwhile make the dense weights with 'vai_p_caffe transform -model {model} -weights "
+            f"{folder / 'sparse.caffemodel'} -output {folder / 'dense.caffemodel'}' and train "
+            f"{folder / 'final.prototxt'} from {folder / 'dense.caffemodel'} in your Caffe setup "
+            f"(sparse.caffemodel has the shapes of {model}, not of final.prototxt)")
+
+
 def run(args) -> int:
     if args.command == "finetune":
-        raise ModelError("'vai_p_caffe finetune' arrives with the PyTorch training engine in a later "
-                         "release; finetune regular_rate_<rate>/final.prototxt with "
-                         "sparse.caffemodel in your Caffe setup meanwhile")
+        raise ModelError(finetune_advice(args.config))
     cfg = _config(args, args.command)
     job = _job(cfg)
     if getattr(args, "early_stop", None) is not None:  # the command line wins over the config
