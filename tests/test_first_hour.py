@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,3 +220,53 @@ def test_finetune_advice_is_a_command_whose_output_pairs_with_final_prototxt(
     model, weights = re.search(r"train (\S+) from (\S+) ", advice).groups()
     assert model == str(folder / "final.prototxt")
     api.load(model, weights)  # the advised pair reads: the shapes agree
+
+
+# -- item 7: a Slice after a pruned producer keeps every segment -------------------------
+
+#: a dual-path block (DPN): a 1x1 conv whose output a Slice splits into a residual part
+#: (summed with the block's input) and a dense part (concatenated). The shared zoo holds
+#: no such net (its one Slice, in mnist_siamese, splits the input data), so it is spelled here.
+DUAL_PATH = """name: "dual_path_block"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
+layer { name: "conv0" type: "Convolution" bottom: "data" top: "conv0"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "relu0" type: "ReLU" bottom: "conv0" top: "conv0" }
+layer { name: "c1x1" type: "Convolution" bottom: "conv0" top: "c1x1"
+  convolution_param { num_output: 12 kernel_size: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "c1x1" top: "c1x1" }
+layer { name: "c1x1_split" type: "Slice" bottom: "c1x1" top: "c1x1_split1" top: "c1x1_split2"
+  slice_param { axis: 1 slice_point: 8 } }
+layer { name: "res" type: "Eltwise" bottom: "conv0" bottom: "c1x1_split1" top: "res" }
+layer { name: "dense" type: "Concat" bottom: "res" bottom: "c1x1_split2" top: "dense" }
+layer { name: "head" type: "Convolution" bottom: "dense" top: "head"
+  convolution_param { num_output: 4 kernel_size: 1 } }
+"""
+
+
+@pytest.mark.parametrize("ratio,divisor", [(0.5, 2), (0.5, 1), (0.9, 2), (0.7, 4)])
+def test_a_slice_segment_ranked_lowest_keeps_at_least_the_divisor(tmp_path, ratio, divisor):
+    from caffe_surgeon import api
+    from caffe_surgeon.engine.executor import Executor
+    from caffe_surgeon.pruning import analyse, apply, make_plan
+    from caffe_surgeon.pruning.plan import kept_count
+    from caffe_surgeon.workflow.allocate import OpsCounter
+    (tmp_path / "dpn.prototxt").write_text(DUAL_PATH)
+    g = api.init(api.load(tmp_path / "dpn.prototxt"), seed=1)
+    g.layers[2].weights["weight"][8:] *= 0.01  # the dense part ranks lowest: L1 would drop it all
+    a = analyse(g)
+    plan = make_plan(a, ratio=ratio, divisor=divisor)
+    (grp,) = plan.groups
+    # the floors win over the ratio: 8 + 4 channels with divisor 4 keep 4 + 4, not 4
+    assert len(grp.keep) == max(kept_count(12, ratio, divisor), min(8, divisor) + min(4, divisor))
+    assert len([k for k in grp.keep if k >= 8]) >= min(divisor, 4)
+    dense = apply(g, plan, "dense", analysis=a)
+    sparse = apply(g, plan, "sparse", analysis=a)
+    (cut,) = [l for l in dense.layers if l.type == "Slice"]
+    assert 0 < cut.params["slice_param"]["slice_point"][0] < len(grp.keep)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(Executor(dense).run({"data": x})["head"],
+                               Executor(sparse).run({"data": x})["head"], rtol=1e-4, atol=1e-5)
+    counter = OpsCounter(g, a, divisor)
+    assert counter.ops({0: ratio}) == api.stat(dense).total.ops  # the allocator's count is exact

@@ -31,7 +31,7 @@ from ..graph import Graph
 from ..layers.registry import LayerSpec, spec_for
 from ..opcount import stat
 from ..pruning.groups import ChannelAnalysis
-from ..pruning.plan import kept_count
+from ..pruning.plan import kept_classes, kept_count
 
 ALLOCATORS = ("greedy", "threshold")
 
@@ -86,9 +86,12 @@ class OpsCounter:
             if r <= 0:
                 continue
             n = kept_count(g.channels, r, self.divisor)
-            for cls in g.classes[n:]:  # which channels go does not change the count
-                for s, c in cls:
-                    keep[self.a.spaces[s].first_node + c] = False
+            # which channels go barely changes the count, but no slice output may be emptied
+            kept = set(kept_classes(self.a, g, n, range(g.channels - 1, -1, -1), self.divisor))
+            for k, cls in enumerate(g.classes):
+                if k not in kept:
+                    for s, c in cls:
+                        keep[self.a.spaces[s].first_node + c] = False
         return keep
 
     def kept_counts(self, ratios: dict) -> tuple:
