@@ -270,3 +270,52 @@ def test_a_slice_segment_ranked_lowest_keeps_at_least_the_divisor(tmp_path, rati
                                Executor(sparse).run({"data": x})["head"], rtol=1e-4, atol=1e-5)
     counter = OpsCounter(g, a, divisor)
     assert counter.ops({0: ratio}) == api.stat(dense).total.ops  # the allocator's count is exact
+
+
+# -- item 4: forward uses the model's own preprocessing and prints it; per-image results ----
+
+def _forward(capsys, *argv) -> list[str]:
+    from caffe_surgeon.cli.main import main
+    capsys.readouterr()
+    assert main(["forward", *map(str, argv)]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_forward_on_a_deploy_file_uses_the_train_val_beside_it_and_says_so(capsys):
+    png = FASHION / "t10k" / "00000_ankleboot.png"  # class 9
+    out = _forward(capsys, FASHION / "fashion_deploy.prototxt", FASHION / "fashion.caffemodel",
+                   "--input", png)
+    assert out[0].startswith("preprocessing: fashion_train_val.prototxt layer 'data' (TEST): "
+                             "scale 0.00392157"), out
+    assert out[-1].startswith("  prob: shape (1, 10), argmax 9 = ")
+    flagged = _forward(capsys, FASHION / "fashion_deploy.prototxt",
+                       FASHION / "fashion.caffemodel", "--input", png, "--scale", "1")
+    assert "scale 1," in flagged[0] and "(overridden by --scale)" in flagged[0]
+    assert "argmax 9 " not in flagged[-1]  # raw 0..255 pixels: the old wrong answer
+
+
+def test_forward_without_a_recipe_or_with_two_says_which(tmp_path, capsys):
+    for name in ("fashion_deploy.prototxt", "fashion.caffemodel", "fashion_train_val.prototxt"):
+        shutil.copyfile(FASHION / name, tmp_path / name)
+    text = (FASHION / "fashion_train_val.prototxt").read_text()
+    (tmp_path / "other_train_val.prototxt").write_text(text.replace("0.00392156862745098", "0.5"))
+    out = _forward(capsys, tmp_path / "fashion_deploy.prototxt", tmp_path / "fashion.caffemodel",
+                   "--input", FASHION / "t10k" / "00000_ankleboot.png")
+    assert out[0].startswith("note: 2 train_val files beside fashion_deploy.prototxt give "
+                             "different preprocessing"), out
+    assert out[1].startswith("preprocessing: none from the model")
+
+
+def test_forward_prints_one_result_per_image_of_a_batch(capsys):
+    out = _forward(capsys, FASHION / "fashion_deploy.prototxt", FASHION / "fashion.caffemodel",
+                   "--input", FASHION / "sample.npy")
+    assert out[1] == "  prob: shape (4, 10)"
+    assert [line.split(":")[0].strip() for line in out[2:6]] == [f"image {i}" for i in range(4)]
+    assert all(" argmax " in line for line in out[2:6])
+
+
+def test_forward_on_a_darknet_image_names_the_net_section(capsys):
+    out = _forward(capsys, FASHION / "fashion.cfg", FASHION / "fashion.weights",
+                   "--input", FASHION / "t10k" / "00000_ankleboot.png")
+    assert out[0] == "preprocessing: the cfg's [net] channels=1 size 28x28, resize, values in [0, 1]"
+    assert "argmax 9 = " in out[-1]
