@@ -319,3 +319,43 @@ def test_forward_on_a_darknet_image_names_the_net_section(capsys):
                    "--input", FASHION / "t10k" / "00000_ankleboot.png")
     assert out[0] == "preprocessing: the cfg's [net] channels=1 size 28x28, resize, values in [0, 1]"
     assert "argmax 9 = " in out[-1]
+
+
+# -- item 8: the smaller dead ends --------------------------------------------------------
+
+def test_transform_of_an_unpruned_model_says_there_was_nothing_to_remove(tmp_path, capsys):
+    from caffe_surgeon.cli.vai_p_caffe import main
+    assert main(["transform", "-model", str(FASHION / "fashion_deploy.prototxt"), "-weights",
+                 str(FASHION / "fashion.caffemodel"), "-output", str(tmp_path / "t.caffemodel")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing was removed" in out and "(of 0)" not in out
+
+
+def test_a_mistyped_option_is_named_even_when_a_required_one_is_missing(capsys):
+    from caffe_surgeon.cli.main import main
+    with pytest.raises(SystemExit):
+        main(["prune", str(FASHION / "fashion_deploy.prototxt"), "--ration", "0.5", "-o", "x"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unrecognized option --ration (did you mean --ratio?)" in err
+
+
+def test_a_negative_ratio_is_explained_as_a_fraction_of_channels(capsys):
+    from caffe_surgeon.pruning.plan import kept_count
+    from caffe_surgeon.errors import ModelError
+    with pytest.raises(ModelError, match=r"ratio -0.2 is outside \[0, 1\): a ratio is the fraction"):
+        kept_count(16, -0.2)
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["vai_p_caffe", "stat"], "-model"), (["vai_p_caffe", "stat"], "-weights"),
+    (["vai_p_caffe", "stat"], "-input_shape"), (["vai_p_caffe", "ana"], "-no_progress"),
+    (["vai_p_darknet", "pruner", "ana"], "-no_progress"), (["vai_p_caffe", "prune"], "-refine"),
+    (["vai_p_darknet", "pruner", "prune"], "-refine")])
+def test_every_vendor_option_has_help_text(argv, option):
+    import importlib
+    parser = importlib.import_module(f"caffe_surgeon.cli.{argv[0]}").build_parser()
+    for name in argv[1:]:
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        parser = sub.choices[name]
+    action = next(a for a in parser._actions if option in a.option_strings)
+    assert action.help and len(action.help) > 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .common import NO_EARLY_STOP, REFINE_HELP, early_stop_arg, refine_arg, refit_note
+from .common import NO_EARLY_STOP, NO_PROGRESS_HELP, REFINE_HELP, early_stop_arg, refine_arg, refit_note
 
 
 def add_parsers(sub):
@@ -21,7 +21,7 @@ def add_parsers(sub):
                            help="run the evaluations on this Dask scheduler")
             p.add_argument("-restart", "--restart", action="store_true",
                            help="discard an analysis file made for other inputs and start over")
-            p.add_argument("-no_progress", "--no-progress", action="store_true")
+            p.add_argument("-no_progress", "--no-progress", action="store_true", help=NO_PROGRESS_HELP)
             p.add_argument("-early_stop", "--early-stop", type=early_stop_arg, metavar="DROP",
                            help="skip a group's larger ratios once its metric drops by more "
                                 "than DROP (relative, e.g. 0.1); 'none' evaluates every ratio "

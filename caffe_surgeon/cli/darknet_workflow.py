@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .common import NO_EARLY_STOP, REFINE_HELP, early_stop_arg, refine_arg, refit_note
+from .common import NO_EARLY_STOP, NO_PROGRESS_HELP, REFINE_HELP, early_stop_arg, refine_arg, refit_note
 
 COMMANDS = ("ana", "prune", "valid", "map", "finetune")
 
@@ -31,7 +31,7 @@ def add_parsers(sub):
         if name == "ana":
             p.add_argument("-scheduler", "--scheduler", metavar="tcp://HOST:PORT")
             p.add_argument("-restart", "--restart", action="store_true")
-            p.add_argument("-no_progress", "--no-progress", action="store_true")
+            p.add_argument("-no_progress", "--no-progress", action="store_true", help=NO_PROGRESS_HELP)
             p.add_argument("-early_stop", "--early-stop", type=early_stop_arg, metavar="DROP",
                            help="skip a group's larger ratios once its metric drops by more "
                                 "than DROP (relative, e.g. 0.1); 'none' evaluates every ratio "

@@ -87,7 +87,8 @@ def kept_count(channels: int, ratio: float, divisor: int = 1) -> int:
     6 channels, ratio 0.9, divisor 4 -> 4 (at least one multiple of the divisor).
     """
     if not 0.0 <= ratio < 1.0:
-        raise ModelError(f"ratio {ratio} is outside [0, 1): a ratio of 1 would remove every channel")
+        raise ModelError(f"ratio {ratio} is outside [0, 1): a ratio is the fraction of a group's "
+                         "channels removed, from 0 (none) up to, not including, 1 (every channel)")
     if divisor < 1:
         raise ModelError(f"channel divisor must be >= 1, got {divisor}")
     keep = math.ceil(round(channels * (1.0 - ratio), 6) / divisor) * divisor
