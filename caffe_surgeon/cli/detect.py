@@ -11,6 +11,7 @@ are printed by index.
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def run(args) -> int:
     channels = graph.inputs["data"][1]
     names = read_names(args.names) if args.names else None
     im = image.load_image(args.image, channels=channels)
+    _, _, net_h, net_w = graph.inputs["data"]
+    # stderr: stdout stays line for line what darknet prints
+    print(f"preprocessing: the cfg's [net] channels={channels} size {net_w}x{net_h}, letterbox, "
+          "values in [0, 1]", file=sys.stderr)
     executor = Executor(graph, darknet_bn=args.bn)
     t = time.perf_counter()
     dets = detection.detect(graph, executor, im, thresh=args.thresh, hier=args.hier,

@@ -23,10 +23,14 @@ def add_parser(sub):
     p.add_argument("--phase", choices=("TEST", "TRAIN"), default="TEST")
     p.add_argument("--bn", choices=("pjreddie", "alexeyab"), default="pjreddie",
                    help="Darknet BatchNorm flavour (default pjreddie, as the Debian darknet binary)")
-    img = p.add_argument_group("image preprocessing (Caffe: resize, BGR, minus mean, times scale; "
-                               "Darknet: resize or letterbox, RGB in [0, 1])")
+    img = p.add_argument_group("image preprocessing (default: the model's own, printed: a Caffe "
+                               "TEST-phase data layer's transform_param, in the prototxt or a "
+                               "train_val beside it; Darknet's [net] channels and size. Caffe: "
+                               "resize, BGR, minus mean, times scale; Darknet: resize or "
+                               "letterbox, RGB in [0, 1]); these flags override it")
     img.add_argument("--mean", type=mean_arg, help="per-channel mean to subtract, e.g. 104,117,123 (Caffe)")
-    img.add_argument("--scale", type=float, default=1.0, help="multiply after mean subtraction (Caffe)")
+    img.add_argument("--scale", type=float, help="multiply after mean subtraction (Caffe; default: "
+                                                  "the model's, else 1)")
     img.add_argument("--rgb", action="store_true", help="keep RGB order for Caffe (default BGR)")
     img.add_argument("--letterbox", action="store_true", help="Darknet letterbox instead of a plain resize")
     return p
@@ -48,7 +52,10 @@ def _input_name_and_shape(graph, requested):
     return names[0], shape
 
 
-def load_input(path: str, graph, shape, args) -> np.ndarray:
+def load_input(path: str, graph, shape, args, model_file=None, name=None) -> np.ndarray:
+    """The input array. With ``model_file`` (forward), the model's own preprocessing is used
+    for an image, and one line says what was applied."""
+    say = print if model_file else (lambda *_: None)
     p = Path(path)
     if p.suffix.lower() == ".npy":
         try:
@@ -68,10 +75,37 @@ def load_input(path: str, graph, shape, args) -> np.ndarray:
     if graph.framework == "darknet":
         img = image.load_image(p, channels=shape[1])
         out = image.letterbox_image(img, w, h) if args.letterbox else image.resize_image(img, w, h)
+        say(f"preprocessing: the cfg's [net] channels={shape[1]} size {w}x{h}, "
+              f"{'letterbox' if args.letterbox else 'resize'}, values in [0, 1]")
         return out[None]
-    mean = args.mean or None
-    return image.caffe_preprocess(p, (h, w), mean=mean, scale=args.scale, bgr=not args.rgb,
-                                  channels=shape[1])[None]
+    from ..images.model_preprocessing import caffe_image_input, caffe_recipe, with_flags
+    recipe, note = caffe_recipe(graph, model_file, name) if model_file else (None, "")
+    if note:
+        say(f"note: {note}")
+    flags = [f for f, v in (("--mean", args.mean), ("--scale", args.scale), ("--rgb", args.rgb)) if v]
+    if recipe is not None:
+        recipe = with_flags(recipe, mean=args.mean, scale=args.scale)
+        x = caffe_image_input(p, recipe, shape, rgb=args.rgb)
+        say(f"preprocessing: {recipe.source}: {recipe.describe()}"
+              + (f" (overridden by {' '.join(flags)})" if flags else ""))
+        return x[None]
+    scale = 1.0 if args.scale is None else args.scale
+    say(f"preprocessing: none from the model; resize {h}x{w}, {'RGB' if args.rgb else 'BGR'}, "
+          f"mean {args.mean or 'none'}, scale {scale:g}")
+    return image.caffe_preprocess(p, (h, w), mean=args.mean or None, scale=scale,
+                                  bgr=not args.rgb, channels=shape[1])[None]
+
+
+def _argmax(v: np.ndarray, batch: int) -> str:
+    """``, argmax 9 = 0.98`` for one image; one such figure per image for a batch."""
+    if not v.size:
+        return ""
+    if batch > 1 and v.ndim >= 2 and v.shape[0] == batch:
+        rows = v.reshape(batch, -1)
+        return "".join(f"\n    image {i}: argmax {int(r.argmax())} = {float(r.max()):.6g}"
+                       for i, r in enumerate(rows))
+    flat = v.reshape(-1)
+    return f", argmax {int(flat.argmax())} = {float(flat.max()):.6g}"
 
 
 def run(args):
@@ -81,16 +115,14 @@ def run(args):
     name, shape = _input_name_and_shape(graph, args.input_name)
     if args.output:  # before the forward pass, which may be long
         check_outputs([args.output], list(args.model) + [args.input], option="--output")
-    x = load_input(args.input, graph, shape, args)
+    x = load_input(args.input, graph, shape, args, model_file=args.model[0], name=name)
     ex = Executor(graph, darknet_bn=args.bn)
     t = time.perf_counter()
     outs = ex.run({name: x}, args.blobs)
     elapsed = time.perf_counter() - t
     print(f"{args.input}: forward in {elapsed:.3f} s, input {name} {tuple(x.shape)}")
     for k, v in outs.items():
-        flat = v.reshape(-1)
-        top = f", argmax {int(flat.argmax())} = {float(flat.max()):.6g}" if flat.size else ""
-        print(f"  {k}: shape {tuple(v.shape)}{top}")
+        print(f"  {k}: shape {tuple(v.shape)}{_argmax(v, len(x))}")
     if args.output:
         from ..fileio import atomic_write
         buf = io.BytesIO()

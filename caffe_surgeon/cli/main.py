@@ -7,7 +7,7 @@ import sys
 
 from .. import api
 from ..errors import ModelError
-from .common import check_outputs, guarded, parse_input_shapes, resolve_input_shapes, seed_arg
+from .common import Parser, check_outputs, guarded, parse_input_shapes, resolve_input_shapes, seed_arg
 
 
 def _add_model_args(p, weights=True):
@@ -20,7 +20,7 @@ def _add_model_args(p, weights=True):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="caffe-surgeon", description=__doc__)
+    parser = Parser(prog="caffe-surgeon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stat", help="per-layer ops, MACs and params, with totals")

@@ -10,24 +10,27 @@ import sys
 
 from .. import api
 from ..errors import ModelError
-from .common import check_outputs, guarded, parse_input_shapes, resolve_input_shapes
+from .common import INPUT_SHAPE_HELP, Parser, transform_note, check_outputs, guarded, parse_input_shapes, resolve_input_shapes
 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vai_p_caffe")
+    parser = Parser(prog="vai_p_caffe")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("stat", help="ops and params of a prototxt (vendor log format)")
-    p.add_argument("-model", "--model", required=True)
-    p.add_argument("-weights", "--weights")
-    p.add_argument("-input_shape", "--input-shape", action="append")
+    p.add_argument("-model", "--model", required=True, help="the prototxt to count")
+    p.add_argument("-weights", "--weights",
+                   help="its caffemodel (optional: read to check that it fits the prototxt)")
+    p.add_argument("-input_shape", "--input-shape", action="append", metavar="[NAME=]N,C,H,W",
+                   help=INPUT_SHAPE_HELP)
     p = sub.add_parser("transform", help="sparse.caffemodel (zeroed channels) -> dense weights")
     p.add_argument("-model", "--model", required=True, help="the prototxt the sparse weights belong to")
     p.add_argument("-weights", "--weights", required=True, help="sparse caffemodel")
     p.add_argument("-output", "--output", default="transformed.caffemodel",
                    help="dense caffemodel to write (default transformed.caffemodel); the matching "
                         "prototxt is written beside it as <output>.prototxt")
-    p.add_argument("-input_shape", "--input-shape", action="append")
+    p.add_argument("-input_shape", "--input-shape", action="append", metavar="[NAME=]N,C,H,W",
+                   help=INPUT_SHAPE_HELP)
     from . import caffe_workflow
     caffe_workflow.add_parsers(sub)
     return parser
@@ -69,10 +72,7 @@ def _transform(args):
     model_bytes, text = render_caffemodel(result.dense), render_prototxt(result.dense)
     atomic_write(out, model_bytes)
     atomic_write(proto, text)
-    removed = result.plan.removed
-    total = sum(g.channels for g in result.plan.groups)
-    print(f"transform: removed {removed} all-zero channels in {len(result.plan.groups)} groups "
-          f"(of {total}); wrote {out} and {proto}")
+    print(transform_note(result, [out, proto]))
     for gid, n in sorted(result.mixed.items()):
         print(f"  note: group {gid} has {n} channels zero in only some of its coupled layers; kept")
     return 0

@@ -5,12 +5,12 @@ import argparse
 import sys
 
 from .. import api
-from .common import check_outputs, guarded
+from .common import Parser, check_outputs, guarded, transform_note
 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vai_p_darknet")
+    parser = Parser(prog="vai_p_darknet")
     tools = parser.add_subparsers(dest="tool", required=True)
     pruner = tools.add_parser("pruner", help="pruning commands")
     sub = pruner.add_subparsers(dest="command", required=True)
@@ -63,8 +63,7 @@ def _transform(args):
     result = transform(graph, ignore=ignore)
     make_folder(out_cfg.parent)
     write_darknet(result.dense, out_cfg, out_weights)
-    print(f"transform: removed {result.plan.removed} all-zero channels in "
-          f"{len(result.plan.groups)} groups; wrote {out_cfg} and {out_weights}")
+    print(transform_note(result, [out_cfg, out_weights]))
     return 0
 
 

@@ -89,11 +89,55 @@ def kept_count(channels: int, ratio: float, divisor: int = 1) -> int:
     6 channels, ratio 0.9, divisor 4 -> 4 (at least one multiple of the divisor).
     """
     if not 0.0 <= ratio < 1.0:
-        raise ModelError(f"ratio {ratio} is outside [0, 1): a ratio of 1 would remove every channel")
+        raise ModelError(f"ratio {ratio} is outside [0, 1): a ratio is the fraction of a group's "
+                         "channels removed, from 0 (none) up to, not including, 1 (every channel)")
     if divisor < 1:
         raise ModelError(f"channel divisor must be >= 1, got {divisor}")
     keep = math.ceil(round(channels * (1.0 - ratio), 6) / divisor) * divisor
     return min(channels, max(keep, divisor, 1))
+
+
+def slice_segments(analysis: ChannelAnalysis, group) -> list[list[int]]:
+    """Class indices of ``group`` in each output of every Slice its channels cross."""
+    segments = []
+    for i, flow in enumerate(analysis.flows):
+        if flow.kind != "slice":
+            continue
+        for entries in analysis.layer_out[i] or []:
+            if entries is None:
+                continue
+            nodes = np.asarray(entries.nodes, dtype=np.int64)
+            mine = nodes[analysis.node_group[nodes] == group.id]
+            if len(mine):
+                segments.append(sorted({int(c) for c in analysis.node_class[mine]}))
+    return segments
+
+
+def kept_classes(analysis: ChannelAnalysis, group, keep_n: int, order, divisor: int = 1) -> list[int]:
+    """The ``keep_n`` classes of ``group`` to keep: the last of ``order`` (least important
+    first), except that every Slice output keeps at least ``divisor`` of its channels (all
+    if it has fewer), so no slice segment is emptied.
+
+    Example: a 1x1 conv of 12 channels sliced 8 + 4 (a dual-path block), keep 6 with divisor
+    2, the 4 of the second part ranked lowest: the best 2 of them stay, in place of the 2
+    lowest-ranked kept channels of the first part, which has 6 and needs only 2.
+    """
+    order = [int(c) for c in order]
+    keep = set(order[len(order) - keep_n:])
+    segments = slice_segments(analysis, group)
+    floor = max(divisor, 1)
+
+    def short(seg):
+        return min(len(seg), floor) - len(keep.intersection(seg))
+    for seg in segments:
+        for c in [c for c in reversed(order) if c in seg and c not in keep][:max(short(seg), 0)]:
+            keep.add(c)
+            for out in order:  # give back the least important channel no segment needs
+                if out in keep and out != c and all(
+                        short(s) < 0 or out not in s for s in segments):
+                    keep.discard(out)
+                    break
+    return sorted(keep)
 
 
 def make_plan(analysis: ChannelAnalysis, ratio: float | None = None, ratios: dict | None = None,
@@ -134,8 +178,7 @@ def make_plan(analysis: ChannelAnalysis, ratio: float | None = None, ratios: dic
         if scores is None:
             keep = list(range(g.channels))
         else:
-            order = lowest_first(scores)
-            keep = sorted(int(k) for k in order[g.channels - keep_n:])
+            keep = kept_classes(analysis, g, keep_n, lowest_first(scores), divisor)
         groups.append(GroupPlan(g.id, list(g.producers), list(g.members), g.channels, keep,
                                 float(r), None if scores is None else
                                 [float(f"{s:.9g}") for s in scores]))

@@ -31,7 +31,7 @@ from ..graph import Graph
 from ..layers.registry import LayerSpec, spec_for
 from ..opcount import stat
 from ..pruning.groups import ChannelAnalysis
-from ..pruning.plan import kept_count
+from ..pruning.plan import kept_classes, kept_count
 
 ALLOCATORS = ("greedy", "threshold")
 
@@ -41,7 +41,7 @@ class Allocation:
     ratios: dict  # group id -> ratio
     ops: int
     baseline_ops: int
-    predicted_drop: float  # sum of single-group metric drops (additive estimate)
+    predicted_drop: float  # sum of single-group metric drops: assumes groups do not interact
     method: str
     rate: float = 0.0
     tolerance: float = 0.01
@@ -86,14 +86,21 @@ class OpsCounter:
             if r <= 0:
                 continue
             n = kept_count(g.channels, r, self.divisor)
-            for cls in g.classes[n:]:  # which channels go does not change the count
-                for s, c in cls:
-                    keep[self.a.spaces[s].first_node + c] = False
+            # which channels go barely changes the count, but no slice output may be emptied
+            kept = set(kept_classes(self.a, g, n, range(g.channels - 1, -1, -1), self.divisor))
+            for k, cls in enumerate(g.classes):
+                if k not in kept:
+                    for s, c in cls:
+                        keep[self.a.spaces[s].first_node + c] = False
         return keep
 
+    def kept_counts(self, ratios: dict) -> tuple:
+        """(group id, kept channels) of the pruned groups: equal for allocations that give one model."""
+        return tuple(sorted((k, kept_count(self._ch(k), v, self.divisor))
+                            for k, v in ratios.items() if v > 0))
+
     def ops(self, ratios: dict) -> int:
-        key = tuple(sorted((k, kept_count(self._ch(k), v, self.divisor))
-                           for k, v in ratios.items() if v > 0))
+        key = self.kept_counts(ratios)
         if key not in self._cache:
             self._cache[key] = self._count(self.keep_mask(ratios))
         return self._cache[key]
@@ -195,6 +202,52 @@ def allocate_at_threshold(counter: OpsCounter, curves: dict, baseline: float, th
     pred = sum(metric_drop(curves[g], baseline, r, higher_is_better) for g, r in ratios.items())
     return Allocation(ratios, ops, base_ops, pred, "threshold", 1.0 - ops / base_ops,
                       divisor_hint=counter.divisor)
+
+
+def neighbour_allocations(counter: OpsCounter, curves: dict, baseline: float, alloc: Allocation,
+                          higher_is_better: bool = True, cut_short=()) -> list[Allocation]:
+    """Allocations one grid step away from ``alloc`` that still meet its operations target.
+
+    For every ordered pair of groups (a, b): a goes up to its next analysed ratio, b down
+    to its previous one (or to 0), and single ``divisor`` steps then settle the count
+    within the tolerance (:func:`_settle`). Candidates are distinct in kept channels,
+    off-target ones are left out, and they come cheapest predicted drop first (ties by
+    the pair's group ids), so a budget of N tries the N most promising.
+
+    Example: greedy keeps conv1 at 0.3 and conv2 at 0.6; the pair (conv1, conv2) gives
+    conv1 0.4, conv2 0.5, then a few steps of 2 channels bring the count back on target.
+    """
+    grids = {gid: sorted(c) for gid, c in curves.items()}
+    limits = {gid: max(curves[gid]) for gid in cut_short if curves.get(gid)}
+    base_ops = counter.ops({})
+    target = (1 - alloc.rate) * base_ops
+
+    def drop(g, r):
+        return metric_drop(curves[g], baseline, r, higher_is_better) if r > 0 else 0.0
+
+    kept = counter.kept_counts
+    seen = {kept(alloc.ratios)}
+    found = []
+    for up in sorted(grids):
+        higher = [r for r in grids[up] if r > alloc.ratios.get(up, 0.0) + 1e-9]
+        if not higher:
+            continue
+        for down in sorted(grids):
+            lower = [r for r in grids[down] if r < alloc.ratios.get(down, 0.0) - 1e-9]
+            if down == up or not alloc.ratios.get(down, 0.0) > 0:
+                continue
+            trial = dict(alloc.ratios)
+            trial[up], trial[down] = higher[0], (lower[-1] if lower else 0.0)
+            ratios = _settle(counter, trial, target, base_ops, alloc.tolerance, drop, limits)
+            if kept(ratios) in seen or abs(counter.ops(ratios) - target) > alloc.tolerance * base_ops:
+                continue
+            seen.add(kept(ratios))
+            pred = sum(drop(g, r) for g, r in ratios.items())
+            found.append((pred, up, down, Allocation(
+                ratios, counter.ops(ratios), base_ops, pred, alloc.method, alloc.rate,
+                alloc.tolerance, counter.divisor, bool(limits))))
+    found.sort(key=lambda x: (x[0], x[1], x[2]))
+    return [a for *_, a in found]
 
 
 def _threshold(counter, grids, drops, baseline, target, base_ops, tolerance) -> dict:

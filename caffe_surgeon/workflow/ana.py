@@ -30,6 +30,7 @@ still needs, so an early-stopped analysis can be completed later.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 from ..errors import ModelError
@@ -144,16 +145,26 @@ def _progress_bar(enabled: bool, total: int, initial: int):
         return None
     try:
         from tqdm import tqdm
-    except ImportError:  # optional: no bar, same results
+    except ImportError:  # a core dependency, but a stripped environment still runs: say so once
+        print("note: no progress bar: it needs tqdm (pip install tqdm)", file=sys.stderr)
         return None
     return tqdm(total=total, initial=initial, desc="ana", unit="eval", dynamic_ncols=True)
 
 
 def write_reports(result: AnaResult, workspace) -> list[Path]:
     """Write ``ana_sensitivity.txt`` (table), ``.csv`` and ``.png`` (if matplotlib is
-    installed) into ``workspace``, atomically; return the paths written."""
-    from .report import write_sensitivity_reports
-    return write_sensitivity_reports(result.to_table(), workspace)
+    installed) into ``workspace``, atomically; return the paths written.
+
+    Without matplotlib the plot is left out and one line on stderr says what to install,
+    so no caller ever names a plot file that was not written.
+    """
+    from .report import SENSITIVITY_REPORT_NAMES, write_sensitivity_reports
+    written = write_sensitivity_reports(result.to_table(), workspace)
+    plot = SENSITIVITY_REPORT_NAMES[-1]
+    if all(p.name != plot for p in written):
+        print(f"note: {plot} not written: the sensitivity plot needs matplotlib "
+              "(pip install matplotlib, or pip install 'caffe-surgeon[plot]')", file=sys.stderr)
+    return written
 
 
 __all__ = ["AnaJob", "AnaResult", "run_ana", "write_reports", "job_inputs", "ratio_key",

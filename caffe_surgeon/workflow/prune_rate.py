@@ -16,7 +16,9 @@ from ..opcount import stat
 from ..pruning import Plan, analyse, apply, make_plan, node_keep
 from ..pruning.reconstruct import reconstruct
 from ..pruning.transform import transform
-from .allocate import Allocation, OpsCounter, allocate, allocate_at_threshold
+from .allocate import (Allocation, OpsCounter, allocate, allocate_at_threshold,
+                       neighbour_allocations)
+from .refine import Refinement, refine as refine_allocation
 from .report import PruneSummary
 
 
@@ -28,6 +30,20 @@ class PruneOutcome:
     sparse: Graph
     summary: PruneSummary
     refitted: list  # layers refitted by least squares (empty without calibration images)
+    refinement: Refinement | None = None  # what -refine measured (None without it)
+    higher_is_better: bool = True  # False for a loss: a drop is then a rise
+
+    def prediction_note(self) -> str:
+        """What the allocator predicted, what it assumed, and what was measured."""
+        s = self.summary
+        measured = s.acc_baseline - s.acc_compressed
+        if not self.higher_is_better:
+            measured = -measured
+        note = (f"predicted drop {self.allocation.predicted_drop:.4g}: the sum of the drops ana "
+                "measured for each group pruned alone, which assumes groups do not interact")
+        if s.acc_compressed == s.acc_compressed:  # measured (not NaN)
+            note += f"; measured drop {measured:.4g}"
+        return note
 
 
 def higher_is_better(metric_name: str) -> bool:
@@ -118,7 +134,8 @@ def _stale(state_path, changes) -> ModelError:
 def prune_to_rate(graph: Graph, ana, rate: float | None, *, evaluator=None, criterion: str = "l1",
                   divisor: int = 2, method: str = "greedy", ignore=(),
                   input_shapes=None, calib: dict | None = None,
-                  darknet_bn: str = "pjreddie", threshold: float | None = None) -> PruneOutcome:
+                  darknet_bn: str = "pjreddie", threshold: float | None = None,
+                  refine: int = 0) -> PruneOutcome:
     """Allocate ratios for ``rate`` from ``ana`` and prune ``graph`` (dense and sparse forms).
 
     Args:
@@ -132,34 +149,54 @@ def prune_to_rate(graph: Graph, ana, rate: float | None, *, evaluator=None, crit
             input channels are refitted by least squares (:mod:`..pruning.reconstruct`) in
             the sparse model, and the dense one is what ``transform`` makes of it, so the
             evaluated model is exactly the one the written sparse weights give.
+        refine: measure up to this many allocations near the allocator's (each built the
+            way the output is, reconstruction included) and keep the best measured one
+            (:mod:`.refine`); 0 (default) keeps the allocator's. Needs ``evaluator``.
     """
     a = analyse(graph, ignore=ignore, input_shapes=input_shapes)
     curves = curves_of(ana, a)
     counter = OpsCounter(graph, a, divisor, input_shapes)
+    hib = higher_is_better(ana.metric_name)
     if rate is None:
         if threshold is None:
             raise ModelError("prune needs a rate (or a threshold)")
-        alloc = allocate_at_threshold(counter, curves, float(ana.baseline), threshold,
-                                      higher_is_better(ana.metric_name))
+        alloc = allocate_at_threshold(counter, curves, float(ana.baseline), threshold, hib)
         rate = alloc.rate
     else:
         alloc = _allocate(counter, curves, ana, rate, method)
-    plan = make_plan(a, ratios=alloc.ratios, criterion=criterion, divisor=divisor)
-    # keep_layout: sparse.caffemodel must still pair with the original prototxt
-    sparse = apply(graph, plan, "sparse", fold=True, analysis=a, keep_layout=True)
-    refitted = []
-    if calib is None:
-        dense = apply(graph, plan, "dense", fold=True, analysis=a, keep_layout=True)
-    else:
-        refitted = reconstruct(graph, sparse, a, node_keep(a, plan), calib,
-                               darknet_bn=darknet_bn, create=False)
-        dense = _dense_of(sparse, plan, ignore, input_shapes)
-    acc = float(evaluator.evaluate(dense)) if evaluator is not None else float("nan")
+    if refine and evaluator is None:
+        raise ModelError("-refine measures allocations: it needs the evaluator")
+
+    def build(allocation):
+        plan = make_plan(a, ratios=allocation.ratios, criterion=criterion, divisor=divisor)
+        # keep_layout: sparse.caffemodel must still pair with the original prototxt
+        sparse = apply(graph, plan, "sparse", fold=True, analysis=a, keep_layout=True)
+        refitted = []
+        if calib is None:
+            dense = apply(graph, plan, "dense", fold=True, analysis=a, keep_layout=True)
+        else:
+            refitted = reconstruct(graph, sparse, a, node_keep(a, plan), calib,
+                                   darknet_bn=darknet_bn, create=False)
+            dense = _dense_of(sparse, plan, ignore, input_shapes)
+        acc = float(evaluator.evaluate(dense)) if evaluator is not None else float("nan")
+        return plan, sparse, dense, refitted, acc
+
+    built = build(alloc)
+    refinement = None
+    if refine:
+        cut = {gid for gid, c in curves.items() if len(c) < len(ana.ratios)}
+        refinement = refine_allocation(
+            alloc, built[-1], refine,
+            lambda at: neighbour_allocations(counter, curves, float(ana.baseline), at, hib, cut),
+            lambda at: build(at)[-1], hib, key=lambda at: counter.kept_counts(at.ratios))
+        if refinement.best is not alloc:  # built again rather than every candidate kept in memory
+            alloc, built = refinement.best, build(refinement.best)
+    plan, sparse, dense, refitted, acc = built
     before, after = stat(graph, input_shapes).total, stat(dense, input_shapes).total
     summary = PruneSummary(acc_baseline=float(ana.baseline), acc_compressed=acc,
                            weights_baseline=before.params, weights_compressed=after.params,
                            ops_baseline=before.ops, ops_compressed=after.ops, rate=rate)
-    return PruneOutcome(alloc, plan, dense, sparse, summary, refitted)
+    return PruneOutcome(alloc, plan, dense, sparse, summary, refitted, refinement, hib)
 
 
 def _allocate(counter, curves, ana, rate: float, method: str) -> Allocation:
