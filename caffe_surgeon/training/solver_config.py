@@ -164,9 +164,10 @@ class _Located:
     file: str | None
     lines: dict
 
-    def fail(self, name: str, message: str):
-        raise ModelError(f"solver field '{name}': {message}", file=self.file,
-                         line=self.lines.get(name))
+    def fail(self, name: str, message: str, near: str | None = None):
+        """Raise at ``name``'s line, or at ``near``'s when ``name`` is not in the file."""
+        line = self.lines.get(name, self.lines.get(near))
+        raise ModelError(f"solver field '{name}': {message}", file=self.file, line=line)
 
 
 def _build(msg, where: _Located) -> SolverConfig:
@@ -243,11 +244,13 @@ def _schedule(msg, present: set, where: _Located) -> LrSchedule:
     if policy in ("step", "exp", "inv", "multistep", "sigmoid") and msg.gamma < 0:
         where.fail("gamma", f"must be >= 0 for lr_policy {policy}, got {msg.gamma}")
     if policy in ("step", "sigmoid") and msg.stepsize <= 0:
-        where.fail("stepsize", f"must be > 0 for lr_policy {policy}, got {msg.stepsize}")
+        where.fail("stepsize", f"must be > 0 for lr_policy {policy}, got {msg.stepsize}",
+                   near="lr_policy")
     if policy == "multistep" and not msg.stepvalue:
-        where.fail("stepvalue", "lr_policy multistep needs at least one stepvalue")
+        where.fail("stepvalue", "lr_policy multistep needs at least one stepvalue", near="lr_policy")
     if policy == "poly" and msg.max_iter <= 0:
-        where.fail("max_iter", f"must be > 0 for lr_policy poly, got {msg.max_iter}")
+        where.fail("max_iter", f"must be > 0 for lr_policy poly, got {msg.max_iter}",
+                   near="lr_policy")
     return LrSchedule(base_lr=msg.base_lr, policy=policy, gamma=msg.gamma, power=msg.power,
                       stepsize=msg.stepsize, stepvalue=tuple(msg.stepvalue),
                       max_iter=msg.max_iter)
