@@ -14,6 +14,7 @@ from assets import need_module
 
 torch = need_module("torch")  # the [finetune] extra: fails under CI=true without it
 
+from caffe_surgeon.errors import ModelError  # noqa: E402
 from caffe_surgeon.training.solver import Solver  # noqa: E402
 from caffe_surgeon.training.solver_config import SolverConfig  # noqa: E402
 
@@ -203,13 +204,13 @@ def test_the_callers_iteration_must_match_the_solvers():
     w = param(W0)
     w[3].grad = torch.zeros(3)
     s.step_update([w], 0)
-    with pytest.raises(Exception, match="iteration 5 but the solver is at iteration 1"):
+    with pytest.raises(ModelError, match="iteration 5 but the solver is at iteration 1"):
         s.step_update([w], 5)
 
 
 def test_a_different_parameter_list_is_refused_by_name_and_shape():
     s = solver('base_lr: 1 lr_policy: "fixed"')
     run(s, [param(W0, "a")], [[G1]])
-    with pytest.raises(Exception, match=r"parameter 'a' \(layer 'layer_a', blob 0\) of shape \[3\], "
+    with pytest.raises(ModelError, match=r"parameter 'a' \(layer 'layer_a', blob 0\) of shape \[3\], "
                                         r"not 'b' \(layer 'layer_b', blob 0\) of shape \[2\]"):
         run(s, [param([1.0, 2.0], "b")], [[[1.0, 1.0]]])
