@@ -39,6 +39,10 @@ def prepared(path: Path, weights: Path | None = None, *, seed: int = 0):
         cs.init(g, seed=seed, input_shapes=overrides)
     wanted = feed_shapes(g, shapes)
     labels = {t for l in g.layers if not l.bottoms for t in l.tops[1:]}
+    for layer in g.layers:  # a label comes one per image (infer_shapes rebatches only images)
+        if not layer.bottoms and len(layer.tops) > 1 and layer.tops[0] in wanted:
+            for t in layer.tops[1:]:
+                wanted[t] = (wanted[layer.tops[0]][0],) + tuple(wanted[t][1:])
     feeds = deterministic_inputs({k: v for k, v in wanted.items() if k not in labels}, seed)
     feeds.update({t: np.zeros(wanted[t], np.float32) for t in labels if t in wanted})
     return g, feeds
