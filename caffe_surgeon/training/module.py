@@ -26,13 +26,14 @@ import dataclasses
 from typing import NamedTuple
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..errors import ModelError
 from ..graph import Graph
 from ..layers.registry import spec_for
-from .torch_ops import TorchContext, op_for
+from .torch_ops import TorchContext, op_for  # first: without torch, its one-line error
+
+import torch  # noqa: E402,I001
+from torch import nn  # noqa: E402
 
 
 class CaffeParam(NamedTuple):

@@ -24,6 +24,12 @@ from typing import Callable
 
 from ..errors import ModelError
 
+try:  # every forward module needs torch: say so once, with the install line
+    import torch  # noqa: F401
+except ImportError:
+    raise ModuleNotFoundError("the trainer (finetune) needs PyTorch, which is not installed: "
+                              "pip install 'caffe-surgeon[finetune]'", name="torch") from None
+
 
 @dataclass(frozen=True)
 class TorchOp:
