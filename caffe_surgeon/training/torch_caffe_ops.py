@@ -137,24 +137,23 @@ def batch_norm(layer, inputs, ctx):
     return [y]
 
 
+def _operand(layer, inputs, ctx, message: str, blob: str):
+    """(x, the per-axis operand, its axis) of Scale / Bias: a second bottom or the stored blob."""
+    x = inputs[0]
+    axis = canonical_axis(int(sub(layer, message).get("axis", 1)), x.ndim)
+    return x, (inputs[1] if len(inputs) > 1 else ctx.arrays[blob]), axis
+
+
 @op("caffe", "Scale")
 def scale(layer, inputs, ctx):
-    p = sub(layer, "scale_param")
-    x = inputs[0]
-    axis = canonical_axis(int(p.get("axis", 1)), x.ndim)
-    s = inputs[1] if len(inputs) > 1 else ctx.arrays["scale"]
+    x, s, axis = _operand(layer, inputs, ctx, "scale_param", "scale")
     y = x * _per_channel(s, x, axis)
-    if "bias" in ctx.arrays:
-        y = y + _per_channel(ctx.arrays["bias"], x, axis)
-    return [y]
+    return [y + _per_channel(ctx.arrays["bias"], x, axis) if "bias" in ctx.arrays else y]
 
 
 @op("caffe", "Bias")
 def bias(layer, inputs, ctx):
-    p = sub(layer, "bias_param")
-    x = inputs[0]
-    axis = canonical_axis(int(p.get("axis", 1)), x.ndim)
-    b = inputs[1] if len(inputs) > 1 else ctx.arrays["bias"]
+    x, b, axis = _operand(layer, inputs, ctx, "bias_param", "bias")
     return [x + _per_channel(b, x, axis)]
 
 

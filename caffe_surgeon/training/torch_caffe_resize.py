@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..engine.caffe_resize_ops import _cv_linear_axis, _cv_nearest_axis, interp_axis
+from ..engine.caffe_resize_ops import _cv_linear_axis, _cv_nearest_axis, bilinear, interp_axis
 from ..engine.darknet_ops import _reorg_index
 from ..errors import ModelError
 from ..layers.caffe_geometry import sub
@@ -33,16 +33,6 @@ def _taps(ctx, key, make, device):
     return hit
 
 
-def _bilinear(x, hk, wk):
-    """``h0 * (w0 * p[hl, wl] + w1 * p[hl, wh]) + h1 * (...)``, the engine's order of operations."""
-    hl, hh, h0, h1 = hk
-    wl, wh, w0, w1 = wk
-    top, bot = x[:, :, hl, :], x[:, :, hh, :]
-    a = w0 * top[..., wl] + w1 * top[..., wh]
-    b = w0 * bot[..., wl] + w1 * bot[..., wh]
-    return h0[:, None] * a + h1[:, None] * b
-
-
 @op("caffe", "Interp")
 def interp(layer, inputs, ctx):
     p = sub(layer, "interp_param")
@@ -59,7 +49,7 @@ def interp(layer, inputs, ctx):
         return [src.contiguous()]
     hk = _taps(ctx, (layer.name, "h", ih, oh), lambda: interp_axis(ih, oh), x.device)
     wk = _taps(ctx, (layer.name, "w", iw, ow), lambda: interp_axis(iw, ow), x.device)
-    return [_bilinear(src, hk, wk)]
+    return [bilinear(src, hk, wk)]
 
 
 @op("caffe", "DeephiResize")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
-from ..layers.caffe_geometry import canonical_axis, pair, pool_out, sub
+from ..layers.caffe_geometry import canonical_axis, crop_windows, join_axis, pair, pool_out, sub
 from ..layers.registry import spec_for
 from .torch_ops import op
 
@@ -97,16 +97,13 @@ def eltwise(layer, inputs, ctx):
 
 @op("caffe", "Concat")
 def concat(layer, inputs, ctx):
-    p = sub(layer, "concat_param")
-    axis = int(p["concat_dim"]) if "concat_dim" in p else int(p.get("axis", 1))
-    return [torch.cat(inputs, dim=canonical_axis(axis, inputs[0].ndim))]
+    return [torch.cat(inputs, dim=join_axis(layer, inputs[0].ndim))]
 
 
 @op("caffe", "Slice")
 def slice_(layer, inputs, ctx):
     x = inputs[0]
-    p = sub(layer, "slice_param")
-    axis = canonical_axis(int(p["slice_dim"]) if "slice_dim" in p else int(p.get("axis", 1)), x.ndim)
+    axis = join_axis(layer, x.ndim)
     sizes = [s[axis] for s in spec_for("caffe", layer).infer(layer, [tuple(x.shape)])]
     return list(torch.split(x, sizes, dim=axis))
 
@@ -128,15 +125,8 @@ def permute(layer, inputs, ctx):
 @op("caffe", "Crop")
 def crop(layer, inputs, ctx):
     x, ref = inputs
-    p = sub(layer, "crop_param")
-    axis = canonical_axis(int(p.get("axis", 2)), x.ndim)
-    offsets = [int(o) for o in p.get("offset", [])]
-    for i, a in enumerate(range(axis, x.ndim)):
-        off = offsets[0] if len(offsets) == 1 else (offsets[i] if offsets else 0)
-        if off + ref.shape[a] > x.shape[a]:
-            raise ModelError(f"crop offset {off} + size {ref.shape[a]} exceeds axis {a} of "
-                             f"size {x.shape[a]}")
-        x = x.narrow(a, off, ref.shape[a])
+    for a, off, size in crop_windows(layer, tuple(x.shape), tuple(ref.shape)):
+        x = x.narrow(a, off, size)
     return [x]
 
 

@@ -26,7 +26,8 @@ import torch
 
 from ..errors import ModelError
 from ..layers.caffe_geometry import canonical_axis, sub
-from .torch_ops import op, refuse
+from ..engine.caffe_refused import TRAINING_LOSSES
+from .torch_ops import TORCH_OPS, op, refuse
 
 _FLT_MIN = float(np.finfo(np.float32).tiny)
 _MODES = ("FULL", "VALID", "BATCH_SIZE", "NONE")
@@ -159,16 +160,8 @@ def accuracy(layer, inputs, ctx):
     return out
 
 
-_WHY = "not implemented in the trainer yet"
-#: loss type -> what it would need (its reason is _WHY, then this)
-_NOT_YET = {
-    "ContrastiveLoss": "a siamese margin loss over two feature bottoms and a similarity label",
-    "HingeLoss": "an L1/L2 hinge over scores and integer labels",
-    "InfogainLoss": "a log loss weighted by an infogain matrix read from a file or a third bottom",
-    "MultinomialLogisticLoss": "a log loss over probabilities and integer labels",
-    "L1Loss": "a fork's L1 regression loss whose normalisation differs between forks",
-    "MultiBoxLoss": "SSD's prior matching and hard-negative mining (detector finetuning is the "
-                    "next issue)",
-}
-for _type, _what in _NOT_YET.items():
-    refuse("caffe", _type, reason=f"{_WHY} ({_what})")
+# The losses the trainer does not implement yet, described once (the engine's refusal table)
+for _type, _what in TRAINING_LOSSES.items():
+    if ("caffe", _type) not in TORCH_OPS:
+        later = " (detector finetuning is the next issue)" if _type == "MultiBoxLoss" else ""
+        refuse("caffe", _type, reason=f"not implemented in the trainer yet: {_what}{later}")
