@@ -12,16 +12,24 @@ import sys
 
 import pytest
 
+from assets import missing_oracle
 from caffe_surgeon.layers.registry import REGISTRY, supported_types
 
 BACKENDS = [
     "caffe_surgeon.engine.ops",  # the NumPy engine
+    "caffe_surgeon.training.torch_ops",  # the torch trainer (finetune)
 ]
 FRAMEWORKS = ("caffe", "darknet")
 
 
 def _tables(backend):
-    return importlib.import_module(backend).tables()
+    try:
+        module = importlib.import_module(backend)
+    except ModuleNotFoundError as e:  # an optional backend's engine (torch) is not installed
+        if e.name and not e.name.startswith("caffe_surgeon"):
+            missing_oracle(f"backend {backend} needs {e.name}, which is not installed")
+        raise
+    return module.tables()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
-from ..layers.caffe_geometry import canonical_axis, conv_geometry, pair, pool_out, sub
+from ..layers.caffe_geometry import (canonical_axis, conv_geometry, crop_windows, join_axis, pair,
+                                     pool_out, sub)
 from ..layers.registry import spec_for
 from .kernels import channelwise
 from .kernels.conv import conv2d, deconv2d, winograd_weights
@@ -333,16 +334,13 @@ def eltwise(layer, inputs, ctx):
 
 @op("caffe", "Concat")
 def concat(layer, inputs, ctx):
-    p = sub(layer, "concat_param")
-    axis = int(p["concat_dim"]) if "concat_dim" in p else int(p.get("axis", 1))
-    return [np.concatenate(inputs, axis=canonical_axis(axis, inputs[0].ndim))]
+    return [np.concatenate(inputs, axis=join_axis(layer, inputs[0].ndim))]
 
 
 @op("caffe", "Slice")
 def slice_(layer, inputs, ctx):
     x = inputs[0]
-    p = sub(layer, "slice_param")
-    axis = canonical_axis(int(p["slice_dim"]) if "slice_dim" in p else int(p.get("axis", 1)), x.ndim)
+    axis = join_axis(layer, x.ndim)
     shapes = spec_for("caffe", layer).infer(layer, [x.shape])
     out, start = [], 0
     for s in shapes:
@@ -404,15 +402,9 @@ def lrn(layer, inputs, ctx):
 @op("caffe", "Crop")
 def crop(layer, inputs, ctx):
     x, ref = inputs
-    p = sub(layer, "crop_param")
-    axis = canonical_axis(int(p.get("axis", 2)), x.ndim)
-    offsets = [int(o) for o in p.get("offset", [])]
     idx = [slice(None)] * x.ndim
-    for i, a in enumerate(range(axis, x.ndim)):
-        off = offsets[0] if len(offsets) == 1 else (offsets[i] if offsets else 0)
-        if off + ref.shape[a] > x.shape[a]:
-            raise ModelError(f"crop offset {off} + size {ref.shape[a]} exceeds axis {a} of size {x.shape[a]}")
-        idx[a] = slice(off, off + ref.shape[a])
+    for a, off, size in crop_windows(layer, x.shape, ref.shape):
+        idx[a] = slice(off, off + size)
     return [np.ascontiguousarray(x[tuple(idx)])]
 
 

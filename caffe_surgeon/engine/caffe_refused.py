@@ -12,8 +12,9 @@ from .ops import refuse
 
 _TRAINING = "a training loss: runs in the trainer (finetune), not in inference"
 
-#: loss type -> what it computes (its reason is _TRAINING, then this)
-_LOSSES = {
+#: loss type -> what it computes (its reason is _TRAINING, then this; the trainer's
+#: refusals reuse the text)
+TRAINING_LOSSES = {
     "ContrastiveLoss": "a siamese margin loss over two feature bottoms and a similarity label",
     "HingeLoss": "an L1/L2 hinge over scores and integer labels",
     "InfogainLoss": "a log loss weighted by an infogain matrix read from a file or a third bottom",
@@ -23,5 +24,5 @@ _LOSSES = {
     "MultiBoxLoss": "SSD's loss: matches priors to ground-truth boxes and mines hard negatives; "
                     "DetectionOutput is its inference counterpart",
 }
-for _type, _what in _LOSSES.items():
+for _type, _what in TRAINING_LOSSES.items():
     refuse("caffe", _type, reason=f"{_TRAINING} ({_what})")

@@ -60,13 +60,19 @@ def interp(layer, inputs, ctx):
     ih, iw = src.shape[2:]
     if (ih, iw) == (oh, ow):
         return [np.ascontiguousarray(src, dtype=F32)]
-    hl, hh, h0, h1 = interp_axis(ih, oh)
-    wl, wh, w0, w1 = interp_axis(iw, ow)
+    return [bilinear(src, interp_axis(ih, oh), interp_axis(iw, ow)).astype(F32, copy=False)]
+
+
+def bilinear(src, h_taps, w_taps):
+    """Combine the four neighbours with per-axis taps (lower, upper, lower weight, upper weight)
+    in ``caffe_cpu_interp2``'s order: h0 * (w0 * p[0] + w1 * p[w1p]) + h1 * (w0 * p[h1p*W] +
+    w1 * p[h1p*W + w1p]). Generic over arrays: the trainer applies it to tensors."""
+    hl, hh, h0, h1 = h_taps
+    wl, wh, w0, w1 = w_taps
     top, bot = src[:, :, hl, :], src[:, :, hh, :]
-    # h0 * (w0 * p[0] + w1 * p[w1p]) + h1 * (w0 * p[h1p*W] + w1 * p[h1p*W + w1p])
     a = w0 * top[..., wl] + w1 * top[..., wh]
     b = w0 * bot[..., wl] + w1 * bot[..., wh]
-    return [(h0[:, None] * a + h1[:, None] * b).astype(F32, copy=False)]
+    return h0[:, None] * a + h1[:, None] * b
 
 
 # ---------------------------------------------------------------- DeephiResize

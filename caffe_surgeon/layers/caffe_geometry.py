@@ -73,3 +73,26 @@ def canonical_axis(axis: int, ndim: int) -> int:
 def shape_dims(shape_msg: dict) -> tuple[int, ...]:
     """Dims of a BlobShape dict (``{"dim": [1, 3, 224, 224]}``)."""
     return tuple(int(d) for d in (shape_msg or {}).get("dim", []))
+
+
+def join_axis(layer, ndim: int) -> int:
+    """Concat's or Slice's axis: the legacy ``concat_dim`` / ``slice_dim``, else ``axis`` (1)."""
+    key = "concat" if layer.type == "Concat" else "slice"
+    p = sub(layer, f"{key}_param")
+    axis = int(p[f"{key}_dim"]) if f"{key}_dim" in p else int(p.get("axis", 1))
+    return canonical_axis(axis, ndim)
+
+
+def crop_windows(layer, shape, ref_shape) -> list[tuple[int, int, int]]:
+    """Caffe's Crop: (axis, offset, size) for every axis from ``crop_param.axis`` (2) on; one
+    offset serves every axis, none means 0. A window past the input is a ModelError."""
+    p = sub(layer, "crop_param")
+    axis = canonical_axis(int(p.get("axis", 2)), len(shape))
+    offsets = [int(o) for o in p.get("offset", [])]
+    out = []
+    for i, a in enumerate(range(axis, len(shape))):
+        off = offsets[0] if len(offsets) == 1 else (offsets[i] if offsets else 0)
+        if off + ref_shape[a] > shape[a]:
+            raise ModelError(f"crop offset {off} + size {ref_shape[a]} exceeds axis {a} of size {shape[a]}")
+        out.append((a, off, int(ref_shape[a])))
+    return out

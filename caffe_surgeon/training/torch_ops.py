@@ -1,0 +1,129 @@
+"""The torch backend's table: one training-capable forward per (framework, layer type).
+
+The trainer's counterpart of the NumPy engine's ``engine/ops.py``: every layer type with a
+spec (``layers.registry.REGISTRY``) has here either a forward (:data:`TORCH_OPS`, filled by
+:func:`op`) or a stated refusal (:data:`REFUSED`, filled by :func:`refuse`), never both;
+``tests/test_backend_coverage.py`` holds every backend to that.
+
+A forward has the signature ``fn(layer, inputs, ctx) -> list[torch.Tensor]``: ``inputs`` are
+tensors it must not modify (autograd needs them), ``ctx`` a :class:`TorchContext`. What a
+backend may know beyond the forward is declared at registration, not found by type name:
+
+* ``statistics``: the stored arrays that are running statistics, not learned (BatchNorm's
+  mean / variance / factor): the module keeps them as buffers, which the forward updates in
+  train mode, and never hands them to a solver.
+* ``check``: ``fn(layer) -> str``, why this layer's *settings* cannot be trained ("" when they
+  can); asked before anything runs, so a STOCHASTIC pooling fails by name at build time.
+
+Importing this module imports torch: only ``caffe_surgeon.training`` does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import ModelError
+
+try:  # every forward module needs torch: say so once, with the install line
+    import torch  # noqa: F401
+except ImportError:
+    raise ModuleNotFoundError("the trainer (finetune) needs PyTorch, which is not installed: "
+                              "pip install 'caffe-surgeon[finetune]'", name="torch") from None
+
+
+@dataclass(frozen=True)
+class TorchOp:
+    """One table entry: the forward and what the module must know to hold the layer's arrays."""
+
+    forward: Callable
+    statistics: frozenset = frozenset()
+    check: Callable | None = None
+
+
+TORCH_OPS: dict[tuple[str, str], TorchOp] = {}
+#: (framework, type) -> why the trainer cannot run a type that has a spec (one line).
+REFUSED: dict[tuple[str, str], str] = {}
+
+
+def _claim(framework: str, t: str) -> None:
+    if (framework, t) in TORCH_OPS or (framework, t) in REFUSED:
+        raise RuntimeError(f"{framework} {t} registered twice in the torch backend")
+
+
+def op(framework: str, *types: str, statistics=(), check: Callable | None = None):
+    """Decorator registering a torch forward for the given layer types.
+
+    Args:
+        framework: "caffe" or "darknet".
+        types: the layer types this forward runs.
+        statistics: names of stored arrays that are running statistics (buffers, not learned).
+        check: ``fn(layer) -> str``: why these settings cannot be trained ("" if they can).
+    """
+    def register(fn):
+        for t in types:
+            _claim(framework, t)
+            TORCH_OPS[(framework, t)] = TorchOp(fn, frozenset(statistics), check)
+        return fn
+    return register
+
+
+def refuse(framework: str, *types: str, reason: str) -> None:
+    """State that the trainer has no forward for ``types``, and why (one line, no final stop)."""
+    if not reason or "\n" in reason:
+        raise RuntimeError(f"torch refusal of {framework} {types} needs a one-line reason")
+    for t in types:
+        _claim(framework, t)
+        REFUSED[(framework, t)] = reason
+
+
+def _load():
+    # the forward modules register themselves on import
+    from . import (torch_caffe_ops, torch_caffe_resize, torch_caffe_structure,  # noqa: F401
+                   torch_darknet, torch_losses, torch_postprocess)
+
+
+def tables() -> tuple[dict, dict]:
+    """(:data:`TORCH_OPS`, :data:`REFUSED`) with every forward module loaded (the backend
+    protocol of ``tests/test_backend_coverage.py``)."""
+    _load()
+    return TORCH_OPS, REFUSED
+
+
+def op_for(framework: str, layer, file=None) -> TorchOp:
+    """The table entry that trains ``layer``, or a one-line ModelError naming the layer, its
+    type and why it cannot be trained."""
+    _load()
+    entry = TORCH_OPS.get((framework, layer.type))
+    why = REFUSED.get((framework, layer.type))
+    name = f"[{layer.type}]" if framework == "darknet" else layer.type
+    if why is not None:
+        raise ModelError(f"{name} cannot be trained: {why}", file=file, layer=layer.name)
+    if entry is None:
+        known = sorted(t for f, t in TORCH_OPS if f == framework)
+        raise ModelError(f"no torch implementation for {framework} layer type '{layer.type}' "
+                         f"(trainable types: {', '.join(known)})", file=file, layer=layer.name)
+    if entry.check is not None:
+        why = entry.check(layer)
+        if why:
+            raise ModelError(f"{name} cannot be trained: {why}", file=file, layer=layer.name)
+    return entry
+
+
+@dataclass
+class TorchContext:
+    """What a torch forward may need beyond its inputs.
+
+    Attributes:
+        training: Caffe's TRAIN phase (batch statistics, dropout) rather than TEST.
+        arrays: the running layer's stored arrays by blob name (parameters and buffers).
+        feeds: tensors fed by blob name (data layers' tops).
+        cache: per-layer constants that depend only on shapes and parameters (index maps,
+            prior boxes), keyed by a tuple that starts with the layer name.
+        darknet_bn: Darknet BatchNorm flavour (see ``engine.ops.RunContext``).
+    """
+
+    training: bool = False
+    arrays: dict = field(default_factory=dict)
+    feeds: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+    darknet_bn: str = "pjreddie"
