@@ -80,6 +80,8 @@ def test_batchnorm_gradient_is_caffes_full_batch_derivative():
 
 
 def test_xilinx_batchnorm_trains_its_scale_and_bias_and_updates_its_statistics():
+    """caffe-xilinx batch_norm_layer.cpp: the first TRAIN pass copies the batch statistics
+    (biased variance, stored undivided); later passes average them in with weight 1 - maf."""
     weights = {"scale": np.array([2.0, 0.5], np.float32), "bias": np.array([1.0, 0.0], np.float32),
                "mean": np.zeros(2, np.float32), "variance": np.ones(2, np.float32),
                "counter": np.zeros(1, np.float32)}
@@ -93,8 +95,33 @@ def test_xilinx_batchnorm_trains_its_scale_and_bias_and_updates_its_statistics()
     assert [(p.blob_name, p.blob_index) for p in m.caffe_params()] == [("scale", 0), ("bias", 1)]
     out = m.write_back(g).layer("bn").weights
     np.testing.assert_allclose(out["counter"], [1.0])
-    np.testing.assert_allclose(out["mean"], [4.0, 1.0])
-    np.testing.assert_allclose(out["variance"], [0.5 + 20 / 3, 0.5 + 20 / 3], rtol=1e-6)
+    np.testing.assert_allclose(out["mean"], [4.0, 1.0])  # copied, not averaged
+    np.testing.assert_allclose(out["variance"], [5.0, 5.0], rtol=1e-6)  # biased, undivided
+    m({"x": X + 2.0})  # second pass: 0.5 * stored + 0.5 * batch
+    out = m.write_back(g).layer("bn").weights
+    np.testing.assert_allclose(out["counter"], [2.0])
+    np.testing.assert_allclose(out["mean"], [5.0, 2.0])
+    np.testing.assert_allclose(out["variance"], [5.0, 5.0], rtol=1e-6)
+    # the engine reads what training stored: eval mode normalises with it
+    y_eval = m.eval()({"x": X}).blobs["y"].detach().numpy()
+    want = (X - np.array([5.0, 2.0]).reshape(1, 2, 1, 1)) / np.sqrt(5.0 + 1e-5) \
+        * np.array([2.0, 0.5]).reshape(1, 2, 1, 1) + np.array([1.0, 0.0]).reshape(1, 2, 1, 1)
+    np.testing.assert_allclose(y_eval, want, rtol=1e-5, atol=1e-5)
+
+
+def test_xilinx_batchnorm_clips_the_batch_variance_after_200_passes():
+    weights = {"scale": np.ones(2, np.float32), "bias": np.zeros(2, np.float32),
+               "mean": np.zeros(2, np.float32), "variance": np.array([0.1, 0.1], np.float32),
+               "counter": np.array([200.0], np.float32)}
+    g = _bn_graph({"batch_norm_param": {"moving_average_fraction": 0.5}}, weights)
+    m = CaffeModule(g).train()
+    y = m({"x": X}).blobs["y"].detach().numpy()
+    clipped = 4.0 * (0.1 + 0.1)  # 4 x (mean |stored| + stored), far below the batch's 5
+    expected = (X - np.array([4.0, 1.0]).reshape(1, 2, 1, 1)) / np.sqrt(clipped + 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    out = m.write_back(g).layer("bn").weights
+    np.testing.assert_allclose(out["counter"], [201.0])
+    np.testing.assert_allclose(out["variance"], [0.5 * 0.1 + 0.5 * clipped] * 2, rtol=1e-6)
 
 
 def _dropout_graph(params):

@@ -77,13 +77,6 @@ def _per_channel(v, x, axis=1):
 
 
 # ---------------------------------------------------------------- BatchNorm
-def _bn_stat_names(arrays) -> tuple[str, str, str]:
-    """(mean, variance, factor) blob names: BVLC [mean, variance, scale_factor] or
-    caffe-xilinx [scale, bias, mean, variance, counter]."""
-    return ("mean", "variance", "scale_factor") if "scale_factor" in arrays else \
-        ("mean", "variance", "counter")
-
-
 def _bn_stored(layer, arrays):
     """The stored statistics as the NumPy engine reads them (``caffe_ops.bn_affine``): BVLC's
     divided by the factor blob (0 -> 0); caffe-xilinx's undivided."""
@@ -95,20 +88,29 @@ def _bn_stored(layer, arrays):
     return mean, var
 
 
+#: caffe-xilinx batch_norm_layer.hpp: variance clipping starts after this many TRAIN passes
+XILINX_CLIP_START = 200
+XILINX_CLIP_CONST = 4.0
+
+
 @op("caffe", "BatchNorm", statistics=("mean", "variance", "scale_factor", "counter"))
 def batch_norm(layer, inputs, ctx):
-    """BVLC ``batch_norm_layer.cpp``; caffe-xilinx's 5-blob form adds its own scale and bias.
+    """BVLC ``batch_norm_layer.cpp``, and caffe-xilinx's 5-blob form with its own scale and bias.
 
-    TEST (eval): the stored statistics. TRAIN: batch statistics (biased variance) unless
-    ``use_global_stats: true``, and the stored blobs are updated in place as Caffe does::
+    TEST (eval): the stored statistics, as the NumPy engine reads them. TRAIN: batch
+    statistics (biased variance) unless ``use_global_stats: true``, and the stored blobs are
+    updated in place as each fork does (``maf`` = ``moving_average_fraction``, 0.999):
 
-        factor   <- factor * maf + 1
-        mean     <- maf * mean + batch_mean
+    BVLC [mean, variance, scale_factor] (sums the engine divides by the factor)::
+
+        factor <- factor * maf + 1;  mean <- maf * mean + batch_mean
         variance <- maf * variance + m / (m - 1) * batch_variance   (m = count / channels)
 
-    (``maf`` = ``moving_average_fraction``, default 0.999; BVLC's blobs are
-    [mean, variance, scale_factor], caffe-xilinx applies the same update to its blobs
-    [mean, variance, counter].)
+    caffe-xilinx [scale, bias, mean, variance, counter] (averages, stored undivided): its
+    pass counter (kept in the ``counter`` blob so a resumed run continues it) counts TRAIN
+    passes up to 201; the first pass copies the batch statistics, later ones keep
+    ``(1 - maf) * batch + maf * stored``; after 200 passes the batch variance is clipped to
+    ``[stored / 4, 4 * (mean |stored| + stored)]`` before it normalises and is averaged in.
     """
     p = sub(layer, "batch_norm_param")
     eps = float(p.get("eps", 1e-5))
@@ -123,18 +125,43 @@ def batch_norm(layer, inputs, ctx):
     else:
         mean = x.mean(dim=axes)
         var = ((x - _per_channel(mean, x)) ** 2).mean(dim=axes)  # biased, as Caffe normalises
-        m = x.numel() // x.shape[1]
         maf = float(p.get("moving_average_fraction", 0.999))
-        correction = m / (m - 1) if m > 1 else 1.0
-        m_name, v_name, f_name = _bn_stat_names(arrays)
-        with torch.no_grad():
-            arrays[f_name].mul_(maf).add_(1.0)
-            arrays[m_name].mul_(maf).add_(mean.detach())
-            arrays[v_name].mul_(maf).add_(var.detach() * correction)
+        if "scale_factor" in arrays:
+            m = x.numel() // x.shape[1]
+            correction = m / (m - 1) if m > 1 else 1.0
+            with torch.no_grad():
+                arrays["scale_factor"].mul_(maf).add_(1.0)
+                arrays["mean"].mul_(maf).add_(mean.detach())
+                arrays["variance"].mul_(maf).add_(var.detach() * correction)
+        else:
+            var = _xilinx_update(arrays, mean, var, maf)
     y = (x - _per_channel(mean, x)) / _per_channel(torch.sqrt(var + eps), x)
     if "scale" in arrays and "bias" in arrays:  # caffe-xilinx: affine part built in
         y = y * _per_channel(arrays["scale"], x) + _per_channel(arrays["bias"], x)
     return [y]
+
+
+def _xilinx_update(arrays, mean, var, maf):
+    """caffe-xilinx's TRAIN pass on its stored statistics; returns the variance it normalises
+    with (clipped once the pass counter is past ``XILINX_CLIP_START``)."""
+    counter, stored_mean, stored_var = arrays["counter"], arrays["mean"], arrays["variance"]
+    with torch.no_grad():
+        if counter[0] <= XILINX_CLIP_START:
+            counter.add_(1.0)
+        passes = float(counter[0])
+        if passes > XILINX_CLIP_START:
+            upper = XILINX_CLIP_CONST * (stored_var.abs().sum() / stored_var.numel() + stored_var)
+            lower = stored_var / XILINX_CLIP_CONST
+    if passes > XILINX_CLIP_START:
+        var = torch.maximum(torch.minimum(var, upper), lower)
+    with torch.no_grad():
+        if passes > 1:
+            stored_mean.mul_(maf).add_(mean.detach() * (1.0 - maf))
+            stored_var.mul_(maf).add_(var.detach() * (1.0 - maf))
+        else:
+            stored_mean.copy_(mean.detach())
+            stored_var.copy_(var.detach())
+    return var
 
 
 def _operand(layer, inputs, ctx, message: str, blob: str):
