@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .common import NO_EARLY_STOP, NO_PROGRESS_HELP, REFINE_HELP, early_stop_arg, refine_arg, refit_note
+from .common import (NO_EARLY_STOP, NO_PROGRESS_HELP, REFINE_HELP, early_stop_arg,
+                     print_prune_summary, refine_arg)
 
 
 def add_parsers(sub):
@@ -153,14 +154,7 @@ def _prune(args, cfg, job) -> int:
     atomic_write(folder / "sparse.caffemodel", sparse_bytes)
     atomic_write(folder / "final.prototxt", final_text)
     out.plan.save(folder / "plan.json")
-    print(out.summary.format())
-    if out.allocation.off_target_note():
-        print(out.allocation.off_target_note())
-    if calib is not None:
-        print(refit_note(out.refitted, calib))
-    print(out.prediction_note())
-    if out.refinement is not None:
-        print(out.refinement.note(ana.metric_name))
+    print_prune_summary(out, calib, ana.metric_name)
     print(f"wrote {folder / 'sparse.caffemodel'}, {folder / 'final.prototxt'} and {folder / 'plan.json'} "
           f"({args.allocator} allocation{', refined' if out.refinement else ''})")
     return 0

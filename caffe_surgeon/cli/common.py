@@ -194,3 +194,16 @@ def refit_note(refitted: list, calib) -> str:
                 "channels, or each had too few samples: they keep their folded weights)")
     return (f"reconstruction: refitted {len(refitted)} layer(s) by least squares on "
             f"{calib.describe()}: {', '.join(refitted)}")
+
+
+def print_prune_summary(out, calib, metric_name: str) -> None:
+    """What both prune commands print after writing: the vendor's summary, then our notes
+    (allocation off target, the refit, predicted vs measured drop, the refinement)."""
+    print(out.summary.format())
+    if out.allocation.off_target_note():
+        print(out.allocation.off_target_note())
+    if calib is not None:
+        print(refit_note(out.refitted, calib))
+    print(out.prediction_note())
+    if out.refinement is not None:
+        print(out.refinement.note(metric_name))

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .common import NO_EARLY_STOP, NO_PROGRESS_HELP, REFINE_HELP, early_stop_arg, refine_arg, refit_note
+from .common import (NO_EARLY_STOP, NO_PROGRESS_HELP, REFINE_HELP, early_stop_arg,
+                     print_prune_summary, refine_arg)
 
 COMMANDS = ("ana", "prune", "valid", "map", "finetune")
 
@@ -153,14 +154,7 @@ def _prune(args, conf, spec) -> int:
     write_darknet(out.dense, conf.prunedcfg, None)
     write_darknet(out.sparse, None, conf.prune_out_weights)
     out.plan.save(Path(conf.prune_out_weights).with_suffix(".plan.json"))
-    print(out.summary.format())
-    if out.allocation.off_target_note():
-        print(out.allocation.off_target_note())
-    if calib is not None:
-        print(refit_note(out.refitted, calib))
-    print(out.prediction_note())
-    if out.refinement is not None:
-        print(out.refinement.note(ana.metric_name))
+    print_prune_summary(out, calib, ana.metric_name)
     how = f"{args.allocator} allocation" if conf.rate is not None else \
         f"threshold {conf.threshold:g}: operations -{out.allocation.rate:.2%}"
     print(f"wrote {conf.prunedcfg} and {conf.prune_out_weights} ({how})")
