@@ -42,6 +42,15 @@ def write_caffe(graph: Graph, prototxt, caffemodel=None) -> None:
         atomic_write(caffemodel, model)
 
 
+def write_caffemodel(graph: Graph, caffemodel) -> None:
+    """Write only the weights of ``graph`` (a training snapshot pairs with a prototxt the
+    user already has), atomically, after the same shape check as :func:`write_caffe`."""
+    if graph.framework != "caffe":
+        raise ModelError(f"cannot write a {graph.framework} graph as a caffemodel")
+    _check_blob_shapes(graph)
+    atomic_write(caffemodel, render_caffemodel(graph))
+
+
 def _check_blob_shapes(graph: Graph) -> None:
     """Refuse weights the written prototxt would not load back (the reader's check, before
     writing): each array's shape must be what the layer's parameters imply."""

@@ -11,9 +11,12 @@ from .common import (NO_EARLY_STOP, NO_PROGRESS_HELP, REFINE_HELP, early_stop_ar
 def add_parsers(sub):
     for name, what in (("ana", "sensitivity analysis of every prunable group"),
                        ("prune", "prune to the config's rate using the analysis"),
-                       ("finetune", "finetune the pruned model (arrives in a later release)")):
+                       ("finetune", "finetune the pruned model (the PyTorch extra: pip install 'caffe-surgeon[finetune]')")):
         p = sub.add_parser(name, help=what)
         p.add_argument("-config", "--config", required=True, help="vai_p config.prototxt")
+        if name == "finetune":
+            from .finetune import add_options
+            add_options(p)
         if name == "ana":
             p.add_argument("-workers", "--workers", type=int,
                            help="parallel evaluators: this process and N-1 worker processes "
@@ -81,8 +84,9 @@ def _config(args, command):
     return cfg
 
 
-def finetune_advice(config) -> str:
-    """What to do until finetune arrives, with this config's paths.
+def finetune_advice(config, reason: str = "'vai_p_caffe finetune' arrives with the PyTorch "
+                                          "training engine in a later release") -> str:
+    """What to do while finetune cannot run here (``reason``), with this config's paths.
 
     ``sparse.caffemodel`` keeps the original shapes (it pairs with ``model``), and
     ``final.prototxt`` has the reduced ones: the pair to train is ``final.prototxt`` with
@@ -94,7 +98,7 @@ def finetune_advice(config) -> str:
         folder, model = cfg.rate_dir(), cfg.model
     except ModelError:  # the advice still holds, with placeholders for what the config lacks
         folder, model = Path("<workspace>/regular_rate_<rate>"), "<model>"
-    return (f"'vai_p_caffe finetune' arrives with the PyTorch training engine in a later release; "
+    return (f"{reason}; "
             f"meanwhile make the dense weights with 'vai_p_caffe transform -model {model} -weights "
             f"{folder / 'sparse.caffemodel'} -output {folder / 'dense.caffemodel'}' and train "
             f"{folder / 'final.prototxt'} from {folder / 'dense.caffemodel'} in your Caffe setup "
@@ -103,7 +107,8 @@ def finetune_advice(config) -> str:
 
 def run(args) -> int:
     if args.command == "finetune":
-        raise ModelError(finetune_advice(args.config))
+        from .finetune import run_vai_p
+        return run_vai_p(args)
     cfg = _config(args, args.command)
     job = _job(cfg)
     if getattr(args, "early_stop", None) is not None:  # the command line wins over the config

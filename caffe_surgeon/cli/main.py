@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weights file to write (.caffemodel or .weights)")
     p.add_argument("--seed", type=seed_arg, default=0, help="an integer >= 0 (default 0)")
 
-    from . import detect, forward, prune
+    from . import detect, finetune, forward, prune
+    finetune.add_parser(sub)
     forward.add_parser(sub)
     detect.add_parser(sub)
     prune.add_parsers(sub, _add_model_args)
@@ -79,6 +80,9 @@ def main(argv=None):
     elif args.command == "detect":
         from . import detect
         detect.run(args)
+    elif args.command == "finetune":
+        from . import finetune
+        return finetune.run_plain(args)
     elif args.command == "forward":
         from . import forward
         forward.run(args)
