@@ -7,6 +7,8 @@ own helpers.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -200,5 +202,33 @@ def test_write_back_refuses_a_graph_of_another_shape():
     fashion = FIXTURES / "fashion"
     g = cs.load(str(fashion / "fashion_deploy.prototxt"), str(fashion / "fashion.caffemodel"))
     m = CaffeModule(g)
-    with pytest.raises(cs.ModelError, match="layers are not the module's"):
-        m.write_back(cs.Graph("caffe", name="x", layers=g.layers[:3], inputs=g.inputs))
+    stranger = dataclasses.replace(g.layers[1], name="not_in_the_module")
+    with pytest.raises(cs.ModelError, match="no layer 'not_in_the_module'"):
+        m.write_back(cs.Graph("caffe", name="x", layers=[g.layers[0], stranger], inputs=g.inputs))
+    conv = next(l for l in g.layers if "weight" in l.weights)
+    smaller = dataclasses.replace(conv, weights={k: v[:1] for k, v in conv.weights.items()})
+    with pytest.raises(cs.ModelError, match="array weight is"):
+        m.write_back(cs.Graph("caffe", name="x", layers=[smaller], inputs=g.inputs))
+
+
+def test_write_back_gives_the_test_phase_the_trained_arrays():
+    """Finetuning trains the TRAIN phase; the TEST phase (other data and metric layers)
+    takes the arrays by layer name."""
+    fashion = FIXTURES / "fashion"
+    train = cs.load(str(fashion / "fashion_train_val.prototxt"), str(fashion / "fashion.caffemodel"),
+                    phase="TRAIN")
+    test = cs.load(str(fashion / "fashion_train_val.prototxt"), str(fashion / "fashion.caffemodel"),
+                   phase="TEST")
+    m = CaffeModule(train)
+    with torch.no_grad():
+        for p in m.caffe_params():
+            p.param.add_(1.0)
+    out = m.write_back(test)
+    assert [l.name for l in out.layers] == [l.name for l in test.layers]
+    for layer in test.layers:
+        for k, v in layer.weights.items():
+            trained = out.layer(layer.name).weights[k]
+            if k in ("mean", "variance", "scale_factor"):
+                np.testing.assert_array_equal(trained, v)
+            else:
+                np.testing.assert_allclose(trained, v + 1.0, rtol=1e-6)

@@ -149,19 +149,29 @@ class CaffeModule(nn.Module):
     def write_back(self, graph: Graph) -> Graph:
         """``graph`` with every stored array replaced by this module's, as float32 NumPy.
 
+        Layers are matched by name, so the TEST phase of the net the module was built from
+        (its TRAIN phase) takes the trained arrays too; a layer of ``graph`` that stores arrays
+        must be one of the module's.
+
         Args:
-            graph: the graph the module was built from (or one with the same layers and
-                array names and shapes); it is not modified.
+            graph: the graph the module was built from, or another phase of the same net;
+                it is not modified.
 
         Returns:
             A new Graph; pass it to ``caffe_surgeon.save``.
         """
-        if [l.name for l in graph.layers] != [l.name for l in self.layers]:
-            raise ModelError("write_back: the graph's layers are not the module's "
-                             f"({len(graph.layers)} vs {len(self.layers)} layers, or renamed)",
-                             file=graph.source_text)
+        mine = {l.name: (holder, names) for l, holder, names in
+                zip(self.layers, self.arrays, self.blob_names)}
         layers = []
-        for layer, holder, names in zip(graph.layers, self.arrays, self.blob_names):
+        for layer in graph.layers:
+            if layer.name not in mine:
+                if layer.weights:
+                    raise ModelError(f"write_back: the module has no layer '{layer.name}', "
+                                     f"whose arrays {list(layer.weights)} it should give",
+                                     file=graph.source_text, layer=layer.name)
+                layers.append(layer)
+                continue
+            holder, names = mine[layer.name]
             if list(layer.weights) != names:
                 raise ModelError(f"write_back: arrays {list(layer.weights)} here, "
                                  f"{names} in the module", file=graph.source_text, layer=layer.name)
@@ -225,3 +235,11 @@ class CaffeModule(nn.Module):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"{layer.type} failed on inputs of shapes {shapes}: {first}",
                              file=self.file, layer=layer.name) from None
+
+
+def build_module(graph: Graph, phase: str = "TRAIN", **options) -> CaffeModule:
+    """``graph`` as a :class:`CaffeModule` in Caffe's ``phase`` ("TRAIN": ``.train()``)."""
+    if phase not in ("TRAIN", "TEST"):
+        raise ModelError(f"phase must be TRAIN or TEST, not {phase!r}", file=graph.source_text)
+    module = CaffeModule(graph, **options)
+    return module.train() if phase == "TRAIN" else module.eval()

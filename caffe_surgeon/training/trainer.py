@@ -150,7 +150,7 @@ class Trainer:
                 feeds = next(stream)
             except StopIteration:
                 raise ModelError(f"the training data ran out at iteration {it}") from None
-            total, tops = self.module(self._on_device(feeds))
+            total, tops = self.module(self._on_device(feeds))[:2]  # (loss, blobs, ...)
             self._check_finite(total, tops, it)
             total.backward()
             loss += float(total.detach())
