@@ -175,7 +175,7 @@ class TrainData:
     def _result(self, future) -> dict:
         try:
             return future.result()
-        except cf.process.BrokenProcessPool:
+        except cf.BrokenExecutor:
             self.close()
             raise ModelError("a data worker process died while decoding (out of memory?); "
                              "rerun with fewer workers or processes=False",
