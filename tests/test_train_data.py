@@ -113,8 +113,10 @@ def test_lmdb_batches_come_in_key_order_whatever_order_they_were_written(tmp_pat
     keys = [b"00000003", b"00000000", b"00000004", b"00000001", b"00000002"]
     write_lmdb(tmp_path / "db", {k: (images[int(k)], 10 + int(k)) for k in keys})
     g = lmdb_data(tmp_path, 3)
-    with TrainData(g, base_dir=tmp_path, workers=1, processes=False) as data:
-        got = [b for _, b in data.batches(0, 3)]
+    with TrainData(g, base_dir=tmp_path, workers=2, processes=False, prefetch=3) as data:
+        got = [b for _, b in data.batches(0, 3)]  # two threads share the process's handle
+        # and close it between batches, so the same database opens again (e.g. to evaluate)
+        assert len(read_records(g, 5, base_dir=tmp_path)[0]) == 5
     for b, want in zip(got, [[0, 1, 2], [3, 4, 0], [1, 2, 3]]):
         np.testing.assert_array_equal(b["data"], images[want].astype(F32))
         np.testing.assert_array_equal(b["label"], np.asarray(want, F32) + 10)

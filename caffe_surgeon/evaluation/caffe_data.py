@@ -167,10 +167,17 @@ class LmdbSource:
         finally:
             env.close()
 
-    def load_keyed(self, items) -> list[tuple[np.ndarray, int, bool]]:
+    def open(self):
+        """A read-only handle on the database, for ``load_keyed``; an LMDB database can be
+        open once per process, so threads share it (each reads in its own transaction)."""
+        return _open_lmdb(self.path)
+
+    def load_keyed(self, items, env=None) -> list[tuple[np.ndarray, int, bool]]:
         """Records by ``(index, key)`` (index as in ``keys()``), in one read transaction:
-        ``(image, label, decoded)`` each, ``decoded`` False for raw-pixel Datums."""
-        env = _open_lmdb(self.path)
+        ``(image, label, decoded)`` each, ``decoded`` False for raw-pixel Datums.
+        ``env``: a handle from ``open`` (default: opened and closed here)."""
+        own = env is None
+        env = self.open() if own else env
         out = []
         try:
             with env.begin(buffers=False) as txn:
@@ -184,7 +191,8 @@ class LmdbSource:
                     out.append((datum_image(datum, self.mode, where), int(datum.label),
                                 bool(datum.encoded)))
         finally:
-            env.close()
+            if own:
+                env.close()
         return out
 
     def _image(self, i: int, datum, where: str) -> np.ndarray:

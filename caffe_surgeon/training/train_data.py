@@ -37,6 +37,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import multiprocessing
+import sys
+import threading
 
 import numpy as np
 
@@ -46,6 +48,7 @@ from ..graph import Graph
 from .train_order import TrainOrder, augmentation
 
 F32 = np.float32
+_ENV_LOCK = threading.Lock()  # guards each process's shared LMDB handle
 # transform_param fields of the SSD fork's TRAIN augmentation: SSD training is its own issue.
 _SSD_TRANSFORM = ("resize_param", "noise_param", "distort_param", "expand_param",
                   "emit_constraint")
@@ -161,7 +164,7 @@ class TrainData:
         if self._pool is None:
             if self._processes:
                 self._pool = cf.ProcessPoolExecutor(
-                    self._workers, mp_context=multiprocessing.get_context("spawn"),
+                    self._workers, mp_context=_worker_context(),
                     initializer=_install, initargs=(self._make,))
             else:
                 self._pool = cf.ThreadPoolExecutor(self._workers, thread_name_prefix="train-data")
@@ -203,6 +206,10 @@ class BatchMaker:
         self.source, self.transform, self.order, self.keys = source, transform, order, keys
         self.tops, self.batch_size, self.world, self.rank = tops, batch_size, world, rank
         self.net_file, self.layer = net_file, layer
+        self._env, self._users = None, 0  # this process's LMDB handle, and its readers now
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_env": None, "_users": 0}
 
     def items(self, iteration: int) -> np.ndarray:
         first = (iteration * self.world + self.rank) * self.batch_size
@@ -226,7 +233,7 @@ class BatchMaker:
     def _load(self, records) -> list[tuple[np.ndarray, int, bool]]:
         """``(image, label, decoded)`` of each record, in order."""
         if self.keys is not None:
-            return self.source.load_keyed([(r, self.keys[r]) for r in records])
+            return self._load_lmdb(records)
         out = []
         for r in records:
             image, label = self.source.load_one(r)
@@ -260,6 +267,23 @@ class BatchMaker:
             batch[self.tops[1]] = np.asarray([label for _, label, _ in loaded], F32)
         return batch
 
+    def _load_lmdb(self, records) -> list[tuple[np.ndarray, int, bool]]:
+        """LMDB records through one handle per process, shared by its threads (LMDB opens a
+        database once per process) and closed when no batch is being read, so an evaluator
+        of the same database can open it between batches."""
+        with _ENV_LOCK:
+            if self._env is None:
+                self._env = self.source.open()
+            self._users += 1
+        try:
+            return self.source.load_keyed([(r, self.keys[r]) for r in records], self._env)
+        finally:
+            with _ENV_LOCK:
+                self._users -= 1
+                if self._users == 0:
+                    self._env.close()
+                    self._env = None
+
     def _describe(self, record: int) -> str:
         if self.keys is not None:
             return f"{self.source.path} record {record} (key {self.keys[record].decode('latin-1')!r})"
@@ -286,6 +310,15 @@ def _iteration(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ModelError(f"TrainData: an iteration must be an integer >= 0, got {value!r}")
     return int(value)
+
+
+def _worker_context():
+    """Fork where the platform has it: a spawned worker imports the user's ``__main__``
+    again, which reruns a training script that lacks ``if __name__ == "__main__"``. The
+    forked worker only touches NumPy, Pillow and lmdb, never torch or CUDA state."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods and sys.platform != "darwin"
+                                       else "spawn")
 
 
 _INSTALLED: BatchMaker | None = None  # the batch maker of this worker process
