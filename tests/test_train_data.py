@@ -255,7 +255,7 @@ def test_rank_batches_concatenate_to_the_single_process_global_batch(ten, world)
 def test_resuming_at_iteration_k_gives_the_batches_of_the_uninterrupted_run(ten):
     folder, _ = ten
     g = image_data(folder, 3, "crop_size: 6 mirror: true", extra="shuffle: true")
-    with TrainData(g, base_dir=folder, seed=5, workers=1) as run:  # a worker process
+    with TrainData(g, base_dir=folder, seed=5, workers=1, processes=True) as run:
         uninterrupted = [b for _, b in run.batches(0, 9)]
         saved = run.state(5)
     with TrainData(g, base_dir=folder, seed=5, workers=2, processes=False) as resumed:
@@ -349,7 +349,7 @@ def test_fashion_train_batches_are_the_evaluation_decoding_of_the_same_records()
     assert source.endswith("train_list.txt") and whole.shape == (64, 1, 28, 28)
     labels = [int(line.rsplit(" ", 1)[1]) for line in
               (FASHION / "train_list.txt").read_text().splitlines() if line.strip()]
-    with TrainData(g, base_dir=FASHION, seed=0, workers=1, prefetch=2) as data:
+    with TrainData(g, base_dir=FASHION, seed=0, workers=2, processes=True, prefetch=2) as data:
         assert (data.batch_size, data.shuffle) == (64, True)
         for it, b in data.batches(0, 3):
             plan = data.records(it)
