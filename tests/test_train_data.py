@@ -308,12 +308,20 @@ def test_an_unreadable_image_stops_the_consumer_with_one_line_naming_file_and_li
 def test_images_of_different_sizes_in_one_batch_without_a_crop_are_refused(tmp_path):
     from PIL import Image
     write_list(tmp_path, grey_images(3))
-    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "img" / "002.png")
+    tall = np.arange(72, dtype=np.uint8).reshape(9, 8)
+    Image.fromarray(tall).save(tmp_path / "img" / "002.png")
     g = image_data(tmp_path, 3)
     with pytest.raises(ModelError, match=r"002.png\) gives \(1, 9, 8\) .* gives \(1, 8, 8\)"):
         TrainData(g, base_dir=tmp_path, workers=0).batch(0)
     g = image_data(tmp_path, 3, "crop_size: 8")  # a crop makes them one size again
-    assert TrainData(g, base_dir=tmp_path, workers=0).batch(0)["data"].shape == (3, 1, 8, 8)
+    for seed in range(4):
+        data = TrainData(g, base_dir=tmp_path, seed=seed, workers=0)
+        b = data.batch(0)["data"]
+        plan = data.records(0)  # each corner is drawn within its own image's size
+        assert b.shape == (3, 1, 8, 8) and [at for _, at, _ in plan[:2]] == [(0, 0), (0, 0)]
+        y, x = plan[2][1]
+        assert y in (0, 1) and x == 0
+        np.testing.assert_array_equal(b[2, 0], tall[y:y + 8].astype(F32))
     g = image_data(tmp_path, 3, "crop_size: 9")
     with pytest.raises(ModelError, match=r"000.png\): image is 8 x 8, smaller than the crop 9 x 9"):
         TrainData(g, base_dir=tmp_path, workers=0).batch(0)

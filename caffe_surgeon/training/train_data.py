@@ -107,7 +107,7 @@ class TrainData:
 
     def records(self, iteration: int) -> list[tuple[int, tuple[int, int] | None, bool]]:
         """What this rank's batch at ``iteration`` is made of: per row, ``(record index,
-        crop corner (top, left) or None, mirrored)``, without decoding anything."""
+        crop corner (top, left) or None, mirrored)`` (reads the records only for a crop)."""
         return self._make.plan(_iteration(iteration))[1]
 
     def batch(self, iteration: int) -> dict[str, np.ndarray]:
@@ -221,19 +221,17 @@ class BatchMaker:
         return np.arange(first, first + self.batch_size, dtype=np.int64)
 
     def plan(self, iteration: int, shapes=None):
-        """``(items, [(record, corner, mirrored), ...])``; corners need the image shapes,
-        so without ``shapes`` they assume every image has the first record's size."""
+        """``(items, [(record, corner, mirrored), ...])``. A corner depends on its image's
+        size, so with a crop and no ``shapes`` the batch's records are read to learn them."""
         items = self.items(iteration)
         records = self.order.records(items)
         t = self.transform
         if shapes is None:
-            shapes = [self._shape(int(records[0]))] * len(items)
+            cropped = any(t.crop)
+            shapes = [image.shape[1:] for image, _, _ in self._load(records)] if cropped \
+                else [(0, 0)] * len(items)
         draws = augmentation(self.order.seed, items, shapes, t.crop, t.mirror)
         return items, [(int(r), at, flip) for r, (at, flip) in zip(records, draws)]
-
-    def _shape(self, record: int) -> tuple[int, int]:
-        image, _, _ = self._load([record])[0]
-        return image.shape[1:]
 
     def _load(self, records) -> list[tuple[np.ndarray, int, bool]]:
         """``(image, label, decoded)`` of each record, in order."""
