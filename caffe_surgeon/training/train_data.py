@@ -65,7 +65,7 @@ class TrainData:
         rank, world: this process and the number of processes sharing the global batch.
         prefetch: batches built ahead of the consumer (at least 1).
         workers: background workers (0: build each batch in the consumer, no prefetch).
-        processes: workers are forked processes rather than threads (the default). On
+        processes: workers are forked processes (default: threads). On
             2 cores beside a CPU trainer step (Fashion-MNIST 60k, batch 64, 26 x 26 crops,
             a 3-conv net at ~13 ms per step), one thread left the trainer waiting on data
             0.4% of the time (PNG list ~3400 images/s overall, raw LMDB ~4200) and one
