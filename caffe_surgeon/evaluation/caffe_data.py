@@ -90,13 +90,19 @@ class ImageListSource:
             if not path.is_file():
                 raise ModelError(f"image {path} listed here does not exist", file=self.list_file,
                                  line=number)
-        for path, label, number in chosen:
-            try:
-                image = read_image_caffe(path, *self.new_size, self.is_color)
-            except ModelError as e:
-                raise ModelError(f"cannot load {path}: {e.message}", file=self.list_file,
-                                 line=number) from None
-            yield image, label
+        for index in range(len(chosen)):
+            yield self.load_one(index)
+
+    def load_one(self, index: int) -> tuple[np.ndarray, int]:
+        """Entry ``index`` (a line of the list, blank lines not counted): image and label.
+        Random access, for TRAIN-phase reading in any (shuffled) order."""
+        path, label, number = self.entries[index]
+        try:
+            image = read_image_caffe(path, *self.new_size, self.is_color)
+        except ModelError as e:
+            raise ModelError(f"cannot load {path}: {e.message}", file=self.list_file,
+                             line=number) from None
+        return image, label
 
 
 class LmdbSource:
@@ -149,6 +155,45 @@ class LmdbSource:
                     yield i, f"{self.path} record {i} (key {key.decode('latin-1')!r})", value
         finally:
             env.close()
+
+    def keys(self) -> list[bytes]:
+        """Every key in cursor (key) order: record ``i`` of ``load`` is stored under
+        ``keys()[i]``. Random access by record index (TRAIN reading from any iteration)
+        needs them; only the keys are read, not the values."""
+        env = _open_lmdb(self.path)
+        try:
+            with env.begin(buffers=False) as txn:
+                return list(txn.cursor().iternext(keys=True, values=False))
+        finally:
+            env.close()
+
+    def open(self):
+        """A read-only handle on the database, for ``load_keyed``; an LMDB database can be
+        open once per process, so threads share it (each reads in its own transaction)."""
+        return _open_lmdb(self.path)
+
+    def load_keyed(self, items, env=None) -> list[tuple[np.ndarray, int, bool]]:
+        """Records by ``(index, key)`` (index as in ``keys()``), in one read transaction:
+        ``(image, label, decoded)`` each, ``decoded`` False for raw-pixel Datums.
+        ``env``: a handle from ``open`` (default: opened and closed here)."""
+        own = env is None
+        env = self.open() if own else env
+        out = []
+        try:
+            with env.begin(buffers=False) as txn:
+                for i, key in items:
+                    where = f"{self.path} record {i} (key {key.decode('latin-1')!r})"
+                    value = txn.get(key)
+                    if value is None:
+                        raise ModelError(f"{where} is gone (was the database rewritten "
+                                         "while reading?)")
+                    datum = _parse_datum(value, where)
+                    out.append((datum_image(datum, self.mode, where), int(datum.label),
+                                bool(datum.encoded)))
+        finally:
+            if own:
+                env.close()
+        return out
 
     def _image(self, i: int, datum, where: str) -> np.ndarray:
         if not datum.encoded:

@@ -128,23 +128,28 @@ class Transform:
             raise self._error(f"{len(self.mean_values)} mean_value entries for {c}-channel "
                               f"images ({where}); give 1 or {c}")
 
-    def __call__(self, image: np.ndarray, decoded: bool = True) -> np.ndarray:
+    def __call__(self, image: np.ndarray, decoded: bool = True, at=None,
+                 mirror: bool = False) -> np.ndarray:
         """uint8 (or float) (C, H, W) -> float32 (C, crop_h or H, crop_w or W).
 
         ``decoded``: the image came from an image file or an encoded record; raw Datum
-        pixels skip ``resize_param``, as the SSD fork's raw-Datum path does."""
+        pixels skip ``resize_param``, as the SSD fork's raw-Datum path does.
+        ``at``: the crop's (top, left) corner, drawn by the caller at TRAIN (default: the
+        TEST centre). ``mirror``: flip left-right last; the mean is still taken at each
+        pixel's source position, as ``data_transformer.cpp`` indexes it."""
         if self.resize is not None and decoded:  # resize, then crop, mean, scale
             image = self.resized(image)
         c, h, w = image.shape
         ch, cw = self.crop[0] or h, self.crop[1] or w
-        top, left = (h - ch) // 2, (w - cw) // 2
+        top, left = at if at is not None else ((h - ch) // 2, (w - cw) // 2)
         x = image[:, top:top + ch, left:left + cw].astype(F32)
         if self.mean is not None:
             x = x - self.mean[:, top:top + ch, left:left + cw]
         elif self.mean_values:
             m = np.asarray(self.mean_values * (c if len(self.mean_values) == 1 else 1), F32)
             x = x - m[:, None, None]
-        return (x * self.scale).astype(F32, copy=False)
+        x = (x * self.scale).astype(F32, copy=False)
+        return np.ascontiguousarray(x[:, :, ::-1]) if mirror else x
 
 
 def resolver(base_dir):
