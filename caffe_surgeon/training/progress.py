@@ -129,7 +129,8 @@ class TrainingLog:
                          color=("#ff7f0e", "#2ca02c", "#d62728", "#9467bd")[k % 4], label=name)
             ax2.set_ylabel("test")
             ax2.legend(loc="upper right", fontsize=7, frameon=False)
-        ax.legend(loc="upper left", fontsize=7, frameon=False)
+        if loss:  # the first plot comes before any loss is logged
+            ax.legend(loc="upper left", fontsize=7, frameon=False)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", metadata={"Software": None})
