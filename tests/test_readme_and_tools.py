@@ -30,6 +30,8 @@ def readme_commands():
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
+            if "&& cd " in line:  # a recipe run in a copy of a fixture folder: its own test
+                continue
             # "pip install ... && <command>": the install is CI's job; run what follows it.
             part = line.split("&&")[-1].strip()
             if part.split()[0] in ENTRY:

@@ -3,6 +3,7 @@ command-line faces of :mod:`caffe_surgeon.training.finetune` (torch is imported 
 when a run starts)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 RESUME_HELP = ("resume from this solver state (FILE.solverstate); without it a run resumes "
@@ -11,8 +12,11 @@ GPUS_HELP = "device ids, one training process each (CUDA when present, else the 
 
 
 def add_options(p) -> None:
+    from .common import positive_int
     p.add_argument("-gpus", "--gpus", metavar="IDS", help=GPUS_HELP)
     p.add_argument("-resume", "--resume", metavar="STATE", help=RESUME_HELP)
+    p.add_argument("-max_iter", "--max-iter", type=positive_int, metavar="N",
+                   help="stop after N iterations (replaces the solver's max_iter)")
 
 
 def add_parser(sub) -> None:
@@ -37,7 +41,8 @@ def run_vai_p(args) -> int:
     except ModelError as e:  # what to do meanwhile, with this config's paths
         raise ModelError(finetune_advice(args.config, e.message)) from None
     cfg = read_caffe_config(args.config)
-    run = vai_p_run(cfg, tuple(parse_devices(args.gpus)), args.resume or "auto")
+    run = dataclasses.replace(vai_p_run(cfg, tuple(parse_devices(args.gpus)),
+                                        args.resume or "auto"), max_iter=args.max_iter)
     finetune(run)
     print(f"wrote {run.net_out}, {run.net_out.parent / 'solver_finetune.prototxt'} and the "
           f"snapshots in {run.snapshot_prefix} (they pair with {cfg.model})")
@@ -53,7 +58,7 @@ def run_plain(args) -> int:
     out = make_folder(args.output)
     run = FinetuneRun(Path(args.train_val), Path(args.weights), Path(args.solver), f"{out}/",
                       log_dir=out, resume=args.resume or "auto",
-                      devices=tuple(parse_devices(args.gpus)))
+                      devices=tuple(parse_devices(args.gpus)), max_iter=args.max_iter)
     finetune(run)
     print(f"wrote the snapshots in {out}/ (they pair with {args.train_val})")
     return 0

@@ -43,6 +43,7 @@ class FinetuneRun:
         resume: a solver-state file, "auto" (the newest complete snapshot, if any) or None.
         devices: device ids (``-gpus``); [] or one id: one process.
         acc_name, test_iter: the TEST-phase metric for ``test_interval`` (None: no tests).
+        max_iter: replaces the solver's ``max_iter`` (None: the solver's).
     """
 
     train_val: Path
@@ -56,6 +57,7 @@ class FinetuneRun:
     devices: tuple = ()
     acc_name: str | None = None
     test_iter: int = 0
+    max_iter: int | None = None
 
 
 def backend():
@@ -150,6 +152,8 @@ def _train(run: FinetuneRun, rank: int, world: int) -> int:
     from .train_data import TrainData
     config = dataclasses.replace(SolverConfig.from_prototxt(run.solver),
                                  snapshot_prefix=run.snapshot_prefix)
+    if run.max_iter is not None:
+        config = dataclasses.replace(config, max_iter=run.max_iter)
     snapshots = SnapshotSet(run.snapshot_prefix)
     start = None
     if run.resume == "auto":
