@@ -40,8 +40,10 @@ def _clone_without_shared(dest: Path) -> Path:
     return repo
 
 
-def _pytest(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(repo))
+def _pytest(repo: Path, *args: str, ci: bool = False) -> subprocess.CompletedProcess:
+    """pytest in ``repo``: as on a user's machine, or (``ci``) as CI runs it."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(PYTHONPATH=str(repo), **({"CI": "true"} if ci else {}))
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "-p", "no:randomly", *args], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -57,6 +59,9 @@ def test_a_clone_without_shared_collects_everything_and_zoo_tests_skip(tmp_path)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert "failed" not in summary and "error" not in summary, summary
     assert f"{len(ZOO_TESTS)} skipped" in summary, summary
+    # CI has ../shared: there, its absence is a failure, not a skip
+    in_ci = _pytest(repo, *ZOO_TESTS, ci=True)
+    assert in_ci.returncode != 0 and "skipped" not in in_ci.stdout.strip().splitlines()[-1]
 
 
 def test_progress_needs_nothing_beyond_a_plain_install():
@@ -197,7 +202,7 @@ def test_map_pruned_on_the_unpruned_weights_is_refused_naming_layer_and_counts(
 # -- item 6: the finetune advice pairs files that pair -------------------------------------
 
 def test_finetune_advice_is_a_command_whose_output_pairs_with_final_prototxt(
-        tmp_path, fashion_prune, capsys):
+        tmp_path, fashion_prune, capsys, monkeypatch):
     import re
     import shlex
 
@@ -213,6 +218,7 @@ def test_finetune_advice_is_a_command_whose_output_pairs_with_final_prototxt(
     (folder / "sparse.caffemodel").write_bytes(render_caffemodel(out.sparse))
     (folder / "final.prototxt").write_text(render_prototxt(out.dense))
     capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "torch", None)  # the advice is for a machine without torch
     assert main(["finetune", "-config", str(config)]) == 2
     advice = capsys.readouterr().err
     command = shlex.split(re.search(r"'vai_p_caffe (transform [^']*)'", advice).group(1))

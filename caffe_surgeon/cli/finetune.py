@@ -31,15 +31,15 @@ def add_parser(sub) -> None:
 
 def run_vai_p(args) -> int:
     """``vai_p_caffe finetune -config``: train ``regular_rate_<rate>/``'s pruned model."""
-    from ..training.finetune import backend, finetune, vai_p_run
-    from ..training.launch import parse_devices
     from ..errors import ModelError
+    from ..training.finetune import backend, finetune, vai_p_run
     from ..workflow.config import read_caffe_config
     from .caffe_workflow import finetune_advice
     try:
         backend()  # before any file is written
     except ModelError as e:  # what to do meanwhile, with this config's paths
         raise ModelError(finetune_advice(args.config, e.message)) from None
+    from ..training.launch import parse_devices  # torch is there now
     cfg = read_caffe_config(args.config)
     run = dataclasses.replace(vai_p_run(cfg, tuple(parse_devices(args.gpus)),
                                         args.resume or "auto"), max_iter=args.max_iter)
@@ -53,8 +53,8 @@ def run_plain(args) -> int:
     """``caffe-surgeon finetune TRAIN_VAL WEIGHTS --solver S -o DIR``."""
     from ..fileio import make_folder
     from ..training.finetune import FinetuneRun, backend, finetune
-    from ..training.launch import parse_devices
     backend()
+    from ..training.launch import parse_devices  # torch is there now
     out = make_folder(args.output)
     run = FinetuneRun(Path(args.train_val), Path(args.weights), Path(args.solver), f"{out}/",
                       log_dir=out, resume=args.resume or "auto",
