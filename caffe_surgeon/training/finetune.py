@@ -23,6 +23,14 @@ from pathlib import Path
 from ..errors import ModelError
 from ..fileio import atomic_write, make_folder, read_bytes
 
+#: distillation's softmax temperature when none is given. Hinton et al. (2015) soften the
+#: teacher's outputs so that the small probabilities of the wrong classes (which ones the
+#: model finds similar) carry gradient; at T = 1 a confident classifier's softmax is nearly
+#: one-hot and teaches little more than a label. 2-5 is where small-class-count
+#: classifiers do best in the KD literature; 4 is the customary middle, and the loss is
+#: scaled by T^2 so its gradient stays as large as at T = 1 (the solver's base_lr still fits).
+DEFAULT_TEMPERATURE = 4.0
+
 #: what finetune writes into the rate folder
 NET_NAME, SOLVER_NAME, SNAPSHOT_DIR = "net_finetune.prototxt", "solver_finetune.prototxt", "snapshots"
 
@@ -58,18 +66,18 @@ class FinetuneRun:
     test_iter: int = 0
 
 
-def backend():
-    """The torch backend module, or a one-line ModelError saying what is missing."""
+def backend(what: str = "finetune"):
+    """The torch backend module, or a one-line ModelError saying that ``what`` needs it."""
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise ModelError("finetune needs PyTorch: pip install 'caffe-surgeon[finetune]'") from None
+        raise ModelError(f"{what} needs PyTorch: pip install 'caffe-surgeon[finetune]'") from None
     import importlib
     try:
         return importlib.import_module(f"{__package__}.module")
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith(f"{__package__}."):
-            raise ModelError("finetune needs the training backend (caffe_surgeon.training."
+            raise ModelError(f"{what} needs the training backend (caffe_surgeon.training."
                              f"{e.name.rsplit('.', 1)[-1]}), which this installation does not "
                              "have yet") from None
         raise
