@@ -51,6 +51,10 @@ class FinetuneRun:
         resume: a solver-state file, "auto" (the newest complete snapshot, if any) or None.
         devices: device ids (``-gpus``); [] or one id: one process.
         acc_name, test_iter: the TEST-phase metric for ``test_interval`` (None: no tests).
+        teacher: ``(prototxt, weights)`` of the model to distil from (label-free: the TRAIN
+            net's losses are dropped and no label is read, :mod:`.distill`); None: train
+            on the labels with the net's own losses.
+        temperature: the distillation's softmax temperature.
     """
 
     train_val: Path
@@ -64,6 +68,8 @@ class FinetuneRun:
     devices: tuple = ()
     acc_name: str | None = None
     test_iter: int = 0
+    teacher: tuple | None = None
+    temperature: float = DEFAULT_TEMPERATURE
 
 
 def backend(what: str = "finetune"):
@@ -113,6 +119,9 @@ def vai_p_run(cfg, devices: tuple = (), resume: str | None = "auto") -> Finetune
     """The run ``vai_p_caffe finetune -config`` makes of a config (files checked)."""
     cfg.require("model", "solver", "rate", command="finetune")
     cfg.check_files(("model", "solver"))
+    if cfg.distill:  # the teacher is the model prune started from
+        cfg.require("weights", command="finetune (distill: true)")
+        cfg.check_files(("weights",))
     folder = cfg.rate_dir()
     for name in ("sparse.caffemodel", "plan.json"):
         if not (folder / name).is_file():
@@ -124,7 +133,9 @@ def vai_p_run(cfg, devices: tuple = (), resume: str | None = "auto") -> Finetune
     return FinetuneRun(Path(cfg.model), folder / "sparse.caffemodel", Path(cfg.solver), prefix,
                        plan=folder / "plan.json", net_out=folder / NET_NAME, log_dir=folder,
                        resume=resume, devices=tuple(devices),
-                       acc_name=None if cfg.label_free else cfg.acc_name, test_iter=cfg.test_iter)
+                       acc_name=None if cfg.label_free else cfg.acc_name, test_iter=cfg.test_iter,
+                       teacher=(Path(cfg.model), Path(cfg.weights)) if cfg.distill else None,
+                       temperature=cfg.temperature)
 
 
 def finetune(run: FinetuneRun) -> int:
@@ -175,8 +186,12 @@ def _train(run: FinetuneRun, rank: int, world: int) -> int:
         from ..caffe.writer import render_prototxt
         atomic_write(run.net_out, render_prototxt(dense))
     device = device_for(list(run.devices), rank)
-    module = module_lib.build_module(dense, phase="TRAIN").to(device)
-    data = TrainData(dense, base_dir=None, seed=max(config.random_seed, 0), rank=rank, world=world)
+    if run.teacher is None:
+        module = module_lib.build_module(dense, phase="TRAIN").to(device)
+    else:
+        module = _distill_module(module_lib, dense, run).to(device)
+    data = TrainData(dense, base_dir=None, seed=max(config.random_seed, 0), rank=rank,
+                     world=world, labelled=run.teacher is None)
     solver = Solver(config)
     rows = read_log_rows(run.log_dir, start.iteration) if start is not None and run.log_dir else []
     log = TrainingLog(run.log_dir if rank == 0 else None, config.max_iter,
@@ -196,6 +211,16 @@ def _train(run: FinetuneRun, rank: int, world: int) -> int:
             return trainer.run(start).iteration
     finally:
         data.close()
+
+
+def _distill_module(module_lib, dense, run: FinetuneRun):
+    """The pruned TRAIN net as a student of ``run.teacher`` (:mod:`.distill`)."""
+    from .. import api
+    from .distill import DistillModule, distillation_net
+    student, targets = distillation_net(dense)
+    teacher, _ = distillation_net(api.load(*run.teacher, phase="TRAIN"))
+    return DistillModule(module_lib.build_module(student, phase="TRAIN"),
+                         module_lib.build_module(teacher, phase="TEST"), targets, run.temperature)
 
 
 def _evaluator(run: FinetuneRun, plan, module, weights):
