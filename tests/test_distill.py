@@ -111,6 +111,22 @@ def test_the_config_reads_distill_and_temperature(tmp_path):
         read_caffe_config(tmp_path / "c.prototxt", base_dir=FASHION)
 
 
+def test_vai_p_finetune_with_distill_teaches_with_the_configs_model_and_weights(tmp_path):
+    from caffe_surgeon.training.finetune import vai_p_run
+    from caffe_surgeon.workflow.config import read_caffe_config
+    base = (FASHION / "config.prototxt").read_text().replace('"ws"', f'"{tmp_path}/ws"')
+    (tmp_path / "c.prototxt").write_text(base + "distill: true\ntemperature: 3\n")
+    cfg = read_caffe_config(tmp_path / "c.prototxt", base_dir=FASHION)
+    (cfg.rate_dir()).mkdir(parents=True)
+    for name in ("sparse.caffemodel", "plan.json"):
+        (cfg.rate_dir() / name).write_bytes(b"")
+    run = vai_p_run(cfg)
+    assert run.teacher == (FASHION / "fashion_train_val.prototxt", FASHION / "fashion.caffemodel")
+    assert run.temperature == 3.0 and run.weights == cfg.rate_dir() / "sparse.caffemodel"
+    (tmp_path / "c.prototxt").write_text(base)
+    assert vai_p_run(read_caffe_config(tmp_path / "c.prototxt", base_dir=FASHION)).teacher is None
+
+
 def test_teacher_option_errors_are_one_line_before_anything_is_written(tmp_path, capsys):
     from caffe_surgeon.cli.main import main
     base = [str(FASHION / "fashion_train_val.prototxt"), str(FASHION / "fashion.caffemodel"),

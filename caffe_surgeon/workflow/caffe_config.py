@@ -255,7 +255,8 @@ class CaffeConfig:
     Ours (accepted as protobuf text too; enum-like values may be quoted or bare):
 
     - ``criterion`` (default ``"l1"``): filter ranking, a name in
-      :data:`~caffe_surgeon.pruning.criteria.CRITERIA` (``l1``/``l2`` norm, ``bn`` gamma).
+      :data:`~caffe_surgeon.pruning.criteria.CRITERIA` (``l1``/``l2`` norm, ``bn`` gamma,
+      ``taylor``: activation x gradient on TRAIN batches, the PyTorch extra).
     - ``channel_divisible`` (default 2): kept channels are a multiple of this,
       and at least this many.
     - ``ratios`` (default 0.1 ... 0.9): fractions tried per group in ``ana``;
