@@ -99,7 +99,7 @@ def test_bad_evaluator_spec_fails_before_any_computation(spec, message, tmp_path
 @pytest.mark.parametrize("change,message", [
     ({"ratios": [0.5, 1.0]}, "every ratio must be in (0, 1), got [0.5, 1.0]"),
     ({"ratios": [0.5, 0.5]}, "ratios repeat a value"),
-    ({"criterion": "l3"}, "criterion must be one of l1, l2, bn, not 'l3'"),
+    ({"criterion": "l3"}, "criterion must be one of l1, l2, bn, taylor, not 'l3'"),
     ({"divisor": 0}, "divisor must be an integer >= 1, got 0"),
     ({"model_files": [str(TRAIN_VAL), "/nonexistent.caffemodel"]}, "/nonexistent.caffemodel: model file not found"),
     ({"ignore": ["conv9"]}, "ignore names layers the model does not have: conv9"),
@@ -109,6 +109,11 @@ def test_bad_evaluator_spec_fails_before_any_computation(spec, message, tmp_path
     ({"early_stop": float("nan")}, "early_stop must be a relative metric drop > 0"),
     ({"early_stop": True}, "early_stop must be a relative metric drop > 0"),
     ({"early_stop": "lots"}, "early_stop must be a number, got 'lots'"),
+    ({"criterion_options": {"batches": 2}}, "criterion 'l1' takes no options"),
+    ({"criterion": "taylor", "criterion_options": {"batches": 0}},
+     "criterion 'taylor': batches must be an integer >= 1, got 0"),
+    ({"criterion": "taylor", "criterion_options": {"batch": 2}},
+     "criterion 'taylor' has no option batch (it takes batches, seed)"),
 ])
 def test_bad_job_fails_before_any_computation(change, message, data_root, tmp_path, no_computation):
     job = dataclasses.replace(caffe_job(data_root, ratios=[0.5]), **change)

@@ -196,7 +196,8 @@ def test_caffe_config_unknown_field_in_real_file_copy(tmp_path):
     assert msg.startswith(f"{path}:24:1: unknown field 'test_iters'; accepted fields: "
                           "workspace, gpu, test_iter, acc_name, model, weights, solver, rate, "
                           "pruner, ssd_ap_version, criterion, channel_divisible, ratios, "
-                          "workers, scheduler, label_free, early_stop"), msg
+                          "workers, scheduler, label_free, early_stop, distill, temperature, "
+                          "taylor_batches"), msg
 
 
 def test_check_files_lists_every_missing_file(tmp_path):

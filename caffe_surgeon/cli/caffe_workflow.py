@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
+from ..pruning.criteria import DATA_CRITERIA
 from .common import (NO_EARLY_STOP, NO_PROGRESS_HELP, REFINE_HELP, early_stop_arg,
                      print_prune_summary, refine_arg)
 
@@ -52,9 +53,11 @@ def _job(cfg):
         spec["label_free"] = True
     if cfg.ssd_ap_version is not None:  # DetectionEvaluate's mAP (the solver's ap_version)
         spec["ap_version"] = cfg.ssd_ap_version
+    options = {"batches": cfg.taylor_batches} if cfg.criterion in DATA_CRITERIA else {}
     return AnaJob("caffe", [str(cfg.model), str(cfg.weights)], spec, ratios=list(cfg.ratios),
                   criterion=cfg.criterion, ignore=excluded_layers(cfg),
-                  divisor=cfg.channel_divisible, early_stop=cfg.early_stop)
+                  divisor=cfg.channel_divisible, early_stop=cfg.early_stop,
+                  criterion_options=options)
 
 
 def excluded_layers(cfg) -> list[str]:
@@ -136,6 +139,7 @@ def _prune(args, cfg, job) -> int:
     from ..workflow.ana import AnaResult
     from ..workflow.calibration import calibration_images
     from ..evaluation.spec import load_eval_graph
+    from ..pruning.criteria import criterion_for
     from ..workflow.prune_rate import prune_evaluator, prune_to_rate
     cfg.require("rate", command="prune")
     if not Path(cfg.ana_file).exists():
@@ -149,7 +153,9 @@ def _prune(args, cfg, job) -> int:
     if args.reconstruct is not None:  # read before anything is pruned or written
         calib = calibration_images("caffe", job.model_files, job.evaluator, args.reconstruct,
                                    graph, evaluator)
-    out = prune_to_rate(graph, ana, cfg.rate, evaluator=evaluator, criterion=cfg.criterion,
+    checked = job.checked()
+    criterion = criterion_for(checked.criterion, checked.model_files, checked.criterion_options)
+    out = prune_to_rate(graph, ana, cfg.rate, evaluator=evaluator, criterion=criterion,
                         divisor=cfg.channel_divisible, method=args.allocator,
                         ignore=list(job.ignore), input_shapes=getattr(evaluator, "input_shapes", None),
                         calib=calib and calib.feed, refine=args.refine)

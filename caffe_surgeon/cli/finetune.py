@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ..training.finetune import DEFAULT_TEMPERATURE
+
 RESUME_HELP = ("resume from this solver state (FILE.solverstate); without it a run resumes "
                "from the newest complete snapshot in its folder, if there is one")
 GPUS_HELP = "device ids, one training process each (CUDA when present, else the CPU): 0,1"
@@ -26,6 +28,12 @@ def add_parser(sub) -> None:
     p.add_argument("--solver", required=True, help="solver.prototxt")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="folder for the snapshots (DIR/_iter_N.caffemodel) and the log")
+    p.add_argument("--teacher", nargs="+", metavar="FILE",
+                   help="label-free finetuning by distillation: learn the outputs of this model "
+                        "(WEIGHTS for TRAIN_VAL, or PROTOTXT WEIGHTS) instead of the labels; the "
+                        "TRAIN data layer may then list images without labels, or name a folder")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"distillation's softmax temperature (default {DEFAULT_TEMPERATURE:g})")
     add_options(p)
 
 
@@ -55,10 +63,29 @@ def run_plain(args) -> int:
     from ..training.finetune import FinetuneRun, backend, finetune
     backend()
     from ..training.launch import parse_devices  # torch is there now
+    teacher = _teacher(args)
     out = make_folder(args.output)
     run = FinetuneRun(Path(args.train_val), Path(args.weights), Path(args.solver), f"{out}/",
                       log_dir=out, resume=args.resume or "auto",
-                      devices=tuple(parse_devices(args.gpus)), max_iter=args.max_iter)
+                      devices=tuple(parse_devices(args.gpus)), teacher=teacher,
+                      temperature=args.temperature, max_iter=args.max_iter)
     finetune(run)
     print(f"wrote the snapshots in {out}/ (they pair with {args.train_val})")
     return 0
+
+
+def _teacher(args) -> tuple | None:
+    """``--teacher`` as ``(prototxt, weights)``, checked before anything is written."""
+    from ..errors import ModelError
+    if not args.teacher:
+        return None
+    if len(args.teacher) > 2:
+        raise ModelError(f"--teacher takes WEIGHTS or PROTOTXT WEIGHTS, got {len(args.teacher)} "
+                         "files")
+    files = [args.train_val] * (2 - len(args.teacher)) + list(args.teacher)
+    for f in files:
+        if not Path(f).is_file():
+            raise ModelError("the teacher's file does not exist", file=f)
+    if not args.temperature > 0 or args.temperature == float("inf"):
+        raise ModelError(f"--temperature must be a positive number, got {args.temperature:g}")
+    return Path(files[0]), Path(files[1])

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from ..images.caffe_image import IMAGE_EXT  # noqa: F401  (also read by prune's --calib)
 from .common import check_outputs, mean_arg
-
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp"}
 
 
 def add_parser(sub):

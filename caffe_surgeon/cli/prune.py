@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..fileio import make_folder
-from ..pruning.criteria import CRITERIA
+from ..pruning.criteria import CRITERIA, DATA_CRITERIA, DEFAULT_TAYLOR_BATCHES, criterion_for
 from .common import check_outputs, mean_arg, positive_int
 
 
@@ -25,7 +25,15 @@ def add_parsers(sub, add_model_args):
     how.add_argument("--ratios", help="per-layer ratios: JSON {layer: ratio} or 'layer ratio' lines")
     p.add_argument("--criterion", choices=(*CRITERIA, "lasso"), default="l1",
                    help="filter L1 norm (vendor default), L2 norm, BN gamma (network slimming), "
+                        "taylor: |activation x gradient| of the TRAIN loss over --taylor-batches "
+                        "batches of the model's TRAIN data layer (Molchanov et al. 2017; needs "
+                        "the train_val prototxt and the PyTorch extra), "
                         "or LASSO channel selection on --calib images (He et al. 2017)")
+    p.add_argument("--taylor-batches", type=positive_int, default=DEFAULT_TAYLOR_BATCHES,
+                   metavar="N", help="TRAIN batches --criterion taylor averages over "
+                                     f"(default {DEFAULT_TAYLOR_BATCHES})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="--criterion taylor: the TRAIN data's order/augmentation seed (default 0)")
     p.add_argument("--reduction", choices=("sum", "mean", "max"), default="sum",
                    help="how scores of channels tied by a join combine (default sum)")
     p.add_argument("--divisor", type=int, default=1,
@@ -73,7 +81,9 @@ def run_prune(args, graph, shapes):
         plan = Plan.load(args.plan)
     else:
         ratios = read_ratio_file(args.ratios, a) if args.ratios else None
-        criterion = args.criterion
+        criterion = criterion_for(args.criterion, args.model,
+                                  {"batches": args.taylor_batches, "seed": args.seed}) \
+            if args.criterion in DATA_CRITERIA else args.criterion
         if criterion == "lasso":
             if calib is None:
                 raise ModelError("--criterion lasso needs calibration images (--calib)")

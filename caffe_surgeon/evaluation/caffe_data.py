@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from ..images.caffe_image import decode_image, jpeg_roundtrip, read_image_caffe
+from ..images.caffe_image import IMAGE_EXT, decode_image, jpeg_roundtrip, read_image_caffe
+
+#: the label of every image of an unlabelled source
+NO_LABEL = -1
 
 
 class ImageListSource:
@@ -27,9 +30,15 @@ class ImageListSource:
     spaces) and the image path is ``root_folder + path``, a plain string
     concatenation. Blank lines are skipped; a line without a label, or with a
     label that is not an integer, is an error (Caffe's ``atoi`` would read 0).
+
+    ``labelled=False`` (images only, for label-free training): ``source`` may be a
+    list of paths, one a line (a line that names no file but ends in `` <integer>``
+    is read as ``path label``, so a labelled list works too), or a folder, whose
+    image files (:data:`~..images.caffe_image.IMAGE_EXT`) are taken in name order.
+    Every label then reads -1.
     """
 
-    def __init__(self, params: dict, resolve, layer: str, net_file):
+    def __init__(self, params: dict, resolve, layer: str, net_file, labelled: bool = True):
         self.layer, self.net_file = layer, net_file
         if not params.get("source"):
             raise ModelError("image_data_param.source is not set", file=net_file, layer=layer)
@@ -41,7 +50,19 @@ class ImageListSource:
         self.new_size = (nh, nw)
         self.is_color = bool(params.get("is_color", True))
         root = params.get("root_folder", "")
-        self.entries = self._read_list(root, resolve)
+        self.labelled = labelled
+        if not labelled and self.list_file.is_dir():
+            self.entries = self._read_folder()
+        else:
+            self.entries = self._read_list(root, resolve)
+
+    def _read_folder(self) -> list[tuple[Path, int, int]]:
+        files = sorted(p for p in self.list_file.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXT)
+        if not files:
+            raise ModelError(f"the image folder (source of layer '{self.layer}') holds no "
+                             f"image files ({', '.join(sorted(IMAGE_EXT))})", file=self.list_file)
+        return [(p, NO_LABEL, 0) for p in files]
 
     def _read_list(self, root: str, resolve) -> list[tuple[Path, int, int]]:
         try:
@@ -56,6 +77,9 @@ class ImageListSource:
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
+            if not self.labelled:
+                entries.append(self._unlabelled(line, root, resolve, number))
+                continue
             name, sep, label = line.rpartition(" ")
             if not sep or not name:
                 raise ModelError(f"expected 'path label', got {line!r}", file=self.list_file, line=number)
@@ -66,15 +90,24 @@ class ImageListSource:
                                  line=number) from None
             entries.append((resolve(root + name), value, number))
         if not entries:
-            raise ModelError("the image list is empty (no 'path label' lines)", file=self.list_file)
+            what = "'path label'" if self.labelled else "path"
+            raise ModelError(f"the image list is empty (no {what} lines)", file=self.list_file)
         return entries
+
+    def _unlabelled(self, line: str, root: str, resolve, number: int) -> tuple[Path, int, int]:
+        """A path line; ``path label`` when the whole line names no file and ends in an integer."""
+        whole = resolve(root + line)
+        name, sep, label = line.rpartition(" ")
+        if not whole.is_file() and sep and name and label.lstrip("-").isdigit():
+            return resolve(root + name), NO_LABEL, number
+        return whole, NO_LABEL, number
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def describe(self, index: int) -> str:
         path, _, number = self.entries[index]
-        return f"{self.list_file}:{number} ({path})"
+        return f"{self.list_file}:{number} ({path})" if number else str(path)
 
     def decoded(self, index: int) -> bool:  # image files are always decoded
         return True
@@ -89,7 +122,7 @@ class ImageListSource:
         for path, _, number in chosen:  # all missing files are reported before any decoding
             if not path.is_file():
                 raise ModelError(f"image {path} listed here does not exist", file=self.list_file,
-                                 line=number)
+                                 line=number or None)
         for index in range(len(chosen)):
             yield self.load_one(index)
 
@@ -101,7 +134,7 @@ class ImageListSource:
             image = read_image_caffe(path, *self.new_size, self.is_color)
         except ModelError as e:
             raise ModelError(f"cannot load {path}: {e.message}", file=self.list_file,
-                             line=number) from None
+                             line=number or None) from None
         return image, label
 
 

@@ -181,7 +181,7 @@ class CaffeEvaluator(Evaluator):
         return float(F32(total / F32(self.test_iter)))
 
 
-def open_data_layer(graph: Graph, base_dir=None, training: bool = False):
+def open_data_layer(graph: Graph, base_dir=None, training: bool = False, labelled: bool = True):
     """The net's one ImageData / (Annotated)Data layer, opened: ``(layer, transform, source,
     batch_size, params)``, every setting checked before any record is decoded.
 
@@ -213,7 +213,7 @@ def open_data_layer(graph: Graph, base_dir=None, training: bool = False):
     fmt = data_format(layer)
     p = params.get(spec_for("caffe", layer).data_param, {})
     if fmt == "image_list":
-        source = ImageListSource(p, resolve, layer.name, net_file)
+        source = ImageListSource(p, resolve, layer.name, net_file, labelled)
     else:
         kind = AnnotatedLmdbSource if fmt == "annotated_db" else LmdbSource
         source = kind(p, resolve, layer.name, net_file, transform.force_color,

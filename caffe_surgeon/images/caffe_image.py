@@ -24,6 +24,8 @@ import numpy as np
 
 from ..errors import ModelError
 
+#: file suffixes (lower case) read as images where a folder or a list is given
+IMAGE_EXT = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp"})
 MODES = ("native", "color", "gray")  # IMREAD_UNCHANGED, IMREAD_COLOR, IMREAD_GRAYSCALE
 _COEF_SCALE = 2048                   # OpenCV INTER_RESIZE_COEF_SCALE
 

@@ -68,6 +68,9 @@ class LayerSpec:
     data_param: str | None = None
     #: metrics: how per-batch values combine (:data:`.roles.METRIC_KINDS`)
     metric_kind: str | None = None
+    #: losses and metrics whose first bottom holds class scores over axis 1, before a
+    #: softmax (SoftmaxWithLoss, Accuracy): distillation matches softened softmaxes there
+    reads_class_scores: bool = False
     #: (parameter message, field) that switches the bias array on, for types whose bias
     #: is optional (offset folding may have to give them one)
     bias_switch: tuple[str, str] | None = None

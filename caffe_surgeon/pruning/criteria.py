@@ -4,9 +4,9 @@ A criterion scores every channel of every producer in the group
 (:func:`channel_scores`), and the scores of the channels tied into one class
 are combined with an explicit reduction (``sum``, ``mean`` or ``max``).
 
-Criteria are plain callables ``(analysis, group) -> per-node scores dict``; a
-data-driven criterion (LASSO, and Taylor once finetuning brings gradients)
-takes its calibration data through :func:`functools.partial` or a closure.
+Criteria are plain callables ``(analysis, space) -> per-channel scores``; a
+data-driven criterion (LASSO, Taylor) carries its data in an object:
+:func:`criterion_for` turns a name into what :func:`class_scores` calls.
 """
 from __future__ import annotations
 
@@ -63,8 +63,34 @@ def bn_gamma(analysis: ChannelAnalysis, space) -> np.ndarray | None:
 
 
 CHANNEL_CRITERIA: dict[str, Callable] = {"l1": l1_norm, "l2": l2_norm, "bn": bn_gamma}
+#: criteria scored from the TRAIN net's batches and gradients (the PyTorch extra):
+#: ``taylor``, first-order Taylor importance (:mod:`caffe_surgeon.training.taylor`)
+DATA_CRITERIA: tuple[str, ...] = ("taylor",)
 #: the criteria a name selects: every user (ana, the vai_p configs, the CLI) reads this list.
-CRITERIA: tuple[str, ...] = tuple(CHANNEL_CRITERIA)
+CRITERIA: tuple[str, ...] = tuple(CHANNEL_CRITERIA) + DATA_CRITERIA
+#: TRAIN batches the Taylor criterion accumulates when not told (``--taylor-batches``)
+DEFAULT_TAYLOR_BATCHES = 8
+
+
+def criterion_for(name: str, model_files=(), options: dict | None = None):
+    """What :func:`class_scores` / ``make_plan`` should be given for criterion ``name``.
+
+    Args:
+        name: a name in :data:`CRITERIA`.
+        model_files: ``[train_val.prototxt, weights]`` of the model being pruned (the
+            data criteria read its TRAIN phase).
+        options: for ``taylor``: ``{"batches": N, "seed": S}`` (defaults 8 and 0).
+
+    Returns:
+        ``name`` itself for a weight criterion, else a callable carrying its data that
+        scores on first use (so the TRAIN batches are read only if a group is pruned).
+    """
+    if name not in DATA_CRITERIA:
+        return name
+    from ..training.finetune import backend
+    backend(f"--criterion {name}")  # the one-line error without torch, before anything runs
+    from ..training.taylor import TaylorCriterion
+    return TaylorCriterion(list(model_files), **dict(options or {}))
 
 
 def class_scores(analysis: ChannelAnalysis, group: Group, criterion="l1",
@@ -78,6 +104,9 @@ def class_scores(analysis: ChannelAnalysis, group: Group, criterion="l1",
     """
     if reduction not in REDUCTIONS:
         raise ModelError(f"unknown reduction '{reduction}' (choose from {', '.join(REDUCTIONS)})")
+    if criterion in DATA_CRITERIA:
+        raise ModelError(f"criterion '{criterion}' scores from training batches: pass "
+                         "criterion_for(name, model_files) instead of its name")
     fn = CHANNEL_CRITERIA.get(criterion) if isinstance(criterion, str) else criterion
     if fn is None:
         raise ModelError(f"unknown criterion '{criterion}' (choose from "

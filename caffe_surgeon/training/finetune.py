@@ -23,6 +23,14 @@ from pathlib import Path
 from ..errors import ModelError
 from ..fileio import atomic_write, make_folder, read_bytes
 
+#: distillation's softmax temperature when none is given. Hinton et al. (2015) soften the
+#: teacher's outputs so that the small probabilities of the wrong classes (which ones the
+#: model finds similar) carry gradient; at T = 1 a confident classifier's softmax is nearly
+#: one-hot and teaches little more than a label. 2-5 is where small-class-count
+#: classifiers do best in the KD literature; 4 is the customary middle, and the loss is
+#: scaled by T^2 so its gradient stays as large as at T = 1 (the solver's base_lr still fits).
+DEFAULT_TEMPERATURE = 4.0
+
 #: what finetune writes into the rate folder
 NET_NAME, SOLVER_NAME, SNAPSHOT_DIR = "net_finetune.prototxt", "solver_finetune.prototxt", "snapshots"
 
@@ -43,6 +51,10 @@ class FinetuneRun:
         resume: a solver-state file, "auto" (the newest complete snapshot, if any) or None.
         devices: device ids (``-gpus``); [] or one id: one process.
         acc_name, test_iter: the TEST-phase metric for ``test_interval`` (None: no tests).
+        teacher: ``(prototxt, weights)`` of the model to distil from (label-free: the TRAIN
+            net's losses are dropped and no label is read, :mod:`.distill`); None: train
+            on the labels with the net's own losses.
+        temperature: the distillation's softmax temperature.
         max_iter: replaces the solver's ``max_iter`` (None: the solver's).
     """
 
@@ -57,21 +69,23 @@ class FinetuneRun:
     devices: tuple = ()
     acc_name: str | None = None
     test_iter: int = 0
+    teacher: tuple | None = None
+    temperature: float = DEFAULT_TEMPERATURE
     max_iter: int | None = None
 
 
-def backend():
-    """The torch backend module, or a one-line ModelError saying what is missing."""
+def backend(what: str = "finetune"):
+    """The torch backend module, or a one-line ModelError saying that ``what`` needs it."""
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise ModelError("finetune needs PyTorch: pip install 'caffe-surgeon[finetune]'") from None
+        raise ModelError(f"{what} needs PyTorch: pip install 'caffe-surgeon[finetune]'") from None
     import importlib
     try:
         return importlib.import_module(f"{__package__}.module")
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith(f"{__package__}."):
-            raise ModelError("finetune needs the training backend (caffe_surgeon.training."
+            raise ModelError(f"{what} needs the training backend (caffe_surgeon.training."
                              f"{e.name.rsplit('.', 1)[-1]}), which this installation does not "
                              "have yet") from None
         raise
@@ -107,6 +121,9 @@ def vai_p_run(cfg, devices: tuple = (), resume: str | None = "auto") -> Finetune
     """The run ``vai_p_caffe finetune -config`` makes of a config (files checked)."""
     cfg.require("model", "solver", "rate", command="finetune")
     cfg.check_files(("model", "solver"))
+    if cfg.distill:  # the teacher is the model prune started from
+        cfg.require("weights", command="finetune (distill: true)")
+        cfg.check_files(("weights",))
     folder = cfg.rate_dir()
     for name in ("sparse.caffemodel", "plan.json"):
         if not (folder / name).is_file():
@@ -118,7 +135,9 @@ def vai_p_run(cfg, devices: tuple = (), resume: str | None = "auto") -> Finetune
     return FinetuneRun(Path(cfg.model), folder / "sparse.caffemodel", Path(cfg.solver), prefix,
                        plan=folder / "plan.json", net_out=folder / NET_NAME, log_dir=folder,
                        resume=resume, devices=tuple(devices),
-                       acc_name=None if cfg.label_free else cfg.acc_name, test_iter=cfg.test_iter)
+                       acc_name=None if cfg.label_free else cfg.acc_name, test_iter=cfg.test_iter,
+                       teacher=(Path(cfg.model), Path(cfg.weights)) if cfg.distill else None,
+                       temperature=cfg.temperature)
 
 
 def finetune(run: FinetuneRun) -> int:
@@ -171,8 +190,12 @@ def _train(run: FinetuneRun, rank: int, world: int) -> int:
         from ..caffe.writer import render_prototxt
         atomic_write(run.net_out, render_prototxt(dense))
     device = device_for(list(run.devices), rank)
-    module = module_lib.build_module(dense, phase="TRAIN").to(device)
-    data = TrainData(dense, base_dir=None, seed=max(config.random_seed, 0), rank=rank, world=world)
+    if run.teacher is None:
+        module = module_lib.build_module(dense, phase="TRAIN").to(device)
+    else:
+        module = _distill_module(module_lib, dense, run).to(device)
+    data = TrainData(dense, base_dir=None, seed=max(config.random_seed, 0), rank=rank,
+                     world=world, labelled=run.teacher is None)
     solver = Solver(config)
     rows = read_log_rows(run.log_dir, start.iteration) if start is not None and run.log_dir else []
     log = TrainingLog(run.log_dir if rank == 0 else None, config.max_iter,
@@ -192,6 +215,16 @@ def _train(run: FinetuneRun, rank: int, world: int) -> int:
             return trainer.run(start).iteration
     finally:
         data.close()
+
+
+def _distill_module(module_lib, dense, run: FinetuneRun):
+    """The pruned TRAIN net as a student of ``run.teacher`` (:mod:`.distill`)."""
+    from .. import api
+    from .distill import DistillModule, distillation_net
+    student, targets = distillation_net(dense)
+    teacher, _ = distillation_net(api.load(*run.teacher, phase="TRAIN"))
+    return DistillModule(module_lib.build_module(student, phase="TRAIN"),
+                         module_lib.build_module(teacher, phase="TEST"), targets, run.temperature)
 
 
 def _evaluator(run: FinetuneRun, plan, module, weights):

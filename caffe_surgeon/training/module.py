@@ -192,7 +192,15 @@ class CaffeModule(nn.Module):
         return torch.as_tensor(np.asarray(value, np.float32) if not torch.is_tensor(value)
                                else value, dtype=torch.float32, device=device)
 
-    def forward(self, feeds: dict) -> Forward:
+    def forward(self, feeds: dict, tap=None) -> Forward:
+        """One pass over ``feeds`` (blob name -> array or tensor).
+
+        Args:
+            tap: None, or ``tap(layer, outputs) -> outputs``, called after every layer;
+                later layers read what it returns. Taylor importance
+                (:mod:`.taylor`) multiplies a producer's output by a gate of ones there,
+                whose gradient is the sum of activation x gradient per channel.
+        """
         feeds = {name: self._tensor(v) for name, v in feeds.items()}
         missing = [n for n in self.inputs if n not in feeds]
         if missing:
@@ -210,6 +218,8 @@ class CaffeModule(nn.Module):
             ctx.arrays = dict(holder.named_parameters(recurse=False))
             ctx.arrays.update(holder.named_buffers(recurse=False))
             outs = self._run(layer, entry, args, ctx)
+            if tap is not None:
+                outs = tap(layer, outs)
             for t, y in zip(layer.tops, outs):
                 blobs[t] = y
             for w, y in zip(weights, outs):

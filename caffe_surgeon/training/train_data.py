@@ -73,10 +73,14 @@ class TrainData:
             and the process competes with torch's threads); Pillow and LMDB release the
             GIL while they decode and read, and torch while it computes. Processes pay off
             with many cores and costly (large JPEG) decoding.
+        labelled: False: images only (label-free training, e.g. distillation). Batches
+            hold the data top alone; an ImageData ``source`` may then list paths without
+            labels or be a folder of images; a Data (LMDB) layer's labels are dropped.
     """
 
     def __init__(self, graph: Graph, base_dir=None, seed: int = 0, rank: int = 0,
-                 world: int = 1, prefetch: int = 4, workers: int = 1, processes: bool = False):
+                 world: int = 1, prefetch: int = 4, workers: int = 1, processes: bool = False,
+                 labelled: bool = True):
         self.net_file = graph.source[0] if graph.source else None
         for name, value, low in (("seed", seed, 0), ("world", world, 1), ("rank", rank, 0),
                                  ("prefetch", prefetch, 1), ("workers", workers, 0)):
@@ -85,8 +89,9 @@ class TrainData:
         if rank >= world:
             raise ModelError(f"TrainData: rank {rank} is not below world {world}")
         _refuse_untrainable(graph, self.net_file)
-        layer, transform, source, batch_size, p = open_data_layer(graph, base_dir)
-        self.layer, self.tops = layer.name, list(layer.tops)
+        layer, transform, source, batch_size, p = open_data_layer(graph, base_dir,
+                                                                  labelled=labelled)
+        self.layer, self.tops = layer.name, list(layer.tops if labelled else layer.tops[:1])
         self.batch_size, self.world, self.rank, self.seed = batch_size, int(world), int(rank), int(seed)
         self.global_batch = self.batch_size * self.world
         self.source_size = len(source)
@@ -112,7 +117,8 @@ class TrainData:
 
     def batch(self, iteration: int) -> dict[str, np.ndarray]:
         """This rank's batch at ``iteration``, built now in the calling thread:
-        ``{data top: float32 (B, C, H, W), label top: float32 (B,)}``."""
+        ``{data top: float32 (B, C, H, W), label top: float32 (B,)}`` (no label top when
+        the data is unlabelled)."""
         return self._make(_iteration(iteration))
 
     def batches(self, start: int = 0, stop: int | None = None):

@@ -41,6 +41,7 @@ class IncrementalEvaluator:
                  reference=None):
         from ..engine import Executor
         from ..pruning import analyse
+        from ..pruning.criteria import criterion_for
         from ..evaluation.spec import build_evaluator, data_digest, load_eval_graph
         self.job = job
         self.graph = load_eval_graph(job.framework, job.model_files, job.evaluator)
@@ -56,6 +57,7 @@ class IncrementalEvaluator:
                                 input_shapes=getattr(self.evaluator, "input_shapes", None))
         self.executor = Executor(self.graph, darknet_bn=job.darknet_bn)
         self.cache_budget = cache_budget
+        self.criterion = criterion_for(job.criterion, job.model_files, job.criterion_options)
         # Per batch, the original model's values at one layer (what later layers read, and
         # every scored value so far): groups run in order of their start layer, so each
         # group's prefix continues the previous group's instead of starting from the input.
@@ -112,7 +114,7 @@ class IncrementalEvaluator:
             raise ValueError("early stop needs the baseline before the groups run")
         plans: dict[tuple, list] = {}
         for r in sorted(ratios):
-            plan = make_plan(a, ratios={gid: r}, criterion=job.criterion, divisor=job.divisor)
+            plan = make_plan(a, ratios={gid: r}, criterion=self.criterion, divisor=job.divisor)
             keep = tuple(next(gp.keep for gp in plan.groups if gp.id == gid))
             plans.setdefault(keep, [plan, []])[1].append(r)
         self.group_cache_bytes = 0

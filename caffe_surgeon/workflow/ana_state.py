@@ -44,7 +44,7 @@ from pathlib import Path
 from ..errors import ModelError
 from ..fileio import atomic_write, read_bytes
 from ..evaluation.spec import FRAMEWORK_OF, normalize_spec
-from ..pruning.criteria import CRITERIA
+from ..pruning.criteria import CRITERIA, DATA_CRITERIA, DEFAULT_TAYLOR_BATCHES
 from ..pruning.plan import DEFAULT_RATIOS
 
 FORMAT = "caffe-surgeon-ana"
@@ -62,7 +62,9 @@ class AnaJob:
             evaluated); Darknet ``[net.cfg, net.weights]``.
         evaluator: evaluator spec (see :mod:`.evaluators`).
         ratios: fractions of a group's channels to remove, each in (0, 1).
-        criterion: channel ranking, "l1", "l2" or "bn".
+        criterion: channel ranking, a name in :data:`~..pruning.criteria.CRITERIA`.
+        criterion_options: what a data criterion is computed with (``taylor``:
+            ``{"batches": 8, "seed": 0}``, filled in by :meth:`checked`); empty for the others.
         ignore: layer names whose output channels are never pruned.
         divisor: kept channels are a multiple of it (``channel_divisible``, ``kernel_batch``).
         darknet_bn: Darknet BatchNorm flavour for the forward passes.
@@ -80,6 +82,7 @@ class AnaJob:
     divisor: int = 1
     darknet_bn: str = "pjreddie"
     early_stop: float | None = None
+    criterion_options: dict = field(default_factory=dict)
 
     def checked(self) -> "AnaJob":
         """A normalised copy (sorted ratios, evaluator defaults filled in); ModelError if invalid."""
@@ -107,6 +110,7 @@ class AnaJob:
         if self.criterion not in CRITERIA:
             raise ModelError(f"ana: criterion must be one of {', '.join(CRITERIA)}, "
                              f"not {self.criterion!r}")
+        options = _criterion_options(self.criterion, self.criterion_options)
         if isinstance(self.divisor, bool) or not isinstance(self.divisor, int) or self.divisor < 1:
             raise ModelError(f"ana: divisor must be an integer >= 1, got {self.divisor!r}")
         ignore = list(self.ignore or [])
@@ -125,7 +129,29 @@ class AnaJob:
                 raise ModelError(f"ana: early_stop must be a relative metric drop > 0 "
                                  f"(e.g. 0.1 = 10%), got {self.early_stop!r}")
         return replace(self, model_files=files, evaluator=spec, ratios=sorted(ratios),
-                       ignore=sorted(set(ignore)), early_stop=early)
+                       ignore=sorted(set(ignore)), early_stop=early, criterion_options=options)
+
+
+def _criterion_options(criterion: str, given) -> dict:
+    """``given`` checked for ``criterion``: the Taylor criterion's batch count and seed
+    (defaults filled in, so the fingerprint names them); nothing for weight criteria."""
+    given = dict(given or {})
+    if criterion not in DATA_CRITERIA:
+        if given:
+            raise ModelError(f"ana: criterion '{criterion}' takes no options, got {given}")
+        return {}
+    out = {"batches": DEFAULT_TAYLOR_BATCHES, "seed": 0}
+    unknown = sorted(set(given) - set(out))
+    if unknown:
+        raise ModelError(f"ana: criterion '{criterion}' has no option {', '.join(unknown)} "
+                         f"(it takes {', '.join(out)})")
+    out.update(given)
+    for key, low in (("batches", 1), ("seed", 0)):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ModelError(f"ana: criterion '{criterion}': {key} must be an integer >= {low}, "
+                             f"got {v!r}")
+    return out
 
 
 def ratio_key(r: float) -> str:
@@ -156,6 +182,8 @@ def job_inputs(job: AnaJob) -> dict:
                               for f in job.model_files],
               "evaluator": dict(job.evaluator), "ratios": list(job.ratios),
               "criterion": job.criterion, "divisor": job.divisor, "ignore": list(job.ignore)}
+    if job.criterion_options:  # only data criteria have them (older state files lack the key)
+        inputs["criterion_options"] = dict(job.criterion_options)
     if job.framework == "darknet":
         inputs["darknet_bn"] = job.darknet_bn
     return inputs

@@ -25,11 +25,12 @@ from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from ..errors import ModelError
-from ..pruning.criteria import CRITERIA
+from ..pruning.criteria import CRITERIA, DEFAULT_TAYLOR_BATCHES
 from ..pruning.plan import DEFAULT_RATIOS
 from . import vai_p_config_pb2
 from .config_values import (SCHEDULERS, MissingFile, check_rate, check_ratios, missing_inputs,
                             raise_missing, read_text, resolve_path)
+from ..training.finetune import DEFAULT_TEMPERATURE
 from .report import format_rate
 
 PRUNER_METHODS = ("REGULAR",)
@@ -254,7 +255,8 @@ class CaffeConfig:
     Ours (accepted as protobuf text too; enum-like values may be quoted or bare):
 
     - ``criterion`` (default ``"l1"``): filter ranking, a name in
-      :data:`~caffe_surgeon.pruning.criteria.CRITERIA` (``l1``/``l2`` norm, ``bn`` gamma).
+      :data:`~caffe_surgeon.pruning.criteria.CRITERIA` (``l1``/``l2`` norm, ``bn`` gamma,
+      ``taylor``: activation x gradient on TRAIN batches, the PyTorch extra).
     - ``channel_divisible`` (default 2): kept channels are a multiple of this,
       and at least this many.
     - ``ratios`` (default 0.1 ... 0.9): fractions tried per group in ``ana``;
@@ -270,6 +272,11 @@ class CaffeConfig:
     - ``early_stop`` (default none: every ratio is evaluated): a relative metric
       drop > 0; ``ana`` skips a group's larger ratios once one drops more
       (``-early_stop`` on the command line overrides it).
+    - ``distill`` (default false): ``finetune`` trains the pruned model to reproduce the
+      outputs of ``model`` with ``weights`` (the model ``prune`` started from) instead of
+      the labels, which are then not read (:mod:`~caffe_surgeon.training.distill`).
+    - ``temperature`` (default 4, > 0): the softmax temperature of ``distill``.
+    - ``taylor_batches`` (default 8): TRAIN batches ``criterion: taylor`` accumulates.
 
     Paths (``workspace``, ``model``, ``weights``, ``solver``) are resolved
     against the current directory at read time, as the vendor tool does;
@@ -296,6 +303,9 @@ class CaffeConfig:
     scheduler: str = "auto"
     label_free: bool = False
     early_stop: float | None = None
+    distill: bool = False
+    temperature: float = DEFAULT_TEMPERATURE
+    taylor_batches: int = DEFAULT_TAYLOR_BATCHES
     raw: dict[str, str] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
 
@@ -403,7 +413,7 @@ def read_caffe_config(path, base_dir=None) -> CaffeConfig:
             kw[name] = resolve_path(raw[name], base)
     if (v := top.one("gpu")) is not None:
         kw["gpu"] = check.gpu(v)
-    for name in ("test_iter", "channel_divisible", "workers"):
+    for name in ("test_iter", "channel_divisible", "workers", "taylor_batches"):
         if (v := top.one(name)) is not None:
             kw[name] = check.at_least(name, v, 1)
     if (v := top.one("acc_name")) is not None:
@@ -421,6 +431,13 @@ def read_caffe_config(path, base_dir=None) -> CaffeConfig:
         kw["scheduler"] = check.choice("scheduler", v, SCHEDULERS, case_insensitive=True)
     if (v := top.one("label_free")) is not None:
         kw["label_free"] = v.value
+    if (v := top.one("distill")) is not None:
+        kw["distill"] = v.value
+    if (v := top.one("temperature")) is not None:
+        kw["temperature"] = v.value
+        if not (v.value > 0 and v.value < float("inf")):
+            check.fail(f"field 'temperature' is {v.value:g}; it must be a positive number "
+                        "(4 softens a classifier's outputs enough to teach)", v)
     if (v := top.one("early_stop")) is not None:
         kw["early_stop"] = v.value
         if not v.value > 0:

@@ -16,7 +16,7 @@ from google.protobuf import message_factory as _message_factory
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 
 _SERIALIZED_FILE = (
-    b'\n\x12vai_p_config.proto\x12\x05vai_p"\xf7\x03\n\x0b'
+    b'\n\x12vai_p_config.proto\x12\x05vai_p"\xda\x04\n\x0b'
     b'CaffeConfig\x12\x1c\n\tworkspace\x18\x01 \x01(\tR\t'
     b'workspace\x12\x10\n\x03gpu\x18\x02 \x01(\tR\x03gpu\x12\x1b\n\tt'
     b'est_iter\x18\x03 \x01(\x05R\x08testIter\x12\x19\n\x08acc_'
@@ -32,11 +32,14 @@ _SERIALIZED_FILE = (
     b'\x18\n\x07workers\x18h \x01(\x05R\x07workers\x12\x1c\n\tsch'
     b'eduler\x18i \x01(\tR\tscheduler\x12\x1d\n\nlabel'
     b'_free\x18j \x01(\x08R\tlabelFree\x12\x1d\n\nearly_'
-    b'stop\x18k \x01(\x01R\tearlyStop"J\n\x06Pruner\x12'
-    b'\x16\n\x06method\x18\x01 \x01(\tR\x06method\x12(\n\x07exclu'
-    b'de\x18\x02 \x03(\x0b2\x0e.vai_p.ExcludeR\x07exclud'
-    b'e"&\n\x07Exclude\x12\x1b\n\tlayer_top\x18\x01 \x03(\tR'
-    b'\x08layerTop'
+    b'stop\x18k \x01(\x01R\tearlyStop\x12\x18\n\x07distill'
+    b'\x18l \x01(\x08R\x07distill\x12 \n\x0btemperature\x18m'
+    b' \x01(\x01R\x0btemperature\x12%\n\x0etaylor_batc'
+    b'hes\x18n \x01(\x05R\rtaylorBatches"J\n\x06Prun'
+    b'er\x12\x16\n\x06method\x18\x01 \x01(\tR\x06method\x12(\n\x07ex'
+    b'clude\x18\x02 \x03(\x0b2\x0e.vai_p.ExcludeR\x07exc'
+    b'lude"&\n\x07Exclude\x12\x1b\n\tlayer_top\x18\x01 \x03'
+    b'(\tR\x08layerTop'
 )
 
 POOL = _descriptor_pool.DescriptorPool()

@@ -18,10 +18,18 @@ class _Scalar(CaffeSpec):
 
 @register
 class Loss(_Scalar):
-    types = ("SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "ContrastiveLoss",
+    types = ("EuclideanLoss", "SigmoidCrossEntropyLoss", "ContrastiveLoss",
              "MultiBoxLoss", "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "L1Loss",
              "SmoothL1Loss")
     roles = frozenset({"loss"})
+
+
+@register
+class SoftmaxLoss(Loss):
+    """Softmax cross-entropy: its first bottom is a classifier's scores (logits)."""
+
+    types = ("SoftmaxWithLoss",)
+    reads_class_scores = True
 
 
 @register
@@ -31,6 +39,7 @@ class Accuracy(_Scalar):
     types = ("Accuracy",)
     roles = frozenset({"metric"})
     metric_kind = "mean"
+    reads_class_scores = True
 
     def infer(self, layer, inputs):
         out = [(), (inputs[0][1],)] + [()] * len(layer.tops)
