@@ -82,9 +82,26 @@ def test_readme_quick_start_runs_the_workflow_on_the_shipped_example(tmp_path):
     assert "-reconstruct 64" in README and "0.916 -> 0.906" in README and "0.916 -> 0.668" in README
 
 
-def in_tmp(text: str, tmp_path: Path) -> str:
-    """The README writes under /tmp; a test writes under its own tmp_path."""
-    return text.replace("/tmp/", f"{tmp_path}/")
+#: The first line of every README shell block that writes: a folder the reader makes.
+OUT_LINE = "OUT=$(mktemp -d)"
+
+
+def in_tmp(command: str, tmp_path: Path) -> str:
+    """The README writes under ``$OUT`` (its blocks start with ``OUT=$(mktemp -d)``); a test
+    writes under its own tmp_path. Any other ``$`` or a fixed system temp path is refused."""
+    assert "/tmp/" not in command, command
+    out = command.replace("$OUT/", f"{tmp_path}/")
+    assert "$" not in out, f"the README's commands may use $OUT/ only: {command}"
+    return out
+
+
+def test_readme_examples_write_only_under_a_folder_the_reader_makes():
+    assert "/tmp/" not in README
+    writing = [b for b in blocks("sh") if "$OUT" in b]
+    assert len(writing) >= 2
+    for block in writing:
+        first = next(line for line in block.splitlines() if line.strip() and not line.startswith("#"))
+        assert first.split("#")[0].strip() == OUT_LINE, block
 
 
 def test_readme_commands_run_in_order(tmp_path):
@@ -104,7 +121,11 @@ def test_readme_commands_run_in_order(tmp_path):
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
-    code = in_tmp(blocks("python")[0], tmp_path)
+    """It writes under ``tempfile.mkdtemp()``, a new folder; here the test's tmp_path."""
+    import tempfile
+    code = blocks("python")[0]
+    assert "/tmp/" not in code and "out = tempfile.mkdtemp()" in code
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: str(tmp_path))
     monkeypatch.chdir(ROOT)  # its paths are relative to the checkout
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     assert "Convolution" in capsys.readouterr().out
