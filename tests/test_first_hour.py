@@ -365,3 +365,60 @@ def test_every_vendor_option_has_help_text(argv, option):
         parser = sub.choices[name]
     action = next(a for a in parser._actions if option in a.option_strings)
     assert action.help and len(action.help) > 10
+
+
+def test_darknet_valid_on_a_classifier_prints_the_lines_of_darknet_classifier_valid(
+        tmp_path, monkeypatch, capsys):
+    """Every running 'i: top 1: .., top k: ..' line (so the last: the list's accuracy) as the
+    binary prints it; per image the path and class as well, the two outputs within float noise."""
+    import re
+
+    from caffe_surgeon.cli.vai_p_darknet import main
+    from assets import darknet_binary
+    exe = str(darknet_binary())
+    work = tmp_path / "fashion"
+    shutil.copytree(FASHION, work)
+    monkeypatch.chdir(work)
+    assert main(["pruner", "valid", "pruning.cfg", "fashion.weights"]) == 0
+    ours = capsys.readouterr().out.splitlines()
+    theirs = subprocess.run([exe, "classifier", "valid", "fashion.data", "fashion.cfg",
+                             "fashion.weights"], cwd=work, capture_output=True, text=True,
+                            timeout=300)
+    assert theirs.returncode == 0, theirs.stderr[-2000:]
+    theirs = theirs.stdout.splitlines()
+    assert len(ours) == len(theirs) == 2 * 500
+    assert ours[1::2] == theirs[1::2]
+    assert theirs[-1] == "499: top 1: 0.916000, top 2: 0.978000"  # .data top=2
+    image_line = re.compile(r"(\S+), (-?\d+), ([\d.]+), ([\d.]+), $")
+    mine, binary = ([image_line.fullmatch(line).groups() for line in lines[0::2]]
+                    for lines in (ours, theirs))
+    assert [m[:2] for m in mine] == [b[:2] for b in binary]
+    np.testing.assert_allclose(np.array([m[2:] for m in mine], float),
+                               np.array([b[2:] for b in binary], float), atol=2e-6)
+
+
+def test_a_test_iter_past_the_data_says_once_that_the_evaluation_wraps_around(
+        tmp_path, monkeypatch, capsys):
+    """12 batches of 50 from 500 images: ana says so once on stderr (Caffe's log shows its
+    data layer restarting); 10 batches fit and the evaluator notes nothing."""
+    from caffe_surgeon import api
+    from caffe_surgeon.cli.vai_p_caffe import main
+    from caffe_surgeon.evaluation.caffe_eval import CaffeEvaluator
+    work = tmp_path / "fashion"
+    shutil.copytree(FASHION, work)
+    config = (work / "config.prototxt").read_text()
+    assert "\ntest_iter: 10 " in config
+    (work / "config.prototxt").write_text(config.replace("\ntest_iter: 10 ", "\ntest_iter: 12 ")
+                                          + "ratios: 0.5\n")
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    assert main(["ana", "-config", "config.prototxt", "-no_progress"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    wraps = [line for line in err if "wraps around" in line]
+    assert wraps == ["note: test_iter 12 x batch_size 50 = 600 images, but data layer 'data' has "
+                     "500: the evaluation wraps around to its first record, as Caffe's data layer "
+                     "does, so 100 of the images scored are repeats (set test_iter to at most 10 "
+                     "to score each at most once)"], err
+    graph = api.load("fashion_train_val.prototxt", phase="TEST")
+    assert CaffeEvaluator(graph, "top-1", test_iter=10).notes == []
+    assert len(CaffeEvaluator(graph, "top-1", test_iter=11).notes) == 1

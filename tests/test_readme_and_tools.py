@@ -82,9 +82,26 @@ def test_readme_quick_start_runs_the_workflow_on_the_shipped_example(tmp_path):
     assert "-reconstruct 64" in README and "0.916 -> 0.906" in README and "0.916 -> 0.668" in README
 
 
-def in_tmp(text: str, tmp_path: Path) -> str:
-    """The README writes under /tmp; a test writes under its own tmp_path."""
-    return text.replace("/tmp/", f"{tmp_path}/")
+#: The first line of every README shell block that writes: a folder the reader makes.
+OUT_LINE = "OUT=$(mktemp -d)"
+
+
+def in_tmp(command: str, tmp_path: Path) -> str:
+    """The README writes under ``$OUT`` (its blocks start with ``OUT=$(mktemp -d)``); a test
+    writes under its own tmp_path. Any other ``$`` or a fixed system temp path is refused."""
+    assert "/tmp/" not in command, command
+    out = command.replace("$OUT/", f"{tmp_path}/")
+    assert "$" not in out, f"the README's commands may use $OUT/ only: {command}"
+    return out
+
+
+def test_readme_examples_write_only_under_a_folder_the_reader_makes():
+    assert "/tmp/" not in README
+    writing = [b for b in blocks("sh") if "$OUT" in b]
+    assert len(writing) >= 2
+    for block in writing:
+        first = next(line for line in block.splitlines() if line.strip() and not line.startswith("#"))
+        assert first.split("#")[0].strip() == OUT_LINE, block
 
 
 def test_readme_commands_run_in_order(tmp_path):
@@ -104,7 +121,11 @@ def test_readme_commands_run_in_order(tmp_path):
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
-    code = in_tmp(blocks("python")[0], tmp_path)
+    """It writes under ``tempfile.mkdtemp()``, a new folder; here the test's tmp_path."""
+    import tempfile
+    code = blocks("python")[0]
+    assert "/tmp/" not in code and "out = tempfile.mkdtemp()" in code
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: str(tmp_path))
     monkeypatch.chdir(ROOT)  # its paths are relative to the checkout
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     assert "Convolution" in capsys.readouterr().out
@@ -122,8 +143,51 @@ def test_batch_stat_on_the_zoo(tmp_path):
     assert len(rows) == len(definitions)
     alex = rows["caffe/xilinx_pruning/alexnetBNnoLRN_train_val.prototxt"]
     assert alex["error"] == "" and int(alex["layers"]) > 20
-    # Solvers are not nets: their row carries the reason, with the file named.
+    # Solvers and vai_p configs are not nets: skipped, saying what they are.
     solver = rows["caffe/bvlc/lenet_solver.prototxt"]
-    assert solver["error"] and "lenet_solver.prototxt" in solver["error"]
+    assert not solver["error"] and solver["skipped"].startswith("a solver")
+    assert rows["caffe/xilinx_pruning/config.prototxt"]["skipped"].startswith("a vai_p_caffe config")
     # A Data-layer net without crop_size says what to give.
     assert "input shape" in rows["caffe/bvlc/lenet_train_test.prototxt"]["error"]
+
+
+def test_batch_stat_skips_solvers_label_maps_and_vai_p_configs_saying_why_and_takes_input_shape(
+        tmp_path):
+    fashion = ROOT / "fixtures" / "fashion"
+    for name in ("solver.prototxt", "config.prototxt", "pruning.cfg", "fashion_deploy.prototxt"):
+        shutil.copy(fashion / name, tmp_path / name)
+    (tmp_path / "labelmap.prototxt").write_text(
+        'item { name: "none_of_the_above" label: 0 display_name: "background" }\n')
+    (tmp_path / "lmdb_net.prototxt").write_text(  # the size of a Data layer: from --input-shape
+        'layer { name: "d" type: "Data" top: "data" data_param { source: "db" backend: LMDB } }\n'
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+        'convolution_param { num_output: 4 kernel_size: 3 } }\n')
+    (tmp_path / "broken.prototxt").write_text('layer { name: "c" type: "Convolution" \n')
+
+    def run(*extra):
+        proc = subprocess.run([sys.executable, str(ROOT / "tools" / "batch_stat.py"), str(tmp_path),
+                               *extra], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        rows = {r["path"]: r for r in csv.DictReader(proc.stdout.splitlines())}
+        return proc, rows
+
+    proc, rows = run()
+    assert proc.returncode == 0, proc.stderr
+    assert rows["solver.prototxt"]["skipped"] == "a solver (parses as caffe.SolverParameter), not a net definition"
+    assert rows["labelmap.prototxt"]["skipped"].startswith("an SSD label map (parses as caffe.LabelMap)")
+    assert rows["config.prototxt"]["skipped"] == "a vai_p_caffe config, not a net definition"
+    assert rows["pruning.cfg"]["skipped"] == "a vai_p_darknet [pruning] config, not a net definition"
+    assert all(not rows[n]["error"] for n in ("solver.prototxt", "labelmap.prototxt",
+                                              "config.prototxt", "pruning.cfg"))
+    assert rows["fashion_deploy.prototxt"]["error"] == "" and int(rows["fashion_deploy.prototxt"]["ops"]) > 0
+    assert "broken.prototxt" in rows["broken.prototxt"]["error"] and not rows["broken.prototxt"]["skipped"]
+    assert "give the input shape" in rows["lmdb_net.prototxt"]["error"]
+    assert proc.stderr.strip() == ("3 models, 1 read, 2 errors; 4 files skipped as not nets "
+                                   "(solvers, label maps, vai_p configs)")
+
+    proc, rows = run("--input-shape", "data=1,1,8,8")
+    assert rows["lmdb_net.prototxt"]["error"] == ""
+    assert int(rows["lmdb_net.prototxt"]["params"]) == 4 * 9 + 4
+    assert "names data, which the net does not take" not in rows["fashion_deploy.prototxt"]["error"]
+    proc, _ = run("--input-shape", "data=1,x")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --input-shape 'data=1,x': dims must be integers like data=1,3,224,224"]

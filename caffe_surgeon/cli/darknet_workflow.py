@@ -192,8 +192,10 @@ def _dense_of_sparse(conf, weights, spec):
 
 
 def _valid(args, conf, spec, cfg_path) -> int:
-    from ..evaluation.darknet_valid import write_detector_valid
+    from ..evaluation.darknet_valid import classifier_valid_lines, write_detector_valid
     from ..evaluation.spec import build_evaluator, load_eval_graph
+    if spec["kind"] == "darknet-classifier":  # darknet's figures: top 1 and the .data's top
+        spec = dict(spec, metric="top-k")
     try:
         graph = load_eval_graph("darknet", [str(cfg_path), str(args.weights)], spec)
     except ModelError:
@@ -208,7 +210,10 @@ def _valid(args, conf, spec, cfg_path) -> int:
             print(f"wrote {len(files)} result files to {Path(conf.workspace) / 'results'}")
         else:
             print(f"mAP@0.5 = {ev.score(results):.4f}")
+    elif args.command == "valid":
+        print("\n".join(classifier_valid_lines(ev, results)))
+    elif spec["label_free"]:
+        print(f"{ev.metric_name}: {ev.score(results):.4f}")
     else:
-        acc = ev.accuracies(results)
-        print(", ".join(f"{k}: {v:.4f}" for k, v in acc.items()))
+        print(", ".join(f"{k}: {v:.4f}" for k, v in ev.accuracies(results).items()))
     return 0

@@ -15,6 +15,7 @@ and hands the outputs back::
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +47,13 @@ class Evaluator:
         self.outputs = []
         self.layer_outputs = []
         self.notes: list[str] = []
+
+    def print_notes(self) -> None:
+        """Each note as one "note: ..." line on stderr: what the run approximated or repeated,
+        where Caffe's log would show it. Commands call it once, in the process that reports
+        (not in the worker processes that build the same evaluator)."""
+        for note in self.notes:
+            print(f"note: {note}", file=sys.stderr)
 
     @property
     def run_args(self) -> dict[str, Any]:

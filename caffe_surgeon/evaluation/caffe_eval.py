@@ -71,6 +71,7 @@ class CaffeEvaluator(Evaluator):
                 self.outputs = [acc_name, layer.bottoms[0]]  # re-scored from the detections
         self._note_ignored(p)
         self.source_size = len(source)
+        self._note_wrap()
         self.source = source
         self.feeds = self.decode()
         # The data layer's real top shapes (the prototxt alone cannot tell a database's channel
@@ -95,6 +96,18 @@ class CaffeEvaluator(Evaluator):
             self.notes.append(f"rand_skip {p['rand_skip']}: no records skipped (Caffe skips a random count)")
         if self.transform.mirror:
             self.notes.append("mirror: images are not mirrored (Caffe mirrors at random, even at TEST)")
+
+    def _note_wrap(self) -> None:
+        """Caffe's log says "Restarting data prefetching from start." when its data layer wraps;
+        here the evaluation says so once, in the notes."""
+        wanted, have = self.test_iter * self.batch_size, self.source_size
+        if wanted > have:
+            self.notes.append(
+                f"test_iter {self.test_iter} x batch_size {self.batch_size} = {wanted} images, but "
+                f"data layer '{self.data_layer.name}' has {have}: the evaluation wraps around to "
+                f"its first record, as Caffe's data layer does, so {wanted - have} of the images "
+                "scored are repeats (set test_iter to at most "
+                f"{max(1, have // self.batch_size)} to score each at most once)")
 
     # ------------------------------------------------------------------ data
     def decode(self) -> FeedStore:

@@ -158,9 +158,13 @@ class DarknetClassifierEvaluator(_DarknetEvaluator):
             raise ModelError(f"metric must be 'top-1', 'top-5', ... or 'top-k', not {metric!r}")
         return k
 
-    def _scores(self, results) -> np.ndarray:
+    def predictions(self, results) -> np.ndarray:
+        """The output layer's values, one row per image (darknet's ``pred``, all its outputs)."""
         out = self._per_image(results, self.outputs[0])
-        return out.reshape(len(out), -1)[:, :self.classes]
+        return out.reshape(len(out), -1)
+
+    def _scores(self, results) -> np.ndarray:
+        return self.predictions(results)[:, :self.classes]
 
     def accuracies(self, results) -> dict[str, float]:
         """Both darknet figures: {"top-1": .., "top-<k>": ..} (labelled mode)."""

@@ -1,4 +1,6 @@
-"""Darknet's ``detector valid`` result files (pjreddie ``print_detector_detections``).
+"""Darknet's ``valid`` output: ``detector valid``'s result files, ``classifier valid``'s lines.
+
+Detectors (pjreddie ``print_detector_detections``):
 
 One file per class, ``<results>/<prefix><class name>.txt`` (prefix
 ``comp4_det_test_`` by default, the folder from the .data ``results=`` option,
@@ -13,6 +15,17 @@ Boxes are in pixels of the original image with darknet's "+1" convention
 (``x - w/2. + 1`` in double, stored as float), then ``xmin``/``ymin`` raised
 to at least 1 and ``xmax``/``ymax`` lowered to at most the width/height. All
 numbers are printed with ``%f``.
+
+Classifiers (pjreddie ``validate_classifier_single``, which ``classifier valid``
+runs): for each image ``i`` of the list, two lines on stdout, printed with
+``"%s, %d, %f, %f, \\n"`` (path as listed, class, ``pred[0]``, ``pred[1]``; the
+line ends in a space) and ``"%d: top 1: %f, top %d: %f\\n"`` (``i``, running
+top-1, ``k``, running top-k).
+
+``pred`` is the output layer's vector (its first two values, whatever the
+classes), ``k`` the .data file's ``top`` (default 1), and the running figures
+are float sums divided by ``i + 1`` in float, so the last line is the accuracy
+over the whole list.
 """
 from __future__ import annotations
 
@@ -21,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from .darknet_eval import top_k
 from ..fileio import atomic_write
 
 F32 = np.float32
@@ -81,3 +95,29 @@ def write_detector_valid(evaluator, results, out_dir=None, prefix: str = "comp4_
     for path, lines in zip(paths, texts):
         atomic_write(path, "".join(lines))
     return paths
+
+
+def classifier_valid_lines(evaluator, results) -> list[str]:
+    """The lines ``darknet classifier valid`` prints for a labelled classifier evaluation.
+
+    Args:
+        evaluator: a labelled :class:`DarknetClassifierEvaluator`; its ``k`` is darknet's ``top``.
+        results: the network outputs for its feeds (see ``Evaluator.run``).
+
+    Returns:
+        Two lines per image (no newlines), in list order; the last holds the final accuracies.
+    """
+    if evaluator.label_free:
+        raise ModelError("'valid' prints darknet's per-image accuracy, which needs labels: "
+                         "remove label_free=1 or use 'map' for the top-1 agreement")
+    pred = evaluator.predictions(results)
+    best = top_k(pred[:, :evaluator.classes], evaluator.k)
+    hit = best == evaluator.truth[:, None]
+    top1, topk = np.cumsum(hit[:, 0]), np.cumsum(hit.any(1))
+    lines = []
+    for i, (item, cls, row) in enumerate(zip(evaluator.items, evaluator.truth, pred)):
+        first = "".join(f"{float(v):f}, " for v in row[:2])
+        lines.append(f"{item.written}, {int(cls)}, {first}")
+        lines.append(f"{i}: top 1: {float(F32(top1[i]) / F32(i + 1)):f}, "
+                     f"top {evaluator.k}: {float(F32(topk[i]) / F32(i + 1)):f}")
+    return lines

@@ -69,6 +69,7 @@ def run_ana(job: AnaJob, state_path, workers: int = 1, scheduler=None, progress:
     make_folder(state_path.parent)
 
     evaluation = IncrementalEvaluator(job, show_progress=False, cache_budget=cache_budget)
+    evaluation.evaluator.print_notes()
     inputs["data_sha256"] = evaluation.data_sha256
     reference = evaluation.evaluator.reference_state()
     if reference is not None:  # for a prune from other weights (label-free scores)

@@ -122,6 +122,7 @@ def prune_evaluator(job, ana, state_path, graph: Graph):
                                                   {"data_sha256": digest}))
     if stored is not None:
         check_data(state_path, stored, digest)
+    evaluator.print_notes()
     return evaluator
 
 
