@@ -187,9 +187,11 @@ def _no_tree(layer) -> str:
             "not supported")
 
 
-def _softmax(x, temperature=1.0):
-    """darknet ``softmax()`` over the last axis: exp(x/t - max/t) / sum."""
-    return torch.softmax(x / temperature if temperature != 1 else x, dim=-1)
+def _softmax(x, temperature=1.0, dim=-1):
+    """darknet ``softmax()``: exp(x/t - max/t) / sum, in float64 as the engine computes it
+    (a 1000-class softmax otherwise adds its own float32 rounding to the logits')."""
+    x = x.double()
+    return torch.softmax(x / temperature if temperature != 1 else x, dim=dim).float()
 
 
 @op("darknet", "softmax", check=_no_tree)
@@ -237,7 +239,7 @@ def region(layer, inputs, ctx):
     else:
         lo = coords + (0 if background else 1)
         part = raw[:, :, lo:lo + classes + background]
-        y[:, :, lo:lo + classes + background] = torch.softmax(part, dim=2)
+        y[:, :, lo:lo + classes + background] = _softmax(part, dim=2)
     return [y.reshape(x.shape)]
 
 
