@@ -29,8 +29,22 @@ BN = ("pjreddie", "alexeyab")
 FASHION = FIXTURES / "fashion"
 
 
-def _check(graph, feeds, bn):
-    name, rel = worst(relative_differences(graph, feeds, darknet_bn=bn))
+#: zoo cfg -> tops whose comparison measures the synthetic weights, not the backends: in
+#: yolov7-tiny the heads' logistic convs see pre-activations up to ~45, so the 2-3e-6
+#: relative float32 summation-order difference every earlier top shows becomes ~2e-5 of the
+#: logistic's range (given the engine's own inputs, those convs agree within 4e-6); they are
+#: held to ILL_RTOL instead
+ILL_CONDITIONED = {"alexeyab/yolov7-tiny.cfg": {"convolutional_89", "yolo_90", "convolutional_93",
+                                                "yolo_94", "convolutional_97", "yolo_98"}}
+ILL_RTOL = 1e-4
+
+
+def _check(graph, feeds, bn, model=""):
+    diffs = relative_differences(graph, feeds, darknet_bn=bn)
+    loose = ILL_CONDITIONED.get(model, set())
+    for t in loose:
+        assert diffs.pop(t) <= ILL_RTOL, (t, ILL_RTOL)
+    name, rel = worst(diffs)
     assert rel <= RTOL, f"top {name}: max-abs relative difference {rel:.3g} > {RTOL} ({bn} BN)"
     return rel
 
@@ -44,11 +58,11 @@ def _engine_refusal(graph, feeds, bn) -> str:
     return ""
 
 
-def _check_or_same_refusal(graph, feeds, bn):
+def _check_or_same_refusal(graph, feeds, bn, model=""):
     """Equality where the engine runs; where it refuses, a torch ModelError with its reason."""
     why = _engine_refusal(graph, feeds, bn)
     if not why:
-        return _check(graph, feeds, bn)
+        return _check(graph, feeds, bn, model)
     with pytest.raises(cs.ModelError) as e:
         with torch.no_grad():
             CaffeModule(graph, darknet_bn=bn)(feeds)
@@ -218,4 +232,4 @@ def _sweep_models() -> list[str]:
 @pytest.mark.parametrize("model", _sweep_models())
 def test_every_zoo_cfg_equals_the_engine_or_is_refused_as_it_refuses(model, bn):
     g, feeds = prepared(zoo(f"darknet/{model}"))
-    _check_or_same_refusal(g, feeds, bn)
+    _check_or_same_refusal(g, feeds, bn, model)

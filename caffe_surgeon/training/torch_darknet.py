@@ -122,16 +122,15 @@ def local(layer, inputs, ctx):
     location."""
     x = inputs[0]
     g = spec_for("darknet", layer).geometry(layer, [tuple(x.shape)])
-    k, s, pad = g["size"], g["stride"], opt_int(layer, "pad", 0)
-    n, c, h, w = x.shape
-    ch, cw = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
-    if (ch, cw) != (g["oh"], g["ow"]):
-        raise ModelError(f"size={k}, pad={pad} gives {cw} x {ch} im2col columns but darknet "
-                         f"allocates {g['ow']} x {g['oh']} locations (it would read past them)")
-    cols = F.unfold(x, k, padding=pad, stride=s)                       # (N, C*k*k, L)
-    wts = ctx.arrays["weights"].reshape(ch * cw, g["n"], c * k * k)    # (L, n, C*k*k)
-    y = torch.einsum("nkl,lok->nol", cols, wts).reshape(n, g["n"], ch, cw)
-    return [acts.apply(layer, y + ctx.arrays["biases"].reshape(1, g["n"], ch, cw))]
+    pad, locations = opt_int(layer, "pad", 0), g["oh"] * g["ow"]
+    cols = F.unfold(x, g["size"], padding=pad, stride=g["stride"])     # (N, C*k*k, L)
+    if cols.shape[2] != locations:  # im2col and the allocation size the output differently
+        raise ModelError(f"size={g['size']}, pad={pad} gives {cols.shape[2]} im2col columns but "
+                         f"darknet allocates {g['ow']} x {g['oh']} locations (it would read "
+                         "past them)")
+    wts = ctx.arrays["weights"].reshape(locations, g["n"], cols.shape[1])  # (L, n, C*k*k)
+    y = torch.einsum("nkl,lok->nol", cols, wts).reshape(x.shape[0], g["n"], g["oh"], g["ow"])
+    return [acts.apply(layer, y + ctx.arrays["biases"].reshape((1,) + tuple(y.shape[1:])))]
 
 
 @op("darknet", "batchnorm", statistics=BN_STATISTICS)
@@ -188,22 +187,21 @@ def l2norm(layer, inputs, ctx):
 
 @op("darknet", "normalization")
 def normalization(layer, inputs, ctx):
-    """pjreddie LRN with its running-sum recurrence, which leaves channel size/2 out of the
-    first window and later subtracts it (see the engine's ``normalization``)."""
+    """pjreddie LRN. Its running-sum recurrence (see the engine's ``normalization``) leaves
+    channel size/2 out of the first window and later subtracts channels it never added;
+    unrolled, channel k sums squares over ``[0, size/2) + [size/2 + 1, k + size/2]`` minus
+    ``[0, k - (size-1)/2)``, all clipped to ``[0, C)``: here as differences of one prefix
+    sum over channels, in float64 as the engine accumulates."""
     x = inputs[0].double()
     size = opt_int(layer, "size", 5)
     alpha, beta = opt_float(layer, "alpha", .0001), opt_float(layer, "beta", .75)
     kappa = opt_float(layer, "kappa", 1)
-    c = x.shape[1]
-    sq = x * x
-    running = sq[:, : size // 2].sum(dim=1)
-    acc = [running]
-    for k in range(1, c):
-        prev, nxt = k - (size - 1) // 2 - 1, k + size // 2
-        if prev >= 0:
-            running = running - sq[:, prev]
-        if nxt < c:
-            running = running + sq[:, nxt]
-        acc.append(running)
-    norms = kappa + alpha * torch.stack(acc, dim=1)
-    return [(x * norms ** -beta).float()]
+    c, half = x.shape[1], size // 2
+    prefix = torch.cat([torch.zeros_like(x[:, :1]), torch.cumsum(x * x, dim=1)], dim=1)
+    k = torch.arange(c, device=x.device)
+    add_end = torch.clamp(k + half + 1, max=c)
+    sub_end = torch.clamp(k - (size - 1) // 2, min=0, max=c)
+    first, skip = min(half, c), min(half + 1, c)
+    acc = prefix[:, first:first + 1] + prefix[:, add_end] - prefix[:, skip:skip + 1] \
+        - prefix[:, sub_end]
+    return [(x * (kappa + alpha * acc) ** -beta).float()]

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from ..engine import darknet_ops as engine_ops
 from ..engine.darknet_ops import _flavour, _reorg_index
 from ..errors import ModelError
 from ..layers.darknet import opt_float, opt_int, opt_list
@@ -32,17 +33,18 @@ def route(layer, inputs, ctx):
 
 
 def _shortcut_pjreddie(layer, prev, add):
-    """``shortcut_cpu``: out = alpha*out + beta*add over min(C), strided for spatial mismatch."""
-    (_, c2, h2, w2), (_, c1, h1, w1) = prev.shape, add.shape
-    stride, sample = w1 // w2, w2 // w1
-    if stride != h1 // h2 or sample != h2 // h1:
+    """``shortcut_cpu``: out = alpha*out + beta*add over min(C), strided for spatial mismatch:
+    ``add`` is read every ``stride`` cells and written every ``sample`` cells of ``prev``."""
+    (h2, w2), (h1, w1) = prev.shape[2:], add.shape[2:]
+    ratios = {(a // b, b // a) for a, b in ((h1, h2), (w1, w2))}  # (stride, sample) per axis
+    if len(ratios) > 1:
         raise ModelError(f"shortcut of a {w1} x {h1} layer onto a {w2} x {h2} layer: darknet "
                          "asserts equal width and height ratios")
-    stride, sample = max(stride, 1), max(sample, 1)
-    mc, mh, mw = min(c1, c2), min(h1, h2), min(w1, w2)
-    alpha, beta = opt_float(layer, "alpha", 1), opt_float(layer, "beta", 1)
+    stride, sample = (max(r, 1) for r in ratios.pop())
+    mc, mh, mw = min(prev.shape[1], add.shape[1]), min(h1, h2), min(w1, w2)
+    src = add[:, :mc, ::stride, ::stride][:, :, :mh, :mw]
     dst = (slice(None), slice(0, mc), slice(0, mh * sample, sample), slice(0, mw * sample, sample))
-    src = add[:, :mc, 0:mh * stride:stride, 0:mw * stride:stride]
+    alpha, beta = opt_float(layer, "alpha", 1), opt_float(layer, "beta", 1)
     out = prev.clone()
     out[dst] = alpha * prev[dst] + beta * src if (alpha, beta) != (1, 1) else prev[dst] + src
     return out
@@ -246,22 +248,18 @@ def region(layer, inputs, ctx):
 @op("darknet", "detection")
 def detection(layer, inputs, ctx):
     """YOLOv1 head: the input as is, except a per-cell class softmax when ``softmax=1``."""
-    x = inputs[0]
     if not opt_int(layer, "softmax", 0):
-        return [x]
-    side, classes = opt_int(layer, "side", 7), opt_int(layer, "classes", 1)
-    n, k = x.shape[0], side * side * classes
-    flat = x.reshape(n, -1)
-    cls = _softmax(flat[:, :k].reshape(n, side * side, classes)).reshape(n, k)
-    return [torch.cat([cls, flat[:, k:]], dim=1).reshape(x.shape)]
+        return [inputs[0]]
+    classes = opt_int(layer, "classes", 1)
+    k = opt_int(layer, "side", 7) ** 2 * classes  # the class block leads each image's vector
+    flat = inputs[0].reshape(inputs[0].shape[0], -1)
+    cls = _softmax(flat[:, :k].reshape(flat.shape[0], -1, classes)).reshape(flat.shape[0], k)
+    return [torch.cat([cls, flat[:, k:]], dim=1).reshape(inputs[0].shape)]
 
 
 # ---------------------------------------------------------------- elementwise
-@op("darknet", "dropout", "cost", "empty")
-def identity(layer, inputs, ctx):
-    # dropout: identity at test time (darknet shares the previous output);
-    # cost: computes a loss only when a truth is given; empty/silence: a no-op.
-    return [inputs[0]]
+# dropout, cost, empty: the engine's identity serves tensors as it is (see its comment)
+op("darknet", "dropout", "cost", "empty")(engine_ops.identity)
 
 
 @op("darknet", "activation", check=acts.unknown_activation)
