@@ -55,16 +55,17 @@ def top_names(graph) -> list[str]:
     return list(seen)
 
 
-def relative_differences(graph, feeds) -> dict[str, float]:
-    """Top name -> max-abs difference relative to scale, torch eval vs ``Executor.run``."""
+def relative_differences(graph, feeds, darknet_bn: str = "pjreddie") -> dict[str, float]:
+    """Top name -> max-abs difference relative to scale, torch eval vs ``Executor.run``
+    (both with the Darknet BatchNorm flavour ``darknet_bn``)."""
     import torch
 
     from caffe_surgeon.engine import Executor
     from caffe_surgeon.training.module import CaffeModule
 
     tops = top_names(graph)
-    ref = Executor(graph).run(feeds, outputs=tops)
-    module = CaffeModule(graph).eval()
+    ref = Executor(graph, darknet_bn=darknet_bn).run(feeds, outputs=tops)
+    module = CaffeModule(graph, darknet_bn=darknet_bn).eval()
     with torch.no_grad():
         got = module(feeds).blobs
     out = {}

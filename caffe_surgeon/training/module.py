@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import ModelError
 from ..graph import Graph
 from ..layers.registry import spec_for
-from .torch_ops import TorchContext, op_for  # first: without torch, its one-line error
+from .torch_ops import TorchContext, op_for, training_refusal  # first: without torch, its error
 
 import torch  # noqa: E402,I001
 from torch import nn  # noqa: E402
@@ -90,6 +90,8 @@ class CaffeModule(nn.Module):
 
     Feeds are the network inputs and the data layers' tops, by blob name (arrays or
     tensors; labels as numbers). ``.train()`` is Caffe's TRAIN phase, ``.eval()`` TEST.
+    A framework whose training the backend refuses (Darknet, today) starts in eval mode,
+    and ``.train()`` raises a one-line ModelError saying why.
     """
 
     def __init__(self, graph: Graph, *, darknet_bn: str = "pjreddie"):
@@ -137,6 +139,15 @@ class CaffeModule(nn.Module):
         self.blob_names = [[n for n, _ in l.weights.items()] for l in graph.layers]
         self.cache: dict = {}
         self.darknet_bn = darknet_bn
+        if training_refusal(self.framework):
+            self.eval()
+
+    def train(self, mode: bool = True) -> "CaffeModule":
+        """Caffe's TRAIN phase (``mode``) or TEST; refused, by a one-line ModelError, for a
+        framework the backend runs in eval mode only."""
+        if mode:
+            _refuse_training(self.framework, self.file)
+        return super().train(mode)
 
     # ------------------------------------------------------------------
     def caffe_params(self) -> list[CaffeParam]:
@@ -247,9 +258,17 @@ class CaffeModule(nn.Module):
                              file=self.file, layer=layer.name) from None
 
 
+def _refuse_training(framework: str, file) -> None:
+    why = training_refusal(framework)
+    if why:
+        raise ModelError(f"{framework} models cannot be trained yet: {why}", file=file)
+
+
 def build_module(graph: Graph, phase: str = "TRAIN", **options) -> CaffeModule:
     """``graph`` as a :class:`CaffeModule` in Caffe's ``phase`` ("TRAIN": ``.train()``)."""
     if phase not in ("TRAIN", "TEST"):
         raise ModelError(f"phase must be TRAIN or TEST, not {phase!r}", file=graph.source_text)
+    if phase == "TRAIN":  # before building: the refusal does not depend on the layers
+        _refuse_training(graph.framework, graph.source_text)
     module = CaffeModule(graph, **options)
     return module.train() if phase == "TRAIN" else module.eval()

@@ -43,6 +43,9 @@ class TorchOp:
 TORCH_OPS: dict[tuple[str, str], TorchOp] = {}
 #: (framework, type) -> why the trainer cannot run a type that has a spec (one line).
 REFUSED: dict[tuple[str, str], str] = {}
+#: framework -> why its graphs run in eval mode only (one line): every type may have a
+#: forward and the framework still train by rules the forwards do not hold (Darknet).
+TRAINING_REFUSED: dict[str, str] = {}
 
 
 def _claim(framework: str, t: str) -> None:
@@ -76,10 +79,25 @@ def refuse(framework: str, *types: str, reason: str) -> None:
         REFUSED[(framework, t)] = reason
 
 
+def refuse_training(framework: str, *, reason: str) -> None:
+    """State that graphs of ``framework`` run in eval mode only, and why (one line)."""
+    if not reason or "\n" in reason:
+        raise RuntimeError(f"torch training refusal of {framework} needs a one-line reason")
+    if framework in TRAINING_REFUSED:
+        raise RuntimeError(f"{framework} training refused twice in the torch backend")
+    TRAINING_REFUSED[framework] = reason
+
+
+def training_refusal(framework: str) -> str:
+    """Why graphs of ``framework`` cannot be trained ("" when they can)."""
+    _load()
+    return TRAINING_REFUSED.get(framework, "")
+
+
 def _load():
     # the forward modules register themselves on import
     from . import (torch_caffe_ops, torch_caffe_resize, torch_caffe_structure,  # noqa: F401
-                   torch_darknet, torch_losses, torch_postprocess)
+                   torch_darknet, torch_darknet_structure, torch_losses, torch_postprocess)
 
 
 def tables() -> tuple[dict, dict]:
