@@ -67,6 +67,7 @@ FIXTURE_FILES = ("config.prototxt", "solver.prototxt", "fashion_train_val.protot
                  "fashion_deploy.prototxt", "fashion.caffemodel")
 TRAIN_BATCH = 64  # fashion_train_val.prototxt, TRAIN ImageData
 BASE_ITERS = 1000  # the shipped solver's max_iter, which its stepvalues are sized for
+QUICK_ITERS = 200  # per round with --quick (without --iters)
 
 
 def cpu_model() -> str:
@@ -216,7 +217,8 @@ def opencv_agreement(work: Path, snapshot: Path, threads: int, x, y, batch: int 
 def rounds(args, cache: Path) -> None:
     n_train, n_test = (4096, 1000) if args.quick else (60000, 10000)
     train, test = image_folder(cache, "train", n_train), image_folder(cache, "t10k", n_test)
-    iters = args.iters or max(1, round(args.epochs * n_train / TRAIN_BATCH))
+    iters = args.iters or (QUICK_ITERS if args.quick else
+                           max(1, round(args.epochs * n_train / TRAIN_BATCH)))
     data = t10k_arrays(n_test)
     print(f"\n## Iterative pruning + finetuning ({n_train} training images, {iters} iterations "
           f"a round = {iters * TRAIN_BATCH / n_train:.2f} epochs, batch {TRAIN_BATCH}, "
@@ -407,7 +409,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "caffe_surgeon_fashion",
                     help="where the training and t10k images are written once")
     ap.add_argument("--quick", action="store_true",
-                    help="4096 training images, 1000 t10k images, --epochs applies to them")
+                    help=f"4096 training images, 1000 t10k images, {QUICK_ITERS} iterations a round")
     ap.add_argument("--only", choices=("rounds", "speed"))
     args = ap.parse_args(argv)
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); Python {platform.python_version()}")
