@@ -232,3 +232,47 @@ def test_write_back_gives_the_test_phase_the_trained_arrays():
                 np.testing.assert_array_equal(trained, v)
             else:
                 np.testing.assert_allclose(trained, v + 1.0, rtol=1e-6)
+
+
+def _conv_bn_scale_graph(bn_params, scale_bias=True):
+    rng = np.random.default_rng(3)
+    conv = cs.Layer("conv", "Convolution", ["x"], ["c"], {"convolution_param": {
+        "num_output": 3, "kernel_size": 1, "bias_term": False}},
+        {"weight": rng.standard_normal((3, 2, 1, 1)).astype(np.float32)})
+    bn = cs.Layer("bn", "BatchNorm", ["c"], ["c"], bn_params, {
+        "mean": np.array([0.5, -1.0, 2.0], np.float32), "variance": np.array([2.0, 4.0, 1.0], np.float32),
+        "scale_factor": np.array([2.0], np.float32)})
+    sw = {"scale": np.array([1.5, -0.5, 2.0], np.float32)}
+    if scale_bias:
+        sw["bias"] = np.array([0.1, 0.2, -0.3], np.float32)
+    scale = cs.Layer("scale", "Scale", ["c"], ["c"], {"scale_param": {"bias_term": scale_bias}}, sw)
+    return cs.Graph("caffe", name="cbs", layers=[conv, bn, scale], inputs={"x": (2, 2, 1, 2)})
+
+
+@pytest.mark.parametrize("bn_params,train", [({}, True), ({}, False),
+                                             ({"batch_norm_param": {"use_global_stats": True}}, True)])
+def test_batchnorm_fused_with_its_scale_gives_the_outputs_gradients_and_blobs_of_the_two_layers(
+        bn_params, train):
+    g = _conv_bn_scale_graph(bn_params)
+    fused, plain = CaffeModule(g).train(train), CaffeModule(g).train(train)
+    plain.fused = {}  # the two layers one after the other, as written
+    assert list(fused.fused) == [1], "the in-place BatchNorm + Scale pair runs as one forward"
+    results = []
+    for m in (fused, plain):
+        y = m({"x": X}).blobs["c"]
+        (y * torch.arange(1.0, 13.0).reshape(y.shape)).sum().backward()
+        results.append((y.detach().numpy(), [p.param.grad.numpy() for p in m.caffe_params()],
+                        m.write_back(g).layer("bn").weights))
+    (y1, g1, bn1), (y2, g2, bn2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for name in bn1:
+        np.testing.assert_allclose(bn1[name], bn2[name], rtol=1e-6)
+
+
+def test_a_scale_without_bias_or_a_pair_not_in_place_is_not_fused():
+    assert CaffeModule(_conv_bn_scale_graph({}, scale_bias=False)).fused == {}
+    g = _conv_bn_scale_graph({})
+    g.layers[2] = dataclasses.replace(g.layers[2], tops=["s"])  # the BN output stays readable
+    assert CaffeModule(g).fused == {}

@@ -137,6 +137,7 @@ class CaffeModule(nn.Module):
                 self._learnable.append(CaffeParam(layer.name, i, name, param, lr, decay))
             self.arrays.append(holder)
         self.blob_names = [[n for n, _ in l.weights.items()] for l in graph.layers]
+        self.fused = self._fusions()
         self.cache: dict = {}
         self.darknet_bn = darknet_bn
         if training_refusal(self.framework):
@@ -197,6 +198,21 @@ class CaffeModule(nn.Module):
             layers.append(dataclasses.replace(layer, weights=weights))
         return dataclasses.replace(graph, layers=layers)
 
+    def _fusions(self) -> dict:
+        """Layer index -> the table's forward running that layer and the next one together
+        (BatchNorm + Scale), for in-place pairs without loss weights (the table's ``fuse``)."""
+        fused, i = {}, 0
+        while i + 1 < len(self.layers):
+            a, b, entry = self.layers[i], self.layers[i + 1], self.ops[i]
+            fn = None
+            if entry.fuse is not None and len(a.tops) == 1 and b.bottoms == a.tops == b.tops \
+                    and not any(self.weights[i]) and not any(self.weights[i + 1]):
+                fn = entry.fuse(a, b, self.blob_names[i], self.blob_names[i + 1])
+            if fn is not None:
+                fused[i] = fn
+            i += 2 if fn is not None else 1
+        return fused
+
     # ------------------------------------------------------------------
     def _tensor(self, value) -> torch.Tensor:
         device = next(iter(self.buffers()), next(iter(self.parameters()), torch.empty(0))).device
@@ -220,31 +236,39 @@ class CaffeModule(nn.Module):
         ctx = TorchContext(training=self.training, feeds=feeds, cache=self.cache,
                            darknet_bn=self.darknet_bn)
         total, losses = None, {}
-        for layer, entry, holder, weights in zip(self.layers, self.ops, self.arrays, self.weights):
+        i, layers = 0, self.layers
+        while i < len(layers):
+            layer, holder = layers[i], self.arrays[i]
             try:
                 args = [blobs[b] for b in layer.bottoms]
             except KeyError as e:
                 raise ModelError(f"bottom {e.args[0]!r} is not produced by an earlier layer",
                                  file=self.file, layer=layer.name) from None
-            ctx.arrays = dict(holder.named_parameters(recurse=False))
-            ctx.arrays.update(holder.named_buffers(recurse=False))
-            outs = self._run(layer, entry, args, ctx)
-            if tap is not None:
-                outs = tap(layer, outs)
+            ctx.arrays = {**holder._parameters, **holder._buffers}  # direct: no generators
+            fused = self.fused.get(i) if tap is None else None  # a tap sees every layer's output
+            if fused is None:
+                outs = self._run(layer, self.ops[i].forward, args, ctx)
+                if tap is not None:
+                    outs = tap(layer, outs)
+            else:  # layers i and i + 1 in one forward, in place: layer i + 1's top is the result
+                after = self.arrays[i + 1]
+                outs = self._run(layer, lambda l, a, c: fused(l, layers[i + 1], a, c, {
+                    **after._parameters, **after._buffers}), args, ctx)
             for t, y in zip(layer.tops, outs):
                 blobs[t] = y
-            for w, y in zip(weights, outs):
+            for w, y in zip(self.weights[i], outs):
                 if w:
                     term = w * y.sum()
                     losses[layer.name] = losses[layer.name] + term if layer.name in losses else term
                     total = term if total is None else total + term
+            i += 1 if fused is None else 2
         if total is None:
             total = self._tensor(0.0)
         return Forward(total, blobs, losses)
 
-    def _run(self, layer, entry, args, ctx):
+    def _run(self, layer, forward, args, ctx):
         try:
-            return entry.forward(layer, args, ctx)
+            return forward(layer, args, ctx)
         except ModelError as e:
             raise e.located(file=self.file, layer=layer.name) from None
         except KeyError as e:

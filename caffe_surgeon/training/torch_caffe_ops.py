@@ -93,7 +93,23 @@ XILINX_CLIP_START = 200
 XILINX_CLIP_CONST = 4.0
 
 
-@op("caffe", "BatchNorm", statistics=("mean", "variance", "scale_factor", "counter"))
+def _scale_after_bn(layer, next_layer, arrays, next_arrays):
+    """The fused forward of a BVLC BatchNorm and the Scale (with bias, one factor per channel)
+    that follows it in place, Caffe's usual pair; None for other pairs."""
+    p = sub(next_layer, "scale_param")
+    if next_layer.type != "Scale" or len(next_layer.bottoms) != 1 or "scale" in arrays or \
+            not {"scale", "bias"} <= set(next_arrays) or \
+            int(p.get("axis", 1)) != 1 or int(p.get("num_axes", 1)) != 1:
+        return None
+    return _bn_scale
+
+
+def _bn_scale(layer, next_layer, inputs, ctx, next_arrays):
+    return [_normalise(layer, inputs[0], ctx, next_arrays["scale"], next_arrays["bias"])]
+
+
+@op("caffe", "BatchNorm", statistics=("mean", "variance", "scale_factor", "counter"),
+    fuse=_scale_after_bn)
 def batch_norm(layer, inputs, ctx):
     """BVLC ``batch_norm_layer.cpp``, and caffe-xilinx's 5-blob form with its own scale and bias.
 
@@ -112,33 +128,47 @@ def batch_norm(layer, inputs, ctx):
     ``(1 - maf) * batch + maf * stored``; after 200 passes the batch variance is clipped to
     ``[stored / 4, 4 * (mean |stored| + stored)]`` before it normalises and is averaged in.
     """
+    arrays = ctx.arrays
+    if "scale" in arrays and "bias" in arrays:  # caffe-xilinx: affine part built in
+        return [_normalise(layer, inputs[0], ctx, arrays["scale"], arrays["bias"])]
+    return [_normalise(layer, inputs[0], ctx)]
+
+
+def _normalise(layer, x, ctx, weight=None, bias=None):
+    """BatchNorm of ``x`` (statistics updated in TRAIN), then ``* weight + bias`` per channel
+    when given; torch's fused kernel wherever it computes Caffe's formula."""
     p = sub(layer, "batch_norm_param")
     eps = float(p.get("eps", 1e-5))
-    x = inputs[0]
     arrays = ctx.arrays
     # Caffe: use_global_stats defaults to (phase == TEST); eval always reads the stored
     # statistics, as the NumPy engine does
     global_stats = not ctx.training or bool(p.get("use_global_stats", False))
     axes = [0] + list(range(2, x.ndim))
-    if global_stats:
+    if global_stats:  # (x - mean) / sqrt(var + eps)
         mean, var = _bn_stored(layer, arrays)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+    m = x.numel() // x.shape[1]  # values per channel
+    maf = float(p.get("moving_average_fraction", 0.999))
+    if "scale_factor" in arrays and m > 1:
+        # BVLC: normalised by the batch's biased variance, as torch's training batch_norm is;
+        # the stored sums are updated from the same statistics
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=axes, correction=0)
+            arrays["scale_factor"].mul_(maf).add_(1.0)
+            arrays["mean"].mul_(maf).add_(mean)
+            arrays["variance"].mul_(maf).add_(var * (m / (m - 1)))
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    mean = x.mean(dim=axes)
+    var = ((x - _per_channel(mean, x)) ** 2).mean(dim=axes)  # biased, as Caffe normalises
+    if "scale_factor" in arrays:  # one value per channel: torch's kernel refuses it
+        with torch.no_grad():
+            arrays["scale_factor"].mul_(maf).add_(1.0)
+            arrays["mean"].mul_(maf).add_(mean.detach())
+            arrays["variance"].mul_(maf).add_(var.detach())
     else:
-        mean = x.mean(dim=axes)
-        var = ((x - _per_channel(mean, x)) ** 2).mean(dim=axes)  # biased, as Caffe normalises
-        maf = float(p.get("moving_average_fraction", 0.999))
-        if "scale_factor" in arrays:
-            m = x.numel() // x.shape[1]
-            correction = m / (m - 1) if m > 1 else 1.0
-            with torch.no_grad():
-                arrays["scale_factor"].mul_(maf).add_(1.0)
-                arrays["mean"].mul_(maf).add_(mean.detach())
-                arrays["variance"].mul_(maf).add_(var.detach() * correction)
-        else:
-            var = _xilinx_update(arrays, mean, var, maf)
+        var = _xilinx_update(arrays, mean, var, maf)
     y = (x - _per_channel(mean, x)) / _per_channel(torch.sqrt(var + eps), x)
-    if "scale" in arrays and "bias" in arrays:  # caffe-xilinx: affine part built in
-        y = y * _per_channel(arrays["scale"], x) + _per_channel(arrays["bias"], x)
-    return [y]
+    return y if weight is None else y * _per_channel(weight, x) + _per_channel(bias, x)
 
 
 def _xilinx_update(arrays, mean, var, maf):
@@ -174,8 +204,9 @@ def _operand(layer, inputs, ctx, message: str, blob: str):
 @op("caffe", "Scale")
 def scale(layer, inputs, ctx):
     x, s, axis = _operand(layer, inputs, ctx, "scale_param", "scale")
-    y = x * _per_channel(s, x, axis)
-    return [y + _per_channel(ctx.arrays["bias"], x, axis) if "bias" in ctx.arrays else y]
+    if "bias" in ctx.arrays:  # one kernel: bias + x * s
+        return [torch.addcmul(_per_channel(ctx.arrays["bias"], x, axis), x, _per_channel(s, x, axis))]
+    return [x * _per_channel(s, x, axis)]
 
 
 @op("caffe", "Bias")

@@ -32,6 +32,8 @@ def _pool_geometry(p, x):
 def _padded(x, k, s, pd, out, value):
     """``x`` padded so that windows ``0 .. out-1`` (stride ``s``) all fit, ``pd`` before."""
     extra = [max(0, (out[i] - 1) * s[i] + k[i] - x.shape[2 + i] - pd[i]) for i in range(2)]
+    if not any(extra) and not any(pd):  # the common case: no copy of the input
+        return x
     return F.pad(x, (pd[1], extra[1], pd[0], extra[0]), value=value)
 
 

@@ -14,6 +14,13 @@ backend may know beyond the forward is declared at registration, not found by ty
   train mode, and never hands them to a solver.
 * ``check``: ``fn(layer) -> str``, why this layer's *settings* cannot be trained ("" when they
   can); asked before anything runs, so a STOCHASTIC pooling fails by name at build time.
+* ``fuse``: ``fn(layer, next_layer, arrays, next_arrays) -> forward | None``: a forward
+  computing this layer and the next one together (BatchNorm then its Scale: one
+  ``batch_norm`` kernel, forward and backward), or None where the pair does not fuse. The
+  module asks only for an in-place pair (``next_layer`` reads and rewrites this layer's one
+  top, no loss weight on either), so no blob anyone could read disappears; ``arrays`` are the
+  two layers' stored array names. The fused forward is ``fn(layer, next_layer, inputs, ctx,
+  next_arrays) -> [top]``, ``ctx.arrays`` holding this layer's arrays.
 
 Importing this module imports torch: only ``caffe_surgeon.training`` does.
 """
@@ -38,6 +45,7 @@ class TorchOp:
     forward: Callable
     statistics: frozenset = frozenset()
     check: Callable | None = None
+    fuse: Callable | None = None
 
 
 TORCH_OPS: dict[tuple[str, str], TorchOp] = {}
@@ -53,7 +61,8 @@ def _claim(framework: str, t: str) -> None:
         raise RuntimeError(f"{framework} {t} registered twice in the torch backend")
 
 
-def op(framework: str, *types: str, statistics=(), check: Callable | None = None):
+def op(framework: str, *types: str, statistics=(), check: Callable | None = None,
+       fuse: Callable | None = None):
     """Decorator registering a torch forward for the given layer types.
 
     Args:
@@ -61,11 +70,12 @@ def op(framework: str, *types: str, statistics=(), check: Callable | None = None
         types: the layer types this forward runs.
         statistics: names of stored arrays that are running statistics (buffers, not learned).
         check: ``fn(layer) -> str``: why these settings cannot be trained ("" if they can).
+        fuse: ``fn(layer, next_layer, arrays, next_arrays) -> forward | None`` (module doc).
     """
     def register(fn):
         for t in types:
             _claim(framework, t)
-            TORCH_OPS[(framework, t)] = TorchOp(fn, frozenset(statistics), check)
+            TORCH_OPS[(framework, t)] = TorchOp(fn, frozenset(statistics), check, fuse)
         return fn
     return register
 
