@@ -26,7 +26,7 @@ from ..errors import ModelError
 from ..graph import Graph
 from .groups import ChannelAnalysis, analyse
 from .plan import Plan, node_keep
-from .surgery import _columns, apply
+from .surgery import _input_columns, apply
 
 
 def kept_positions(graph: Graph, analysis: ChannelAnalysis, keep: np.ndarray) -> dict:
@@ -55,16 +55,9 @@ def kept_positions(graph: Graph, analysis: ChannelAnalysis, keep: np.ndarray) ->
     for i, layer in enumerate(graph.layers):
         flow = a.flows[i]
         if flow.kind == "produce":
-            e = a.layer_in[i]
-            if e is not None and not flow.in_block:
-                name, axis = next(iter(flow.in_axes.items()))
-                try:
-                    cols = _columns(keep, e, a.shapes.inputs[layer.name][0],
-                                    layer.weights[name].shape[axis])
-                except ModelError as err:
-                    raise err.located(file=graph.source_text, layer=layer.name) from None
-                if not cols.all():
-                    put(layer, flow.in_axes, cols)
+            cols = _input_columns(a, keep, i, layer, graph.source_text)
+            if cols is not None and not cols.all():
+                put(layer, flow.in_axes, cols)
             e = (a.layer_out[i] or [None])[0]
             if e is not None and not keep[e.nodes].all():
                 put(layer, flow.out_axes, keep[e.nodes])

@@ -64,17 +64,9 @@ def apply(graph: Graph, plan: Plan, mode: str = "dense", fold: bool = True,
         flow = a.flows[i]
         spec = spec_for(graph.framework, layer)
         if flow.kind == "produce":
-            cols = None
-            e = a.layer_in[i]
-            if e is not None and not flow.in_block:
-                name, axis = next(iter(flow.in_axes.items()))
-                try:
-                    cols = _columns(keep, e, a.shapes.inputs[layer.name][0],
-                                    layer.weights[name].shape[axis])
-                except ModelError as err:
-                    raise err.located(file=graph.source_text, layer=layer.name) from None
-                if i in consts and not cols.all():  # before any slicing: full-size arrays
-                    _fold(out, a, i, cols, consts[i], create=not keep_layout)
+            cols = _input_columns(a, keep, i, layer, graph.source_text)
+            if cols is not None and i in consts and not cols.all():  # before any slicing
+                _fold(out, a, i, cols, consts[i], create=not keep_layout)  # full-size arrays
             e = (a.layer_out[i] or [None])[0]
             if e is not None and not keep[e.nodes].all():
                 _cut_outputs(layer, spec, flow, keep[e.nodes], mode, resize=True)
@@ -127,6 +119,25 @@ def _columns(keep, entries, in_shape, n_cols: int) -> np.ndarray:
         raise ModelError(f"the layer reads {n_cols} input features, the channel analysis "
                          f"traces {len(cols)}")
     return cols
+
+
+def _input_columns(a: ChannelAnalysis, keep, i: int, layer, source) -> np.ndarray | None:
+    """Keep mask over the input columns of the producing layer ``i`` (:func:`_columns`), or
+    None where its input is not cut (no traced input edge, or a blocked one).
+
+    Shared by :func:`apply` and ``expand.kept_positions``, which must walk alike so that
+    expanding a dense model lands every column where pruning took it from. ``layer`` is the
+    layer whose stored arrays give the column count (``apply`` passes its working copy);
+    ``source`` locates a mismatch in the model file.
+    """
+    flow, e = a.flows[i], a.layer_in[i]
+    if e is None or flow.in_block:
+        return None
+    name, axis = next(iter(flow.in_axes.items()))
+    try:
+        return _columns(keep, e, a.shapes.inputs[layer.name][0], layer.weights[name].shape[axis])
+    except ModelError as err:
+        raise err.located(file=source, layer=layer.name) from None
 
 
 def _cut_outputs(layer, spec, flow, m, mode, resize):
