@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ..errors import ModelError
-from ..layers.caffe_geometry import canonical_axis, sub
+from ..layers.caffe_geometry import canonical_axis, interp_window, sub
 from ..layers.registry import REGISTRY
 from .darknet_ops import _reorg_cpu
 from .ops import op
@@ -48,15 +48,11 @@ def interp_axis(n_in: int, n_out: int):
 
 @op("caffe", "Interp")
 def interp(layer, inputs, ctx):
-    p = sub(layer, "interp_param")
-    pad_beg, pad_end = int(p.get("pad_beg", 0)), int(p.get("pad_end", 0))
-    if pad_beg > 0 or pad_end > 0:
-        raise ModelError(f"Interp pad_beg {pad_beg} / pad_end {pad_end}: Caffe's interp_layer "
-                         "supports only pads <= 0 (cropping)")
     x = inputs[0]
     _, _, h, w = x.shape
+    rows, cols = interp_window(layer, h, w)
     _, _, oh, ow = _out_shape(layer, inputs)
-    src = x[:, :, -pad_beg:h + pad_end, -pad_beg:w + pad_end]
+    src = x[:, :, rows, cols]
     ih, iw = src.shape[2:]
     if (ih, iw) == (oh, ow):
         return [np.ascontiguousarray(src, dtype=F32)]

@@ -96,3 +96,16 @@ def crop_windows(layer, shape, ref_shape) -> list[tuple[int, int, int]]:
             raise ModelError(f"crop offset {off} + size {ref_shape[a]} exceeds axis {a} of size {shape[a]}")
         out.append((a, off, int(ref_shape[a])))
     return out
+
+
+def interp_window(layer, h: int, w: int) -> tuple[slice, slice]:
+    """The (rows, columns) of an H x W input that Interp resizes: Caffe's ``interp_layer``
+    reads ``pad_beg`` / ``pad_end`` (0) only as crops (pads <= 0) of each spatial side; a
+    positive pad is a ModelError. Example: pad_beg -1, pad_end -2 on 10 x 10 gives rows and
+    columns 1:8."""
+    p = sub(layer, "interp_param")
+    pad_beg, pad_end = int(p.get("pad_beg", 0)), int(p.get("pad_end", 0))
+    if pad_beg > 0 or pad_end > 0:
+        raise ModelError(f"Interp pad_beg {pad_beg} / pad_end {pad_end}: Caffe's interp_layer "
+                         "supports only pads <= 0 (cropping)")
+    return slice(-pad_beg, h + pad_end), slice(-pad_beg, w + pad_end)

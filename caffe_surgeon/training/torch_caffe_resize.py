@@ -15,7 +15,7 @@ import torch
 from ..engine.caffe_resize_ops import _cv_linear_axis, _cv_nearest_axis, bilinear, interp_axis
 from ..engine.darknet_ops import _reorg_index
 from ..errors import ModelError
-from ..layers.caffe_geometry import sub
+from ..layers.caffe_geometry import interp_window, sub
 from ..layers.registry import spec_for
 from .torch_ops import op
 
@@ -35,15 +35,11 @@ def _taps(ctx, key, make, device):
 
 @op("caffe", "Interp")
 def interp(layer, inputs, ctx):
-    p = sub(layer, "interp_param")
-    pad_beg, pad_end = int(p.get("pad_beg", 0)), int(p.get("pad_end", 0))
-    if pad_beg > 0 or pad_end > 0:
-        raise ModelError(f"Interp pad_beg {pad_beg} / pad_end {pad_end}: Caffe's interp_layer "
-                         "supports only pads <= 0 (cropping)")
     x = inputs[0]
     h, w = x.shape[2:]
+    rows, cols = interp_window(layer, h, w)
     oh, ow = _out_hw(layer, x)
-    src = x[:, :, -pad_beg:h + pad_end, -pad_beg:w + pad_end]
+    src = x[:, :, rows, cols]
     ih, iw = src.shape[2:]
     if (ih, iw) == (oh, ow):
         return [src.contiguous()]
