@@ -5,7 +5,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..layers.caffe_geometry import (canonical_axis, conv_geometry, crop_windows, join_axis, pair,
-                                     pool_out, sub)
+                                     permute_order, pool_out, slice_bounds, sub, upsample_factors)
 from ..layers.registry import spec_for
 from .kernels import channelwise
 from .kernels.conv import conv2d, deconv2d, winograd_weights
@@ -340,15 +340,9 @@ def concat(layer, inputs, ctx):
 @op("caffe", "Slice")
 def slice_(layer, inputs, ctx):
     x = inputs[0]
-    axis = join_axis(layer, x.ndim)
-    shapes = spec_for("caffe", layer).infer(layer, [x.shape])
-    out, start = [], 0
-    for s in shapes:
-        idx = [slice(None)] * x.ndim
-        idx[axis] = slice(start, start + s[axis])
-        out.append(np.ascontiguousarray(x[tuple(idx)]))
-        start += s[axis]
-    return out
+    axis, bounds = slice_bounds(layer, x.shape)
+    lead = (slice(None),) * axis
+    return [np.ascontiguousarray(x[lead + (slice(a, b),)]) for a, b in zip(bounds, bounds[1:])]
 
 
 def _reshape_like_spec(layer, inputs):
@@ -364,9 +358,7 @@ def reshape(layer, inputs, ctx):
 @op("caffe", "Permute")
 def permute(layer, inputs, ctx):
     x = inputs[0]
-    order = [int(o) for o in sub(layer, "permute_param").get("order", [])]
-    order += [i for i in range(x.ndim) if i not in order]
-    return [np.ascontiguousarray(x.transpose(order))]
+    return [np.ascontiguousarray(x.transpose(permute_order(layer, x.ndim)))]
 
 
 @op("caffe", "Softmax")
@@ -411,10 +403,7 @@ def crop(layer, inputs, ctx):
 @op("caffe", "Upsample")
 def upsample(layer, inputs, ctx):
     x = inputs[0]
-    shape = spec_for("caffe", layer).infer(layer, [x.shape])[0]
-    fh, fw = shape[2] // x.shape[2], shape[3] // x.shape[3]
-    if fh * x.shape[2] != shape[2] or fw * x.shape[3] != shape[3]:
-        raise ModelError(f"Upsample to {shape[2:]} is not an integer multiple of {x.shape[2:]}")
+    fh, fw = upsample_factors(x.shape, spec_for("caffe", layer).infer(layer, [x.shape])[0])
     return [np.ascontiguousarray(np.repeat(np.repeat(x, fh, axis=2), fw, axis=3))]
 
 

@@ -83,6 +83,47 @@ def join_axis(layer, ndim: int) -> int:
     return canonical_axis(axis, ndim)
 
 
+def slice_bounds(layer, shape) -> tuple[int, list[int]]:
+    """Caffe's Slice of ``shape``: (axis, bounds), top ``i`` taking ``bounds[i]:bounds[i+1]``
+    along the axis. ``slice_point`` gives the inner bounds; none means equal parts, one per
+    top. Example: 3 tops of 12 channels, no points: (1, [0, 4, 8, 12])."""
+    p = sub(layer, "slice_param")
+    axis = join_axis(layer, len(shape))
+    points = [int(v) for v in p.get("slice_point", [])]
+    n = len(layer.tops)
+    if points:
+        if len(points) != n - 1:
+            raise ModelError(f"Slice has {n} tops but {len(points)} slice points")
+        bounds = [0] + points + [shape[axis]]
+    else:
+        if shape[axis] % n:
+            raise ModelError(f"Slice cannot split axis {axis} of size {shape[axis]} into {n} equal parts")
+        bounds = [i * shape[axis] // n for i in range(n + 1)]
+    if any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise ModelError(f"Slice points {points} are not increasing within size {shape[axis]}")
+    return axis, bounds
+
+
+def permute_order(layer, ndim: int) -> list[int]:
+    """Permute's full axis order: ``permute_param.order``, then the axes it leaves out in
+    their order (Caffe's PermuteLayer). Example: order [0, 2] of 4 axes gives [0, 2, 1, 3]."""
+    order = [int(o) for o in sub(layer, "permute_param").get("order", [])]
+    order += [i for i in range(ndim) if i not in order]
+    if sorted(order) != list(range(ndim)):
+        raise ModelError(f"Permute order {order} is not a permutation of {ndim} axes")
+    return order
+
+
+def upsample_factors(shape, out_shape) -> tuple[int, int]:
+    """Nearest-neighbour Upsample's (height, width) repeat factors from its input and output
+    shapes (N, C, H, W); an output that is no integer multiple of the input is a ModelError."""
+    h, w, oh, ow = int(shape[2]), int(shape[3]), int(out_shape[2]), int(out_shape[3])
+    fh, fw = oh // h, ow // w
+    if fh * h != oh or fw * w != ow:
+        raise ModelError(f"Upsample to {(oh, ow)} is not an integer multiple of {(h, w)}")
+    return fh, fw
+
+
 def crop_windows(layer, shape, ref_shape) -> list[tuple[int, int, int]]:
     """Caffe's Crop: (axis, offset, size) for every axis from ``crop_param.axis`` (2) on; one
     offset serves every axis, none means 0. A window past the input is a ModelError."""

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
-from ..layers.caffe_geometry import canonical_axis, crop_windows, join_axis, pair, pool_out, sub
+from ..layers.caffe_geometry import (canonical_axis, crop_windows, join_axis, pair, permute_order,
+                                     pool_out, slice_bounds, sub, upsample_factors)
 from ..layers.registry import spec_for
 from .torch_ops import op
 
@@ -104,10 +105,8 @@ def concat(layer, inputs, ctx):
 
 @op("caffe", "Slice")
 def slice_(layer, inputs, ctx):
-    x = inputs[0]
-    axis = join_axis(layer, x.ndim)
-    sizes = [s[axis] for s in spec_for("caffe", layer).infer(layer, [tuple(x.shape)])]
-    return list(torch.split(x, sizes, dim=axis))
+    axis, bounds = slice_bounds(layer, tuple(inputs[0].shape))
+    return list(torch.split(inputs[0], [b - a for a, b in zip(bounds, bounds[1:])], dim=axis))
 
 
 @op("caffe", "Flatten", "Reshape")
@@ -119,9 +118,7 @@ def reshape(layer, inputs, ctx):
 @op("caffe", "Permute")
 def permute(layer, inputs, ctx):
     x = inputs[0]
-    order = [int(o) for o in sub(layer, "permute_param").get("order", [])]
-    order += [i for i in range(x.ndim) if i not in order]
-    return [x.permute(order).contiguous()]
+    return [x.permute(permute_order(layer, x.ndim)).contiguous()]
 
 
 @op("caffe", "Crop")
@@ -147,11 +144,7 @@ def tile(layer, inputs, ctx):
 @op("caffe", "Upsample")
 def upsample(layer, inputs, ctx):
     x = inputs[0]
-    shape = spec_for("caffe", layer).infer(layer, [tuple(x.shape)])[0]
-    fh, fw = shape[2] // x.shape[2], shape[3] // x.shape[3]
-    if fh * x.shape[2] != shape[2] or fw * x.shape[3] != shape[3]:
-        raise ModelError(f"Upsample to {tuple(shape[2:])} is not an integer multiple of "
-                         f"{tuple(x.shape[2:])}")
+    fh, fw = upsample_factors(x.shape, spec_for("caffe", layer).infer(layer, [tuple(x.shape)])[0])
     return [x.repeat_interleave(fh, dim=2).repeat_interleave(fw, dim=3)]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelError
-from ..caffe_geometry import canonical_axis, shape_dims, sub
+from ..caffe_geometry import canonical_axis, join_axis, permute_order, shape_dims, slice_bounds, sub
 from ..channel_flow import ChannelFlow, blocked, passthrough
 from ..registry import NEEDS_EVERY_CHANNEL, register
 from .base import CaffeSpec, prod
@@ -57,34 +57,16 @@ class Slice(CaffeSpec):
     channel_role = "slice"
 
     def infer(self, layer, inputs):
-        p = sub(layer, "slice_param")
         x = inputs[0]
-        axis = canonical_axis(int(p["slice_dim"]) if "slice_dim" in p else int(p.get("axis", 1)), len(x))
-        points = [int(v) for v in p.get("slice_point", [])]
-        n = len(layer.tops)
-        if points:
-            if len(points) != n - 1:
-                raise ModelError(f"Slice has {n} tops but {len(points)} slice points")
-            bounds = [0] + points + [x[axis]]
-        else:
-            if x[axis] % n:
-                raise ModelError(f"Slice cannot split axis {axis} of size {x[axis]} into {n} equal parts")
-            bounds = [i * x[axis] // n for i in range(n + 1)]
-        out = []
-        for a, b in zip(bounds, bounds[1:]):
-            if b <= a:
-                raise ModelError(f"Slice points {points} are not increasing within size {x[axis]}")
-            out.append(tuple(x[:axis]) + (b - a,) + tuple(x[axis + 1:]))
-        return out
+        axis, bounds = slice_bounds(layer, x)
+        return [tuple(x[:axis]) + (b - a,) + tuple(x[axis + 1:]) for a, b in zip(bounds, bounds[1:])]
 
     def channel_flow(self, layer, inputs, outputs):
-        p = sub(layer, "slice_param")
-        axis = canonical_axis(int(p["slice_dim"]) if "slice_dim" in p else int(p.get("axis", 1)),
-                              len(inputs[0]))
+        axis = join_axis(layer, len(inputs[0]))
         if axis != 1:
             return passthrough() if axis >= 2 else \
                 blocked(f"Slice '{layer.name}' splits axis {axis}")
-        if len(layer.tops) > 1 and not p.get("slice_point"):
+        if len(layer.tops) > 1 and not sub(layer, "slice_param").get("slice_point"):
             return blocked(f"Slice '{layer.name}' splits channels into equal parts "
                            "(no slice_point), which pruning would have to keep equal")
         return ChannelFlow("slice")
@@ -160,11 +142,7 @@ class Permute(CaffeSpec):
 
     def infer(self, layer, inputs):
         x = inputs[0]
-        order = [int(o) for o in sub(layer, "permute_param").get("order", [])]
-        order += [i for i in range(len(x)) if i not in order]
-        if sorted(order) != list(range(len(x))):
-            raise ModelError(f"Permute order {order} is not a permutation of {len(x)} axes")
-        return [tuple(x[i] for i in order)]
+        return [tuple(x[i] for i in permute_order(layer, len(x)))]
 
 
 @register
