@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..layers.darknet import opt_float, opt_int, opt_list
+from ..layers.darknet.structure import reorg_walk
 from ..layers.registry import REGISTRY
 from . import darknet_activations as acts
 from .kernels.conv import conv2d, deconv2d, winograd_weights
@@ -381,28 +382,16 @@ def _reorg_cpu(x, w, h, c, s, forward, out_shape, ctx):
 def reorg(layer, inputs, ctx):
     x = inputs[0]
     n, c, h, w = x.shape
-    s = max(1, opt_int(layer, "stride", 1))
-    reverse = opt_int(layer, "reverse", 0)
-    out_shape = _spec(layer).infer(layer, [x.shape])[0]
-    if layer.type == "reorg3d":  # AlexeyAB REORG: reorg_cpu over the *output* geometry
-        _, oc, oh, ow = out_shape
-        if (ow * s, oh * s) != (w, h) and not reverse:
-            raise ModelError(f"[reorg3d] stride {s} needs width and height divisible by it, "
-                             f"got {w} x {h}")
-        return [_reorg_cpu(x, ow, oh, oc, s, bool(reverse), out_shape, ctx)]
-    if opt_int(layer, "extra", 0):
-        out = np.zeros((n, out_shape[1], 1, 1), F32)
+    how = reorg_walk(layer, x.shape)
+    if how.kind == "extra":
+        out = np.zeros((n, how.out_shape[1], 1, 1), F32)
         out[:, : c * h * w, 0, 0] = x.reshape(n, -1)
         return [out]
-    if (h % s or w % s) and not reverse:
-        raise ModelError(f"[reorg] stride {s} needs width and height divisible by it, got "
-                         f"{w} x {h} (darknet would write past its output buffer)")
-    if opt_int(layer, "flatten", 0):  # blas.c flatten(): (C, H*W) <-> (H*W, C)
+    if how.kind == "flatten":
         flat = x.reshape(n, c, h * w)
-        y = flat.transpose(0, 2, 1) if not reverse else x.reshape(n, h * w, c).transpose(0, 2, 1)
-        return [np.ascontiguousarray(y).reshape(out_shape)]
-    # pjreddie forward_reorg_layer: reorg_cpu over the *input* geometry, forward = reverse
-    return [_reorg_cpu(x, w, h, c, s, bool(reverse), out_shape, ctx)]
+        y = flat.transpose(0, 2, 1) if not how.reverse else x.reshape(n, h * w, c).transpose(0, 2, 1)
+        return [np.ascontiguousarray(y).reshape(how.out_shape)]
+    return [_reorg_cpu(x, *how.geometry, how.stride, how.reverse, how.out_shape, ctx)]
 
 
 @op("darknet", "crop")

@@ -17,6 +17,7 @@ from ..engine import darknet_ops as engine_ops
 from ..engine.darknet_ops import _flavour, _reorg_index
 from ..errors import ModelError
 from ..layers.darknet import opt_float, opt_int, opt_list
+from ..layers.darknet.structure import reorg_walk
 from . import torch_darknet_activations as acts
 from .torch_darknet import _shape
 from .torch_ops import op
@@ -145,27 +146,15 @@ def _reorg_cpu(x, w, h, c, s, forward, out_shape, ctx):
 def reorg(layer, inputs, ctx):
     x = inputs[0]
     n, c, h, w = x.shape
-    s = max(1, opt_int(layer, "stride", 1))
-    reverse = opt_int(layer, "reverse", 0)
-    out_shape = _shape(layer, x)[0]
-    if layer.type == "reorg3d":  # AlexeyAB REORG: reorg_cpu over the *output* geometry
-        _, oc, oh, ow = out_shape
-        if (ow * s, oh * s) != (w, h) and not reverse:
-            raise ModelError(f"[reorg3d] stride {s} needs width and height divisible by it, "
-                             f"got {w} x {h}")
-        return [_reorg_cpu(x, ow, oh, oc, s, bool(reverse), out_shape, ctx)]
-    if opt_int(layer, "extra", 0):
+    how = reorg_walk(layer, tuple(x.shape))
+    if how.kind == "extra":
         flat = x.reshape(n, -1)
-        return [torch.cat([flat, flat.new_zeros((n, out_shape[1] - flat.shape[1]))], dim=1)
-                .reshape(n, out_shape[1], 1, 1)]
-    if (h % s or w % s) and not reverse:
-        raise ModelError(f"[reorg] stride {s} needs width and height divisible by it, got "
-                         f"{w} x {h} (darknet would write past its output buffer)")
-    if opt_int(layer, "flatten", 0):  # blas.c flatten(): (C, H*W) <-> (H*W, C)
-        y = x.reshape(n, c, h * w) if not reverse else x.reshape(n, h * w, c)
-        return [y.transpose(1, 2).reshape(out_shape)]
-    # pjreddie forward_reorg_layer: reorg_cpu over the *input* geometry, forward = reverse
-    return [_reorg_cpu(x, w, h, c, s, bool(reverse), out_shape, ctx)]
+        return [torch.cat([flat, flat.new_zeros((n, how.out_shape[1] - flat.shape[1]))], dim=1)
+                .reshape(n, how.out_shape[1], 1, 1)]
+    if how.kind == "flatten":
+        y = x.reshape(n, c, h * w) if not how.reverse else x.reshape(n, h * w, c)
+        return [y.transpose(1, 2).reshape(how.out_shape)]
+    return [_reorg_cpu(x, *how.geometry, how.stride, how.reverse, how.out_shape, ctx)]
 
 
 @op("darknet", "crop")

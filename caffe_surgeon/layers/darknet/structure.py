@@ -1,6 +1,8 @@
 """Darknet layers that pool, join, route, resize or reorganise, and shape-keeping ones."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ...errors import ModelError
@@ -207,6 +209,52 @@ class Reorg(DarknetSpec):
                 raise ModelError(f"reverse reorg needs channels ({c}) divisible by stride^2 ({s * s})")
             return [(b, c // (s * s), h * s, w * s)]
         return [(b, c * s * s, h // s, w // s)]
+
+
+class ReorgWalk(NamedTuple):
+    """How a ``[reorg]`` / ``[reorg3d]`` forward moves its elements (:func:`reorg_walk`).
+
+    ``kind``: "reorg_cpu" (darknet's index walk over ``geometry`` = (w, h, c), ``forward``
+    = reverse), "extra" (the flat input, then zeros up to ``out_shape``) or "flatten"
+    (blas.c ``flatten``: (C, H*W) <-> (H*W, C), transposed back when ``reverse``).
+    """
+
+    kind: str
+    geometry: tuple
+    stride: int
+    reverse: bool
+    out_shape: tuple
+
+
+def reorg_walk(layer, shape) -> ReorgWalk:
+    """Which of darknet's reorg code paths an (N, C, H, W) input takes, shapes only: the
+    backends share the dispatch and its checks and differ only in how they move the data.
+
+    pjreddie ``forward_reorg_layer`` walks ``reorg_cpu`` over the *input* geometry;
+    AlexeyAB ``[reorg3d]`` (REORG) walks it over the *output* geometry. Example: reorg3d
+    stride 2 on (1, 4, 6, 6) gives ("reorg_cpu", (3, 3, 16), 2, False, (1, 16, 3, 3)).
+
+    Raises:
+        ModelError: a stride that does not divide H and W where darknet would write past
+            its output buffer.
+    """
+    _, c, h, w = shape
+    s = max(1, opt_int(layer, "stride", 1))
+    reverse = bool(opt_int(layer, "reverse", 0))
+    out_shape = tuple(Reorg().infer(layer, [tuple(shape)])[0])
+    if layer.type == "reorg3d":
+        _, oc, oh, ow = out_shape
+        if (ow * s, oh * s) != (w, h) and not reverse:
+            raise ModelError(f"[reorg3d] stride {s} needs width and height divisible by it, "
+                             f"got {w} x {h}")
+        return ReorgWalk("reorg_cpu", (ow, oh, oc), s, reverse, out_shape)
+    if opt_int(layer, "extra", 0):
+        return ReorgWalk("extra", (w, h, c), s, reverse, out_shape)
+    if (h % s or w % s) and not reverse:
+        raise ModelError(f"[reorg] stride {s} needs width and height divisible by it, got "
+                         f"{w} x {h} (darknet would write past its output buffer)")
+    kind = "flatten" if opt_int(layer, "flatten", 0) else "reorg_cpu"
+    return ReorgWalk(kind, (w, h, c), s, reverse, out_shape)
 
 
 @register
