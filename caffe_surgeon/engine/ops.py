@@ -16,35 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ModelError
-
-OPS: dict[tuple[str, str], Callable] = {}
-#: (framework, type) -> why this engine has no forward for a type that has a spec (one line).
-REFUSED: dict[tuple[str, str], str] = {}
-
-
-def _claim(framework: str, t: str) -> None:
-    if (framework, t) in OPS or (framework, t) in REFUSED:
-        raise RuntimeError(f"{framework} {t} registered twice (forward or refusal)")
-
-
-def op(framework: str, *types: str):
-    """Decorator registering a forward function for the given layer types."""
-    def register(fn):
-        for t in types:
-            _claim(framework, t)
-            OPS[(framework, t)] = fn
-        return fn
-    return register
-
-
-def refuse(framework: str, *types: str, reason: str) -> None:
-    """State that this engine has no forward for ``types``, and why (one line, no final stop)."""
-    if not reason or "\n" in reason:
-        raise RuntimeError(f"refusal of {framework} {types} needs a one-line reason")
-    for t in types:
-        _claim(framework, t)
-        REFUSED[(framework, t)] = reason
-
+from ..layers.backend_table import BackendTable
 
 def _load():
     # the forward modules register themselves on import
@@ -52,31 +24,46 @@ def _load():
                    caffe_resize_ops, darknet_ops, ssd_ops)
 
 
+_TABLE = BackendTable("", _load)
+OPS: dict[tuple[str, str], Callable] = _TABLE.entries
+#: (framework, type) -> why this engine has no forward for a type that has a spec (one line).
+REFUSED: dict[tuple[str, str], str] = _TABLE.refusals
+
+
+def op(framework: str, *types: str):
+    """Decorator registering a forward function for the given layer types."""
+    def register(fn):
+        _TABLE.add(framework, types, fn)
+        return fn
+    return register
+
+
+def refuse(framework: str, *types: str, reason: str) -> None:
+    """State that this engine has no forward for ``types``, and why (one line, no final stop)."""
+    _TABLE.refuse(framework, types, reason)
+
+
 def tables() -> tuple[dict, dict]:
     """(:data:`OPS`, :data:`REFUSED`) with every forward module loaded (the backend protocol
     of ``tests/test_backend_coverage.py``)."""
-    _load()
-    return OPS, REFUSED
+    return _TABLE.tables()
 
 
 def refused(framework: str) -> dict[str, str]:
     """Layer type -> reason, for the types of ``framework`` this engine refuses to run."""
-    _load()
-    return {t: why for (f, t), why in REFUSED.items() if f == framework}
+    return _TABLE.refused(framework)
 
 
 def op_for(framework: str, layer, file=None) -> Callable:
-    _load()
-    fn = OPS.get((framework, layer.type))
-    why = REFUSED.get((framework, layer.type))
+    fn, why = _TABLE.lookup(framework, layer.type)
     if why is not None:
         name = f"[{layer.type}]" if framework == "darknet" else f"{layer.type}"
         raise ModelError(f"{name} has no forward implementation: {why}", file=file,
                          layer=layer.name)
     if fn is None:
-        known = sorted(t for f, t in OPS if f == framework)
         raise ModelError(f"no forward implementation for {framework} layer type '{layer.type}' "
-                         f"(runnable types: {', '.join(known)})", file=file, layer=layer.name)
+                         f"(runnable types: {', '.join(_TABLE.known(framework))})", file=file,
+                         layer=layer.name)
     return fn
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ModelError
+from ..layers.backend_table import BackendTable
 
 try:  # every forward module needs torch: say so once, with the install line
     import torch  # noqa: F401
@@ -48,17 +49,19 @@ class TorchOp:
     fuse: Callable | None = None
 
 
-TORCH_OPS: dict[tuple[str, str], TorchOp] = {}
+def _load():
+    # the forward modules register themselves on import
+    from . import (torch_caffe_ops, torch_caffe_resize, torch_caffe_structure,  # noqa: F401
+                   torch_darknet, torch_darknet_structure, torch_losses, torch_postprocess)
+
+
+_TABLE = BackendTable("torch", _load)
+TORCH_OPS: dict[tuple[str, str], TorchOp] = _TABLE.entries
 #: (framework, type) -> why the trainer cannot run a type that has a spec (one line).
-REFUSED: dict[tuple[str, str], str] = {}
+REFUSED: dict[tuple[str, str], str] = _TABLE.refusals
 #: framework -> why its graphs run in eval mode only (one line): every type may have a
 #: forward and the framework still train by rules the forwards do not hold (Darknet).
 TRAINING_REFUSED: dict[str, str] = {}
-
-
-def _claim(framework: str, t: str) -> None:
-    if (framework, t) in TORCH_OPS or (framework, t) in REFUSED:
-        raise RuntimeError(f"{framework} {t} registered twice in the torch backend")
 
 
 def op(framework: str, *types: str, statistics=(), check: Callable | None = None,
@@ -73,20 +76,14 @@ def op(framework: str, *types: str, statistics=(), check: Callable | None = None
         fuse: ``fn(layer, next_layer, arrays, next_arrays) -> forward | None`` (module doc).
     """
     def register(fn):
-        for t in types:
-            _claim(framework, t)
-            TORCH_OPS[(framework, t)] = TorchOp(fn, frozenset(statistics), check, fuse)
+        _TABLE.add(framework, types, TorchOp(fn, frozenset(statistics), check, fuse))
         return fn
     return register
 
 
 def refuse(framework: str, *types: str, reason: str) -> None:
     """State that the trainer has no forward for ``types``, and why (one line, no final stop)."""
-    if not reason or "\n" in reason:
-        raise RuntimeError(f"torch refusal of {framework} {types} needs a one-line reason")
-    for t in types:
-        _claim(framework, t)
-        REFUSED[(framework, t)] = reason
+    _TABLE.refuse(framework, types, reason)
 
 
 def refuse_training(framework: str, *, reason: str) -> None:
@@ -104,32 +101,23 @@ def training_refusal(framework: str) -> str:
     return TRAINING_REFUSED.get(framework, "")
 
 
-def _load():
-    # the forward modules register themselves on import
-    from . import (torch_caffe_ops, torch_caffe_resize, torch_caffe_structure,  # noqa: F401
-                   torch_darknet, torch_darknet_structure, torch_losses, torch_postprocess)
-
-
 def tables() -> tuple[dict, dict]:
     """(:data:`TORCH_OPS`, :data:`REFUSED`) with every forward module loaded (the backend
     protocol of ``tests/test_backend_coverage.py``)."""
-    _load()
-    return TORCH_OPS, REFUSED
+    return _TABLE.tables()
 
 
 def op_for(framework: str, layer, file=None) -> TorchOp:
     """The table entry that trains ``layer``, or a one-line ModelError naming the layer, its
     type and why it cannot be trained."""
-    _load()
-    entry = TORCH_OPS.get((framework, layer.type))
-    why = REFUSED.get((framework, layer.type))
+    entry, why = _TABLE.lookup(framework, layer.type)
     name = f"[{layer.type}]" if framework == "darknet" else layer.type
     if why is not None:
         raise ModelError(f"{name} cannot be trained: {why}", file=file, layer=layer.name)
     if entry is None:
-        known = sorted(t for f, t in TORCH_OPS if f == framework)
         raise ModelError(f"no torch implementation for {framework} layer type '{layer.type}' "
-                         f"(trainable types: {', '.join(known)})", file=file, layer=layer.name)
+                         f"(trainable types: {', '.join(_TABLE.known(framework))})", file=file,
+                         layer=layer.name)
     if entry.check is not None:
         why = entry.check(layer)
         if why:
