@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..errors import ModelError
 from ..layers.caffe_geometry import canonical_axis, conv_geometry, sub
 from ..layers.registry import spec_for
-from .torch_ops import op
+from .torch_ops import op, op_for
 
 # ---------------------------------------------------------------- sources
 
@@ -97,7 +97,9 @@ def _scale_after_bn(layer, next_layer, arrays, next_arrays):
     """The fused forward of a BVLC BatchNorm and the Scale (with bias, one factor per channel)
     that follows it in place, Caffe's usual pair; None for other pairs."""
     p = sub(next_layer, "scale_param")
-    if next_layer.type != "Scale" or len(next_layer.bottoms) != 1 or "scale" in arrays or \
+    # the follower is a Scale when this table trains it with the Scale forward below
+    if op_for("caffe", next_layer).forward is not scale or len(next_layer.bottoms) != 1 or \
+            "scale" in arrays or \
             not {"scale", "bias"} <= set(next_arrays) or \
             int(p.get("axis", 1)) != 1 or int(p.get("num_axes", 1)) != 1:
         return None
