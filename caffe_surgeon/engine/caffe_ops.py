@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
-from ..layers.caffe_geometry import (canonical_axis, conv_geometry, crop_windows, join_axis, pair,
-                                     permute_order, pool_out, slice_bounds, sub, upsample_factors)
+from ..layers.caffe_geometry import (canonical_axis, conv_geometry, crop_windows, join_axis,
+                                     permute_order, pool_geometry, pool_out, slice_bounds, sub,
+                                     upsample_factors)
 from ..layers.registry import spec_for
 from .kernels import channelwise
 from .kernels.conv import conv2d, deconv2d, winograd_weights
@@ -287,14 +288,7 @@ def pooling(layer, inputs, ctx):
     p = sub(layer, "pooling_param")
     x = inputs[0]
     mode = p.get("pool", "MAX")
-    if p.get("global_pooling", False):
-        k, s, pd = (x.shape[2], x.shape[3]), (1, 1), (0, 0)
-    else:
-        k = pair(p, "kernel", 0) if ("kernel_h" in p or "kernel_w" in p) else pair(p, "kernel_size", 0)
-        s, pd = pair(p, "stride", 1), pair(p, "pad", 0)
-    ceil = p.get("round_mode", "CEIL") == "CEIL" and p.get("ceil_mode", True)
-    oh = pool_out(x.shape[2], k[0], s[0], pd[0], ceil)
-    ow = pool_out(x.shape[3], k[1], s[1], pd[1], ceil)
+    k, s, pd, (oh, ow) = pool_geometry(p, x.shape[2], x.shape[3])
     if mode == "MAX":
         return [maxpool(x, k, s, pd, (oh, ow))]
     if mode == "AVE":

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ..errors import ModelError
-from ..layers.caffe_geometry import canonical_axis, interp_window, sub
+from ..layers.caffe_geometry import canonical_axis, interp_window, reorg_stride, sub
 from ..layers.registry import REGISTRY
 from .darknet_ops import _reorg_cpu
 from .ops import op
@@ -114,11 +114,10 @@ def deephi_resize(layer, inputs, ctx):
 @op("caffe", "Reorg")
 def reorg(layer, inputs, ctx):
     p = sub(layer, "reorg_param")
-    if "stride" not in p:
-        raise ModelError("Reorg needs reorg_param.stride (Caffe's reorg_layer checks for it)")
+    stride = reorg_stride(p)
     x = inputs[0]
     n, c, h, w = x.shape
-    return [_reorg_cpu(x, w, h, c, int(p["stride"]), bool(p.get("reverse", False)),
+    return [_reorg_cpu(x, w, h, c, stride, bool(p.get("reverse", False)),
                        _out_shape(layer, inputs), ctx)]
 
 

@@ -150,3 +150,23 @@ def interp_window(layer, h: int, w: int) -> tuple[slice, slice]:
         raise ModelError(f"Interp pad_beg {pad_beg} / pad_end {pad_end}: Caffe's interp_layer "
                          "supports only pads <= 0 (cropping)")
     return slice(-pad_beg, h + pad_end), slice(-pad_beg, w + pad_end)
+
+
+def pool_geometry(p: dict, h: int, w: int):
+    """(kernel, stride, pad, (out_h, out_w)) of a Pooling layer on an h x w input: global
+    pooling, ``kernel_h``/``kernel_w`` or ``kernel_size``, and Caffe's ceil rounding unless
+    ``round_mode: FLOOR`` (BVLC) or ``ceil_mode: false`` (fork) says floor."""
+    if p.get("global_pooling", False):
+        k, s, pd = (h, w), (1, 1), (0, 0)
+    else:
+        k = pair(p, "kernel", 0) if ("kernel_h" in p or "kernel_w" in p) else pair(p, "kernel_size", 0)
+        s, pd = pair(p, "stride", 1), pair(p, "pad", 0)
+    ceil = p.get("round_mode", "CEIL") == "CEIL" and p.get("ceil_mode", True)
+    return k, s, pd, (pool_out(h, k[0], s[0], pd[0], ceil), pool_out(w, k[1], s[1], pd[1], ceil))
+
+
+def reorg_stride(p: dict) -> int:
+    """``reorg_param.stride``, which Caffe's reorg layer requires."""
+    if "stride" not in p:
+        raise ModelError("Reorg needs reorg_param.stride (Caffe's reorg_layer checks for it)")
+    return int(p["stride"])

@@ -15,7 +15,7 @@ import torch
 from ..engine.caffe_resize_ops import _cv_linear_axis, _cv_nearest_axis, bilinear, interp_axis
 from ..engine.darknet_ops import _reorg_index
 from ..errors import ModelError
-from ..layers.caffe_geometry import interp_window, sub
+from ..layers.caffe_geometry import interp_window, reorg_stride, sub
 from ..layers.registry import spec_for
 from .torch_ops import op
 
@@ -73,16 +73,15 @@ def deephi_resize(layer, inputs, ctx):
 def reorg(layer, inputs, ctx):
     """darknet's ``reorg_cpu`` index arithmetic as a scatter (forward) or gather (reverse)."""
     p = sub(layer, "reorg_param")
-    if "stride" not in p:
-        raise ModelError("Reorg needs reorg_param.stride (Caffe's reorg_layer checks for it)")
+    stride = reorg_stride(p)
     x = inputs[0]
     n, c, h, w = x.shape
     out_shape = spec_for("caffe", layer).infer(layer, [tuple(x.shape)])[0]
-    key = (layer.name, "reorg", w, h, c, int(p["stride"]), x.device)
+    key = (layer.name, "reorg", w, h, c, stride, x.device)
     idx = ctx.cache.get(key)
     if idx is None:
         idx = ctx.cache[key] = tuple(torch.as_tensor(a, device=x.device)
-                                     for a in _reorg_index(w, h, c, int(p["stride"])))
+                                     for a in _reorg_index(w, h, c, stride))
     in_index, out_index = idx
     src = x.reshape(n, -1)
     out = src.new_zeros((n, math.prod(out_shape[1:])))

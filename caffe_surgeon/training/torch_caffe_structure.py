@@ -12,22 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
-from ..layers.caffe_geometry import (canonical_axis, crop_windows, join_axis, pair, permute_order,
-                                     pool_out, slice_bounds, sub, upsample_factors)
+from ..layers.caffe_geometry import (canonical_axis, crop_windows, join_axis, permute_order,
+                                     pool_geometry, pool_out, slice_bounds, sub, upsample_factors)
 from ..layers.registry import spec_for
 from .torch_ops import op
 
 
 # ---------------------------------------------------------------- pooling
 def _pool_geometry(p, x):
-    if p.get("global_pooling", False):
-        k, s, pd = (x.shape[2], x.shape[3]), (1, 1), (0, 0)
-    else:
-        k = pair(p, "kernel", 0) if ("kernel_h" in p or "kernel_w" in p) else pair(p, "kernel_size", 0)
-        s, pd = pair(p, "stride", 1), pair(p, "pad", 0)
-    ceil = p.get("round_mode", "CEIL") == "CEIL" and p.get("ceil_mode", True)
-    out = tuple(pool_out(x.shape[2 + i], k[i], s[i], pd[i], ceil) for i in range(2))
-    return k, s, pd, out
+    return pool_geometry(p, x.shape[2], x.shape[3])
 
 
 def _padded(x, k, s, pd, out, value):
