@@ -243,6 +243,20 @@ def test_label_files_are_found_by_darknets_path_rewrite(tmp_path):
     np.testing.assert_allclose(data.boxes[0][0], [float(v) for v in first], rtol=1e-6)
 
 
+
+def test_a_raw_or_images_anywhere_in_the_written_path_is_rewritten_as_darknet_does(tmp_path):
+    """Darknet replaces the first "raw" of the path as written, even inside "drawings":
+    the label is looked for where Darknet would, and the error says where."""
+    data_file, cfg = make_set(tmp_path)
+    listed = (tmp_path / "train.txt").read_text().replace("images/", "drawings/../images/")
+    (tmp_path / "train.txt").write_text(listed)
+    (tmp_path / "drawings").mkdir()
+    with pytest.raises(ModelError, match=r"train\.txt:1: label file .*dlabelsings/\.\./labels/im0\.txt"):
+        DetectionTrainData(data_file, cfg, base_dir=tmp_path)
+    (tmp_path / "dlabelsings").mkdir()
+    data = DetectionTrainData(data_file, cfg, base_dir=tmp_path, workers=0)
+    assert [len(b) for b in data.boxes] == [4, 4, 4]
+
 # ---------------------------------------------------------------------- refusals
 def test_a_data_file_without_train_is_refused_naming_it(tmp_path):
     data_file, cfg = make_set(tmp_path)

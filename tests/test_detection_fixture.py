@@ -7,6 +7,8 @@ SSD LMDB is read back through the AnnotatedData reader, and libdarknet's
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +200,17 @@ def test_bad_arguments_and_an_existing_output_are_refused_leaving_nothing(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no half-built set
     assert main([str(tmp_path / "taken"), "--train", "1", "--test", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_the_readme_command_builds_a_set(tmp_path):
+    fashion_data()
+    need_module("lmdb")
+    tool = Path(__file__).resolve().parents[1] / "tools" / "make_detection_fixture.py"
+    proc = subprocess.run([sys.executable, str(tool), str(tmp_path / "set"), "--train", "2",
+                           "--test", "1", "--size", "96", "--seed", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 2 train and 1 test scenes" in proc.stdout
+    data = (tmp_path / "set" / "fashion_detection.data").read_text()
+    assert "train = train.txt" in data and "classes = 10" in data
+    assert (tmp_path / "set" / "test.txt").read_text() == "images/test/000000.png\n"

@@ -10,8 +10,9 @@ byte-identical files.
 
 Size: 160 x 160 by default, chosen for minutes of CPU training: a yolov3-tiny shaped
 net then has 5 x 5 and 10 x 10 grids (enough to separate six items of 21 .. 70 px),
-a quarter of the work per image of 320 x 320, and our Darknet loader prepares ~200
-augmented images a second on one core instead of ~55. ``--size`` changes it.
+a quarter of the work per image of 320 x 320, and our Darknet loader prepares ~140
+augmented images a second on one core instead of ~55 (measured on this project's 2-core
+Xeon). ``--size`` changes it.
 
 Writes OUT (which must not exist; the set is built in a hidden sibling folder and
 renamed when complete, so OUT never holds half a set):
