@@ -126,3 +126,21 @@ def test_the_ssd_test_net_evaluates_on_the_generated_lmdb(fixture_set, tmp_path)
         want = sorted((c + 1, x - w / 2, y - h / 2, x + w / 2, y + h / 2) for c, x, y, w, h in rows)
         got = sorted(map(tuple, mine[:, [1, 3, 4, 5, 6]].tolist()))
         np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_the_yolo_cfg_evaluates_on_the_generated_test_list(fixture_set):
+    """Our `detector valid` side reads the set's valid list and labels (test.txt)."""
+    from caffe_surgeon.evaluation.darknet_eval import DarknetDetectorEvaluator
+    graph = cs.init(read_darknet(YOLO), seed=0)
+    ev = DarknetDetectorEvaluator(fixture_set / "fashion_detection.data", graph,
+                                  base_dir=fixture_set, batch_size=4)
+    lines = (fixture_set / "test.txt").read_text().splitlines()
+    assert len(ev.truths) == len(lines) == 8
+    for truth, line in zip(ev.truths, lines):
+        rows = np.loadtxt(fixture_set / line.replace("images", "labels", 1).replace(".png", ".txt"),
+                          ndmin=2)
+        want = np.stack([rows[:, 0], rows[:, 1] - rows[:, 3] / 2, rows[:, 2] - rows[:, 4] / 2,
+                         rows[:, 1] + rows[:, 3] / 2, rows[:, 2] + rows[:, 4] / 2], 1)
+        np.testing.assert_allclose(truth, want, atol=1e-9)
+    assert 0 <= ev.evaluate(graph) <= 1
+    assert ev.names() == [n.strip() for n in (fixture_set / "fashion.names").read_text().split()]
