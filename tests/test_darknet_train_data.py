@@ -231,6 +231,11 @@ def test_multiscale_sizes_follow_detector_c(tmp_path):
     images, truths = data.batch(3)
     assert images.shape == (2, 3) + sizes[3][::-1] and truths.shape == (2, 90, 5)
     assert data.settings.multiscale  # random=1 on the last layer
+    cfg.write_text(cfg.read_text().replace("angle=7", "angle=7\nmax_batches=300"))
+    ending = DetectionTrainData(data_file, cfg, base_dir=tmp_path, seed=1, workers=0)
+    assert ending.max_batches == 300  # the cfg's: 608 once a block starts within 200 of it
+    assert [ending.size(k) for k in range(110)] == sizes[:110]
+    assert {ending.size(k) for k in range(110, 300)} == {(608, 608)}
     cfg.write_text(cfg.read_text().replace("random=1", "random=0"))
     assert DetectionTrainData(data_file, cfg, base_dir=tmp_path, workers=0).size(0) == (48, 40)
 

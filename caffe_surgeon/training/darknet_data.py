@@ -75,6 +75,7 @@ class DetectorSettings:
     classes: int
     multiscale: bool
     augmentation: Augmentation
+    max_batches: int | None  # [net] max_batches=, for the multi-scale rule's end
 
 
 class SeededRand:
@@ -121,6 +122,7 @@ def detector_settings(graph, data_path, data_classes: int | None) -> DetectorSet
         return float(value)
 
     batch = int(number(meta, "batch", 1, "[net]"))
+    max_batches = int(number(meta, "max_batches", 0, "[net]")) or None
     if batch < 1:
         raise ModelError(f"[net] batch={batch} must be at least 1", file=cfg_file)
     # load_thread: a saturation or exposure of 0 means 1
@@ -129,7 +131,8 @@ def detector_settings(graph, data_path, data_classes: int | None) -> DetectorSet
                        saturation=number(meta, "saturation", 1, "[net]") or 1.,
                        exposure=number(meta, "exposure", 1, "[net]") or 1.)
     return DetectorSettings(int(w), int(h), batch, spec_for("darknet", last).classes(last),
-                            bool(number(last.params, "random", 0, f"layer '{last.name}'")), aug)
+                            bool(number(last.params, "random", 0, f"layer '{last.name}'")), aug,
+                            max_batches)
 
 
 class DetectionTrainData:
@@ -145,7 +148,8 @@ class DetectionTrainData:
             per iteration before splitting it into subdivisions).
         augment: False: no jitter, hue, saturation, exposure or flip, and the image
             centred: one fixed input per image (the boxes still shuffled).
-        max_batches: the run's length, for the multi-scale rule's final 608 (None: never).
+        max_batches: the run's length, for the multi-scale rule's final 608 (default: the
+            cfg's ``max_batches=``; None there too: never).
         workers: background threads building the next batches (0: built on demand).
         prefetch: batches built ahead (at least 1).
         missing_labels: "error" (default) or "no_boxes" (warn once, train on no boxes).
@@ -170,7 +174,8 @@ class DetectionTrainData:
         self.settings = detector_settings(graph, self.data.path, declared)
         self.batch_size = self.settings.batch if batch_size is None else \
             _check_int("batch_size", batch_size, 1)
-        self.max_batches = None if max_batches is None else _check_int("max_batches", max_batches, 1)
+        self.max_batches = self.settings.max_batches if max_batches is None else \
+            _check_int("max_batches", max_batches, 1)
         self.augmentation = self.settings.augmentation if augment else Augmentation.off()
         self.seed, self.workers, self.prefetch = int(seed), int(workers), int(prefetch)
         self.items: list[ImageItem] = read_image_list(self.data, "train")
