@@ -328,6 +328,21 @@ def test_a_cfg_whose_classes_differ_from_the_data_file_is_refused_naming_the_lay
         DetectionTrainData(data_file, cfg, base_dir=tmp_path)
 
 
+def test_a_yolov1_detection_head_is_refused_as_another_trainers(tmp_path):
+    data_file, _ = make_set(tmp_path)
+    yolov1 = Path(__file__).resolve().parents[1] / "fixtures" / "darknet" / "pjreddie_detection.cfg"
+    with pytest.raises(ModelError, match=r"pjreddie_detection\.cfg: layer 'detection_\d+': "
+                                         r"'darknet detector train' trains \[yolo\] and"):
+        DetectionTrainData(data_file, yolov1, base_dir=tmp_path)
+
+
+def test_a_net_without_a_detection_head_is_refused(tmp_path):
+    data_file, cfg = make_set(tmp_path)
+    cfg.write_text(cfg.read_text().split("[yolo]")[0])
+    with pytest.raises(ModelError, match=r"net\.cfg: the net has no \[yolo\] or \[region\] layer"):
+        DetectionTrainData(data_file, cfg, base_dir=tmp_path)
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path):
     data_file, cfg = make_set(tmp_path)
     with pytest.raises(ModelError, match="seed must be an integer >= 0"):

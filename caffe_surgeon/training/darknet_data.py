@@ -61,7 +61,10 @@ from .darknet_truth import MAX_BOXES, label_file_of, read_label_file
 
 F32 = np.float32
 #: detector.c's multi-scale rule: (rand() % 10 + 10) * 32, every 10 batches; 608 at the end
-SCALE_EVERY, SCALE_STEP, SCALE_FIRST, SCALE_COUNT, FINAL_SIZE, FINAL_BATCHES = 10, 32, 10, 10, 608, 200
+SCALE_EVERY, SCALE_STEP, SCALE_FIRST, SCALE_COUNT = 10, 32, 10, 10
+FINAL_SIZE, FINAL_BATCHES = 608, 200
+#: head box formats whose truth is fill_truth_detection's (YOLOv1 trains with `darknet yolo`)
+_TRAINED_FORMATS = ("yolo_v3", "yolo_v2")
 _MISSING = ("error", "no_boxes")
 
 
@@ -104,14 +107,19 @@ def detector_settings(graph, data_path, data_classes: int | None) -> DetectorSet
     cfg_file = graph.source[0] if graph.source else None
     heads = layers_with_role(graph, "detector_head")
     if not heads:
-        raise ModelError("the net has no detection layer ([yolo], [region] or [detection]) "
-                         "to train", file=cfg_file)
+        raise ModelError("the net has no [yolo] or [region] layer: nothing for "
+                         "'darknet detector train' to train", file=cfg_file)
+    last = heads[-1]  # train_detector reads classes, jitter and random from the last layer
+    last_spec = spec_for("darknet", last)
+    if last_spec.box_format not in _TRAINED_FORMATS:
+        raise ModelError(f"'darknet detector train' trains [yolo] and [region] heads; this "
+                         f"{last.type} head is YOLOv1's, trained by 'darknet yolo train' with "
+                         f"another truth layout", file=cfg_file, layer=last.name)
     for head in heads:
         n = spec_for("darknet", head).classes(head)
         if data_classes is not None and n != data_classes:
             raise ModelError(f"classes={n} here but {data_path} says classes={data_classes}",
                              file=cfg_file, layer=head.name)
-    last = heads[-1]  # train_detector reads classes, jitter and random from the last layer
     meta = graph.meta
     _, _, h, w = graph.inputs["data"]
 
@@ -130,7 +138,7 @@ def detector_settings(graph, data_path, data_classes: int | None) -> DetectorSet
                        hue=number(meta, "hue", 0, "[net]"),
                        saturation=number(meta, "saturation", 1, "[net]") or 1.,
                        exposure=number(meta, "exposure", 1, "[net]") or 1.)
-    return DetectorSettings(int(w), int(h), batch, spec_for("darknet", last).classes(last),
+    return DetectorSettings(int(w), int(h), batch, last_spec.classes(last),
                             bool(number(last.params, "random", 0, f"layer '{last.name}'")), aug,
                             max_batches)
 
