@@ -231,6 +231,11 @@ def test_multiscale_sizes_follow_detector_c(tmp_path):
     images, truths = data.batch(3)
     assert images.shape == (2, 3) + sizes[3][::-1] and truths.shape == (2, 90, 5)
     assert data.settings.multiscale  # random=1 on the last layer
+    cfg.write_text(cfg.read_text().replace("angle=7", "angle=7\nmax_batches=300"))
+    ending = DetectionTrainData(data_file, cfg, base_dir=tmp_path, seed=1, workers=0)
+    assert ending.max_batches == 300  # the cfg's: 608 once a block starts within 200 of it
+    assert [ending.size(k) for k in range(110)] == sizes[:110]
+    assert {ending.size(k) for k in range(110, 300)} == {(608, 608)}
     cfg.write_text(cfg.read_text().replace("random=1", "random=0"))
     assert DetectionTrainData(data_file, cfg, base_dir=tmp_path, workers=0).size(0) == (48, 40)
 
@@ -242,6 +247,20 @@ def test_label_files_are_found_by_darknets_path_rewrite(tmp_path):
     first = (tmp_path / "labels" / "im0.txt").read_text().split("\n")[0].split()
     np.testing.assert_allclose(data.boxes[0][0], [float(v) for v in first], rtol=1e-6)
 
+
+
+def test_a_raw_or_images_anywhere_in_the_written_path_is_rewritten_as_darknet_does(tmp_path):
+    """Darknet replaces the first "raw" of the path as written, even inside "drawings":
+    the label is looked for where Darknet would, and the error says where."""
+    data_file, cfg = make_set(tmp_path)
+    listed = (tmp_path / "train.txt").read_text().replace("images/", "drawings/../images/")
+    (tmp_path / "train.txt").write_text(listed)
+    (tmp_path / "drawings").mkdir()
+    with pytest.raises(ModelError, match=r"train\.txt:1: label file .*dlabelsings/\.\./labels/im0\.txt"):
+        DetectionTrainData(data_file, cfg, base_dir=tmp_path)
+    (tmp_path / "dlabelsings").mkdir()
+    data = DetectionTrainData(data_file, cfg, base_dir=tmp_path, workers=0)
+    assert [len(b) for b in data.boxes] == [4, 4, 4]
 
 # ---------------------------------------------------------------------- refusals
 def test_a_data_file_without_train_is_refused_naming_it(tmp_path):
@@ -306,6 +325,21 @@ def test_a_cfg_whose_classes_differ_from_the_data_file_is_refused_naming_the_lay
     data_file, cfg = make_set(tmp_path, data_classes=5)
     with pytest.raises(ModelError, match=r"net\.cfg: layer 'yolo_1': classes=3 here but "
                                          r".*set\.data says classes=5"):
+        DetectionTrainData(data_file, cfg, base_dir=tmp_path)
+
+
+def test_a_yolov1_detection_head_is_refused_as_another_trainers(tmp_path):
+    data_file, _ = make_set(tmp_path)
+    yolov1 = Path(__file__).resolve().parents[1] / "fixtures" / "darknet" / "pjreddie_detection.cfg"
+    with pytest.raises(ModelError, match=r"pjreddie_detection\.cfg: layer 'detection_\d+': "
+                                         r"'darknet detector train' trains \[yolo\] and"):
+        DetectionTrainData(data_file, yolov1, base_dir=tmp_path)
+
+
+def test_a_net_without_a_detection_head_is_refused(tmp_path):
+    data_file, cfg = make_set(tmp_path)
+    cfg.write_text(cfg.read_text().split("[yolo]")[0])
+    with pytest.raises(ModelError, match=r"net\.cfg: the net has no \[yolo\] or \[region\] layer"):
         DetectionTrainData(data_file, cfg, base_dir=tmp_path)
 
 

@@ -61,7 +61,10 @@ from .darknet_truth import MAX_BOXES, label_file_of, read_label_file
 
 F32 = np.float32
 #: detector.c's multi-scale rule: (rand() % 10 + 10) * 32, every 10 batches; 608 at the end
-SCALE_EVERY, SCALE_STEP, SCALE_FIRST, SCALE_COUNT, FINAL_SIZE, FINAL_BATCHES = 10, 32, 10, 10, 608, 200
+SCALE_EVERY, SCALE_STEP, SCALE_FIRST, SCALE_COUNT = 10, 32, 10, 10
+FINAL_SIZE, FINAL_BATCHES = 608, 200
+#: head box formats whose truth is fill_truth_detection's (YOLOv1 trains with `darknet yolo`)
+_TRAINED_FORMATS = ("yolo_v3", "yolo_v2")
 _MISSING = ("error", "no_boxes")
 
 
@@ -75,6 +78,7 @@ class DetectorSettings:
     classes: int
     multiscale: bool
     augmentation: Augmentation
+    max_batches: int | None  # [net] max_batches=, for the multi-scale rule's end
 
 
 class SeededRand:
@@ -103,14 +107,19 @@ def detector_settings(graph, data_path, data_classes: int | None) -> DetectorSet
     cfg_file = graph.source[0] if graph.source else None
     heads = layers_with_role(graph, "detector_head")
     if not heads:
-        raise ModelError("the net has no detection layer ([yolo], [region] or [detection]) "
-                         "to train", file=cfg_file)
+        raise ModelError("the net has no [yolo] or [region] layer: nothing for "
+                         "'darknet detector train' to train", file=cfg_file)
+    last = heads[-1]  # train_detector reads classes, jitter and random from the last layer
+    last_spec = spec_for("darknet", last)
+    if last_spec.box_format not in _TRAINED_FORMATS:
+        raise ModelError(f"'darknet detector train' trains [yolo] and [region] heads; this "
+                         f"{last.type} head is YOLOv1's, trained by 'darknet yolo train' with "
+                         f"another truth layout", file=cfg_file, layer=last.name)
     for head in heads:
         n = spec_for("darknet", head).classes(head)
         if data_classes is not None and n != data_classes:
             raise ModelError(f"classes={n} here but {data_path} says classes={data_classes}",
                              file=cfg_file, layer=head.name)
-    last = heads[-1]  # train_detector reads classes, jitter and random from the last layer
     meta = graph.meta
     _, _, h, w = graph.inputs["data"]
 
@@ -121,6 +130,7 @@ def detector_settings(graph, data_path, data_classes: int | None) -> DetectorSet
         return float(value)
 
     batch = int(number(meta, "batch", 1, "[net]"))
+    max_batches = int(number(meta, "max_batches", 0, "[net]")) or None
     if batch < 1:
         raise ModelError(f"[net] batch={batch} must be at least 1", file=cfg_file)
     # load_thread: a saturation or exposure of 0 means 1
@@ -128,8 +138,9 @@ def detector_settings(graph, data_path, data_classes: int | None) -> DetectorSet
                        hue=number(meta, "hue", 0, "[net]"),
                        saturation=number(meta, "saturation", 1, "[net]") or 1.,
                        exposure=number(meta, "exposure", 1, "[net]") or 1.)
-    return DetectorSettings(int(w), int(h), batch, spec_for("darknet", last).classes(last),
-                            bool(number(last.params, "random", 0, f"layer '{last.name}'")), aug)
+    return DetectorSettings(int(w), int(h), batch, last_spec.classes(last),
+                            bool(number(last.params, "random", 0, f"layer '{last.name}'")), aug,
+                            max_batches)
 
 
 class DetectionTrainData:
@@ -145,7 +156,8 @@ class DetectionTrainData:
             per iteration before splitting it into subdivisions).
         augment: False: no jitter, hue, saturation, exposure or flip, and the image
             centred: one fixed input per image (the boxes still shuffled).
-        max_batches: the run's length, for the multi-scale rule's final 608 (None: never).
+        max_batches: the run's length, for the multi-scale rule's final 608 (default: the
+            cfg's ``max_batches=``; None there too: never).
         workers: background threads building the next batches (0: built on demand).
         prefetch: batches built ahead (at least 1).
         missing_labels: "error" (default) or "no_boxes" (warn once, train on no boxes).
@@ -170,7 +182,8 @@ class DetectionTrainData:
         self.settings = detector_settings(graph, self.data.path, declared)
         self.batch_size = self.settings.batch if batch_size is None else \
             _check_int("batch_size", batch_size, 1)
-        self.max_batches = None if max_batches is None else _check_int("max_batches", max_batches, 1)
+        self.max_batches = self.settings.max_batches if max_batches is None else \
+            _check_int("max_batches", max_batches, 1)
         self.augmentation = self.settings.augmentation if augment else Augmentation.off()
         self.seed, self.workers, self.prefetch = int(seed), int(workers), int(prefetch)
         self.items: list[ImageItem] = read_image_list(self.data, "train")
