@@ -213,3 +213,40 @@ def test_wrong_prediction_counts_are_one_line_errors_naming_the_numbers():
     feeds["conf"] = feeds["conf"][:, :15]
     with pytest.raises(ModelError, match=r"6 priors x 3 classes need 18"):
         _run(_layer(), feeds)
+
+
+def _bce(x, t):
+    return max(x, 0) - x * t + math.log1p(math.exp(-abs(x)))
+
+
+def test_logistic_confidence_mines_by_the_summed_sigmoid_loss_against_background():
+    # background-target losses (sum over classes): P1 1.51, P2 4.13, P3 2.94, P5 2.98
+    loss, _, _ = _run(_layer(conf_loss_type="LOGISTIC"), _feeds())
+    loc = _smooth_l1(LOC[0], T0) + _smooth_l1(LOC[4], T4)
+    conf = sum(_bce(x, t) for j in (0, 4) for x, t in zip(CONF[j], (0, 1, 0))) + \
+        sum(_bce(x, t) for j in (2, 5) for x, t in zip(CONF[j], (1, 0, 0)))
+    assert loss == pytest.approx((loc + conf) / 2, rel=1e-5)
+
+
+def test_map_object_to_agnostic_trains_every_object_as_class_one():
+    conf = [row[:2] for row in CONF]
+    feeds = _feeds(conf=conf, gts=((0, 7, GT),))  # any object label becomes 1
+    loss, _, _ = _run(_layer(num_classes=2, map_object_to_agnostic=True), feeds)
+    loc = _smooth_l1(LOC[0], T0) + _smooth_l1(LOC[4], T4)
+    # background losses with two classes: P2 log(1 + e) = 1.31 and P5 log(1 + e^1.5) = 1.70
+    # lead P3 (log 2) and P1 (log(1 + e^-2))
+    c = _ce(conf[0], 1) + _ce(conf[4], 1) + _ce(conf[5], 0) + _ce(conf[2], 0)
+    assert loss == pytest.approx((loc + c) / 2, rel=1e-5)
+
+
+def test_cross_boundary_priors_are_neither_matched_nor_mined_when_ignored():
+    from caffe_surgeon.training.ssd_boxes import match
+    priors = np.array([(-0.1, 0.0, 0.5, 0.5), (0.0, 0.0, 0.5, 0.5), (0.5, 0.5, 1.0, 1.0)],
+                      np.float32)
+    gt = np.array([(0.0, 0.0, 0.5, 0.5)], np.float32)
+    # prior 0 overlaps .25 / .30 = .833: matched per prediction unless it crosses the border
+    index, overlap = match(priors, gt, False, 0.5, ignore_cross_boundary=False)
+    assert index.tolist() == [0, 0, -1]
+    assert overlap.tolist() == pytest.approx([0.25 / 0.30, 1.0, 0.0])
+    index, overlap = match(priors, gt, False, 0.5, ignore_cross_boundary=True)
+    assert index.tolist() == [-2, 0, -1] and overlap[0] == 0
