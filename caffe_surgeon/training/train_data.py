@@ -49,7 +49,7 @@ from .train_order import TrainOrder, augmentation
 
 F32 = np.float32
 _ENV_LOCK = threading.Lock()  # guards each process's shared LMDB handle
-# transform_param fields of the SSD fork's TRAIN augmentation: SSD training is its own issue.
+# transform_param fields of the SSD fork's TRAIN augmentation: AnnotatedData only (ssd_augment.py).
 _SSD_TRANSFORM = ("resize_param", "noise_param", "distort_param", "expand_param",
                   "emit_constraint")
 
