@@ -198,11 +198,13 @@ def test_batches_are_a_function_of_seed_and_iteration(ssd_folder):
     g = cs.load(str(ssd_folder / "train_val.prototxt"), phase="TRAIN")
     with TrainData(g, base_dir=ssd_folder, seed=7, workers=0) as a, \
             TrainData(g, base_dir=ssd_folder, seed=7, workers=2) as b, \
-            TrainData(g, base_dir=ssd_folder, seed=8, workers=0) as c:
+            TrainData(g, base_dir=ssd_folder, seed=8, workers=0) as c, \
+            TrainData(g, base_dir=ssd_folder, seed=7, workers=1, processes=True) as d:
         first = [a.batch(i) for i in range(3)]
         again = [batch for _, batch in b.batches(0, 3)]
+        forked = [batch for _, batch in d.batches(0, 3)]
         other = c.batch(0)
-    for x, y in zip(first, again):
+    for x, y in [*zip(first, again), *zip(first, forked)]:
         assert x["data"].tobytes() == y["data"].tobytes()
         assert x["label"].tobytes() == y["label"].tobytes()
     assert other["data"].tobytes() != first[0]["data"].tobytes()

@@ -250,3 +250,33 @@ def test_cross_boundary_priors_are_neither_matched_nor_mined_when_ignored():
     assert overlap.tolist() == pytest.approx([0.25 / 0.30, 1.0, 0.0])
     index, overlap = match(priors, gt, False, 0.5, ignore_cross_boundary=True)
     assert index.tolist() == [-2, 0, -1] and overlap[0] == 0
+
+
+@pytest.mark.parametrize("code_type, t0, t4", [
+    # CORNER: (truth - prior) / variance
+    ("CORNER", (0.05 / 0.1, 0.05 / 0.1, -0.05 / 0.2, 0.05 / 0.2),
+     (0.05 / 0.1, 0.05 / 0.1, 0.05 / 0.2, -0.05 / 0.2)),
+    # CORNER_SIZE: the same over the prior's width and height (P0 .5 x .5, P4 .4 x .6)
+    ("CORNER_SIZE", (0.05 / 0.5 / 0.1, 0.05 / 0.5 / 0.1, -0.05 / 0.5 / 0.2, 0.05 / 0.5 / 0.2),
+     (0.05 / 0.4 / 0.1, 0.05 / 0.6 / 0.1, 0.05 / 0.4 / 0.2, -0.05 / 0.6 / 0.2)),
+])
+def test_corner_codes_encode_the_truth_edge_by_edge(code_type, t0, t4):
+    loss, _, _ = _run(_layer(code_type=code_type), _feeds())
+    loc = _smooth_l1(LOC[0], t0) + _smooth_l1(LOC[4], t4)
+    conf = _ce(CONF[0], 1) + _ce(CONF[4], 1) + _ce(CONF[2], 0) + _ce(CONF[5], 0)
+    assert loss == pytest.approx((loc + conf) / 2, rel=1e-5)
+
+
+def test_bp_inside_gives_no_gradient_to_edges_of_a_prior_outside_the_image():
+    # one prior crossing the left edge, matched (overlap .25 / .30) to the truth
+    prior = torch.tensor([[[-0.1, 0.0, 0.5, 0.5], [0.1, 0.1, 0.2, 0.2]]])
+    label = torch.tensor([[[[0, 1, 0, 0.0, 0.0, 0.5, 0.5, 0]]]])
+    grads = []
+    for inside in (False, True):
+        loc = torch.tensor([[0.3, 0.2, 0.1, 0.4]], requires_grad=True)
+        conf = torch.tensor([[0.0, 1.0, 0.0]], requires_grad=True)
+        layer = _layer(bp_inside=inside, mining_type="NONE")
+        multibox_loss(layer, [loc, conf, prior, label], None)[0].backward()
+        grads.append(loc.grad[0].tolist())
+    assert all(g != 0 for g in grads[0])
+    assert grads[1][0] == 0 and all(g != 0 for g in grads[1][1:])
