@@ -21,6 +21,9 @@ item gets is a pure function of ``(seed, item number)`` (``train_order.py``), so
   (Caffe's own multi-GPU ``DataLayer`` deals records round-robin instead, record ``k``
   to rank ``k % world``; the global batch holds the same records either way.)
 
+SSD's ``AnnotatedData`` layer reads its LMDB the same way (key order, wrapping) and goes
+through the fork's own TRAIN augmentation and label blob instead (``ssd_train_data.py``).
+
 Batches are built ahead in background workers (``prefetch`` batches at most in flight,
 so memory stays bounded); a decoding error reaches the consumer as a one-line
 ``ModelError`` naming the file or record.
