@@ -17,7 +17,7 @@ from caffe_surgeon.errors import ModelError
 from caffe_surgeon.training import ssd_distort
 from caffe_surgeon.training.ssd_augment import SsdAugmentation
 from caffe_surgeon.training.ssd_sampler import (crop_window, generate_samples, project,
-                                                satisfies)
+                                                sample_boxes, satisfies)
 from caffe_surgeon.training.ssd_train_data import label_blob
 from caffe_surgeon.training.train_data import TrainData
 
@@ -129,6 +129,28 @@ def test_coverage_constraints_and_max_limits_are_checked_per_object():
     assert not satisfies(box, objects, {"min_jaccard_overlap": 0.3, "max_jaccard_overlap": 0.9})
     assert not satisfies(box, np.zeros((0, 4), np.float32), {"min_jaccard_overlap": 0.1})
     assert satisfies(box, np.zeros((0, 4), np.float32), {})
+
+
+def test_only_the_first_constraint_group_decides_as_in_the_forks_loop():
+    box = np.array([0.0, 0.0, 0.5, 0.5], np.float32)
+    obj = np.array([[0.0, 0.0, 0.25, 0.25]], np.float32)  # jaccard .25, sample coverage .25
+    # the jaccard range holds: the fork has set `found` before the coverage range fails
+    assert satisfies(box, obj, {"min_jaccard_overlap": 0.2, "min_sample_coverage": 0.9})
+    assert not satisfies(box, obj, {"min_jaccard_overlap": 0.3, "min_sample_coverage": 0.1})
+
+
+def test_sample_boxes_from_given_uniforms_by_hand():
+    sampler = {"min_scale": 0.2, "max_scale": 1.0, "min_aspect_ratio": 0.5,
+               "max_aspect_ratio": 2.0}
+    # scale .2 + .5 x .8 = .6, ratio .5 + .5 x 1.5 = 1.25 (inside [.36, 2.78]):
+    # w = .6 sqrt(1.25) = .67082, h = .6 / sqrt(1.25) = .53666, offsets half the slack
+    got = sample_boxes(sampler, np.array([[0.5, 0.5, 0.5, 0.5]]))[0]
+    w, h = 0.6 * math.sqrt(1.25), 0.6 / math.sqrt(1.25)
+    np.testing.assert_allclose(got, [(1 - w) / 2, (1 - h) / 2, (1 + w) / 2, (1 + h) / 2], rtol=1e-5)
+    # a ratio below scale^2 is raised to it: scale .9, ratio .1 -> .81: w .81, h 1
+    got = sample_boxes({"min_scale": 0.9, "max_scale": 0.9, "min_aspect_ratio": 0.1,
+                        "max_aspect_ratio": 0.1}, np.zeros((1, 4)))[0]
+    np.testing.assert_allclose(got, [0, 0, 0.81, 1.0], rtol=1e-5)
 
 
 def test_whole_image_samplers_and_max_trials_zero():

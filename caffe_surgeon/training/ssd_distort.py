@@ -58,7 +58,7 @@ def _tables():
     i = np.arange(1, 256, dtype=np.float64)
     sdiv = np.concatenate([[0], np.rint((255 << _HSV_SHIFT) / i)]).astype(np.int64)
     hdiv = np.concatenate([[0], np.rint((180 << _HSV_SHIFT) / (6.0 * i))]).astype(np.int64)
-    return sdiv, hdiv
+    return sdiv.astype(np.int32), hdiv.astype(np.int32)
 
 
 _SDIV, _HDIV = _tables()
@@ -66,7 +66,7 @@ _SDIV, _HDIV = _tables()
 
 def bgr_to_hsv(img: np.ndarray) -> np.ndarray:
     """``cvtColor(COLOR_BGR2HSV)`` on uint8 (3, H, W): OpenCV's fixed-point tables."""
-    b, g, r = (img[k].astype(np.int64) for k in range(3))
+    b, g, r = (img[k].astype(np.int32) for k in range(3))  # products stay below 2^31
     v = np.maximum(np.maximum(b, g), r)
     diff = v - np.minimum(np.minimum(b, g), r)
     half = 1 << (_HSV_SHIFT - 1)

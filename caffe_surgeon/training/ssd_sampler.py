@@ -49,65 +49,75 @@ def check_batch_samplers(samplers: list) -> list[dict]:
     return out
 
 
-def sample_box(sampler: dict, rng: np.random.Generator) -> np.ndarray:
-    """``SampleBBox``: scale and aspect ratio uniform in their ranges, the ratio clamped to
-    [scale^2, 1 / scale^2] so the box fits, then a uniform position inside the image."""
-    scale = uniform(rng, sampler.get("min_scale", 1.0), sampler.get("max_scale", 1.0))
-    ratio = uniform(rng, sampler.get("min_aspect_ratio", 1.0), sampler.get("max_aspect_ratio", 1.0))
-    ratio = min(max(ratio, F32(scale * scale)), F32(1 / (scale * scale)))
-    w, h = F32(scale * np.sqrt(ratio)), F32(scale / np.sqrt(ratio))
-    x0, y0 = uniform(rng, 0.0, F32(1) - w), uniform(rng, 0.0, F32(1) - h)
-    return np.array([x0, y0, x0 + w, y0 + h], F32)
+def sample_boxes(sampler: dict, u: np.ndarray) -> np.ndarray:
+    """``SampleBBox`` for each row of uniforms ``u`` (T, 4) in [0, 1): scale and aspect ratio
+    uniform in their ranges, the ratio clamped to [scale^2, 1 / scale^2] so the box fits,
+    then a uniform position inside the image. (T, 4) float32 boxes."""
+    u = np.asarray(u, F32)
+
+    def between(k, low, high):  # caffe_rng_uniform's low + u (high - low), in float32
+        return (u[:, k] * (F32(high) - F32(low)) + F32(low)).astype(F32)
+
+    scale = between(0, sampler.get("min_scale", 1.0), sampler.get("max_scale", 1.0))
+    ratio = between(1, sampler.get("min_aspect_ratio", 1.0), sampler.get("max_aspect_ratio", 1.0))
+    ratio = np.minimum(np.maximum(ratio, scale * scale), F32(1) / (scale * scale)).astype(F32)
+    w, h = (scale * np.sqrt(ratio)).astype(F32), (scale / np.sqrt(ratio)).astype(F32)
+    x0 = (u[:, 2] * (F32(1) - w)).astype(F32)
+    y0 = (u[:, 3] * (F32(1) - h)).astype(F32)
+    return np.stack([x0, y0, x0 + w, y0 + h], -1).astype(F32)
 
 
 def satisfies(box: np.ndarray, objects: np.ndarray, constraint: dict) -> bool:
-    """``SatisfySampleConstraint``: no constraint, or some object for which a checked group
-    (jaccard, then sample coverage, then object coverage) holds, with the fork's loop: once
-    one group held for any object, the answer is yes."""
-    groups = [(k[4:], k) for k in _CONSTRAINTS if k in constraint]
+    """``SatisfySampleConstraint`` for one box (see :func:`satisfied`)."""
+    return bool(satisfied(np.asarray(box, F32)[None], objects, constraint)[0])
+
+
+def satisfied(boxes: np.ndarray, objects: np.ndarray, constraint: dict) -> np.ndarray:
+    """``SatisfySampleConstraint`` per box of ``boxes`` (T, 4): true without a constraint;
+    else true when some object passes the *first* constraint group present (jaccard overlap,
+    then sample coverage, then object coverage).
+
+    That is what the fork's loop computes: it sets ``found`` as soon as an object passes a
+    group and never clears it, so a later group failing for that object (``continue``)
+    still ends in ``return found``. Worked example: a jaccard range that holds and a sample
+    coverage range that fails for the same, only, object still satisfies."""
+    groups = [g for g in ("jaccard_overlap", "sample_coverage", "object_coverage")
+              if f"min_{g}" in constraint or f"max_{g}" in constraint]
+    boxes = np.asarray(boxes, F32).reshape(-1, 4)
     if not groups:
-        return True
-    has = {g: any(k.endswith(g) for _, k in groups) for g in
-           ("jaccard_overlap", "sample_coverage", "object_coverage")}
+        return np.ones(len(boxes), bool)
+    objects = np.asarray(objects, F32).reshape(-1, 4)
     if len(objects) == 0:
-        return False
-    b = box[None]
-    values = {"jaccard_overlap": jaccard(b, objects)[0],
-              "sample_coverage": coverage(b, objects)[0],
-              "object_coverage": coverage(objects, b)[:, 0]}
-    found = False
-    for i in range(len(objects)):
-        for group in ("jaccard_overlap", "sample_coverage", "object_coverage"):
-            if not has[group]:
-                continue
-            v = values[group][i]
-            lo, hi = constraint.get(f"min_{group}"), constraint.get(f"max_{group}")
-            if (lo is not None and v < F32(lo)) or (hi is not None and v > F32(hi)):
-                break  # the fork's `continue` to the next object
-            found = True
-        else:
-            if found:
-                return True
-    return found
+        return np.zeros(len(boxes), bool)
+    first = groups[0]
+    value = {"jaccard_overlap": lambda: jaccard(boxes, objects),
+             "sample_coverage": lambda: coverage(boxes, objects),
+             "object_coverage": lambda: coverage(objects, boxes).T}[first]()
+    ok = np.ones(value.shape, bool)
+    if f"min_{first}" in constraint:
+        ok &= ~(value < F32(constraint[f"min_{first}"]))
+    if f"max_{first}" in constraint:
+        ok &= ~(value > F32(constraint[f"max_{first}"]))
+    return ok.any(axis=1)
 
 
 def generate_samples(objects: np.ndarray, samplers: list[dict],
                      rng: np.random.Generator) -> list[np.ndarray]:
-    """``GenerateBatchSamples``: for each sampler that uses the original image, up to
-    ``max_trials`` draws, keeping those that satisfy its constraint, at most ``max_sample``."""
-    found_all = []
+    """``GenerateBatchSamples``: for each sampler that uses the original image, ``max_trials``
+    draws, keeping in draw order those that satisfy its constraint, at most ``max_sample``.
+    (All trials are drawn at once; the fork stops drawing at ``max_sample``, which changes
+    which numbers later draws get, not their distribution.)"""
+    found = []
     for b in samplers:
-        if not b.get("use_original_image", True):
+        trials = int(b.get("max_trials", 100))
+        if not b.get("use_original_image", True) or trials <= 0:
             continue
-        found = 0
-        for _ in range(int(b.get("max_trials", 100))):
-            if "max_sample" in b and found >= int(b["max_sample"]):
-                break
-            box = sample_box(b.get("sampler", {}), rng)
-            if satisfies(box, objects, b.get("sample_constraint", {})):
-                found += 1
-                found_all.append(box)
-    return found_all
+        boxes = sample_boxes(b.get("sampler", {}), rng.random((trials, 4)))
+        keep = np.flatnonzero(satisfied(boxes, objects, b.get("sample_constraint", {})))
+        if "max_sample" in b:
+            keep = keep[:max(int(b["max_sample"]), 0)]
+        found.extend(boxes[k] for k in keep)
+    return found
 
 
 def clip(box: np.ndarray) -> np.ndarray:
