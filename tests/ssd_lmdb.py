@@ -128,3 +128,35 @@ def train_val(source: str, batch: int = 4, transform: str = AUGMENT,
     return ('name: "tinyssd"\n' + DATA.format(transform=transform, source=source, batch=batch,
                                               samplers=samplers)
             + test_input + BODY + LOSS)
+
+TEST_DATA = """layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label"
+  include {{ phase: TEST }}
+  transform_param {{ mean_value: 104 mean_value: 117 mean_value: 123 scale: 0.017
+    resize_param {{ prob: 1 resize_mode: WARP height: 32 width: 32 interp_mode: LINEAR }} }}
+  data_param {{ source: "{source}" batch_size: {batch} backend: LMDB }}
+  annotated_data_param {{ batch_sampler {{ }} }} }}
+"""
+
+DETECT = """layer { name: "conf_reshape" type: "Reshape" bottom: "mbox_conf" top: "conf_reshape"
+  include { phase: TEST } reshape_param { shape { dim: 0 dim: -1 dim: 3 } } }
+layer { name: "conf_softmax" type: "Softmax" bottom: "conf_reshape" top: "conf_softmax"
+  include { phase: TEST } softmax_param { axis: 2 } }
+layer { name: "conf_flatten" type: "Flatten" bottom: "conf_softmax" top: "conf_flatten"
+  include { phase: TEST } flatten_param { axis: 1 } }
+layer { name: "detection_out" type: "DetectionOutput" bottom: "mbox_loc"
+  bottom: "conf_flatten" bottom: "mbox_priorbox" top: "detection_out" include { phase: TEST }
+  detection_output_param { num_classes: 3 share_location: true background_label_id: 0
+    nms_param { nms_threshold: 0.45 top_k: 100 } code_type: CENTER_SIZE keep_top_k: 50
+    confidence_threshold: 0.01 } }
+layer { name: "detection_eval" type: "DetectionEvaluate" bottom: "detection_out"
+  bottom: "label" top: "detection_eval" include { phase: TEST }
+  detection_evaluate_param { num_classes: 3 background_label_id: 0 overlap_threshold: 0.5
+    evaluate_difficult_gt: false } }
+"""
+
+
+def train_val_with_test(train_source: str, test_source: str, batch: int = 4) -> str:
+    """``train_val`` whose TEST phase reads ``test_source`` and scores detection mAP."""
+    return ('name: "tinyssd"\n' + DATA.format(transform=AUGMENT, source=train_source,
+                                              batch=batch, samplers=SAMPLERS)
+            + TEST_DATA.format(source=test_source, batch=batch) + BODY + LOSS + DETECT)
