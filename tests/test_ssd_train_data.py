@@ -293,3 +293,16 @@ def test_raw_records_are_refused_when_the_augmentation_would_change_their_size(t
                                    samplers=""))
     with TrainData(g, base_dir=tmp_path, workers=0) as t:
         assert t.batch(0)["data"].shape == (4, 3, 48, 48)
+
+
+def test_a_record_that_is_not_an_annotated_datum_is_one_line_naming_it(tmp_path):
+    lmdb = need_module("lmdb")
+    env = lmdb.open(str(tmp_path / "bad_lmdb"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"00000000", b"\xff\xff not a protobuf")
+    env.close()
+    g = _graph(tmp_path, train_val("bad_lmdb", batch=1))
+    with pytest.raises(ModelError, match=r"layer 'data': .*bad_lmdb record 0 \(key "
+                                         r"'00000000'\): not an AnnotatedDatum") as e:
+        TrainData(g, base_dir=tmp_path, workers=0).batch(0)
+    assert "\n" not in str(e.value)

@@ -70,6 +70,16 @@ class AnnotatedBatchMaker:
         return batch
 
     def _build(self, iteration: int):
+        """``(data, label blob, flips)``; any failure is one line naming the layer."""
+        try:
+            return self._build_batch(iteration)
+        except ModelError as e:
+            raise e.located(file=self.net_file, layer=self.layer) from None
+        except Exception as e:  # a reader bug or an OS error: still one line, still located
+            raise ModelError(f"building batch {iteration}: {type(e).__name__}: {e}",
+                             file=self.net_file, layer=self.layer) from None
+
+    def _build_batch(self, iteration: int):
         items = self.items(iteration)
         records = [int(r) for r in self.order.records(items)]
         loaded = self._load(records)
