@@ -26,9 +26,9 @@ def test_an_untrainable_layer_type_is_refused_by_layer_type_and_reason_at_build_
     layers = [cs.Layer("conv", "Convolution", ["x"], ["y"],
                        {"convolution_param": {"num_output": 2, "kernel_size": [1]}},
                        {"weight": np.ones((2, 3, 1, 1), np.float32), "bias": np.zeros(2, np.float32)}),
-              cs.Layer("mbox_loss", "MultiBoxLoss", ["y", "y", "y", "y"], ["loss"], {})]
+              cs.Layer("pair_loss", "ContrastiveLoss", ["y", "y", "y"], ["loss"], {})]
     g = cs.Graph("caffe", name="m", layers=layers, inputs={"x": (1, 3, 4, 4)})
-    _one_line_error(g, "layer 'mbox_loss'", "MultiBoxLoss cannot be trained", "mines hard negatives")
+    _one_line_error(g, "layer 'pair_loss'", "ContrastiveLoss cannot be trained", "siamese margin loss")
 
 
 def test_an_untrainable_setting_is_refused_by_name():

@@ -334,8 +334,10 @@ def test_what_cannot_be_reproduced_at_train_is_refused_naming_the_layer(ten):
         TrainData(g, base_dir=folder)
     (folder / "a.prototxt").write_text(
         'layer { name: "ssd" type: "AnnotatedData" top: "data" top: "label" '
-        'include { phase: TRAIN } data_param { source: "x" backend: LMDB batch_size: 2 } }\n')
-    with pytest.raises(ModelError, match="layer 'ssd': AnnotatedData at TRAIN"):
+        'include { phase: TRAIN } data_param { source: "x" backend: LMDB batch_size: 2 } '
+        'transform_param { noise_param { prob: 0.5 } } }\n')
+    with pytest.raises(ModelError, match="layer 'ssd': transform_param.noise_param on an "
+                                         "AnnotatedData layer is not supported"):
         TrainData(cs.load(folder / "a.prototxt", phase="TRAIN"), base_dir=folder)
     g = image_data(folder, 2)
     for kwargs, text in (({"seed": -1}, "seed must be an integer >= 0"),

@@ -53,6 +53,7 @@ def _load():
     # the forward modules register themselves on import
     from . import (torch_caffe_ops, torch_caffe_resize, torch_caffe_structure,  # noqa: F401
                    torch_darknet, torch_darknet_structure, torch_losses, torch_postprocess)
+    from . import torch_multibox  # noqa: F401
 
 
 _TABLE = BackendTable("torch", _load)

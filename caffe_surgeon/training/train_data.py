@@ -21,6 +21,9 @@ item gets is a pure function of ``(seed, item number)`` (``train_order.py``), so
   (Caffe's own multi-GPU ``DataLayer`` deals records round-robin instead, record ``k``
   to rank ``k % world``; the global batch holds the same records either way.)
 
+SSD's ``AnnotatedData`` layer reads its LMDB the same way (key order, wrapping) and goes
+through the fork's own TRAIN augmentation and label blob instead (``ssd_train_data.py``).
+
 Batches are built ahead in background workers (``prefetch`` batches at most in flight,
 so memory stays bounded); a decoding error reaches the consumer as a one-line
 ``ModelError`` naming the file or record.
@@ -49,7 +52,7 @@ from .train_order import TrainOrder, augmentation
 
 F32 = np.float32
 _ENV_LOCK = threading.Lock()  # guards each process's shared LMDB handle
-# transform_param fields of the SSD fork's TRAIN augmentation: SSD training is its own issue.
+# transform_param fields of the SSD fork's TRAIN augmentation: AnnotatedData only (ssd_augment.py).
 _SSD_TRANSFORM = ("resize_param", "noise_param", "distort_param", "expand_param",
                   "emit_constraint")
 
@@ -89,7 +92,9 @@ class TrainData:
         if rank >= world:
             raise ModelError(f"TrainData: rank {rank} is not below world {world}")
         _refuse_untrainable(graph, self.net_file)
+        annotated = _annotated(graph)  # SSD: its own augmentation (ssd_train_data.py)
         layer, transform, source, batch_size, p = open_data_layer(graph, base_dir,
+                                                                  training=annotated,
                                                                   labelled=labelled)
         self.layer, self.tops = layer.name, list(layer.tops if labelled else layer.tops[:1])
         self.batch_size, self.world, self.rank, self.seed = batch_size, int(world), int(rank), int(seed)
@@ -98,9 +103,15 @@ class TrainData:
         self.shuffle, self.rand_skip = bool(p.get("shuffle", False)), int(p.get("rand_skip", 0))
         where = f"{self.net_file}: layer '{self.layer}'" if self.net_file else f"layer '{self.layer}'"
         order = TrainOrder(self.source_size, self.seed, self.shuffle, self.rand_skip, where)
-        keys = source.keys() if data_format(layer) == "datum_db" else None
-        self._make = BatchMaker(source, transform, order, keys, self.tops, self.batch_size,
-                                self.world, self.rank, self.net_file, self.layer)
+        keys = source.keys() if data_format(layer) in ("datum_db", "annotated_db") else None
+        if annotated:
+            from .ssd_train_data import AnnotatedBatchMaker
+            self._make = AnnotatedBatchMaker(layer, layer.params, source, order,
+                                             keys, self.tops, self.batch_size, self.world,
+                                             self.rank, self.net_file, base_dir)
+        else:
+            self._make = BatchMaker(source, transform, order, keys, self.tops, self.batch_size,
+                                    self.world, self.rank, self.net_file, self.layer)
         self.prefetch = int(prefetch)
         self._pool = None
         self._workers, self._processes = int(workers), bool(processes)
@@ -299,15 +310,21 @@ class BatchMaker:
         return self.source.describe(record)
 
 
+def _annotated(graph: Graph) -> bool:
+    return any(not l.bottoms and data_format(l) == "annotated_db" for l in graph.layers)
+
+
 def _refuse_untrainable(graph: Graph, net_file) -> None:
-    """AnnotatedData and the SSD fork's TRAIN augmentation are not reproduced (yet)."""
+    """The SSD fork's TRAIN augmentation belongs to AnnotatedData (``ssd_train_data.py``);
+    on other data layers it is refused."""
     for layer in graph.layers:
         if layer.bottoms or data_format(layer) is None:
             continue
-        if data_format(layer) == "annotated_db":
-            raise ModelError(f"{layer.type} at TRAIN (SSD training: batch samplers, distort, "
-                             "expand, boxes following crops) is not supported yet",
-                             file=net_file, layer=layer.name)
+        if data_format(layer) == "annotated_db":  # its settings, checked before any reading
+            from .ssd_augment import SsdAugmentation
+            SsdAugmentation(layer.params.get("transform_param", {}),
+                            layer.params.get("annotated_data_param", {}), net_file, layer.name)
+            continue
         tp = layer.params.get("transform_param", {})
         used = [k for k in _SSD_TRANSFORM if tp.get(k)]
         if used:
