@@ -281,9 +281,6 @@ def shortcut(layer, b: CaffeBuilder):
     shapes = b.in_shapes(layer)
     prev, adds = b.bottoms(layer)[0], b.bottoms(layer)[1:]
     (_, c, h, w) = shapes[0]
-    if any(tuple(s[2:]) != (h, w) for s in shapes[1:]):
-        b.refuse(f"inputs of different sizes {[tuple(s[1:]) for s in shapes]}: darknet "
-                 "samples them with strides, Eltwise adds equal shapes only")
     alpha, beta = opt_float(layer, "alpha", 1), opt_float(layer, "beta", 1)
     if (alpha, beta) != (1, 1) and len(adds) > 1:
         b.refuse("alpha/beta with several from= layers (AlexeyAB ignores them there)")
@@ -292,8 +289,13 @@ def shortcut(layer, b: CaffeBuilder):
     if c > mc:  # only the first mc channels of the previous layer receive the sum
         head = _channel_slice(f"{layer.name}_head", b, prev, [0, mc, c], 0)
         rest = b.layers[-1].tops[1]
-    cut = [a if s[1] == mc else _channel_slice(f"{layer.name}_from{i}", b, a, [0, mc, s[1]], 0)
-           for i, (a, s) in enumerate(zip(adds, shapes[1:]))]
+    cut = []
+    for i, (a, s) in enumerate(zip(adds, shapes[1:])):
+        if s[1] != mc:
+            a = _channel_slice(f"{layer.name}_from{i}", b, a, [0, mc, s[1]], 0)
+        if tuple(s[2:]) != (h, w):
+            a = _subsample(f"{layer.name}_sample{i}", b, a, mc, tuple(s[2:]), (h, w), len(adds))
+        cut.append(a)
     p = {"operation": "SUM"}
     if (alpha, beta) != (1, 1):
         p["coeff"] = [alpha, beta]
@@ -302,6 +304,21 @@ def shortcut(layer, b: CaffeBuilder):
     if c > mc:
         top = b.add(layer.name, "Concat", [top, rest], params={"concat_param": {"axis": 1}})
     return activate(layer, b, top, in_place=True)
+
+
+def _subsample(name, b: CaffeBuilder, blob: str, c: int, size, target, n_from: int) -> str:
+    """pjreddie ``shortcut_cpu`` reads a larger from= layer at every ``stride``-th row and
+    column (ResNet's downsampling blocks). A depthwise 1x1 Convolution of weight 1 and that
+    stride picks exactly those values (x * 1.0, no bias)."""
+    (h1, w1), (h2, w2) = size, target
+    s = w1 // w2
+    if n_from > 1 or b.darknet_bn != "pjreddie" or s < 1 or h1 // h2 != s or \
+            (h1 - 1) // s + 1 != h2 or (w1 - 1) // s + 1 != w2:
+        b.refuse(f"adding a {w1} x {h1} layer onto a {w2} x {h2} one: only pjreddie's strided "
+                 "read of one larger from= layer is converted (AlexeyAB adds flat prefixes)")
+    return b.add(name, "Convolution", [blob], params={"convolution_param": {
+        "num_output": c, "kernel_size": [1], "stride": [s], "group": c, "bias_term": False}},
+        weights={"weight": np.ones((c, 1, 1, 1), np.float32)})
 
 
 @converts("sam")
@@ -395,9 +412,11 @@ def softmax(layer, b: CaffeBuilder):
         b.refuse(f"tree={layer.params['tree']} (a hierarchical softmax) has no Caffe layer")
     if max(1, opt_int(layer, "groups", 1)) > 1:
         b.refuse(f"groups={layer.params['groups']} (softmax over channel groups) is not converted")
-    if opt_float(layer, "temperature", 1) != 1:
-        b.refuse(f"temperature={layer.params['temperature']} is not converted")
     bottom = b.bottoms(layer)[0]
+    t = opt_float(layer, "temperature", 1)
+    if t != 1:  # darknet: exp(x/t - max/t)
+        bottom = b.add(f"{layer.name}_temperature", "Power", [bottom],
+                       params={"power_param": {"scale": 1.0 / t}})
     shape = b.in_shapes(layer)[0]
     if len(shape) == 4 and shape[2] * shape[3] > 1:  # darknet: one softmax over C*H*W
         bottom = b.add(f"{layer.name}_flat", "Flatten", [bottom])

@@ -24,23 +24,16 @@ import tempfile
 from math import prod
 from pathlib import Path
 
+from ..detection.caffe_heads import HEADS_FORMAT, heads_file
 from ..errors import ModelError
 from ..graph import Graph
 from ..layers.registry import infer_shapes, spec_for
 from .caffe_builder import FLAVORS, CaffeBuilder, Refused
 from .darknet_caffe_ops import DARKNET_TO_CAFFE
 
-#: what the heads file says it is, so a reader can tell it from any other JSON
-HEADS_FORMAT = "caffe-surgeon darknet heads"
 HEADS_VERSION = 1
 INPUT_BLOB = "data"
 DARKNET_BN = ("pjreddie", "alexeyab")
-
-
-def heads_path(prototxt) -> Path:
-    """``<prototxt stem>.heads.json`` beside the prototxt."""
-    p = Path(prototxt)
-    return p.parent / f"{p.stem}.heads.json"
 
 
 def _options(layer) -> str:
@@ -73,6 +66,14 @@ def _check_shapes(dk_graph: Graph, dk_shapes, caffe: Graph, blob: dict) -> None:
 
 def to_caffe(graph: Graph, flavor: str = "bvlc", *, darknet_bn: str = "pjreddie"
              ) -> tuple[Graph, dict | None]:
+    """Convert a Darknet graph (cfg + weights) to a Caffe graph; see :func:`to_caffe_mapped`,
+    which also returns where each Darknet layer's output went."""
+    caffe, heads, _ = to_caffe_mapped(graph, flavor, darknet_bn=darknet_bn)
+    return caffe, heads
+
+
+def to_caffe_mapped(graph: Graph, flavor: str = "bvlc", *, darknet_bn: str = "pjreddie"
+                    ) -> tuple[Graph, dict | None, dict[str, str]]:
     """Convert a Darknet graph (cfg + weights) to a Caffe graph.
 
     Args:
@@ -83,9 +84,10 @@ def to_caffe(graph: Graph, flavor: str = "bvlc", *, darknet_bn: str = "pjreddie"
             darknet binary, default) or "alexeyab".
 
     Returns:
-        (Caffe graph with an Input layer of the [net] shape and its weights filled, heads):
-        ``heads`` is a JSON-able dict of the detector heads' decoding parameters, or None
-        when the net has no head.
+        (Caffe graph with an Input layer of the [net] shape and its weights filled, heads,
+        blob map): ``heads`` is a JSON-able dict of the detector heads' decoding parameters,
+        or None when the net has no head; the blob map gives, for each Darknet blob, the
+        Caffe blob whose final value is its output (heads map to nothing).
 
     Raises:
         ModelError: a layer the target cannot express (all such layers in one message),
@@ -134,7 +136,7 @@ def to_caffe(graph: Graph, flavor: str = "bvlc", *, darknet_bn: str = "pjreddie"
         heads = {"format": HEADS_FORMAT, "version": HEADS_VERSION, "input": INPUT_BLOB,
                  "net": {"width": int(w), "height": int(h), "channels": int(c)},
                  "darknet_bn": darknet_bn, "heads": b.heads}
-    return caffe, heads
+    return caffe, heads, {k: v for k, v in b.blob.items() if v is not None}
 
 
 def save_caffe_conversion(caffe_graph: Graph, heads: dict | None, prototxt_path,
@@ -150,10 +152,10 @@ def save_caffe_conversion(caffe_graph: Graph, heads: dict | None, prototxt_path,
              Path(caffemodel_path): render_caffemodel(caffe_graph)}
     if heads is not None:
         try:
-            texts[heads_path(prototxt_path)] = (json.dumps(heads, indent=1) + "\n").encode()
+            texts[heads_file(prototxt_path)] = (json.dumps(heads, indent=1) + "\n").encode()
         except (TypeError, ValueError) as e:
             raise ModelError(f"the heads parameters are not JSON: {e}",
-                             file=heads_path(prototxt_path)) from None
+                             file=heads_file(prototxt_path)) from None
     _write_all(texts)
 
 
