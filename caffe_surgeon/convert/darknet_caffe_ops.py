@@ -57,6 +57,12 @@ def converts(*types: str):
     return register
 
 
+def input_layer(b: CaffeBuilder, name: str, shape) -> str:
+    """The Input layer that declares the [net] shape (what OpenCV and Caffe read)."""
+    return b.add(name, "Input", [], tops=[name], params={
+        "input_param": {"shape": [{"dim": [int(d) for d in shape]}]}})
+
+
 # ------------------------------------------------------------------ activations
 def _relu(slope: float = 0.0):
     return ("ReLU", {"relu_param": {"negative_slope": slope}} if slope else {})

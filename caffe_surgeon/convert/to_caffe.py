@@ -29,7 +29,7 @@ from ..errors import ModelError
 from ..graph import Graph
 from ..layers.registry import infer_shapes, spec_for
 from .caffe_builder import FLAVORS, CaffeBuilder, Refused
-from .darknet_caffe_ops import DARKNET_TO_CAFFE
+from .darknet_caffe_ops import DARKNET_TO_CAFFE, input_layer
 
 HEADS_VERSION = 1
 INPUT_BLOB = "data"
@@ -107,8 +107,7 @@ def to_caffe_mapped(graph: Graph, flavor: str = "bvlc", *, darknet_bn: str = "pj
                          file=graph.source_text)
     b = CaffeBuilder(shapes, flavor, darknet_bn)
     n, c, h, w = shapes.blobs[INPUT_BLOB]
-    b.blob[INPUT_BLOB] = b.add(INPUT_BLOB, "Input", [], tops=[INPUT_BLOB], params={
-        "input_param": {"shape": [{"dim": [int(n), int(c), int(h), int(w)]}]}})
+    b.blob[INPUT_BLOB] = input_layer(b, INPUT_BLOB, (n, c, h, w))
     refusals = []
     for layer in graph.layers:
         convert, why = DARKNET_TO_CAFFE.lookup("darknet", layer.type)
