@@ -68,6 +68,10 @@ def check_conversion(graph, tmp_path, flavor="bvlc", seed=0):
         net.setInput(x)
         names = list(net.getUnconnectedOutLayersNames())
         top_of = {l.name: l.tops[0] for l in back.layers}
+        last_writer = {t: l.name for l in back.layers for t in l.tops}
+        # a classifier's softmax of large logits is one-hot either way: check its input too
+        names += [last_writer[l.bottoms[0]] for l in back.layers
+                  if l.type == "Softmax" and l.bottoms[0] in owner]
         checked = 0
         for name, out in zip(names, net.forward(names)):
             t = owner.get(top_of.get(name))
@@ -76,7 +80,7 @@ def check_conversion(graph, tmp_path, flavor="bvlc", seed=0):
             err = rel(out.reshape(ref[t].shape), ref[t])
             assert err <= TOL, (graph.source, name, t, err)
             worst_cv, checked = max(worst_cv, err), checked + 1
-        assert checked == len([o for o in back.outputs if o in owner])
+        assert checked >= len([o for o in back.outputs if o in owner])
     return worst_cv, worst_engine, heads
 
 
@@ -443,3 +447,15 @@ def test_detect_on_a_caffe_model_without_its_heads_file_is_a_clear_error(convert
                            str(model), str(photo)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "lone.heads.json" in proc.stderr and "heads file" in proc.stderr
+
+
+def test_readme_darknet_to_caffe_example_runs(tmp_path, monkeypatch):
+    """The README's Darknet to Caffe block, run in a copy of the fixtures; OpenCV loads it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Darknet to Caffe", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    shutil.copytree(FIXTURES / "fashion", tmp_path / "fixtures" / "fashion")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    net = _cv2().dnn.readNetFromCaffe("fashion_dk.prototxt", "fashion_dk.caffemodel")
+    assert not net.empty() and not (tmp_path / "fashion_dk.heads.json").exists()
