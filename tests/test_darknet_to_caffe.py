@@ -85,13 +85,18 @@ def check_conversion(graph, tmp_path, flavor="bvlc", seed=0):
 
 
 # ------------------------------------------------------------------ synthetic net
-#: every converter in one small net: maxpool size 2 stride 1 (Crop), reorg, route groups, shortcut over unequal channels and over a strided
+#: every converter in one small net: crop, maxpool size 2 stride 1 (Crop) and on 1 x 1
+#: (global), squeeze-excite scale_channels, reorg, route groups, shortcut over unequal channels and over a strided
 #: from= layer, upsample, sam, ramp/logistic/tanh/elu, [batchnorm], [activation], dropout,
 #: connected with BN, softmax with temperature.
 SYNTH = """[net]
-width=16
-height=16
+width=18
+height=18
 channels=3
+
+[crop]
+crop_height=16
+crop_width=16
 
 [convolutional]
 batch_normalize=1
@@ -160,10 +165,34 @@ activation=elu
 [sam]
 from=-2
 
+[avgpool]
+
+[convolutional]
+filters=16
+size=1
+stride=1
+pad=1
+activation=logistic
+
+[scale_channels]
+from=-3
+
 [batchnorm]
 
 [activation]
 activation=relu
+
+[maxpool]
+size=2
+stride=2
+
+[maxpool]
+size=2
+stride=2
+
+[maxpool]
+size=2
+stride=2
 
 [maxpool]
 size=2
@@ -206,11 +235,11 @@ def test_the_oracle_notices_a_wrong_maxpool_geometry(synth, tmp_path):
     crop.params = {"crop_param": {"axis": 2, "offset": [0]}}
     save_caffe_conversion(caffe, heads, tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
     x = np.random.default_rng(0).uniform(0, 1, synth.inputs["data"]).astype(F32)
-    ref = Executor(synth).run({"data": x}, outputs=["maxpool_1"])["maxpool_1"]
+    ref = Executor(synth).run({"data": x}, outputs=["maxpool_2"])["maxpool_2"]
     net = cv2.dnn.readNetFromCaffe(str(tmp_path / "m.prototxt"), str(tmp_path / "m.caffemodel"))
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setInput(x)
-    assert rel(net.forward(blobs["maxpool_1"]).reshape(ref.shape), ref) > 100 * TOL
+    assert rel(net.forward(blobs["maxpool_2"]).reshape(ref.shape), ref) > 100 * TOL
 
 
 def test_a_maxpool_caffe_rounds_past_is_refused_with_its_geometry(tmp_path):
@@ -227,9 +256,11 @@ def test_bvlc_layers_only_in_the_bvlc_flavour(synth):
     bvlc, _ = to_caffe(synth, "bvlc")
     xilinx, _ = to_caffe(synth, "xilinx")
     types = lambda g: {l.type for l in g.layers}  # noqa: E731
-    assert {"Deconvolution", "Crop", "Reshape"} <= types(bvlc)
+    assert {"Deconvolution", "Crop", "Reshape", "Slice", "Scale", "Power"} <= types(bvlc)
     assert not {"DeephiResize", "Reorg"} & types(bvlc)
-    assert {"DeephiResize", "Reorg"} <= types(xilinx) and "Scale" not in types(xilinx)
+    assert {"DeephiResize", "Reorg"} <= types(xilinx)
+    # BatchNorm carries its own affine part: the one Scale left is the squeeze-excite's
+    assert [l.type for l in xilinx.layers].count("Scale") == 1
     assert all(len(l.weights) == 5 for l in xilinx.layers if l.type == "BatchNorm")
 
 
@@ -323,10 +354,7 @@ REFUSED = {
     "cfg/darknet9000.cfg": "hierarchical softmax",
     "cfg/go.cfg": "extra=", "cfg/go.test.cfg": "extra=",
     "cfg/gru.cfg": "recurrent", "cfg/rnn.cfg": "recurrent", "cfg/rnn.train.cfg": "recurrent",
-    "cfg/strided.cfg": "centre crop", "cfg/vgg-16.cfg": "centre crop",
-    "alexeyab/vgg-16.cfg": "centre crop",
     "cfg/yolov1.cfg": "locally connected", "pjreddie/yolov1.cfg": "locally connected",
-    "alexeyab/efficientnet_b0.cfg": "scale_channels",
     "alexeyab/yolov4.cfg": "activation=mish",
 }
 #: a representative subset runs on every commit; the rest in the slow shard

@@ -230,6 +230,11 @@ def maxpool(layer, b: CaffeBuilder):
     size = opt_int(layer, "size", stride)
     padding = opt_int(layer, "padding", size - 1)
     (_, _, h, w), (_, _, oh, ow) = b.in_shapes(layer)[0], b.out_shape(layer)
+    if (oh, ow) == (1, 1) and padding // 2 <= 0 and size - padding // 2 >= max(h, w):
+        # one window over the whole input (a kernel larger than a 1 x 1 input): OpenCV
+        # cannot size a Caffe window larger than its padded input, a global pool is the same
+        return b.add(layer.name, "Pooling", b.bottoms(layer),
+                     params={"pooling_param": {"pool": "MAX", "global_pooling": True}})
     rows = caffe_pool_window(size, sy, padding, h, oh)
     cols = caffe_pool_window(size, sx, padding, w, ow)
     if rows is None or cols is None or rows[1] != cols[1]:
@@ -327,6 +332,20 @@ def _subsample(name, b: CaffeBuilder, blob: str, c: int, size, target, n_from: i
         weights={"weight": np.ones((c, 1, 1, 1), np.float32)})
 
 
+@converts("scale_channels")
+def scale_channels(layer, b: CaffeBuilder):
+    """Squeeze-and-excite: features (from=) times per-channel scales (previous layer, N x C x
+    1 x 1). Caffe's two-input Scale wants the scales shaped like the features' leading
+    axes, so they are flattened to (N, C) and applied from axis 0."""
+    if opt_int(layer, "scale_wh", 0):
+        b.refuse("scale_wh=1 (one scale per pixel) is not converted")
+    scales, feats = b.bottoms(layer)
+    flat = b.add(f"{layer.name}_scales", "Flatten", [scales])
+    top = b.add(layer.name, "Scale", [feats, flat],
+                params={"scale_param": {"axis": 0, "bias_term": False}})
+    return activate(layer, b, top, in_place=True)
+
+
 @converts("sam")
 def sam(layer, b: CaffeBuilder):
     top = b.add(layer.name, "Eltwise", b.bottoms(layer),
@@ -388,6 +407,33 @@ def reorg(layer, b: CaffeBuilder):
     return _reshape(layer.name, b, y, how.out_shape[1:])
 
 
+def _window(name: str, b: CaffeBuilder, blob: str, axis: int, start: int, size: int,
+            total: int) -> str:
+    """Elements ``start:start+size`` of ``blob`` along ``axis`` (a Slice; the rest unused)."""
+    if (start, size) == (0, total):
+        return blob
+    points = [p for p in (start, start + size) if 0 < p < total]
+    tops = [b.unique(f"{name}_part{i}") for i in range(len(points) + 1)]
+    b.add(name, "Slice", [blob], tops=tops,
+          params={"slice_param": {"axis": axis, "slice_point": points}})
+    return tops[1 if start else 0]
+
+
+@converts("crop")
+def crop(layer, b: CaffeBuilder):
+    """darknet's test-time crop: the centre crop_height x crop_width, then x*2 - 1 unless
+    noadjust=1 (Slices along H and W, then Power)."""
+    (_, _, h, w), (_, _, ch, cw) = b.in_shapes(layer)[0], b.out_shape(layer)
+    if ch > h or cw > w:
+        b.refuse(f"crop {cw} x {ch} is larger than its {w} x {h} input")
+    top = _window(f"{layer.name}_rows", b, b.bottoms(layer)[0], 2, (h - ch) // 2, ch, h)
+    top = _window(f"{layer.name}_cols", b, top, 3, (w - cw) // 2, cw, w)
+    if opt_int(layer, "noadjust", 0):
+        return top
+    return b.add(layer.name, "Power", [top],
+                 params={"power_param": {"scale": 2.0, "shift": -1.0}})
+
+
 # ------------------------------------------------------------------ elementwise
 @converts("dropout")
 def dropout(layer, b: CaffeBuilder):
@@ -445,8 +491,6 @@ DARKNET_TO_CAFFE.refuse("darknet", ["local_avgpool"], "AlexeyAB divides by the c
                         "image, Caffe's AVE pooling by the padded window")
 DARKNET_TO_CAFFE.refuse("darknet", ["deconvolutional"], "not converted: no cfg in the zoo or "
                         "the Debian package uses it, so there is nothing to check it against")
-DARKNET_TO_CAFFE.refuse("darknet", ["crop"], "darknet's test-time centre crop and x*2-1 rescale "
-                        "are input preprocessing, not a Caffe layer; crop the image instead")
 DARKNET_TO_CAFFE.refuse("darknet", ["rnn", "gru"], "recurrent layers carry state across calls; "
                         "Caffe's RNN/LSTM layers have other gates and arrays")
 DARKNET_TO_CAFFE.refuse("darknet", ["normalization"], "darknet's LRN scales alpha by the window "
@@ -455,5 +499,3 @@ DARKNET_TO_CAFFE.refuse("darknet", ["l2norm"], "BVLC has no L2 normalisation lay
                         "fork's Normalize adds an epsilon darknet does not")
 DARKNET_TO_CAFFE.refuse("darknet", ["iseg"], "instance segmentation training head with no "
                         "inference form in Caffe")
-DARKNET_TO_CAFFE.refuse("darknet", ["scale_channels"], "not converted: Caffe's two-input Scale "
-                        "needs the scales reshaped to (N, C), which is not implemented")
