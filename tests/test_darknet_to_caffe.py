@@ -87,7 +87,7 @@ def check_conversion(graph, tmp_path, flavor="bvlc", seed=0):
 # ------------------------------------------------------------------ synthetic net
 #: every converter in one small net: crop, maxpool size 2 stride 1 (Crop) and on 1 x 1
 #: (global), squeeze-excite scale_channels, reorg, route groups, shortcut over unequal channels and over a strided
-#: from= layer, upsample, sam, ramp/logistic/tanh/elu, [batchnorm], [activation], dropout,
+#: from= layer, upsample, deconvolutional, sam, ramp/logistic/tanh/elu, [batchnorm], [activation], dropout,
 #: connected with BN, softmax with temperature.
 SYNTH = """[net]
 width=18
@@ -143,6 +143,14 @@ activation=linear
 
 [upsample]
 stride=2
+
+[deconvolutional]
+batch_normalize=1
+filters=12
+size=3
+stride=1
+pad=1
+activation=leaky
 
 [convolutional]
 filters=16

@@ -178,6 +178,26 @@ def convolutional(layer, b: CaffeBuilder):
     return activate(layer, b, top, in_place=True)
 
 
+@converts("deconvolutional")
+def deconvolutional(layer, b: CaffeBuilder):
+    """pjreddie's transposed convolution: its (c, n, k, k) weights are Caffe Deconvolution's
+    layout, its output ``(h-1)*stride + size - 2*padding`` Caffe's."""
+    g = spec_for("darknet", layer).geometry(layer, b.in_shapes(layer))
+    p = {"num_output": g["n"], "kernel_size": [g["size"]], "stride": [g["stride"]],
+         "pad": [g["padding"]]}
+    bn = _has_bn(layer)
+    weights = {"weight": layer.weights["weights"]}
+    if bn:
+        p["bias_term"] = False
+    else:
+        weights["bias"] = layer.weights["biases"]
+    top = b.add(layer.name, "Deconvolution", b.bottoms(layer),
+                params={"convolution_param": p}, weights=weights)
+    if bn:
+        top = batch_norm(layer.name, b, top, layer.weights, in_place=True)
+    return activate(layer, b, top, in_place=True)
+
+
 @converts("connected")
 def connected(layer, b: CaffeBuilder):
     n = opt_int(layer, "output", 1)
@@ -476,7 +496,7 @@ def softmax(layer, b: CaffeBuilder):
 
 
 # ------------------------------------------------------------------ heads
-@converts("yolo", "region", "detection", "Gaussian_yolo")
+@converts("yolo", "region", "detection")
 def head(layer, b: CaffeBuilder):
     """The Caffe net ends at the head's input; the decoding parameters go to the heads file."""
     b.heads.append({"name": layer.name, "type": layer.type, "input": b.bottoms(layer)[0],
@@ -489,12 +509,12 @@ DARKNET_TO_CAFFE.refuse("darknet", ["local"], "unshared (locally connected) conv
                         "Caffe layer")
 DARKNET_TO_CAFFE.refuse("darknet", ["local_avgpool"], "AlexeyAB divides by the cells inside the "
                         "image, Caffe's AVE pooling by the padded window")
-DARKNET_TO_CAFFE.refuse("darknet", ["deconvolutional"], "not converted: no cfg in the zoo or "
-                        "the Debian package uses it, so there is nothing to check it against")
+DARKNET_TO_CAFFE.refuse("darknet", ["Gaussian_yolo"], "AlexeyAB head that neither our engine "
+                        "nor detect decodes, so the heads file could not be used")
 DARKNET_TO_CAFFE.refuse("darknet", ["rnn", "gru"], "recurrent layers carry state across calls; "
                         "Caffe's RNN/LSTM layers have other gates and arrays")
-DARKNET_TO_CAFFE.refuse("darknet", ["normalization"], "darknet's LRN scales alpha by the window "
-                        "differently from Caffe's LRN; not converted")
+DARKNET_TO_CAFFE.refuse("darknet", ["normalization"], "pjreddie's running-sum LRN leaves "
+                        "channel size/2 out of its first window; Caffe's LRN does not")
 DARKNET_TO_CAFFE.refuse("darknet", ["l2norm"], "BVLC has no L2 normalisation layer; the SSD "
                         "fork's Normalize adds an epsilon darknet does not")
 DARKNET_TO_CAFFE.refuse("darknet", ["iseg"], "instance segmentation training head with no "
