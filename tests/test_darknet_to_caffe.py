@@ -86,9 +86,10 @@ def check_conversion(graph, tmp_path, flavor="bvlc", seed=0):
 
 # ------------------------------------------------------------------ synthetic net
 #: every converter in one small net: crop, maxpool size 2 stride 1 (Crop) and on 1 x 1
-#: (global), squeeze-excite scale_channels, reorg, route groups, shortcut over unequal channels and over a strided
-#: from= layer, upsample, deconvolutional, sam, ramp/logistic/tanh/elu, [batchnorm], [activation], dropout,
-#: connected with BN, softmax with temperature.
+#: (global), squeeze-excite scale_channels, reorg, route groups, shortcut over unequal
+#: channels and over a strided from= layer, upsample, deconvolutional, sam,
+#: ramp/logistic/tanh/elu, [batchnorm], [activation], dropout, connected with BN, softmax
+#: with temperature.
 SYNTH = """[net]
 width=18
 height=18
