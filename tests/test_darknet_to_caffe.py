@@ -361,6 +361,7 @@ def test_nothing_is_written_when_one_output_cannot_be(tmp_path):
 #: cfgs no flavour can express, and why (a fragment of the error)
 REFUSED = {
     "cfg/darknet9000.cfg": "hierarchical softmax",
+    "cfg/yolo9000.cfg": "softmax hierarchy", "pjreddie/yolo9000.cfg": "softmax hierarchy",
     "cfg/go.cfg": "extra=", "cfg/go.test.cfg": "extra=",
     "cfg/gru.cfg": "recurrent", "cfg/rnn.cfg": "recurrent", "cfg/rnn.train.cfg": "recurrent",
     "cfg/yolov1.cfg": "locally connected", "pjreddie/yolov1.cfg": "locally connected",

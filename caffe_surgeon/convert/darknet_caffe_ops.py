@@ -499,6 +499,9 @@ def softmax(layer, b: CaffeBuilder):
 @converts("yolo", "region", "detection")
 def head(layer, b: CaffeBuilder):
     """The Caffe net ends at the head's input; the decoding parameters go to the heads file."""
+    if layer.params.get("tree"):
+        b.refuse(f"tree={layer.params['tree']} (YOLO9000's softmax hierarchy) is decoded "
+                 "neither by our engine nor by detect, so the heads file could not be used")
     b.heads.append({"name": layer.name, "type": layer.type, "input": b.bottoms(layer)[0],
                     "input_shape": list(b.in_shapes(layer)[0]), "params": dict(layer.params)})
     return None
