@@ -512,3 +512,24 @@ def test_readme_darknet_to_caffe_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
     net = _cv2().dnn.readNetFromCaffe("fashion_dk.prototxt", "fashion_dk.caffemodel")
     assert not net.empty() and not (tmp_path / "fashion_dk.heads.json").exists()
+
+
+@pytest.mark.parametrize("spec", ["cfg/yolov2-tiny-voc.cfg",
+                                  pytest.param("cfg/yolov1-tiny.cfg", marks=pytest.mark.slow)])
+def test_region_and_detection_heads_decode_from_the_heads_file_like_darknet(spec, tmp_path):
+    """[region] and [detection] heads (the real-model test covers [yolo]): the Caffe model and
+    its heads file give the Darknet model's detections, box for box."""
+    from caffe_surgeon.detection import darknet_boxes
+    from caffe_surgeon.detection.caffe_heads import caffe_detect, read_heads
+    graph = init(read_darknet(_cfg_path(spec)), seed=2)
+    caffe, heads = to_caffe(graph)
+    save_caffe_conversion(caffe, heads, tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
+    back = load(tmp_path / "m.prototxt", tmp_path / "m.caffemodel")
+    image = np.random.default_rng(0).uniform(0, 1, (3, 300, 500)).astype(F32)
+    thresh = .2 if "yolov1" in spec else .03  # untrained: softmax over 20 classes, ~.05 each
+    ours = caffe_detect(back, Executor(back), read_heads(tmp_path / "m.prototxt"), image, thresh)
+    theirs = darknet_boxes.detect(graph, Executor(graph), image, thresh)
+    assert len(theirs) > 3 and len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert a.cls == b.cls and abs(a.prob - b.prob) < 1e-4, (a, b)
+        assert max(abs(p - q) for p, q in zip(a.box, b.box)) <= 1, (a.box, b.box)
