@@ -232,7 +232,8 @@ def synth(tmp_path):
 def test_every_converter_agrees_with_darknet_on_a_synthetic_net(synth, flavor, tmp_path):
     worst_cv, worst_engine, heads = check_conversion(synth, tmp_path, flavor)
     assert heads is None
-    print(f"synthetic {flavor}: OpenCV {worst_cv:.1e}, engine {worst_engine:.1e}")
+    cv = f"OpenCV {worst_cv:.1e}" if flavor == "bvlc" else "OpenCV cannot load Xilinx layers"
+    print(f"synthetic {flavor}: {cv}, engine {worst_engine:.1e}")
 
 
 def test_the_oracle_notices_a_wrong_maxpool_geometry(synth, tmp_path):
