@@ -41,16 +41,16 @@ def _cv2():
 
 
 # ------------------------------------------------------------------ checks
-def check_conversion(graph, tmp_path, flavor="bvlc", seed=0):
+def check_conversion(graph, tmp_path, flavor="bvlc", seed=0, darknet_bn="pjreddie"):
     """Convert, write, read back; OpenCV (bvlc) and our engine against the Darknet model.
 
     Returns the worst relative error seen (OpenCV, engine)."""
-    caffe, heads, blobs = to_caffe_mapped(graph, flavor)
+    caffe, heads, blobs = to_caffe_mapped(graph, flavor, darknet_bn=darknet_bn)
     proto, model = tmp_path / "m.prototxt", tmp_path / "m.caffemodel"
     save_caffe_conversion(caffe, heads, proto, model)
     x = np.random.default_rng(seed).uniform(0, 1, graph.inputs["data"]).astype(F32)
     tops = [l.tops[0] for l in graph.layers if l.tops and l.tops[0] in blobs]
-    ref = Executor(graph).run({"data": x}, outputs=tops)
+    ref = Executor(graph, darknet_bn=darknet_bn).run({"data": x}, outputs=tops)
     back = load(proto, model)
     # the last Darknet blob each Caffe blob stands for (a route of one input shares its blob)
     owner = {blobs[t]: t for t in tops}
@@ -234,6 +234,25 @@ def test_every_converter_agrees_with_darknet_on_a_synthetic_net(synth, flavor, t
     assert heads is None
     cv = f"OpenCV {worst_cv:.1e}" if flavor == "bvlc" else "OpenCV cannot load Xilinx layers"
     print(f"synthetic {flavor}: {cv}, engine {worst_engine:.1e}")
+
+
+@pytest.mark.parametrize("flavor", ["bvlc", "xilinx"])
+def test_batchnorm_follows_the_chosen_darknet_even_for_tiny_variances(flavor, tmp_path):
+    """pjreddie divides by sqrt(var) + 1e-6, AlexeyAB by sqrt(var + 1e-5): for variances near
+    1e-8 they differ by orders of magnitude, and each conversion must match its own darknet
+    (OpenCV for bvlc) and not the other."""
+    cfg = tmp_path / "bn.cfg"
+    cfg.write_text("[net]\nwidth=6\nheight=6\nchannels=2\n\n[convolutional]\nbatch_normalize=1\n"
+                   "filters=4\nsize=3\npad=1\nactivation=linear\n")
+    g = init(read_darknet(cfg), seed=0)
+    conv = g.layers[0]
+    conv.weights["rolling_variance"] = np.array([1e-8, 1e-6, 1e-4, 1.0], F32)
+    x = np.random.default_rng(0).uniform(0, 1, g.inputs["data"]).astype(F32)
+    for bn in ("pjreddie", "alexeyab"):
+        check_conversion(g, tmp_path, flavor, darknet_bn=bn)
+    caffe, _ = to_caffe(g, flavor, darknet_bn="pjreddie")
+    other = Executor(g, darknet_bn="alexeyab").run({"data": x})[g.outputs[0]]
+    assert rel(Executor(caffe).run({"data": x})[caffe.outputs[0]], other) > 0.1
 
 
 def test_the_oracle_notices_a_wrong_maxpool_geometry(synth, tmp_path):
