@@ -20,7 +20,10 @@ from ..errors import ModelError
 
 def add_parser(subparsers):
     p = subparsers.add_parser("detect", help="run a Darknet YOLO model on an image (like "
-                                             "'darknet detector test')")
+                                             "'darknet detector test')",
+                              description="MODEL.cfg MODEL.weights, or a Darknet model converted "
+                                          "to Caffe: MODEL.prototxt MODEL.caffemodel with the "
+                                          "MODEL.heads.json the conversion wrote beside it")
     p.add_argument("cfg", metavar="MODEL.cfg")
     p.add_argument("weights", metavar="MODEL.weights")
     p.add_argument("image", metavar="IMG")
@@ -44,6 +47,9 @@ def read_names(path) -> list[str]:
 
 
 def run(args) -> int:
+    from ..api import classify
+    if classify([args.cfg, args.weights])[0] == "caffe":
+        return run_caffe(args)
     from ..darknet.reader import read_darknet
     from ..detection import darknet_boxes as detection
     from ..engine import Executor
@@ -60,6 +66,28 @@ def run(args) -> int:
     t = time.perf_counter()
     dets = detection.detect(graph, executor, im, thresh=args.thresh, hier=args.hier,
                             nms=args.nms, names=names)
+    print(f"{args.image}: Predicted in {time.perf_counter() - t:f} seconds.")
+    for d in dets:
+        print(f"{d.line()} ({d.box[0]}, {d.box[1]}, {d.box[2]}, {d.box[3]})")
+    return 0
+
+
+def run_caffe(args) -> int:
+    """``detect`` on a converted Caffe model: the heads file beside the prototxt decodes it."""
+    from ..caffe.reader import read_caffe
+    from ..detection.caffe_heads import caffe_detect, read_heads
+    from ..engine import Executor
+    from ..images import darknet_image as image
+    record = read_heads(args.cfg)
+    graph = read_caffe(args.cfg, args.weights)
+    names = read_names(args.names) if args.names else None
+    net = record["net"]
+    im = image.load_image(args.image, channels=int(net["channels"]))
+    print(f"preprocessing: the heads file's net channels={net['channels']} size "
+          f"{net['width']}x{net['height']}, letterbox, values in [0, 1]", file=sys.stderr)
+    executor = Executor(graph)
+    t = time.perf_counter()
+    dets = caffe_detect(graph, executor, record, im, thresh=args.thresh, nms=args.nms, names=names)
     print(f"{args.image}: Predicted in {time.perf_counter() - t:f} seconds.")
     for d in dets:
         print(f"{d.line()} ({d.box[0]}, {d.box[1]}, {d.box[2]}, {d.box[3]})")
