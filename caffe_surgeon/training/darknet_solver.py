@@ -12,7 +12,7 @@ Quirks kept on purpose, because they are what Darknet does:
 * ``batch`` in the update is ``batch`` as written in the cfg (the images of one update),
   while each forward sees ``batch / subdivisions`` images; the rate is divided by it and the
   decay multiplied by it.
-* the ``sig`` policy computes ``batch_num - step`` in unsigned ``size_t``: before ``step``
+* the ``sigmoid`` policy computes ``batch_num - step`` in unsigned ``size_t``: before ``step``
   the difference wraps to about 1.8e19, ``exp`` overflows and the rate is exactly 0.
 * burn-in is ``learning_rate * (batch_num / burn_in) ** power`` with the ratio in float32.
 """
@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ModelError
 from ..graph import Graph
 
-POLICIES = ("constant", "step", "steps", "exp", "poly", "sig")
+POLICIES = ("constant", "step", "steps", "exp", "poly", "sigmoid")
 #: [net] options this trainer does not implement: option -> (its harmless value, why)
 REFUSED_NET = {
     "adam": (0, "adam=1 is not supported (this Darknet's CPU update ignores it; a silent "
@@ -48,9 +48,9 @@ class NetSettings:
         learning_rate, momentum, decay: SGD settings (decay is multiplied by ``batch``).
         policy: one of :data:`POLICIES`.
         burn_in, power: warm-up length in updates and its exponent (also ``poly``'s).
-        step, scale: ``step`` policy (and ``sig``'s midpoint).
+        step, scale: ``step`` policy (and ``sigmoid``'s midpoint).
         steps, scales: ``steps`` policy.
-        gamma: ``exp`` and ``sig`` policies.
+        gamma: ``exp`` and ``sigmoid`` policies.
         max_batches: ``poly`` horizon and the training length.
     """
 
@@ -108,9 +108,10 @@ def net_settings(graph: Graph) -> NetSettings:
             raise ModelError(f"[net] {key}={meta[key]} cannot be trained: {why}", file=file)
     policy = str(meta.get("policy", "constant")).strip()
     if policy not in POLICIES:
-        raise ModelError(f"[net] policy={policy} is not supported (supported: "
-                         f"{', '.join(POLICIES)}; 'random' draws from rand() and cannot be "
-                         "reproduced)", file=file)
+        why = ("it draws from rand() and cannot be reproduced" if policy == "random" else
+               "Darknet would warn and silently train with constant")
+        raise ModelError(f"[net] policy={policy} is not supported: {why} (supported: "
+                         f"{', '.join(POLICIES)})", file=file)
     batch, subdivisions = _num(meta, "batch", 1, int, file), _num(meta, "subdivisions", 1, int, file)
     if subdivisions < 1 or batch < subdivisions or batch % subdivisions:
         raise ModelError(f"[net] batch={batch} is not a positive multiple of "
@@ -160,7 +161,7 @@ def current_rate(s: NetSettings, batch_num: int) -> float:
     if s.policy == "poly":
         base = _F32(1) - _F32(batch_num) / _F32(s.max_batches)
         return float(_F32(float(lr) * _pow(float(base), float(_F32(s.power)))))
-    # sig: gamma * (size_t)(batch_num - step), a float32 product
+    # sigmoid: gamma * (size_t)(batch_num - step), a float32 product
     arg = _F32(s.gamma) * _F32((batch_num - s.step) % _SIZE_T)
     return float(_F32(float(lr) * (1. / (1. + _exp(float(arg))))))
 
