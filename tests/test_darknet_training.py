@@ -269,3 +269,18 @@ def _set(a, index, value):
     a = a.copy()
     a[index] = value
     return a
+
+
+def test_the_readme_darknet_training_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's example under "Darknet training", as written, writing into tmp_path."""
+    import re
+    import tempfile
+    readme = (FIXTURES.parent / "README.md").read_text()
+    section = readme.split("## Darknet training\n", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: str(tmp_path))
+    monkeypatch.chdir(FIXTURES.parent)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    losses = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(losses) == 3 and losses[2] < losses[0]
+    assert read_darknet(TINY, tmp_path / "trained.weights").origin.header.seen == 12
