@@ -114,6 +114,11 @@ def run(args):
     name, shape = _input_name_and_shape(graph, args.input_name)
     if args.output:  # before the forward pass, which may be long
         check_outputs([args.output], list(args.model) + [args.input], option="--output")
+    if shape is not None and not str(args.input).lower().endswith(".npy"):
+        # An image is resized to the net's size: refuse a net that cannot fit before that.
+        from ..engine.memory_plan import check_fits
+        from ..layers.registry import infer_shapes
+        check_fits(graph, infer_shapes(graph, {name: shape}))
     x = load_input(args.input, graph, shape, args, model_file=args.model[0], name=name)
     ex = Executor(graph, darknet_bn=args.bn)
     t = time.perf_counter()

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import ModelError
 from ..graph import Graph
 from ..layers.registry import infer_shapes, spec_for
+from . import memory_plan
 from .ops import RunContext, op_for
 
 Version = tuple  # (producer index, blob name)
@@ -63,6 +64,7 @@ class Executor:
             try:
                 shapes = infer_shapes(self.graph)
                 if not shapes.guessed:  # else the fed data tells; checked on the first run
+                    memory_plan.check_fits(graph, shapes)
                     self._check_weights(shapes)
                     self._checked.add(None)
             except ModelError as e:
@@ -89,10 +91,12 @@ class Executor:
         """Shape-check the whole net for the fed input sizes (once per distinct size)."""
         fed = {name[1]: tuple(a.shape) for name, a in env.items() if name[0] in (-1, "feed")}
         key = tuple(sorted(fed.items()))
-        if key in self._checked or not self.check_weights:
+        if key in self._checked:
             return
         shapes = infer_shapes(self.graph, fed)  # names the layer and shapes on mismatch
-        self._check_weights(shapes)
+        memory_plan.check_fits(self.graph, shapes)
+        if self.check_weights:
+            self._check_weights(shapes)
         self._checked.add(key)
 
     def _check_weights(self, shapes):
