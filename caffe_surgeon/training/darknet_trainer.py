@@ -67,13 +67,14 @@ class DarknetTrainer:
     Args:
         graph: a darknet graph with weights (``read_darknet`` / ``caffe_surgeon.load``).
         region_backward: see :data:`REGION_BACKWARDS`.
+        device: torch device to train on ("cpu", "cuda:0", ...).
 
     Raises:
         ModelError: a [net] setting, a section or an option this trainer does not reproduce,
             by name, before anything runs.
     """
 
-    def __init__(self, graph: Graph, *, region_backward: str = "gpu"):
+    def __init__(self, graph: Graph, *, region_backward: str = "gpu", device: str = "cpu"):
         file = graph.source_text
         if graph.framework != "darknet":
             raise ModelError(f"DarknetTrainer trains darknet graphs, not {graph.framework}",
@@ -103,7 +104,8 @@ class DarknetTrainer:
         # overwrites_input_delta): any other reader of j gets j's output detached
         self.overwritten = {i - 1 for i, layer in enumerate(graph.layers)
                             if i and overwrites_input_delta(layer)}
-        self.module = CaffeModule(graph)
+        self.device = torch.device(device)
+        self.module = CaffeModule(graph).to(self.device)
         # Darknet's own rules train it here; CaffeModule.train() refuses the Caffe solver's
         nn.Module.train(self.module, True)
         params = {}
@@ -151,7 +153,7 @@ class DarknetTrainer:
         self.seen += s.minibatch
         blobs = self._forward(images)
         costs, surrogate = [], None
-        net_h, net_w = self.input_shape[1:]
+        net_h, net_w = images.shape[2:]  # resize_network: the heads see the batch's size
         for i, layer, head in self.heads:
             output = blobs[layer.tops[0]].detach().cpu().numpy()
             delta, cost = head.deltas(layer, output, truths, self.seen, net_w, net_h)
@@ -180,7 +182,7 @@ class DarknetTrainer:
         other than the overwriting layer, and everything below a ``stopbackward=1`` layer,
         see detached outputs."""
         m = self.module
-        data = torch.as_tensor(images, dtype=torch.float32)
+        data = torch.as_tensor(images, dtype=torch.float32, device=self.device)
         blobs, detached = {m.inputs[0]: data}, {}
         ctx = TorchContext(training=True, cache=m.cache)
         producer = {l.tops[0]: i for i, l in enumerate(m.layers)}
@@ -202,9 +204,10 @@ class DarknetTrainer:
         images = np.ascontiguousarray(images, np.float32)
         truths = np.ascontiguousarray(truths, np.float32)
         n, mini = images.shape[0] if images.ndim else 0, self.settings.minibatch
-        if images.shape[1:] != self.input_shape or images.ndim != 4:
+        if images.ndim != 4 or images.shape[1] != self.input_shape[0]:
             raise ModelError(f"images are {images.shape}; the network takes (N, "
-                             f"{', '.join(map(str, self.input_shape))})", file=self.file)
+                             f"{self.input_shape[0]}, H, W) (the cfg's size: "
+                             f"{self.input_shape[2]} x {self.input_shape[1]})", file=self.file)
         if truths.ndim != 3 or truths.shape[0] != n or truths.shape[2] != TRUTH_COLUMNS \
                 or truths.shape[1] < self.rows:
             raise ModelError(f"truths are {truths.shape}; the batch needs ({n}, >= {self.rows}, "
