@@ -68,13 +68,16 @@ class DarknetTrainer:
         graph: a darknet graph with weights (``read_darknet`` / ``caffe_surgeon.load``).
         region_backward: see :data:`REGION_BACKWARDS`.
         device: torch device to train on ("cpu", "cuda:0", ...).
+        dtype: "float32" (Darknet's) or "float64": a reference run that shows how much of a
+            difference to Darknet is float32 rounding (the heads' deltas stay float32).
 
     Raises:
         ModelError: a [net] setting, a section or an option this trainer does not reproduce,
             by name, before anything runs.
     """
 
-    def __init__(self, graph: Graph, *, region_backward: str = "gpu", device: str = "cpu"):
+    def __init__(self, graph: Graph, *, region_backward: str = "gpu", device: str = "cpu",
+                 dtype: str = "float32"):
         file = graph.source_text
         if graph.framework != "darknet":
             raise ModelError(f"DarknetTrainer trains darknet graphs, not {graph.framework}",
@@ -104,8 +107,10 @@ class DarknetTrainer:
         # overwrites_input_delta): any other reader of j gets j's output detached
         self.overwritten = {i - 1 for i, layer in enumerate(graph.layers)
                             if i and overwrites_input_delta(layer)}
-        self.device = torch.device(device)
-        self.module = CaffeModule(graph).to(self.device)
+        if dtype not in ("float32", "float64"):
+            raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", file=file)
+        self.device, self.dtype = torch.device(device), getattr(torch, dtype)
+        self.module = CaffeModule(graph).to(self.device, self.dtype)
         # Darknet's own rules train it here; CaffeModule.train() refuses the Caffe solver's
         nn.Module.train(self.module, True)
         params = {}
@@ -164,7 +169,7 @@ class DarknetTrainer:
                     continue
                 delta = _logistic_gradient(layer, delta, output)
             if below.requires_grad:
-                term = -(torch.as_tensor(delta, device=below.device) * below).sum()
+                term = -(torch.as_tensor(delta, device=below.device).to(below.dtype) * below).sum()
                 surrogate = term if surrogate is None else surrogate + term
         if surrogate is not None:
             surrogate.backward()
@@ -182,7 +187,7 @@ class DarknetTrainer:
         other than the overwriting layer, and everything below a ``stopbackward=1`` layer,
         see detached outputs."""
         m = self.module
-        data = torch.as_tensor(images, dtype=torch.float32, device=self.device)
+        data = torch.as_tensor(images, device=self.device).to(self.dtype)
         blobs, detached = {m.inputs[0]: data}, {}
         ctx = TorchContext(training=True, cache=m.cache)
         producer = {l.tops[0]: i for i, l in enumerate(m.layers)}
