@@ -284,3 +284,32 @@ def test_the_readme_darknet_training_example_runs(tmp_path, monkeypatch, capsys)
     losses = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(losses) == 3 and losses[2] < losses[0]
     assert read_darknet(TINY, tmp_path / "trained.weights").origin.header.seen == 12
+
+
+def _variant(base, section, options, path):
+    """``base`` with ``options`` set in its first ``[section]`` (replacing the same keys)."""
+    lines = base.read_text().splitlines()
+    keys = {kv.split("=")[0] for kv in options}
+    start = lines.index(f"[{section}]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    body = [line for line in lines[start + 1:end] if line.split("=")[0].strip() not in keys]
+    path.write_text("\n".join(lines[:start + 1] + list(options) + body + lines[end:]) + "\n")
+    return path
+
+
+@needs_lib
+@pytest.mark.parametrize("base, section, options, rows, seen, backward", [
+    (REGION, "region", ("bias_match=0", "rescore=0", "softmax=0"), 30, 12780, "cpu"),
+    (REGION, "region", ("background=1",), 30, 12780, "cpu"),
+    (REGION, "region", ("thresh=.2", "object_scale=1", "noobject_scale=2"), 30, 0, "cpu"),
+    (TINY, "yolo", ("truth_thresh=.3", "ignore_thresh=.1"), 90, 0, "gpu"),
+], ids=["region-anchor-by-prediction-logistic", "region-background", "region-scales",
+        "yolo-truth-thresh"])
+def test_head_options_match_libdarknet_over_10_iterations(tmp_path, base, section, options,
+                                                          rows, seen, backward):
+    cfg = _variant(base, section, options, tmp_path / base.name)
+    weights = random_weights(cfg, tmp_path / "start.weights", seed=11, seen=seen)
+    images, truths = random_batches(cfg, ITERATIONS, seed=12)
+    case = (weights, images, truths, *oracle_run(cfg, weights, images, truths, rows, tmp_path))
+    _, report = _train_and_compare(cfg, case, region_backward=backward)
+    _assert_within(report)
