@@ -23,8 +23,10 @@ Commands (argv[1]):
   resize  IN.npy W H OUT.npy              resize_image on a (C, H, W) array
   letterbox IN.npy W H OUT.npy            letterbox_image on a (C, H, W) array
   load    IMAGE OUT.npy                   load_image_color(IMAGE, 0, 0)
-  train   CFG WEIGHTS IMAGES.npy TRUTHS.npy OUTDIR SAVE_AT
-                                          load_network (seen from the header), then per
+  train   CFG WEIGHTS IMAGES.npy TRUTHS.npy OUTDIR SAVE_AT [W H]
+                                          load_network (seen from the header; with W H
+                                          resize_network to W x H, as multi-scale training
+                                          does), then per
                                           batch k of IMAGES (K, N, C, H, W) and TRUTHS
                                           (K, N, rows, 5): a data struct with X and y
                                           (fill_truth_detection's layout) and train_network;
@@ -114,6 +116,7 @@ def _lib():
     lib.train_network.restype = C.c_float
     lib.train_network.argtypes = [C.c_void_p, Data]
     lib.save_weights.argtypes = [C.c_void_p, C.c_char_p]
+    lib.resize_network.argtypes = [C.c_void_p, C.c_int, C.c_int]
     lib.get_current_rate.restype = C.c_float
     lib.get_current_rate.argtypes = [C.c_void_p]
     return lib
@@ -127,8 +130,10 @@ def _matrix(np, rows):
     return Matrix(rows.shape[0], rows.shape[1], ptrs), ptrs
 
 
-def _train(np, lib, cfg, weights, images, truths, outdir, save_at):
+def _train(np, lib, cfg, weights, images, truths, outdir, save_at, size=None):
     net = lib.load_network(str(cfg).encode(), str(weights).encode(), 0)
+    if size:
+        lib.resize_network(net, *size)
     losses = []
     for k in range(images.shape[0]):
         x = np.ascontiguousarray(images[k].reshape(images.shape[1], -1), np.float32)
@@ -221,7 +226,7 @@ def _main(argv):
     elif cmd == "train":
         cfg, weights, imgs, truths, outdir, save_at = argv[1:7]
         _train(np, lib, cfg, weights, np.load(imgs), np.load(truths), outdir,
-               {int(v) for v in save_at.split(",")})
+               {int(v) for v in save_at.split(",")}, [int(v) for v in argv[7:9]])
     elif cmd == "rate":
         _rates(np, lib, argv[1], argv[2], [int(v) for v in argv[3:]])
     elif cmd == "load":

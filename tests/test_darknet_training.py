@@ -54,10 +54,12 @@ def random_weights(cfg, path, seed: int, seen: int = 0):
     return path
 
 
-def random_batches(cfg, k: int, seed: int):
-    """``k`` batches of [net] batch images in [0, 1] and 1-3 truth boxes each, (k, N, 90, 5)."""
+def random_batches(cfg, k: int, seed: int, size=None):
+    """``k`` batches of [net] batch images in [0, 1] (the cfg's size, or ``size`` = (w, h))
+    and 1-3 truth boxes each, (k, N, 90, 5)."""
     g = read_darknet(cfg)
     _, c, h, w = g.inputs["data"]
+    w, h = size or (w, h)
     n = int(g.meta["batch"])
     rng = np.random.default_rng(seed)
     images = rng.uniform(0, 1, (k, n, c, h, w)).astype(np.float32)
@@ -71,11 +73,13 @@ def random_batches(cfg, k: int, seed: int):
 
 
 def oracle_run(cfg, weights, images, truths, rows, out):
-    """libdarknet's losses and its saved weights after iterations 1 and 10."""
+    """libdarknet's losses and its saved weights after iterations 1 and 10 (the network
+    resized to the images' size when it differs from the cfg's)."""
     np.save(out / "images.npy", images)
     np.save(out / "truths.npy", np.ascontiguousarray(truths[:, :, :rows]))
+    _, _, _, h, w = images.shape
     lo.call("train", cfg, weights, out / "images.npy", out / "truths.npy", out,
-            f"1,{ITERATIONS}", timeout=120)
+            f"1,{ITERATIONS}", w, h, timeout=120)
     losses = json.loads((out / "losses.json").read_text())
     return losses, {k: read_darknet(cfg, out / f"{k}.weights") for k in (1, ITERATIONS)}
 
@@ -312,4 +316,20 @@ def test_head_options_match_libdarknet_over_10_iterations(tmp_path, base, sectio
     images, truths = random_batches(cfg, ITERATIONS, seed=12)
     case = (weights, images, truths, *oracle_run(cfg, weights, images, truths, rows, tmp_path))
     _, report = _train_and_compare(cfg, case, region_backward=backward)
+    _assert_within(report)
+
+
+@needs_lib
+@pytest.mark.parametrize("base, rows, size, backward", [
+    (TINY, 90, (96, 96), "gpu"),
+    (REGION, 30, (96, 128), "cpu"),
+], ids=["yolo-96x96", "region-96x128"])
+def test_a_resized_network_trains_as_libdarknet_after_resize_network(tmp_path, base, rows, size,
+                                                                       backward):
+    """Multi-scale training: batches of another size than the cfg's, as after Darknet's
+    resize_network (the heads then measure boxes against the new net.w, net.h)."""
+    weights = random_weights(base, tmp_path / "start.weights", seed=13)
+    images, truths = random_batches(base, ITERATIONS, seed=14, size=size)
+    case = (weights, images, truths, *oracle_run(base, weights, images, truths, rows, tmp_path))
+    _, report = _train_and_compare(base, case, region_backward=backward)
     _assert_within(report)
