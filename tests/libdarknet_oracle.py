@@ -23,6 +23,19 @@ Commands (argv[1]):
   resize  IN.npy W H OUT.npy              resize_image on a (C, H, W) array
   letterbox IN.npy W H OUT.npy            letterbox_image on a (C, H, W) array
   load    IMAGE OUT.npy                   load_image_color(IMAGE, 0, 0)
+  train   CFG WEIGHTS IMAGES.npy TRUTHS.npy OUTDIR SAVE_AT [W H]
+                                          load_network (seen from the header; with W H
+                                          resize_network to W x H, as multi-scale training
+                                          does), then per
+                                          batch k of IMAGES (K, N, C, H, W) and TRUTHS
+                                          (K, N, rows, 5): a data struct with X and y
+                                          (fill_truth_detection's layout) and train_network;
+                                          after the iterations listed in SAVE_AT (comma
+                                          separated) save_weights to OUTDIR/<iter>.weights;
+                                          OUTDIR/losses.json holds train_network's values
+  rate    CFG OUT.json SEEN...            for each SEEN, load_network with a header-only
+                                          weights file holding it, then get_current_rate
+                                          (CFG must have one weightless layer)
 """
 from __future__ import annotations
 
@@ -48,6 +61,16 @@ class Detection(C.Structure):
     _fields_ = [("bbox", Box), ("classes", C.c_int), ("prob", C.POINTER(C.c_float)),
                 ("mask", C.POINTER(C.c_float)), ("objectness", C.c_float),
                 ("sort_class", C.c_int)]
+
+
+class Matrix(C.Structure):
+    _fields_ = [("rows", C.c_int), ("cols", C.c_int), ("vals", C.POINTER(C.POINTER(C.c_float)))]
+
+
+class Data(C.Structure):
+    _fields_ = [("w", C.c_int), ("h", C.c_int), ("X", Matrix), ("y", Matrix),
+                ("shallow", C.c_int), ("num_boxes", C.POINTER(C.c_int)),
+                ("boxes", C.POINTER(C.POINTER(Box)))]
 
 
 def available() -> bool:
@@ -90,7 +113,51 @@ def _lib():
                                       C.POINTER(C.c_int), C.c_int, C.POINTER(C.c_int)]
     lib.do_nms_sort.argtypes = [C.POINTER(Detection), C.c_int, C.c_int, C.c_float]
     lib.free_detections.argtypes = [C.POINTER(Detection), C.c_int]
+    lib.train_network.restype = C.c_float
+    lib.train_network.argtypes = [C.c_void_p, Data]
+    lib.save_weights.argtypes = [C.c_void_p, C.c_char_p]
+    lib.resize_network.argtypes = [C.c_void_p, C.c_int, C.c_int]
+    lib.get_current_rate.restype = C.c_float
+    lib.get_current_rate.argtypes = [C.c_void_p]
     return lib
+
+
+def _matrix(np, rows):
+    """A darknet matrix over the rows of a C-contiguous float32 2-D array (kept alive by
+    the caller)."""
+    ptrs = (C.POINTER(C.c_float) * rows.shape[0])(
+        *[rows[i].ctypes.data_as(C.POINTER(C.c_float)) for i in range(rows.shape[0])])
+    return Matrix(rows.shape[0], rows.shape[1], ptrs), ptrs
+
+
+def _train(np, lib, cfg, weights, images, truths, outdir, save_at, size=None):
+    net = lib.load_network(str(cfg).encode(), str(weights).encode(), 0)
+    if size:
+        lib.resize_network(net, *size)
+    losses = []
+    for k in range(images.shape[0]):
+        x = np.ascontiguousarray(images[k].reshape(images.shape[1], -1), np.float32)
+        y = np.ascontiguousarray(truths[k].reshape(truths.shape[1], -1), np.float32)
+        mx, keep_x = _matrix(np, x)
+        my, keep_y = _matrix(np, y)
+        d = Data(0, 0, mx, my, 1, None, None)
+        losses.append(float(lib.train_network(net, d)))
+        if k + 1 in save_at:
+            lib.save_weights(net, str(Path(outdir) / f"{k + 1}.weights").encode())
+    (Path(outdir) / "losses.json").write_text(json.dumps(losses))
+
+
+def _rates(np, lib, cfg, out, seens):
+    import struct
+    import tempfile
+    rates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seen in seens:
+            path = Path(tmp) / f"{seen}.weights"
+            path.write_bytes(struct.pack("<3iQ", 0, 2, 0, seen))
+            net = lib.load_network(str(cfg).encode(), str(path).encode(), 0)
+            rates.append(float(lib.get_current_rate(net)))
+    Path(out).write_text(json.dumps(rates))
 
 
 def _to_image(np, arr):
@@ -156,6 +223,12 @@ def _main(argv):
         fn = lib.resize_image if cmd == "resize" else lib.letterbox_image
         res = fn(im, w, h)
         np.save(out, _from_image(np, res))
+    elif cmd == "train":
+        cfg, weights, imgs, truths, outdir, save_at = argv[1:7]
+        _train(np, lib, cfg, weights, np.load(imgs), np.load(truths), outdir,
+               {int(v) for v in save_at.split(",")}, [int(v) for v in argv[7:9]])
+    elif cmd == "rate":
+        _rates(np, lib, argv[1], argv[2], [int(v) for v in argv[3:]])
     elif cmd == "load":
         im = lib.load_image_color(argv[1].encode(), 0, 0)
         np.save(argv[2], _from_image(np, im))

@@ -23,7 +23,7 @@ def add_parsers(sub):
              "prune": "prune to the config's rate: writes prunedcfg and prune_out_weights",
              "valid": "detections (or classifications) of the valid list, in Darknet's results format",
              "map": "mAP@0.5 (detectors) or top-1/top-k (classifiers) on the valid list",
-             "finetune": "finetune the pruned model (arrives in a later release)"}
+             "finetune": "train prunedcfg from prune_out_weights as darknet detector train does"}
     for name in COMMANDS:
         p = sub.add_parser(name, help=helps[name])
         p.add_argument("cfg", help="the [pruning] config file")
@@ -47,6 +47,9 @@ def add_parsers(sub):
                                 "not in the vendor tool, off by default")
             p.add_argument("-refine", "--refine", type=refine_arg, metavar="N", default=0,
                            help=REFINE_HELP)
+        if name == "finetune":
+            from .darknet_finetune import add_darknet_options
+            add_darknet_options(p)
         if name in ("valid", "map"):
             p.add_argument("-pruned", "--pruned", action="store_true",
                            help="evaluate prunedcfg (with these weights) instead of modelcfg")
@@ -54,12 +57,10 @@ def add_parsers(sub):
 
 def run(args) -> int:
     from ..workflow.config import read_darknet_pruning
-    if args.command == "finetune":
-        raise ModelError("'vai_p_darknet pruner finetune' arrives with the PyTorch training engine in "
-                         "a later release; meanwhile make the dense model with 'vai_p_darknet "
-                         "pruner transform <pruning cfg> <prune_out_weights>' and train that cfg "
-                         "and weights with darknet")
     conf = read_darknet_pruning(args.cfg)
+    if args.command == "finetune":
+        from .darknet_finetune import run_vai_p
+        return run_vai_p(args, conf)
     conf.check_files(("modelcfg",) + (("datacfg",) if conf.datacfg is not None else ()))
     if conf.datacfg is None and not conf.label_free:
         raise ModelError("the [pruning] section needs datacfg (or label_free=1)", file=args.cfg)

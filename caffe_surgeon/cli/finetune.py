@@ -22,10 +22,14 @@ def add_options(p) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("finetune", help="train a model with a Caffe solver (PyTorch extra)")
-    p.add_argument("train_val", help="TRAIN/TEST prototxt (the solver's net: is ignored)")
-    p.add_argument("weights", help="the caffemodel to start from")
-    p.add_argument("--solver", required=True, help="solver.prototxt")
+    p = sub.add_parser("finetune", help="train a model with a Caffe solver, or a Darknet .cfg "
+                                         "as darknet detector train does (PyTorch extra)")
+    p.add_argument("train_val", help="TRAIN/TEST prototxt (the solver's net: is ignored), or a "
+                                     "Darknet .cfg")
+    p.add_argument("weights", help="the caffemodel (or .weights) to start from")
+    p.add_argument("--solver", help="solver.prototxt (Caffe; required there)")
+    p.add_argument("--data", help="Darknet: the .data file (train=); the weights go to -o DIR "
+                                  "as darknet's backup folder")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="folder for the snapshots (DIR/_iter_N.caffemodel) and the log")
     p.add_argument("--teacher", nargs="+", metavar="FILE",
@@ -58,7 +62,14 @@ def run_vai_p(args) -> int:
 
 
 def run_plain(args) -> int:
-    """``caffe-surgeon finetune TRAIN_VAL WEIGHTS --solver S -o DIR``."""
+    """``caffe-surgeon finetune TRAIN_VAL WEIGHTS --solver S -o DIR`` (a ``.cfg``: Darknet)."""
+    from ..errors import ModelError
+    if Path(args.train_val).suffix.lower() == ".cfg":
+        from .darknet_finetune import run_plain as run_darknet
+        return run_darknet(args)
+    if not args.solver:
+        raise ModelError("a Caffe model trains with a solver: add --solver solver.prototxt",
+                         file=args.train_val)
     from ..fileio import make_folder
     from ..training.finetune import FinetuneRun, backend, finetune
     backend()

@@ -47,6 +47,15 @@ class Header:
     def size(self) -> int:
         return len(self.raw)
 
+    def with_seen(self, seen: int) -> "Header":
+        """This header with another ``seen`` (the images trained on), same version and width."""
+        wide = self.size == 20
+        if seen < 0 or seen >= (1 << (64 if wide else 32)):
+            raise ModelError(f"seen={seen} does not fit the {8 if wide else 4}-byte counter of "
+                             f"a version {self.major}.{self.minor}.{self.revision} header")
+        raw = self.raw[:12] + struct.pack("<Q" if wide else "<I", seen)
+        return Header(self.major, self.minor, self.revision, seen, raw)
+
 
 def default_header(seen: int = 0) -> Header:
     raw = struct.pack("<3iQ", *DEFAULT_VERSION, seen)

@@ -6,11 +6,12 @@ equals the NumPy engine within float32 rounding (``tests/test_torch_darknet.py``
 same table serves when Darknet training lands. The joins, resampling and heads are in
 ``torch_darknet_structure.py``; the activations in ``torch_darknet_activations.py``.
 
-Training a Darknet graph is refused as a whole (:data:`TRAIN_REASON`, registered with
-``refuse_training``): Darknet trains differently from Caffe in ways a forward alone does
-not capture (BatchNorm rolling statistics with momentum 0.01 and its own epsilon per fork,
-the [yolo]/[region] losses, ``burn_in`` and ``subdivisions``); the detector finetune
-issue brings them together. The types the engine refuses are refused here with its reason.
+In train mode BatchNorm is Darknet's own (``torch_darknet_bn.py``: batch statistics with
+its variance divisor, its hand-written backward, the rolling update). Training a Darknet
+graph with the *Caffe* solver stays refused (:data:`TRAIN_REASON`, registered with
+``refuse_training``): Darknet trains by its own rules (the [yolo]/[region] deltas,
+``burn_in``, ``subdivisions``, its SGD), which ``darknet_trainer.DarknetTrainer`` applies.
+The types the engine refuses are refused here with its reason.
 """
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from ..errors import ModelError
 from ..layers.darknet import opt_float, opt_int
 from ..layers.registry import spec_for
 from . import torch_darknet_activations as acts
+from .torch_darknet_bn import train_batchnorm
 from .torch_ops import op, refuse, refuse_training
 
-TRAIN_REASON = ("Darknet training (its BatchNorm statistics, [yolo]/[region] losses, burn_in) "
-                "arrives with the detector finetune; finetune the Caffe model instead")
+TRAIN_REASON = ("the Caffe solver cannot train Darknet graphs (its BatchNorm statistics, "
+                "[yolo]/[region] losses, burn_in): the detector finetune trains them with "
+                "caffe_surgeon.training.darknet_trainer.DarknetTrainer")
 #: BatchNorm arrays that are running statistics (buffers of the module, never learned)
 BN_STATISTICS = ("rolling_mean", "rolling_variance")
 #: darknet's maxpool starts every window at -FLT_MAX (a window wholly in the padding keeps it)
@@ -64,6 +67,8 @@ def bn_affine(arrays, ctx) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _bias_or_bn(layer, ctx, y):
+    if _has_bn(layer) and ctx.training:
+        return train_batchnorm(y, ctx.arrays)
     if _has_bn(layer):
         a, c = bn_affine(ctx.arrays, ctx)
         return y * _per_channel(a, y) + _per_channel(c, y)
