@@ -14,7 +14,8 @@ from typing import Callable, NamedTuple
 from ..layers.darknet import opt_int
 
 from .torch_region_loss import REGION_ROWS, region_check, region_deltas
-from .torch_yolo_loss import TRUTH_ROWS, yolo_check, yolo_deltas
+from .torch_yolo_loss import TRUTH_ROWS
+from .yolo_alexeyab import yolo_head_check, yolo_head_deltas
 
 #: sections whose Darknet backward is the autograd of the torch forward
 TRAINABLE = frozenset({"convolutional", "maxpool", "avgpool", "route", "upsample", "shortcut",
@@ -34,8 +35,8 @@ class Head(NamedTuple):
 
 
 HEADS = {
-    "yolo": Head(yolo_check, lambda layer, out, truths, seen, net_w, net_h:
-                 yolo_deltas(layer, out, truths, net_w, net_h), TRUTH_ROWS, False),
+    "yolo": Head(yolo_head_check, lambda layer, out, truths, seen, net_w, net_h:
+                 yolo_head_deltas(layer, out, truths, net_w, net_h), TRUTH_ROWS, False),
     "region": Head(region_check, lambda layer, out, truths, seen, net_w, net_h:
                    region_deltas(layer, out, truths, seen), REGION_ROWS, True),
 }
