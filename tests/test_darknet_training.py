@@ -231,9 +231,9 @@ def _cfg_with(tmp_path, base, old, new):
 
 
 @pytest.mark.parametrize("old, new, needles", [
-    ("ignore_thresh = .5", "ignore_thresh = .5\nscale_x_y = 1.05",
-     ["[yolo] cannot be trained", "scale_x_y", "AlexeyAB"]),
-    ("ignore_thresh = .5", "ignore_thresh = .5\niou_loss=ciou",
+    ("ignore_thresh = .5", "ignore_thresh = .5\ndelta_normalizer = 2",
+     ["[yolo] cannot be trained", "delta_normalizer", "AlexeyAB"]),
+    ("ignore_thresh = .5", "ignore_thresh = .5\niou_loss=smoothl1",
      ["[yolo] cannot be trained", "iou_loss"]),
     ("momentum=0.9", "momentum=0.9\nadam=1", ["[net] adam=1 cannot be trained"]),
     ("policy=steps", "policy=random", ["policy=random is not supported", "rand()"]),

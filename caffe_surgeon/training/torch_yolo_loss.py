@@ -20,9 +20,9 @@ Per image, in Darknet's order:
 ``delta_yolo_class`` keeps its quirk: if the *first* class's delta is already non-zero, only
 the truth's class is set (a second truth of another class in the same cell and anchor).
 
-AlexeyAB's [yolo] training options (``iou_loss``, ``scale_x_y``, ``*_normalizer`` ...) are
-refused by name (:func:`yolo_check`); options that affect only inference or data loading
-are accepted.
+A section that sets any option pjreddie's ``parse_yolo`` does not read (``iou_loss``,
+``scale_x_y``, ``*_normalizer``, ``nms_kind`` ...) was written for AlexeyAB's Darknet and is
+trained by its rules instead (:mod:`.yolo_alexeyab`, chosen in :mod:`.torch_darknet_train`).
 """
 from __future__ import annotations
 
