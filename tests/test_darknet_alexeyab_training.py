@@ -520,6 +520,7 @@ def test_scale_x_y_head_inference_matches_opencv_and_the_training_forward(tmp_pa
     """Training changed no forward: the engine's scale_x_y heads agree with OpenCV's
     Darknet importer, and the trainer's torch forward (what the deltas read) with the
     engine."""
+    need_module("cv2")
     import oracle_darknet as od
     od.check_against_opencv(V4TINY, tmp_path)
     graph, images, _ = _batches(_with_options(V4TINY, (), tmp_path / "n.cfg"), seed=3)
