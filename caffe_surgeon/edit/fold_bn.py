@@ -65,7 +65,10 @@ def _fold_one(graph: Graph, i: int, flavour: str, report: Report) -> str:
     layer = graph.layers[i]
     affine = spec(graph, layer).channel_affine(layer, flavour)
     if affine is None:
-        return "it has no stored statistics to fold (use_global_stats: false, or no weights)"
+        if not layer.weights:
+            return "it has no weights yet (give the weights file, or init them)"
+        return ("its test-time output is not a fixed per-channel map (it normalises by each "
+                "batch's own statistics: use_global_stats: false)")
     prod = graph.producers()
     p = prod[i][0] if prod[i] else None
     if p is None:
