@@ -85,7 +85,7 @@ def test_without_o_it_is_a_preview(tmp_path):
 
 def _readme_edit_section() -> str:
     text = (ROOT / "README.md").read_text()
-    return text[text.index("## Edit"):text.index("## Python API")]
+    return text[text.index("## Edit"):text.index("## Layout")]
 
 
 def test_readme_edit_example_runs(tmp_path, monkeypatch, capsys):
