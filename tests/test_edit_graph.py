@@ -274,3 +274,52 @@ def test_consumers_and_producer_follow_in_place_chains():
     assert isinstance(g.consumers(), list) and len(g.consumers()) == len(g.layers)
     with pytest.raises(cs.ModelError, match="no blob named 'nope'"):
         g.producer("nope")
+
+
+DARKNET_ROUTES = """[net]
+height=8
+width=8
+channels=3
+
+[convolutional]
+filters=4
+size=3
+pad=1
+activation=leaky
+
+[route]
+layers=-1
+
+[dropout]
+probability=.5
+
+[convolutional]
+filters=4
+size=1
+activation=linear
+
+[route]
+layers=-3
+
+[convolutional]
+filters=2
+size=1
+activation=linear
+"""
+
+
+def test_merge_on_darknet_removes_a_route_of_the_previous_layer_only(tmp_path):
+    (tmp_path / "r.cfg").write_text(DARKNET_ROUTES)
+    g = cs.init(cs.load(tmp_path / "r.cfg"), seed=1)
+    lines = []
+    m = cs.edit.merge(g, report=lines.append)
+    assert [l.type for l in m.layers] == ["convolutional", "convolutional", "route",
+                                          "convolutional"]
+    assert len(lines) == 2  # route -1 and dropout; route -3 reads an earlier section: kept
+    cs.save(m, tmp_path / "m.cfg", tmp_path / "m.weights")
+    text = (tmp_path / "m.cfg").read_text()
+    assert text.count("[route]") == 1 and "layers=-2" in text  # re-pointed at the same layer
+    back = cs.load(tmp_path / "m.cfg", tmp_path / "m.weights")
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    want = next(iter(engine_outputs(g, {"data": x}).values()))
+    assert np.array_equal(next(iter(engine_outputs(back, {"data": x}).values())), want)
