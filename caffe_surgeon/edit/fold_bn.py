@@ -81,8 +81,9 @@ def _fold_one(graph: Graph, i: int, flavour: str, report: Report) -> str:
     if others:
         return (f"its input '{layer.bottoms[0]}' (from '{head.name}') is also read by "
                 f"{', '.join(repr(n) for n in others)}, which need the unnormalised values")
-    if removable(graph, i):
-        return removable(graph, i)
+    why = removable(graph, i)
+    if why:
+        return why
     a, c = affine
     chain = [i]
     while True:  # affine layers reading only the last one's value (BatchNorm -> Scale)
