@@ -99,6 +99,11 @@ def test_real_yolov3_tiny_folded_gives_the_same_detections_in_the_darknet_binary
     cs.save(f, out_cfg, out_w)
     text = out_cfg.read_text()
     assert "batch_normalize=1" not in text and text.count("batch_normalize=0") == 11
+    # params: scales, rolling mean and variance (3 per filter) gone; darknet ops unchanged
+    bn_filters = sum(int(l.params["filters"]) for l in g.layers
+                     if str(l.params.get("batch_normalize", 0)) == "1")
+    assert cs.stat(g).total_all.params - cs.stat(f).total_all.params == 3 * bn_filters
+    assert cs.stat(g).total.ops == cs.stat(f).total.ops
     x = od.probe_input(g)
     a, b = engine_outputs(g, {"data": x}), engine_outputs(f, {"data": x})
     errs = [rel(b[k], a[k]) for k in a]
