@@ -51,17 +51,32 @@ def test_strip_keep_phase_test_gives_a_deploy_file_opencv_runs_like_the_test_net
     lines = []
     d = cs.edit.strip(g, keep_phase="TEST", input_shapes=given or None, report=lines.append)
     cs.save(d, tmp_path / "deploy.prototxt", tmp_path / "deploy.caffemodel")
-    text = (tmp_path / "deploy.prototxt").read_text()
+    text = re.sub(r"(?m)#.*$", "", (tmp_path / "deploy.prototxt").read_text())  # no comments
     assert "phase: TRAIN" not in text and not re.search(r"type: \"\w*(Loss|Accuracy|Data)\"", text)
-    net = load_checked(tmp_path / "deploy.prototxt", tmp_path / "deploy.caffemodel")
+    import cv2
+    try:
+        net = load_checked(tmp_path / "deploy.prototxt", tmp_path / "deploy.caffemodel")
+    except cv2.error as e:
+        lacking = re.search(r'Can\'t create layer "[^"]*" of type "(\w+)"', str(e))
+        if lacking:
+            pytest.skip(f"OpenCV has no {lacking.group(1)} layer (a fork type); the deploy "
+                        "file itself is checked above")
+        raise
+    assert set(net.getUnconnectedOutLayersNames()) == set(d.outputs)
+    if "use_global_stats: false" in text:
+        # Caffe and OpenCV then normalise by the batch's own statistics (OpenCV cannot on a
+        # 2-D blob at all), our engine by the stored ones: the values are not comparable
+        print(f"{case}: loads in OpenCV; values not compared (use_global_stats: false)")
+        return
     feeds = batch1_feeds(d, sized(d)[0], scale=50.0)
     theirs = opencv_caffe_outputs(tmp_path / "deploy.prototxt", tmp_path / "deploy.caffemodel",
                                   feeds)
-    assert set(net.getUnconnectedOutLayersNames()) == set(d.outputs)
-    # the TEST net as read (data layers fed the same arrays), run by our engine
-    labels = {t: np.zeros((1,) + tuple(v[1:]), np.float32)  # read only by the stripped layers
-              for t, v in feed_shapes(g, infer_shapes(g, given or None)).items() if t not in feeds}
-    ours = engine_outputs(g, {**feeds, **labels}, d.outputs)
+    # the TEST net as read, up to those outputs (its losses may have no forward), fed the same
+    test_net = cs.edit.cut(g, outputs=d.outputs)
+    labels = {t: np.zeros((1,) + tuple(v[1:]), np.float32)
+              for t, v in feed_shapes(test_net, infer_shapes(test_net, given or None)).items()
+              if t not in feeds}
+    ours = engine_outputs(test_net, {**feeds, **labels}, d.outputs)
     for name in d.outputs:
         assert rel(theirs[name], ours[name]) <= 1e-4, (name, rel(theirs[name], ours[name]))
     print(f"{case}: {len(lines)} changes, outputs {d.outputs}")
