@@ -138,14 +138,42 @@ class Graph:
                 last[t] = i
         return result
 
-    def consumers(self) -> list[list[tuple[int, int]]]:
-        """For each layer, the (layer index, bottom position) pairs reading its output."""
+    def consumers(self, blob: str | None = None):
+        """Who reads what.
+
+        Without ``blob`` (the form the pruning code uses): for each layer, the
+        (layer index, bottom position) pairs reading its output. With ``blob``:
+        the layers that read the value :meth:`producer` says ``blob`` ends as
+        (its last writer's; the network input's if nobody writes it), in net
+        order. The two share one method so existing callers keep working.
+        """
+        if blob is not None:
+            last = self._last_writer(blob)
+            return [self.layers[i] for i, row in enumerate(self.producers())
+                    if any(b == blob and p == last
+                           for b, p in zip(self.layers[i].bottoms, row))]
         result: list[list[tuple[int, int]]] = [[] for _ in self.layers]
         for i, row in enumerate(self.producers()):
             for pos, p in enumerate(row):
                 if p is not None:
                     result[p].append((i, pos))
         return result
+
+    def producer(self, blob: str) -> Layer | None:
+        """The layer whose output ``blob`` ends as (the last of an in-place chain), or None
+        for a network input nobody overwrites; a ModelError for a blob the net lacks."""
+        last = self._last_writer(blob)
+        return None if last is None else self.layers[last]
+
+    def _last_writer(self, blob: str) -> int | None:
+        last = None
+        for i, layer in enumerate(self.layers):
+            if blob in layer.tops:
+                last = i
+        if last is None and blob not in self.inputs:
+            raise ModelError(f"no blob named '{blob}' (no layer writes it and it is not a "
+                             "network input)", file=self.source_text)
+        return last
 
     def refresh(self) -> "Graph":
         """Recompute ``outputs``: blobs whose last writer's value nobody reads."""

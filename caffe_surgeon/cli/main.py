@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weights file to write (.caffemodel or .weights)")
     p.add_argument("--seed", type=seed_arg, default=0, help="an integer >= 0 (default 0)")
 
-    from . import detect, finetune, forward, prune
+    from . import detect, edit, finetune, forward, prune
+    edit.add_parser(sub)
     finetune.add_parser(sub)
     forward.add_parser(sub)
     detect.add_parser(sub)
@@ -77,6 +78,9 @@ def main(argv=None):
             print(f"{layer.name[:32]:<32} {layer.type[:24]:<24} {outs}")
     elif args.command == "init":
         _init(args)
+    elif args.command == "edit":
+        from . import edit
+        return edit.run(args)
     elif args.command == "detect":
         from . import detect
         detect.run(args)

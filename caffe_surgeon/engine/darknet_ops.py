@@ -38,8 +38,8 @@ from .kernels.pooling import avgpool, maxpool
 from .ops import op, refuse
 
 F32 = np.float32
-#: normalize_cpu epsilons (see module docstring).
-BN_EPS = {"pjreddie": 1e-6, "alexeyab": 1e-5}
+#: normalize_cpu epsilons (see module docstring), kept beside the BN layouts.
+from ..layers.darknet.base import BN_EPS  # noqa: E402
 
 
 def _spec(layer):

@@ -80,6 +80,11 @@ class LayerSpec:
     links_replace_previous: bool = False
     #: Darknet: the activation when the section gives none (parser.c defaults)
     default_activation: str = "linear"
+    #: Darknet: the option that names a section's activation (None: the section has none)
+    activation_option: str | None = None
+    #: a data source whose shape the definition itself declares (Caffe's Input): what a
+    #: deploy file keeps, and what ``edit.strip`` turns the other data sources into
+    declared_input: bool = False
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
@@ -137,6 +142,38 @@ class LayerSpec:
     def set_channels(self, layer: Layer, n: int) -> None:
         """Record a new output channel count in ``layer.params`` (producers, depthwise)."""
         raise ModelError(f"{layer.type} has no channel count to change", layer=layer.name)
+
+    # -- what model edits (caffe_surgeon/edit/) ask ----------------------------
+    def channel_affine(self, layer: Layer, flavour: str = "pjreddie"
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(a, c) in float64 with the layer's test-time output ``a * x + c`` per channel
+        (C values each, or one value for every channel), or None when the layer is not
+        such a map (or not with these settings). ``flavour`` picks Darknet's BN epsilon."""
+        return None
+
+    def absorb_affine(self, layer: Layer, a: np.ndarray, c: np.ndarray) -> str:
+        """Change ``layer`` (an edit's own copy) so that it outputs ``a * y + c`` where it
+        output ``y``: new arrays, the bias switched on where needed. Returns "" when done,
+        otherwise why the layer cannot take it (the layer is then unchanged)."""
+        return f"a {layer.type} layer cannot take a per-channel scale and shift into its arrays"
+
+    def fold_own_norm(self, layer: Layer, flavour: str = "pjreddie") -> bool:
+        """Darknet ``batch_normalize``: fold the layer's built-in batch norm into its weights
+        and biases and switch it off (an edit's own copy). False when it has none."""
+        return False
+
+    def identity(self, layer: Layer, inputs: Sequence[Shape], outputs: Sequence[Shape]) -> bool:
+        """Whether every top equals the first bottom at test time, so the layer can go."""
+        return "test_identity" in self.roles
+
+    def slope_field(self, layer: Layer) -> tuple[str, str] | None:
+        """(parameter message, field) of a leaky activation's negative slope, if it has one."""
+        return None
+
+    def set_input_shape(self, layer: Layer, shape: Shape) -> None:
+        """Declare a new shape for a layer that defines a network input (an ``Input``)."""
+        raise ModelError(f"a {layer.type} layer takes its shape from its data, not from the "
+                         "definition; strip it first (edit strip) to get a plain input")
 
     def init_weights(self, layer: Layer, inputs: Sequence[Shape],
                      rng: np.random.Generator) -> dict[str, np.ndarray]:

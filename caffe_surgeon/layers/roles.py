@@ -24,6 +24,16 @@ ROLES = {
     "fusion_head": "can absorb per-channel followers into its output pass",
     # A per-channel affine map or clamp that can run inside the previous layer's pass.
     "fusion_follower": "can run inside the previous layer's output pass",
+    # Normalises each channel by stored statistics at test time (BatchNorm): an affine map
+    # ``channel_affine`` gives, which ``edit.fold_bn`` folds into the linear layer before it.
+    "normalizer": "normalises each channel by stored statistics at test time",
+    # Scales and/or shifts each channel by learned values (Scale, Bias): ``channel_affine``
+    # gives the map; fold-bn takes it with the normalizer it follows, merge joins runs of them.
+    "affine": "scales and/or shifts each channel by learned values",
+    # Maps each value on its own by a fixed function: what ``edit.replace_activation`` swaps.
+    "pointwise": "maps each value on its own by a fixed function (an activation)",
+    # Passes its input through at test time (Dropout): deployment does not run it.
+    "test_identity": "passes its input through unchanged at test time",
 }
 
 #: ``LayerSpec.box_format``: how a detector head's output encodes boxes.

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelError
+from ..affine import F32, absorb_into_producer, shifted
 from ..caffe_geometry import (canonical_axis, pair, pool_out, sub)
 from ..fillers import fill
 from ..channel_flow import ChannelFlow, blocked, passthrough
@@ -24,7 +25,7 @@ class BatchNorm(CaffeSpec):
     """
 
     types = ("BatchNorm",)
-    roles = frozenset({"fusion_head", "fusion_follower"})
+    roles = frozenset({"fusion_head", "fusion_follower", "normalizer"})
     BVLC = ("mean", "variance", "scale_factor")
     XILINX = ("scale", "bias", "mean", "variance", "counter")
 
@@ -59,6 +60,25 @@ class BatchNorm(CaffeSpec):
             return passthrough(out_axes=dict.fromkeys(("scale", "bias", "mean", "variance"), 0),
                                gamma="scale", silence={"bias": 0.0, "mean": 0.0}, mean="mean")
         return passthrough(out_axes={"mean": 0, "variance": 0}, silence={"mean": 0.0}, mean="mean")
+
+    def channel_affine(self, layer, flavour="pjreddie"):
+        p = sub(layer, "batch_norm_param")
+        if p.get("use_global_stats", True) is False:
+            return None  # normalises by each batch's own statistics even in TEST
+        w = layer.weights
+        eps = float(p.get("eps", 1e-5))
+        if "scale_factor" in w:  # BVLC: statistics stored times a factor (0 means 0)
+            s = float(w["scale_factor"].reshape(-1)[0])
+            f = 0.0 if s == 0 else 1.0 / s
+            mean, var = w["mean"].astype(np.float64) * f, w["variance"].astype(np.float64) * f
+            gamma, beta = 1.0, 0.0
+        elif {"scale", "bias", "mean", "variance"} <= set(w):  # caffe-xilinx, affine built in
+            mean, var = w["mean"].astype(np.float64), w["variance"].astype(np.float64)
+            gamma, beta = w["scale"].astype(np.float64), w["bias"].astype(np.float64)
+        else:
+            return None  # no statistics yet
+        a = gamma / np.sqrt(var + eps)
+        return a.reshape(-1), (beta - mean * a).reshape(-1)
 
     def init_weights(self, layer, inputs, rng):
         c = self.channels(inputs)
@@ -103,11 +123,31 @@ class _AxisParam(CaffeSpec):
                       in_total=False)
 
 
+    def per_channel(self, layer) -> bool:
+        """One learned value per channel: axis 1, one axis, a single bottom."""
+        p = sub(layer, self.param_key)
+        return (len(layer.bottoms) == 1 and int(p.get("axis", 1)) == 1
+                and int(p.get("num_axes", 1)) == 1)
+
+
 @register
 class Scale(_AxisParam):
     types = ("Scale",)
-    roles = frozenset({"fusion_head", "fusion_follower"})
+    roles = frozenset({"fusion_head", "fusion_follower", "affine"})
     param_key = "scale_param"
+
+    def channel_affine(self, layer, flavour="pjreddie"):
+        if not self.per_channel(layer) or "scale" not in layer.weights:
+            return None
+        a = layer.weights["scale"].astype(np.float64).reshape(-1)
+        c = layer.weights["bias"].astype(np.float64).reshape(-1) if "bias" in layer.weights \
+            else np.zeros(1)
+        return a, c
+
+    def absorb_affine(self, layer, a, c):
+        if self.channel_affine(layer) is None:
+            return "a Scale that is not one learned value per channel cannot take it"
+        return absorb_into_producer(layer, a, c, "scale", "bias", 0, ("scale_param", "bias_term"))
 
     def weight_shapes(self, layer, inputs):
         p = sub(layer, "scale_param")
@@ -135,8 +175,20 @@ class Scale(_AxisParam):
 @register
 class Bias(_AxisParam):
     types = ("Bias",)
-    roles = frozenset({"fusion_follower"})
+    roles = frozenset({"fusion_follower", "affine"})
     param_key = "bias_param"
+
+    def channel_affine(self, layer, flavour="pjreddie"):
+        if not self.per_channel(layer) or "bias" not in layer.weights:
+            return None
+        return np.ones(1), layer.weights["bias"].astype(np.float64).reshape(-1)
+
+    def absorb_affine(self, layer, a, c):
+        if self.channel_affine(layer) is None or np.any(np.asarray(a) != 1):
+            return "a Bias layer can take a shift but not a scale"
+        b = layer.weights["bias"]
+        layer.weights = {**layer.weights, "bias": shifted(b, 1.0, c, b.size)}
+        return ""
 
     def weight_shapes(self, layer, inputs):
         return {"bias": self.blob_shape(layer, inputs)} if len(inputs) == 1 else {}
@@ -189,8 +241,42 @@ class Normalize(CaffeSpec):
 class Elementwise(CaffeSpec):
     """Each value on its own: output channel i is input channel i."""
 
-    types = ("ELU", "Sigmoid", "TanH", "Power", "AbsVal", "BNLL", "Exp", "Log", "Swish",
-             "Mish", "Threshold", "Dropout", "FixedNeuron", "HardSigmoid", "GELU")
+    types = ("ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Exp", "Log", "Swish",
+             "Mish", "Threshold", "FixedNeuron", "HardSigmoid", "GELU")
+    roles = frozenset({"pointwise"})
+
+
+@register
+class Dropout(Elementwise):
+    """Scales kept values by 1/(1-p) in training only: at test time the identity."""
+
+    types = ("Dropout",)
+    roles = frozenset({"test_identity"})
+
+
+@register
+class Power(Elementwise):
+    """``(shift + scale * x) ^ power``: a scalar affine map when power is 1."""
+
+    types = ("Power",)
+    roles = frozenset({"pointwise", "affine"})
+
+    def channel_affine(self, layer, flavour="pjreddie"):
+        p = sub(layer, "power_param")
+        if float(p.get("power", 1.0)) != 1.0:
+            return None
+        return np.array([float(p.get("scale", 1.0))]), np.array([float(p.get("shift", 0.0))])
+
+    def absorb_affine(self, layer, a, c):
+        mine = self.channel_affine(layer)
+        a, c = np.asarray(a, np.float64).reshape(-1), np.asarray(c, np.float64).reshape(-1)
+        if mine is None or a.size != 1 or c.size != 1:
+            return "a Power layer can take one scale and shift for every channel only"
+        p = layer.params.setdefault("power_param", {})
+        # float32 like the values Caffe stores in the message
+        p["scale"] = float(F32(mine[0][0] * a[0]))
+        p["shift"] = float(F32(mine[1][0] * a[0] + c[0]))
+        return ""
 
 
 @register
@@ -198,7 +284,10 @@ class Clamp(Elementwise):
     """Activations that are a clamp (ReLU with or without a slope, ReLU6, Clip)."""
 
     types = ("ReLU", "ReLU6", "Clip")
-    roles = frozenset({"fusion_follower"})
+    roles = frozenset({"fusion_follower", "pointwise"})
+
+    def slope_field(self, layer):
+        return ("relu_param", "negative_slope") if layer.type == "ReLU" else None
 
 
 @register

@@ -16,6 +16,13 @@ class Input(CaffeSpec):
     types = ("Input",)
     channel_role = "source"
     roles = frozenset({"data_source"})
+    declared_input = True
+
+    def set_input_shape(self, layer, shape):
+        if len(layer.tops) != 1:
+            raise ModelError(f"an Input layer with {len(layer.tops)} tops has one shape per "
+                             "top; give it one top to resize it")
+        layer.params.setdefault("input_param", {})["shape"] = [{"dim": [int(d) for d in shape]}]
 
     def infer(self, layer, inputs):
         shapes = [shape_dims(s) for s in sub(layer, "input_param").get("shape", [])]

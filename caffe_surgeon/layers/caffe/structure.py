@@ -43,6 +43,9 @@ class Concat(CaffeSpec):
             out[axis] += s[axis]
         return [tuple(out)]
 
+    def identity(self, layer, inputs, outputs):
+        return len(layer.bottoms) == 1  # a Concat of one blob copies it
+
     def channel_flow(self, layer, inputs, outputs):
         p = sub(layer, "concat_param")
         axis = canonical_axis(int(p["concat_dim"]) if "concat_dim" in p else int(p.get("axis", 1)),
@@ -76,11 +79,17 @@ class Slice(CaffeSpec):
 class Split(CaffeSpec):
     types = ("Split",)
 
+    def identity(self, layer, inputs, outputs):
+        return True  # every top is a copy of the bottom (Caffe inserts these itself)
+
 
 @register
 class Flatten(CaffeSpec):
     types = ("Flatten",)
     channel_role = "flatten"
+
+    def identity(self, layer, inputs, outputs):
+        return tuple(outputs[0]) == tuple(inputs[0])
 
     def infer(self, layer, inputs):
         p = sub(layer, "flatten_param")
@@ -103,6 +112,9 @@ class Flatten(CaffeSpec):
 class Reshape(CaffeSpec):
     types = ("Reshape",)
     channel_role = "block"
+
+    def identity(self, layer, inputs, outputs):
+        return tuple(outputs[0]) == tuple(inputs[0])
 
     def infer(self, layer, inputs):
         p = sub(layer, "reshape_param")

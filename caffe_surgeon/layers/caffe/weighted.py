@@ -4,6 +4,7 @@ from __future__ import annotations
 from ...errors import ModelError
 from ..caffe_geometry import (canonical_axis, conv_geometry, conv_out, deconv_out,
                               sub)
+from ..affine import absorb_into_producer
 from ..fillers import fill
 from ..channel_flow import ChannelFlow, passthrough
 from ..registry import Counts, register
@@ -69,6 +70,10 @@ class Convolution(CaffeSpec):
         _, _, _, (k, s, pd, d) = self._geom(layer, inputs)
         return tuple(k), tuple(s), tuple(pd), tuple(d)
 
+    def absorb_affine(self, layer, a, c):
+        # Filters are (num_output, C/group, kh, kw) whatever the grouping: axis 0 is the output.
+        return absorb_into_producer(layer, a, c, "weight", "bias", 0, self.bias_switch)
+
     def set_channels(self, layer, n):
         p = layer.params.setdefault("convolution_param", {})
         if int(p.get("group", 1)) > 1 and int(p["group"]) == int(p["num_output"]):
@@ -127,6 +132,13 @@ class Deconvolution(Convolution):
     def set_channels(self, layer, n):
         layer.params.setdefault("convolution_param", {})["num_output"] = n
 
+    def absorb_affine(self, layer, a, c):
+        # Filters are (C_in, num_output/group, kh, kw): output channels lie on axis 1 only
+        # when there is one group.
+        if int(sub(layer, "convolution_param").get("group", 1)) != 1:
+            return "a grouped Deconvolution's output channels are spread over its filter groups"
+        return absorb_into_producer(layer, a, c, "weight", "bias", 1, self.bias_switch)
+
     def count(self, layer, inputs, outputs):
         p, n, group, (k, _, _, _) = self._geom(layer, inputs)
         x, out = inputs[0], outputs[0]
@@ -175,6 +187,14 @@ class InnerProduct(CaffeSpec):
 
     def set_channels(self, layer, n):
         layer.params.setdefault("inner_product_param", {})["num_output"] = n
+
+    def absorb_affine(self, layer, a, c):
+        p = sub(layer, "inner_product_param")
+        if int(p.get("axis", 1)) != 1:
+            # its outputs are then the last axis, not the channel axis a BN or Scale maps
+            return f"InnerProduct over axis {p['axis']} does not give its outputs on axis 1"
+        axis = 1 if p.get("transpose", False) else 0  # (K, N) when transposed, else (N, K)
+        return absorb_into_producer(layer, a, c, "weight", "bias", axis, self.bias_switch)
 
     def count(self, layer, inputs, outputs):
         p, axis, k, n = self._dims(layer, inputs)

@@ -7,6 +7,7 @@ import numpy as np
 
 from ...errors import ModelError
 from ...graph import Layer
+from ..affine import F32, scale_rows
 from ..channel_flow import ChannelFlow
 from ..registry import Counts, LayerSpec, Shape
 from .options import opt_int
@@ -14,6 +15,38 @@ from .options import opt_int
 
 def prod(xs) -> int:
     return math.prod(int(x) for x in xs)
+
+
+#: normalize_cpu's epsilon per fork: pjreddie ``(x - mean) / (sqrt(var) + .000001f)``,
+#: AlexeyAB ``(x - mean) / sqrt(var + .00001f)`` (the engine and the edits both use it)
+BN_EPS = {"pjreddie": 1e-6, "alexeyab": 1e-5}
+
+
+def bn_affine64(scales, mean, var, biases, flavour: str) -> tuple[np.ndarray, np.ndarray]:
+    """(a, c) in float64 with ``scales * normalize(x) + biases == a * x + c`` per channel."""
+    if flavour not in BN_EPS:
+        raise ModelError(f"darknet BN flavour must be one of {', '.join(BN_EPS)}, not {flavour!r}")
+    scales, mean, var, biases = (np.asarray(x, np.float64).reshape(-1)
+                                 for x in (scales, mean, var, biases))
+    a = scales / (np.sqrt(var) + BN_EPS[flavour]) if flavour == "pjreddie" \
+        else scales / np.sqrt(var + BN_EPS[flavour])
+    return a, biases - mean * a
+
+
+def fold_own_bn(layer: Layer, flavour: str, weights_axis: int) -> bool:
+    """Fold ``batch_normalize`` into ``weights``/``biases`` and switch it off (see
+    ``LayerSpec.fold_own_norm``); ``weights_axis`` is the filters' output axis."""
+    if not has_bn(layer) or opt_int(layer, "cbn", 0) or "weights" not in layer.weights:
+        return False
+    w = layer.weights
+    a, c = bn_affine64(w["scales"], w["rolling_mean"], w["rolling_variance"], w["biases"],
+                       flavour)
+    layer.weights = {name: (c.astype(F32) if name == "biases"
+                            else scale_rows(array, a, weights_axis) if name == "weights"
+                            else array)
+                     for name, array in w.items() if name not in bn_arrays("", 0)}
+    layer.params["batch_normalize"] = 0
+    return True
 
 
 def has_bn(layer: Layer) -> bool:

@@ -90,6 +90,9 @@ class Route(DarknetSpec):
             total += c
         return [(b, total // groups, h, w)]
 
+    def identity(self, layer, inputs, outputs):
+        return len(layer.bottoms) == 1 and max(1, opt_int(layer, "groups", 1)) == 1
+
     def channel_flow(self, layer, inputs, outputs):
         groups = max(1, opt_int(layer, "groups", 1))
         if groups > 1:
@@ -110,6 +113,7 @@ class Shortcut(DarknetSpec):
     types = ("shortcut",)
     channel_role = "join"
     link_key = "from"
+    activation_option = "activation"
 
     def weight_shapes(self, layer, inputs):
         kind = layer.params.get("weights_type", "none")
@@ -140,6 +144,7 @@ class ScaleChannels(DarknetSpec):
     """Inputs [scales (previous layer), features (from)]; output shaped like the features."""
 
     types = ("scale_channels",)
+    activation_option = "activation"
     channel_role = "join"
     link_key = "from"
 
@@ -162,6 +167,7 @@ class Sam(DarknetSpec):
     """Spatial attention: elementwise product of the previous layer and the from= layer."""
 
     types = ("sam",)
+    activation_option = "activation"
     channel_role = "join"
     link_key = "from"
 
@@ -272,7 +278,23 @@ class Crop(DarknetSpec):
 class Elementwise(DarknetSpec):
     """Layers that keep the shape and store nothing."""
 
-    types = ("dropout", "activation", "logistic", "empty")
+    types = ("logistic", "empty")
+
+
+@register
+class ActivationSection(Elementwise):
+    """AlexeyAB's ``[activation]``: only its activation."""
+
+    types = ("activation",)
+    activation_option = "activation"
+
+
+@register
+class Dropout(Elementwise):
+    """Active in training only: at test time darknet passes the input through."""
+
+    types = ("dropout",)
+    roles = frozenset({"test_identity"})
 
 
 @register

@@ -7,7 +7,9 @@ from ...errors import ModelError
 from ...graph import Layer
 from ..channel_flow import blocked, passthrough
 from ..registry import Shape, register
-from .base import DarknetSpec, bn_arrays, chw, connected_arrays, has_bn, prod, producer_flow
+from ..affine import absorb_into_producer
+from .base import (DarknetSpec, bn_arrays, bn_affine64, chw, connected_arrays, fold_own_bn, has_bn,
+                   prod, producer_flow)
 from .options import cdiv, opt_int
 
 
@@ -17,6 +19,20 @@ class _Windowed(DarknetSpec):
 
     channel_role = "produce"
     default_activation = "logistic"  # parser.c's default for every windowed layer
+    activation_option = "activation"
+    #: the filters' output-channel axis
+    weights_out_axis = 0
+
+    def fold_own_norm(self, layer, flavour="pjreddie"):
+        return fold_own_bn(layer, flavour, self.weights_out_axis)
+
+    def absorb_affine(self, layer, a, c):
+        if has_bn(layer):  # scales and biases are the last affine step: fold into them
+            w = layer.weights
+            layer.weights = {**w, "scales": (w["scales"].astype("f8") * a).astype("f4"),
+                             "biases": (w["biases"].astype("f8") * a + c).astype("f4")}
+            return ""
+        return absorb_into_producer(layer, a, c, "weights", "biases", self.weights_out_axis, None)
 
     def infer(self, layer, inputs):
         g = self.geometry(layer, inputs)
@@ -99,6 +115,7 @@ class Deconvolutional(_Windowed):
     """pjreddie only. Weights are (c, n, size, size): darknet multiplies W^T by the input."""
 
     types = ("deconvolutional",)
+    weights_out_axis = 1
 
     def geometry(self, layer, inputs):
         g = super().geometry(layer, inputs)
@@ -128,6 +145,12 @@ class Local(_Windowed):
     types = ("local",)
     channel_role = "block"
 
+    def fold_own_norm(self, layer, flavour="pjreddie"):
+        return False
+
+    def absorb_affine(self, layer, a, c):
+        return "a [local] layer's biases are per location; a per-channel map is not folded"
+
     def geometry(self, layer, inputs):
         g = super().geometry(layer, inputs)
         lose = 1 if opt_int(layer, "pad", 0) else g["size"]
@@ -148,7 +171,14 @@ class Connected(DarknetSpec):
     types = ("connected",)
     channel_role = "produce"
     default_activation = "logistic"
+    activation_option = "activation"
     in_total = True
+
+    def fold_own_norm(self, layer, flavour="pjreddie"):
+        return fold_own_bn(layer, flavour, 0)
+
+    def absorb_affine(self, layer, a, c):
+        return _Windowed.absorb_affine(self, layer, a, c)
 
     def infer(self, layer, inputs):
         return [(inputs[0][0], opt_int(layer, "output", 1), 1, 1)]
@@ -175,6 +205,14 @@ class BatchNorm(DarknetSpec):
     """Standalone ``[batchnorm]``; AlexeyAB layout (pjreddie stores no biases)."""
 
     types = ("batchnorm",)
+    roles = frozenset({"normalizer"})
+
+    def channel_affine(self, layer, flavour="pjreddie"):
+        w = layer.weights
+        if not {"biases", "scales", "rolling_mean", "rolling_variance"} <= set(w):
+            return None
+        return bn_affine64(w["scales"], w["rolling_mean"], w["rolling_variance"], w["biases"],
+                           flavour)
 
     def weight_shapes(self, layer, inputs):
         c = chw(inputs[0])[1]
