@@ -39,6 +39,7 @@ def onnx_agreement(graph, model, input_shapes=None, batch: int = 1, seed: int = 
     on ``graph``, both fed the same :func:`deterministic_inputs` at ``batch``."""
     import onnxruntime as ort
 
+    from caffe_surgeon.convert.to_onnx import deploy_graph
     from caffe_surgeon.engine.executor import Executor
     from caffe_surgeon.layers.registry import feed_shapes, infer_shapes
 
@@ -52,6 +53,9 @@ def onnx_agreement(graph, model, input_shapes=None, batch: int = 1, seed: int = 
     feeds = deterministic_inputs(graph, fed, seed)
     theirs = sess.run(None, {k: v for k, v in feeds.items() if k in wanted})
     blobs = [o.doc_string for o in model.graph.output]
-    ours = Executor(graph, darknet_bn=darknet_bn).run(feeds, outputs=blobs)
+    props = {p.key: p.value for p in model.metadata_props}
+    heads_only = props.get("heads_only") == "True"
+    deploy = deploy_graph(graph, heads_only)
+    ours = Executor(deploy, darknet_bn=darknet_bn).run(feeds, outputs=blobs)
     errors = {blob: rel_err(ours[blob], t) for blob, t in zip(blobs, theirs)}
     return max(errors.values()), errors

@@ -27,6 +27,17 @@ def convert(graph, target: str, **options):
         from .to_onnx import to_onnx
         return to_onnx(graph, **options)
     if target == "caffe":
-        from .to_caffe import to_caffe
-        return to_caffe(graph, **options)
+        return caffe_conversion()[0](graph, **options)
     raise ModelError(f"unknown conversion target {target!r} (known: {', '.join(TARGETS)})")
+
+
+def caffe_conversion():
+    """(``to_caffe``, ``save_caffe_conversion``) of the Darknet-to-Caffe converter."""
+    try:
+        from .to_caffe import save_caffe_conversion, to_caffe
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.to_caffe":
+            raise
+        raise ModelError("Darknet to Caffe conversion is not part of this installation "
+                         "(caffe_surgeon/convert/to_caffe.py is missing)") from None
+    return to_caffe, save_caffe_conversion

@@ -26,7 +26,7 @@ from ..layers.caffe_geometry import (canonical_axis, conv_geometry, crop_windows
                                      slice_bounds, sub, upsample_factors)
 from ..layers.registry import spec_for
 from . import onnx_gather as gather
-from .onnx_table import drop, export, refuse
+from .onnx_table import drop, export
 
 F32 = np.float32
 
@@ -59,11 +59,10 @@ def dummy_data(b, layer):
         b.node("Identity", [b.const(value, "fill")], [b.write(top)])
 
 
+# losses and metrics (training and evaluation only) and sinks: not part of a deployed net
 drop("caffe", "Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss",
-     "DetectionEvaluate", "Silence")
-refuse("caffe", "ContrastiveLoss", "HingeLoss", "InfogainLoss", "L1Loss", "MultiBoxLoss",
-       "MultinomialLogisticLoss", "SmoothL1Loss",
-       reason="a training-only loss the engine does not run; export the deploy net instead")
+     "DetectionEvaluate", "Silence", "ContrastiveLoss", "HingeLoss", "InfogainLoss", "L1Loss",
+     "MultiBoxLoss", "MultinomialLogisticLoss", "SmoothL1Loss")
 
 
 # ---------------------------------------------------------------- weighted

@@ -64,6 +64,22 @@ def _kept_layers(graph: Graph, heads_only: bool) -> list:
     return kept
 
 
+def _check_weights(graph: Graph, kept, shapes) -> None:
+    """Every exported layer holds the arrays its type needs, in a layout its spec knows."""
+    for layer, _ in kept:
+        spec = spec_for(graph.framework, layer)
+        layouts = spec.weight_layouts(layer, shapes.inputs[layer.name])
+        if any(list(l) == list(layer.weights) and
+               all(tuple(layer.weights[k].shape) == tuple(s) for k, s in l.items()) for l in layouts):
+            continue
+        want = {k: tuple(s) for k, s in layouts[0].items()}
+        have = {k: tuple(v.shape) for k, v in layer.weights.items()}
+        what = (f"missing weights: this {layer.type} needs {want} (give the weights file, or "
+                "make some with caffe-surgeon init)" if not have
+                else f"weights {have} do not fit this {layer.type}, which needs {want}")
+        raise ModelError(what, file=graph.source_text, layer=layer.name)
+
+
 def _output_dims(graph: Graph, blob: str, shapes1, shapes2) -> list:
     """Static dims, with ``N`` where the size follows the batch; a detector head's row count
     depends on the data (``rows``)."""
@@ -74,6 +90,15 @@ def _output_dims(graph: Graph, blob: str, shapes1, shapes2) -> list:
     if varies:
         dims = [1, 1, "rows", int(one[-1])] if len(one) == 4 else ["rows"] * len(one)
     return dims
+
+
+def deploy_graph(graph: Graph, heads_only: bool = False) -> Graph:
+    """The layers an ONNX export of ``graph`` holds, as a graph of the same layer objects:
+    what onnxruntime on the export is compared with (losses and metrics left out)."""
+    kept = [layer for layer, _ in _kept_layers(graph, heads_only)]
+    out = Graph(graph.framework, name=graph.name, layers=kept, inputs=dict(graph.inputs),
+                meta=graph.meta, source=list(graph.source))
+    return out.refresh()
 
 
 def _digests(graph: Graph) -> list[tuple[str, str]]:
@@ -90,7 +115,8 @@ def _digests(graph: Graph) -> list[tuple[str, str]]:
 
 
 def to_onnx(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
-            heads_only: bool = False, input_shapes=None, darknet_bn: str = "pjreddie"):
+            heads_only: bool = False, input_shapes=None, darknet_bn: str = "pjreddie",
+            extra_outputs=()):
     """The ONNX ModelProto of ``graph`` (weights attached).
 
     Args:
@@ -102,6 +128,8 @@ def to_onnx(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
         input_shapes: overrides of input / data-layer shapes (as ``infer_shapes``).
         darknet_bn: Darknet BatchNorm formula, as the engine's ``Executor`` ("pjreddie",
             the Debian darknet; or "alexeyab").
+        extra_outputs: blob names to output besides the net's outputs (their final values),
+            e.g. to compare logits where a softmax of huge values is ill-conditioned.
 
     Returns:
         An ``onnx.ModelProto`` that ``onnx.checker.check_model`` accepts.
@@ -121,6 +149,7 @@ def to_onnx(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
     kept = _kept_layers(graph, heads_only)
     shapes1 = infer_shapes(graph, input_shapes, batch=1)
     shapes2 = infer_shapes(graph, input_shapes, batch=2)
+    _check_weights(graph, kept, shapes1)
     options = {"fold_bn": fold_bn, "heads_only": heads_only, "darknet_bn": darknet_bn}
     if fold_bn and graph.framework == "caffe":
         from .onnx_fold import fold_plan
@@ -144,6 +173,12 @@ def to_onnx(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
     outputs = [helper.make_tensor_value_info(b.current[t], onnx.TensorProto.FLOAT,
                                              _output_dims(graph, t, shapes1, shapes2), doc_string=t)
                for t in deploy.outputs if t in b.current]
+    for t in extra_outputs:
+        if t not in b.current or t in deploy.outputs:
+            raise ModelError(f"extra output '{t}' is not a blob of the exported graph (or "
+                             "already an output)", file=graph.source_text)
+        outputs.append(helper.make_tensor_value_info(
+            b.current[t], onnx.TensorProto.FLOAT, _output_dims(graph, t, shapes1, shapes2), doc_string=t))
     if not outputs:
         raise ModelError("the exported graph would have no output (every layer left out)",
                          file=graph.source_text)
