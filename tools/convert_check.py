@@ -59,3 +59,97 @@ def onnx_agreement(graph, model, input_shapes=None, batch: int = 1, seed: int = 
     ours = Executor(deploy, darknet_bn=darknet_bn).run(feeds, outputs=blobs)
     errors = {blob: rel_err(ours[blob], t) for blob, t in zip(blobs, theirs)}
     return max(errors.values()), errors
+
+
+def penultimate_blobs(graph, heads_only: bool = False) -> list[str]:
+    """The inputs of the layers that write the net's outputs (logits before a softmax, an
+    SSD head's loc/conf/priors): with ``to_onnx(extra_outputs=...)`` they are compared too,
+    so an output that init weights make flat (a softmax of near-zero logits, no detection)
+    cannot hide a difference."""
+    from caffe_surgeon.convert.to_onnx import deploy_graph
+    deploy = deploy_graph(graph, heads_only)
+    outputs = set(deploy.outputs)
+    found = []
+    for layer in deploy.layers:
+        if not set(layer.tops) & outputs:
+            continue
+        for blob in layer.bottoms:
+            if blob not in outputs and blob not in deploy.inputs and blob not in layer.tops \
+                    and blob not in found and any(blob in l.tops for l in deploy.layers):
+                found.append(blob)
+    return found
+
+
+def check_onnx_export(definition, weights=None, *, out=None, seed: int = 0, input_shapes=None,
+                      compare_outputs: bool = True, batch: int = 1, **options) -> dict:
+    """Load a model (init weights with ``seed`` when no weights file is given), export it to
+    ONNX (written to ``out`` when given, then read back from there), and compare onnxruntime
+    with our engine on the outputs and on the outputs' inputs (:func:`penultimate_blobs`).
+
+    Returns:
+        {"status": "ok" | "refused", "reason", "error" (worst over the net's outputs),
+        "errors" ({blob: error} incl. the penultimate blobs), "init" (weights were
+        synthetic), "seconds" (load + export + write)}. Refusals (a ModelError) are returned;
+        anything else raises.
+    """
+    import time
+
+    import caffe_surgeon as cs
+    from caffe_surgeon.convert.to_onnx import save_onnx, to_onnx
+    from caffe_surgeon.errors import ModelError
+
+    start = time.perf_counter()
+    row = {"status": "ok", "reason": "", "error": None, "errors": {}, "init": weights is None,
+           "seconds": 0.0}
+    try:
+        graph = cs.load(*[p for p in (definition, weights) if p is not None])
+        shapes = input_shapes
+        if shapes is None:
+            shapes = database_shapes(graph)
+        if weights is None:
+            cs.init(graph, seed=seed, input_shapes=shapes)
+        model = to_onnx(graph, input_shapes=shapes, **options)
+        if out is not None:
+            import onnx
+            save_onnx(model, out)
+            model = onnx.load(str(out))
+    except ModelError as e:
+        row.update(status="refused", reason=str(e), seconds=time.perf_counter() - start)
+        return row
+    row["seconds"] = time.perf_counter() - start
+    if compare_outputs:
+        err, errors = onnx_agreement(graph, model, shapes, batch=batch, seed=seed,
+                                     darknet_bn=options.get("darknet_bn", "pjreddie"))
+        row["error"], row["errors"] = err, errors
+        extra = penultimate_blobs(graph, options.get("heads_only", False))
+        if extra:
+            model2 = to_onnx(graph, input_shapes=shapes, extra_outputs=extra, **options)
+            _, more = onnx_agreement(graph, model2, shapes, batch=batch, seed=seed,
+                                     darknet_bn=options.get("darknet_bn", "pjreddie"))
+            row["errors"] = {**more, **errors}
+    return row
+
+
+#: Image sizes of the databases the zoo's train_val nets read (their ``data_param.source``
+#: names them; Caffe learns these from the LMDB). Same table as tests/oracle_caffe.py.
+DATABASE_IMAGES = (("siamese", (2, 28, 28)), ("mnist", (1, 28, 28)), ("cifar", (3, 32, 32)))
+
+
+def database_shapes(graph):
+    """Shapes for data layers whose size only their database knows (None when none is)."""
+    from caffe_surgeon.errors import ModelError
+    from caffe_surgeon.layers.registry import infer_shapes
+    try:
+        infer_shapes(graph)
+        return None
+    except ModelError as e:
+        if "depends on its database" not in str(e):
+            return None
+    shapes = {}
+    for layer in graph.layers:
+        p = layer.params.get("data_param") or {}
+        for key, chw in DATABASE_IMAGES:
+            if not layer.bottoms and layer.tops and key in str(p.get("source", "")):
+                shapes[layer.tops[0]] = (1,) + chw
+                break
+    return shapes or None

@@ -5,6 +5,9 @@
 """
 from __future__ import annotations
 
+import sys
+import types
+
 from ..errors import ModelError
 
 TARGETS = ("onnx", "caffe")
@@ -41,3 +44,15 @@ def caffe_conversion():
         raise ModelError("Darknet to Caffe conversion is not part of this installation "
                          "(caffe_surgeon/convert/to_caffe.py is missing)") from None
     return to_caffe, save_caffe_conversion
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this package sets ``caffe_surgeon.convert`` to the package itself, which
+    would hide the API function :func:`caffe_surgeon.convert` of the same name; calling the
+    package calls :func:`convert`, so ``cs.convert(graph, "onnx")`` works either way."""
+
+    def __call__(self, graph, target: str, **options):
+        return convert(graph, target, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -333,6 +333,17 @@ def identity(b, layer):
 
 
 # ---------------------------------------------------------------- pooling
+def max_pool(b, x, k, s, pads):
+    """MaxPool with pads (begin h, begin w, end h, end w); ONNX wants each pad below the
+    kernel, so a window wholly in the padding (Caffe and darknet give it -FLT_MAX, their
+    starting value) gets real -FLT_MAX padding instead."""
+    if all(p < kk for p, kk in zip(pads, list(k) * 2)):
+        return b.node("MaxPool", [x], kernel_shape=list(k), strides=list(s), pads=list(pads))
+    low = b.const(np.array(-np.finfo(F32).max, F32), "lowest")
+    x = b.node("Pad", [x, b.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]), low])
+    return b.node("MaxPool", [x], kernel_shape=list(k), strides=list(s))
+
+
 def pooled(b, x, in_hw, k, s, pd, out_hw, mode):
     """Caffe pooling of value ``x`` (N, C, H, W) with explicit per-side pads (see the module
     docstring). ``mode``: "MAX" or "AVE" (divisor clipped to the padded input)."""
@@ -343,8 +354,10 @@ def pooled(b, x, in_hw, k, s, pd, out_hw, mode):
         ends = [max(e, 0) for e in ends]
         in_hw = keep
     if mode == "MAX":
-        return b.node("MaxPool", [x], kernel_shape=list(k), strides=list(s),
-                      pads=[pd[0], pd[1], ends[0], ends[1]])
+        return max_pool(b, x, k, s, [pd[0], pd[1], ends[0], ends[1]])
+    if any(e >= kk for e, kk in zip(ends, k)):
+        raise b.refusal(f"its last {'row' if ends[0] >= k[0] else 'column'} of windows lies wholly "
+                        "outside the input (an average over nothing)")
     real = [min(p, e) for p, e in zip(pd, ends)]  # end padding inside Caffe's divisor
     if any(pd) or any(real):  # Caffe counts this padding in the divisor: make it real zeros
         x = b.node("Pad", [x, b.ints([0, 0, pd[0], pd[1], 0, 0, real[0], real[1]])])

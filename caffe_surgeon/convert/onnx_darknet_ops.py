@@ -22,6 +22,7 @@ from ..layers.darknet import opt_float, opt_int, opt_list
 from ..layers.darknet.structure import reorg_walk
 from ..layers.registry import REGISTRY
 from . import onnx_gather as gather
+from .onnx_caffe_ops import max_pool
 from .onnx_table import export, refuse
 
 F32 = np.float32
@@ -247,10 +248,12 @@ def _dark_pool(b, x, k, s, pb, out_hw, mode):
         keep = [size + min(e, 0) for size, e in zip((h, w), ends)]
         x = b.node("Slice", [x, b.ints([0, 0]), b.ints(keep), b.ints([2, 3])])
         ends = [max(e, 0) for e in ends]
-    op = "MaxPool" if mode == "MAX" else "AveragePool"
-    extra = {} if mode == "MAX" else {"count_include_pad": 0}
-    return b.node(op, [x], kernel_shape=list(k), strides=list(s),
-                  pads=[pb[0], pb[1], ends[0], ends[1]], **extra)
+    if mode == "MAX":
+        return max_pool(b, x, k, s, [pb[0], pb[1], ends[0], ends[1]])
+    if any(e >= kk for e, kk in zip(ends, k)) or any(p >= kk for p, kk in zip(pb, k)):
+        raise b.refusal("some windows lie wholly outside the input (an average over nothing)")
+    return b.node("AveragePool", [x], kernel_shape=list(k), strides=list(s),
+                  pads=[pb[0], pb[1], ends[0], ends[1]], count_include_pad=0)
 
 
 @export("darknet", "maxpool")
