@@ -18,6 +18,7 @@ from caffe_surgeon.layers.registry import REGISTRY, supported_types
 BACKENDS = [
     "caffe_surgeon.engine.ops",  # the NumPy engine
     "caffe_surgeon.training.torch_ops",  # the torch trainer (finetune)
+    "caffe_surgeon.convert.onnx_table",  # the ONNX exporter (convert --to onnx)
 ]
 FRAMEWORKS = ("caffe", "darknet")
 

@@ -21,7 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "caffe_surgeon"
 #: where type names belong: the specs, and each backend's table modules (the NumPy engine's
 #: forwards, refusals, fused stages and Darknet activation defaults; the torch backend's)
 HOMES = ("layers/*", "engine/*_ops.py", "engine/ops.py", "engine/caffe_refused.py",
-         "engine/caffe_epilogues.py", "engine/darknet_activations.py", "training/torch_*.py")
+         "engine/caffe_epilogues.py", "engine/darknet_activations.py", "training/torch_*.py",
+         "convert/onnx_*.py")
 #: (module, string): quoted text that is a type name only by coincidence, and why
 KEPT = {
     # V1 files name types by enum; the upgrade maps each enum to its type name (format data).

@@ -46,15 +46,19 @@ class OnnxBuilder:
         #: folded as the graph is built: DetectionOutput reads its priors from here
         self.folded: dict[str, np.ndarray] = {}
         self._names: set[str] = set()
-        self._counters: dict[str, int] = {}
+        self._node_names: set[str] = set()
+        self._counters: dict[tuple, int] = {}
 
     # ------------------------------------------------------------------ names
-    def unique(self, base: str) -> str:
+    def unique(self, base: str, taken: set | None = None) -> str:
+        """``base``, or ``base/1``, ``base/2``, ... if taken (values and nodes have separate
+        namespaces in ONNX, so a layer's node may share its top's name)."""
+        taken = self._names if taken is None else taken
         name = base
-        while name in self._names:
-            n = self._counters[base] = self._counters.get(base, 0) + 1
+        while name in taken:
+            n = self._counters[(id(taken), base)] = self._counters.get((id(taken), base), 0) + 1
             name = f"{base}/{n}"
-        self._names.add(name)
+        taken.add(name)
         return name
 
     def value(self, blob: str) -> str:
@@ -126,7 +130,7 @@ class OnnxBuilder:
         many = isinstance(outputs, int)
         if outputs is None or many:
             outputs = [self.tmp(op.lower()) for _ in range(outputs if many else 1)]
-        node_name = self.unique(name or (self.layer.name if self.layer else op))
+        node_name = self.unique(name or (self.layer.name if self.layer else op), self._node_names)
         self.nodes.append(self.helper.make_node(op, inputs, outputs, name=node_name, **attrs))
         if len(outputs) == 1 and inputs and all(i in self.folded for i in inputs):
             value = _fold(op, [self.folded[i] for i in inputs], attrs)
@@ -137,13 +141,6 @@ class OnnxBuilder:
     def constant_value(self, value: str):
         """The array behind ``value`` when it is computed from constants alone, else None."""
         return self.folded.get(value)
-
-    def finish(self, blob: str, value: str, op: str = "Identity") -> str:
-        """Bind the layer's top ``blob`` to ``value`` through a node named after the layer, so
-        the written graph shows each layer under its own name."""
-        out = self.write(blob)
-        self.nodes.append(self.helper.make_node(op, [value], [out], name=self.unique(self.layer.name)))
-        return out
 
     def refusal(self, why: str) -> ModelError:
         """A ModelError naming the layer, its type and why ONNX cannot express it."""

@@ -42,9 +42,8 @@ def check_opset(opset) -> int:
 
 
 def _need_onnx():
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("onnx") is None:
         raise ModelError("ONNX export needs the onnx package: pip install 'caffe-surgeon[onnx]'") from None
 
 
