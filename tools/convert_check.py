@@ -153,3 +153,67 @@ def database_shapes(graph):
                 shapes[layer.tops[0]] = (1,) + chw
                 break
     return shapes or None
+
+
+def check_caffe_conversion(definition, weights, prototxt, seed: int = 0) -> dict:
+    """Convert a Darknet model to Caffe files at ``prototxt`` (+ .caffemodel, .heads.json),
+    read them back with our reader, and compare our engine on them with our engine on the
+    Darknet source (its outputs, or the heads' inputs where the Caffe net ends at them); and
+    OpenCV on the written files when it is installed.
+
+    Returns:
+        {"status", "reason", "max_rel_error", "opencv_max_rel_error", "seconds"} as strings.
+    """
+    import time
+    from pathlib import Path
+
+    import caffe_surgeon as cs
+    from caffe_surgeon.convert import caffe_conversion
+    from caffe_surgeon.convert.to_onnx import deploy_graph
+    from caffe_surgeon.engine.executor import Executor
+    from caffe_surgeon.errors import ModelError
+    from caffe_surgeon.layers.registry import feed_shapes, infer_shapes
+
+    row = {"status": "ok", "reason": "", "max_rel_error": "", "opencv_max_rel_error": "", "seconds": ""}
+    start = time.perf_counter()
+    prototxt = Path(prototxt)
+    caffemodel = prototxt.with_suffix(".caffemodel")
+    try:
+        graph = cs.load(*[p for p in (definition, weights) if p is not None])
+        if graph.framework != "darknet":
+            raise ModelError("--to caffe converts Darknet models; this one is already Caffe")
+        if weights is None:
+            cs.init(graph, seed=seed)
+        to_caffe, save = caffe_conversion()
+        caffe_graph, heads = to_caffe(graph)
+        save(caffe_graph, heads, prototxt, caffemodel)
+        row["seconds"] = f"{time.perf_counter() - start:.2f}"
+        back = cs.load(prototxt, caffemodel)
+    except ModelError as e:
+        row.update(status="refused", reason=str(e), seconds=f"{time.perf_counter() - start:.2f}")
+        return row
+    source = deploy_graph(graph, heads_only=heads is not None)
+    feeds = deterministic_inputs(graph, feed_shapes(graph, infer_shapes(graph)), seed)
+    want = Executor(source).run(feeds, outputs=source.outputs)
+    want = [want[b] for b in source.outputs]
+    back_feeds = dict(zip(list(back.inputs) or [l.tops[0] for l in back.layers if not l.bottoms],
+                          feeds.values()))
+    got = Executor(back).run(back_feeds)
+    got = [got[b] for b in back.outputs]
+    row["max_rel_error"] = f"{_paired_error(want, got):.3g}"
+    try:
+        import cv2
+    except ImportError:
+        return row
+    net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+    net.setInput(next(iter(feeds.values())))
+    theirs = net.forward(list(back.outputs))
+    row["opencv_max_rel_error"] = f"{_paired_error(got, list(theirs)):.3g}"
+    return row
+
+
+def _paired_error(a: list, b: list) -> float:
+    """Worst error over outputs paired in order (shapes must agree)."""
+    if len(a) != len(b):
+        return float("inf")
+    return max(rel_err(x, y.reshape(x.shape) if y.size == x.size else y) for x, y in zip(a, b))
