@@ -415,3 +415,43 @@ def test_darknet_to_caffe_through_the_command_once_the_converter_is_there(tmp_pa
     r = _cli(cfg, weights, "--to", "caffe", "-o", tmp_path / "y.prototxt")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "y.caffemodel").exists() and (tmp_path / "y.heads.json").exists()
+
+
+# ------------------------------------------------------------------ batch conversion
+def _readme_batch_recipe():
+    import re
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Convert", 1)[1].split("\n## ", 1)[0]
+    lines = [l.strip() for b in re.findall(r"```sh\n(.*?)```", section, re.S) for l in b.splitlines()]
+    return [l for l in lines if l.startswith("python tools/batch_convert.py")]
+
+
+def test_the_readme_batch_recipe_runs_and_writes_its_csv(tmp_path):
+    import csv
+    import shlex
+    (recipe,) = _readme_batch_recipe()
+    steps = [s.strip() for s in recipe.replace("$OUT/", f"{tmp_path}/").split("&&")]
+    r = subprocess.run([sys.executable, *shlex.split(steps[0])[1:]], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "converted" / "convert.csv")))
+    assert [r["model"] for r in rows] == ["fashion.cfg", "fashion_deploy.prototxt", "fashion_train_val.prototxt"]
+    assert [r["weights"] for r in rows] == ["fashion.weights", "init seed 0", "init seed 0"]
+    assert all(r["status"] == "ok" and float(r["max_rel_error"]) <= TOL for r in rows), rows
+    for r in rows:  # each written model is the one onnxruntime was checked on
+        assert (tmp_path / "converted" / Path(r["model"]).with_suffix(".onnx")).is_file()
+
+
+def test_batch_convert_on_a_zoo_folder_keeps_path_order_whatever_the_workers(tmp_path):
+    folder = _zoo("caffe/mobilenet/mobilenet_v1_deploy.prototxt").parents[1] / "opencv"
+    script = ROOT / "tools" / "batch_convert.py"
+    csvs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        r = subprocess.run([sys.executable, str(script), str(folder), "--to", "onnx", "-o", str(out),
+                            "--workers", str(workers)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        rows = (out / "convert.csv").read_text().splitlines()
+        csvs.append([",".join(l.split(",")[:3]) for l in rows])  # seconds and errors vary
+    assert csvs[0] == csvs[1]
+    assert [l.split(",")[0] for l in csvs[0][1:]] == sorted(l.split(",")[0] for l in csvs[0][1:])
+    assert all(l.endswith(",ok") for l in csvs[0][1:]), csvs[0]
