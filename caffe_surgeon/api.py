@@ -79,8 +79,8 @@ def save(graph: Graph, *paths) -> None:
     :func:`convert`), Caffe files for a Darknet graph convert it to Caffe (BVLC flavor).
     """
     if len(paths) == 1 and Path(paths[0]).suffix.lower() == ".onnx":
-        from .convert.to_onnx import save_onnx
-        save_onnx(convert(graph, "onnx"), paths[0])
+        from .convert.to_onnx import export_onnx
+        export_onnx(graph, paths[0])
         return
     framework, definition, weights = classify(paths)
     if framework == "caffe" and graph.framework == "darknet":

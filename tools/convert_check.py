@@ -95,7 +95,7 @@ def check_onnx_export(definition, weights=None, *, out=None, seed: int = 0, inpu
     import time
 
     import caffe_surgeon as cs
-    from caffe_surgeon.convert.to_onnx import save_onnx, to_onnx
+    from caffe_surgeon.convert.to_onnx import export_onnx, to_onnx
     from caffe_surgeon.errors import ModelError
 
     start = time.perf_counter()
@@ -108,11 +108,12 @@ def check_onnx_export(definition, weights=None, *, out=None, seed: int = 0, inpu
             shapes = database_shapes(graph)
         if weights is None:
             cs.init(graph, seed=seed, input_shapes=shapes)
-        model = to_onnx(graph, input_shapes=shapes, **options)
         if out is not None:
             import onnx
-            save_onnx(model, out)
+            export_onnx(graph, out, input_shapes=shapes, **options)
             model = onnx.load(str(out))
+        else:
+            model = to_onnx(graph, input_shapes=shapes, **options)
     except ModelError as e:
         row.update(status="refused", reason=str(e), seconds=time.perf_counter() - start)
         return row

@@ -71,13 +71,11 @@ def run(args) -> None:
     graph = api.load(*args.model, phase=args.phase)
     shapes = resolve_input_shapes(graph, parse_input_shapes(args.input_shape)) or None
     if args.to == "onnx":
-        from ..convert.to_onnx import save_onnx, to_onnx
-        model = to_onnx(graph, opset=args.opset, fold_bn=args.fold_bn, heads_only=args.heads_only,
-                        input_shapes=shapes, darknet_bn=args.bn)
-        save_onnx(model, outputs[0])
-        print(f"wrote {outputs[0]} (opset {args.opset}, {len(model.graph.node)} nodes, "
-              f"{len(model.graph.initializer)} initializers, outputs "
-              f"{', '.join(o.name for o in model.graph.output)})")
+        from ..convert.to_onnx import export_onnx
+        data = export_onnx(graph, outputs[0], opset=args.opset, fold_bn=args.fold_bn,
+                           heads_only=args.heads_only, input_shapes=shapes, darknet_bn=args.bn)
+        print(f"wrote {outputs[0]} (opset {args.opset}, {len(graph.layers)} layers, "
+              f"{len(data) / 2**20:.1f} MB)")
         return
     from ..convert import caffe_conversion
     to_caffe, save_caffe_conversion = caffe_conversion()

@@ -26,17 +26,19 @@ class OnnxBuilder:
 
     Args:
         graph: the source graph (for error messages and the layer being exported).
-        shapes1, shapes2: :class:`~caffe_surgeon.layers.registry.ShapeMap` at batch 1 and 2.
+        shapes1, shapes2: :class:`~caffe_surgeon.layers.registry.ShapeMap` at batch 1 and 2
+            (``shapes2`` may be a function giving it).
         options: the exporter's options (``fold_bn``, ``heads_only``, ``darknet_bn``).
     """
 
     def __init__(self, graph, shapes1, shapes2, options: dict):
-        from onnx import helper, numpy_helper  # the [onnx] extra; imported when exporting
-        self.helper, self.numpy_helper = helper, numpy_helper
-        self.graph, self.shapes1, self.shapes2 = graph, shapes1, shapes2
+        from onnx import helper  # the [onnx] extra; imported when exporting
+        self.helper = helper
+        self.graph, self.shapes1, self._shapes2 = graph, shapes1, shapes2
         self.options = options
         self.nodes: list = []
-        self.initializers: list = []
+        #: (name, array) of every initializer, in order; written by ``onnx_file``
+        self.arrays: list[tuple[str, np.ndarray]] = []
         self.graph_inputs: list = []
         self.current: dict[str, str] = {}      # blob name -> the ONNX value it holds now
         self.writes: dict[str, int] = {}       # blob name -> how many times written
@@ -95,6 +97,13 @@ class OnnxBuilder:
         self.graph_inputs.append(self.helper.make_tensor_value_info(name, 1, dims))
 
     # ------------------------------------------------------------------ shapes
+    @property
+    def shapes2(self):
+        """Shapes at batch 2, worked out on first use (only batch-dependent constants ask)."""
+        if callable(self._shapes2):
+            self._shapes2 = self._shapes2()
+        return self._shapes2
+
     def in_shape(self, i: int = 0, batch2: bool = False) -> tuple:
         shapes = self.shapes2 if batch2 else self.shapes1
         return tuple(shapes.inputs[self.layer.name][i])
@@ -118,7 +127,7 @@ class OnnxBuilder:
         a = np.asarray(array)
         a = a.astype(F32) if a.dtype.kind == "f" else (a.astype(np.int64) if a.dtype.kind in "iub" else a)
         name = self.tmp(what)
-        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(a), name))
+        self.arrays.append((name, a))
         self.folded[name] = a
         return name
 

@@ -113,10 +113,10 @@ def _digests(graph: Graph) -> list[tuple[str, str]]:
     return out
 
 
-def to_onnx(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
+def onnx_bytes(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
             heads_only: bool = False, input_shapes=None, darknet_bn: str = "pjreddie",
             extra_outputs=()):
-    """The ONNX ModelProto of ``graph`` (weights attached).
+    """The ONNX model file of ``graph`` (weights attached), checked by ``onnx.checker``.
 
     Args:
         graph: a Caffe or Darknet graph with weights.
@@ -131,7 +131,7 @@ def to_onnx(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
             e.g. to compare logits where a softmax of huge values is ill-conditioned.
 
     Returns:
-        An ``onnx.ModelProto`` that ``onnx.checker.check_model`` accepts.
+        The bytes of the ``.onnx`` file (see :mod:`.onnx_file`).
 
     Raises:
         ModelError: an unsupported option or opset, or a layer ONNX cannot express (naming it).
@@ -142,18 +142,18 @@ def to_onnx(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
 
     from .. import __version__
     from .onnx_builder import OnnxBuilder
+    from .onnx_file import model_bytes
     opset = check_opset(opset)
     if darknet_bn not in DARKNET_BN:
         raise ModelError(f"darknet_bn must be one of {DARKNET_BN}, not {darknet_bn!r}")
     kept = _kept_layers(graph, heads_only)
     shapes1 = infer_shapes(graph, input_shapes, batch=1)
-    shapes2 = infer_shapes(graph, input_shapes, batch=2)
     _check_weights(graph, kept, shapes1)
     options = {"fold_bn": fold_bn, "heads_only": heads_only, "darknet_bn": darknet_bn}
     if fold_bn and graph.framework == "caffe":
         from .onnx_fold import fold_plan
         options["folded"], options["folded_away"] = fold_plan(graph, shapes1)
-    b = OnnxBuilder(graph, shapes1, shapes2, options)
+    b = OnnxBuilder(graph, shapes1, lambda: infer_shapes(graph, input_shapes, batch=2), options)
     for name in graph.inputs:
         b.add_input(name, shapes1.blobs[name])
     for layer, fn in kept:
@@ -170,42 +170,63 @@ def to_onnx(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
     deploy.refresh()
     # each output's doc_string names the blob it holds (its value name may carry /k)
     outputs = [helper.make_tensor_value_info(b.current[t], onnx.TensorProto.FLOAT,
-                                             _output_dims(graph, t, shapes1, shapes2), doc_string=t)
+                                             _output_dims(graph, t, shapes1, b.shapes2), doc_string=t)
                for t in deploy.outputs if t in b.current]
     for t in extra_outputs:
         if t not in b.current or t in deploy.outputs:
             raise ModelError(f"extra output '{t}' is not a blob of the exported graph (or "
                              "already an output)", file=graph.source_text)
         outputs.append(helper.make_tensor_value_info(
-            b.current[t], onnx.TensorProto.FLOAT, _output_dims(graph, t, shapes1, shapes2), doc_string=t))
+            b.current[t], onnx.TensorProto.FLOAT, _output_dims(graph, t, shapes1, b.shapes2), doc_string=t))
     if not outputs:
         raise ModelError("the exported graph would have no output (every layer left out)",
                          file=graph.source_text)
     read = {i for n in b.nodes for i in n.input} | {o.name for o in outputs}
     inputs = [v for v in b.graph_inputs if v.name in read]
-    g = helper.make_graph(b.nodes, graph.name or "net", inputs, outputs, initializer=b.initializers)
+    g = helper.make_graph(b.nodes, graph.name or "net", inputs, outputs)
     opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(g, opset_imports=opsets, producer_name="caffe-surgeon",
-                              producer_version=__version__,
-                              ir_version=helper.find_min_ir_version_for(opsets))
+    skeleton = helper.make_model(g, opset_imports=opsets, producer_name="caffe-surgeon",
+                                 producer_version=__version__,
+                                 ir_version=helper.find_min_ir_version_for(opsets))
     meta = [("producer", f"caffe-surgeon {__version__}"), ("source_framework", graph.framework),
             *_digests(graph), ("fold_bn", str(bool(fold_bn))), ("heads_only", str(bool(heads_only)))]
     if graph.framework == "darknet":
         meta.append(("darknet_bn", darknet_bn))
-    helper.set_model_props(model, dict(meta))
+    helper.set_model_props(skeleton, dict(meta))
+    data = model_bytes(skeleton, b.arrays)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(data)
     except onnx.checker.ValidationError as e:  # a bug of ours, said in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"the exported ONNX graph fails onnx.checker: {first}",
                          file=graph.source_text) from None
-    return model
+    return data
 
 
-def save_onnx(model, path) -> None:
-    """Write ``model`` to ``path`` atomically (whole file or none)."""
+def to_onnx(graph: Graph, **options):
+    """The ONNX ModelProto of ``graph`` (weights attached); the options and errors are
+    :func:`onnx_bytes`'."""
+    import onnx
+    return onnx.ModelProto.FromString(onnx_bytes(graph, **options))
+
+
+def export_onnx(graph: Graph, path, **options) -> bytes:
+    """Export ``graph`` straight to the file ``path`` (atomically; the fastest path: the
+    weights are never copied into a ModelProto). Returns the file's bytes."""
+    _check_path(path)
+    data = onnx_bytes(graph, **options)
+    atomic_write(path, data)
+    return data
+
+
+def _check_path(path) -> None:
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ModelError(f"an ONNX model is written to a .onnx file, not '{path.suffix or path.name}'",
                          file=path)
+
+
+def save_onnx(model, path) -> None:
+    """Write ``model`` (a ModelProto) to ``path`` atomically (whole file or none)."""
+    _check_path(path)
     atomic_write(path, model.SerializeToString())
