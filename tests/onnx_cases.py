@@ -17,6 +17,8 @@ ONNX_REFUSED = {
                               "has no forward for it, so there is nothing to export",
     "debian:yolo9000.cfg": "region with tree= (YOLO9000's softmax tree over data/9k.tree): the "
                            "engine has no forward for it",
+    "darknet/pjreddie/yolo9000.cfg": "region with tree= (YOLO9000's softmax tree over "
+                                     "data/9k.tree): the engine has no forward for it",
     "debian:rnn.cfg": "[rnn] carries its hidden state from one call to the next; a stateless "
                       "ONNX graph cannot",
     "debian:rnn.train.cfg": "[rnn] carries its hidden state from one call to the next; a "
