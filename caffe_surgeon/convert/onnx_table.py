@@ -13,9 +13,14 @@ from ..errors import ModelError
 from ..layers.backend_table import BackendTable
 
 
+MODULES = ("onnx_caffe_ops", "onnx_darknet_ops", "onnx_heads")
+
+
 def _load():
     # the export modules register themselves on import
-    from . import onnx_caffe_ops, onnx_darknet_ops, onnx_heads  # noqa: F401
+    import importlib
+    for name in MODULES:
+        importlib.import_module(f"{__package__}.{name}")
 
 
 _TABLE = BackendTable("onnx", _load)
