@@ -235,14 +235,16 @@ ACTIVATIONS = ["logistic", "loggy", "relu", "relu6", "elu", "selu", "gelu", "rel
                "normalize_channels_softmax_maxval", "linear"]
 
 
-def test_every_darknet_activation_exports(tmp_path):
+@pytest.mark.parametrize("opset", [13, 18, 21])
+def test_every_darknet_activation_exports(tmp_path, opset):
     sections = "".join(f"[convolutional]\nfilters=4\nsize=3\npad=1\nactivation={a}\n"
                        f"{'batch_normalize=1' if i % 2 else ''}\n" for i, a in enumerate(ACTIVATIONS))
     cfg = tmp_path / "acts.cfg"
     cfg.write_text("[net]\nwidth=6\nheight=6\nchannels=4\n" + sections)
     g = cs.init(cs.load(cfg), seed=1)
     names = [l.name for l in g.layers]
-    model = cs.convert(g, "onnx", extra_outputs=names[:-1])
+    model = cs.convert(g, "onnx", extra_outputs=names[:-1], opset=opset)
+    assert model.opset_import[0].version == opset
     err, errors = onnx_agreement(g, model, batch=2)
     assert err <= TOL, {k: v for k, v in errors.items() if v > TOL}
 
@@ -282,6 +284,41 @@ def test_darknet_reorg_local_negative_upsample_connected_softmax(tmp_path):
     names = [l.name for l in g.layers]
     err, errors = onnx_agreement(g, cs.convert(g, "onnx", extra_outputs=names[:-1]), batch=2)
     assert err <= TOL, errors
+
+
+CAFFE_MISC = """name: "misc"
+input: "data" input_shape { dim: 2 dim: 4 dim: 7 dim: 6 }
+layer { name: "mvn" type: "MVN" bottom: "data" top: "mvn" }
+layer { name: "mvn2" type: "MVN" bottom: "mvn" top: "mvn2" mvn_param { across_channels: true normalize_variance: false } }
+layer { name: "interp" type: "Interp" bottom: "mvn2" top: "interp" interp_param { height: 11 width: 9 } }
+layer { name: "resize" type: "DeephiResize" bottom: "interp" top: "resize" deephi_resize_param { new_height: 5 new_width: 13 resize_type: BILINEAR } }
+layer { name: "near" type: "DeephiResize" bottom: "resize" top: "near" deephi_resize_param { new_height: 8 new_width: 6 } }
+layer { name: "reorg" type: "Reorg" bottom: "near" top: "reorg" reorg_param { stride: 2 } }
+layer { name: "tile" type: "Tile" bottom: "reorg" top: "tile" tile_param { axis: 1 tiles: 2 } }
+layer { name: "power" type: "Power" bottom: "tile" top: "power" power_param { power: 2 scale: 0.5 shift: 3 } }
+layer { name: "exp" type: "Exp" bottom: "power" top: "exp" exp_param { base: 2 scale: -0.1 } }
+layer { name: "log" type: "Log" bottom: "exp" top: "log" log_param { base: 10 shift: 1 } }
+layer { name: "elu" type: "ELU" bottom: "log" top: "elu" elu_param { alpha: 0.5 } }
+layer { name: "gelu" type: "GELU" bottom: "elu" top: "gelu" }
+layer { name: "hs" type: "HardSigmoid" bottom: "gelu" top: "hs" }
+layer { name: "thr" type: "Threshold" bottom: "hs" top: "thr" threshold_param { threshold: 0.6 } }
+layer { name: "argmax" type: "ArgMax" bottom: "power" top: "argmax" argmax_param { top_k: 3 out_max_val: true } }
+layer { name: "slice" type: "Slice" bottom: "tile" top: "s1" top: "s2" slice_param { axis: 1 slice_point: 5 } }
+layer { name: "prod" type: "Eltwise" bottom: "s1" bottom: "s1" top: "prod" eltwise_param { operation: PROD } }
+layer { name: "max" type: "Eltwise" bottom: "prod" bottom: "s1" top: "max" eltwise_param { operation: MAX } }
+layer { name: "crop" type: "Crop" bottom: "s2" bottom: "max" top: "crop" crop_param { axis: 2 offset: 0 } }
+layer { name: "ip" type: "InnerProduct" bottom: "crop" top: "ip" inner_product_param { num_output: 5 axis: 2 } }
+"""
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_caffe_fork_layers_export(tmp_path, opset):
+    g = _caffe(tmp_path, CAFFE_MISC)
+    names = [t for l in g.layers for t in l.tops]
+    outs = set(g.outputs)
+    model = cs.convert(g, "onnx", opset=opset, extra_outputs=[t for t in names if t not in outs])
+    err, errors = onnx_agreement(g, model, batch=2)
+    assert err <= TOL, {k: v for k, v in errors.items() if v > TOL}
 
 
 SSD_HEAD = """name: "det"

@@ -147,6 +147,13 @@ class OnnxBuilder:
                 self.folded[outputs[0]] = value
         return outputs if many or len(outputs) > 1 else outputs[0]
 
+    def reduce(self, op: str, x: str, axes, keepdims: int = 1) -> str:
+        """ReduceMean / ReduceMax over ``axes``: an attribute before opset 18, an input from it
+        (ReduceSum took the input form already in 13)."""
+        if self.options.get("opset", 13) >= 18:
+            return self.node(op, [x, self.ints(list(axes), "axes")], keepdims=keepdims)
+        return self.node(op, [x], axes=list(axes), keepdims=keepdims)
+
     def constant_value(self, value: str):
         """The array behind ``value`` when it is computed from constants alone, else None."""
         return self.folded.get(value)

@@ -526,11 +526,11 @@ def mvn(b, layer):
         axes = [1] if p.get("across_channels", False) else []
     if not axes:
         return _emit(b, layer, "Sub", [x, x])
-    mean = b.node("ReduceMean", [x], axes=axes, keepdims=1)
+    mean = b.reduce("ReduceMean", x, axes)
     y = b.node("Sub", [x, mean])
     if not p.get("normalize_variance", True):
         return _emit(b, layer, "Identity", [y])
-    std = b.node("Sqrt", [b.node("ReduceMean", [b.node("Mul", [y, y])], axes=axes, keepdims=1)])
+    std = b.node("Sqrt", [b.reduce("ReduceMean", b.node("Mul", [y, y]), axes)])
     eps = b.const(np.array(float(p.get("eps", 1e-9)), F32), "eps")
     _emit(b, layer, "Div", [y, b.node("Add", [std, eps])])
 

@@ -100,7 +100,7 @@ def _activate(b, name: str, x):
         return n("Div", pos, total)
     if name in ("normalize_channels_softmax", "normalize_channels_softmax_maxval"):
         shifted = x if name == "normalize_channels_softmax" else \
-            n("Sub", x, n("ReduceMax", x, axes=[1], keepdims=1))
+            n("Sub", x, b.reduce("ReduceMax", x, [1]))
         e = n("Exp", shifted)
         return n("Div", e, n("Add", n("ReduceSum", e, b.ints([1], "axes"), keepdims=1), s(0.0001)))
     raise b.refusal(f"unknown activation '{name}' (darknet would silently use relu)")
@@ -269,7 +269,7 @@ def maxpool(b, layer):
             low = b.node("Add", [fill, _scalar(b, -np.finfo(F32).max)])
             x = b.node("Concat", [x] + [low] * (groups * oc - c), axis=1)
         y = b.node("Reshape", [x, b.ints([0, groups, oc, h, w])])
-        y = b.node("ReduceMax", [y], axes=[1], keepdims=0)
+        y = b.reduce("ReduceMax", y, [1], keepdims=0)
         return b.node("Identity", [y], [b.write(layer.tops[0])])
     k, s, p, hw = _pool_geometry(b, layer)
     b.node("Identity", [_dark_pool(b, x, k, s, p, hw, "MAX")], [b.write(layer.tops[0])])

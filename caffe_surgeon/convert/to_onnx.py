@@ -149,7 +149,7 @@ def onnx_bytes(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
     kept = _kept_layers(graph, heads_only)
     shapes1 = infer_shapes(graph, input_shapes, batch=1)
     _check_weights(graph, kept, shapes1)
-    options = {"fold_bn": fold_bn, "heads_only": heads_only, "darknet_bn": darknet_bn}
+    options = {"fold_bn": fold_bn, "heads_only": heads_only, "darknet_bn": darknet_bn, "opset": opset}
     if fold_bn and graph.framework == "caffe":
         from .onnx_fold import fold_plan
         options["folded"], options["folded_away"] = fold_plan(graph, shapes1)
