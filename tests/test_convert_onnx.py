@@ -492,3 +492,21 @@ def test_batch_convert_on_a_zoo_folder_keeps_path_order_whatever_the_workers(tmp
     assert csvs[0] == csvs[1]
     assert [l.split(",")[0] for l in csvs[0][1:]] == sorted(l.split(",")[0] for l in csvs[0][1:])
     assert all(l.endswith(",ok") for l in csvs[0][1:]), csvs[0]
+
+
+def test_input_shape_sizes_a_database_input_and_the_batch_stays_dynamic(tmp_path):
+    proto = _zoo("caffe/bvlc/cifar10_quick_train_test.prototxt")
+    weights = tmp_path / "c.caffemodel"
+    main = [sys.executable, "-m", "caffe_surgeon.cli.main"]
+    subprocess.run([*main, "init", str(proto), "-o", str(weights), "--input-shape", "data=1,3,32,32"],
+                   check=True, capture_output=True)
+    r = _cli(proto, weights, "--to", "onnx", "-o", tmp_path / "c.onnx")
+    assert r.returncode == 2 and "data" in r.stderr  # the database knows the size, the file does not
+    r = _cli(proto, weights, "--to", "onnx", "--input-shape", "data=1,3,32,32", "-o", tmp_path / "c.onnx")
+    assert r.returncode == 0, r.stderr
+    model = onnx.load(str(tmp_path / "c.onnx"))
+    assert [i.name for i in model.graph.input] == ["data"]  # the label input is left out with the loss
+    assert [o.doc_string for o in model.graph.output] == ["ip2"]
+    g = cs.load(proto, weights)
+    err, errors = onnx_agreement(g, model, input_shapes={"data": (1, 3, 32, 32)}, batch=4)
+    assert err <= TOL, errors

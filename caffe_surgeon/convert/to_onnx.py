@@ -96,8 +96,10 @@ def deploy_graph(graph: Graph, heads_only: bool = False) -> Graph:
     what onnxruntime on the export is compared with (losses and metrics left out)."""
     kept = [layer for layer, _ in _kept_layers(graph, heads_only)]
     out = Graph(graph.framework, name=graph.name, layers=kept, inputs=dict(graph.inputs),
-                meta=graph.meta, source=list(graph.source))
-    return out.refresh()
+                meta=graph.meta, source=list(graph.source)).refresh()
+    sources = {t for l in kept if not l.bottoms for t in l.tops}
+    out.outputs = [t for t in out.outputs if t not in sources]
+    return out
 
 
 def _digests(graph: Graph) -> list[tuple[str, str]]:
@@ -168,6 +170,9 @@ def onnx_bytes(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
         if not layer.bottoms:
             deploy.inputs.update({t: None for t in layer.tops})
     deploy.refresh()
+    # a data layer's top nothing reads (a label whose loss is left out) is no output
+    sources = {t for l in deploy.layers if not l.bottoms for t in l.tops}
+    deploy.outputs = [t for t in deploy.outputs if t not in sources]
     # each output's doc_string names the blob it holds (its value name may carry /k)
     outputs = [helper.make_tensor_value_info(b.current[t], onnx.TensorProto.FLOAT,
                                              _output_dims(graph, t, shapes1, b.shapes2), doc_string=t)
