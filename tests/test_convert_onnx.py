@@ -510,3 +510,18 @@ def test_input_shape_sizes_a_database_input_and_the_batch_stays_dynamic(tmp_path
     g = cs.load(proto, weights)
     err, errors = onnx_agreement(g, model, input_shapes={"data": (1, 3, 32, 32)}, batch=4)
     assert err <= TOL, errors
+
+
+def test_alexeyab_batchnorm_and_shortcut_flavour_follow_the_engine():
+    case = "darknet/alexeyab/yolov4-tiny.cfg"
+    g = cs.init(cs.load(_zoo(case)), seed=0)
+    for layer in g.layers:  # small variances: where the flavours' epsilons differ most
+        if "rolling_variance" in layer.weights:
+            layer.weights["rolling_variance"] = np.full_like(layer.weights["rolling_variance"], 1e-3)
+    for fold in (False, True):
+        model = cs.convert(g, "onnx", darknet_bn="alexeyab", fold_bn=fold)
+        assert {p.key: p.value for p in model.metadata_props}["darknet_bn"] == "alexeyab"
+        err, errors = onnx_agreement(g, model, darknet_bn="alexeyab")
+        assert err <= TOL, errors
+    pjreddie = onnx_agreement(g, cs.convert(g, "onnx"), darknet_bn="alexeyab")[0]
+    assert pjreddie > 1e-3  # the flavours differ: a test that would notice a mix-up
