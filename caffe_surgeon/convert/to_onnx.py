@@ -7,6 +7,9 @@ metrics and sinks are left out (a deploy graph), and with ``heads_only`` so are 
 heads (``DetectionOutput``, ``[yolo]``, ``[region]``, ``[detection]``): the graph then ends
 at their inputs.
 
+:func:`onnx_bytes` builds and checks the file's bytes, :func:`export_onnx` writes them
+(atomically), :func:`to_onnx` gives the ``onnx.ModelProto`` (the Python API's answer).
+
 The written model is readable: node names are layer names (a layer with several nodes has
 ``name/1``, ``name/2``, ...), graph values keep the blob names, the batch axis is the
 symbolic ``N``, and ``metadata_props`` record the producer and the sha256 of each source file.
