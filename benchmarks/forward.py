@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Forward-pass speed against OpenCV 4.x dnn (and the darknet binary), measured in the same run.
+"""Forward-pass speed against OpenCV 4.x dnn, onnxruntime on our ONNX export (and the darknet
+binary), measured in the same run.
 
 For each model x threads (1, 2) x batch (1, 8), a fresh subprocess pins both
 libraries to the same thread count (BLAS and Numba through environment
 variables, OpenCV through cv2.setNumThreads), warms up, then times N runs of
 ours and of OpenCV alternately and prints the medians and the ratio
-ours/OpenCV (target <= 1.0). Before each timed call both libraries are left
+ours/OpenCV (target <= 1.0); when onnxruntime is installed, the model exported by
+``caffe_surgeon.convert`` runs in onnxruntime with the same thread count, timed the same
+way, and ours/onnxruntime is printed too. Before each timed call both libraries are left
 idle for ``--settle`` seconds: their worker threads spin for a while after a
 call and would otherwise slow down the other library's run on these 2 cores.
 GFLOP/s uses 2 x MACs from ``stat`` (direct convolution; the Winograd layers
@@ -52,9 +55,19 @@ x = np.random.default_rng(0).random([batch] + spec["shape"][1:]).astype(np.float
 ex = Executor(g, darknet_bn="alexeyab" if spec["darknet"] else "pjreddie")
 net = cv2.dnn.readNetFromDarknet(*files) if spec["darknet"] else cv2.dnn.readNetFromCaffe(*files)
 outs = net.getUnconnectedOutLayersNames()
+try:
+    import onnxruntime as ort
+    from caffe_surgeon.convert.to_onnx import onnx_bytes
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(onnx_bytes(g, darknet_bn="alexeyab" if spec["darknet"] else "pjreddie"),
+                                so, providers=["CPUExecutionProvider"])
+    sess.run(None, {name: x})
+except ImportError:
+    sess = None
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 ex.run({name: x}); net.setInput(x, "" if spec["darknet"] else name); net.forward(outs)
-t_ours, t_cv = [], []
+t_ours, t_cv, t_ort = [], [], []
 settle = spec["settle"]
 for _ in range(runs):
     # Each library's idle worker threads keep spinning for a while after a call (OpenBLAS
@@ -64,6 +77,9 @@ for _ in range(runs):
     t = time.perf_counter(); ex.run({name: x}); t_ours.append(time.perf_counter() - t)
     time.sleep(settle)
     t = time.perf_counter(); net.setInput(x, "" if spec["darknet"] else name); net.forward(outs); t_cv.append(time.perf_counter() - t)
+    if sess is not None:
+        time.sleep(settle)
+        t = time.perf_counter(); sess.run(None, {name: x}); t_ort.append(time.perf_counter() - t)
 a = np.random.default_rng(1).random((2048, 2048), dtype=np.float32)
 a @ a
 tg = []
@@ -71,6 +87,7 @@ for _ in range(3):
     t = time.perf_counter(); a @ a; tg.append(time.perf_counter() - t)
 macs = cs.stat(g).total_all.macs
 print(json.dumps({"ours": statistics.median(t_ours), "cv": statistics.median(t_cv),
+                  "ort": statistics.median(t_ort) if t_ort else None,
                   "gflops": 2 * macs * batch / statistics.median(t_ours) / 1e9,
                   "gemm_peak": 2 * 2048**3 / min(tg) / 1e9}))
 """
@@ -178,7 +195,7 @@ def main():
         tmp = Path(tmp)
         found = models(tmp, args.models.split(","))
         print(f"{'model':<24} {'thr':>3} {'batch':>5} {'ours ms':>9} {'opencv ms':>10} {'ratio':>6} "
-              f"{'GFLOP/s':>8} {'GEMM peak':>9} {'% peak':>6}")
+              f"{'GFLOP/s':>8} {'GEMM peak':>9} {'% peak':>6} {'ort ms':>8} {'ours/ort':>8}")
         for label, spec in found.items():
             ours_b1 = {}
             for threads, batch in configs:
@@ -193,7 +210,9 @@ def main():
                     ours_b1[threads] = r["ours"]
                 print(f"{label:<24} {threads:>3} {batch:>5} {r['ours'] * 1e3:>9.1f} {r['cv'] * 1e3:>10.1f} "
                       f"{r['ours'] / r['cv']:>6.2f} {r['gflops']:>8.1f} {r['gemm_peak']:>9.1f} "
-                      f"{100 * r['gflops'] / r['gemm_peak']:>5.0f}%")
+                      f"{100 * r['gflops'] / r['gemm_peak']:>5.0f}%"
+                      + (f" {r['ort'] * 1e3:>8.1f} {r['ours'] / r['ort']:>8.2f}" if r.get("ort") else
+                         f" {'-':>8} {'-':>8}"))
             if "yolov3-tiny" in label:
                 dn = darknet_time(*spec["files"], runs=3)
                 if dn:

@@ -1,4 +1,4 @@
-"""The public Python API: load, save, stat, init.
+"""The public Python API: load, save, convert, stat, init.
 
 Model files are recognised by extension: ``.prototxt``/``.pt`` (Caffe
 definition), ``.caffemodel`` (Caffe weights), ``.cfg`` (Darknet definition),
@@ -73,17 +73,39 @@ def load(*paths, phase: str = "TEST", stages=(), level: int = 0) -> Graph:
 
 
 def save(graph: Graph, *paths) -> None:
-    """Write ``graph`` to a definition and (optional) weights file, atomically."""
+    """Write ``graph`` to a definition and (optional) weights file, atomically.
+
+    The target follows the extension: ``x.onnx`` exports to ONNX (default options of
+    :func:`convert`), Caffe files for a Darknet graph convert it to Caffe (BVLC flavor).
+    """
+    if len(paths) == 1 and Path(paths[0]).suffix.lower() == ".onnx":
+        from .convert.to_onnx import export_onnx
+        export_onnx(graph, paths[0])
+        return
     framework, definition, weights = classify(paths)
+    if framework == "caffe" and graph.framework == "darknet":
+        from .convert import caffe_conversion
+        save_caffe_conversion = caffe_conversion()[1]
+        caffe_graph, heads = convert(graph, "caffe")
+        weights = weights or Path(definition).with_suffix(".caffemodel")
+        save_caffe_conversion(caffe_graph, heads, definition, weights)
+        return
     if framework != graph.framework:
         raise ModelError(f"cannot save a {graph.framework} graph as {framework} files "
-                         "(conversion between frameworks is not available yet)")
+                         "(conversion to Darknet is not available)")
     if framework == "caffe":
         from .caffe.writer import write_caffe
         write_caffe(graph, definition, weights)
     else:
         from .darknet.writer import write_darknet
         write_darknet(graph, definition, weights)
+
+
+def convert(graph: Graph, target: str, **options):
+    """Convert ``graph`` to ``target`` ("onnx": an ``onnx.ModelProto``; "caffe": a Darknet
+    graph as ``(caffe_graph, heads)``); see :func:`caffe_surgeon.convert.convert`."""
+    from .convert import convert as _convert
+    return _convert(graph, target, **options)
 
 
 def stat(graph: Graph, input_shapes=None):

@@ -19,6 +19,7 @@ BACKENDS = [
     "caffe_surgeon.engine.ops",  # the NumPy engine
     "caffe_surgeon.training.torch_ops",  # the torch trainer (finetune)
     "caffe_surgeon.convert.darknet_caffe_ops",  # Darknet -> Caffe conversion (darknet only)
+    "caffe_surgeon.convert.onnx_table",  # the ONNX exporter (convert --to onnx)
 ]
 FRAMEWORKS = ("caffe", "darknet")
 #: backends that serve only some frameworks (a converter reads one source format)

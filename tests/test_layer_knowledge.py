@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "caffe_surgeon"
 #: forwards, refusals, fused stages and Darknet activation defaults; the torch backend's)
 HOMES = ("layers/*", "engine/*_ops.py", "engine/ops.py", "engine/caffe_refused.py",
          "engine/caffe_epilogues.py", "engine/darknet_activations.py", "training/torch_*.py",
-         "convert/darknet_caffe_ops.py")
+         "convert/darknet_caffe_ops.py", "convert/onnx_*.py")
 #: (module, string): quoted text that is a type name only by coincidence, and why
 KEPT = {
     # V1 files name types by enum; the upgrade maps each enum to its type name (format data).

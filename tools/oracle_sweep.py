@@ -249,7 +249,13 @@ def main(argv=None) -> int:
     command = "python tools/oracle_sweep.py" + (f" --markdown {args.markdown}" if args.markdown else "")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(reps, command))
+        text = markdown(reps, command)
+        if args.markdown.exists():  # keep the section tools/onnx_sweep.py writes
+            from tools.onnx_sweep import BEGIN, END, splice
+            old = args.markdown.read_text()
+            if BEGIN in old and END in old:
+                text = splice(text, BEGIN + old.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n")
+        args.markdown.write_text(text)
     if args.json:
         args.json.write_text(json.dumps(reps, indent=1))
     bad = [r for r in reps if r["supported"] and (r["shape_mismatches"] or not r["roundtrip_ok"]

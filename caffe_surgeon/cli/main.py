@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weights file to write (.caffemodel or .weights)")
     p.add_argument("--seed", type=seed_arg, default=0, help="an integer >= 0 (default 0)")
 
-    from . import detect, edit, finetune, forward, prune
+    from . import convert, detect, edit, finetune, forward, prune
+    convert.add_parser(sub)
     edit.add_parser(sub)
     finetune.add_parser(sub)
     forward.add_parser(sub)
@@ -84,6 +85,9 @@ def main(argv=None):
     elif args.command == "detect":
         from . import detect
         detect.run(args)
+    elif args.command == "convert":
+        from . import convert
+        convert.run(args)
     elif args.command == "finetune":
         from . import finetune
         return finetune.run_plain(args)
