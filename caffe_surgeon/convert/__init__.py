@@ -36,13 +36,7 @@ def convert(graph, target: str, **options):
 
 def caffe_conversion():
     """(``to_caffe``, ``save_caffe_conversion``) of the Darknet-to-Caffe converter."""
-    try:
-        from .to_caffe import save_caffe_conversion, to_caffe
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.to_caffe":
-            raise
-        raise ModelError("Darknet to Caffe conversion is not part of this installation "
-                         "(caffe_surgeon/convert/to_caffe.py is missing)") from None
+    from .to_caffe import save_caffe_conversion, to_caffe
     return to_caffe, save_caffe_conversion
 
 
