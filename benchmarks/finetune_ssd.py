@@ -13,12 +13,14 @@ mAP@0.5 on the 500 test scenes, before and after each step:
   same PNG-decoded inputs, their ``DetectionOutput`` rows scored by our VOC scorer
   (``evaluation.voc_map``, all-point AP) against the set's label files.
 
-The two deploy runs must give the same detections (``max |diff|`` over matched rows); the
+The two deploy runs must give the same detections (each row a partner within 1e-4 on the
+other side, bar ties at keep_top_k's cut: :func:`detection_difference`); the
 evaluator differs from them by design: the SSD fork re-encodes each test record as JPEG
 before resizing, and integrates AP without the precision envelope.
 
 Data: ``--detset DIR`` (a folder ``tools/make_detection_fixture.py`` wrote with its
-defaults), else the set is generated once into ``--cache``.
+defaults), else the set is generated once into ``--cache``. Run as a script, this module
+re-measures the shipped models and rewrites ``fixtures/detection/ssd-fashion_metrics.json``.
 """
 from __future__ import annotations
 
