@@ -32,6 +32,7 @@ Usage:
     python benchmarks/finetune.py [--epochs 5] [--threads 1] [--runs 7] [--cache DIR]
     python benchmarks/finetune.py --quick        # a few hundred iterations, image subsets
     python benchmarks/finetune.py --only speed   # or rounds
+    python benchmarks/finetune.py --only ssd [--detset DIR]   # benchmarks/finetune_ssd.py
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 import caffe_surgeon as cs  # noqa: E402
 from caffe_surgeon.caffe.text import top_level_fields  # noqa: E402
 from caffe_surgeon.engine import Executor  # noqa: E402
+from benchmarks.finetune_ssd import add_ssd_arguments, ssd_flow  # noqa: E402
 
 UNPRUNED_TOP1 = 0.9193  # fixtures/fashion/metrics.json, all 10,000 t10k images
 RATES = (0.3, 0.5, 0.7)
@@ -412,13 +414,16 @@ def main(argv=None) -> int:
                     help="where the training and t10k images are written once")
     ap.add_argument("--quick", action="store_true",
                     help=f"4096 training images, 1000 t10k images, {QUICK_ITERS} iterations a round")
-    ap.add_argument("--only", choices=("rounds", "speed"))
+    ap.add_argument("--only", choices=("rounds", "speed", "ssd"))
+    add_ssd_arguments(ap)
     args = ap.parse_args(argv)
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); Python {platform.python_version()}")
     if args.only in (None, "speed"):
         speed(args)
     if args.only in (None, "rounds"):
         rounds(args, args.cache)
+    if args.only in (None, "ssd"):
+        ssd_flow(args)
     return 0
 
 

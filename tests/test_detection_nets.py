@@ -93,7 +93,7 @@ def test_the_ssd_deploy_runs_in_our_engine_as_in_opencv(tmp_path):
     np.testing.assert_allclose(got, want, atol=2e-4)
 
 
-@pytest.mark.parametrize("phase, batch", [("TRAIN", 16), ("TEST", 8)])
+@pytest.mark.parametrize("phase, batch", [("TRAIN", 16), ("TEST", 10)])
 def test_the_ssd_train_val_infers_its_multibox_shapes(phase, batch):
     graph = read_caffe(SSD_TRAIN_VAL, phase=phase)
     shapes = infer_shapes(graph)

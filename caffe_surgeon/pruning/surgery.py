@@ -18,6 +18,7 @@ removed channel inert, so that both outputs compute the same function:
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 
@@ -252,6 +253,23 @@ def constants_stand_alone(a: ChannelAnalysis) -> bool:
     return not any(f.mixes_channels for f in a.flows)
 
 
+def upstream_of(graph: Graph, targets) -> Graph:
+    """``graph`` with only the layers that layers ``targets`` depend on (and themselves).
+
+    The constants need no more, and the rest may have no forward at all: a TRAIN-phase
+    graph's losses (SSD's MultiBoxLoss) run only in the trainer, whose snapshots of a
+    pruned model come through here.
+    """
+    producers = graph.producers()
+    needed, todo = set(), list(targets)
+    while todo:
+        i = todo.pop()
+        if i not in needed:
+            needed.add(i)
+            todo.extend(p for p in producers[i] if p is not None)
+    return dataclasses.replace(graph, layers=[graph.layers[i] for i in sorted(needed)])
+
+
 def removed_constants(graph: Graph, a: ChannelAnalysis, keep) -> dict:
     """Per consumer layer: the value of each input feature a removed channel stands for.
 
@@ -315,7 +333,8 @@ def removed_constants(graph: Graph, a: ChannelAnalysis, keep) -> dict:
     feeds = {name: np.zeros((1,) + tuple(shape[1:]), np.float32)
              for name, shape in feed_shapes(graph, a.shapes).items()}
     names = sorted({v.split(":", 1)[0] for v in wanted.values()}, key=graph.index)
-    values = Executor(dead).run(feeds, outputs=[], layer_outputs=names)
+    values = Executor(upstream_of(dead, [graph.index(n) for n in names])).run(
+        feeds, outputs=[], layer_outputs=names)
     out = {}
     for i, key in wanted.items():
         v = values[key][0]
