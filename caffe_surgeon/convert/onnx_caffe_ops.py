@@ -67,10 +67,7 @@ drop("caffe", "Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntro
 
 # ---------------------------------------------------------------- weighted
 def conv_weights(b, layer):
-    """(weight, bias or None): the layer's arrays, or the ones with BatchNorm/Scale folded in."""
-    folded = b.options.get("folded", {}).get(layer.name)
-    if folded is not None:
-        return folded
+    """(weight, bias or None) of a convolution (``--fold-bn`` folds before export)."""
     return layer.weights["weight"], layer.weights.get("bias")
 
 
@@ -127,8 +124,6 @@ def _channel_vector(b, array, ndim):
 
 @export("caffe", "BatchNorm")
 def batch_norm(b, layer):
-    if b.options.get("folded_away", {}).get(layer.name):
-        return b.alias(layer.tops[0], b.inputs()[0])
     eps = float(sub(layer, "batch_norm_param").get("eps", 1e-5))
     w = layer.weights
     if "scale_factor" in w:
@@ -147,8 +142,6 @@ def batch_norm(b, layer):
 
 @export("caffe", "Scale")
 def scale(b, layer):
-    if b.options.get("folded_away", {}).get(layer.name):
-        return b.alias(layer.tops[0], b.inputs()[0])
     p = sub(layer, "scale_param")
     ins = b.inputs()
     nd = len(b.in_shape())

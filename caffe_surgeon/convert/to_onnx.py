@@ -151,13 +151,14 @@ def onnx_bytes(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
     opset = check_opset(opset)
     if darknet_bn not in DARKNET_BN:
         raise ModelError(f"darknet_bn must be one of {DARKNET_BN}, not {darknet_bn!r}")
+    if fold_bn and graph.framework == "caffe":
+        # the model-surgery edit, on a copy: a batch norm it cannot fold stays a node
+        from ..edit.fold_bn import fold_bn as fold
+        graph = fold(graph, keep_unfoldable=True)
     kept = _kept_layers(graph, heads_only)
     shapes1 = infer_shapes(graph, input_shapes, batch=1)
     _check_weights(graph, kept, shapes1)
     options = {"fold_bn": fold_bn, "heads_only": heads_only, "darknet_bn": darknet_bn, "opset": opset}
-    if fold_bn and graph.framework == "caffe":
-        from .onnx_fold import fold_plan
-        options["folded"], options["folded_away"] = fold_plan(graph, shapes1)
     b = OnnxBuilder(graph, shapes1, lambda: infer_shapes(graph, input_shapes, batch=2), options)
     for name in graph.inputs:
         b.add_input(name, shapes1.blobs[name])
