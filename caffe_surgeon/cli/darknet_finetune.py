@@ -10,6 +10,9 @@ from ..errors import ModelError
 RESUME_HELP = ("continue from the snapshot the last run left in the backup folder "
                "(<name>.snapshot.npz), bit for bit")
 MAX_BATCHES_HELP = "stop after N iterations (replaces the cfg's max_batches)"
+#: several -gpus ids (training/darknet_devices.py checks the choice)
+DIST_HELP = ("several -gpus ids: nccl (CUDA devices, the default there) or gloo (without CUDA: "
+             "one CPU process per id, a stand-in for tests)")
 
 
 def add_darknet_options(p) -> None:
@@ -19,18 +22,17 @@ def add_darknet_options(p) -> None:
     p.add_argument("-max_batches", "--max-batches", type=positive_int, metavar="N",
                    help=MAX_BATCHES_HELP)
     p.add_argument("-seed", "--seed", type=int, default=0, help="the data loader's seed")
+    p.add_argument("-dist_backend", "--dist-backend", metavar="nccl|gloo", help=DIST_HELP)
 
 
 def device_of(gpus: str | None) -> str:
-    """``-gpus``: one id trains on that CUDA device (the CPU when there is none); several are
-    refused (Darknet's multi-GPU training averages the nets every few iterations, which
-    is not reproduced here)."""
+    """One ``-gpus`` id: that CUDA device (the CPU when there is none); several ids run
+    :mod:`caffe_surgeon.training.darknet_devices` instead (see :func:`_train`)."""
     if not gpus:
         return "cpu"
     ids = [g for g in gpus.split(",") if g.strip()]
     if len(ids) != 1 or not ids[0].strip().isdigit():
-        raise ModelError(f"-gpus {gpus}: Darknet training runs on one device here (give one "
-                         "id); multi-GPU Darknet training is not implemented")
+        raise ModelError(f"-gpus {gpus}: give device numbers separated by commas")
     import torch
     return f"cuda:{int(ids[0])}" if torch.cuda.is_available() else "cpu"
 
@@ -63,12 +65,16 @@ def run_plain(args) -> int:
 
 
 def _train(graph, args, data, backup, name) -> int:
+    from ..training.darknet_devices import choose_devices, train_detector_on_devices
     from ..training.darknet_finetune import DetectorRun, train_detector
+    gpus = getattr(args, "gpus", None)
+    devices = choose_devices(gpus, getattr(args, "dist_backend", None))  # before any file
     run = DetectorRun(Path(data), Path(backup), name, seed=getattr(args, "seed", 0) or 0,
                       resume=bool(getattr(args, "resume", False)),
                       max_batches=getattr(args, "max_batches", None) or getattr(args, "max_iter", None),
-                      device=device_of(getattr(args, "gpus", None)))
-    final = train_detector(graph, run)
+                      device=device_of(gpus) if devices is None else "cpu")
+    final = train_detector(graph, run) if devices is None else \
+        train_detector_on_devices(graph, run, devices)
     print(f"wrote {final} and the backups in {run.backup}")
     return 0
 

@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                    help=f"distillation's softmax temperature (default {DEFAULT_TEMPERATURE:g})")
     add_options(p)
+    from .darknet_finetune import DIST_HELP
+    p.add_argument("--dist-backend", "-dist_backend", metavar="nccl|gloo",
+                   help=f"Darknet .cfg only: {DIST_HELP}")
 
 
 def run_vai_p(args) -> int:
@@ -67,6 +70,9 @@ def run_plain(args) -> int:
     if Path(args.train_val).suffix.lower() == ".cfg":
         from .darknet_finetune import run_plain as run_darknet
         return run_darknet(args)
+    if args.dist_backend:
+        raise ModelError("--dist-backend is for Darknet training; the Caffe finetune uses nccl "
+                         "on CUDA devices and gloo on the CPU", file=args.train_val)
     if not args.solver:
         raise ModelError("a Caffe model trains with a solver: add --solver solver.prototxt",
                          file=args.train_val)

@@ -79,6 +79,9 @@ def train_detector(graph: Graph, run: DetectorRun, log: Callable[[str], None] = 
             raise ModelError(f"nothing to resume: no snapshot {snap} (a run writes one every "
                              f"{run.save_every} iterations)", file=str(snap))
         extra = trainer.load_snapshot(snap) or {}
+        if int(extra.get("devices", 1)) != 1:  # darknet_devices.py's, one per device
+            raise ModelError(f"this snapshot was written by a run on {extra['devices']} devices; "
+                             f"resume it with as many -gpus ids", file=str(snap))
         start, seed, avg = int(extra["batch"]), int(extra["seed"]), extra.get("avg")
         log(f"resuming at iteration {trainer.iteration} (seen {trainer.seen}) from {snap}")
     settings = trainer.settings
