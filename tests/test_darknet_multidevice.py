@@ -17,6 +17,7 @@ from assets import need_module
 torch = need_module("torch")
 
 from caffe_surgeon.cli.main import main  # noqa: E402
+from caffe_surgeon.cli.vai_p_darknet import main as vai_p_darknet  # noqa: E402
 from caffe_surgeon.darknet.reader import read_darknet  # noqa: E402
 from caffe_surgeon.errors import ModelError  # noqa: E402
 from caffe_surgeon.training.darknet_data import DetectionTrainData  # noqa: E402
@@ -122,12 +123,20 @@ def test_a_stopped_run_resumed_on_both_devices_ends_with_the_uninterrupted_bytes
     assert resumed.read_bytes() == final.read_bytes()
 
 
-def test_the_log_counts_iterations_and_images_as_darknet_prints_them(tmp_path, capfd):
-    detection_set(tmp_path)
-    multi_run(tmp_path, "o", 5)
+def test_vai_p_darknet_finetune_on_two_cpu_processes_logs_as_darknet_prints(tmp_path, capfd,
+                                                                          monkeypatch):
+    """Issue 16's command: ``vai_p_darknet pruner finetune pruning.cfg -gpus 0,1``."""
+    data, cfg, weights = detection_set(tmp_path)
+    pruning = tmp_path / "pruning.cfg"
+    pruning.write_text(f"[pruning]\nworkspace={tmp_path / 'ws'}\ndatacfg={data}\nmodelcfg={cfg}\n"
+                       f"prunedcfg={cfg}\nprune_out_weights={weights}\n")
+    monkeypatch.chdir(tmp_path)
+    assert vai_p_darknet(["pruner", "finetune", str(pruning), "-gpus", "0,1", "-dist_backend",
+                          "gloo", "-max_batches", "5"]) == 0
     lines = [line for line in capfd.readouterr().out.splitlines() if " avg, " in line]
     assert [line.split(":")[0] for line in lines] == ["1", "2", "3", "8"]
     assert lines[-1].endswith(" 64 images")  # i * batch * ngpus
+    assert read_darknet(cfg, tmp_path / "backup" / "tiny_final.weights").origin.header.seen == 32
     assert counted_batches(4, 2) == 8 and counted_batches(5, 2) == 9 and counted_batches(3, 3) == 3
 
 
