@@ -6,6 +6,7 @@ does, and again before every save."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 
@@ -140,14 +141,25 @@ def test_vai_p_darknet_finetune_on_two_cpu_processes_logs_as_darknet_prints(tmp_
     assert counted_batches(4, 2) == 8 and counted_batches(5, 2) == 9 and counted_batches(3, 3) == 3
 
 
-def test_resuming_on_another_number_of_devices_is_refused(straight, tmp_path):
+def test_resuming_on_another_number_of_devices_or_out_of_step_is_refused(straight, tmp_path):
     tmp, _ = straight
     shutil.copytree(tmp / "straight", tmp_path / "b")
     run = DetectorRun(tmp / "set.data", tmp_path / "b", "tiny", resume=True, max_batches=20)
     with pytest.raises(ModelError, match="written by a run on 2 devices"):
         train_detector(read_darknet(tmp / "tiny.cfg", tmp / "tiny.weights"), run,
                        log=lambda line: None)
-    (tmp_path / "b" / "tiny.snapshot.rank1.npz").unlink()
+    rank1 = tmp_path / "b" / "tiny.snapshot.rank1.npz"
+    with np.load(rank1) as z:  # device 1 saved at the next save point, device 0 did not
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    meta["seen"] += SAVE_EVERY * 4
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(rank1, **arrays)
+    # 8 loops of the straight run: 16 iterations, seen 64
+    with pytest.raises(ModelError, match=r"out of step .* \[\(8, 64\), \(8, 96\)\]"):
+        train_detector_on_devices(read_darknet(tmp / "tiny.cfg", tmp / "tiny.weights"), run,
+                                  TWO_CPUS)
+    rank1.unlink()
     with pytest.raises(ModelError, match="nothing to resume for device 1"):
         train_detector_on_devices(read_darknet(tmp / "tiny.cfg", tmp / "tiny.weights"), run,
                                   TWO_CPUS)

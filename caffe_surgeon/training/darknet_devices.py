@@ -137,24 +137,33 @@ def train_detector_on_devices(graph: Graph, run: DetectorRun, devices: DeviceSet
 
 
 def _check_resumable(run: DetectorRun, world: int) -> None:
-    """Every device's snapshot is there and was written by a run on ``world`` devices:
-    checked before any process starts."""
+    """Every device's snapshot is there, was written by a run on ``world`` devices, and all
+    are at the same iteration: checked before any process starts."""
+    steps = []
     for rank in range(world):
         path = rank_snapshot_path(run, rank)
         if not path.is_file():
             raise ModelError(f"nothing to resume for device {rank}: no snapshot {path} (a run "
                              f"writes one per device every {run.save_every} iterations)",
                              file=str(path))
-        devices = int((_snapshot_extra(path) or {}).get("devices", 1))
+        meta = _snapshot_meta(path)
+        extra = meta.get("extra") or {}
+        devices = int(extra.get("devices", 1))
         if devices != world:
             raise ModelError(f"this snapshot was written by a run on {devices} device(s); "
                              f"resume it with {devices} -gpus id(s), not {world}", file=str(path))
+        steps.append((int(extra.get("batch", -1)), int(meta.get("seen", -1))))
+    if len(set(steps)) != 1:
+        raise ModelError(f"the devices' snapshots are out of step ((batch, seen) per device: "
+                         f"{steps}): a run stopped while saving them; start again without "
+                         "-resume", file=str(snapshot_path(run)))
 
 
-def _snapshot_extra(path: Path) -> dict | None:
+def _snapshot_meta(path: Path) -> dict:
+    """The ``meta`` record :meth:`.DarknetTrainer.save_snapshot` writes (``seen``, ``extra``)."""
     try:
         with np.load(path) as z:
-            return json.loads(bytes(z["meta"]).decode())["extra"]
+            return json.loads(bytes(z["meta"]).decode())
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"not a trainer snapshot: {e}", file=str(path)) from None
 
@@ -212,11 +221,6 @@ def _train_rank(graph: Graph, run: DetectorRun, devices: DeviceSet, rank: int, w
     if run.resume:
         extra = trainer.load_snapshot(snap) or {}
         start, seed, avg = int(extra["batch"]), int(extra["seed"]), extra.get("avg")
-        steps = group.gather_floats([start, trainer.seen])
-        if len({(int(a), int(b)) for a, b in steps}) != 1:
-            raise ModelError(f"the devices' snapshots are out of step (batch, seen per device: "
-                             f"{[(int(a), int(b)) for a, b in steps]}): a run stopped while "
-                             "saving them; start again without -resume", file=str(snap))
         log(f"resuming at iteration {trainer.iteration} (seen {trainer.seen}) on {world} "
             f"devices from {snap}")
     settings = trainer.settings
@@ -269,7 +273,7 @@ def _train_rank(graph: Graph, run: DetectorRun, devices: DeviceSet, rank: int, w
 
 def _save_snapshots(group, trainer, snap: Path, rank: int, extra: dict) -> None:
     """Every device writes its snapshot, device 0 last: a run stopped in between leaves
-    device 0's older than the others', which a resume notices (they are out of step)."""
+    device 0's older than the others', which a resume refuses (:func:`_check_resumable`)."""
     if rank:
         trainer.save_snapshot(snap, extra)
     group.barrier()
