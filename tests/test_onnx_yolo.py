@@ -181,7 +181,7 @@ def test_init_weights_region_and_alexeyab_heads_decode_as_our_decoder(case, conf
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case, conf", [("yolov2-voc.cfg", .03), ("yolov2-tiny.cfg", .01),
-                                        ("yolov3-tiny.cfg", .3), ("darknet/pjreddie/yolov3-spp.cfg", .3)])
+                                        ("yolov3-tiny.cfg", .3), ("darknet/pjreddie/tiny-yolo-voc.cfg", .03)])
 def test_more_detectors_decode_as_our_decoder(case, conf):
     _region_case(case, conf)
 

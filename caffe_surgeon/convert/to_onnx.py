@@ -5,7 +5,8 @@ it or refuses it with a reason; all layers are looked up before anything is buil
 refusal names the first layer that cannot be expressed and nothing is written. Losses,
 metrics and sinks are left out (a deploy graph), and with ``heads_only`` so are detector
 heads (``DetectionOutput``, ``[yolo]``, ``[region]``, ``[detection]``): the graph then ends
-at their inputs.
+at their inputs. Without it, a Darknet detector's graph also decodes its boxes and runs
+darknet's NMS (:mod:`.onnx_yolo`, the ``detections`` output).
 
 :func:`onnx_bytes` builds and checks the file's bytes, :func:`export_onnx` writes them
 (atomically), :func:`to_onnx` gives the ``onnx.ModelProto`` (the Python API's answer).
