@@ -129,7 +129,7 @@ def _boxes(b, txy, wh, col, row, w, h):
     return b.node("Concat", [xy, wh], axis=2)
 
 
-def decoded_heads(graph, shapes) -> list:
+def decoded_heads(graph) -> list:
     """The heads whose boxes the graph decodes ([yolo] / [region] without a softmax tree),
     in layer order; empty when the net has none, or has a head it cannot decode (YOLOv1)."""
     heads = layers_with_role(graph, "detector_head")

@@ -226,7 +226,7 @@ def _detections(b, graph: Graph, heads_only: bool, conf_thresh, nms_thresh) -> l
     graph are refused rather than ignored."""
     from .onnx_yolo import add_detections, check_thresholds, decoded_heads
     conf, nms = check_thresholds(conf_thresh, nms_thresh)
-    heads = [] if heads_only or graph.framework != "darknet" else decoded_heads(graph, b.shapes1)
+    heads = [] if heads_only or graph.framework != "darknet" else decoded_heads(graph)
     if not heads:
         if conf_thresh is not None or nms_thresh is not None:
             why = "--heads-only leaves them out" if heads_only else "it has no [yolo] or [region] head to decode"
