@@ -73,7 +73,10 @@ def section(reps: list[dict]) -> str:
              "every Debian darknet cfg, with init weights (seed 0), exported with the default "
              "options (opset 13, BatchNorm kept, heads in the graph) and run by onnxruntime and "
              "our engine on the same deterministic input at batch 1; the table gives the largest "
-             f"relative difference on the net's outputs and on their inputs (tolerance {TOL:g}).",
+             f"relative difference on the net's outputs and on their inputs (tolerance {TOL:g})."
+             " A Darknet detector's decoded `detections` output (box decoding and NMS in the "
+             "graph) is not in this sweep: with init weights its boxes and counts are arbitrary; "
+             "tests/test_onnx_yolo.py checks it against our decoder on real weights and photos.",
              "", f"- Cases: {len(reps)}; **exported and agreeing: {counts['ok']}**; refused by name "
              f"(ONNX cannot express a layer): {counts['refused']}; not loadable (see above): "
              f"{counts['not supported']}; failures: {counts['error']}.", "",

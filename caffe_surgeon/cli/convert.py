@@ -30,6 +30,12 @@ def add_parser(sub):
     p.add_argument("--heads-only", action="store_true",
                    help="onnx: leave DetectionOutput / YOLO decoding out; the graph ends at the "
                         "heads' inputs")
+    p.add_argument("--conf-thresh", type=float, metavar="P",
+                   help="onnx, Darknet detectors: default of the graph's conf_thresh input "
+                        "(objectness x class probability kept above it; default .5)")
+    p.add_argument("--nms-thresh", type=float, metavar="IOU",
+                   help="onnx, Darknet detectors: default of the graph's nms_thresh input "
+                        "(per-class NMS suppresses IoU above it; default .45, 1 = off)")
     p.add_argument("--bn", choices=("pjreddie", "alexeyab"), default="pjreddie",
                    help="Darknet BatchNorm formula (default pjreddie, as the Debian darknet)")
     p.add_argument("--phase", choices=("TEST", "TRAIN"), default="TEST")
@@ -48,8 +54,10 @@ def _check_args(args) -> None:
         from ..convert.to_onnx import check_opset
         args.opset = check_opset(args.opset if args.opset is not None else 13)
         return
-    if args.opset is not None or args.fold_bn or args.heads_only:
-        raise ModelError("--opset, --fold-bn and --heads-only apply to --to onnx only")
+    if args.opset is not None or args.fold_bn or args.heads_only or \
+            args.conf_thresh is not None or args.nms_thresh is not None:
+        raise ModelError("--opset, --fold-bn, --heads-only, --conf-thresh and --nms-thresh apply "
+                         "to --to onnx only")
     if (args.flavor or "bvlc") not in FLAVORS:
         raise ModelError(f"--flavor {args.flavor!r}: the Caffe flavors are {', '.join(FLAVORS)}")
     exts = [Path(o).suffix.lower() for o in args.output]
@@ -73,7 +81,8 @@ def run(args) -> None:
     if args.to == "onnx":
         from ..convert.to_onnx import export_onnx
         data = export_onnx(graph, outputs[0], opset=args.opset, fold_bn=args.fold_bn,
-                           heads_only=args.heads_only, input_shapes=shapes, darknet_bn=args.bn)
+                           heads_only=args.heads_only, input_shapes=shapes, darknet_bn=args.bn,
+                           conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh)
         print(f"wrote {outputs[0]} (opset {args.opset}, {len(graph.layers)} layers, "
               f"{len(data) / 2**20:.1f} MB)")
         return

@@ -12,7 +12,8 @@
 * ``[shortcut]`` adds as the engine's flavour says (pjreddie's strided channel-min add, or
   AlexeyAB's flat add with optional weights); ``[reorg]``/``[reorg3d]`` are one Gather.
 * ``[yolo]``/``[region]``/``[detection]`` heads apply their logistic/softmax parts in the graph
-  (what the engine's forward gives); ``heads_only`` ends the graph at their inputs.
+  (what the engine's forward gives); box decoding and darknet's NMS follow them in
+  :mod:`.onnx_yolo` (the ``detections`` output); ``heads_only`` ends the graph at their inputs.
 """
 from __future__ import annotations
 

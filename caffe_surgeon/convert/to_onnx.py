@@ -5,7 +5,8 @@ it or refuses it with a reason; all layers are looked up before anything is buil
 refusal names the first layer that cannot be expressed and nothing is written. Losses,
 metrics and sinks are left out (a deploy graph), and with ``heads_only`` so are detector
 heads (``DetectionOutput``, ``[yolo]``, ``[region]``, ``[detection]``): the graph then ends
-at their inputs.
+at their inputs. Without it, a Darknet detector's graph also decodes its boxes and runs
+darknet's NMS (:mod:`.onnx_yolo`, the ``detections`` output).
 
 :func:`onnx_bytes` builds and checks the file's bytes, :func:`export_onnx` writes them
 (atomically), :func:`to_onnx` gives the ``onnx.ModelProto`` (the Python API's answer).
@@ -120,7 +121,7 @@ def _digests(graph: Graph) -> list[tuple[str, str]]:
 
 def onnx_bytes(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
             heads_only: bool = False, input_shapes=None, darknet_bn: str = "pjreddie",
-            extra_outputs=()):
+            extra_outputs=(), conf_thresh=None, nms_thresh=None):
     """The ONNX model file of ``graph`` (weights attached), checked by ``onnx.checker``.
 
     Args:
@@ -134,6 +135,9 @@ def onnx_bytes(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
             the Debian darknet; or "alexeyab").
         extra_outputs: blob names to output besides the net's outputs (their final values),
             e.g. to compare logits where a softmax of huge values is ill-conditioned.
+        conf_thresh, nms_thresh: defaults (darknet's .5 and .45) of the ``conf_thresh`` and
+            ``nms_thresh`` inputs of a Darknet detector's in-graph decoding and NMS, which
+            adds the ``detections`` output (see :mod:`.onnx_yolo`); refused for other nets.
 
     Returns:
         The bytes of the ``.onnx`` file (see :mod:`.onnx_file`).
@@ -169,6 +173,7 @@ def onnx_bytes(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
         except ModelError as e:
             raise e.located(file=graph.source_text, layer=layer.name) from None
     b.layer = None
+    decoded = _detections(b, graph, heads_only, conf_thresh, nms_thresh)
     deploy = Graph(graph.framework, layers=[l for l, _ in kept], inputs=dict(graph.inputs))
     for layer in deploy.layers:  # data layers' tops are the deploy graph's inputs
         if not layer.bottoms:
@@ -180,7 +185,7 @@ def onnx_bytes(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
     # each output's doc_string names the blob it holds (its value name may carry /k)
     outputs = [helper.make_tensor_value_info(b.current[t], onnx.TensorProto.FLOAT,
                                              _output_dims(graph, t, shapes1, b.shapes2), doc_string=t)
-               for t in deploy.outputs if t in b.current]
+               for t in deploy.outputs if t in b.current] + decoded
     for t in extra_outputs:
         if t not in b.current or t in deploy.outputs:
             raise ModelError(f"extra output '{t}' is not a blob of the exported graph (or "
@@ -201,6 +206,9 @@ def onnx_bytes(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
             *_digests(graph), ("fold_bn", str(bool(fold_bn))), ("heads_only", str(bool(heads_only)))]
     if graph.framework == "darknet":
         meta.append(("darknet_bn", darknet_bn))
+    if decoded:
+        from .onnx_yolo import LAYOUT
+        meta.append(("detections", LAYOUT))
     helper.set_model_props(skeleton, dict(meta))
     data = model_bytes(skeleton, b.arrays)
     try:
@@ -210,6 +218,25 @@ def onnx_bytes(graph: Graph, *, opset: int = MIN_OPSET, fold_bn: bool = False,
         raise ModelError(f"the exported ONNX graph fails onnx.checker: {first}",
                          file=graph.source_text) from None
     return data
+
+
+def _detections(b, graph: Graph, heads_only: bool, conf_thresh, nms_thresh) -> list:
+    """[the ``detections`` output] of a Darknet detector's in-graph decoding, or [] where
+    the graph has none (heads left out, no decodable head); thresholds given for such a
+    graph are refused rather than ignored."""
+    from .onnx_yolo import add_detections, check_thresholds, decoded_heads
+    conf, nms = check_thresholds(conf_thresh, nms_thresh)
+    heads = [] if heads_only or graph.framework != "darknet" else decoded_heads(graph)
+    if not heads:
+        if conf_thresh is not None or nms_thresh is not None:
+            why = "--heads-only leaves them out" if heads_only else "it has no [yolo] or [region] head to decode"
+            raise ModelError(f"--conf-thresh and --nms-thresh apply to the in-graph decoding of "
+                             f"a Darknet detector; {why}", file=graph.source_text)
+        return []
+    try:
+        return [add_detections(b, graph, heads, conf, nms)]
+    except ModelError as e:
+        raise e.located(file=graph.source_text) from None
 
 
 def to_onnx(graph: Graph, **options):
