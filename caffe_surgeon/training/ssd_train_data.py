@@ -19,6 +19,7 @@ from ..errors import ModelError
 from ..evaluation.caffe_data import datum_image
 from ..evaluation.caffe_transform import Transform, resolver
 from .ssd_augment import SsdAugmentation
+from .train_data import BatchMaker
 
 F32 = np.float32
 _STREAM = 0x55D  # this module's SeedSequence stream, apart from train_order's
@@ -32,29 +33,21 @@ def item_rng(seed: int, item: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _STREAM, item])))
 
 
-class AnnotatedBatchMaker:
+class AnnotatedBatchMaker(BatchMaker):
     """Builds one rank's AnnotatedData batch from its iteration number (plain data only, so
-    it travels to worker processes like ``train_data.BatchMaker``)."""
+    it travels to worker processes like ``train_data.BatchMaker``, whose item order and
+    pickling it shares)."""
 
     def __init__(self, layer, params: dict, source, order, keys, tops, batch_size: int,
                  world: int, rank: int, net_file, base_dir):
         tp = dict(params.get("transform_param", {}))
+        # mean and scale only: resize, distortion, expansion and emit are the augmentation's
+        transform = Transform({k: v for k, v in tp.items() if k not in _LEFT_TO_AUGMENT
+                               and k != "mirror"}, layer.name, net_file, resolver(base_dir))
+        super().__init__(source, transform, order, keys, tops, batch_size, world, rank,
+                         net_file, layer.name)
         self.augment = SsdAugmentation(tp, params.get("annotated_data_param", {}), net_file,
                                        layer.name)
-        # mean and scale only: resize, distortion, expansion and emit are the augmentation's
-        self.transform = Transform({k: v for k, v in tp.items() if k not in _LEFT_TO_AUGMENT
-                                    and k != "mirror"}, layer.name, net_file, resolver(base_dir))
-        self.source, self.order, self.keys, self.tops = source, order, keys, tops
-        self.batch_size, self.world, self.rank = batch_size, world, rank
-        self.net_file, self.layer = net_file, layer.name
-        self._env, self._users = None, 0
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_env": None, "_users": 0}
-
-    def items(self, iteration: int) -> np.ndarray:
-        first = (iteration * self.world + self.rank) * self.batch_size
-        return np.arange(first, first + self.batch_size, dtype=np.int64)
 
     def plan(self, iteration: int, shapes=None):
         """``(items, [(record, None, mirrored), ...])`` (builds the batch to learn the flips)."""
