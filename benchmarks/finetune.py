@@ -32,6 +32,8 @@ Usage:
     python benchmarks/finetune.py [--epochs 5] [--threads 1] [--runs 7] [--cache DIR]
     python benchmarks/finetune.py --quick        # a few hundred iterations, image subsets
     python benchmarks/finetune.py --only speed   # or rounds
+    python benchmarks/finetune.py --only yolo [--yolo-batches 300] [--detset DIR]
+                                                 # benchmarks/finetune_yolo.py
 """
 from __future__ import annotations
 
@@ -412,13 +414,20 @@ def main(argv=None) -> int:
                     help="where the training and t10k images are written once")
     ap.add_argument("--quick", action="store_true",
                     help=f"4096 training images, 1000 t10k images, {QUICK_ITERS} iterations a round")
-    ap.add_argument("--only", choices=("rounds", "speed"))
+    ap.add_argument("--only", choices=("rounds", "speed", "yolo"))
+    ap.add_argument("--detset", type=Path, default=Path(tempfile.gettempdir()) / "caffe_surgeon_detset",
+                    help="yolo: the detection set's folder (generated there when missing)")
+    ap.add_argument("--yolo-batches", type=int, default=300,
+                    help="yolo: finetune iterations (batches of 32) after pruning")
     args = ap.parse_args(argv)
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); Python {platform.python_version()}")
     if args.only in (None, "speed"):
         speed(args)
     if args.only in (None, "rounds"):
         rounds(args, args.cache)
+    if args.only in (None, "yolo"):
+        from benchmarks.finetune_yolo import yolo
+        yolo(args)
     return 0
 
 
