@@ -174,8 +174,8 @@ def fixture_metrics(detset: Path, train_log: Path | None) -> dict:
     """mAP@0.5 of the shipped weights: ours on the whole test split and its first
     ``FIRST_SCENES`` scenes (the fast test), and the darknet binary's on the whole split."""
     import json
-    import platform
     import tempfile
+    from benchmarks.finetune import cpu_model
     work = yolo_scratch(Path(tempfile.mkdtemp(prefix="yolo_metrics_")), detection_set(detset))
     ours, ev, _ = our_map(work, CFG, WEIGHTS)
     first, _, _ = our_map(work, CFG, WEIGHTS, max_images=FIRST_SCENES)
@@ -192,8 +192,7 @@ def fixture_metrics(detset: Path, train_log: Path | None) -> dict:
            "training": {"init": f"caffe-surgeon init {CFG} --seed 0",
                         "command": f"caffe-surgeon finetune {CFG} init.weights --data "
                                    "fashion_detection.data -o DIR (seed 0)",
-                        "machine": f"{platform.processor() or platform.machine()}, 1 thread, "
-                                   "2 shared cores"}}
+                        "machine": f"{cpu_model()}, 1 thread of 2 shared cores"}}
     if train_log is not None:
         out["training"].update(training_log_figures(train_log))
     return out
