@@ -86,7 +86,7 @@ def test_a_sigkilled_finetune_resumes_from_its_last_backup_and_ends_byte_identic
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert (backup / "tiny.backup").is_file() and (backup / "tiny_100.weights").is_file()
+    assert (backup / "tiny.backup").is_file()  # written before the snapshot
     assert not (backup / "tiny_final.weights").exists()  # killed mid-run, not after it
 
     done = subprocess.run(finetune_command(killed, "-resume"), cwd=killed.parent,
