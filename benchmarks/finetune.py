@@ -32,7 +32,7 @@ Usage:
     python benchmarks/finetune.py [--epochs 5] [--threads 1] [--runs 7] [--cache DIR]
     python benchmarks/finetune.py --quick        # a few hundred iterations, image subsets
     python benchmarks/finetune.py --only speed   # or rounds
-    python benchmarks/finetune.py --only yolo [--yolo-batches 300] [--detset DIR]
+    python benchmarks/finetune.py --only yolo [--yolo-batches 500] [--detset DIR]
                                                  # benchmarks/finetune_yolo.py
 """
 from __future__ import annotations
@@ -417,7 +417,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=("rounds", "speed", "yolo"))
     ap.add_argument("--detset", type=Path, default=Path(tempfile.gettempdir()) / "caffe_surgeon_detset",
                     help="yolo: the detection set's folder (generated there when missing)")
-    ap.add_argument("--yolo-batches", type=int, default=300,
+    ap.add_argument("--yolo-batches", type=int, default=500,
                     help="yolo: finetune iterations (batches of 32) after pruning")
     args = ap.parse_args(argv)
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); Python {platform.python_version()}")

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     ap.add_argument("--metrics", action="store_true", help=f"measure and write {METRICS.name}")
     ap.add_argument("--train-log", type=Path, help="the training run's log, for its figures")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--yolo-batches", type=int, default=300)
+    ap.add_argument("--yolo-batches", type=int, default=500)
     args = ap.parse_args(argv)
     if args.metrics:
         figures = fixture_metrics(args.detset, args.train_log)
