@@ -33,6 +33,8 @@ Usage:
     python benchmarks/finetune.py --quick        # a few hundred iterations, image subsets
     python benchmarks/finetune.py --only speed   # or rounds
     python benchmarks/finetune.py --only ssd [--detset DIR]   # benchmarks/finetune_ssd.py
+    python benchmarks/finetune.py --only yolo [--yolo-batches 500] [--detset DIR]
+                                                 # benchmarks/finetune_yolo.py
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 import caffe_surgeon as cs  # noqa: E402
 from caffe_surgeon.caffe.text import top_level_fields  # noqa: E402
 from caffe_surgeon.engine import Executor  # noqa: E402
+from benchmarks.commands import run_logged  # noqa: E402
 from benchmarks.finetune_ssd import add_ssd_arguments, ssd_flow  # noqa: E402
 
 UNPRUNED_TOP1 = 0.9193  # fixtures/fashion/metrics.json, all 10,000 t10k images
@@ -137,22 +140,6 @@ def scratch(work: Path, train: Path, test: Path) -> Path:
 
 
 # ------------------------------------------------------------------ commands
-def run_cli(work: Path, threads: int, *args: str) -> float:
-    """``vai_p_caffe ARGS`` in ``work``; its wall time. Output goes to ``work/log.txt``."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    t = time.perf_counter()
-    with open(work / "log.txt", "a") as log:
-        log.write(f"$ vai_p_caffe {' '.join(args)}\n")
-        log.flush()
-        r = subprocess.run([sys.executable, "-m", "caffe_surgeon.cli.vai_p_caffe", *args],
-                           cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if r.returncode:
-        tail = (work / "log.txt").read_text().splitlines()[-15:]
-        raise SystemExit(f"vai_p_caffe {' '.join(args)} failed:\n" + "\n".join(tail))
-    return time.perf_counter() - t
-
-
 def top1(deploy: Path, weights: Path, x: np.ndarray, y: np.ndarray, batch: int = 500):
     """(top-1, predictions) of ``weights`` on the deploy net with our NumPy engine (sparse
     weights run as they are: removed channels are exact zeros)."""
@@ -186,11 +173,11 @@ def prune_and_finetune(work: Path, rate: float, weights: str, iters: int, thread
     cfg.write_text(with_fields(cfg.read_text(), {"rate": rate, "weights": f'"{weights}"',
                                                  **(extra or {})}))
     (work / "solver.prototxt").write_text(scaled_solver(iters))
-    prune_s = run_cli(work, threads, "prune", "-config", "config.prototxt")
+    prune_s = run_logged(work, threads, "vai_p_caffe", "prune", "-config", "config.prototxt")
     folder = work / "ws" / f"regular_rate_{rate:g}"
     deploy = work / "fashion_deploy.prototxt"
     pruned, _ = top1(deploy, folder / "sparse.caffemodel", *data)
-    finetune_s = run_cli(work, threads, "finetune", "-config", "config.prototxt")
+    finetune_s = run_logged(work, threads, "vai_p_caffe", "finetune", "-config", "config.prototxt")
     snap = last_snapshot(folder / "snapshots")
     finetuned, _ = top1(deploy, snap, *data)
     return Round(rate, pruned, finetuned, prune_s, finetune_s, snap)
@@ -202,7 +189,7 @@ def opencv_agreement(work: Path, snapshot: Path, threads: int, x, y, batch: int 
     import cv2
     cv2.setNumThreads(threads)
     out = work / "dense.caffemodel"
-    run_cli(work, threads, "transform", "-model", "fashion_deploy.prototxt",
+    run_logged(work, threads, "vai_p_caffe", "transform", "-model", "fashion_deploy.prototxt",
             "-weights", str(snapshot), "-output", str(out))
     proto = out.with_suffix(".prototxt")
     ours, pred = top1(proto, out, x, y, batch)
@@ -228,7 +215,7 @@ def rounds(args, cache: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="ftbench_") as tmp:
         work = scratch(Path(tmp), train, test)
         start, _ = top1(work / "fashion_deploy.prototxt", work / "fashion.caffemodel", *data)
-        ana_s = run_cli(work, args.threads, "ana", "-config", "config.prototxt", "-no_progress")
+        ana_s = run_logged(work, args.threads, "vai_p_caffe", "ana", "-config", "config.prototxt", "-no_progress")
         print(f"unpruned top-1 {start:.4f}; ana (once, 500 TEST images) {ana_s:.0f} s\n")
         print("| round | rate | top-1 pruned | top-1 finetuned | drop vs unpruned (points) "
               "| target | prune s | finetune s | round s |")
@@ -260,7 +247,7 @@ def distill_row(args, cache, train, test, iters, data, start) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="ftbench_distill_") as tmp:
         work = scratch(Path(tmp), train, test)
-        run_cli(work, args.threads, "ana", "-config", "config.prototxt", "-no_progress")
+        run_logged(work, args.threads, "vai_p_caffe", "ana", "-config", "config.prototxt", "-no_progress")
         r = prune_and_finetune(work, 0.5, "fashion.caffemodel", iters, args.threads, data,
                                {"distill": "true"})
         print(f"distillation at 0.5 (no labels): top-1 pruned {r.pruned:.4f} -> "
@@ -281,7 +268,7 @@ def taylor_row(args, cache, train, test, iters, data, start) -> None:
             work = scratch(Path(tmp), train, test)
             cfg = work / "config.prototxt"
             cfg.write_text(with_fields(cfg.read_text(), {"criterion": criterion}))
-            run_cli(work, args.threads, "ana", "-config", "config.prototxt", "-no_progress")
+            run_logged(work, args.threads, "vai_p_caffe", "ana", "-config", "config.prototxt", "-no_progress")
             r = prune_and_finetune(work, 0.5, "fashion.caffemodel", iters, args.threads, data)
             print(f"| {criterion} | {r.pruned:.4f} | {r.finetuned:.4f} | "
                   f"{r.prune_s + r.finetune_s:.0f} |")
@@ -414,8 +401,10 @@ def main(argv=None) -> int:
                     help="where the training and t10k images are written once")
     ap.add_argument("--quick", action="store_true",
                     help=f"4096 training images, 1000 t10k images, {QUICK_ITERS} iterations a round")
-    ap.add_argument("--only", choices=("rounds", "speed", "ssd"))
-    add_ssd_arguments(ap)
+    ap.add_argument("--only", choices=("rounds", "speed", "ssd", "yolo"))
+    add_ssd_arguments(ap)  # --detset too, which the yolo section shares
+    ap.add_argument("--yolo-batches", type=int, default=500,
+                    help="yolo: finetune iterations (batches of 32) after pruning")
     args = ap.parse_args(argv)
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); Python {platform.python_version()}")
     if args.only in (None, "speed"):
@@ -424,6 +413,9 @@ def main(argv=None) -> int:
         rounds(args, args.cache)
     if args.only in (None, "ssd"):
         ssd_flow(args)
+    if args.only in (None, "yolo"):
+        from benchmarks.finetune_yolo import yolo
+        yolo(args)
     return 0
 
 

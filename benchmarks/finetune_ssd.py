@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ DETECTION = ROOT / "fixtures" / "detection"
 sys.path.insert(0, str(ROOT))
 
 import caffe_surgeon as cs  # noqa: E402
+from benchmarks.commands import run_logged  # noqa: E402
 from caffe_surgeon.engine import Executor  # noqa: E402
 from caffe_surgeon.evaluation.voc_map import voc_map  # noqa: E402
 
@@ -193,22 +193,6 @@ def add_ssd_arguments(ap) -> None:
                     "figures here")
 
 
-def run_vai(work: Path, threads: int, *args: str) -> float:
-    """``vai_p_caffe ARGS`` in ``work``; its wall time. Output goes to ``work/log.txt``."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    t = time.perf_counter()
-    with open(work / "log.txt", "a") as log:
-        log.write(f"$ vai_p_caffe {' '.join(args)}\n")
-        log.flush()
-        r = subprocess.run([sys.executable, "-m", "caffe_surgeon.cli.vai_p_caffe", *args],
-                           cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if r.returncode:
-        tail = (work / "log.txt").read_text().splitlines()[-15:]
-        raise SystemExit(f"vai_p_caffe {' '.join(args)} failed:\n" + "\n".join(tail))
-    return time.perf_counter() - t
-
-
 def scratch(work: Path, detset: Path) -> Path:
     """A copy of the SSD fixture with the generated set's data linked in beside it."""
     for name in FIXTURE_FILES:
@@ -248,19 +232,19 @@ def ssd_flow(args) -> dict:
         tv, deploy = work / TRAIN_VAL, work / DEPLOY
         figures["unpruned"] = m = measure(work, deploy, work / WEIGHTS, x, truths, tv)
         print(row("unpruned", None, m), flush=True)
-        ana_s = run_vai(work, args.threads, "ana", "-config", CONFIG, "-no_progress")
+        ana_s = run_logged(work, args.threads, "vai_p_caffe", "ana", "-config", CONFIG, "-no_progress")
         print(f"| ana | {ana_s:.0f} | | | | | |", flush=True)
-        prune_s = run_vai(work, args.threads, "prune", "-config", CONFIG)
+        prune_s = run_logged(work, args.threads, "vai_p_caffe", "prune", "-config", CONFIG)
         folder = work / "ws" / "regular_rate_0.5"
         figures["pruned"] = m = measure(work, deploy, folder / "sparse.caffemodel", x, truths, tv)
         print(row("prune 0.5", prune_s, m), flush=True)
         extra = ("-max_iter", str(args.ssd_iters)) if args.ssd_iters else ()
-        finetune_s = run_vai(work, args.threads, "finetune", "-config", CONFIG, *extra)
+        finetune_s = run_logged(work, args.threads, "vai_p_caffe", "finetune", "-config", CONFIG, *extra)
         snap = last_snapshot(folder / "snapshots")
         figures["finetuned"] = m = measure(work, deploy, snap, x, truths, tv)
         print(row(f"finetune ({snap.stem})", finetune_s, m), flush=True)
         dense = work / "dense.caffemodel"
-        transform_s = run_vai(work, args.threads, "transform", "-model", DEPLOY,
+        transform_s = run_logged(work, args.threads, "vai_p_caffe", "transform", "-model", DEPLOY,
                               "-weights", str(snap), "-output", str(dense))
         figures["transformed"] = m = measure(work, dense.with_suffix(".prototxt"), dense, x,
                                              truths)
