@@ -123,7 +123,8 @@ def test_readme_commands_run_in_order(tmp_path):
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     """It writes under ``tempfile.mkdtemp()``, a new folder; here the test's tmp_path."""
     import tempfile
-    code = blocks("python")[0]
+    api = README.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", api, re.S)[0]
     assert "/tmp/" not in code and "out = tempfile.mkdtemp()" in code
     monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: str(tmp_path))
     monkeypatch.chdir(ROOT)  # its paths are relative to the checkout
