@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from caffe_surgeon.engine.kernels import conv, pooling, reference as ref
+from caffe_surgeon.engine.kernels import conv, depthwise, pooling, reference as ref
 from caffe_surgeon.engine.kernels.im2col import col2im, im2col
 
 rng = np.random.default_rng(0)
@@ -14,6 +14,8 @@ CONV_CASES = [  # N, C, H, W, O, k, stride, pad, dilation, group
     (1, 4, 10, 10, 6, 3, 2, 1, 1, 2),
     (2, 6, 7, 7, 6, 3, 1, 1, 1, 6),      # depthwise
     (1, 4, 9, 9, 8, 3, 2, 1, 1, 4),      # depthwise, multiplier 2
+    (1, 3, 60, 61, 3, 3, 1, 1, 1, 3),    # depthwise, rows wider than 56: the row kernel
+    (2, 3, 60, 61, 3, 5, 2, 2, 2, 3),    # depthwise, strided and dilated: channels-last
     (1, 4, 6, 6, 8, 1, 1, 0, 1, 1),      # 1x1 fast path
     (1, 3, 11, 9, 5, 3, 2, 2, 2, 1),     # dilation
     (3, 5, 12, 7, 7, 5, 3, 0, 1, 1),     # no pad, odd sizes
@@ -35,6 +37,23 @@ def test_conv2d_matches_reference(case, parallel_kernels, monkeypatch):
     got = conv.conv2d(x, wt, b, (s, s), (p, p), (d, d), g)
     want = ref.conv2d(x, wt, b, (s, s), (p, p), (d, d), g)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_kernels_agree_bit_for_bit():
+    """The channels-last and the row kernel sum each output's taps in the same order, so the
+    path a shape takes never changes a result (padded edges, stride 2, dilation 2)."""
+    x = rng.standard_normal((2, 5, 13, 17)).astype(np.float32)
+    w = rng.standard_normal((5, 1, 3, 3)).astype(np.float32)
+    for s, p, d in [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)]:
+        oh, ow = conv.out_size(13, 3, s, p, d), conv.out_size(17, 3, s, p, d)
+        rows = np.empty((2, 5, oh, ow), np.float32)
+        depthwise.DEPTHWISE_K[1](x, w, 1, s, s, p, p, d, d, oh, ow, rows)
+        last = np.empty((2, oh, ow, 5), np.float32)
+        depthwise.DEPTHWISE_NHWC_K[1](np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+                                      np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)),
+                                      s, s, p, p, d, d, oh, ow, last)
+        assert np.array_equal(rows.view(np.uint32), last.transpose(0, 3, 1, 2).view(np.uint32)), (s, p, d)
+        assert np.allclose(rows, ref.conv2d(x, w, None, (s, s), (p, p), (d, d), 5), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", CONV_CASES)

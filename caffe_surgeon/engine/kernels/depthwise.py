@@ -8,6 +8,10 @@ from . import parallel
 
 
 def _depthwise(x, w, mult, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    # One output row at a time, tap by tap: the inner loop runs along the row over the output
+    # pixels whose input pixel is inside the map (bounds worked out once per tap, not tested
+    # per pixel), so that it vectorises. Each output still sums its taps in the same order
+    # (i, then j), skipping the same padded ones, as the per-pixel loop did: same bits.
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
     for t in nb.prange(N * O):
@@ -15,26 +19,76 @@ def _depthwise(x, w, mult, sh, sw, ph, pw, dh, dw, oh, ow, out):
         o = t % O
         c = o // mult
         for y in range(oh):
-            for xo in range(ow):
-                acc = np.float32(0.0)
-                for i in range(kh):
-                    iy = y * sh - ph + i * dh
-                    if iy < 0 or iy >= H:
-                        continue
-                    for j in range(kw):
-                        ix = xo * sw - pw + j * dw
-                        if 0 <= ix < W:
-                            acc += x[n, c, iy, ix] * w[o, 0, i, j]
-                out[n, o, y, xo] = acc
+            row = out[n, o, y]
+            row[:] = np.float32(0.0)
+            for i in range(kh):
+                iy = y * sh - ph + i * dh
+                if iy < 0 or iy >= H:
+                    continue
+                src = x[n, c, iy]
+                for j in range(kw):
+                    off = j * dw - pw
+                    # first and one-past-last output columns with 0 <= xo*sw + off < W
+                    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+                    hi = min(ow, (W - 1 - off) // sw + 1) if W - 1 - off >= 0 else 0
+                    wv = w[o, 0, i, j]
+                    # unsigned indices: no negative-index wrap-around test per element, which
+                    # would keep the loop from vectorising
+                    # (a negative off wraps modulo 2**64, and xo*sw + off is still the right index)
+                    uoff = np.uint64(off)
+                    for xo in range(np.uint64(lo), np.uint64(hi)):
+                        row[xo] += src[xo * np.uint64(sw) + uoff] * wv
 
 
 DEPTHWISE_K = parallel.dual(_depthwise)
 
 
+def _depthwise_nhwc(x, w, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    # x (N, H, W, C), w (kh, kw, C), out (N, oh, ow, C): the inner loop runs along the
+    # channels, so that it vectorises however small the map or large the stride. A tile is
+    # one output row, so that a single image keeps every thread busy. Taps in the same order
+    # (i, then j, padded ones skipped) as the kernel above: the two agree bit for bit.
+    N, H, W, C = x.shape
+    kh, kw, _ = w.shape
+    for t in nb.prange(N * oh):
+        n = t // oh
+        y = t % oh
+        for xo in range(ow):
+            acc = out[n, y, xo]
+            acc[:] = np.float32(0.0)
+            for i in range(kh):
+                iy = y * sh - ph + i * dh
+                if iy < 0 or iy >= H:
+                    continue
+                for j in range(kw):
+                    ix = xo * sw - pw + j * dw
+                    if ix < 0 or ix >= W:
+                        continue
+                    src = x[n, iy, ix]
+                    wk = w[i, j]
+                    for c in range(np.uint64(C)):
+                        acc[c] += src[c] * wk[c]
+
+
+DEPTHWISE_NHWC_K = parallel.dual(_depthwise_nhwc)
+
+#: output widths up to this (or any stride > 1) take the channels-last kernel: along a short
+#: or strided row the row kernel cannot vectorise, and the two transposes cost less than that
+NHWC_MAX_WIDTH = 56
+
+
 def depthwise_conv(x, w, stride, pad, dilation, out_hw) -> np.ndarray:
     """x (N, C, H, W), w (C*m, 1, kh, kw) -> (N, C*m, oh, ow), no bias."""
+    macs = x.shape[0] * w.shape[0] * out_hw[0] * out_hw[1] * w.shape[2] * w.shape[3]
+    if w.shape[0] == x.shape[1] and (out_hw[1] <= NHWC_MAX_WIDTH or stride[1] > 1):
+        xt = np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))
+        wt = np.ascontiguousarray(np.asarray(w[:, 0], np.float32).transpose(1, 2, 0))
+        out = np.empty((x.shape[0], out_hw[0], out_hw[1], w.shape[0]), np.float32)
+        kernel = parallel.pick(DEPTHWISE_NHWC_K, macs, parallel.MIN_PARALLEL_MACS)
+        kernel(xt, wt, stride[0], stride[1], pad[0], pad[1], dilation[0], dilation[1],
+               out_hw[0], out_hw[1], out)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
     out = np.empty((x.shape[0], w.shape[0], out_hw[0], out_hw[1]), np.float32)
-    macs = out.size * w.shape[2] * w.shape[3]
     kernel = parallel.pick(DEPTHWISE_K, macs, parallel.MIN_PARALLEL_MACS)
     kernel(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(w, np.float32),
            w.shape[0] // x.shape[1], stride[0], stride[1], pad[0], pad[1], dilation[0], dilation[1],
