@@ -165,14 +165,19 @@ def convolutional(layer, b: CaffeBuilder):
     p.update({"stride": [sx]} if sx == sy else {"stride_h": sy, "stride_w": sx})
     if g["groups"] > 1:
         p["group"] = g["groups"]
+    return _weighted(layer, b, "Convolution", "convolution_param", p)
+
+
+def _weighted(layer, b: CaffeBuilder, caffe_type: str, param_key: str, p: dict):
+    """The Caffe layer of a weighted Darknet section, then its BatchNorm (the biases then
+    live in the BN's shift, so the Caffe layer has none) and its activation, in place."""
     bn = _has_bn(layer)
     weights = {"weight": layer.weights["weights"]}
     if bn:
         p["bias_term"] = False
     else:
         weights["bias"] = layer.weights["biases"]
-    top = b.add(layer.name, "Convolution", b.bottoms(layer),
-                params={"convolution_param": p}, weights=weights)
+    top = b.add(layer.name, caffe_type, b.bottoms(layer), params={param_key: p}, weights=weights)
     if bn:
         top = batch_norm(layer.name, b, top, layer.weights, in_place=True)
     return activate(layer, b, top, in_place=True)
@@ -185,34 +190,13 @@ def deconvolutional(layer, b: CaffeBuilder):
     g = spec_for("darknet", layer).geometry(layer, b.in_shapes(layer))
     p = {"num_output": g["n"], "kernel_size": [g["size"]], "stride": [g["stride"]],
          "pad": [g["padding"]]}
-    bn = _has_bn(layer)
-    weights = {"weight": layer.weights["weights"]}
-    if bn:
-        p["bias_term"] = False
-    else:
-        weights["bias"] = layer.weights["biases"]
-    top = b.add(layer.name, "Deconvolution", b.bottoms(layer),
-                params={"convolution_param": p}, weights=weights)
-    if bn:
-        top = batch_norm(layer.name, b, top, layer.weights, in_place=True)
-    return activate(layer, b, top, in_place=True)
+    return _weighted(layer, b, "Deconvolution", "convolution_param", p)
 
 
 @converts("connected")
 def connected(layer, b: CaffeBuilder):
-    n = opt_int(layer, "output", 1)
-    bn = _has_bn(layer)
-    weights = {"weight": layer.weights["weights"]}
-    p = {"num_output": n}
-    if bn:
-        p["bias_term"] = False
-    else:
-        weights["bias"] = layer.weights["biases"]
-    top = b.add(layer.name, "InnerProduct", b.bottoms(layer),
-                params={"inner_product_param": p}, weights=weights)
-    if bn:
-        top = batch_norm(layer.name, b, top, layer.weights, in_place=True)
-    return activate(layer, b, top, in_place=True)
+    p = {"num_output": opt_int(layer, "output", 1)}
+    return _weighted(layer, b, "InnerProduct", "inner_product_param", p)
 
 
 @converts("batchnorm")
