@@ -94,7 +94,7 @@ def test_pseudo_labels_are_the_teachers_detections_computed_by_hand(tmp_path):
     x, y = (2 + .5) / 4, (1 + .5) / 4
     left, right = 0., (0 + .5) / 4 + ANCHOR_W / 2
     expected = [(0, x, y, ANCHOR_W, ANCHOR_H),
-                (0, right / 2, 3.5 / 4, right, ANCHOR_H), (1, right / 2, 3.5 / 4, right, ANCHOR_H)]
+                *[(c, (left + right) / 2, 3.5 / 4, right - left, ANCHOR_H) for c in (0, 1)]]
     assert rows.dtype == np.float32 and rows.shape == (3, 5)
     np.testing.assert_allclose(sorted(map(tuple, rows)), sorted(expected), atol=1e-6)
     # a red cell alone: objectness without any class above the threshold: no truth
