@@ -72,8 +72,8 @@ def run_plain(args) -> int:
     from ..training.finetune import backend
     backend()
     if not args.data:
-        raise ModelError("a Darknet model trains on a .data file (with --teacher: or a list of "
-                         "images): add --data FILE", file=args.train_val)
+        raise ModelError("a Darknet model trains on a .data file: add --data FILE.data (with "
+                         "--teacher, a plain list of images will do)", file=args.train_val)
     teacher = None
     if getattr(args, "teacher", None):
         if len(args.teacher) > 2:
