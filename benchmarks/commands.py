@@ -14,11 +14,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = {"vai_p_caffe": "caffe_surgeon.cli.vai_p_caffe",
-           "vai_p_darknet": "caffe_surgeon.cli.vai_p_darknet"}
+           "vai_p_darknet": "caffe_surgeon.cli.vai_p_darknet",
+           "caffe-surgeon": "caffe_surgeon.cli.main"}
 
 
 def run_logged(work: Path, threads: int, command: str, *args: str) -> float:
-    """``command ARGS`` (``vai_p_caffe`` or ``vai_p_darknet``) in ``work`` on ``threads``
+    """``command ARGS`` (``vai_p_caffe``, ``vai_p_darknet`` or ``caffe-surgeon``) in ``work`` on ``threads``
     threads (torch, BLAS, Numba); its wall time in seconds."""
     n = str(threads)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=n, MKL_NUM_THREADS=n,

@@ -23,6 +23,19 @@ def add_darknet_options(p) -> None:
                    help=MAX_BATCHES_HELP)
     p.add_argument("-seed", "--seed", type=int, default=0, help="the data loader's seed")
     p.add_argument("-dist_backend", "--dist-backend", metavar="nccl|gloo", help=DIST_HELP)
+    p.add_argument("-teacher", "--teacher", metavar="WEIGHTS",
+                   help="label-free finetuning by distillation: modelcfg with these (the "
+                        "unpruned) weights is the teacher, its detections on datacfg's train= "
+                        "images are the truths (no labels/ read)")
+    add_teacher_thresh(p)
+
+
+def add_teacher_thresh(p) -> None:
+    """``--teacher-thresh``, for both faces (see :mod:`caffe_surgeon.training.darknet_pseudo`)."""
+    from ..training.darknet_pseudo import DEFAULT_THRESH
+    p.add_argument("-teacher_thresh", "--teacher-thresh", type=float, default=DEFAULT_THRESH,
+                   metavar="P", help="Darknet distillation: class probability a teacher "
+                                     f"detection needs to become a truth (default {DEFAULT_THRESH:g})")
 
 
 def device_of(gpus: str | None) -> str:
@@ -47,9 +60,10 @@ def run_vai_p(args, conf) -> int:
     if not weights.is_file():
         raise ModelError("weights file not found (run 'vai_p_darknet pruner prune' first, or "
                          "pass the weights after the config)", file=weights)
+    teacher = _teacher(args, [conf.modelcfg, args.teacher]) if args.teacher else None
     graph = _pruned_graph(conf, weights)
     backup = _backup_folder(conf.datacfg, Path(conf.workspace) / "backup")
-    return _train(graph, args, conf.datacfg, backup, Path(conf.prunedcfg).stem)
+    return _train(graph, args, conf.datacfg, backup, Path(conf.prunedcfg).stem, teacher)
 
 
 def run_plain(args) -> int:
@@ -58,13 +72,28 @@ def run_plain(args) -> int:
     from ..training.finetune import backend
     backend()
     if not args.data:
-        raise ModelError("a Darknet model trains on a .data file: add --data FILE.data",
-                         file=args.train_val)
+        raise ModelError("a Darknet model trains on a .data file: add --data FILE.data (with "
+                         "--teacher, a plain list of images will do)", file=args.train_val)
+    teacher = None
+    if getattr(args, "teacher", None):
+        if len(args.teacher) > 2:
+            raise ModelError(f"--teacher takes WEIGHTS or CFG WEIGHTS, got {len(args.teacher)} "
+                             "files")
+        teacher = _teacher(args, [args.train_val] * (2 - len(args.teacher)) + list(args.teacher))
     graph = api.load(args.train_val, args.weights)
-    return _train(graph, args, Path(args.data), Path(args.output), Path(args.train_val).stem)
+    return _train(graph, args, Path(args.data), Path(args.output), Path(args.train_val).stem,
+                  teacher)
 
 
-def _train(graph, args, data, backup, name) -> int:
+def _teacher(args, files):
+    """The distillation teacher ``(cfg, weights)``, checked before anything is written."""
+    from ..training.darknet_pseudo import Teacher
+    if getattr(args, "gpus", None) and len(args.gpus.split(",")) > 1:
+        raise ModelError("label-free (--teacher) training runs on one device; give one -gpus id")
+    return Teacher(Path(files[0]), Path(files[1]), thresh=args.teacher_thresh)
+
+
+def _train(graph, args, data, backup, name, teacher=None) -> int:
     from ..training.darknet_devices import choose_devices, train_detector_on_devices
     from ..training.darknet_finetune import DetectorRun, train_detector
     gpus = getattr(args, "gpus", None)
@@ -72,7 +101,7 @@ def _train(graph, args, data, backup, name) -> int:
     run = DetectorRun(Path(data), Path(backup), name, seed=getattr(args, "seed", 0) or 0,
                       resume=bool(getattr(args, "resume", False)),
                       max_batches=getattr(args, "max_batches", None) or getattr(args, "max_iter", None),
-                      device=device_of(gpus) if devices is None else "cpu")
+                      device=device_of(gpus) if devices is None else "cpu", teacher=teacher)
     final = train_detector(graph, run) if devices is None else \
         train_detector_on_devices(graph, run, devices)
     print(f"wrote {final} and the backups in {run.backup}")

@@ -35,13 +35,17 @@ def add_parser(sub) -> None:
     p.add_argument("--teacher", nargs="+", metavar="FILE",
                    help="label-free finetuning by distillation: learn the outputs of this model "
                         "(WEIGHTS for TRAIN_VAL, or PROTOTXT WEIGHTS) instead of the labels; the "
-                        "TRAIN data layer may then list images without labels, or name a folder")
+                        "TRAIN data layer may then list images without labels, or name a folder; "
+                        "Darknet: CFG WEIGHTS of the unpruned model, whose detections are the "
+                        "truths, and --data may be a plain list of images")
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                    help=f"distillation's softmax temperature (default {DEFAULT_TEMPERATURE:g})")
     add_options(p)
     from .darknet_finetune import DIST_HELP
     p.add_argument("--dist-backend", "-dist_backend", metavar="nccl|gloo",
                    help=f"Darknet .cfg only: {DIST_HELP}")
+    from .darknet_finetune import add_teacher_thresh
+    add_teacher_thresh(p)
 
 
 def run_vai_p(args) -> int:

@@ -53,7 +53,7 @@ import numpy as np
 
 from ..darknet.reader import read_darknet
 from ..errors import ModelError
-from ..evaluation.darknet_data import ImageItem, read_data_cfg, read_image_list
+from ..evaluation.darknet_data import DataCfg, ImageItem, read_data_cfg, read_image_list
 from ..images.darknet_image import load_image
 from ..layers.registry import layers_with_role, spec_for
 from .darknet_sample import RAND_MAX, Augmentation, detection_batch
@@ -147,7 +147,8 @@ class DetectionTrainData:
     """The training batches of ``darknet detector train DATA CFG``.
 
     Args:
-        data_file: the ``.data`` file (``train=``, optionally ``classes=``).
+        data_file: the ``.data`` file (``train=``, optionally ``classes=``), or one already
+            read (a :class:`.DataCfg`).
         cfg_file: the model's ``.cfg`` (or an already read Darknet graph).
         base_dir: folder the ``.data``'s and the list's relative paths start from
             (default: the current directory, as Darknet).
@@ -173,7 +174,8 @@ class DetectionTrainData:
             _check_int(name, value, low)
         if missing_labels not in _MISSING:
             raise ModelError(f"missing_labels must be one of {_MISSING}, got {missing_labels!r}")
-        self.data = read_data_cfg(data_file, base_dir)
+        self.data = data_file if isinstance(data_file, DataCfg) else \
+            read_data_cfg(data_file, base_dir)
         if "train" not in self.data.options:
             raise ModelError("no 'train=' option: the .data file must name the training "
                              "image list", file=self.data.path)

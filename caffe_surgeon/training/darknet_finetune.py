@@ -45,6 +45,8 @@ class DetectorRun:
         max_batches: replaces the cfg's ``max_batches`` (also the ``poly`` horizon).
         device: torch device.
         save_every: iterations between ``.backup`` saves (Darknet: 100).
+        teacher: label-free: a :class:`.darknet_pseudo.Teacher` whose detections are the
+            truths; ``data`` may then be a plain list of images.
     """
 
     data: Path
@@ -55,6 +57,7 @@ class DetectorRun:
     max_batches: int | None = None
     device: str = "cpu"
     save_every: int = SAVE_EVERY
+    teacher: object | None = None
 
 
 def snapshot_path(run: DetectorRun) -> Path:
@@ -86,7 +89,13 @@ def train_detector(graph: Graph, run: DetectorRun, log: Callable[[str], None] = 
         log(f"resuming at iteration {trainer.iteration} (seen {trainer.seen}) from {snap}")
     settings = trainer.settings
     backup = make_folder(run.backup)
-    data = DetectionTrainData(run.data, graph, seed=seed, max_batches=settings.max_batches)
+    if run.teacher is None:
+        data = DetectionTrainData(run.data, graph, seed=seed, max_batches=settings.max_batches)
+    else:  # the pseudo-labels are kept beside the snapshot, for a resumed run
+        from .darknet_pseudo import PseudoLabelledData
+        data = PseudoLabelledData(run.data, graph, run.teacher, seed=seed,
+                                  max_batches=settings.max_batches,
+                                  cache=backup / f"{run.name}.pseudo_labels.npz")
     remaining = max(0, settings.max_batches - trainer.iteration)
     log(f"{run.name}: learning rate {settings.learning_rate:g}, momentum "
         f"{settings.momentum:g}, decay {settings.decay:g}; {len(data.items)} training images")
