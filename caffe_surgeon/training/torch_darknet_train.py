@@ -49,11 +49,17 @@ def overwrites_input_delta(layer) -> bool:
     Darknet runs backward from the last layer down, so whatever routes and shortcuts had
     added to that delta before is lost: the trainer reproduces it by showing them a detached
     copy of that layer's output."""
-    if layer.type == "convolutional":
-        return opt_int(layer, "size", 1) == 1
-    if layer.type == "upsample":
-        return opt_int(layer, "stride", 2) < 0
-    return layer.type in ("reorg", "activation")
+    rule = OVERWRITES_INPUT_DELTA.get(layer.type)
+    return bool(rule and rule(layer))
+
+
+#: section type -> whether its backward assigns (rather than adds to) the delta below
+OVERWRITES_INPUT_DELTA = {
+    "convolutional": lambda layer: opt_int(layer, "size", 1) == 1,
+    "upsample": lambda layer: opt_int(layer, "stride", 2) < 0,
+    "reorg": lambda layer: True,
+    "activation": lambda layer: True,
+}
 
 
 def training_refusal(layer) -> str:
