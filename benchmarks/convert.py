@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,26 +24,8 @@ ZOO = ROOT.parent / "shared" / "zoo"
 DEBIAN = Path("/usr/share/darknet/cfg")
 
 import caffe_surgeon as cs  # noqa: E402
+from benchmarks.timing import cpu_model, median_time  # noqa: E402
 from caffe_surgeon.convert.to_onnx import export_onnx  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def median_time(fn, runs):
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def prepare(definition: Path, folder: Path) -> list[Path]:

@@ -59,6 +59,7 @@ FASHION = ROOT / "fixtures" / "fashion"
 sys.path.insert(0, str(ROOT))
 
 import caffe_surgeon as cs  # noqa: E402
+from benchmarks.timing import cpu_model  # noqa: E402
 from caffe_surgeon.caffe.text import top_level_fields  # noqa: E402
 from caffe_surgeon.engine import Executor  # noqa: E402
 from benchmarks.commands import run_logged  # noqa: E402
@@ -73,16 +74,6 @@ FIXTURE_FILES = ("config.prototxt", "solver.prototxt", "fashion_train_val.protot
 TRAIN_BATCH = 64  # fashion_train_val.prototxt, TRAIN ImageData
 BASE_ITERS = 1000  # the shipped solver's max_iter, which its stepvalues are sized for
 QUICK_ITERS = 200  # per round with --quick (without --iters)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 # ------------------------------------------------------------------ data

@@ -17,11 +17,9 @@ Usage: python benchmarks/load_and_startup.py [--runs 5] [--skip-vgg]
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +27,7 @@ sys.path.insert(0, str(ROOT))
 ZOO = ROOT.parent / "shared" / "zoo"
 
 import caffe_surgeon as cs  # noqa: E402
-
-
-def median_time(fn, runs):
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from benchmarks.timing import median_time  # noqa: E402
 
 
 def make(definition: Path, weights: Path):
