@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import ModelError
 from ..graph import Graph
 from ..layers.registry import infer_shapes, spec_for
-from . import memory_plan
+from . import heap, memory_plan
 from .ops import RunContext, op_for
 
 Version = tuple  # (producer index, blob name)
@@ -158,7 +158,7 @@ class Executor:
             self._check_fed(env)
             borrowed += _borrowed(fed, inputs or {})
         result = {}
-        with self._blas.single_threaded():
+        with self._blas.single_threaded(), heap.keep_freed():
             self._run_range(env, start, len(self.graph.layers), wanted, result, only, borrowed)
         for v, name in wanted.items():
             if v in env and name not in result:
@@ -183,13 +183,13 @@ class Executor:
             return self._advance(env, start, stop, keep)
         wanted = {v: v for v in keep}
         result: dict = {}
-        with self._blas.single_threaded():
+        with self._blas.single_threaded(), heap.keep_freed():
             self._run_range(env, start, stop, wanted, result, only)
         return {v: result.get(v, env.get(v)) for v in keep}
 
     def _advance(self, env: dict, start: int, stop: int, keep, borrowed=()) -> dict:
         wanted = {v: v for v in keep}
-        with self._blas.single_threaded():
+        with self._blas.single_threaded(), heap.keep_freed():
             self._run_range(env, start, stop, wanted, {}, borrowed=borrowed)
         needed = {v for row in self.reads[stop:] for v in row} | set(keep)
         return {v: a for v, a in env.items() if v in needed}
