@@ -247,6 +247,19 @@ WINOGRAD_CASES = [  # N, C, H, W, O, pad
     (1, 5, 7, 9, 6, 1), (2, 3, 6, 6, 4, 0), (1, 4, 8, 5, 3, 2), (3, 2, 3, 3, 2, 1)]
 
 
+def test_winograd_weight_transform_is_its_definition_bit_for_bit():
+    # G g G^T has products by 0.5 and sums of float32 values in float64: exact whatever the
+    # order, so the kernel and the einsum agree to the last bit, over any range of magnitudes
+    from caffe_surgeon.engine.kernels import winograd
+    r = np.random.default_rng(7)
+    for shape in [(1, 1, 3, 3), (5, 3, 3, 3), (64, 48, 3, 3)]:
+        wt = (r.standard_normal(shape) * 10.0 ** r.integers(-20, 20, shape)).astype(np.float32)
+        np.testing.assert_array_equal(winograd.transform_weights(wt), ref.winograd_weights(wt))
+    wt = r.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    u = winograd.transform_weights(wt)
+    assert u.shape == (16, 3, 2) and u[5, 1, 0] == np.float32(np.float64(wt[1, 0]).sum() / 4)
+
+
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
 def test_winograd_matches_its_definition_and_direct_conv(case):
     from caffe_surgeon.engine.kernels import blas, winograd

@@ -137,6 +137,13 @@ def nms_fast(boxes, scores, score_threshold, nms_threshold, top_k, eta=1.0) -> l
     return kept
 
 
+def winograd_weights(w):
+    """U = G g G^T by einsum in float64, laid out (16, O, C) and rounded to float32."""
+    G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)
+    u = np.einsum("ik,ockl,jl->ijoc", G, np.asarray(w, np.float64), G)
+    return np.ascontiguousarray(u.reshape(16, w.shape[0], w.shape[1]), np.float32)
+
+
 def winograd_conv2d(x, w, pad):
     """F(2x2, 3x3) by its definition, tile by tile in float64: A^T [(G g G^T) * (B^T d B)] A."""
     Bt = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)

@@ -34,10 +34,35 @@ def applicable(w_shape, stride, dilation, group) -> bool:
 
 def transform_weights(w: np.ndarray) -> np.ndarray:
     """(O, C, 3, 3) -> U (16, O, C) float32, U[4i + j] = (G g G^T)[i, j] (computed in float64)."""
-    g = np.asarray(w, np.float64)
-    G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
-    u = np.einsum("ik,ockl,jl->ijoc", G, g, G)
-    return np.ascontiguousarray(u.reshape(16, w.shape[0], w.shape[1]), F32)
+    w = np.ascontiguousarray(w, F32)
+    u = np.empty((16, w.shape[0], w.shape[1]), F32)
+    # sensitivity analysis transforms every pruned variant's weights: in the pool
+    parallel.pick(TRANSFORM_WEIGHTS_K, w.size)(w, u)
+    return u
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _g_rows(a0, a1, a2):
+    # G applied to one column (or row) of three values, in float64 (exact for float32 inputs)
+    return a0, .5 * a0 + .5 * a1 + .5 * a2, .5 * a0 - .5 * a1 + .5 * a2, a2
+
+
+def _transform_weights(w, u):
+    O, C = w.shape[0], w.shape[1]
+    for o in nb.prange(O):
+        for c in range(C):
+            g = w[o, c]
+            # t = G g (per kernel column), then u = t G^T (per row of t)
+            c0 = _g_rows(np.float64(g[0, 0]), np.float64(g[1, 0]), np.float64(g[2, 0]))
+            c1 = _g_rows(np.float64(g[0, 1]), np.float64(g[1, 1]), np.float64(g[2, 1]))
+            c2 = _g_rows(np.float64(g[0, 2]), np.float64(g[1, 2]), np.float64(g[2, 2]))
+            for i in range(4):
+                r = _g_rows(c0[i], c1[i], c2[i])
+                for j in range(4):
+                    u[4 * i + j, o, c] = np.float32(r[j])
+
+
+TRANSFORM_WEIGHTS_K = parallel.dual(_transform_weights)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
