@@ -275,12 +275,15 @@ def do_nms_sort(dets: list[Detection], classes: int, thresh: float) -> list[Dete
     iou = _iou_matrix(live)
     probs = np.stack([d.prob for d in live])  # (n, classes), views written back below
     order = np.arange(len(live))
-    for c in range(classes):
+    # a class no box has leaves the order as it is (a stable sort of equal keys), and a box
+    # without the class neither suppresses nor needs suppressing: only the others are walked
+    for c in np.flatnonzero((probs[:, :classes] != 0).any(axis=0)):
         order = order[np.argsort(-probs[order, c], kind="stable")]  # qsort is glibc's mergesort
-        for pos, i in enumerate(order):
+        head = order[probs[order, c] != 0]
+        for pos, i in enumerate(head):
             if probs[i, c] == 0:
                 continue
-            later = order[pos + 1:]
+            later = head[pos + 1:]
             probs[later[iou[i, later] > thresh], c] = 0
     for d, row in zip(live, probs):
         d.prob = row
