@@ -172,6 +172,48 @@ def test_epilogue_is_bitwise_the_separate_passes(parallel_kernels, monkeypatch):
     np.testing.assert_array_equal(part[:, :4], y[1].reshape(5, 21)[:, :4])
 
 
+def _same_bits(got, want):
+    """Equal as float32 bit patterns (signed zeros told apart), NaN where NaN."""
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+
+
+@pytest.mark.parametrize("parallel_kernels", [False, True])
+def test_epilogue_runs_are_bitwise_any_stage_sequence(parallel_kernels, monkeypatch):
+    # Runs of MUL/ADD stages and their activation go in one pass: any sequence (runs longer
+    # than the 4 a pass takes, activations back to back, none at all), on values that tell
+    # signed zeros, infinities, NaN and subnormals apart, equals the separate passes bit for bit
+    from caffe_surgeon.engine.kernels import epilogue as epi, parallel
+    from caffe_surgeon.engine.kernels.epilogue import Epilogue
+    if parallel_kernels:
+        monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
+    r = np.random.default_rng(11)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-40, 3.4e38, -1.0, 1.0],
+                       np.float32)
+    for trial in range(60):
+        c = int(r.integers(1, 6))
+        y = (r.standard_normal((2, c, 9)) * 10.0 ** r.integers(-3, 4)).astype(np.float32)
+        y.reshape(-1)[r.integers(0, y.size, 6)] = r.choice(special, 6)
+        ep = Epilogue(c)
+        for _ in range(int(r.integers(0, 10))):
+            kind = int(r.integers(0, 5))
+            vec = r.standard_normal(c).astype(np.float32)
+            if r.random() < 0.4:
+                vec[int(r.integers(0, c))] = r.choice(special)
+            if kind == 0:
+                ep.mul(vec)
+            elif kind == 1:
+                ep.add(vec)
+            elif kind == 2:
+                ep.relu()
+            elif kind == 3:
+                ep.leaky(float(r.choice([0.1, -0.5, 0.0])))
+            else:
+                ep.clip(-1.5, 2.0)
+        _same_bits(epi.apply(y.copy(), ep), ref.epilogue(y, ep.stages))
+
+
 TILED_CASES = [  # N, C, H, W, O, k, stride, pad, dilation, group
     (1, 3, 40, 36, 16, 3, 1, 1, 1, 1),   # row tiles
     (3, 8, 23, 17, 12, 3, 2, 1, 1, 2),   # row tiles, groups, several images
