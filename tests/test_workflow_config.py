@@ -543,3 +543,20 @@ def test_sensitivity_png_without_matplotlib(tmp_path, monkeypatch):
     assert msg.startswith(f"{out}: the sensitivity plot needs matplotlib") and \
         "pip install matplotlib" in msg
     assert not out.exists()
+
+
+def test_prefetch_plotting_imports_the_plot_modules_in_the_background():
+    import subprocess
+    import sys
+    pytest.importorskip("matplotlib")
+    code = ("import sys, threading\n"
+            "from caffe_surgeon.workflow.report import prefetch_plotting\n"
+            "assert 'matplotlib.figure' not in sys.modules\n"
+            "prefetch_plotting()\n"
+            "t = [t for t in threading.enumerate() if t.name == 'prefetch-matplotlib']\n"
+            "assert len(t) == 1 and t[0].daemon\n"
+            "t[0].join(120)\n"
+            "print('matplotlib.figure' in sys.modules, 'matplotlib.backends.backend_agg' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]

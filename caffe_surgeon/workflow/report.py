@@ -299,6 +299,23 @@ def write_sensitivity_plot(table: SensitivityTable, path, title: str | None = No
 SENSITIVITY_REPORT_NAMES = ("ana_sensitivity.txt", "ana_sensitivity.csv", "ana_sensitivity.png")
 
 
+def prefetch_plotting() -> None:
+    """Start importing matplotlib's figure and Agg canvas on a daemon thread, for a command
+    that will plot after minutes of work: the half second of imports overlaps that work
+    instead of following it (the evaluations' kernels release the GIL)."""
+    import importlib.util
+    import threading
+
+    def load():
+        try:
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+        except Exception:  # not installed or broken: sensitivity_png says so when it is needed
+            pass
+    if importlib.util.find_spec("matplotlib") is not None:
+        threading.Thread(target=load, name="prefetch-matplotlib", daemon=True).start()
+
+
 def write_sensitivity_reports(table: SensitivityTable, folder) -> list[Path]:
     """Write ``ana_sensitivity.txt`` (table), ``.csv`` and ``.png`` (if matplotlib is
     installed) into ``folder`` (created), atomically; return the paths written."""
