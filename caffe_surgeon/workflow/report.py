@@ -303,13 +303,14 @@ def prefetch_plotting() -> None:
     """Start importing matplotlib's figure and Agg canvas on a daemon thread, for a command
     that will plot after minutes of work: the half second of imports overlaps that work
     instead of following it (the evaluations' kernels release the GIL)."""
+    import importlib
     import importlib.util
     import threading
 
     def load():
         try:
-            import matplotlib.backends.backend_agg  # noqa: F401
-            import matplotlib.figure  # noqa: F401
+            importlib.import_module("matplotlib.figure")
+            importlib.import_module("matplotlib.backends.backend_agg")
         except Exception:  # not installed or broken: sensitivity_png says so when it is needed
             pass
     if importlib.util.find_spec("matplotlib") is not None:
