@@ -24,6 +24,7 @@ float32 stages in the same order as :func:`.epilogue.apply`.
 """
 from __future__ import annotations
 
+import functools
 import threading
 
 import numba as nb
@@ -40,6 +41,8 @@ LANES = 16
 #: multiply-adds from which a layer is shared among threads: tiles are independent planes
 #: with no GEMM inside, so the pool pays off earlier than parallel.MIN_PARALLEL_MACS
 MIN_PARALLEL_MACS = 600_000
+#: chunks of planes per thread (0: Numba's default, one equal share per thread)
+CHUNKS_PER_THREAD = 8
 
 
 class PhaseLayout:
@@ -72,6 +75,13 @@ class PhaseLayout:
         i, j = np.divmod(np.arange(kh * kw), kw)
         self.taps = ((((i * dh) % sh) * sw + (j * dw) % sw) * per
                      + ((i * dh) // sh) * self.Wq + (j * dw) // sw).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=256)
+def phase_layout(H, W, kh, kw, stride, pad, dilation) -> PhaseLayout:
+    """:class:`PhaseLayout`, built once per layer geometry (about 40 us of NumPy a layer,
+    a few % of a MobileNet v2 pass otherwise); shared, so never written to."""
+    return PhaseLayout(H, W, kh, kw, stride, pad, dilation)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -203,7 +213,7 @@ def depthwise_planes(x, w, stride, pad, dilation, out_hw, arrays) -> np.ndarray 
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
     oh, ow = out_hw
-    lay = PhaseLayout(H, W, kh, kw, stride, pad, dilation)
+    lay = phase_layout(H, W, kh, kw, tuple(stride), tuple(pad), tuple(dilation))
     block = max(BLOCK_FLOATS, lay.Wq)
     out = np.empty((N, O, oh, ow), F32)
     # nb.get_num_threads() starts Numba's threading layer, which get_thread_id() inside even
@@ -211,7 +221,14 @@ def depthwise_planes(x, w, stride, pad, dilation, out_hw, arrays) -> np.ndarray 
     # started it would read an unset thread id
     nb.get_num_threads()
     kernel = parallel.pick(DEPTHWISE_PLANES_K, N * O * oh * ow * kh * kw, MIN_PARALLEL_MACS)
-    kernel(x, np.ascontiguousarray(w[:, 0], F32), O // C, lay.rows, lay.cols, lay.taps, lay.Wq,
-           lay.floats, oh, ow, _thread_scratch(lay.floats + block + LANES), block,
-           out.reshape(N, O, oh * ow), *arrays)
+    # chunks of planes handed out as threads come free, rather than one half per thread: on
+    # shared cores a descheduled worker then holds up one chunk, not half the layer
+    chunk = max(1, -(-N * C // (CHUNKS_PER_THREAD * nb.get_num_threads()))) if CHUNKS_PER_THREAD else 0
+    before = nb.set_parallel_chunksize(chunk)
+    try:
+        kernel(x, np.ascontiguousarray(w[:, 0], F32), O // C, lay.rows, lay.cols, lay.taps, lay.Wq,
+               lay.floats, oh, ow, _thread_scratch(lay.floats + block + LANES), block,
+               out.reshape(N, O, oh * ow), *arrays)
+    finally:
+        nb.set_parallel_chunksize(before)
     return out
