@@ -111,12 +111,16 @@ def test_conv2d_depthwise_with_fused_epilogue_equals_the_separate_passes(hw, str
     b = rng.standard_normal(24).astype(np.float32)
     ep = epi.Epilogue(24).mul(rng.standard_normal(24)).add(rng.standard_normal(24)).clip(0, 6)
     out_hw = tuple(conv.out_size(v, 3, stride, 1, 1) for v in hw)
+    planes = []
+    real = depthwise.depthwise_planes
+    monkeypatch.setattr(depthwise, "depthwise_planes", lambda *a: planes.append(1) or real(*a))
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         got = conv.conv2d(x, wt, b, (stride, stride), (1, 1), (1, 1), 24, epilogue=ep)
     finally:
         numba.set_num_threads(before)
+    assert bool(planes) == (out_hw[0] * out_hw[1] >= depthwise.PLANES_MIN_PIXELS)
     want = depthwise.depthwise_unfused(x, wt, (stride, stride), (1, 1), (1, 1), out_hw)
     want = epi.apply(epi.apply(want, epi.Epilogue(24).add(b)), ep)
     np.testing.assert_array_equal(_bits(got), _bits(want))

@@ -39,8 +39,10 @@ BLOCK_FLOATS = 2048
 #: one AVX-512 vector of float32: the 3x3 loop runs in whole vectors
 LANES = 16
 #: multiply-adds from which a layer is shared among threads: tiles are independent planes
-#: with no GEMM inside, so the pool pays off earlier than parallel.MIN_PARALLEL_MACS
-MIN_PARALLEL_MACS = 600_000
+#: with no GEMM inside, so the pool pays off earlier than parallel.MIN_PARALLEL_MACS (1M
+#: multiply-adds are ~120 us here at 8 GMAC/s: half of it saved beats the 20-45 us of
+#: waking the pool)
+MIN_PARALLEL_MACS = 1_000_000
 #: chunks of planes per thread (0: Numba's default, one equal share per thread)
 CHUNKS_PER_THREAD = 8
 
@@ -196,11 +198,13 @@ _scratch = threading.local()  # one per calling thread: concurrent forward passe
 
 
 def _thread_scratch(n: int) -> np.ndarray:
+    """(threads, n) float32 reused between calls: row ``numba.get_thread_id()`` is a tile's own."""
     rows = nb.config.NUMBA_NUM_THREADS
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.shape[1] < n:
         buf = np.empty((rows, n), F32)
-        _scratch.buf = buf
+        if buf.nbytes <= (256 << 20):  # a giant map's scratch is not kept
+            _scratch.buf = buf
     return buf
 
 
