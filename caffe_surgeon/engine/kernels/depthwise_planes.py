@@ -223,16 +223,19 @@ def depthwise_planes(x, w, stride, pad, dilation, out_hw, arrays) -> np.ndarray 
     # nb.get_num_threads() starts Numba's threading layer, which get_thread_id() inside even
     # the serial build reads: a build loaded from the cache into a process that has not
     # started it would read an unset thread id
-    nb.get_num_threads()
+    threads = nb.get_num_threads()
     kernel = parallel.pick(DEPTHWISE_PLANES_K, N * O * oh * ow * kh * kw, MIN_PARALLEL_MACS)
+    args = (x, np.ascontiguousarray(w[:, 0], F32), O // C, lay.rows, lay.cols, lay.taps, lay.Wq,
+            lay.floats, oh, ow, _thread_scratch(lay.floats + block + LANES), block,
+            out.reshape(N, O, oh * ow)) + tuple(arrays)
+    if kernel is DEPTHWISE_PLANES_K[1] or not CHUNKS_PER_THREAD:
+        kernel(*args)
+        return out
     # chunks of planes handed out as threads come free, rather than one half per thread: on
     # shared cores a descheduled worker then holds up one chunk, not half the layer
-    chunk = max(1, -(-N * C // (CHUNKS_PER_THREAD * nb.get_num_threads()))) if CHUNKS_PER_THREAD else 0
-    before = nb.set_parallel_chunksize(chunk)
+    before = nb.set_parallel_chunksize(max(1, -(-N * C // (CHUNKS_PER_THREAD * threads))))
     try:
-        kernel(x, np.ascontiguousarray(w[:, 0], F32), O // C, lay.rows, lay.cols, lay.taps, lay.Wq,
-               lay.floats, oh, ow, _thread_scratch(lay.floats + block + LANES), block,
-               out.reshape(N, O, oh * ow), *arrays)
+        kernel(*args)
     finally:
         nb.set_parallel_chunksize(before)
     return out
