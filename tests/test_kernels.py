@@ -12,10 +12,10 @@ rng = np.random.default_rng(0)
 CONV_CASES = [  # N, C, H, W, O, k, stride, pad, dilation, group
     (2, 3, 9, 8, 4, 3, 1, 1, 1, 1),
     (1, 4, 10, 10, 6, 3, 2, 1, 1, 2),
-    (2, 6, 7, 7, 6, 3, 1, 1, 1, 6),      # depthwise
-    (1, 4, 9, 9, 8, 3, 2, 1, 1, 4),      # depthwise, multiplier 2
-    (1, 3, 60, 61, 3, 3, 1, 1, 1, 3),    # depthwise, rows wider than 56: the row kernel
-    (2, 3, 60, 61, 3, 5, 2, 2, 2, 3),    # depthwise, strided and dilated: channels-last
+    (2, 6, 7, 7, 6, 3, 1, 1, 1, 6),      # depthwise, small map: channels-last
+    (1, 4, 9, 9, 8, 3, 2, 1, 1, 4),      # depthwise, multiplier 2, small map: the row kernel
+    (1, 3, 60, 61, 3, 3, 1, 1, 1, 3),    # depthwise, large map: the plane kernel
+    (2, 3, 60, 61, 3, 5, 2, 2, 2, 3),    # depthwise, strided and dilated: the plane kernel
     (1, 4, 6, 6, 8, 1, 1, 0, 1, 1),      # 1x1 fast path
     (1, 3, 11, 9, 5, 3, 2, 2, 2, 1),     # dilation
     (3, 5, 12, 7, 7, 5, 3, 0, 1, 1),     # no pad, odd sizes

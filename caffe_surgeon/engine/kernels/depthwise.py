@@ -4,7 +4,9 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from . import epilogue as epi
 from . import parallel
+from .depthwise_planes import depthwise_planes
 
 
 def _depthwise(x, w, mult, sh, sw, ph, pw, dh, dw, oh, ow, out):
@@ -75,10 +77,26 @@ DEPTHWISE_NHWC_K = parallel.dual(_depthwise_nhwc)
 #: output widths up to this (or any stride > 1) take the channels-last kernel: along a short
 #: or strided row the row kernel cannot vectorise, and the two transposes cost less than that
 NHWC_MAX_WIDTH = 56
+#: output maps from this many pixels take the plane kernel (:mod:`.depthwise_planes`);
+#: below it its per-plane costs (fill, copy-out, short rows) outweigh the channels-last
+#: kernel's two transposes (measured on MobileNet v2: 14x14 even, 7x7 2x slower)
+PLANES_MIN_PIXELS = 14 * 14
 
 
-def depthwise_conv(x, w, stride, pad, dilation, out_hw) -> np.ndarray:
-    """x (N, C, H, W), w (C*m, 1, kh, kw) -> (N, C*m, oh, ow), no bias."""
+def depthwise_conv(x, w, stride, pad, dilation, out_hw, ep: epi.Epilogue | None = None) -> np.ndarray:
+    """x (N, C, H, W), w (C*m, 1, kh, kw) -> (N, C*m, oh, ow), with the epilogue ``ep``
+    (bias first, if any) applied: fused per plane where the plane kernel runs."""
+    if out_hw[0] * out_hw[1] >= PLANES_MIN_PIXELS:
+        out = depthwise_planes(np.ascontiguousarray(x, np.float32), w, stride, pad, dilation, out_hw,
+                               (ep or epi.Epilogue(w.shape[0])).arrays())
+        if out is not None:
+            return out
+    return epi.apply(depthwise_unfused(x, w, stride, pad, dilation, out_hw), ep)
+
+
+def depthwise_unfused(x, w, stride, pad, dilation, out_hw) -> np.ndarray:
+    """The tap-skipping kernels (row or channels-last), no epilogue: small maps, non-finite
+    weights, and the bit-for-bit yardstick of the plane kernel's tests."""
     macs = x.shape[0] * w.shape[0] * out_hw[0] * out_hw[1] * w.shape[2] * w.shape[3]
     if w.shape[0] == x.shape[1] and (out_hw[1] <= NHWC_MAX_WIDTH or stride[1] > 1):
         xt = np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))

@@ -1,0 +1,241 @@
+"""Depthwise convolution one (image, channel) plane at a time, in NCHW, epilogue fused.
+
+Why planes: a depthwise filter touches one input plane only, so a tile is a plane
+(no transposes to channels-last and back) and a batch-1 layer of 144+ channels
+has tiles enough for every thread, with no GEMM inside to amortise.
+
+Per plane, the input is copied once into a zero-padded per-thread scratch,
+split into ``sh x sw`` *phases* (phase (a, b) holds the padded rows a, a+sh, ...
+and columns b, b+sw, ...). Every tap (i, j) then reads, for all outputs of a
+block of rows at once, one contiguous run of its phase: output (y, x) flattened
+as ``y*Wq + x`` (``Wq`` the phase width) reads phase element
+``(y + ri)*Wq + x + cj``. The columns ``ow..Wq-1`` of each row are computed
+too and thrown away; in exchange the inner loop runs over whole blocks, which
+vectorises even on 7x7 maps and at stride 2. The kept outputs are moved into
+the output plane and the epilogue (bias, BN, Scale, ReLU...) runs on them
+while they are in cache.
+
+Same bits as the tap-skipping kernels of :mod:`.depthwise`: each output sums
+its taps in the same order (i, then j) from +0.0; a padded tap adds
+``0.0 * w``, a zero, which leaves any sum that starts at +0.0 unchanged
+(such a sum is never -0.0). That holds for finite weights only (``0 * inf``
+is NaN), which :func:`depthwise_planes` checks. The epilogue runs the same
+float32 stages in the same order as :func:`.epilogue.apply`.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+
+import numba as nb
+import numpy as np
+
+from . import parallel
+from .epilogue import _stages_row
+
+F32 = np.float32
+#: floats of the accumulator block (a few output rows): stays in L1 while the taps sweep it
+BLOCK_FLOATS = 2048
+#: one AVX-512 vector of float32: the 3x3 loop runs in whole vectors
+LANES = 16
+#: multiply-adds from which a layer is shared among threads: tiles are independent planes
+#: with no GEMM inside, so the pool pays off earlier than parallel.MIN_PARALLEL_MACS (1M
+#: multiply-adds are ~120 us here at 8 GMAC/s: half of it saved beats the 20-45 us of
+#: waking the pool)
+MIN_PARALLEL_MACS = 1_000_000
+#: chunks of planes per thread (0: Numba's default, one equal share per thread)
+CHUNKS_PER_THREAD = 8
+
+
+class PhaseLayout:
+    """Where each input pixel and each tap lives in a plane's phases, worked out once per
+    layer (integer divisions per plane would cost more than a 7x7 plane's taps).
+
+    Phase (a, b) starts at ``(a*sw + b) * (Hq+1) * Wq``: ``Hq x Wq`` plus one spare zero row,
+    which the thrown-away columns of the last output row may reach into (by at most
+    ``(kw-1)*dw // sw < Wq`` floats); ``LANES`` spare zeros follow the phases for the last
+    vector's overrun.
+    """
+
+    def __init__(self, H, W, kh, kw, stride, pad, dilation):
+        sh, sw = stride
+        ph, pw = pad
+        dh, dw = dilation
+        self.Hq, self.Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
+        per = (self.Hq + 1) * self.Wq
+        self.floats = sh * sw * per + LANES
+        pr = np.arange(H) + ph
+        #: input row r -> start of its row in phase (pr % sh, 0)
+        self.rows = ((pr % sh) * sw * per + (pr // sh) * self.Wq).astype(np.int64)
+        #: column phase b -> (first input column, its offset in the row, input columns in it)
+        cols = []
+        for b in range(sw):
+            c0 = (b - pw) % sw
+            cols.append((c0, b * per + (c0 + pw) // sw, max(0, -(-(W - c0) // sw))))
+        self.cols = np.array(cols, np.int64).reshape(sw, 3)
+        #: tap (i, j) -> where output (0, 0) reads it
+        i, j = np.divmod(np.arange(kh * kw), kw)
+        self.taps = ((((i * dh) % sh) * sw + (j * dw) % sw) * per
+                     + ((i * dh) // sh) * self.Wq + (j * dw) // sw).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=256)
+def phase_layout(H, W, kh, kw, stride, pad, dilation) -> PhaseLayout:
+    """:class:`PhaseLayout`, built once per layer geometry (about 40 us of NumPy a layer,
+    a few % of a MobileNet v2 pass otherwise); shared, so never written to."""
+    return PhaseLayout(H, W, kh, kw, stride, pad, dilation)
+
+
+@nb.njit(cache=True, nogil=True)
+def _fill_phases(x, at, H, W, buf, base, floats, rows, cols):
+    # x[at:at + H*W] (an input plane) -> buf[base:base+floats], zero where padded (PhaseLayout).
+    # Flat indices, no array views: each view of an argument costs an atomic reference count
+    # pair, which adds up over thousands of 7x7 planes. Unsigned indices: no negative-index
+    # wrap-around test per element, which would keep the loops from vectorising.
+    u = np.uint64
+    for k in range(u(base), u(base + floats)):
+        buf[k] = F32(0.0)
+    sw = u(cols.shape[0])
+    if sw == 2 and cols[0, 0] + 1 == cols[1, 0]:
+        # both column phases in one loop: an interleaved pair of loads, which vectorises
+        # (one phase at a time is a gather with gaps, which does not)
+        for r in range(H):
+            s = u(at + r * W + cols[0, 0])
+            d0 = u(base + rows[r] + cols[0, 1])
+            d1 = u(base + rows[r] + cols[1, 1])
+            for t in range(u(cols[1, 2])):
+                buf[d0 + t] = x[s + u(2) * t]
+                buf[d1 + t] = x[s + u(2) * t + u(1)]
+            if cols[0, 2] > cols[1, 2]:  # odd width: the first phase has one column more
+                t = u(cols[1, 2])
+                buf[d0 + t] = x[s + u(2) * t]
+        return
+    for r in range(H):
+        for b in range(cols.shape[0]):
+            s = u(at + r * W + cols[b, 0])
+            d = u(base + rows[r] + cols[b, 1])
+            for t in range(u(cols[b, 2])):
+                buf[d + t] = x[s + t * sw]
+
+
+@nb.njit(cache=True, nogil=True)
+def _plane(buf, base, w, o, taps, Wq, oh, ow, acc, a0, block, out, p0, codes, vecs, params):
+    # buf[base:]: the phases of one input plane; w[o] (kh, kw) its filter; out[p0:p0 + oh*ow]
+    # its output plane (flat, as in _fill_phases)
+    kh, kw = w.shape[1], w.shape[2]
+    u = np.uint64
+    rows = max(1, min(oh, block // Wq))
+    a = u(a0)
+    for y0 in range(0, oh, rows):
+        y1 = min(oh, y0 + rows)
+        m = u((y1 - y0) * Wq)
+        at = base + y0 * Wq
+        if kh == 3 and kw == 3:
+            # the nine taps in one pass, summed in order (i, then j) from +0.0
+            t0, t1, t2 = u(at + taps[0]), u(at + taps[1]), u(at + taps[2])
+            t3, t4, t5 = u(at + taps[3]), u(at + taps[4]), u(at + taps[5])
+            t6, t7, t8 = u(at + taps[6]), u(at + taps[7]), u(at + taps[8])
+            w0, w1, w2 = w[o, 0, 0], w[o, 0, 1], w[o, 0, 2]
+            w3, w4, w5 = w[o, 1, 0], w[o, 1, 1], w[o, 1, 2]
+            w6, w7, w8 = w[o, 2, 0], w[o, 2, 1], w[o, 2, 2]
+            z = F32(0.0)
+            # LANES at a time, a whole number of times (the spare floats of the phases and of
+            # the block absorb the overrun): no scalar remainder loop on short planes
+            for k0 in range(u(0), m, u(LANES)):
+                for k1 in range(u(LANES)):
+                    k = k0 + k1
+                    s = z + buf[t0 + k] * w0
+                    s = s + buf[t1 + k] * w1
+                    s = s + buf[t2 + k] * w2
+                    s = s + buf[t3 + k] * w3
+                    s = s + buf[t4 + k] * w4
+                    s = s + buf[t5 + k] * w5
+                    s = s + buf[t6 + k] * w6
+                    s = s + buf[t7 + k] * w7
+                    acc[a + k] = s + buf[t8 + k] * w8
+        else:
+            for k in range(m):
+                acc[a + k] = F32(0.0)
+            for i in range(kh):
+                for j in range(kw):
+                    t = u(at + taps[i * kw + j])
+                    wv = w[o, i, j]
+                    for k in range(m):
+                        acc[a + k] += buf[t + k] * wv
+        for y in range(y1 - y0):
+            d = u(p0 + (y0 + y) * ow)
+            s0 = u(a0 + y * Wq)
+            for x in range(u(ow)):
+                out[d + x] = acc[s0 + x]
+        _stages_row(out[p0 + y0 * ow:p0 + y1 * ow], o, codes, vecs, params)
+
+
+def _depthwise_planes(x, w, mult, rows, cols, taps, Wq, floats, oh, ow, scratch, block, out, codes,
+                      vecs, params):
+    # x (N, C, H, W), w (C*mult, kh, kw), out (N, C*mult, oh*ow); (rows, cols, taps, Wq, floats)
+    # a PhaseLayout; scratch (threads, floats + block + LANES). Tile = (image, input channel),
+    # which makes its `mult` output planes from one fill of the phases.
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    flat = scratch.reshape(-1)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    for t in nb.prange(N * C):
+        n = t // C
+        c = t % C
+        # the thread's scratch row: phases, then the accumulator block
+        base = nb.get_thread_id() * scratch.shape[1]
+        _fill_phases(xf, t * H * W, H, W, flat, base, floats, rows, cols)
+        for m in range(mult):
+            o = c * mult + m
+            _plane(flat, base, w, o, taps, Wq, oh, ow, flat, base + floats, block, of,
+                   (n * O + o) * oh * ow, codes, vecs, params)
+
+
+DEPTHWISE_PLANES_K = parallel.dual(_depthwise_planes)
+
+_scratch = threading.local()  # one per calling thread: concurrent forward passes may not share
+
+
+def _thread_scratch(n: int) -> np.ndarray:
+    """(threads, n) float32 reused between calls: row ``numba.get_thread_id()`` is a tile's own."""
+    rows = nb.config.NUMBA_NUM_THREADS
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.shape[1] < n:
+        buf = np.empty((rows, n), F32)
+        if buf.nbytes <= (256 << 20):  # a giant map's scratch is not kept
+            _scratch.buf = buf
+    return buf
+
+
+def depthwise_planes(x, w, stride, pad, dilation, out_hw, arrays) -> np.ndarray | None:
+    """x (N, C, H, W) float32, w (C*m, 1, kh, kw) -> (N, C*m, oh, ow) with the epilogue
+    ``arrays`` (:meth:`.epilogue.Epilogue.arrays`) applied; None when a weight is not finite
+    (a padded tap would then add NaN where the tap-skipping kernels add nothing)."""
+    if not np.isfinite(w).all():
+        return None
+    N, C, H, W = x.shape
+    O, _, kh, kw = w.shape
+    oh, ow = out_hw
+    lay = phase_layout(H, W, kh, kw, tuple(stride), tuple(pad), tuple(dilation))
+    block = max(BLOCK_FLOATS, lay.Wq)
+    out = np.empty((N, O, oh, ow), F32)
+    # nb.get_num_threads() starts Numba's threading layer, which get_thread_id() inside even
+    # the serial build reads: a build loaded from the cache into a process that has not
+    # started it would read an unset thread id
+    threads = nb.get_num_threads()
+    kernel = parallel.pick(DEPTHWISE_PLANES_K, N * O * oh * ow * kh * kw, MIN_PARALLEL_MACS)
+    args = (x, np.ascontiguousarray(w[:, 0], F32), O // C, lay.rows, lay.cols, lay.taps, lay.Wq,
+            lay.floats, oh, ow, _thread_scratch(lay.floats + block + LANES), block,
+            out.reshape(N, O, oh * ow)) + tuple(arrays)
+    if kernel is DEPTHWISE_PLANES_K[1] or not CHUNKS_PER_THREAD:
+        kernel(*args)
+        return out
+    # chunks of planes handed out as threads come free, rather than one half per thread: on
+    # shared cores a descheduled worker then holds up one chunk, not half the layer
+    before = nb.set_parallel_chunksize(max(1, -(-N * C // (CHUNKS_PER_THREAD * threads))))
+    try:
+        kernel(*args)
+    finally:
+        nb.set_parallel_chunksize(before)
+    return out
