@@ -365,3 +365,4 @@ def test_l2_normalize_channels_matches_reference(scale_size):
     scale = (rng.random(scale_size) * 20).astype(np.float32)
     np.testing.assert_allclose(channelwise.l2_normalize_channels(x, 1e-10, scale),
                                ref.l2_normalize_channels(x, 1e-10, scale), rtol=1e-6)
+

@@ -72,6 +72,9 @@ _scratch = threading.local()  # one set per calling thread: concurrent forward p
 
 def _thread_scratch(n: int) -> np.ndarray:
     """(threads, n) float32 reused between calls: row ``numba.get_thread_id()`` is a tile's own."""
+    # get_num_threads() starts Numba's threading layer: a serial build loaded from the
+    # cache calls get_thread_id(), which crashes in a process whose layer has not started
+    nb.get_num_threads()
     rows = nb.config.NUMBA_NUM_THREADS
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.shape[1] < n:
@@ -172,6 +175,13 @@ def _wide_tiles(gemm, wg, cols, n_img, P, ob, cb, wide, out, codes, vecs, params
 WIDE_TILES_K = parallel.dual(_wide_tiles)
 
 
+def one_tile_at_a_time():
+    """GEMM tiles handed out one at a time rather than in one fixed share per thread
+    (Numba's default): a thread the OS deschedules then holds up one tile, not half the
+    layer. The tiles, and so the results, stay the same."""
+    return nb.parallel_chunksize(1)
+
+
 def _round16(v: int, cap: int) -> int:
     return min(cap, -(-v // 16) * 16)
 
@@ -264,9 +274,11 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
             rows = max(1, min(oh, TILE_BYTES // (4 * K * ow)))
             if N * -(-oh // rows) < want:
                 rows = max(1, -(-N * oh // want))
-            ROW_TILES_K[kernel](gemm, x, wg, kh, kw, stride[0], stride[1], pad[0], pad[1], dilation[0],
-                                dilation[1], oh, ow, rows, out3, codes, vecs, params,
-                                _thread_scratch(K * rows * ow))
+            scratch = _thread_scratch(K * rows * ow)
+            with one_tile_at_a_time():
+                ROW_TILES_K[kernel](gemm, x, wg, kh, kw, stride[0], stride[1], pad[0], pad[1],
+                                    dilation[0], dilation[1], oh, ow, rows, out3, codes, vecs, params,
+                                    scratch)
             return out
         pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
         if N > 1 and og > P:
@@ -280,8 +292,9 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
                     cb = _round16(-(-N * P // parts), N * P)
                 else:
                     ob = _round16(-(-og // parts), og)
-            WIDE_TILES_K[kernel](gemm, wg, cols, N, P, ob, cb, np.empty((O, N * P), F32), out3,
-                                 codes, vecs, params)
+            with one_tile_at_a_time():
+                WIDE_TILES_K[kernel](gemm, wg, cols, N, P, ob, cb, np.empty((O, N * P), F32), out3,
+                                     codes, vecs, params)
             return out
         if pointwise:
             b_mat, b_img, ldb = x, C * P, P  # the input is the column matrix
@@ -295,8 +308,9 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
                 pb = _round16(-(-P // parts), P)
             else:
                 ob = _round16(-(-og // parts), og)
-        BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb, out3,
-                              codes, vecs, params)
+        with one_tile_at_a_time():
+            BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb, out3,
+                                  codes, vecs, params)
     return out
 
 
