@@ -1,0 +1,104 @@
+"""The vectorised max pooling rows and the blocked logistic give bit-for-bit the values of
+the window-by-window scan and of the one-expression logistic they replaced."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from caffe_surgeon.engine.kernels import logistic, parallel, pooling, reference as ref
+from caffe_surgeon.layers.caffe_geometry import pool_out
+
+
+def _bits(a):
+    return np.ascontiguousarray(a, np.float32).view(np.uint32)
+
+
+def _ties_and_nans(shape, seed):
+    """Normal values with many exact 0.0 / -0.0 ties (whose winner depends on the scan
+    order) and a few NaNs (which ``>`` skips)."""
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    x[x > 1.0] = 0.0
+    x[x < -1.0] = -0.0
+    x.reshape(-1)[::37] = np.nan
+    return x
+
+
+def _geometries():
+    """(H, W, k, stride, pad, out_hw): Caffe's symmetric pad with floor and ceil rounding, and
+    Darknet's pad ``padding // 2`` before with ``(H + padding - k) // s + 1`` outputs (size 2
+    stride 1 keeps H x W: the last window is clipped)."""
+    for (h, w), k, s in itertools.product([(1, 1), (2, 3), (5, 7), (13, 13), (26, 27)],
+                                          (2, 3), (1, 2)):
+        for p in range(k):
+            for ceil in (False, True):
+                if h + 2 * p >= k and w + 2 * p >= k:
+                    yield h, w, k, s, p, (pool_out(h, k, s, p, ceil), pool_out(w, k, s, p, ceil))
+        for padding in range(k + 1):
+            oh, ow = (h + padding - k) // s + 1, (w + padding - k) // s + 1
+            if oh > 0 and ow > 0:
+                yield h, w, k, s, padding // 2, (oh, ow)
+
+
+@pytest.mark.parametrize("parallel_kernels", [False, True])
+def test_maxpool_rows_equal_the_ordered_window_scan_bit_for_bit(parallel_kernels, monkeypatch):
+    if parallel_kernels:
+        monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
+    seen = set()
+    for h, w, k, s, p, out_hw in _geometries():
+        if (h, w, k, s, p, out_hw) in seen:
+            continue
+        seen.add((h, w, k, s, p, out_hw))
+        x = _ties_and_nans((3, 2, h, w), seed=len(seen))
+        got = pooling.maxpool(x, (k, k), (s, s), (p, p), out_hw)
+        want = ref.maxpool_scan(x, (k, k), (s, s), (p, p), out_hw)
+        assert np.array_equal(_bits(got), _bits(want)), (h, w, k, s, p, out_hw)
+    assert len(seen) > 60  # the sweep did run
+
+
+def test_maxpool_scan_order_decides_signed_zero_ties():
+    """The twin is a real oracle of order: 0.0 before -0.0 in a window keeps +0.0, and the
+    other way round keeps -0.0 (``v > m`` is false for equal zeros)."""
+    x = np.array([[[[0.0, -0.0, -0.0, 0.0], [-1, -1, -1, -1]]]], np.float32)
+    got = pooling.maxpool(x, (2, 2), (2, 2), (0, 0), (1, 2))
+    assert np.array_equal(_bits(got), _bits(np.array([[[[0.0, -0.0]]]], np.float32)))
+    assert np.array_equal(_bits(ref.maxpool_scan(x, (2, 2), (2, 2), (0, 0), (1, 2))), _bits(got))
+
+
+def test_maxpool_yolov3_tiny_sizes_equal_the_scan():
+    # the 416 -> 208 first pool (rows longer than a vector) and the 13 x 13 size 2 stride 1
+    rng = np.random.default_rng(3)
+    for shape, s, out_hw in [((1, 2, 416, 416), 2, (208, 208)), ((2, 4, 13, 13), 1, (13, 13))]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        got = pooling.maxpool(x, (2, 2), (s, s), (0, 0), out_hw)
+        assert np.array_equal(_bits(got), _bits(ref.maxpool_scan(x, (2, 2), (s, s), (0, 0), out_hw)))
+
+
+def test_logistic_blocks_equal_the_float64_expression_on_special_values():
+    f32 = np.finfo(np.float32)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, f32.max, -f32.max, f32.tiny,
+                        -f32.tiny, 1e-45, -1e-45, 17.3, 17.4, -103.9, -104.0, -88.7, 36.7,
+                        0.5, -0.5], np.float32)
+    rng = np.random.default_rng(5)
+    wide = (rng.standard_normal(logistic.BLOCK * 2 + 37) * 12).astype(np.float32)  # 3 blocks
+    for x in (special, wide, wide.reshape(1, -1)[:, ::3]):  # the last one not contiguous
+        with np.errstate(all="ignore"):
+            want = ref.logistic(x)
+        got = logistic.logistic(x)
+        assert got.shape == x.shape and got.dtype == np.float32
+        assert np.array_equal(_bits(got), _bits(want))
+
+
+@pytest.mark.slow
+def test_logistic_blocks_equal_the_expression_on_a_sweep_of_all_float32():
+    # every 5th float32 bit pattern (860M values; run once over all 2^32 on the AVX-512
+    # Xeon of 2026-12: 0 differences)
+    for c in range(64):
+        bits = np.arange(c << 26, (c + 1) << 26, 5, dtype=np.uint64).astype(np.uint32)
+        x = bits.view(np.float32)
+        with np.errstate(all="ignore"):
+            want = ref.logistic(x)
+        got = logistic.logistic(x)
+        same = (_bits(got) == _bits(want)) | (np.isnan(got) & np.isnan(want))
+        assert same.all(), x[~same][:5]
