@@ -102,3 +102,79 @@ def test_logistic_blocks_equal_the_expression_on_a_sweep_of_all_float32():
         got = logistic.logistic(x)
         same = (_bits(got) == _bits(want)) | (np.isnan(got) & np.isnan(want))
         assert same.all(), x[~same][:5]
+
+
+RESIDUAL_NET = """
+name: "residual"
+input: "data"
+input_shape { dim: 1 dim: 4 dim: 9 dim: 7 }
+input: "skip"
+input_shape { dim: 1 dim: 4 dim: 9 dim: 7 }
+layer { name: "raw" type: "Eltwise" bottom: "data" bottom: "skip" top: "raw" }
+layer { name: "raw_relu" type: "ReLU" bottom: "raw" top: "raw" }
+layer { name: "a" type: "Convolution" bottom: "data" top: "a"
+  convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layer { name: "b" type: "Convolution" bottom: "data" top: "b"
+  convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c"
+  convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }
+layer { name: "sum_relu" type: "ReLU" bottom: "sum" top: "sum" }
+layer { name: "sum3" type: "Eltwise" bottom: "sum" bottom: "c" bottom: "a" top: "sum3" }
+layer { name: "sum3_relu" type: "ReLU" bottom: "sum3" top: "sum3" relu_param { negative_slope: 0.1 } }
+layer { name: "wsum" type: "Eltwise" bottom: "sum3" bottom: "b" top: "wsum"
+  eltwise_param { coeff: 0.5 coeff: -2 } }
+layer { name: "wsum_clip" type: "ReLU6" bottom: "wsum" top: "wsum" }
+layer { name: "mx" type: "Eltwise" bottom: "wsum" bottom: "c" top: "mx" eltwise_param { operation: MAX } }
+layer { name: "mx_relu" type: "ReLU" bottom: "mx" top: "out" }
+"""
+
+
+def test_eltwise_heads_a_fused_relu_and_equals_the_layers_one_by_one(tmp_path):
+    import caffe_surgeon as cs
+    from caffe_surgeon.engine import Executor
+
+    path = tmp_path / "residual.prototxt"
+    path.write_text(RESIDUAL_NET)
+    g = cs.init(cs.load(path), seed=3)
+    ex = Executor(g)
+    heads = {g.layers[i].name: [g.layers[j].name for j in f] for i, f in ex.chains.items()}
+    assert heads == {"raw": ["raw_relu"], "sum": ["sum_relu"], "sum3": ["sum3_relu"], "wsum": ["wsum_clip"],
+                     "mx": ["mx_relu"]}
+    x = np.random.default_rng(9).standard_normal((3, 4, 9, 7)).astype(np.float32)
+    skip = -x
+    x[:, :, :3], skip[:, :, :3] = -0.0, -0.0  # sums of -0.0: the ReLU must give +0.0
+    feeds = {"data": x, "skip": skip}
+    names = ["raw", "sum", "sum3", "wsum", "out"]
+    fused = ex.run(feeds, names)
+    apart = ex.run(feeds, names, layer_outputs=["raw", "sum", "sum3", "wsum", "mx"])
+    assert np.array_equal(_bits(fused["raw"]), _bits(np.maximum(x + skip, np.float32(0))))
+    for name in names:
+        assert np.array_equal(_bits(fused[name]), _bits(apart[name])), name
+    # and the layers one by one are what they say: a plain NumPy residual block
+    parts = ex.run(feeds, ["a", "b"])
+    want = np.maximum(parts["a"] + parts["b"], 0)
+    assert np.array_equal(_bits(fused["sum"]), _bits(want))
+
+
+@pytest.mark.parametrize("parallel_kernels", [False, True])
+def test_sum2_with_stages_equals_the_sum_then_the_stages(parallel_kernels, monkeypatch):
+    from caffe_surgeon.engine.kernels import eltwise
+    from caffe_surgeon.engine.kernels.epilogue import Epilogue
+
+    if parallel_kernels:
+        monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
+    a = _ties_and_nans((3, 5, 6, 7), seed=11)
+    b = _ties_and_nans((3, 5, 6, 7), seed=12)
+    scale = np.random.default_rng(2).standard_normal(5).astype(np.float32)
+    ep = Epilogue(5).mul(scale).add(scale).leaky(0.1).clip(-1, 2)
+    want = ref.epilogue(a + b, ep.stages)
+    assert np.array_equal(_bits(eltwise.sum2(a, b, ep)), _bits(want))
+    assert np.array_equal(_bits(eltwise.sum2(a, b)), _bits(a + b))
+    into = a.copy()
+    assert eltwise.sum2(into, b, Epilogue(5).relu().with_max0_relu(), out=into) is into
+    assert np.array_equal(_bits(into), _bits(np.maximum(a + b, np.float32(0))))
+    # RELU keeps a -0.0 sum, MAX0 (np.maximum) makes it +0.0: the test data has such sums
+    keep = eltwise.sum2(a, b, Epilogue(5).relu())
+    assert np.signbit(keep).any() and not np.signbit(into).any()
+    assert np.array_equal(_bits(keep), _bits(ref.epilogue(a + b, Epilogue(5).relu().stages)))

@@ -10,6 +10,7 @@ from ..layers.caffe_geometry import (canonical_axis, conv_geometry, crop_windows
 from ..layers.registry import spec_for
 from .kernels import channelwise
 from .kernels.conv import conv2d, deconv2d, winograd_weights
+from .kernels.eltwise import sum2 as eltwise_sum2
 from .kernels.epilogue import Epilogue
 from .kernels.epilogue import apply as apply_epilogue
 from .kernels.pooling import avgpool, maxpool
@@ -303,9 +304,15 @@ def eltwise(layer, inputs, ctx):
     for i, x in enumerate(inputs[1:], 1):
         if x.shape != inputs[0].shape:
             raise ModelError(f"Eltwise input {i} has shape {x.shape}, input 0 has {inputs[0].shape}")
-    out = inputs[0].copy() if not ctx.donated(0) else inputs[0]
+    coeff = p.get("coeff", [])
+    ep = _eltwise_epilogue(ctx)
+    if operation == "SUM" and not coeff and len(inputs) == 2 and inputs[0].ndim >= 2:
+        # a residual join: the sum and the fused ReLU (if any) in one pass
+        a = inputs[0]
+        into = a if ctx.donated(0) and a.flags.c_contiguous and a.dtype == F32 else None
+        return [eltwise_sum2(a, inputs[1], ep, out=into)]
+    out = inputs[0].copy() if not ctx.donated(0) else np.ascontiguousarray(inputs[0])
     if operation == "SUM":
-        coeff = p.get("coeff", [])
         if coeff and len(coeff) != len(inputs):
             raise ModelError(f"Eltwise has {len(coeff)} coefficients for {len(inputs)} inputs")
         if coeff:
@@ -323,7 +330,23 @@ def eltwise(layer, inputs, ctx):
             np.maximum(out, x, out=out)
     else:
         raise ModelError(f"unknown Eltwise operation {operation}")
+    if ep is not None:  # the following per-channel layers, fused (see fusion.py)
+        apply_epilogue(out, ep)
     return [out]
+
+
+def _eltwise_epilogue(ctx):
+    """The fused followers of an Eltwise, with the ReLU as ``np.maximum(v, 0)`` (MAX0): the
+    unfused ReLU after an Eltwise always was that call, which gives +0.0 for a sum of -0.0,
+    where a convolution's fused RELU stage keeps -0.0 (kept as it was, so that no output
+    changes). Converted once per chain epilogue."""
+    ep = ctx.epilogue
+    if ep is None:
+        return None
+    hit = ctx.cache.get(("eltwise_max0", id(ep)))
+    if hit is None or hit[0] is not ep:
+        hit = ctx.cache[("eltwise_max0", id(ep))] = (ep, ep.with_max0_relu())
+    return hit[1]
 
 
 @op("caffe", "Concat")

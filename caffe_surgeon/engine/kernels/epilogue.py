@@ -14,6 +14,9 @@ Stage codes:
 - ``RELU`` v = 0 if v < 0 else v (NaN kept, as ``np.maximum``)
 - ``LEAKY`` v = v if v > 0 else v * slope (darknet ``leaky``, Caffe ``negative_slope``)
 - ``CLIP`` v = min(max(v, lo), hi) (``np.clip``, NaN kept)
+- ``MAX0`` v = v if v > 0 or v is NaN else +0.0: ``np.maximum(v, 0)`` exactly, which turns
+  -0.0 into +0.0 where ``RELU`` keeps it (for heads whose unfused ReLU was always that
+  NumPy call; see :meth:`Epilogue.with_max0_relu`)
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from . import parallel
 
-MUL, ADD, RELU, LEAKY, CLIP = 0, 1, 2, 3, 4
+MUL, ADD, RELU, LEAKY, CLIP, MAX0 = 0, 1, 2, 3, 4, 5
 F32 = np.float32
 
 
@@ -63,6 +66,12 @@ class Epilogue:
         self.stages.append((CLIP, None, float(F32(lo)), float(F32(hi))))
         self._arrays = None
         return self
+
+    def with_max0_relu(self) -> "Epilogue":
+        """A copy whose RELU stages are MAX0 (``np.maximum(v, 0)``, -0.0 -> +0.0)."""
+        ep = Epilogue(self.channels)
+        ep.stages = [(MAX0,) + st[1:] if st[0] == RELU else st for st in self.stages]
+        return ep
 
     def extend(self, other: "Epilogue"):
         self.stages.extend(other.stages)
@@ -117,6 +126,11 @@ def _stages_row(row, o, codes, vecs, params):
             for p in range(row.shape[0]):
                 v = row[p]
                 row[p] = v if v > z else v * slope
+        elif code == 5:
+            z = np.float32(0.0)
+            for p in range(row.shape[0]):
+                v = row[p]
+                row[p] = v if (v > z or v != v) else z
         else:
             lo = params[s, 0]
             hi = params[s, 1]

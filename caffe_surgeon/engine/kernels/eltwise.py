@@ -1,0 +1,49 @@
+"""The sum of two arrays and the per-channel stages after it, in one pass.
+
+A residual block ends with ``Eltwise SUM`` then ``ReLU``: as NumPy it is a copy of
+one input, an add into it, and a ReLU pass, three sweeps over an activation that
+is larger than the cache (ResNet-50, batch 1: 3.4 ms, 4% of the pass). Here each
+(image, channel) row is summed and then run through the fused stages
+(:mod:`.epilogue`) while it is in L1. ``a[i] + b[i]`` is the float32 addition
+``out = a.copy(); out += b`` does, and the stages are the epilogue's own, so the
+result is bit-for-bit the layers' one by one.
+Slow twin: ``a + b`` followed by :func:`reference.epilogue`.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from . import parallel
+from .epilogue import Epilogue, _stages_row
+
+
+def _sum2(a, b, codes, vecs, params, out):
+    N, C, P = a.shape
+    for t in nb.prange(N * C):
+        n = t // C
+        o = t % C
+        ra = a[n, o]
+        rb = b[n, o]
+        row = out[n, o]
+        for p in range(P):
+            row[p] = ra[p] + rb[p]
+        _stages_row(row, o, codes, vecs, params)
+
+
+SUM2_K = parallel.dual(_sum2)
+
+
+def sum2(a: np.ndarray, b: np.ndarray, ep: Epilogue | None = None,
+         out: np.ndarray | None = None) -> np.ndarray:
+    """``a + b`` (float32, same shape (N, C, ...)), then ``ep``'s stages; into ``out``
+    (which may be ``a`` or ``b``) or a new array."""
+    n, c = a.shape[0], a.shape[1]
+    ep = ep if ep is not None else Epilogue(c)
+    if ep.channels != c:
+        raise ValueError(f"epilogue for {ep.channels} channels applied to {c}")
+    a3 = np.ascontiguousarray(a, np.float32).reshape(n, c, -1)
+    b3 = np.ascontiguousarray(b, np.float32).reshape(n, c, -1)
+    res = np.empty(a.shape, np.float32) if out is None else out
+    parallel.pick(SUM2_K, a3.size)(a3, b3, *ep.arrays(), res.reshape(n, c, -1))
+    return res
