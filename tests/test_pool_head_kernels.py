@@ -178,3 +178,20 @@ def test_sum2_with_stages_equals_the_sum_then_the_stages(parallel_kernels, monke
     keep = eltwise.sum2(a, b, Epilogue(5).relu())
     assert np.signbit(keep).any() and not np.signbit(into).any()
     assert np.array_equal(_bits(keep), _bits(ref.epilogue(a + b, Epilogue(5).relu().stages)))
+
+
+def test_softmax_rows_path_equals_the_strided_path_bit_for_bit():
+    """(A, C, 1) takes the row path; the same values with each column doubled, (A, C, 2),
+    take the path with per-position buffers: the float32 steps are the same."""
+    from caffe_surgeon.engine.kernels import channelwise
+
+    x = (np.random.default_rng(4).standard_normal((97, 5, 1)) * 30).astype(np.float32)
+    x[::11, 2] = np.nan
+    x[::7, 0] = -0.0
+    with np.errstate(invalid="ignore"):
+        rows = channelwise.softmax(x, 1)
+        strided = channelwise.softmax(np.repeat(x, 2, axis=2), 1)
+    assert np.array_equal(_bits(rows[:, :, 0]), _bits(strided[:, :, 0]))
+    assert np.array_equal(_bits(rows[:, :, 0]), _bits(strided[:, :, 1]))
+    finite = ~np.isnan(x).any(axis=1)[:, 0]
+    np.testing.assert_allclose(rows[finite], ref.softmax(x[finite], 1), rtol=1e-6, atol=1e-7)
