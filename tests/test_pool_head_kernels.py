@@ -195,3 +195,18 @@ def test_softmax_rows_path_equals_the_strided_path_bit_for_bit():
     assert np.array_equal(_bits(rows[:, :, 0]), _bits(strided[:, :, 1]))
     finite = ~np.isnan(x).any(axis=1)[:, 0]
     np.testing.assert_allclose(rows[finite], ref.softmax(x[finite], 1), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("parallel_kernels", [False, True])
+def test_nearest_upsample_equals_repeat_bit_for_bit(parallel_kernels, monkeypatch):
+    from caffe_surgeon.engine.kernels import layout
+
+    if parallel_kernels:
+        monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
+    x = _ties_and_nans((3, 2, 5, 7), seed=21)
+    for stride, scale in [(2, 1.0), (3, 1.0), (1, 1.0), (2, 0.3), (4, -2.5)]:
+        want = np.repeat(np.repeat(x, stride, axis=2), stride, axis=3)
+        if scale != 1:
+            want = want * np.float32(scale)
+        got = layout.upsample_nearest(x, stride, scale)
+        assert got.shape == want.shape and np.array_equal(_bits(got), _bits(want)), (stride, scale)

@@ -34,6 +34,7 @@ from ..layers.registry import REGISTRY
 from . import darknet_activations as acts
 from .kernels.conv import conv2d, deconv2d, winograd_weights
 from .kernels.epilogue import Epilogue
+from .kernels.layout import upsample_nearest
 from .kernels.logistic import logistic as logistic_values
 from .kernels.pooling import avgpool, maxpool
 from .ops import op, refuse
@@ -339,8 +340,7 @@ def upsample(layer, inputs, ctx):
     s, scale = opt_int(layer, "stride", 2), F32(opt_float(layer, "scale", 1))
     n, c, h, w = x.shape
     if s > 0:
-        y = np.repeat(np.repeat(x, s, axis=2), s, axis=3)
-        return [y * scale if scale != 1 else y]
+        return [upsample_nearest(x, s, scale)]
     s = -s
     oh, ow = h // s, w // s
     # darknet's out_index = b*ow*oh*c*s*s + k*ow*oh*s*s + j*ow*s + i over the flat batch
