@@ -210,3 +210,61 @@ def test_nearest_upsample_equals_repeat_bit_for_bit(parallel_kernels, monkeypatc
             want = want * np.float32(scale)
         got = layout.upsample_nearest(x, stride, scale)
         assert got.shape == want.shape and np.array_equal(_bits(got), _bits(want)), (stride, scale)
+
+
+BN_NET = """
+name: "bn"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 5 dim: 6 }
+layer { name: "bn0" type: "BatchNorm" bottom: "data" top: "bn0" }
+layer { name: "bn1" type: "BatchNorm" bottom: "bn0" top: "bn1" }
+layer { name: "sc1" type: "Scale" bottom: "bn1" top: "bn1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "bn1" top: "bn1" }
+layer { name: "fc" type: "InnerProduct" bottom: "bn1" top: "fc" inner_product_param { num_output: 4 } }
+layer { name: "bn2" type: "BatchNorm" bottom: "fc" top: "fc" }
+"""
+
+
+def test_batchnorm_in_one_pass_equals_multiply_then_add(tmp_path):
+    """A BatchNorm on the (borrowed) input, one heading a Scale + ReLU chain, and one on a
+    2-D InnerProduct output: x * a + c as two float32 NumPy steps, bit for bit."""
+    import caffe_surgeon as cs
+    from caffe_surgeon.engine import Executor
+    from caffe_surgeon.engine.caffe_ops import bn_affine
+
+    path = tmp_path / "bn.prototxt"
+    path.write_text(BN_NET)
+    g = cs.init(cs.load(path), seed=5)
+    rng = np.random.default_rng(6)
+    for name in ("bn0", "bn1", "bn2"):
+        w = g.layer(name).weights
+        w["mean"] = rng.standard_normal(w["mean"].shape).astype(np.float32)
+        w["variance"] = rng.random(w["variance"].shape).astype(np.float32) + 0.1
+    ex = Executor(g)
+    x = _ties_and_nans((3, 3, 5, 6), seed=7)
+    keep = x.copy()
+    out = ex.run({"data": x}, ["bn0", "bn1", "fc"])
+    assert np.array_equal(_bits(x), _bits(keep))  # the input is not written
+    apart = ex.run({"data": x}, ["bn0", "bn1", "fc"], layer_outputs=["bn1", "sc1", "fc"])
+    for name in ("bn0", "bn1", "fc"):
+        assert np.array_equal(_bits(out[name]), _bits(apart[name])), name
+    a, c = bn_affine(g.layer("bn0"), ex.ctx)
+    want = x * a.reshape(1, -1, 1, 1)
+    want += c.reshape(1, -1, 1, 1)
+    assert np.array_equal(_bits(out["bn0"]), _bits(want))
+    fc = ex.run({"data": x}, layer_outputs=["fc"])["fc:fc"]
+    a2, c2 = bn_affine(g.layer("bn2"), ex.ctx)
+    assert np.array_equal(_bits(out["fc"]), _bits(fc * a2 + c2))
+
+
+def test_stages_into_leaves_its_input_and_equals_the_stages():
+    from caffe_surgeon.engine.kernels import eltwise
+    from caffe_surgeon.engine.kernels.epilogue import Epilogue
+
+    x = _ties_and_nans((2, 4, 3, 5), seed=8)
+    keep = x.copy()
+    v = np.random.default_rng(1).standard_normal(4).astype(np.float32)
+    ep = Epilogue(4).mul(v).add(v).relu()
+    got = eltwise.stages_into(x, ep)
+    assert np.array_equal(_bits(x), _bits(keep))
+    assert np.array_equal(_bits(got), _bits(ref.epilogue(x, ep.stages)))

@@ -1,4 +1,4 @@
-"""The sum of two arrays and the per-channel stages after it, in one pass.
+"""Elementwise passes that end in per-channel stages: the sum of two arrays, or a copy.
 
 A residual block ends with ``Eltwise SUM`` then ``ReLU``: as NumPy it is a copy of
 one input, an add into it, and a ReLU pass, three sweeps over an activation that
@@ -7,7 +7,9 @@ is larger than the cache (ResNet-50, batch 1: 3.4 ms, 4% of the pass). Here each
 (:mod:`.epilogue`) while it is in L1. ``a[i] + b[i]`` is the float32 addition
 ``out = a.copy(); out += b`` does, and the stages are the epilogue's own, so the
 result is bit-for-bit the layers' one by one.
-Slow twin: ``a + b`` followed by :func:`reference.epilogue`.
+The same holds for :func:`stages_into` (a standalone BatchNorm: ``x * a`` then ``+ c``
+into a new array, one pass instead of two).
+Slow twin: ``a + b`` (or ``x``) followed by :func:`reference.epilogue`.
 """
 from __future__ import annotations
 
@@ -46,4 +48,30 @@ def sum2(a: np.ndarray, b: np.ndarray, ep: Epilogue | None = None,
     b3 = np.ascontiguousarray(b, np.float32).reshape(n, c, -1)
     res = np.empty(a.shape, np.float32) if out is None else out
     parallel.pick(SUM2_K, a3.size)(a3, b3, *ep.arrays(), res.reshape(n, c, -1))
+    return res
+
+
+def _stages_copy(x, codes, vecs, params, out):
+    N, C, P = x.shape
+    for t in nb.prange(N * C):
+        n = t // C
+        o = t % C
+        src = x[n, o]
+        row = out[n, o]
+        for p in range(P):
+            row[p] = src[p]
+        _stages_row(row, o, codes, vecs, params)
+
+
+STAGES_COPY_K = parallel.dual(_stages_copy)
+
+
+def stages_into(x: np.ndarray, ep: Epilogue) -> np.ndarray:
+    """A new float32 array: ``x`` (N, C, ...) after ``ep``'s stages (``x`` is not written)."""
+    n, c = x.shape[0], x.shape[1]
+    if ep.channels != c:
+        raise ValueError(f"epilogue for {ep.channels} channels applied to {c}")
+    x3 = np.ascontiguousarray(x, np.float32).reshape(n, c, -1)
+    res = np.empty(x.shape, np.float32)
+    parallel.pick(STAGES_COPY_K, x3.size)(x3, *ep.arrays(), res.reshape(n, c, -1))
     return res
