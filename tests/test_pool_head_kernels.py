@@ -164,12 +164,14 @@ def test_sum2_with_stages_equals_the_sum_then_the_stages(parallel_kernels, monke
 
     if parallel_kernels:
         monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
-    a = _ties_and_nans((3, 5, 6, 7), seed=11)
-    b = _ties_and_nans((3, 5, 6, 7), seed=12)
     scale = np.random.default_rng(2).standard_normal(5).astype(np.float32)
     ep = Epilogue(5).mul(scale).add(scale).leaky(0.1).clip(-1, 2)
-    want = ref.epilogue(a + b, ep.stages)
-    assert np.array_equal(_bits(eltwise.sum2(a, b, ep)), _bits(want))
+    for shape in [(3, 5, 6, 7), (1, 5, 65, 66)]:  # rows shorter and longer than a PIECE
+        a, b = _ties_and_nans(shape, seed=11), _ties_and_nans(shape, seed=12)
+        want = ref.epilogue(a + b, ep.stages)
+        assert np.array_equal(_bits(eltwise.sum2(a, b, ep)), _bits(want))
+    a = _ties_and_nans((3, 5, 6, 7), seed=11)
+    b = _ties_and_nans((3, 5, 6, 7), seed=12)
     assert np.array_equal(_bits(eltwise.sum2(a, b)), _bits(a + b))
     into = a.copy()
     assert eltwise.sum2(into, b, Epilogue(5).relu().with_max0_relu(), out=into) is into
@@ -261,10 +263,11 @@ def test_stages_into_leaves_its_input_and_equals_the_stages():
     from caffe_surgeon.engine.kernels import eltwise
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
 
-    x = _ties_and_nans((2, 4, 3, 5), seed=8)
-    keep = x.copy()
     v = np.random.default_rng(1).standard_normal(4).astype(np.float32)
     ep = Epilogue(4).mul(v).add(v).relu()
-    got = eltwise.stages_into(x, ep)
-    assert np.array_equal(_bits(x), _bits(keep))
-    assert np.array_equal(_bits(got), _bits(ref.epilogue(x, ep.stages)))
+    for shape in [(2, 4, 3, 5), (1, 4, 70, 71)]:  # rows shorter and longer than a PIECE
+        x = _ties_and_nans(shape, seed=8)
+        keep = x.copy()
+        got = eltwise.stages_into(x, ep)
+        assert np.array_equal(_bits(x), _bits(keep))
+        assert np.array_equal(_bits(got), _bits(ref.epilogue(x, ep.stages)))
