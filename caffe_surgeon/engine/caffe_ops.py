@@ -320,7 +320,7 @@ def eltwise(layer, inputs, ctx):
         if x.shape != inputs[0].shape:
             raise ModelError(f"Eltwise input {i} has shape {x.shape}, input 0 has {inputs[0].shape}")
     coeff = p.get("coeff", [])
-    ep = _eltwise_epilogue(ctx)
+    ep = ctx.epilogue  # the ReLU after it, fused (see fusion.py)
     if operation == "SUM" and not coeff and len(inputs) == 2 and inputs[0].ndim >= 2:
         # a residual join: the sum and the fused ReLU (if any) in one pass
         a = inputs[0]
@@ -345,23 +345,9 @@ def eltwise(layer, inputs, ctx):
             np.maximum(out, x, out=out)
     else:
         raise ModelError(f"unknown Eltwise operation {operation}")
-    if ep is not None:  # the following per-channel layers, fused (see fusion.py)
+    if ep is not None:
         apply_epilogue(out, ep)
     return [out]
-
-
-def _eltwise_epilogue(ctx):
-    """The fused followers of an Eltwise, with the ReLU as ``np.maximum(v, 0)`` (MAX0): the
-    unfused ReLU after an Eltwise always was that call, which gives +0.0 for a sum of -0.0,
-    where a convolution's fused RELU stage keeps -0.0 (kept as it was, so that no output
-    changes). Converted once per chain epilogue."""
-    ep = ctx.epilogue
-    if ep is None:
-        return None
-    hit = ctx.cache.get(("eltwise_max0", id(ep)))
-    if hit is None or hit[0] is not ep:
-        hit = ctx.cache[("eltwise_max0", id(ep))] = (ep, ep.with_max0_relu())
-    return hit[1]
 
 
 @op("caffe", "Concat")

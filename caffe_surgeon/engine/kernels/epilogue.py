@@ -11,12 +11,9 @@ Stage codes:
 
 - ``MUL``  v = v * vec[o]
 - ``ADD``  v = v + vec[o]
-- ``RELU`` v = 0 if v < 0 else v (NaN kept, as ``np.maximum``)
+- ``RELU`` v = +0.0 if v <= 0 else v (``np.maximum(v, 0)``: -0.0 becomes +0.0, NaN kept)
 - ``LEAKY`` v = v if v > 0 else v * slope (darknet ``leaky``, Caffe ``negative_slope``)
 - ``CLIP`` v = min(max(v, lo), hi) (``np.clip``, NaN kept)
-- ``MAX0`` v = v if v > 0 or v is NaN else +0.0: ``np.maximum(v, 0)`` exactly, which turns
-  -0.0 into +0.0 where ``RELU`` keeps it (for heads whose unfused ReLU was always that
-  NumPy call; see :meth:`Epilogue.with_max0_relu`)
 """
 from __future__ import annotations
 
@@ -25,7 +22,7 @@ import numpy as np
 
 from . import parallel
 
-MUL, ADD, RELU, LEAKY, CLIP, MAX0 = 0, 1, 2, 3, 4, 5
+MUL, ADD, RELU, LEAKY, CLIP = 0, 1, 2, 3, 4
 F32 = np.float32
 
 
@@ -67,12 +64,6 @@ class Epilogue:
         self._arrays = None
         return self
 
-    def with_max0_relu(self) -> "Epilogue":
-        """A copy whose RELU stages are MAX0 (``np.maximum(v, 0)``, -0.0 -> +0.0)."""
-        ep = Epilogue(self.channels)
-        ep.stages = [(MAX0,) + st[1:] if st[0] == RELU else st for st in self.stages]
-        return ep
-
     def extend(self, other: "Epilogue"):
         self.stages.extend(other.stages)
         self._arrays = None
@@ -105,39 +96,88 @@ def _vec(v, channels):
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def _stages_row(row, o, codes, vecs, params):
-    for s in range(codes.shape[0]):
-        code = codes[s]
-        if code == 0:
-            a = vecs[s, o]
-            for p in range(row.shape[0]):
-                row[p] = row[p] * a
-        elif code == 1:
-            a = vecs[s, o]
-            for p in range(row.shape[0]):
-                row[p] = row[p] + a
-        elif code == 2:
-            z = np.float32(0.0)
-            for p in range(row.shape[0]):
-                v = row[p]
-                row[p] = z if v < z else v
-        elif code == 3:
-            slope = params[s, 0]
-            z = np.float32(0.0)
-            for p in range(row.shape[0]):
-                v = row[p]
-                row[p] = v if v > z else v * slope
-        elif code == 5:
-            z = np.float32(0.0)
-            for p in range(row.shape[0]):
-                v = row[p]
-                row[p] = v if (v > z or v != v) else z
-        else:
-            lo = params[s, 0]
-            hi = params[s, 1]
-            for p in range(row.shape[0]):
-                v = row[p]
-                v = lo if v < lo else v
-                row[p] = hi if v > hi else v
+    # Runs of up to 4 MUL/ADD stages and the activation after them go in one pass over the
+    # row instead of one pass each. Every MUL/ADD stage is v * m + a with MUL as (m, -0.0)
+    # and ADD as (1.0, a): x + -0.0 == x and x * 1.0 == x for every float, signed zeros and
+    # NaN included, and a multiply and an add are never contracted into an FMA here, so each
+    # stage rounds exactly as it does alone. Unused slots of the run are (1.0, -0.0).
+    S = codes.shape[0]
+    one = np.float32(1.0)
+    nz = np.float32(-0.0)
+    s = 0
+    while s < S:
+        m0 = m1 = m2 = m3 = one
+        a0 = a1 = a2 = a3 = nz
+        k = 0
+        while s < S and codes[s] <= 1 and k < 4:
+            m, a = (vecs[s, o], nz) if codes[s] == 0 else (one, vecs[s, o])
+            if k == 0:
+                m0, a0 = m, a
+            elif k == 1:
+                m1, a1 = m, a
+            elif k == 2:
+                m2, a2 = m, a
+            else:
+                m3, a3 = m, a
+            k += 1
+            s += 1
+        act = -1
+        p0 = p1 = one
+        if s < S and codes[s] >= 2:
+            act = codes[s]
+            p0 = params[s, 0]
+            p1 = params[s, 1]
+            s += 1
+        if k > 2:
+            _run4(row, m0, a0, m1, a1, m2, a2, m3, a3, act, p0, p1)
+        else:  # the common runs (bias; BatchNorm's or Scale's multiply-add) at half the work
+            _run2(row, m0, a0, m1, a1, act, p0, p1)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _activate(v, act, p0, p1):
+    z = np.float32(0.0)
+    if act == 2:  # RELU: np.maximum(v, 0), which also turns -0.0 into +0.0 (NaN kept)
+        return z if v <= z else v
+    if act == 3:  # LEAKY
+        return v if v > z else v * p0
+    if act == 4:  # CLIP (np.clip, NaN kept)
+        v = p0 if v < p0 else v
+        return p1 if v > p1 else v
+    return v
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _run2(row, m0, a0, m1, a1, act, p0, p1):
+    # one loop per activation, so that each vectorises without a test per value
+    if act == -1:
+        for p in range(row.shape[0]):
+            row[p] = (row[p] * m0 + a0) * m1 + a1
+    elif act == 2:
+        for p in range(row.shape[0]):
+            row[p] = _activate((row[p] * m0 + a0) * m1 + a1, 2, p0, p1)
+    elif act == 3:
+        for p in range(row.shape[0]):
+            row[p] = _activate((row[p] * m0 + a0) * m1 + a1, 3, p0, p1)
+    else:
+        for p in range(row.shape[0]):
+            row[p] = _activate((row[p] * m0 + a0) * m1 + a1, 4, p0, p1)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _run4(row, m0, a0, m1, a1, m2, a2, m3, a3, act, p0, p1):
+    if act == -1:
+        for p in range(row.shape[0]):
+            row[p] = (((row[p] * m0 + a0) * m1 + a1) * m2 + a2) * m3 + a3
+    elif act == 2:
+        for p in range(row.shape[0]):
+            row[p] = _activate((((row[p] * m0 + a0) * m1 + a1) * m2 + a2) * m3 + a3, 2, p0, p1)
+    elif act == 3:
+        for p in range(row.shape[0]):
+            row[p] = _activate((((row[p] * m0 + a0) * m1 + a1) * m2 + a2) * m3 + a3, 3, p0, p1)
+    else:
+        for p in range(row.shape[0]):
+            row[p] = _activate((((row[p] * m0 + a0) * m1 + a1) * m2 + a2) * m3 + a3, 4, p0, p1)
 
 
 def _apply(y, codes, vecs, params):

@@ -90,7 +90,7 @@ def im2col(x, kernel, stride, pad, dilation, out_hw):
 
 def epilogue(y, stages):
     """The per-channel stages as the separate layers apply them: one float32 NumPy pass each."""
-    from .epilogue import ADD, CLIP, LEAKY, MAX0, MUL, RELU
+    from .epilogue import ADD, CLIP, LEAKY, MUL, RELU
     y = np.array(y, np.float32)
     shape = (1, -1) + (1,) * (y.ndim - 2)
     for code, vec, p0, p1 in stages:
@@ -98,9 +98,7 @@ def epilogue(y, stages):
             y = y * vec.reshape(shape)
         elif code == ADD:
             y = y + vec.reshape(shape)
-        elif code == RELU:  # keeps -0.0
-            y = np.where(y < 0, np.float32(0), y)
-        elif code == MAX0:
+        elif code == RELU:
             y = np.maximum(y, np.float32(0))
         elif code == LEAKY:
             y = np.where(y > 0, y, np.float32(p0) * y)
