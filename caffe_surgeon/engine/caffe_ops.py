@@ -322,10 +322,10 @@ def eltwise(layer, inputs, ctx):
     coeff = p.get("coeff", [])
     ep = ctx.epilogue  # the ReLU after it, fused (see fusion.py)
     if operation == "SUM" and not coeff and len(inputs) == 2 and inputs[0].ndim >= 2:
-        # a residual join: the sum and the fused ReLU (if any) in one pass
-        a = inputs[0]
-        into = a if ctx.donated(0) and a.flags.c_contiguous and a.dtype == F32 else None
-        return [eltwise_sum2(a, inputs[1], ep, out=into)]
+        # a residual join: the sum and the fused ReLU (if any) in one pass, into a new
+        # array even when an input dies here (LLVM cannot vectorise a loop whose output
+        # may overlap its inputs: in place was 2x slower on 7 x 7 maps)
+        return [eltwise_sum2(inputs[0], inputs[1], ep)]
     out = inputs[0].copy() if not ctx.donated(0) else np.ascontiguousarray(inputs[0])
     if operation == "SUM":
         if coeff and len(coeff) != len(inputs):

@@ -49,7 +49,7 @@ SUM2_K = parallel.dual(_sum2)
 def sum2(a: np.ndarray, b: np.ndarray, ep: Epilogue | None = None,
          out: np.ndarray | None = None) -> np.ndarray:
     """``a + b`` (float32, same shape (N, C, ...)), then ``ep``'s stages; into ``out``
-    (which may be ``a`` or ``b``) or a new array."""
+    (which may be ``a`` or ``b``, but that runs unvectorised) or a new array."""
     n, c = a.shape[0], a.shape[1]
     ep = ep if ep is not None else Epilogue(c)
     if ep.channels != c:
