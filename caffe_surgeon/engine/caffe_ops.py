@@ -10,6 +10,7 @@ from ..layers.caffe_geometry import (canonical_axis, conv_geometry, crop_windows
 from ..layers.registry import spec_for
 from .kernels import channelwise
 from .kernels.conv import conv2d, deconv2d, winograd_weights
+from .kernels.eltwise import stages_into, sum2 as eltwise_sum2
 from .kernels.epilogue import Epilogue
 from .kernels.epilogue import apply as apply_epilogue
 from .kernels.pooling import avgpool, maxpool
@@ -120,6 +121,13 @@ def bn_affine(layer, ctx):
 def batch_norm(layer, inputs, ctx):
     x = inputs[0]
     a, c = bn_affine(layer, ctx)
+    if x.ndim > 1 and x.dtype == F32:
+        # x * a + c and the fused followers, in one pass (same float32 steps)
+        ep = _bn_epilogue(layer, ctx, a, c, x.shape[1])
+        ep = ep if ctx.epilogue is None else Epilogue(ep.channels).extend(ep).extend(ctx.epilogue)
+        if ctx.donated(0) and x.flags.c_contiguous and x.flags.writeable:
+            return [apply_epilogue(x, ep)]
+        return [stages_into(x, ep)]
     shape = _channel_shape(x) if x.ndim > 1 else [-1]
     out = _out(ctx, x)
     np.multiply(x, a.reshape(shape), out=out)
@@ -127,6 +135,14 @@ def batch_norm(layer, inputs, ctx):
         return [apply_epilogue(out, Epilogue(x.shape[1]).add(c).extend(ctx.epilogue))]
     out += c.reshape(shape)
     return [out]
+
+
+def _bn_epilogue(layer, ctx, a, c, channels):
+    """Epilogue(channels).mul(a).add(c), kept while ``a`` and ``c`` are the cached ones."""
+    hit = ctx.cache.get(("bn_epilogue", layer.name))
+    if hit is None or hit[0] is not a or hit[1] is not c or hit[2].channels != channels:
+        hit = ctx.cache[("bn_epilogue", layer.name)] = (a, c, Epilogue(channels).mul(a).add(c))
+    return hit[2]
 
 
 def _axis_blob_shape(x, blob, axis):
@@ -303,9 +319,15 @@ def eltwise(layer, inputs, ctx):
     for i, x in enumerate(inputs[1:], 1):
         if x.shape != inputs[0].shape:
             raise ModelError(f"Eltwise input {i} has shape {x.shape}, input 0 has {inputs[0].shape}")
-    out = inputs[0].copy() if not ctx.donated(0) else inputs[0]
+    coeff = p.get("coeff", [])
+    ep = ctx.epilogue  # the ReLU after it, fused (see fusion.py)
+    if operation == "SUM" and not coeff and len(inputs) == 2 and inputs[0].ndim >= 2:
+        # a residual join: the sum and the fused ReLU (if any) in one pass, into a new
+        # array even when an input dies here (LLVM cannot vectorise a loop whose output
+        # may overlap its inputs: in place was 2x slower on 7 x 7 maps)
+        return [eltwise_sum2(inputs[0], inputs[1], ep)]
+    out = inputs[0].copy() if not ctx.donated(0) else np.ascontiguousarray(inputs[0])
     if operation == "SUM":
-        coeff = p.get("coeff", [])
         if coeff and len(coeff) != len(inputs):
             raise ModelError(f"Eltwise has {len(coeff)} coefficients for {len(inputs)} inputs")
         if coeff:
@@ -323,6 +345,8 @@ def eltwise(layer, inputs, ctx):
             np.maximum(out, x, out=out)
     else:
         raise ModelError(f"unknown Eltwise operation {operation}")
+    if ep is not None:
+        apply_epilogue(out, ep)
     return [out]
 
 

@@ -34,6 +34,8 @@ from ..layers.registry import REGISTRY
 from . import darknet_activations as acts
 from .kernels.conv import conv2d, deconv2d, winograd_weights
 from .kernels.epilogue import Epilogue
+from .kernels.layout import upsample_nearest
+from .kernels.logistic import logistic as logistic_values
 from .kernels.pooling import avgpool, maxpool
 from .ops import op, refuse
 
@@ -338,8 +340,7 @@ def upsample(layer, inputs, ctx):
     s, scale = opt_int(layer, "stride", 2), F32(opt_float(layer, "scale", 1))
     n, c, h, w = x.shape
     if s > 0:
-        y = np.repeat(np.repeat(x, s, axis=2), s, axis=3)
-        return [y * scale if scale != 1 else y]
+        return [upsample_nearest(x, s, scale)]
     s = -s
     oh, ow = h // s, w // s
     # darknet's out_index = b*ow*oh*c*s*s + k*ow*oh*s*s + j*ow*s + i over the flat batch
@@ -440,10 +441,12 @@ def yolo(layer, inputs, ctx):
     x = inputs[0]
     n, c, h, w = x.shape
     na = len(opt_list(layer, "mask")) or opt_int(layer, "num", 1)
-    y = x.reshape(n, na, c // na, h, w).copy()
     if not opt_int(layer, "new_coords", 0):
-        y[:, :, 0:2] = _logistic(y[:, :, 0:2])
-        y[:, :, 4:] = _logistic(y[:, :, 4:])
+        # one contiguous pass over all channels, then w and h (2 of each 85) put back raw
+        y = logistic_values(x).reshape(n, na, c // na, h, w)
+        y[:, :, 2:4] = x.reshape(n, na, c // na, h, w)[:, :, 2:4]
+    else:
+        y = x.reshape(n, na, c // na, h, w).copy()
     s = F32(opt_float(layer, "scale_x_y", 1))
     if s != 1:
         y[:, :, 0:2] = y[:, :, 0:2] * s + F32(-0.5 * (float(s) - 1))

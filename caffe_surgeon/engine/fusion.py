@@ -78,7 +78,8 @@ def same_signature(sig, layers) -> bool:
 
 def fusable(graph, layer, as_head: bool) -> bool:
     """Whether ``layer`` can head a fused chain / be fused into one (static checks only)."""
-    if len(layer.bottoms) != 1 or len(layer.tops) != 1:
+    # a head may join several inputs (Eltwise: the ReLU after a residual sum)
+    if len(layer.tops) != 1 or (len(layer.bottoms) != 1 and not as_head) or not layer.bottoms:
         return False
     if ("fusion_head" if as_head else "fusion_follower") not in spec_for(graph.framework, layer).roles:
         return False

@@ -14,10 +14,30 @@ import numpy as np
 from . import parallel
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _softmax_row(x, out):
+    # the (A, C, B) loop below with B == 1, its float32 steps in the same order
+    m = x[0]
+    for c in range(1, x.shape[0]):
+        v = x[c]
+        m = v if (v > m or v != v) else m
+    s = np.float32(0.0)
+    for c in range(x.shape[0]):
+        e = np.exp(x[c] - m)
+        out[c] = e
+        s += e
+    for c in range(x.shape[0]):
+        out[c] = out[c] / s
+
+
 def _softmax(x, out):
     # x, out (A, C, B) float32: softmax over axis 1, in float32 like the NumPy expression
     # e = exp(x - max); e / sum(e)
     A, C, B = x.shape
+    if B == 1:  # softmax along contiguous rows (SSD's per-prior class scores): no row buffers
+        for a in nb.prange(A):
+            _softmax_row(x[a, :, 0], out[a, :, 0])
+        return
     for a in nb.prange(A):
         m = np.empty(B, np.float32)
         s = np.zeros(B, np.float32)

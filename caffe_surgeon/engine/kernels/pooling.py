@@ -28,6 +28,64 @@ def _max_window(src, hs, he, ws, we):
     return m
 
 
+# Interior rows of the common windows, with the column stride a literal and the indices
+# plain ``range`` counters from 0 (Numba then drops its negative-index wraparound): LLVM
+# turns the stride-2 reads into even/odd lane shuffles and vectorises along the output
+# row, 3x faster than the generic window loop. ``r*`` start at the first window's column,
+# ``d`` at its output. The comparisons keep _max_window's order (row by row, left to
+# right), so NaN and ties between 0.0 and -0.0 resolve as there.
+@nb.njit(cache=True, nogil=True, inline="always")
+def _max2(r0, r1, j):
+    m = np.float32(-np.inf)
+    v = r0[j]
+    m = v if v > m else m
+    v = r0[j + 1]
+    m = v if v > m else m
+    v = r1[j]
+    m = v if v > m else m
+    v = r1[j + 1]
+    return v if v > m else m
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _max3_row(m, r, j):
+    v = r[j]
+    m = v if v > m else m
+    v = r[j + 1]
+    m = v if v > m else m
+    v = r[j + 2]
+    return v if v > m else m
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _max3(r0, r1, r2, j):
+    return _max3_row(_max3_row(_max3_row(np.float32(-np.inf), r0, j), r1, j), r2, j)
+
+
+@nb.njit(cache=True, nogil=True)
+def _max2_row_s2(r0, r1, d, n):
+    for k in range(n):
+        d[k] = _max2(r0, r1, 2 * k)
+
+
+@nb.njit(cache=True, nogil=True)
+def _max2_row_s1(r0, r1, d, n):
+    for k in range(n):
+        d[k] = _max2(r0, r1, k)
+
+
+@nb.njit(cache=True, nogil=True)
+def _max3_row_s2(r0, r1, r2, d, n):
+    for k in range(n):
+        d[k] = _max3(r0, r1, r2, 2 * k)
+
+
+@nb.njit(cache=True, nogil=True)
+def _max3_row_s1(r0, r1, r2, d, n):
+    for k in range(n):
+        d[k] = _max3(r0, r1, r2, k)
+
+
 def _maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow, out):
     N, C, H, W = x.shape
     # output positions whose window lies inside the image: no clipping there, and the
@@ -36,10 +94,17 @@ def _maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow, out):
     y_hi = max(min((H + ph - kh) // sh + 1, oh), y_lo) if H + ph - kh >= 0 else y_lo
     x_lo = min((pw + sw - 1) // sw, ow)
     x_hi = max(min((W + pw - kw) // sw + 1, ow), x_lo) if W + pw - kw >= 0 else x_lo
-    ninf = np.float32(-np.inf)
+    # 2x2 stride 1 with output rows as long as the input's (Darknet's size 2 stride 1 on
+    # 13 x 13): the interior rows as one flat run, too short to vectorise row by row; the
+    # last column's values are wrong there (the window wraps) and are redone below
+    flat = kh == 2 and kw == 2 and sh == 1 and sw == 1 and ow == W and x_lo == 0 and y_hi > y_lo
     for plane in nb.prange(N * C):
         src = x[plane // C, plane % C]
         dst = out[plane // C, plane % C]
+        if flat:
+            fs = src.reshape(H * W)
+            q0 = y_lo * W - ph * W - pw
+            _max2_row_s1(fs[q0:], fs[q0 + W:], dst.reshape(oh * ow)[y_lo * ow:], (y_hi - y_lo - 1) * ow + x_hi)
         for y in range(oh):
             hs = y * sh - ph
             if y < y_lo or y >= y_hi:
@@ -50,47 +115,18 @@ def _maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow, out):
             for xo in range(x_lo):
                 ws = xo * sw - pw
                 dst[y, xo] = _max_window(src, hs, hs + kh, max(ws, 0), min(ws + kw, W))
-            if kh == 2 and kw == 2:
-                r0 = src[hs]
-                r1 = src[hs + 1]
-                for xo in range(x_lo, x_hi):
-                    j = xo * sw - pw
-                    m = ninf
-                    v = r0[j]
-                    m = v if v > m else m
-                    v = r0[j + 1]
-                    m = v if v > m else m
-                    v = r1[j]
-                    m = v if v > m else m
-                    v = r1[j + 1]
-                    m = v if v > m else m
-                    dst[y, xo] = m
-            elif kh == 3 and kw == 3:
-                r0 = src[hs]
-                r1 = src[hs + 1]
-                r2 = src[hs + 2]
-                for xo in range(x_lo, x_hi):
-                    j = xo * sw - pw
-                    m = ninf
-                    v = r0[j]
-                    m = v if v > m else m
-                    v = r0[j + 1]
-                    m = v if v > m else m
-                    v = r0[j + 2]
-                    m = v if v > m else m
-                    v = r1[j]
-                    m = v if v > m else m
-                    v = r1[j + 1]
-                    m = v if v > m else m
-                    v = r1[j + 2]
-                    m = v if v > m else m
-                    v = r2[j]
-                    m = v if v > m else m
-                    v = r2[j + 1]
-                    m = v if v > m else m
-                    v = r2[j + 2]
-                    m = v if v > m else m
-                    dst[y, xo] = m
+            j0 = x_lo * sw - pw  # the first interior window's column
+            n = x_hi - x_lo
+            if flat:
+                pass
+            elif kh == 2 and kw == 2 and sw == 2:
+                _max2_row_s2(src[hs, j0:], src[hs + 1, j0:], dst[y, x_lo:], n)
+            elif kh == 2 and kw == 2 and sw == 1:
+                _max2_row_s1(src[hs, j0:], src[hs + 1, j0:], dst[y, x_lo:], n)
+            elif kh == 3 and kw == 3 and sw == 2:
+                _max3_row_s2(src[hs, j0:], src[hs + 1, j0:], src[hs + 2, j0:], dst[y, x_lo:], n)
+            elif kh == 3 and kw == 3 and sw == 1:
+                _max3_row_s1(src[hs, j0:], src[hs + 1, j0:], src[hs + 2, j0:], dst[y, x_lo:], n)
             else:
                 for xo in range(x_lo, x_hi):
                     ws = xo * sw - pw

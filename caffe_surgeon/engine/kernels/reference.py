@@ -179,3 +179,27 @@ def l2_normalize_channels(x, eps, scale):
     s = np.asarray(scale, np.float64).reshape(-1)
     s = s[0] if s.size == 1 else s.reshape((1, -1) + (1,) * (x.ndim - 2))
     return (x64 / norm * s).astype(np.float32)
+
+
+def logistic(x):
+    """float32(0.5 * tanh(0.5 * x) + 0.5) in float64: the engine's logistic as one expression."""
+    return (0.5 * np.tanh(0.5 * np.asarray(x).astype(np.float64)) + 0.5).astype(np.float32)
+
+
+def maxpool_scan(x, kernel, stride, pad, out_hw):
+    """Max pooling as kernels.pooling defines it, one window at a time: the cells scanned row
+    by row, left to right, keeping ``v`` when ``v > m`` from -inf (NaN skipped; of equal
+    0.0 / -0.0 the first one stays); -FLT_MAX for a window of padding only."""
+    N, C, H, W = x.shape
+    out = np.empty((N, C) + tuple(out_hw), np.float32)
+    for n, c, y, xo in np.ndindex(*out.shape):
+        hs, ws = y * stride[0] - pad[0], xo * stride[1] - pad[1]
+        rows = range(max(hs, 0), min(hs + kernel[0], H))
+        cols = range(max(ws, 0), min(ws + kernel[1], W))
+        m = np.float32(-np.inf) if len(rows) and len(cols) else np.float32(-3.4028235e38)
+        for i in rows:
+            for j in cols:
+                v = x[n, c, i, j]
+                m = v if v > m else m
+        out[n, c, y, xo] = m
+    return out

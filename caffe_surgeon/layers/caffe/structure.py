@@ -14,6 +14,7 @@ from .base import CaffeSpec, prod
 class Eltwise(CaffeSpec):
     types = ("Eltwise",)
     channel_role = "join"
+    roles = frozenset({"fusion_head"})  # the engine runs a following ReLU in its output pass
 
     def infer(self, layer, inputs):
         for i, s in enumerate(inputs[1:], 1):
