@@ -8,3 +8,8 @@ Threads: every parallel kernel is a Numba ``prange`` (one pool, sized by
 ``NUMBA_NUM_THREADS``); BLAS is called single-threaded from inside it (see
 ``blas.py``), so that two thread pools never compete for the cores.
 """
+from __future__ import annotations
+
+from . import cache_stamp
+
+cache_stamp.refresh()
