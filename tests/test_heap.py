@@ -59,6 +59,6 @@ def test_later_passes_reuse_freed_pages(tmp_path):
 def test_keep_freed_is_reentrant():
     with heap.keep_freed():
         with heap.keep_freed():
-            assert heap._state["depth"] == 2
-        assert heap._state["depth"] == 1
-    assert heap._state["depth"] == 0
+            assert heap.keep_freed.depth == 2
+        assert heap.keep_freed.depth == 1
+    assert heap.keep_freed.depth == 0

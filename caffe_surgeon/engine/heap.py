@@ -17,11 +17,12 @@ all of this off; on a C library without ``mallopt`` it does nothing.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import os
 import threading
+
+from .process_settings import OutermostBlock
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 #: glibc's default for M_MMAP_MAX, restored on the way out
@@ -32,7 +33,7 @@ KEEP_BYTES = 1 << 30
 NO_TRIM = (1 << 31) - 1
 
 _lock = threading.Lock()
-_state = {"probed": False, "mallopt": None, "depth": 0}
+_state = {"probed": False, "mallopt": None}
 
 
 def _mallopt():
@@ -57,20 +58,22 @@ def active() -> bool:
         return _mallopt() is not None
 
 
-@contextlib.contextmanager
-def keep_freed():
-    """Large allocations from the untrimmed heap inside the block (re-entrant, thread-safe)."""
+def _enter():
     with _lock:
         fn = _mallopt()
-        if fn is not None and _state["depth"] == 0:
-            fn(M_TRIM_THRESHOLD, NO_TRIM)
-            fn(M_MMAP_MAX, 0)
-        _state["depth"] += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _state["depth"] -= 1
-            if fn is not None and _state["depth"] == 0:
-                fn(M_MMAP_MAX, MMAP_MAX_DEFAULT)
-                fn(M_TRIM_THRESHOLD, KEEP_BYTES)
+    if fn is not None:
+        fn(M_TRIM_THRESHOLD, NO_TRIM)
+        fn(M_MMAP_MAX, 0)
+
+
+def _leave():
+    with _lock:
+        fn = _mallopt()
+    if fn is not None:
+        fn(M_MMAP_MAX, MMAP_MAX_DEFAULT)
+        fn(M_TRIM_THRESHOLD, KEEP_BYTES)
+
+
+#: ``with keep_freed():`` large allocations from the untrimmed heap inside the block
+#: (re-entrant, thread-safe)
+keep_freed = OutermostBlock(_enter, _leave)

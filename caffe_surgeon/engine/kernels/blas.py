@@ -16,7 +16,6 @@ OpenBLAS to one thread for the duration of a forward pass and restores it.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import glob
 import os
@@ -24,10 +23,12 @@ import threading
 
 from ctypes import c_float, c_int, c_int64, c_void_p
 
+from ..process_settings import OutermostBlock
+
 ROW_MAJOR, NO_TRANS = 101, 111
 
 _lock = threading.Lock()
-_state = {"probed": False, "gemm": None, "get": None, "set": None, "depth": 0, "saved": None}
+_state = {"probed": False, "gemm": None, "get": None, "set": None, "saved": None}
 
 
 def _libraries():
@@ -76,23 +77,22 @@ def gemm():
         return _state["gemm"]
 
 
-@contextlib.contextmanager
-def single_threaded():
-    """NumPy's BLAS on one thread inside the block (re-entrant; restored at the outermost exit)."""
+def _one_thread():
     if gemm() is None:
-        yield
         return
     with _lock:
-        if _state["depth"] == 0:
-            n = _state["get"]()
-            _state["saved"] = n
-            if n != 1:
-                _state["set"](1)
-        _state["depth"] += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _state["depth"] -= 1
-            if _state["depth"] == 0 and _state["saved"] not in (None, 1):
-                _state["set"](_state["saved"])
+        n = _state["get"]()
+        _state["saved"] = n
+        if n != 1:
+            _state["set"](1)
+
+
+def _restore():
+    with _lock:
+        if _state["gemm"] is not None and _state["saved"] not in (None, 1):
+            _state["set"](_state["saved"])
+
+
+#: ``with single_threaded():`` NumPy's BLAS on one thread inside the block (re-entrant,
+#: thread-safe; restored when the outermost block closes)
+single_threaded = OutermostBlock(_one_thread, _restore)

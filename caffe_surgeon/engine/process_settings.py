@@ -1,0 +1,35 @@
+"""A process-wide setting held while any thread is inside a block of code.
+
+The engine changes settings that belong to the whole process for the length of a
+forward pass (NumPy's BLAS threads, glibc's malloc parameters). Passes nest (a
+convolution inside a pass) and run on several threads at once, so the setting is
+made when the first block is entered and undone when the last one is left.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+
+class OutermostBlock:
+    """``with block(): ...`` runs ``enter()`` when no block is open and ``leave()`` when
+    the last open block (from any thread) closes."""
+
+    def __init__(self, enter, leave):
+        self._enter, self._leave = enter, leave
+        self._lock = threading.Lock()
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            if self.depth == 0:
+                self._enter()
+            self.depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.depth -= 1
+                if self.depth == 0:
+                    self._leave()
