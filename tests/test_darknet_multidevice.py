@@ -201,3 +201,12 @@ def test_the_caffe_finetune_refuses_dist_backend(tmp_path, capsys):
     assert main(["finetune", str(tmp_path / "net.prototxt"), str(tmp_path / "w.caffemodel"),
                  "-o", str(tmp_path / "o"), "--dist-backend", "gloo"]) == 2
     assert "--dist-backend is for Darknet training" in capsys.readouterr().err
+
+
+def test_one_gpus_id_picks_that_device_or_the_cpu():
+    from caffe_surgeon.training.darknet_devices import single_device
+    assert single_device(None) == "cpu" and single_device("") == "cpu"
+    assert single_device("1") == ("cuda:1" if torch.cuda.is_available() else "cpu")
+    for bad in ("x", "0,1", "-1"):
+        with pytest.raises(ModelError, match=f"-gpus {bad}: give device numbers"):
+            single_device(bad)

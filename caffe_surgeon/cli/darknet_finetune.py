@@ -38,18 +38,6 @@ def add_teacher_thresh(p) -> None:
                                      f"detection needs to become a truth (default {DEFAULT_THRESH:g})")
 
 
-def device_of(gpus: str | None) -> str:
-    """One ``-gpus`` id: that CUDA device (the CPU when there is none); several ids run
-    :mod:`caffe_surgeon.training.darknet_devices` instead (see :func:`_train`)."""
-    if not gpus:
-        return "cpu"
-    ids = [g for g in gpus.split(",") if g.strip()]
-    if len(ids) != 1 or not ids[0].strip().isdigit():
-        raise ModelError(f"-gpus {gpus}: give device numbers separated by commas")
-    import torch
-    return f"cuda:{int(ids[0])}" if torch.cuda.is_available() else "cpu"
-
-
 def run_vai_p(args, conf) -> int:
     """Train ``prunedcfg`` from ``prune_out_weights`` (or the weights given): dense weights
     for prunedcfg; the sparse form ``prune`` writes (modelcfg's shapes) is made dense first."""
@@ -94,14 +82,14 @@ def _teacher(args, files):
 
 
 def _train(graph, args, data, backup, name, teacher=None) -> int:
-    from ..training.darknet_devices import choose_devices, train_detector_on_devices
+    from ..training.darknet_devices import choose_devices, single_device, train_detector_on_devices
     from ..training.darknet_finetune import DetectorRun, train_detector
     gpus = getattr(args, "gpus", None)
     devices = choose_devices(gpus, getattr(args, "dist_backend", None))  # before any file
     run = DetectorRun(Path(data), Path(backup), name, seed=getattr(args, "seed", 0) or 0,
                       resume=bool(getattr(args, "resume", False)),
                       max_batches=getattr(args, "max_batches", None) or getattr(args, "max_iter", None),
-                      device=device_of(gpus) if devices is None else "cpu", teacher=teacher)
+                      device=single_device(gpus) if devices is None else "cpu", teacher=teacher)
     final = train_detector(graph, run) if devices is None else \
         train_detector_on_devices(graph, run, devices)
     print(f"wrote {final} and the backups in {run.backup}")

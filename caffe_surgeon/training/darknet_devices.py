@@ -70,6 +70,18 @@ class DeviceSet:
     backend: str
 
 
+def single_device(gpus: str | None) -> str:
+    """One ``-gpus`` id: that CUDA device (the CPU when there is none); several ids go to
+    :func:`choose_devices` instead."""
+    if not gpus:
+        return "cpu"
+    ids = [g for g in gpus.split(",") if g.strip()]
+    if len(ids) != 1 or not ids[0].strip().isdigit():
+        raise ModelError(f"-gpus {gpus}: give device numbers separated by commas")
+    import torch
+    return f"cuda:{int(ids[0])}" if torch.cuda.is_available() else "cpu"
+
+
 def choose_devices(gpus: str | None, dist_backend: str | None = None) -> DeviceSet | None:
     """``-gpus`` and ``--dist-backend`` checked; None for one device (the single-device run).
 
