@@ -5,11 +5,13 @@ Importing this package compiles nothing; kernels are compiled on first call
 never pay for Numba.
 
 Threads: every parallel kernel is a Numba ``prange`` (one pool, sized by
-``NUMBA_NUM_THREADS``); BLAS is called single-threaded from inside it (see
-``blas.py``), so that two thread pools never compete for the cores.
+``NUMBA_NUM_THREADS``, OpenMP where installed: see ``parallel.py``); BLAS is
+called single-threaded from inside it (see ``blas.py``), so that two thread
+pools never compete for the cores.
 """
 from __future__ import annotations
 
-from . import cache_stamp
+from . import cache_stamp, parallel
 
 cache_stamp.refresh()
+parallel.prefer_openmp()

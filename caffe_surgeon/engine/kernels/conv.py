@@ -259,7 +259,7 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
     codes, vecs, params = (ep or epi.Epilogue(O)).arrays()
     # a small layer runs on the calling thread alone (see parallel.py)
     big = N * O * k * P >= parallel.MIN_PARALLEL_MACS
-    threads = nb.get_num_threads() if big else 1
+    threads = parallel.threads() if big else 1
     kernel = 0 if threads > 1 else 1  # parallel or serial build, same tiles
     want = TILES if big else 1  # tiles to share out
     if use_winograd(x.shape, w.shape, stride, dilation, group, pad):

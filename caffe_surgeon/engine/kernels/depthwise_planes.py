@@ -223,7 +223,7 @@ def depthwise_planes(x, w, stride, pad, dilation, out_hw, arrays) -> np.ndarray 
     # nb.get_num_threads() starts Numba's threading layer, which get_thread_id() inside even
     # the serial build reads: a build loaded from the cache into a process that has not
     # started it would read an unset thread id
-    threads = nb.get_num_threads()
+    threads = max(1, min(nb.get_num_threads(), parallel.threads()))
     kernel = parallel.pick(DEPTHWISE_PLANES_K, N * O * oh * ow * kh * kw, MIN_PARALLEL_MACS)
     args = (x, np.ascontiguousarray(w[:, 0], F32), O // C, lay.rows, lay.cols, lay.taps, lay.Wq,
             lay.floats, oh, ow, _thread_scratch(lay.floats + block + LANES), block,

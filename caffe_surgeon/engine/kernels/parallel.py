@@ -1,4 +1,4 @@
-"""Parallel and serial builds of one kernel, and the choice between them.
+"""Parallel and serial builds of one kernel, the choice between them, and the thread pool.
 
 Entering a Numba parallel region costs 20-45 us on this machine (waking the
 pool's worker, which may also be descheduled by other processes): more than
@@ -6,9 +6,18 @@ the whole work of a small layer. Every ``prange`` kernel is therefore compiled
 twice from the same source (``prange`` is ``range`` in a serial build), and
 :func:`pick` runs the serial one on one thread or for less work than
 ``threshold``.
+
+The pool is Numba's OpenMP layer where GNU OpenMP is installed (:func:`prefer_openmp`):
+its workers spin briefly between regions and wake promptly after an idle spell,
+where TBB's run every layer of the next pass 30-60% slower (res10 at batch 1 on
+2 threads: 24 ms against 31 after a 0.25 s pause). GNU OpenMP is not fork-safe:
+a forked child of a process that has run a parallel region is killed by the
+first one it enters. :func:`threads` is 1 in such a child, so every kernel
+takes its serial build there (same tiles, the same results bit for bit).
 """
 from __future__ import annotations
 
+import os
 import types
 
 import numba as nb
@@ -17,6 +26,10 @@ import numba as nb
 #: on the calling thread alone
 MIN_PARALLEL_MACS = 4_000_000
 MIN_PARALLEL_ELEMENTS = 200_000
+#: Numba's threading layers in the order the engine prefers them (the first that loads)
+LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+_state = {"serial_only": False}
 
 
 def dual(fn):
@@ -31,7 +44,9 @@ def dual(fn):
 
 
 def threads() -> int:
-    return nb.get_num_threads()
+    """Threads a kernel may use now: Numba's count, or 1 in a process where a parallel
+    region would be fatal (see :func:`_after_fork_in_child`)."""
+    return 1 if _state["serial_only"] else nb.get_num_threads()
 
 
 def pick(kernels, work: int, threshold: int | None = None):
@@ -39,4 +54,42 @@ def pick(kernels, work: int, threshold: int | None = None):
     (``threshold`` defaults to MIN_PARALLEL_ELEMENTS)."""
     par, ser = kernels
     limit = MIN_PARALLEL_ELEMENTS if threshold is None else threshold
-    return par if work >= limit and nb.get_num_threads() > 1 else ser
+    return par if work >= limit and threads() > 1 else ser
+
+
+def _layer_started() -> bool:
+    try:
+        from numba.np.ufunc import parallel as numba_parallel
+    except ImportError:  # pragma: no cover - other Numba layouts
+        return True
+    return bool(getattr(numba_parallel, "_is_initialized", True))
+
+
+def prefer_openmp() -> None:
+    """Make OpenMP Numba's first choice of threading layer, unless the user chose one
+    (``NUMBA_THREADING_LAYER`` / ``NUMBA_THREADING_LAYER_PRIORITY``) or a layer has
+    already started in this process (it cannot change then). Changes no result:
+    the tiling depends on the shapes only."""
+    if os.environ.get("NUMBA_THREADING_LAYER") or os.environ.get("NUMBA_THREADING_LAYER_PRIORITY"):
+        return
+    if nb.config.THREADING_LAYER != "default" or _layer_started():
+        return
+    nb.config.THREADING_LAYER_PRIORITY = list(LAYER_PRIORITY)
+
+
+def _after_fork_in_child() -> None:
+    # The child has the parent's memory but not its OpenMP worker threads: Numba kills a
+    # forked process entering a region of a GNU OpenMP pool its parent started. TBB and
+    # the workqueue survive a fork.
+    if _state["serial_only"] or not _layer_started():
+        return
+    try:
+        layer = nb.threading_layer()
+    except ValueError:
+        return
+    if layer == "omp":
+        _state["serial_only"] = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,164 @@
+"""The engine's thread pool: OpenMP where installed, and forked children that still run.
+
+GNU OpenMP is not fork-safe: Numba kills a forked child entering a parallel
+region of a pool its parent started ("Terminating: fork() called from a process
+already using GNU OpenMP"). Data workers, batch tools and users' own
+``multiprocessing`` pools fork; a child must then run every kernel's serial
+build and get the parent's results bit for bit.
+"""
+from __future__ import annotations
+
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_GOMP = ctypes.util.find_library("gomp") is not None
+
+# Every parallel kernel family at batch 2: row tiles (3 -> 32 on 256x256), Winograd
+# (64 -> 128 on 64x64), depthwise planes, pointwise block tiles, wide tiles (512 1x1 on
+# 16x16), max pooling, shortcut, upsample, route.
+NET = """[net]
+width=256
+height=256
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=64
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=128
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=128
+groups=128
+size=3
+stride=1
+pad=1
+activation=relu
+
+[convolutional]
+filters=64
+size=1
+stride=1
+pad=0
+activation=linear
+
+[maxpool]
+size=4
+stride=4
+
+[convolutional]
+batch_normalize=1
+filters=512
+size=1
+stride=1
+pad=0
+activation=leaky
+
+[convolutional]
+filters=64
+size=1
+stride=1
+pad=0
+activation=linear
+
+[shortcut]
+from=-3
+activation=linear
+
+[upsample]
+stride=4
+
+[route]
+layers=-1,-6
+"""
+
+SCRIPT = r"""
+import json, multiprocessing as mp, sys
+import numpy as np, numba
+import caffe_surgeon as cs
+from caffe_surgeon.engine import Executor
+g = cs.init(cs.load(sys.argv[1]), seed=0)
+ex = Executor(g)
+name = next(iter(g.inputs))
+x = np.random.default_rng(0).random((2, 3, 256, 256), dtype=np.float32)
+ref = ex.run({name: x})[g.outputs[0]]
+
+def child(q):
+    q.put(bool(np.array_equal(ex.run({name: x})[g.outputs[0]], ref)))
+
+ctx = mp.get_context("fork")
+q = ctx.Queue()
+p = ctx.Process(target=child, args=(q,))
+p.start()
+p.join(240)
+print(json.dumps({"layer": numba.threading_layer(), "exit": p.exitcode,
+                  "equal": q.get(timeout=5) if p.exitcode == 0 else None}))
+"""
+
+
+def _run(tmp_path, **env_extra):
+    cfg = tmp_path / "net.cfg"
+    cfg.write_text(NET)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_THREADING_LAYER")}
+    env.update(PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="2", **env_extra)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(cfg)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.skipif(not HAVE_GOMP, reason="GNU OpenMP (libgomp) is not installed here")
+def test_forked_child_of_an_openmp_process_runs_serial_and_agrees(tmp_path):
+    got = _run(tmp_path, NUMBA_THREADING_LAYER="omp")
+    assert got["layer"] == "omp"
+    assert got["exit"] == 0, got  # -15: killed by Numba's OpenMP fork check
+    assert got["equal"] is True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.skipif(not HAVE_GOMP, reason="GNU OpenMP (libgomp) is not installed here")
+def test_engine_prefers_openmp_when_nobody_chose(tmp_path):
+    got = _run(tmp_path)
+    assert got["layer"] == "omp"
+    assert got["exit"] == 0 and got["equal"] is True, got
+
+
+def test_a_chosen_layer_is_left_alone(tmp_path):
+    got = _run(tmp_path, NUMBA_THREADING_LAYER="workqueue")
+    assert got["layer"] == "workqueue"
+    assert got["exit"] == 0 and got["equal"] is True, got
