@@ -147,6 +147,29 @@ def test_im2col_batch_matches_reference(case, parallel):
     np.testing.assert_array_equal(got, ref.im2col(x, (k, k), (s, s), (p, p), (d, d), (oh, ow)))
 
 
+
+def test_im2col_strided_rows_match_reference_over_many_geometries():
+    """Strided rows copy between the padding bounds [lo, hi): every stride 1-4 against padding
+    wider than the kernel, maps narrower than the padding, dilation, uneven strides."""
+    from caffe_surgeon.engine.kernels.im2col import im2col_batch
+    r = np.random.default_rng(5)
+    done = 0
+    for _ in range(300):
+        kh, kw = int(r.integers(1, 8)), int(r.integers(1, 8))
+        sh, sw = int(r.integers(1, 5)), int(r.integers(1, 5))
+        dh, dw = int(r.integers(1, 3)), int(r.integers(1, 3))
+        ph, pw = int(r.integers(0, 9)), int(r.integers(0, 9))
+        h, w = int(r.integers(1, 14)), int(r.integers(1, 14))
+        oh, ow = conv.out_size(h, kh, sh, ph, dh), conv.out_size(w, kw, sw, pw, dw)
+        if oh <= 0 or ow <= 0:
+            continue
+        x = r.standard_normal((2, 2, h, w)).astype(np.float32)
+        got = im2col_batch(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow))
+        want = ref.im2col(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow))
+        np.testing.assert_array_equal(got, want, err_msg=str((h, w, kh, kw, sh, sw, ph, pw, dh, dw)))
+        done += 1
+    assert done > 150
+
 def _epilogue(o):
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
     return (Epilogue(o).add(rng.standard_normal(o)).mul(rng.standard_normal(o)).add(rng.standard_normal(o))

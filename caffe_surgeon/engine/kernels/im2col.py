@@ -37,16 +37,57 @@ def _im2col_channel(x, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                             out[row, n, base + xo] = 0.0
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _im2col_channel_strided(x, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    # _im2col_channel for sw > 1, where a gather with a bounds test per element does not
+    # vectorise: the columns whose input lies inside the row, [lo, hi), are copied between
+    # views that start at the first copied element (indices from 0 up, which Numba need not
+    # test for negative wrap-around) and the padding on either side is zero-filled.
+    N, C, H, W = x.shape
+    for i in range(kh):
+        for j in range(kw):
+            row = (c * kh + i) * kw + j
+            off = j * dw - pw  # ix = xo*sw + off
+            lo = min(ow, max(0, -(off // sw)))
+            hi = min(ow, max(lo, (W - off + sw - 1) // sw))
+            for n in range(N):
+                for y in range(oh):
+                    iy = y * sh - ph + i * dh
+                    base = y * ow
+                    if iy < 0 or iy >= H:
+                        for xo in range(ow):
+                            out[row, n, base + xo] = 0.0
+                        continue
+                    for xo in range(lo):
+                        out[row, n, base + xo] = 0.0
+                    for xo in range(hi, ow):
+                        out[row, n, base + xo] = 0.0
+                    src = x[n, c, iy, lo * sw + off:]
+                    dst = out[row, n, base + lo:base + hi]
+                    if sw == 2:
+                        for k in range(hi - lo):
+                            dst[k] = src[2 * k]
+                    else:
+                        for k in range(hi - lo):
+                            dst[k] = src[k * sw]
+
+
 @nb.njit(cache=True, nogil=True)
 def _im2col_batch(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     for c in range(x.shape[1]):
-        _im2col_channel(x, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out)
+        if sw == 1:
+            _im2col_channel(x, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out)
+        else:
+            _im2col_channel_strided(x, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out)
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def _im2col_par(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     for c in nb.prange(x.shape[1]):
-        _im2col_channel(x, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out)
+        if sw == 1:
+            _im2col_channel(x, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out)
+        else:
+            _im2col_channel_strided(x, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out)
 
 
 def im2col_batch(x: np.ndarray, kernel, stride, pad, dilation, out_hw, out: np.ndarray | None = None,
