@@ -30,6 +30,7 @@ a usable OpenBLAS (:func:`.blas.gemm` is None) the convolution is im2col +
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 
@@ -175,11 +176,12 @@ def _wide_tiles(gemm, wg, cols, n_img, P, ob, cb, wide, out, codes, vecs, params
 WIDE_TILES_K = parallel.dual(_wide_tiles)
 
 
-def one_tile_at_a_time():
+def one_tile_at_a_time(parallel_build: bool = True):
     """GEMM tiles handed out one at a time rather than in one fixed share per thread
     (Numba's default): a thread the OS deschedules then holds up one tile, not half the
-    layer. The tiles, and so the results, stay the same."""
-    return nb.parallel_chunksize(1)
+    layer. The tiles, and so the results, stay the same. A serial build has no share to
+    hand out (and setting the chunk size costs more than a small layer's GEMM)."""
+    return nb.parallel_chunksize(1) if parallel_build else contextlib.nullcontext()
 
 
 def _round16(v: int, cap: int) -> int:
@@ -275,7 +277,7 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
             if N * -(-oh // rows) < want:
                 rows = max(1, -(-N * oh // want))
             scratch = _thread_scratch(K * rows * ow)
-            with one_tile_at_a_time():
+            with one_tile_at_a_time(kernel == 0):
                 ROW_TILES_K[kernel](gemm, x, wg, kh, kw, stride[0], stride[1], pad[0], pad[1],
                                     dilation[0], dilation[1], oh, ow, rows, out3, codes, vecs, params,
                                     scratch)
@@ -292,7 +294,7 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
                     cb = _round16(-(-N * P // parts), N * P)
                 else:
                     ob = _round16(-(-og // parts), og)
-            with one_tile_at_a_time():
+            with one_tile_at_a_time(kernel == 0):
                 WIDE_TILES_K[kernel](gemm, wg, cols, N, P, ob, cb, np.empty((O, N * P), F32), out3,
                                      codes, vecs, params)
             return out
@@ -308,7 +310,7 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
                 pb = _round16(-(-P // parts), P)
             else:
                 ob = _round16(-(-og // parts), og)
-        with one_tile_at_a_time():
+        with one_tile_at_a_time(kernel == 0):
             BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb, out3,
                                   codes, vecs, params)
     return out

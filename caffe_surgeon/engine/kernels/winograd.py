@@ -197,8 +197,11 @@ def conv2d(gemm, x, u, pad, out_hw, ep_arrays, threads: int) -> np.ndarray:
     m = np.empty((16, O, NT), F32)
     # the 16 GEMMs share out over the threads whole, so their shapes (and the rounding)
     # do not depend on the thread count
-    with nb.parallel_chunksize(1):  # one GEMM at a time to whichever thread is free
-        (GEMMS_K[0] if par else GEMMS_K[1])(gemm, u, v, m, O, NT)
+    if par:
+        with nb.parallel_chunksize(1):  # one GEMM at a time to whichever thread is free
+            GEMMS_K[0](gemm, u, v, m, O, NT)
+    else:
+        GEMMS_K[1](gemm, u, v, m, O, NT)
     out = np.empty((N, O, oh, ow), F32)
     (OUTPUT_TRANSFORM_K[0] if par else OUTPUT_TRANSFORM_K[1])(m, th, tw, out, *ep_arrays)
     return out
