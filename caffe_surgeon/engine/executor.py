@@ -81,6 +81,11 @@ class Executor:
         self._inner = {i: [(k, graph.layers[k].tops[0]) for k in [i] + f[:-1]]
                        for i, f in self.chains.items()}
         self._epilogues: dict[int, tuple] = {}
+        # Sibling groups (see siblings.py): first member -> the group, run as one layer.
+        from . import siblings
+        self._siblings = siblings
+        self.groups = siblings.plan(graph, self.reads, self.chains)
+        self._stacker = siblings.Stacker()
         for i, f in self.chains.items():
             w = graph.layers[i].weights.get("weight")
             if spec_for(graph.framework, graph.layers[i]).channel_role == "produce" \
@@ -228,9 +233,22 @@ class Executor:
         # arrays to every variant), nor any view of them
         layers = self.graph.layers
         ctx = self.ctx
+        early = set()  # later members of a sibling group, computed with its first
         i = start
         while i < stop:
             if only is not None and i not in only:
+                i += 1
+                continue
+            if i in early:  # its value is there: drop what dies here, as running it would
+                for v in self.reads[i]:
+                    if self.last_use.get(v) == i and v not in wanted:
+                        env.pop(v, None)
+                i += 1
+                continue
+            group = self.groups.get(i)
+            if group is not None and group[-1] < stop and \
+                    (only is None or all(k in only for k in group)) and self._run_group(env, group, wanted, result):
+                early.update(group[1:])
                 i += 1
                 continue
             layer = layers[i]
@@ -281,6 +299,31 @@ class Executor:
                 if (end, t) not in self.last_use and (end, t) not in wanted:
                     env.pop((end, t), None)
             i = end + 1
+
+    def _run_group(self, env, group, wanted, result) -> bool:
+        """Run a sibling group as one layer; False (nothing done) if it no longer stacks."""
+        x = env.get(self.reads[group[0]][0])
+        layers = self.graph.layers
+        if x is None or x.ndim != 4 or not self._siblings.still_stacks(self.graph, group) or \
+                x.shape[1] != layers[group[0]].weights["weight"].shape[1]:
+            return False
+        try:
+            outs = self._stacker.run(self.graph, group, x, self.ctx)
+        except ModelError as e:
+            raise e.located(file=self.graph.source_text, layer=layers[group[0]].name) from None
+        except (ValueError, IndexError) as e:
+            raise ModelError(f"{layers[group[0]].type} failed on an input of shape {tuple(x.shape)}: {e}",
+                             file=self.graph.source_text, layer=layers[group[0]].name) from None
+        v = self.reads[group[0]][0]
+        if self.last_use.get(v) == group[0] and v not in wanted:
+            env.pop(v, None)
+        for k, a in zip(group, outs):
+            top = (k, layers[k].tops[0])
+            if top in wanted:
+                result[wanted[top]] = a
+            if top in self.last_use or top in wanted:
+                env[top] = a
+        return True
 
 
 def forward(graph: Graph, inputs: dict, outputs=None, **kw) -> dict[str, np.ndarray]:

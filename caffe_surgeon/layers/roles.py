@@ -22,6 +22,9 @@ ROLES = {
     "detector_head": "its output holds detections",
     # The engine may run the per-channel layers after it inside its output pass.
     "fusion_head": "can absorb per-channel followers into its output pass",
+    # Siblings (layers reading one value with the same geometry, each with its own weights)
+    # may run as one layer, their weights stacked along the outputs: SSD's loc/conf heads.
+    "stackable": "siblings on one input may run as one layer, weights stacked",
     # A per-channel affine map or clamp that can run inside the previous layer's pass.
     "fusion_follower": "can run inside the previous layer's output pass",
     # Normalises each channel by stored statistics at test time (BatchNorm): an affine map

@@ -15,7 +15,7 @@ from .base import CaffeSpec, prod
 class Convolution(CaffeSpec):
     types = ("Convolution", "ConvolutionFixed")
     channel_role = "produce"
-    roles = frozenset({"fusion_head"})
+    roles = frozenset({"fusion_head", "stackable"})
     bias_switch = ("convolution_param", "bias_term")
     #: the forks' depthwise types: one group per input channel, whatever ``group`` says
     depthwise = False
@@ -99,6 +99,7 @@ class Convolution(CaffeSpec):
 @register
 class DepthwiseConvolution(Convolution):
     types = ("ConvolutionDepthwise", "DepthwiseConvolution")
+    roles = frozenset({"fusion_head"})
     depthwise = True
 
 
