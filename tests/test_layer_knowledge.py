@@ -19,10 +19,9 @@ from caffe_surgeon.layers.roles import BOX_FORMATS, DATA_FORMATS, METRIC_KINDS, 
 PACKAGE = Path(__file__).resolve().parents[1] / "caffe_surgeon"
 
 #: where type names belong: the specs, and each backend's table modules (the NumPy engine's
-#: forwards, refusals, fused stages, stacked siblings and Darknet activation defaults; the
-#: torch backend's)
+#: forwards, refusals, fused stages and Darknet activation defaults; the torch backend's)
 HOMES = ("layers/*", "engine/*_ops.py", "engine/ops.py", "engine/caffe_refused.py",
-         "engine/caffe_epilogues.py", "engine/caffe_siblings.py", "engine/darknet_activations.py", "training/torch_*.py",
+         "engine/caffe_epilogues.py", "engine/darknet_activations.py", "training/torch_*.py",
          "convert/darknet_caffe_ops.py", "convert/onnx_*.py")
 #: (module, string): quoted text that is a type name only by coincidence, and why
 KEPT = {
@@ -122,9 +121,10 @@ def test_fusion_followers_and_the_engines_fused_stages_agree():
     assert set(caffe_epilogues.FITS) <= followers
 
 
-def test_stackable_layers_and_the_engines_stacked_runs_agree():
-    from caffe_surgeon.engine import caffe_siblings
+def test_stackable_specs_say_what_siblings_must_share():
+    from caffe_surgeon.layers.registry import LayerSpec
 
-    stackable = set(registry.specs("caffe", "stackable"))
-    assert stackable == set(caffe_siblings.KEYS) == set(caffe_siblings.RUN)
+    stackable = registry.specs("caffe", "stackable")
+    assert set(stackable) == {"Convolution", "ConvolutionFixed"}
+    assert all(type(s).stack_key is not LayerSpec.stack_key for s in stackable.values())
     assert not registry.specs("darknet", "stackable")

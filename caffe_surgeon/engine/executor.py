@@ -308,7 +308,7 @@ class Executor:
                 x.shape[1] != layers[group[0]].weights["weight"].shape[1]:
             return False
         try:
-            outs = self._stacker.run(self.graph, group, x, self.ctx)
+            outs = self._stacker.run(self.graph, group, x, self.ctx, self.fns[group[0]])
         except ModelError as e:
             raise e.located(file=self.graph.source_text, layer=layers[group[0]].name) from None
         except (ValueError, IndexError) as e:

@@ -98,6 +98,11 @@ class LayerSpec:
         """Why this layer's settings are beyond what we run ("" when they are fine)."""
         return ""
 
+    def stack_key(self, layer: Layer):
+        """For ``stackable`` types: what siblings on one input must share for their weights
+        to stack along the outputs into one layer of this type (None: this one cannot)."""
+        return None
+
     def infer(self, layer: Layer, inputs: Sequence[Shape]) -> list[Shape]:
         if not inputs:
             raise ModelError(f"{layer.type} needs an input")

@@ -28,6 +28,18 @@ class Convolution(CaffeSpec):
             raise ModelError(f"{layer.type} expects a 4-D input, got {tuple(inputs[0])}")
         return p, int(p["num_output"]), self.group(layer, inputs[0][1]), conv_geometry(p)
 
+    def stack_key(self, layer):
+        # one group, the weights' kernel as declared; the stacked layer is this one with
+        # the members' weight and bias arrays concatenated and num_output their sum
+        p = sub(layer, "convolution_param")
+        w = layer.weights.get("weight")
+        if w is None or getattr(w, "ndim", 0) != 4 or int(p.get("group", 1)) != 1:
+            return None
+        kernel, stride, pad, dilation = conv_geometry(p)
+        if tuple(w.shape[2:]) != tuple(kernel):
+            return None
+        return (int(w.shape[1]), kernel, stride, pad, dilation, "bias" in layer.weights)
+
     def group(self, layer, in_channels: int) -> int:
         """The number of filter groups for an input of ``in_channels`` channels."""
         return in_channels if self.depthwise else int(sub(layer, "convolution_param").get("group", 1))
