@@ -37,7 +37,7 @@ import weakref
 import numba as nb
 import numpy as np
 
-from . import blas, parallel, winograd
+from . import blas, microkernel, parallel, winograd
 from . import epilogue as epi
 from .depthwise import depthwise_conv
 from .epilogue import _stages_row
@@ -86,7 +86,7 @@ def _thread_scratch(n: int) -> np.ndarray:
 
 
 def _row_tiles(gemm, x, wg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows, out, codes, vecs, params,
-               scratch):
+               scratch, own, q, u):
     # x (N, C, H, W), wg (G, og, k), out (N, G*og, oh*ow); tile = (image, block of `rows` rows)
     N = x.shape[0]
     G, og, k = wg.shape
@@ -102,6 +102,11 @@ def _row_tiles(gemm, x, wg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows, out, c
         # output rows y0..y1-1 are rows 0.. of the same conv padded ph - y0*sh on top
         _im2col_batch(x[n:n + 1], kh, kw, sh, sw, ph - y0 * sh, pw, dh, dw, y1 - y0, ow, cols)
         for g in range(G):
+            if own.size and og * T * k > microkernel.SMALL_MNK:
+                microkernel.gemm(own, microkernel.block_offset(g, 0, og, og, k), og, T, k,
+                                 scratch[nb.get_thread_id()], g * k * T, T, out.reshape(-1),
+                                 (n * O + g * og) * P + y0 * ow, P, q, u)
+                continue
             gemm(101, 111, 111, og, T, k, np.float32(1.0), wg.ctypes.data + 4 * g * og * k, k,
                  cols.ctypes.data + 4 * g * k * T, T, np.float32(0.0),
                  out.ctypes.data + 4 * ((n * O + g * og) * P + y0 * ow), P)
@@ -112,7 +117,7 @@ def _row_tiles(gemm, x, wg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows, out, c
 ROW_TILES_K = parallel.dual(_row_tiles)
 
 
-def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, params):
+def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, params, own, q, u):
     # wg (G, og, k); b (1, size) flat: image n's column matrix of group g starts at value
     # n*b_img + g*k*ldb, rows ldb apart; out (N, G*og, P). Tile = (image, group, channel block, pixel block).
     G, og, k = wg.shape
@@ -128,6 +133,13 @@ def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, pa
         n = r // G
         p1 = min(P, p0 + pb)
         o1 = min(og, o0 + ob)
+        if own.size and (o1 - o0) * (p1 - p0) * k > microkernel.SMALL_MNK:
+            microkernel.gemm(own, microkernel.block_offset(g, o0, og, ob, k), o1 - o0, p1 - p0, k,
+                             b[0], n * b_img + g * k * ldb + p0, ldb, out.reshape(-1),
+                             (n * O + g * og + o0) * P + p0, P, q, u)
+            for o in range(g * og + o0, g * og + o1):
+                _stages_row(out[n, o, p0:p1], o, codes, vecs, params)
+            continue
         gemm(101, 111, 111, o1 - o0, p1 - p0, k, np.float32(1.0),
              wg.ctypes.data + 4 * (g * og + o0) * k, k,
              b.ctypes.data + 4 * (n * b_img + g * k * ldb + p0), ldb, np.float32(0.0),
@@ -230,6 +242,32 @@ def winograd_weights(cache: dict, key, w, stride, dilation, group):
     return u
 
 
+_NO_WEIGHTS = np.empty(0, F32)
+#: (id(weight array), block) -> (weak reference to it, its microkernel panels)
+_PACKED: dict[tuple, tuple] = {}
+
+
+def _own_gemm(w, wg, block, rows, cols, ldb):
+    """(panels, q, u) for the tiles to run :func:`.microkernel.gemm` on, or an empty array
+    when the BLAS is used: ours only where it gives the BLAS's bits (:func:`.microkernel.blocking`)
+    and is faster for a tile of ``rows`` x ``cols`` (:func:`.microkernel.worth_it`). The panels
+    are packed once per weight array and channel block while the array lives."""
+    blocking = microkernel.blocking()
+    k = wg.shape[2]
+    if blocking is None or not microkernel.worth_it(rows, cols, k, ldb):
+        return _NO_WEIGHTS, 0, 0
+    key = (id(w), block, wg.shape)
+    hit = _PACKED.get(key)
+    if hit is not None and hit[0]() is w:
+        return hit[1], blocking[0], blocking[1]
+    panels = microkernel.pack_weights(wg, block)
+    try:
+        _PACKED[key] = (weakref.ref(w, lambda _, k=key: _PACKED.pop(k, None)), panels)
+    except TypeError:  # an array type without weak references: packed per call
+        pass
+    return panels, blocking[0], blocking[1]
+
+
 def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
            epilogue: epi.Epilogue | None = None, winograd_u: np.ndarray | None = None) -> np.ndarray:
     """x (N, C, H, W) float32, w (O, C/group, kh, kw), b (O,) or None -> (N, O, oh, ow).
@@ -277,10 +315,12 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
             if N * -(-oh // rows) < want:
                 rows = max(1, -(-N * oh // want))
             scratch = _thread_scratch(K * rows * ow)
+            T = rows * ow
+            own, q, u = _own_gemm(w, wg, og, og, T, T)
             with one_tile_at_a_time(kernel == 0):
                 ROW_TILES_K[kernel](gemm, x, wg, kh, kw, stride[0], stride[1], pad[0], pad[1],
                                     dilation[0], dilation[1], oh, ow, rows, out3, codes, vecs, params,
-                                    scratch)
+                                    scratch, own, q, u)
             return out
         pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
         if N > 1 and og > P:
@@ -310,9 +350,10 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
                 pb = _round16(-(-P // parts), P)
             else:
                 ob = _round16(-(-og // parts), og)
+        own, q, u = _own_gemm(w, wg, ob, ob, pb, ldb)
         with one_tile_at_a_time(kernel == 0):
             BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb, out3,
-                                  codes, vecs, params)
+                                  codes, vecs, params, own, q, u)
     return out
 
 

@@ -1,0 +1,271 @@
+"""Our own GEMM for the thin convolutions, bit-equal to the BLAS it stands in for.
+
+OpenBLAS packs both operands on every call. For a 1x1 convolution with 16-32
+input channels, or 16-32 output channels, that packing costs as much as the
+multiply (MobileNet v2's 16 -> 96 expansion at 112x112 ran at 42 GFLOP/s). Here
+the weights are packed once per layer (:func:`pack_weights`: panels of ``MR``
+rows, k-major) and the columns are read in place, ``NR`` at a time.
+
+The micro-kernel is LLVM vector IR emitted through ``numba.extending.intrinsic``
+(plain Numba leaves a 12x16 register block unvectorised): ``MR`` accumulators of
+``<16 x float>``, one ``llvm.fma`` per row and k step with the weight splatted,
+which LLVM turns into 12 zmm FMAs with broadcast operands per k step (AVX-512;
+on AVX2 each accumulator is a ymm pair and ``MR`` is 6, so the block still fits
+the 16 registers). No compiled extension of our own: it is JIT like the rest.
+
+Every output sums its products in k order with fused multiply-adds, in K blocks
+cut as OpenBLAS cuts them (``GEMM_Q``, rounded to its ``GEMM_UNROLL_M``), the
+blocks added in order: the same float operations as OpenBLAS's own kernels, so
+the results are equal bit for bit. :func:`matches_blas` checks that on this
+machine (the block sizes differ between OpenBLAS's CPU kernels) and the
+convolutions use this kernel only where it holds, and only for shapes where it
+is faster (:func:`worth_it`): which GEMM ran never changes a result.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import blas
+
+F32 = np.float32
+#: columns per micro-tile: one <16 x float> (a zmm, or a ymm pair on AVX2)
+NR = 16
+#: OpenBLAS uses its small-matrix kernels (another summation order) at or below this many
+#: multiply-adds per call (SkylakeX: 100^3); we stay above it
+SMALL_MNK = 1_000_000
+
+
+def _target_features() -> str:
+    from numba.core import config
+    if config.CPU_FEATURES:
+        return config.CPU_FEATURES
+    if config.CPU_NAME and config.CPU_NAME != "host":
+        return ""  # a named target: assume no AVX-512, the safe block shape
+    import llvmlite.binding as ll
+    return ll.get_host_cpu_features().flatten()
+
+
+_FEATURES = _target_features()
+#: vector FMA hardware: without it the kernel would round differently from any FMA BLAS
+HAS_FMA = "+fma" in _FEATURES and "+avx2" in _FEATURES
+#: rows per micro-tile: 12 zmm accumulators with AVX-512's 32 registers, 6 ymm pairs with AVX2's 16
+MR = 12 if "+avx512f" in _FEATURES else 6
+
+_VEC = ir.VectorType(ir.FloatType(), NR)
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
+
+
+def _splat(builder, value, vec_type):
+    one = builder.insert_element(ir.Constant(vec_type, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vec_type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, NR), [0] * NR))
+
+
+@intrinsic
+def _tile(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, cols, accumulate):
+    """c[c_off + i*ldc + j] (+)= sum_k a[a_off + k*MR + i] * b[b_off + k*ldb + j] for
+    i < rows (<= MR), j < cols (<= NR), k < kc: fused multiply-adds in k order from 0;
+    ``accumulate`` adds the block's sums to what c holds (one rounding), else stores them."""
+    sig = types.void(a, types.int64, b, types.int64, types.int64, c, types.int64, types.int64,
+                     types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        a_arr, a_off, b_arr, b_off, ldb, c_arr, c_off, ldc, kc, rows, cols, acc = args
+        ap = builder.gep(context.make_array(sig.args[0])(context, builder, a_arr).data, [a_off])
+        bp = builder.gep(context.make_array(sig.args[2])(context, builder, b_arr).data, [b_off])
+        cp = builder.gep(context.make_array(sig.args[5])(context, builder, c_arr).data, [c_off])
+        vptr = _VEC.as_pointer()
+        zero = ir.Constant(_VEC, [0.0] * NR)
+        # entry-block allocas: promoted to registers, one accumulator per row
+        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(MR)]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
+                                             f"llvm.fma.v{NR}f32")
+        mr = ir.Constant(_I64, MR)
+        with cgutils.for_range(builder, kc) as loop:
+            k = loop.index
+            bv = builder.load(builder.bitcast(builder.gep(bp, [builder.mul(k, ldb)]), vptr), align=4)
+            arow = builder.gep(ap, [builder.mul(k, mr)])
+            for i in range(MR):
+                av = _splat(builder, builder.load(builder.gep(arow, [ir.Constant(_I64, i)])), _VEC)
+                builder.store(builder.call(fma, [av, bv, builder.load(sums[i])]), sums[i])
+        mask_t = ir.VectorType(ir.IntType(1), NR)
+        lanes = ir.Constant(ir.VectorType(_I64, NR), list(range(NR)))
+        mask = builder.icmp_signed("<", lanes, _splat_i64(builder, cols))
+        mload = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VEC, [vptr, _I32, mask_t, _VEC]), f"llvm.masked.load.v{NR}f32.p0")
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_VEC, vptr, _I32, mask_t]),
+            f"llvm.masked.store.v{NR}f32.p0")
+        full = builder.icmp_signed("==", cols, ir.Constant(_I64, NR))
+        adding = builder.icmp_signed("!=", acc, ir.Constant(_I64, 0))
+        align = ir.Constant(_I32, 4)
+        for i in range(MR):
+            with builder.if_then(builder.icmp_signed(">", rows, ir.Constant(_I64, i))):
+                ptr = builder.bitcast(builder.gep(cp, [builder.mul(ir.Constant(_I64, i), ldc)]), vptr)
+                v = builder.load(sums[i])
+                with builder.if_else(full) as (whole, part):
+                    with whole:
+                        with builder.if_else(adding) as (add, put):
+                            with add:
+                                builder.store(builder.fadd(builder.load(ptr, align=4), v), ptr, align=4)
+                            with put:
+                                builder.store(v, ptr, align=4)
+                    with part:
+                        old = builder.call(mload, [ptr, align, mask, zero])
+                        builder.call(mstore, [builder.select(adding, builder.fadd(old, v), v), ptr, align, mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _splat_i64(builder, value):
+    vt = ir.VectorType(_I64, NR)
+    return _splat(builder, value, vt)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def k_block(rest, q, u):
+    """The next K block OpenBLAS takes with ``rest`` left (its level-3 driver's rule)."""
+    if rest >= 2 * q:
+        return q
+    if rest > q:
+        return ((rest // 2 + u - 1) // u) * u
+    return rest
+
+
+@nb.njit(cache=True, nogil=True)
+def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u):
+    """c[c_off:] (M x N, rows ldc apart) = A (M x K, packed panels from ap[a_off]) @
+    b[b_off:] (K x N, rows ldb apart), K cut in blocks as OpenBLAS cuts it (``q``, ``u``)."""
+    panels = (M + MR - 1) // MR
+    if K * N <= 65536:
+        # the columns fit in L2: each weight panel is read once, for every micro-tile of columns
+        k0 = 0
+        while k0 < K:
+            kc = k_block(K - k0, q, u)
+            for p in range(panels):
+                for n0 in range(0, N, NR):
+                    _tile(ap, a_off + p * K * MR + k0 * MR, b, b_off + k0 * ldb + n0, ldb, c,
+                          c_off + p * MR * ldc + n0, ldc, kc, min(MR, M - p * MR), min(NR, N - n0),
+                          1 if k0 > 0 else 0)
+            k0 += kc
+        return
+    # columns in blocks whose outputs stay in L2 while every panel passes over them
+    nb_cols = max(NR, ((131072 // max(M, 1)) // NR) * NR)
+    for n_start in range(0, N, nb_cols):
+        n_end = min(N, n_start + nb_cols)
+        k0 = 0
+        while k0 < K:
+            kc = k_block(K - k0, q, u)
+            for p in range(panels):
+                for n0 in range(n_start, n_end, NR):
+                    _tile(ap, a_off + p * K * MR + k0 * MR, b, b_off + k0 * ldb + n0, ldb, c,
+                          c_off + p * MR * ldc + n0, ldc, kc, min(MR, M - p * MR), min(NR, n_end - n0),
+                          1 if k0 > 0 else 0)
+            k0 += kc
+
+
+def pack_weights(wg: np.ndarray, block: int | None = None) -> np.ndarray:
+    """(G, og, k) weights -> flat panels for :func:`gemm`. Each group's rows are cut in blocks
+    of ``block`` (the convolution's channel blocks; default all of og), each block in panels
+    of MR rows (zero rows past its end), k-major: see :func:`block_offset`."""
+    G, og, k = wg.shape
+    block = og if block is None else block
+    blocks, panels = -(-og // block), -(-block // MR)
+    out = np.zeros((G, blocks, panels * MR, k), F32)
+    for i in range(blocks):
+        rows = wg[:, i * block:(i + 1) * block]
+        out[:, i, :rows.shape[1]] = rows
+    return np.ascontiguousarray(out.reshape(G, blocks, panels, MR, k).transpose(0, 1, 2, 4, 3)).reshape(-1)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def block_offset(group, row, og, block, k):
+    """Where block ``row // block`` of group ``group`` starts in :func:`pack_weights`'s panels
+    (``row`` a multiple of ``block``)."""
+    blocks = (og + block - 1) // block
+    return ((group * blocks + row // block) * ((block + MR - 1) // MR)) * k * MR
+
+
+_state: dict = {}
+_lock = threading.Lock()
+
+
+def _blas_blocking() -> tuple[int, int] | None:
+    """OpenBLAS's K blocking (GEMM_Q, GEMM_UNROLL_M) on this machine, single-threaded as the
+    convolutions call it (its threaded driver cuts K otherwise), found by reproducing its
+    results bit for bit; None when no blocking (or no FMA) reproduces them."""
+    blas_gemm = blas.gemm()
+    if not HAS_FMA or blas_gemm is None:
+        return None
+    with blas.single_threaded():
+        return _search(blas_gemm)
+
+
+def _search(blas_gemm):
+    rng = np.random.default_rng(7)
+    # M*N*K above the small-matrix path; K values whose cuts tell the candidates apart
+    cases = []
+    for K in (300, 700, 1000, 1300, 2304):
+        M, N = 24, max(NR + 3, SMALL_MNK // (24 * K) + 40)
+        cases.append((rng.standard_normal((1, M, K), dtype=F32), rng.standard_normal((K, N), dtype=F32)))
+    refs = []
+    for a, b in cases:
+        _, M, K = a.shape
+        N = b.shape[1]
+        ref = np.empty((M, N), F32)
+        blas_gemm(101, 111, 111, M, N, K, F32(1.0), a.ctypes.data, K, b.ctypes.data, N, F32(0.0),
+                  ref.ctypes.data, N)
+        refs.append(ref)
+    packed = [pack_weights(a) for a, _ in cases]
+    for q in (448, 384, 320, 256, 512, 640, 768, 192, 224, 240, 288, 352, 416, 480, 576, 1024):
+        for u in (16, 8, 32, 4, 24, 6, 2, 1):
+            if all(_agrees(ap, a, b, ref, q, u) for ap, (a, b), ref in zip(packed, cases, refs)):
+                return q, u
+    return None
+
+
+def _agrees(ap, a, b, ref, q, u) -> bool:
+    _, M, K = a.shape
+    N = b.shape[1]
+    got = np.empty((M, N), F32)
+    gemm(ap, 0, M, N, K, b.reshape(-1), 0, N, got.reshape(-1), 0, N, q, u)
+    return bool(np.array_equal(got.view(np.uint32), ref.view(np.uint32)))
+
+
+def blocking() -> tuple[int, int] | None:
+    """(q, u) for :func:`gemm` when it reproduces the BLAS here, else None (then the
+    convolutions keep the BLAS). Found once per process; ``CAFFE_SURGEON_OWN_GEMM=0`` turns
+    our kernel off."""
+    if os.environ.get("CAFFE_SURGEON_OWN_GEMM", "1") == "0":
+        return None
+    with _lock:
+        if "blocking" not in _state:
+            _state["blocking"] = _blas_blocking()
+        return _state["blocking"]
+
+
+def worth_it(M: int, N: int, K: int, ldb: int) -> bool:
+    """Whether :func:`gemm` beats OpenBLAS for one call of this shape, the columns read in
+    place ``ldb`` apart. Measured single-threaded on Sapphire Rapids (AVX-512) and with
+    both libraries on their AVX2 kernels (``benchmarks/gemm_shapes.py``): 1.1-1.8x faster
+    where OpenBLAS's packing dominates (K <= 32, M <= 32, or M <= 128 with K <= 64 on short
+    rows), 0.6-1.0x elsewhere (long rows of columns read in place miss the TLB, wide M
+    re-reads them, and OpenBLAS's packed copy avoids both)."""
+    if M * N * K <= SMALL_MNK or N < NR:
+        return False
+    if K <= 32:
+        return M <= 128 or (M <= 512 and 784 <= ldb <= 4096)
+    if M <= 32:
+        return ldb <= 256 or (ldb <= 1024 and K <= 640) or (K <= 128 and ldb <= 4096)
+    if M <= 128:
+        return (K <= 64 and ldb <= 1024) or ldb <= 64
+    return False
