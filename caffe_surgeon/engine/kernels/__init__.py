@@ -7,7 +7,8 @@ never pay for Numba.
 Threads: every parallel kernel is a Numba ``prange`` (one pool, sized by
 ``NUMBA_NUM_THREADS``, OpenMP where installed: see ``parallel.py``); BLAS is
 called single-threaded from inside it (see ``blas.py``), so that two thread
-pools never compete for the cores.
+pools never compete for the cores. Thin GEMMs run on our own micro-kernel
+(``microkernel.py``) where it reproduces that BLAS bit for bit.
 """
 from __future__ import annotations
 
