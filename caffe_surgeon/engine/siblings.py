@@ -3,9 +3,9 @@ heads on each feature map: one im2col and one GEMM with the weights stacked alon
 outputs, instead of one each; res10 at batch 1: the six head pairs 4.7 -> 3 ms).
 
 A *group* is two or more layers of one type whose spec has the ``stackable`` role, each
-with one bottom and one top, reading the same value version, with equal
-``spec.stack_key``, none of them a fused chain's head. The executor runs the group when it
-reaches its first member, if the whole group is in the range (and in ``only``) being run,
+with one bottom and one top, reading the same value version, with equal ``spec.stack_key``
+(which names the type), none of them a fused chain's head. The executor runs the group when
+it reaches its first member, if the whole group is in the range (and in ``only``) being run,
 and skips the later members. The group runs as its first member's forward on a stand-in
 layer carrying the stacked arrays; each member's output is the slice for its channels
 (copied to its own array). Whether a group still stacks is checked on every run (keys from
@@ -33,7 +33,7 @@ def _key(graph, layer):
         key = spec.stack_key(layer)
     except (KeyError, ValueError, TypeError, AttributeError):
         return None
-    return None if key is None else (layer.type, key)
+    return key
 
 
 def plan(graph, reads, chains) -> dict[int, tuple[int, ...]]:

@@ -100,7 +100,8 @@ class LayerSpec:
 
     def stack_key(self, layer: Layer):
         """For ``stackable`` types: what siblings on one input must share for their weights
-        to stack along the outputs into one layer of this type (None: this one cannot)."""
+        to stack along the outputs into one layer of this type, the type included (None:
+        this one cannot)."""
         return None
 
     def infer(self, layer: Layer, inputs: Sequence[Shape]) -> list[Shape]:

@@ -38,7 +38,7 @@ class Convolution(CaffeSpec):
         kernel, stride, pad, dilation = conv_geometry(p)
         if tuple(w.shape[2:]) != tuple(kernel):
             return None
-        return (int(w.shape[1]), kernel, stride, pad, dilation, "bias" in layer.weights)
+        return (layer.type, int(w.shape[1]), kernel, stride, pad, dilation, "bias" in layer.weights)
 
     def group(self, layer, in_channels: int) -> int:
         """The number of filter groups for an input of ``in_channels`` channels."""
