@@ -24,9 +24,11 @@ from timing import cpu_model, median_time  # noqa: E402
 
 from caffe_surgeon.engine.kernels import blas, microkernel  # noqa: E402
 
-#: (M, K, N): MobileNet v2, yolov3-tiny, res10 and ResNet-50 layers, then a grid
+#: (M, K, N): MobileNet v2, yolov3-tiny, res10 and ResNet-50 layers (whole, and as the row
+#: tiles of about 1 MB of columns that large maps are cut into), then a grid
 LAYERS = [(96, 16, 12544), (144, 24, 3136), (24, 144, 3136), (192, 32, 784), (32, 192, 784),
           (16, 27, 43264), (32, 144, 10816), (64, 288, 2704), (32, 147, 22500), (64, 64, 3136),
+          (16, 27, 9568), (32, 144, 1664), (64, 288, 832), (32, 147, 1500), (32, 288, 900),
           (256, 64, 3136), (128, 1152, 784), (1280, 320, 49), (320, 960, 49)]
 GRID = [(M, K, N) for N in (12544, 3136, 784, 196, 49) for K in (16, 32, 64, 160, 320, 960)
         for M in (32, 128, 512)]

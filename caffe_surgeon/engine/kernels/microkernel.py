@@ -255,17 +255,19 @@ def blocking() -> tuple[int, int] | None:
 
 def worth_it(M: int, N: int, K: int, ldb: int) -> bool:
     """Whether :func:`gemm` beats OpenBLAS for one call of this shape, the columns read in
-    place ``ldb`` apart. Measured single-threaded on Sapphire Rapids (AVX-512) and with
-    both libraries on their AVX2 kernels (``benchmarks/gemm_shapes.py``): 1.1-1.8x faster
-    where OpenBLAS's packing dominates (K <= 32, M <= 32, or M <= 128 with K <= 64 on short
-    rows), 0.6-1.0x elsewhere (long rows of columns read in place miss the TLB, wide M
-    re-reads them, and OpenBLAS's packed copy avoids both)."""
+    place ``ldb`` apart. Measured single-threaded on Sapphire Rapids (AVX-512),
+    ``benchmarks/gemm_shapes.py``: 1.1-1.8x faster where OpenBLAS's packing dominates
+    (K <= 32; M <= 32 on rows spanning up to about 1 MB, as a row tile's im2col block; M <=
+    128 with K <= 64 on short rows), 0.25-1.0x elsewhere (long rows of columns read in place
+    miss the TLB, wide M re-reads them, and OpenBLAS's packed copy avoids both)."""
     if M * N * K <= SMALL_MNK or N < NR:
         return False
     if K <= 32:
         return M <= 128 or (M <= 512 and 784 <= ldb <= 4096)
     if M <= 32:
-        return ldb <= 256 or (ldb <= 1024 and K <= 640) or (K <= 128 and ldb <= 4096)
+        # K * ldb <= 2^18: the column rows span at most 1 MB (a row tile's whole im2col block)
+        return (K * ldb <= 1 << 18 or (ldb <= 1024 and K <= 640)
+                or (K <= 128 and ldb <= 4096))
     if M <= 128:
         return (K <= 64 and ldb <= 1024) or ldb <= 64
     return False
