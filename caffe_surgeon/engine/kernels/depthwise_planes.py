@@ -29,15 +29,19 @@ import threading
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from . import parallel
+from . import parallel, simd
 from .epilogue import _stages_row
 
 F32 = np.float32
 #: floats of the accumulator block (a few output rows): stays in L1 while the taps sweep it
 BLOCK_FLOATS = 2048
 #: one AVX-512 vector of float32: the 3x3 loop runs in whole vectors
-LANES = 16
+LANES = simd.LANES
 #: multiply-adds from which a layer is shared among threads: tiles are independent planes
 #: with no GEMM inside, so the pool pays off earlier than parallel.MIN_PARALLEL_MACS (1M
 #: multiply-adds are ~120 us here at 8 GMAC/s: half of it saved beats the 20-45 us of
@@ -118,6 +122,33 @@ def _fill_phases(x, at, H, W, buf, base, floats, rows, cols):
                 buf[d + t] = x[s + t * sw]
 
 
+@intrinsic
+def _taps3x3(typingctx, buf, t0, t1, t2, t3, t4, t5, t6, t7, t8, w0, w1, w2, w3, w4, w5, w6, w7, w8,
+             acc, a, m):
+    """acc[a + k] = ((+0.0 + buf[t0 + k]*w0) + buf[t1 + k]*w1) + ... + buf[t8 + k]*w8 for k in
+    [0, m) rounded up to whole vectors: a multiply then an add per tap (never fused), in tap
+    order, on LANES outputs at a time. Plain Numba vectorises this loop at half width and
+    spills its nine tap pointers."""
+    sig = types.void(buf, *([types.uint64] * 9), *([types.float32] * 9), acc, types.uint64,
+                     types.uint64)
+
+    def codegen(context, builder, sig, args):
+        zero64 = ir.Constant(simd.I64, 0)
+        taps = [simd.data_pointer(context, builder, sig.args[0], args[0], t) for t in args[1:10]]
+        weights = [simd.splat(builder, w) for w in args[10:19]]
+        out = simd.data_pointer(context, builder, sig.args[19], args[19], args[20])
+        zero = ir.Constant(simd.VEC, [0.0] * LANES)
+        with cgutils.for_range_slice(builder, zero64, args[21], ir.Constant(simd.I64, LANES),
+                                     intp=simd.I64) as (k, _):
+            total = zero
+            for tap, w in zip(taps, weights):
+                total = builder.fadd(total, builder.fmul(simd.load(builder, builder.gep(tap, [k])), w))
+            simd.store(builder, total, builder.gep(out, [k]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @nb.njit(cache=True, nogil=True)
 def _plane(buf, base, w, o, taps, Wq, oh, ow, acc, a0, block, out, p0, codes, vecs, params):
     # buf[base:]: the phases of one input plane; w[o] (kh, kw) its filter; out[p0:p0 + oh*ow]
@@ -138,21 +169,10 @@ def _plane(buf, base, w, o, taps, Wq, oh, ow, acc, a0, block, out, p0, codes, ve
             w0, w1, w2 = w[o, 0, 0], w[o, 0, 1], w[o, 0, 2]
             w3, w4, w5 = w[o, 1, 0], w[o, 1, 1], w[o, 1, 2]
             w6, w7, w8 = w[o, 2, 0], w[o, 2, 1], w[o, 2, 2]
-            z = F32(0.0)
             # LANES at a time, a whole number of times (the spare floats of the phases and of
             # the block absorb the overrun): no scalar remainder loop on short planes
-            for k0 in range(u(0), m, u(LANES)):
-                for k1 in range(u(LANES)):
-                    k = k0 + k1
-                    s = z + buf[t0 + k] * w0
-                    s = s + buf[t1 + k] * w1
-                    s = s + buf[t2 + k] * w2
-                    s = s + buf[t3 + k] * w3
-                    s = s + buf[t4 + k] * w4
-                    s = s + buf[t5 + k] * w5
-                    s = s + buf[t6 + k] * w6
-                    s = s + buf[t7 + k] * w7
-                    acc[a + k] = s + buf[t8 + k] * w8
+            _taps3x3(buf, t0, t1, t2, t3, t4, t5, t6, t7, t8, w0, w1, w2, w3, w4, w5, w6, w7, w8,
+                     acc, a, m)
         else:
             for k in range(m):
                 acc[a + k] = F32(0.0)

@@ -34,10 +34,11 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import blas
+from .simd import I32 as _I32, I64 as _I64, LANES, VEC as _VEC, data_pointer, load, splat
 
 F32 = np.float32
 #: columns per micro-tile: one <16 x float> (a zmm, or a ymm pair on AVX2)
-NR = 16
+NR = LANES
 #: OpenBLAS uses its small-matrix kernels (another summation order) at or below this many
 #: multiply-adds per call (SkylakeX: 100^3); we stay above it
 SMALL_MNK = 1_000_000
@@ -59,16 +60,6 @@ HAS_FMA = "+fma" in _FEATURES and "+avx2" in _FEATURES
 #: rows per micro-tile: 12 zmm accumulators with AVX-512's 32 registers, 6 ymm pairs with AVX2's 16
 MR = 12 if "+avx512f" in _FEATURES else 6
 
-_VEC = ir.VectorType(ir.FloatType(), NR)
-_I32, _I64 = ir.IntType(32), ir.IntType(64)
-
-
-def _splat(builder, value, vec_type):
-    one = builder.insert_element(ir.Constant(vec_type, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(vec_type, ir.Undefined),
-                                  ir.Constant(ir.VectorType(_I32, NR), [0] * NR))
-
-
 @intrinsic
 def _tile(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, cols, accumulate):
     """c[c_off + i*ldc + j] (+)= sum_k a[a_off + k*MR + i] * b[b_off + k*ldb + j] for
@@ -79,9 +70,9 @@ def _tile(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, cols, acc
 
     def codegen(context, builder, sig, args):
         a_arr, a_off, b_arr, b_off, ldb, c_arr, c_off, ldc, kc, rows, cols, acc = args
-        ap = builder.gep(context.make_array(sig.args[0])(context, builder, a_arr).data, [a_off])
-        bp = builder.gep(context.make_array(sig.args[2])(context, builder, b_arr).data, [b_off])
-        cp = builder.gep(context.make_array(sig.args[5])(context, builder, c_arr).data, [c_off])
+        ap = data_pointer(context, builder, sig.args[0], a_arr, a_off)
+        bp = data_pointer(context, builder, sig.args[2], b_arr, b_off)
+        cp = data_pointer(context, builder, sig.args[5], c_arr, c_off)
         vptr = _VEC.as_pointer()
         zero = ir.Constant(_VEC, [0.0] * NR)
         # entry-block allocas: promoted to registers, one accumulator per row
@@ -91,14 +82,14 @@ def _tile(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, cols, acc
         mr = ir.Constant(_I64, MR)
         with cgutils.for_range(builder, kc) as loop:
             k = loop.index
-            bv = builder.load(builder.bitcast(builder.gep(bp, [builder.mul(k, ldb)]), vptr), align=4)
+            bv = load(builder, builder.gep(bp, [builder.mul(k, ldb)]))
             arow = builder.gep(ap, [builder.mul(k, mr)])
             for i in range(MR):
-                av = _splat(builder, builder.load(builder.gep(arow, [ir.Constant(_I64, i)])), _VEC)
+                av = splat(builder, builder.load(builder.gep(arow, [ir.Constant(_I64, i)])))
                 builder.store(builder.call(fma, [av, bv, builder.load(sums[i])]), sums[i])
         mask_t = ir.VectorType(ir.IntType(1), NR)
         lanes = ir.Constant(ir.VectorType(_I64, NR), list(range(NR)))
-        mask = builder.icmp_signed("<", lanes, _splat_i64(builder, cols))
+        mask = builder.icmp_signed("<", lanes, splat(builder, cols, ir.VectorType(_I64, NR)))
         mload = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(_VEC, [vptr, _I32, mask_t, _VEC]), f"llvm.masked.load.v{NR}f32.p0")
         mstore = cgutils.get_or_insert_function(
@@ -124,11 +115,6 @@ def _tile(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, cols, acc
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-def _splat_i64(builder, value):
-    vt = ir.VectorType(_I64, NR)
-    return _splat(builder, value, vt)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
