@@ -9,9 +9,9 @@ rows, k-major) and the columns are read in place, ``NR`` at a time.
 The micro-kernel is LLVM vector IR emitted through ``numba.extending.intrinsic``
 (plain Numba leaves a 12x16 register block unvectorised): ``MR`` accumulators of
 ``<16 x float>``, one ``llvm.fma`` per row and k step with the weight splatted,
-which LLVM turns into 12 zmm FMAs with broadcast operands per k step (AVX-512;
-on AVX2 each accumulator is a ymm pair and ``MR`` is 6, so the block still fits
-the 16 registers). No compiled extension of our own: it is JIT like the rest.
+which LLVM turns into 12 zmm FMAs with broadcast operands per k step. It runs on
+AVX-512 machines only (:data:`USABLE`). No compiled extension of our own: it is JIT
+like the rest.
 
 Every output sums its products in k order with fused multiply-adds, in K blocks
 cut as OpenBLAS cuts them (``GEMM_Q``, rounded to its ``GEMM_UNROLL_M``), the
@@ -37,7 +37,7 @@ from . import blas
 from .simd import I32 as _I32, I64 as _I64, LANES, VEC as _VEC, data_pointer, load, splat
 
 F32 = np.float32
-#: columns per micro-tile: one <16 x float> (a zmm, or a ymm pair on AVX2)
+#: columns per micro-tile: one <16 x float>, a zmm
 NR = LANES
 #: OpenBLAS uses its small-matrix kernels (another summation order) at or below this many
 #: multiply-adds per call (SkylakeX: 100^3); we stay above it
@@ -49,16 +49,18 @@ def _target_features() -> str:
     if config.CPU_FEATURES:
         return config.CPU_FEATURES
     if config.CPU_NAME and config.CPU_NAME != "host":
-        return ""  # a named target: assume no AVX-512, the safe block shape
+        return ""  # a named target: assume no AVX-512 (the kernel then stays off)
     import llvmlite.binding as ll
     return ll.get_host_cpu_features().flatten()
 
 
 _FEATURES = _target_features()
-#: vector FMA hardware: without it the kernel would round differently from any FMA BLAS
-HAS_FMA = "+fma" in _FEATURES and "+avx2" in _FEATURES
-#: rows per micro-tile: 12 zmm accumulators with AVX-512's 32 registers, 6 ymm pairs with AVX2's 16
-MR = 12 if "+avx512f" in _FEATURES else 6
+#: AVX-512 with FMA: where the kernel was measured faster than OpenBLAS (compiled for AVX2,
+#: as a 6x16 block of ymm pairs, it was slower on 5 of the 9 layer shapes worth_it picks, so
+#: elsewhere the convolutions keep OpenBLAS; without FMA it would not give OpenBLAS's bits)
+USABLE = "+avx512f" in _FEATURES and "+fma" in _FEATURES
+#: rows per micro-tile: 12 zmm accumulators of AVX-512's 32 registers
+MR = 12
 
 @intrinsic
 def _tile(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, cols, accumulate):
@@ -190,7 +192,7 @@ def _blas_blocking() -> tuple[int, int] | None:
     convolutions call it (its threaded driver cuts K otherwise), found by reproducing its
     results bit for bit; None when no blocking (or no FMA) reproduces them."""
     blas_gemm = blas.gemm()
-    if not HAS_FMA or blas_gemm is None:
+    if not USABLE or blas_gemm is None:
         return None
     with blas.single_threaded():
         return _search(blas_gemm)
