@@ -42,7 +42,7 @@ import weakref
 import numba as nb
 import numpy as np
 
-from . import blas, microkernel, parallel, winograd
+from . import blas, channel_microkernel, microkernel, parallel, winograd
 from . import epilogue as epi
 from .depthwise import depthwise_conv
 from .epilogue import _stages_row
@@ -90,8 +90,17 @@ def _thread_scratch(n: int) -> np.ndarray:
     return buf
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _own(ap, panel, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u):
+    # our GEMM on panels packed by _own_gemm: ``panel`` rows vectorised over channels, or 0
+    if panel:
+        channel_microkernel.gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel)
+    else:
+        microkernel.gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u)
+
+
 def _row_tiles(gemm, x, wg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows, out, codes, vecs, params,
-               scratch, own, q, u):
+               scratch, own, q, u, panel):
     # x (N, C, H, W), wg (G, og, k), out (N, G*og, oh*ow); tile = (image, block of `rows` rows)
     N = x.shape[0]
     G, og, k = wg.shape
@@ -108,9 +117,9 @@ def _row_tiles(gemm, x, wg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows, out, c
         _im2col_batch(x[n:n + 1], kh, kw, sh, sw, ph - y0 * sh, pw, dh, dw, y1 - y0, ow, cols)
         for g in range(G):
             if own.size and og * T * k > microkernel.SMALL_MNK:
-                microkernel.gemm(own, microkernel.block_offset(g, 0, og, og, k), og, T, k,
-                                 scratch[nb.get_thread_id()], g * k * T, T, out.reshape(-1),
-                                 (n * O + g * og) * P + y0 * ow, P, q, u)
+                _own(own, panel, microkernel.block_offset(g, 0, og, og, k, panel or microkernel.MR),
+                     og, T, k, scratch[nb.get_thread_id()], g * k * T, T, out.reshape(-1),
+                     (n * O + g * og) * P + y0 * ow, P, q, u)
                 continue
             gemm(101, 111, 111, og, T, k, np.float32(1.0), wg.ctypes.data + 4 * g * og * k, k,
                  cols.ctypes.data + 4 * g * k * T, T, np.float32(0.0),
@@ -122,7 +131,8 @@ def _row_tiles(gemm, x, wg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows, out, c
 ROW_TILES_K = parallel.dual(_row_tiles)
 
 
-def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, params, own, q, u):
+def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, params, own, q, u,
+                 panel):
     # wg (G, og, k); b (1, size) flat: image n's column matrix of group g starts at value
     # n*b_img + g*k*ldb, rows ldb apart; out (N, G*og, P). Tile = (image, group, channel block, pixel block).
     G, og, k = wg.shape
@@ -139,9 +149,9 @@ def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, pa
         p1 = min(P, p0 + pb)
         o1 = min(og, o0 + ob)
         if own.size and (o1 - o0) * (p1 - p0) * k > microkernel.SMALL_MNK:
-            microkernel.gemm(own, microkernel.block_offset(g, o0, og, ob, k), o1 - o0, p1 - p0, k,
-                             b[0], n * b_img + g * k * ldb + p0, ldb, out.reshape(-1),
-                             (n * O + g * og + o0) * P + p0, P, q, u)
+            _own(own, panel, microkernel.block_offset(g, o0, og, ob, k, panel or microkernel.MR),
+                 o1 - o0, p1 - p0, k, b[0], n * b_img + g * k * ldb + p0, ldb, out.reshape(-1),
+                 (n * O + g * og + o0) * P + p0, P, q, u)
             for o in range(g * og + o0, g * og + o1):
                 _stages_row(out[n, o, p0:p1], o, codes, vecs, params)
             continue
@@ -216,7 +226,7 @@ def use_winograd(x_shape, w_shape, stride, dilation, group, pad=(1, 1)) -> bool:
         return True
     # and output tiles enough for the 16 GEMMs to be worth it (a 7x7 map gives only 16)
     oh, ow = x_shape[2] + 2 * pad[0] - 2, x_shape[3] + 2 * pad[1] - 2
-    return x_shape[0] * -(-oh // 2) * -(-ow // 2) >= WINOGRAD_MIN_TILES
+    return winograd.tiles(x_shape, (oh, ow)) >= WINOGRAD_MIN_TILES
 
 
 #: id(weight array) -> (weak reference to it, its Winograd transform), shared by every
@@ -252,25 +262,32 @@ _NO_WEIGHTS = np.empty(0, F32)
 _PACKED: dict[tuple, tuple] = {}
 
 
-def _own_gemm(w, wg, block, rows, cols, ldb):
-    """(panels, q, u) for the tiles to run :func:`.microkernel.gemm` on, or an empty array
-    when the BLAS is used: ours only where it gives the BLAS's bits (:func:`.microkernel.blocking`)
-    and is faster for a tile of ``rows`` x ``cols`` (:func:`.microkernel.worth_it`). The panels
-    are packed once per weight array and channel block while the array lives."""
+def own_gemm(w, wg, block, rows, cols, ldb):
+    """(panels, q, u, panel) for the tiles to run our GEMM on, or an empty array when the BLAS
+    is used: ours only where it gives the BLAS's bits (:func:`.microkernel.blocking`) and is
+    faster for a tile of ``rows`` x ``cols`` (``worth_it`` of :mod:`.channel_microkernel`,
+    then of :mod:`.microkernel`; ``panel`` is the former's panel rows, 0 for the latter). The
+    panels are packed once per weight array and channel block while the array lives."""
     blocking = microkernel.blocking()
     k = wg.shape[2]
-    if blocking is None or not microkernel.worth_it(rows, cols, k, ldb):
-        return _NO_WEIGHTS, 0, 0
-    key = (id(w), block, wg.shape)
+    if blocking is None:
+        return _NO_WEIGHTS, 0, 0, 0
+    if channel_microkernel.worth_it(rows, cols, k, ldb):
+        panel = channel_microkernel.panel_rows(block)
+    elif microkernel.worth_it(rows, cols, k, ldb):
+        panel = 0
+    else:
+        return _NO_WEIGHTS, 0, 0, 0
+    key = (id(w), block, wg.shape, panel)
     hit = _PACKED.get(key)
     if hit is not None and hit[0]() is w:
-        return hit[1], blocking[0], blocking[1]
-    panels = microkernel.pack_weights(wg, block)
+        return hit[1], blocking[0], blocking[1], panel
+    panels = microkernel.pack_weights(wg, block, panel or microkernel.MR)
     try:
         _PACKED[key] = (weakref.ref(w, lambda _, k=key: _PACKED.pop(k, None)), panels)
     except TypeError:  # an array type without weak references: packed per call
         pass
-    return panels, blocking[0], blocking[1]
+    return panels, blocking[0], blocking[1], panel
 
 
 def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
@@ -310,8 +327,11 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
     if use_winograd(x.shape, w.shape, stride, dilation, group, pad):
         if winograd_u is None:
             winograd_u = winograd.transform_weights(w)
+        NT = winograd.tiles(x.shape, (oh, ow))
+        own = own_gemm(winograd_u, winograd_u, O, O, NT, NT)
         with blas.single_threaded():
-            return winograd.conv2d(gemm, x, winograd_u, pad, (oh, ow), (codes, vecs, params), threads)
+            return winograd.conv2d(gemm, x, winograd_u, pad, (oh, ow), (codes, vecs, params), threads,
+                                   own)
     out = np.empty((N, O, oh, ow), F32)
     out3 = out.reshape(N, O, P)
     with blas.single_threaded():
@@ -321,11 +341,11 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
                 rows = max(1, -(-N * oh // want))
             scratch = _thread_scratch(K * rows * ow)
             T = rows * ow
-            own, q, u = _own_gemm(w, wg, og, og, T, T)
+            own, q, u, panel = own_gemm(w, wg, og, og, T, T)
             with one_tile_at_a_time(kernel == 0):
                 ROW_TILES_K[kernel](gemm, x, wg, kh, kw, stride[0], stride[1], pad[0], pad[1],
                                     dilation[0], dilation[1], oh, ow, rows, out3, codes, vecs, params,
-                                    scratch, own, q, u)
+                                    scratch, own, q, u, panel)
             return out
         pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
         if N > 1 and og > P:
@@ -355,10 +375,10 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
                 pb = _round16(-(-P // parts), P)
             else:
                 ob = _round16(-(-og // parts), og)
-        own, q, u = _own_gemm(w, wg, ob, ob, pb, ldb)
+        own, q, u, panel = own_gemm(w, wg, ob, ob, pb, ldb)
         with one_tile_at_a_time(kernel == 0):
             BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb, out3,
-                                  codes, vecs, params, own, q, u)
+                                  codes, vecs, params, own, q, u, panel)
     return out
 
 

@@ -161,26 +161,27 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u):
             k0 += kc
 
 
-def pack_weights(wg: np.ndarray, block: int | None = None) -> np.ndarray:
-    """(G, og, k) weights -> flat panels for :func:`gemm`. Each group's rows are cut in blocks
-    of ``block`` (the convolution's channel blocks; default all of og), each block in panels
-    of MR rows (zero rows past its end), k-major: see :func:`block_offset`."""
+def pack_weights(wg: np.ndarray, block: int | None = None, mr: int = MR) -> np.ndarray:
+    """(G, og, k) weights -> flat panels for :func:`gemm` (``mr`` = MR) or
+    :func:`.channel_microkernel.gemm` (``mr`` = its panel rows). Each group's rows are cut in
+    blocks of ``block`` (the convolution's channel blocks; default all of og), each block in
+    panels of ``mr`` rows (zero rows past its end), k-major: see :func:`block_offset`."""
     G, og, k = wg.shape
     block = og if block is None else block
-    blocks, panels = -(-og // block), -(-block // MR)
-    out = np.zeros((G, blocks, panels * MR, k), F32)
+    blocks, panels = -(-og // block), -(-block // mr)
+    out = np.zeros((G, blocks, panels * mr, k), F32)
     for i in range(blocks):
         rows = wg[:, i * block:(i + 1) * block]
         out[:, i, :rows.shape[1]] = rows
-    return np.ascontiguousarray(out.reshape(G, blocks, panels, MR, k).transpose(0, 1, 2, 4, 3)).reshape(-1)
+    return np.ascontiguousarray(out.reshape(G, blocks, panels, mr, k).transpose(0, 1, 2, 4, 3)).reshape(-1)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def block_offset(group, row, og, block, k):
+def block_offset(group, row, og, block, k, mr=MR):
     """Where block ``row // block`` of group ``group`` starts in :func:`pack_weights`'s panels
-    (``row`` a multiple of ``block``)."""
+    of ``mr`` rows (``row`` a multiple of ``block``)."""
     blocks = (og + block - 1) // block
-    return ((group * blocks + row // block) * ((block + MR - 1) // MR)) * k * MR
+    return ((group * blocks + row // block) * ((block + mr - 1) // mr)) * k * mr
 
 
 _state: dict = {}

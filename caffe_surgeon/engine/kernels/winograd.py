@@ -20,11 +20,12 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import parallel
+from . import channel_microkernel, microkernel, parallel
 
 from .epilogue import _stages_row
 
 F32 = np.float32
+_NO_WEIGHTS = np.empty(0, F32)
 
 
 def applicable(w_shape, stride, dilation, group) -> bool:
@@ -120,8 +121,9 @@ def _input_transform(x, ph, pw, th, tw, v):
 INPUT_TRANSFORM_K = parallel.dual(_input_transform)
 
 
-def _gemms(gemm, u, v, m, ob, tb):
-    # m[xi] (O, NT) = u[xi] (O, C) @ v[xi] (C, NT); tile = (xi, channel block, tile block)
+def _gemms(gemm, u, v, m, ob, tb, own, q, uq, panel):
+    # m[xi] (O, NT) = u[xi] (O, C) @ v[xi] (C, NT); tile = (xi, channel block, tile block);
+    # on our GEMM (own: u's panels, see conv.own_gemm) when given
     _, O, C = u.shape
     NT = v.shape[2]
     nob = (O + ob - 1) // ob
@@ -133,6 +135,15 @@ def _gemms(gemm, u, v, m, ob, tb):
         xi = r // nob
         p1 = min(NT, p0 + tb)
         o1 = min(O, o0 + ob)
+        if own.size and (o1 - o0) * (p1 - p0) * C > microkernel.SMALL_MNK:
+            a_off = microkernel.block_offset(xi, o0, O, ob, C, panel or microkernel.MR)
+            if panel:
+                channel_microkernel.gemm(own, a_off, o1 - o0, p1 - p0, C, v.reshape(-1), xi * C * NT + p0,
+                                         NT, m.reshape(-1), (xi * O + o0) * NT + p0, NT, q, uq, panel)
+            else:
+                microkernel.gemm(own, a_off, o1 - o0, p1 - p0, C, v.reshape(-1), xi * C * NT + p0,
+                                 NT, m.reshape(-1), (xi * O + o0) * NT + p0, NT, q, uq)
+            continue
         gemm(101, 111, 111, o1 - o0, p1 - p0, C, np.float32(1.0),
              u.ctypes.data + 4 * (xi * O + o0) * C, C,
              v.ctypes.data + 4 * (xi * C * NT + p0), NT, np.float32(0.0),
@@ -184,13 +195,20 @@ def _output_transform(m, th, tw, out, codes, vecs, params):
 OUTPUT_TRANSFORM_K = parallel.dual(_output_transform)
 
 
-def conv2d(gemm, x, u, pad, out_hw, ep_arrays, threads: int) -> np.ndarray:
-    """x (N, C, H, W) float32 contiguous, u = transform_weights(w) -> (N, O, oh, ow)."""
+def tiles(x_shape, out_hw) -> int:
+    """Output tiles (columns of each GEMM) for a batch of ``x_shape``."""
+    return x_shape[0] * -(-out_hw[0] // 2) * -(-out_hw[1] // 2)
+
+
+def conv2d(gemm, x, u, pad, out_hw, ep_arrays, threads: int, own=None) -> np.ndarray:
+    """x (N, C, H, W) float32 contiguous, u = transform_weights(w) -> (N, O, oh, ow).
+    ``own``: (panels, q, u, panel) of u for our GEMM (``conv.own_gemm``), or None for the BLAS's."""
     N, C, H, W = x.shape
     O = u.shape[1]
     oh, ow = out_hw
     th, tw = -(-oh // 2), -(-ow // 2)
     NT = N * th * tw
+    own = own or (_NO_WEIGHTS, 0, 0, 0)
     v = np.empty((16, C, NT), F32)
     par = threads > 1  # the caller decided (conv2d: enough work for the pool)
     (INPUT_TRANSFORM_K[0] if par else INPUT_TRANSFORM_K[1])(x, pad[0], pad[1], th, tw, v)
@@ -199,9 +217,9 @@ def conv2d(gemm, x, u, pad, out_hw, ep_arrays, threads: int) -> np.ndarray:
     # do not depend on the thread count
     if par:
         with nb.parallel_chunksize(1):  # one GEMM at a time to whichever thread is free
-            GEMMS_K[0](gemm, u, v, m, O, NT)
+            GEMMS_K[0](gemm, u, v, m, O, NT, *own)
     else:
-        GEMMS_K[1](gemm, u, v, m, O, NT)
+        GEMMS_K[1](gemm, u, v, m, O, NT, *own)
     out = np.empty((N, O, oh, ow), F32)
     (OUTPUT_TRANSFORM_K[0] if par else OUTPUT_TRANSFORM_K[1])(m, th, tw, out, *ep_arrays)
     return out

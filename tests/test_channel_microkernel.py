@@ -1,0 +1,143 @@
+"""The channel-vectorised GEMM micro-kernel against float64 and, bit for bit, against OpenBLAS,
+and the convolutions on small maps that use it against the same convolutions on OpenBLAS."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from caffe_surgeon.engine.kernels import blas, channel_microkernel as cm, conv, microkernel, reference
+from caffe_surgeon.engine.kernels.epilogue import Epilogue
+
+F32 = np.float32
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """``forced(None)``: OpenBLAS only; ``forced()``: whatever this machine allows."""
+    def use(blocking="auto"):
+        monkeypatch.setattr(microkernel, "_state", {} if blocking == "auto" else {"blocking": blocking})
+        return microkernel.blocking()
+    return use
+
+
+@pytest.mark.parametrize("panel", [48, 64])
+def test_gemm_matches_float64_on_ragged_shapes_offsets_and_strides(panel):
+    # M not a multiple of the panel, N not of the tile's pixels and past one pass (NB), K in
+    # several OpenBLAS blocks and several KS sub-blocks each; nothing outside C may be written
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        M = int(rng.integers(1, 150))
+        N = int(rng.integers(1, 2 * cm.NB + 20)) if case % 4 == 0 else int(rng.integers(1, 60))
+        K = int(rng.integers(1, 1400))
+        ldb, ldc = N + int(rng.integers(0, 20)), N + int(rng.integers(0, 20))
+        q, u = int(rng.choice([64, 200, 448])), int(rng.choice([1, 16]))
+        a = rng.standard_normal((1, M, K), dtype=F32)
+        b_off, c_off = int(rng.integers(0, 9)), int(rng.integers(0, 9))
+        b = rng.standard_normal(b_off + K * ldb, dtype=F32)
+        c = np.full(c_off + M * ldc + 5, 7.0, F32)
+        panels = microkernel.pack_weights(a, None, panel)
+        cm.gemm(panels, 0, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel)
+        want = a[0].astype(np.float64) @ b[b_off:].reshape(K, ldb)[:, :N].astype(np.float64)
+        got = c[c_off:c_off + M * ldc].reshape(M, ldc)
+        np.testing.assert_allclose(got[:, :N], want, rtol=1e-4, atol=1e-4 * np.sqrt(K))
+        assert (got[:, N:] == 7.0).all(), "wrote past the columns"
+        assert (c[:c_off] == 7.0).all() and (c[c_off + M * ldc:] == 7.0).all()
+
+
+def test_sub_blocks_change_no_rounding():
+    # the k steps of one OpenBLAS block run in sub-blocks of KS: parking and reloading the
+    # accumulators must give the bits of one unbroken fused chain (float64 cannot see this)
+    rng = np.random.default_rng(5)
+    M, N, K = 64, 13, 3 * cm.KS + 7
+    a = rng.standard_normal((1, M, K), dtype=F32)
+    b = rng.standard_normal((K, N), dtype=F32)
+    got = np.empty((M, N), F32)
+    cm.gemm(microkernel.pack_weights(a, None, 64), 0, M, N, K, b.reshape(-1), 0, N, got.reshape(-1),
+            0, N, K, 1, 64)
+    want = np.zeros((M, N), F32)
+    for k in range(K):  # one fused multiply-add per k, in order, rounded once each
+        want = (want.astype(np.float64) + a[0, :, k:k + 1].astype(np.float64) * b[k].astype(np.float64)).astype(F32)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_gemm_is_bit_equal_to_openblas_where_the_engine_uses_it(forced):
+    gemm = blas.gemm()
+    if gemm is None:
+        pytest.skip("no callable OpenBLAS in this NumPy")
+    blocking = forced()
+    if blocking is None:
+        pytest.skip("our kernels do not reproduce this machine's OpenBLAS: the engine keeps OpenBLAS")
+    q, u = blocking
+    rng = np.random.default_rng(2)
+    checked = 0
+    with blas.single_threaded():
+        while checked < 20:
+            M, N, K = int(rng.integers(48, 700)), int(rng.integers(9, 250)), int(rng.integers(64, 5000))
+            if M * N * K <= microkernel.SMALL_MNK:
+                continue
+            panel = cm.panel_rows(M)
+            a = rng.standard_normal((1, M, K), dtype=F32)
+            b = rng.standard_normal((K, N), dtype=F32)
+            ref, got = np.empty((M, N), F32), np.empty((M, N), F32)
+            gemm(101, 111, 111, M, N, K, F32(1), a.ctypes.data, K, b.ctypes.data, N, F32(0),
+                 ref.ctypes.data, N)
+            cm.gemm(microkernel.pack_weights(a, None, panel), 0, M, N, K, b.reshape(-1), 0, N,
+                    got.reshape(-1), 0, N, q, u, panel)
+            assert np.array_equal(ref.view(np.uint32), got.view(np.uint32)), (M, N, K)
+            checked += 1
+
+
+def test_panel_rows_pads_the_channel_block_least():
+    assert cm.panel_rows(128) == 64 and cm.panel_rows(512) == 64 and cm.panel_rows(256) == 64
+    assert cm.panel_rows(96) == 48 and cm.panel_rows(240) == 48 and cm.panel_rows(48) == 48
+    assert cm.panel_rows(144) == 48  # tie 144 = 3 x 48 < 192 = 3 x 64
+    assert cm.panel_rows(40) == 48
+
+
+def test_worth_it_picks_small_maps_and_never_the_small_matrix_path():
+    assert cm.worth_it(512, 49, 4608, 49)  # ResNet-50's 3x3 at 7x7, im2col'ed
+    assert cm.worth_it(256, 49, 256, 49)  # a Winograd GEMM of a 14x14 map
+    assert not cm.worth_it(64, 3136, 576, 3136)  # a large map: column rows far apart
+    assert not cm.worth_it(100, 49, 200, 49)  # OpenBLAS's small-matrix path sums in another order
+    assert not cm.worth_it(16, 49, 4096, 49)  # less than one panel of channels
+    assert cm.worth_it(256, 196, 1024, 196) and not cm.worth_it(1024, 196, 256, 196)
+    assert not cm.worth_it(512, 392, 512, 392)  # a batch of 8 7x7 maps side by side
+
+
+# 1x1 in place on 7x7 and 14x14 maps, a 3x3 im2col'ed on 7x7, Winograd on 14x14 (its 16
+# GEMMs of 49 tile columns), a 48-row panel (960 channels in blocks of 240)
+CONVS = [
+    dict(x=(1, 512, 7, 7), w=(2048, 512, 1, 1), pad=0),
+    dict(x=(1, 1024, 14, 14), w=(256, 1024, 1, 1), pad=0),
+    dict(x=(1, 512, 7, 7), w=(512, 512, 3, 3), pad=1),
+    dict(x=(1, 256, 14, 14), w=(256, 256, 3, 3), pad=1),
+    dict(x=(1, 160, 7, 7), w=(960, 160, 1, 1), pad=0),
+]
+
+
+@pytest.mark.parametrize("case", CONVS, ids=lambda c: "x".join(map(str, c["x"])) + f"-w{c['w'][0]}k{c['w'][2]}")
+def test_convolutions_give_openblas_bits_and_the_reference(case, forced, monkeypatch):
+    if blas.gemm() is None:
+        pytest.skip("no callable OpenBLAS in this NumPy")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(case["x"], dtype=F32)
+    w = rng.standard_normal(case["w"], dtype=F32) * F32(0.05)
+    b = rng.standard_normal(case["w"][0], dtype=F32)
+    p = (case["pad"],) * 2
+    ep = Epilogue(case["w"][0]).leaky(0.1)
+    forced(None)
+    base = conv.conv2d(x, w, b, (1, 1), p, epilogue=ep)
+    blocking = forced()
+    panels = []
+    real_pack = microkernel.pack_weights
+    monkeypatch.setattr(microkernel, "pack_weights",
+                        lambda wg, block=None, mr=microkernel.MR: panels.append(mr) or real_pack(wg, block, mr))
+    conv._PACKED.clear()
+    got = conv.conv2d(x, w, b, (1, 1), p, epilogue=ep)
+    assert np.array_equal(base.view(np.uint32), got.view(np.uint32))
+    if blocking is not None:
+        assert panels and set(panels) <= set(cm.PIXELS), f"the channel kernel did not run: {panels}"
+    want = reference.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                            (1, 1), p, (1, 1), 1)
+    want = np.where(want > 0, want, 0.1 * want)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
