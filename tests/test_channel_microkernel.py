@@ -100,7 +100,8 @@ def test_worth_it_picks_small_maps_and_never_the_small_matrix_path():
     assert not cm.worth_it(64, 3136, 576, 3136)  # a large map: column rows far apart
     assert not cm.worth_it(100, 49, 200, 49)  # OpenBLAS's small-matrix path sums in another order
     assert not cm.worth_it(16, 49, 4096, 49)  # less than one panel of channels
-    assert cm.worth_it(256, 196, 1024, 196) and not cm.worth_it(1024, 196, 256, 196)
+    assert cm.worth_it(256, 196, 1024, 196) and cm.worth_it(1024, 196, 256, 196)
+    assert not cm.worth_it(512, 196, 512, 784)  # a channel block of a 28x28 map
     assert not cm.worth_it(512, 392, 512, 392)  # a batch of 8 7x7 maps side by side
 
 

@@ -27,11 +27,11 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .microkernel import SMALL_MNK, k_block
-from .simd import I64, LANES, VEC, data_pointer, load, splat, store
+from .simd import I32, I64, LANES, VEC, data_pointer, load, splat, store
 
 F32 = np.float32
-#: k steps per pass over a panel: 48-64 rows x 128 floats (24-32 KB) stay in L1
-KS = 128
+#: k steps per pass over a panel: 48-64 rows x 96 floats (18-24 KB) stay in L1 beside the columns
+KS = 96
 #: pixels per pass over the weights: the pixel-major buffers stay in L2
 NB = 198
 #: panel rows (output channels per micro-tile) -> pixels per micro-tile: 3 x 9 or 4 x 6
@@ -41,25 +41,28 @@ _PIXELS48, _PIXELS64 = PIXELS[48], PIXELS[64]
 STORE, ADD, PARK = 0, 1, 2
 
 
-def _make_tile(vectors: int, pixels: int):
+def _make_tile(vectors: int, pixels: int, indirect: bool):
     rows = vectors * LANES
 
     @intrinsic
-    def tile(typingctx, a, a_off, b, b_off, ldb, kc, cols, t, t_off, finish, s, resume):
+    def tile(typingctx, a, a_off, b, b_off, ldb, offs, o_off, kc, cols, t, t_off, finish, s, resume):
         """Sums over kc k steps for ``rows`` channels x ``pixels`` pixels:
-        acc[r, i] = sum_k a[a_off + k*rows + i] * b[b_off + k*ldb + r] (fused, in k order),
-        started from 0 or, with ``resume``, from s[t_off:]; then by ``finish``: STORE
-        t[t_off + r*rows + i] = acc, ADD t += acc (one rounding), or PARK s = acc. Pixels
-        r >= cols re-read column cols - 1 (their sums are not used)."""
-        sig = types.void(a, types.int64, b, types.int64, types.int64, types.int64, types.int64,
-                         t, types.int64, types.int64, s, types.int64)
+        acc[r, i] = sum_k a[a_off + k*rows + i] * b[row(k) + r*step] (fused, in k order), with
+        row(k) = b_off + k*ldb and step 1, or, ``indirect``, row(k) = b_off + offs[o_off + k] and step
+        ``ldb`` (a direct convolution: offs holds each tap's offset in the padded input, ldb
+        the stride); started from 0 or, with ``resume``, from s[t_off:]; then by ``finish``:
+        STORE t[t_off + r*rows + i] = acc, ADD t += acc (one rounding), or PARK s = acc.
+        Pixels r >= cols re-read pixel cols - 1 (their sums are not used)."""
+        sig = types.void(a, types.int64, b, types.int64, types.int64, offs, types.int64, types.int64,
+                         types.int64, t, types.int64, types.int64, s, types.int64)
 
         def codegen(context, builder, sig, args):
-            a_arr, a_off, b_arr, b_off, ldb, kc, cols, t_arr, t_off, finish, s_arr, resume = args
+            a_arr, a_off, b_arr, b_off, ldb, offs_arr, o_off, kc, cols, t_arr, t_off, finish, s_arr, resume = args
             ap = data_pointer(context, builder, sig.args[0], a_arr, a_off)
             bp = data_pointer(context, builder, sig.args[2], b_arr, b_off)
-            tp = data_pointer(context, builder, sig.args[7], t_arr, t_off)
-            sp = data_pointer(context, builder, sig.args[10], s_arr, t_off)
+            op = data_pointer(context, builder, sig.args[5], offs_arr, o_off)
+            tp = data_pointer(context, builder, sig.args[9], t_arr, t_off)
+            sp = data_pointer(context, builder, sig.args[12], s_arr, t_off)
             zero = ir.Constant(VEC, [0.0] * LANES)
 
             def at(base, r, v):
@@ -77,11 +80,12 @@ def _make_tile(vectors: int, pixels: int):
             column = []
             for r in range(pixels):
                 rc = ir.Constant(I64, r)
-                column.append(builder.select(builder.icmp_signed("<", rc, cols), rc, last))
+                pixel = builder.select(builder.icmp_signed("<", rc, cols), rc, last)
+                column.append(builder.mul(pixel, ldb) if indirect else pixel)
             step = ir.Constant(I64, rows)
             with cgutils.for_range(builder, kc) as loop:
                 k = loop.index
-                brow = builder.gep(bp, [builder.mul(k, ldb)])
+                brow = builder.gep(bp, [builder.load(builder.gep(op, [k])) if indirect else builder.mul(k, ldb)])
                 arow = builder.gep(ap, [builder.mul(k, step)])
                 av = [load(builder, builder.gep(arow, [ir.Constant(I64, LANES * v)])) for v in range(vectors)]
                 for r in range(pixels):
@@ -107,8 +111,69 @@ def _make_tile(vectors: int, pixels: int):
     return tile
 
 
-_tile48 = _make_tile(3, PIXELS[48])
-_tile64 = _make_tile(4, PIXELS[64])
+_tile48 = _make_tile(3, PIXELS[48], False)
+_tile64 = _make_tile(4, PIXELS[64], False)
+_taps48 = _make_tile(3, PIXELS[48], True)
+_taps64 = _make_tile(4, PIXELS[64], True)
+_NO_OFFSETS = np.zeros(1, np.int64)
+
+
+def _transpose_masks():
+    # 16 x 16 transpose in 4 stages: stage b swaps bit b of the vector index with bit b of
+    # the lane index, pairing vectors j (bit b clear) and j | 1 << b
+    stages = []
+    for bit in range(4):
+        lo, hi = [], []
+        for lane in range(LANES):
+            src = LANES if lane >> bit & 1 else 0
+            lo.append(src + (lane & ~(1 << bit)))
+            hi.append(src + (lane | 1 << bit))
+        stages.append((lo, hi))
+    return stages
+
+
+_STAGES = _transpose_masks()
+
+
+@intrinsic
+def _put_transposed(typingctx, t, t_off, ld_t, c, c_off, ldc, rows, cols):
+    """c[c_off + i*ldc + j] = t[t_off + j*ld_t + i] for i < rows, j < cols (both <= 16): a 16 x
+    16 block of pixel-major sums written to channel rows. Reads 16 full vectors of t."""
+    sig = types.void(t, types.int64, types.int64, c, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        t_arr, t_off, ld_t, c_arr, c_off, ldc, rows, cols = args
+        tp = data_pointer(context, builder, sig.args[0], t_arr, t_off)
+        cp = data_pointer(context, builder, sig.args[3], c_arr, c_off)
+        v = [load(builder, builder.gep(tp, [builder.mul(ir.Constant(I64, j), ld_t)])) for j in range(LANES)]
+        for bit, (lo, hi) in enumerate(_STAGES):
+            out = list(v)
+            for j in range(LANES):
+                if j >> bit & 1:
+                    continue
+                k = j | 1 << bit
+                out[j] = builder.shuffle_vector(v[j], v[k], ir.Constant(ir.VectorType(I32, LANES), lo))
+                out[k] = builder.shuffle_vector(v[j], v[k], ir.Constant(ir.VectorType(I32, LANES), hi))
+            v = out
+        vptr = VEC.as_pointer()
+        mask_t = ir.VectorType(ir.IntType(1), LANES)
+        lanes = ir.Constant(ir.VectorType(I64, LANES), list(range(LANES)))
+        mask = builder.icmp_signed("<", lanes, splat(builder, cols, ir.VectorType(I64, LANES)))
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [VEC, vptr, I32, mask_t]),
+            f"llvm.masked.store.v{LANES}f32.p0")
+        full = builder.icmp_signed("==", cols, ir.Constant(I64, LANES))
+        for i in range(LANES):
+            with builder.if_then(builder.icmp_signed(">", rows, ir.Constant(I64, i))):
+                ptr = builder.gep(cp, [builder.mul(ir.Constant(I64, i), ldc)])
+                with builder.if_else(full) as (whole, part):
+                    with whole:
+                        store(builder, v[i], ptr)
+                    with part:
+                        builder.call(mstore, [v[i], builder.bitcast(ptr, vptr), ir.Constant(I32, 4), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @nb.njit(cache=True, nogil=True)
@@ -117,7 +182,7 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel):
     ap[a_off]) @ b[b_off:] (K x N, rows ldb apart), K cut in blocks as OpenBLAS cuts it."""
     pixels = _PIXELS48 if panel == 48 else _PIXELS64
     width = ((min(N, NB) + pixels - 1) // pixels) * pixels
-    t = np.empty(width * panel, np.float32)
+    t = np.empty((width + LANES) * panel, np.float32)  # the last 16-pixel block reads past width
     s = np.empty(width * panel, np.float32)
     panels = (M + panel - 1) // panel
     for n_start in range(0, N, NB):
@@ -135,15 +200,17 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel):
                         b_at = b_off + (k0 + s0) * ldb + n0
                         t_at = (n0 - n_start) * panel
                         if panel == 48:
-                            _tile48(ap, a_at, b, b_at, ldb, sc, n_end - n0, t, t_at, finish, s, s0 > 0)
+                            _tile48(ap, a_at, b, b_at, ldb, _NO_OFFSETS, 0, sc, n_end - n0, t, t_at, finish, s, s0 > 0)
                         else:
-                            _tile64(ap, a_at, b, b_at, ldb, sc, n_end - n0, t, t_at, finish, s, s0 > 0)
+                            _tile64(ap, a_at, b, b_at, ldb, _NO_OFFSETS, 0, sc, n_end - n0, t, t_at, finish, s, s0 > 0)
                     s0 += sc
                 k0 += kc
-            for i in range(min(panel, M - p * panel)):
-                row = c_off + (p * panel + i) * ldc
-                for n in range(n_start, n_end):
-                    c[row + n] = t[(n - n_start) * panel + i]
+            rows = min(panel, M - p * panel)
+            for i0 in range(0, rows, LANES):
+                for n0 in range(n_start, n_end, LANES):
+                    _put_transposed(t, (n0 - n_start) * panel + i0, panel, c,
+                                    c_off + (p * panel + i0) * ldc + n0, ldc, min(LANES, rows - i0),
+                                    min(LANES, n_end - n0))
 
 
 def panel_rows(block: int) -> int:
@@ -155,9 +222,9 @@ def panel_rows(block: int) -> int:
 def worth_it(M: int, N: int, K: int, ldb: int) -> bool:
     """Whether :func:`gemm` beats OpenBLAS for one call of this shape, the columns read in
     place ``ldb`` apart. Measured single-threaded on Sapphire Rapids (AVX-512),
-    ``benchmarks/gemm_shapes.py``: 1.1-1.7x faster on 7x7 maps (49 columns, where OpenBLAS's
-    pixel vectors are a quarter padding), 1.1-1.2x on 14x14 maps with up to 512 channels;
-    0.85-1.0x from about 400 columns on, and with 1024 channels on 196 columns."""
+    ``benchmarks/gemm_shapes.py``: 1.2-1.7x faster on 7x7 maps (49 columns, where OpenBLAS's
+    pixel vectors are a quarter padding), 1.0-1.3x on 14x14 maps; 0.9-1.1x from about 400
+    columns on, where OpenBLAS's packed copy of the columns pays."""
     if M * N * K <= SMALL_MNK or M < 48 or K < 64:
         return False
-    return (N <= 64 and ldb <= 64) or (M <= 512 and N <= 200 and ldb <= 200)
+    return N <= 200 and ldb <= 200
