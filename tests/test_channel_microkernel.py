@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from caffe_surgeon.engine.kernels import blas, channel_microkernel as cm, conv, microkernel, reference
+from caffe_surgeon.engine.kernels import blas, channel_microkernel as cm, conv, direct_conv, microkernel, reference
 from caffe_surgeon.engine.kernels.epilogue import Epilogue
 
 F32 = np.float32
@@ -142,3 +142,54 @@ def test_convolutions_give_openblas_bits_and_the_reference(case, forced, monkeyp
                             (1, 1), p, (1, 1), 1)
     want = np.where(want > 0, want, 0.1 * want)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+# direct convolutions: ResNet-50's stem (7x7 stride 2), a 3x3 at 56x56, a batch of 2, stride 2
+# with dilation 2 and unequal pads, a 5x5 on a non-square map with channels not a multiple
+# of the panel, rows longer than one pass (stretches of a row), a 3x1 kernel
+DIRECT = [
+    dict(x=(1, 3, 224, 224), w=(64, 3, 7, 7), stride=(2, 2), pad=(3, 3), dil=(1, 1)),
+    dict(x=(1, 64, 56, 56), w=(64, 64, 3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1)),
+    dict(x=(2, 32, 40, 40), w=(96, 32, 3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1)),
+    dict(x=(1, 16, 61, 47), w=(48, 16, 3, 3), stride=(2, 2), pad=(2, 1), dil=(2, 2)),
+    dict(x=(1, 8, 33, 29), w=(56, 8, 5, 5), stride=(1, 1), pad=(2, 0), dil=(1, 1)),
+    dict(x=(1, 8, 6, 230), w=(64, 8, 3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1)),
+    dict(x=(1, 24, 30, 30), w=(48, 24, 3, 1), stride=(1, 1), pad=(1, 0), dil=(1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", DIRECT, ids=lambda c: "x".join(map(str, c["x"])) + "-w" + "x".join(map(str, c["w"])))
+def test_direct_convolutions_give_the_im2col_paths_bits_and_the_reference(case, forced, monkeypatch):
+    if blas.gemm() is None:
+        pytest.skip("no callable OpenBLAS in this NumPy")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(case["x"], dtype=F32)
+    w = rng.standard_normal(case["w"], dtype=F32) * F32(0.1)
+    b = rng.standard_normal(case["w"][0], dtype=F32)
+    args = (case["stride"], case["pad"], case["dil"])
+    ep = Epilogue(case["w"][0]).mul(rng.random(case["w"][0], dtype=F32) + F32(0.5)).relu()
+    forced(None)
+    base = conv.conv2d(x, w, b, *args, epilogue=ep)
+    ran = []
+    real = direct_conv.conv2d
+    monkeypatch.setattr(direct_conv, "conv2d", lambda *a, **k: ran.append(1) or real(*a, **k))
+    if forced() is None:
+        pytest.skip("our kernels do not reproduce this machine's OpenBLAS: the engine keeps OpenBLAS")
+    got = conv.conv2d(x, w, b, *args, epilogue=ep)
+    assert ran, "this convolution is one the direct path is meant to take"
+    assert np.array_equal(base.view(np.uint32), got.view(np.uint32))
+    want = reference.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), *args, 1)
+    want = np.maximum(want * ep.stages[0][1].astype(np.float64).reshape(1, -1, 1, 1), 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_direct_path_takes_large_maps_of_wide_kxk_layers_only():
+    use = direct_conv.use
+    assert use((1, 64, 56, 56), (64, 64, 3, 3), (1, 1), (1, 1), 1, (56, 56))
+    assert use((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (1, 1), 1, (112, 112))
+    assert not use((1, 64, 56, 56), (256, 64, 1, 1), (1, 1), (1, 1), 1, (56, 56))  # 1x1: OpenBLAS
+    assert not use((1, 16, 208, 208), (32, 16, 3, 3), (1, 1), (1, 1), 1, (208, 208))  # thin
+    assert not use((1, 64, 56, 56), (64, 32, 3, 3), (1, 1), (1, 1), 2, (56, 56))  # grouped
+    assert not use((1, 3, 416, 416), (64, 3, 3, 3), (1, 1), (1, 1), 1, (416, 416))  # 27 taps
+    assert not use((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1, (7, 7))  # small map
+    assert not use((1, 64, 56, 56), (66, 64, 3, 3), (1, 1), (1, 1), 1, (56, 56))  # 66 -> 96 rows

@@ -42,7 +42,7 @@ import weakref
 import numba as nb
 import numpy as np
 
-from . import blas, channel_microkernel, microkernel, parallel, winograd
+from . import blas, channel_microkernel, direct_conv, microkernel, parallel, winograd
 from . import epilogue as epi
 from .depthwise import depthwise_conv
 from .epilogue import _stages_row
@@ -278,16 +278,21 @@ def own_gemm(w, wg, block, rows, cols, ldb):
         panel = 0
     else:
         return _NO_WEIGHTS, 0, 0, 0
-    key = (id(w), block, wg.shape, panel)
+    return packed_weights(w, wg, block, panel or microkernel.MR), blocking[0], blocking[1], panel
+
+
+def packed_weights(w, wg, block, mr):
+    """``microkernel.pack_weights(wg, block, mr)``, once per weight array while it lives."""
+    key = (id(w), block, wg.shape, mr)
     hit = _PACKED.get(key)
     if hit is not None and hit[0]() is w:
-        return hit[1], blocking[0], blocking[1], panel
-    panels = microkernel.pack_weights(wg, block, panel or microkernel.MR)
+        return hit[1]
+    panels = microkernel.pack_weights(wg, block, mr)
     try:
         _PACKED[key] = (weakref.ref(w, lambda _, k=key: _PACKED.pop(k, None)), panels)
     except TypeError:  # an array type without weak references: packed per call
         pass
-    return panels, blocking[0], blocking[1], panel
+    return panels
 
 
 def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
@@ -332,6 +337,11 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
         with blas.single_threaded():
             return winograd.conv2d(gemm, x, winograd_u, pad, (oh, ow), (codes, vecs, params), threads,
                                    own)
+    blocking = microkernel.blocking()
+    if blocking is not None and direct_conv.use(x.shape, w.shape, stride, dilation, group, (oh, ow)):
+        panel = channel_microkernel.panel_rows(O)
+        return direct_conv.conv2d(x, packed_weights(w, wg, O, panel), panel, w.shape, stride, pad,
+                                  dilation, (oh, ow), (codes, vecs, params), threads, *blocking)
     out = np.empty((N, O, oh, ow), F32)
     out3 = out.reshape(N, O, P)
     with blas.single_threaded():
