@@ -22,10 +22,13 @@ after it, on values still in cache. The paths, by shape:
   GEMMs repack less (each tile repacks its weight block and its column block).
   1x1 stride-1 unpadded convolutions read the input in place.
 
-Where a tile's GEMM is thin enough for OpenBLAS's per-call packing to dominate, the
-row and block tiles call :func:`.microkernel.gemm` instead, on weights packed once per
-layer (:func:`_own_gemm`): only where it gives OpenBLAS's bits, so which one ran never
-shows in a result.
+Where a tile's GEMM is thin enough for OpenBLAS's per-call packing to dominate, or its
+map small enough for OpenBLAS's pixel vectors to be mostly padding, the row and block
+tiles and the Winograd GEMMs call :func:`.microkernel.gemm` or
+:func:`.channel_microkernel.gemm` instead, on weights packed once per layer
+(:func:`own_gemm`); kxk layers with 48+ output channels on large maps take
+:mod:`.direct_conv` (that micro-kernel on the padded input, no im2col). Only where they
+give OpenBLAS's bits, so which one ran never shows in a result.
 
 Depthwise convolutions use their direct kernel. The tiling depends only on the
 shapes and the thread count, never on the epilogue, so fused and unfused layers
