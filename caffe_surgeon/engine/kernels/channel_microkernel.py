@@ -177,6 +177,30 @@ def _put_transposed(typingctx, t, t_off, ld_t, c, c_off, ldc, rows, cols):
 
 
 @nb.njit(cache=True, nogil=True)
+def k_schedule(K, q, u):
+    """The passes over the k steps, one row each: (first step, steps, finish, resume).
+    OpenBLAS's K blocks (``q``, ``u``) in order, each cut in sub-blocks of KS: a block's
+    first sub-block starts from zero, the others resume the parked sums; its last one
+    stores (the first block) or adds (the others), the others park."""
+    rows = np.empty((K // KS + K // max(q, 1) + 4, 4), np.int64)
+    n = 0
+    k0 = 0
+    while k0 < K:
+        kc = k_block(K - k0, q, u)
+        s0 = 0
+        while s0 < kc:
+            sc = min(KS, kc - s0)
+            rows[n, 0] = k0 + s0
+            rows[n, 1] = sc
+            rows[n, 2] = PARK if s0 + sc < kc else (ADD if k0 > 0 else STORE)
+            rows[n, 3] = 1 if s0 > 0 else 0
+            n += 1
+            s0 += sc
+        k0 += kc
+    return rows[:n]
+
+
+@nb.njit(cache=True, nogil=True)
 def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel):
     """c[c_off:] (M x N, rows ldc apart) = A (M x K, panels of ``panel`` rows packed from
     ap[a_off]) @ b[b_off:] (K x N, rows ldb apart), K cut in blocks as OpenBLAS cuts it."""
@@ -185,26 +209,20 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel):
     t = np.empty((width + LANES) * panel, np.float32)  # the last 16-pixel block reads past width
     s = np.empty(width * panel, np.float32)
     panels = (M + panel - 1) // panel
+    steps = k_schedule(K, q, u)
     for n_start in range(0, N, NB):
         n_end = min(N, n_start + NB)
         for p in range(panels):
-            k0 = 0
-            while k0 < K:
-                kc = k_block(K - k0, q, u)
-                s0 = 0
-                while s0 < kc:
-                    sc = min(KS, kc - s0)
-                    finish = PARK if s0 + sc < kc else (ADD if k0 > 0 else STORE)
-                    a_at = a_off + (p * K + k0 + s0) * panel
-                    for n0 in range(n_start, n_end, pixels):
-                        b_at = b_off + (k0 + s0) * ldb + n0
-                        t_at = (n0 - n_start) * panel
-                        if panel == 48:
-                            _tile48(ap, a_at, b, b_at, ldb, _NO_OFFSETS, 0, sc, n_end - n0, t, t_at, finish, s, s0 > 0)
-                        else:
-                            _tile64(ap, a_at, b, b_at, ldb, _NO_OFFSETS, 0, sc, n_end - n0, t, t_at, finish, s, s0 > 0)
-                    s0 += sc
-                k0 += kc
+            for i in range(steps.shape[0]):
+                k, sc, finish, resume = steps[i, 0], steps[i, 1], steps[i, 2], steps[i, 3]
+                a_at = a_off + (p * K + k) * panel
+                for n0 in range(n_start, n_end, pixels):
+                    b_at = b_off + k * ldb + n0
+                    t_at = (n0 - n_start) * panel
+                    if panel == 48:
+                        _tile48(ap, a_at, b, b_at, ldb, _NO_OFFSETS, 0, sc, n_end - n0, t, t_at, finish, s, resume)
+                    else:
+                        _tile64(ap, a_at, b, b_at, ldb, _NO_OFFSETS, 0, sc, n_end - n0, t, t_at, finish, s, resume)
             rows = min(panel, M - p * panel)
             for i0 in range(0, rows, LANES):
                 for n0 in range(n_start, n_end, LANES):

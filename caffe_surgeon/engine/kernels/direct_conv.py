@@ -24,10 +24,9 @@ import numba as nb
 import numpy as np
 
 from . import parallel
-from .channel_microkernel import (ADD, KS, LANES, NB, PARK, STORE, _PIXELS48, _PIXELS64,
-                                  _put_transposed, _taps48, _taps64, panel_rows)
+from .channel_microkernel import (LANES, NB, _PIXELS48, _PIXELS64, _put_transposed, _taps48,
+                                  _taps64, k_schedule, panel_rows)
 from .epilogue import _stages_row
-from .microkernel import k_block
 
 F32 = np.float32
 #: output pixels at least (smaller maps take im2col + the channel GEMM, which covers them)
@@ -78,6 +77,7 @@ def _passes(ap, panel, xp, offs, Hp, Wp, sh, sw, K, oh, ow, out, codes, vecs, pa
     panels = (O + panel - 1) // panel
     img = xp.shape[0] // N
     flat = out.reshape(-1)
+    steps = k_schedule(K, q, u)
     for job in nb.prange(N * per_image):
         n = job // per_image
         r0 = ((job % per_image) // segs) * rows_per_pass
@@ -88,28 +88,19 @@ def _passes(ap, panel, xp, offs, Hp, Wp, sh, sw, K, oh, ow, out, codes, vecs, pa
         t = np.empty((width + LANES) * panel, np.float32)  # 16-pixel write-back blocks read past width
         s = np.empty(width * panel, np.float32)
         for p in range(panels):
-            k0 = 0
-            while k0 < K:
-                kc = k_block(K - k0, q, u)
-                s0 = 0
-                while s0 < kc:
-                    sc = min(KS, kc - s0)
-                    finish = PARK if s0 + sc < kc else (ADD if k0 > 0 else STORE)
-                    a_at = (p * K + k0 + s0) * panel
-                    for y in range(r0, r1):
-                        for j in range(tiles):
-                            x0 = xs + j * pixels
-                            b_at = n * img + y * sh * Wp + x0 * sw
-                            t_at = ((y - r0) * tiles + j) * pixels * panel
-                            cols = min(pixels, xe - x0)
-                            if panel == 48:
-                                _taps48(ap, a_at, xp, b_at, sw, offs, k0 + s0, sc, cols, t, t_at, finish,
-                                        s, s0 > 0)
-                            else:
-                                _taps64(ap, a_at, xp, b_at, sw, offs, k0 + s0, sc, cols, t, t_at, finish,
-                                        s, s0 > 0)
-                    s0 += sc
-                k0 += kc
+            for i in range(steps.shape[0]):
+                k, sc, finish, resume = steps[i, 0], steps[i, 1], steps[i, 2], steps[i, 3]
+                a_at = (p * K + k) * panel
+                for y in range(r0, r1):
+                    for j in range(tiles):
+                        x0 = xs + j * pixels
+                        b_at = n * img + y * sh * Wp + x0 * sw
+                        t_at = ((y - r0) * tiles + j) * pixels * panel
+                        cols = min(pixels, xe - x0)
+                        if panel == 48:
+                            _taps48(ap, a_at, xp, b_at, sw, offs, k, sc, cols, t, t_at, finish, s, resume)
+                        else:
+                            _taps64(ap, a_at, xp, b_at, sw, offs, k, sc, cols, t, t_at, finish, s, resume)
             rows = min(panel, O - p * panel)
             for y in range(r0, r1):
                 at = ((y - r0) * tiles * pixels - xs) * panel
