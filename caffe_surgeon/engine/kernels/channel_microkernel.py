@@ -26,6 +26,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import microkernel
 from .microkernel import SMALL_MNK, k_block
 from .simd import I32, I64, LANES, VEC, data_pointer, load, splat, store
 
@@ -229,6 +230,16 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel):
                     _put_transposed(t, (n0 - n_start) * panel + i0, panel, c,
                                     c_off + (p * panel + i0) * ldc + n0, ldc, min(LANES, rows - i0),
                                     min(LANES, n_end - n0))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def either_gemm(ap, panel, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u):
+    """Our GEMM on panels packed for it (``conv.own_gemm``): this module's when ``panel``
+    (its panel rows) is set, else :func:`.microkernel.gemm`'s 12x16 kernel."""
+    if panel:
+        gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel)
+    else:
+        microkernel.gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u)
 
 
 def panel_rows(block: int) -> int:

@@ -93,15 +93,6 @@ def _thread_scratch(n: int) -> np.ndarray:
     return buf
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _own(ap, panel, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u):
-    # our GEMM on panels packed by _own_gemm: ``panel`` rows vectorised over channels, or 0
-    if panel:
-        channel_microkernel.gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel)
-    else:
-        microkernel.gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u)
-
-
 def _row_tiles(gemm, x, wg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows, out, codes, vecs, params,
                scratch, own, q, u, panel):
     # x (N, C, H, W), wg (G, og, k), out (N, G*og, oh*ow); tile = (image, block of `rows` rows)
@@ -120,9 +111,10 @@ def _row_tiles(gemm, x, wg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows, out, c
         _im2col_batch(x[n:n + 1], kh, kw, sh, sw, ph - y0 * sh, pw, dh, dw, y1 - y0, ow, cols)
         for g in range(G):
             if own.size and og * T * k > microkernel.SMALL_MNK:
-                _own(own, panel, microkernel.block_offset(g, 0, og, og, k, panel or microkernel.MR),
-                     og, T, k, scratch[nb.get_thread_id()], g * k * T, T, out.reshape(-1),
-                     (n * O + g * og) * P + y0 * ow, P, q, u)
+                channel_microkernel.either_gemm(
+                    own, panel, microkernel.block_offset(g, 0, og, og, k, panel or microkernel.MR),
+                    og, T, k, scratch[nb.get_thread_id()], g * k * T, T, out.reshape(-1),
+                    (n * O + g * og) * P + y0 * ow, P, q, u)
                 continue
             gemm(101, 111, 111, og, T, k, np.float32(1.0), wg.ctypes.data + 4 * g * og * k, k,
                  cols.ctypes.data + 4 * g * k * T, T, np.float32(0.0),
@@ -152,9 +144,10 @@ def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, pa
         p1 = min(P, p0 + pb)
         o1 = min(og, o0 + ob)
         if own.size and (o1 - o0) * (p1 - p0) * k > microkernel.SMALL_MNK:
-            _own(own, panel, microkernel.block_offset(g, o0, og, ob, k, panel or microkernel.MR),
-                 o1 - o0, p1 - p0, k, b[0], n * b_img + g * k * ldb + p0, ldb, out.reshape(-1),
-                 (n * O + g * og + o0) * P + p0, P, q, u)
+            channel_microkernel.either_gemm(
+                own, panel, microkernel.block_offset(g, o0, og, ob, k, panel or microkernel.MR),
+                o1 - o0, p1 - p0, k, b[0], n * b_img + g * k * ldb + p0, ldb, out.reshape(-1),
+                (n * O + g * og + o0) * P + p0, P, q, u)
             for o in range(g * og + o0, g * og + o1):
                 _stages_row(out[n, o, p0:p1], o, codes, vecs, params)
             continue

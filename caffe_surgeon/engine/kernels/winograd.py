@@ -136,13 +136,10 @@ def _gemms(gemm, u, v, m, ob, tb, own, q, uq, panel):
         p1 = min(NT, p0 + tb)
         o1 = min(O, o0 + ob)
         if own.size and (o1 - o0) * (p1 - p0) * C > microkernel.SMALL_MNK:
-            a_off = microkernel.block_offset(xi, o0, O, ob, C, panel or microkernel.MR)
-            if panel:
-                channel_microkernel.gemm(own, a_off, o1 - o0, p1 - p0, C, v.reshape(-1), xi * C * NT + p0,
-                                         NT, m.reshape(-1), (xi * O + o0) * NT + p0, NT, q, uq, panel)
-            else:
-                microkernel.gemm(own, a_off, o1 - o0, p1 - p0, C, v.reshape(-1), xi * C * NT + p0,
-                                 NT, m.reshape(-1), (xi * O + o0) * NT + p0, NT, q, uq)
+            channel_microkernel.either_gemm(
+                own, panel, microkernel.block_offset(xi, o0, O, ob, C, panel or microkernel.MR),
+                o1 - o0, p1 - p0, C, v.reshape(-1), xi * C * NT + p0, NT, m.reshape(-1),
+                (xi * O + o0) * NT + p0, NT, q, uq)
             continue
         gemm(101, 111, 111, o1 - o0, p1 - p0, C, np.float32(1.0),
              u.ctypes.data + 4 * (xi * O + o0) * C, C,
