@@ -40,14 +40,25 @@ LAYERS = [
     ("MobileNet v2 960->160", 960, 7, 160, 1, 1, 0),
     ("MobileNet v2 96->576", 96, 14, 576, 1, 1, 0),
     ("MobileNet v2 16->96", 16, 112, 96, 1, 1, 0),
+    ("res10 stem 3->32 7x7/2", 3, 300, 32, 7, 2, 3),
+    ("res10 32->32", 32, 75, 32, 3, 1, 1),
+    ("res10 head 128->16", 128, 38, 16, 3, 1, 1),
+    ("res10 head 256->24", 256, 19, 24, 3, 1, 1),
+    ("yolov3-tiny 3->16", 3, 416, 16, 3, 1, 1),
 ]
 
 
-def _path(conv, direct_conv, x_shape, w_shape, stride, pad, out_hw) -> str:
+def _path(conv, x_shape, w_shape, stride, pad, out_hw) -> str:
+    from caffe_surgeon.engine.kernels import direct_conv, direct_conv_thin, parallel
     if conv.use_winograd(x_shape, w_shape, (stride,) * 2, (1, 1), 1, (pad,) * 2):
         return "Winograd"
     if direct_conv.use(x_shape, w_shape, (stride,) * 2, (1, 1), 1, out_hw):
         return "direct"
+    N, O, K = x_shape[0], w_shape[0], w_shape[1] * w_shape[2] * w_shape[3]
+    big = N * O * K * out_hw[0] * out_hw[1] >= parallel.MIN_PARALLEL_MACS
+    tiling = conv.gemm_tiling(N, 1, O, K, *out_hw, big)
+    if direct_conv_thin.use(w_shape, (stride,) * 2, 1, conv.smallest_gemm(tiling, N, 1, O, K, *out_hw)):
+        return "thin"
     return "GEMM tiles"
 
 
@@ -57,7 +68,7 @@ def main() -> int:
     args = ap.parse_args()
     import numba
     numba.set_num_threads(args.threads)
-    from caffe_surgeon.engine.kernels import blas, conv, direct_conv, microkernel
+    from caffe_surgeon.engine.kernels import blas, conv, microkernel
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
     if blas.gemm() is None:
         print("no callable OpenBLAS in this NumPy: nothing to compare with")
@@ -91,7 +102,7 @@ def main() -> int:
         t_blas, t_ours = statistics.median(times["blas"]), statistics.median(times["ours"])
         ratios.append(t_blas / t_ours)
         oh = outs["ours"].shape[2]
-        print(f"{name:30s} {_path(conv, direct_conv, x.shape, w.shape, s, p, (oh, oh)):10s} "
+        print(f"{name:30s} {_path(conv, x.shape, w.shape, s, p, (oh, oh)):10s} "
               f"{t_blas * 1e3:11.3f} {t_ours * 1e3:8.3f} {t_blas / t_ours:6.2f}  "
               f"{'yes' if np.array_equal(outs['blas'], outs['ours']) else 'NO'}")
     print(f"OpenBLAS / ours over {len(ratios)} layers: median {statistics.median(ratios):.2f}, "

@@ -100,3 +100,15 @@ def pytest_runtest_setup(item):
     for mark in item.iter_markers("oracle"):
         if not mark.kwargs.get("available", mark.args[0] if mark.args else False):
             missing_oracle(mark.kwargs.get("reason", "an oracle is missing"))
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Which GEMM the convolutions may use: ``forced(None)`` OpenBLAS only, ``forced()``
+    whatever this machine allows (our kernels where they reproduce its OpenBLAS)."""
+    from caffe_surgeon.engine.kernels import microkernel
+
+    def use(blocking="auto"):
+        monkeypatch.setattr(microkernel, "_state", {} if blocking == "auto" else {"blocking": blocking})
+        return microkernel.blocking()
+    return use

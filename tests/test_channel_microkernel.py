@@ -11,15 +11,6 @@ from caffe_surgeon.engine.kernels.epilogue import Epilogue
 F32 = np.float32
 
 
-@pytest.fixture
-def forced(monkeypatch):
-    """``forced(None)``: OpenBLAS only; ``forced()``: whatever this machine allows."""
-    def use(blocking="auto"):
-        monkeypatch.setattr(microkernel, "_state", {} if blocking == "auto" else {"blocking": blocking})
-        return microkernel.blocking()
-    return use
-
-
 @pytest.mark.parametrize("panel", [48, 64])
 def test_gemm_matches_float64_on_ragged_shapes_offsets_and_strides(panel):
     # M not a multiple of the panel, N not of the tile's pixels and past one pass (NB), K in

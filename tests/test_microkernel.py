@@ -21,19 +21,6 @@ def _blas_or_skip():
     return blas.gemm()
 
 
-@pytest.fixture
-def forced(monkeypatch):
-    """Set which GEMM the convolutions may use: ``forced(None)`` OpenBLAS only, ``forced()``
-    whatever this machine allows."""
-    def use(blocking="auto"):
-        if blocking == "auto":
-            monkeypatch.setattr(microkernel, "_state", {})
-        else:
-            monkeypatch.setattr(microkernel, "_state", {"blocking": blocking})
-        return microkernel.blocking()
-    return use
-
-
 def _random_case(rng):
     M = int(rng.integers(1, 40))
     N = int(rng.integers(1, 70))

@@ -27,8 +27,10 @@ map small enough for OpenBLAS's pixel vectors to be mostly padding, the row and 
 tiles and the Winograd GEMMs call :func:`.microkernel.gemm` or
 :func:`.channel_microkernel.gemm` instead, on weights packed once per layer
 (:func:`own_gemm`); kxk layers with 48+ output channels on large maps take
-:mod:`.direct_conv` (that micro-kernel on the padded input, no im2col). Only where they
-give OpenBLAS's bits, so which one ran never shows in a result.
+:mod:`.direct_conv` (that micro-kernel on the padded input, no im2col), thinner ones
+:mod:`.direct_conv_thin` (pixel vectors over phase planes of the input). Only where they
+give OpenBLAS's bits, so which one ran never shows in a result: :func:`gemm_tiling` is the
+im2col path's cut into GEMM calls, from the shapes alone.
 
 Depthwise convolutions use their direct kernel. The tiling depends only on the
 shapes and the thread count, never on the epilogue, so fused and unfused layers
@@ -45,7 +47,7 @@ import weakref
 import numba as nb
 import numpy as np
 
-from . import blas, channel_microkernel, direct_conv, microkernel, parallel, winograd
+from . import blas, channel_microkernel, direct_conv, direct_conv_thin, microkernel, parallel, winograd
 from . import epilogue as epi
 from .depthwise import depthwise_conv
 from .epilogue import _stages_row
@@ -338,13 +340,19 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
         panel = channel_microkernel.panel_rows(O)
         return direct_conv.conv2d(x, packed_weights(w, wg, O, panel), panel, w.shape, stride, pad,
                                   dilation, (oh, ow), (codes, vecs, params), threads, *blocking)
+    pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
+    tiling = gemm_tiling(N, group, og, k, oh, ow, big)
+    if blocking is not None and direct_conv_thin.use(w.shape, stride, group,
+                                                     smallest_gemm(tiling, N, group, og, k, oh, ow)):
+        return direct_conv_thin.conv2d(x, packed_weights(w, wg, O, direct_conv_thin.ROWS), w.shape,
+                                       stride, pad, dilation, (oh, ow), (codes, vecs, params), threads,
+                                       want, *blocking)
     out = np.empty((N, O, oh, ow), F32)
     out3 = out.reshape(N, O, P)
+    kind, ob, pb = tiling
     with blas.single_threaded():
-        if 4 * K * N * P > ROW_TILES_ABOVE:
-            rows = max(1, min(oh, TILE_BYTES // (4 * K * ow)))
-            if N * -(-oh // rows) < want:
-                rows = max(1, -(-N * oh // want))
+        if kind == "rows":
+            rows = pb
             scratch = _thread_scratch(K * rows * ow)
             T = rows * ow
             own, q, u, panel = own_gemm(w, wg, og, og, T, T)
@@ -353,20 +361,12 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
                                     dilation[0], dilation[1], oh, ow, rows, out3, codes, vecs, params,
                                     scratch, own, q, u, panel)
             return out
-        pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
-        if N > 1 and og > P:
+        if kind == "wide":
             # small maps, big weights: one GEMM over the batch side by side (weights packed
             # once per tile rather than once per image), then back to NCHW
             cols = im2col_batch(x, (kh, kw), stride, pad, dilation, (oh, ow), parallel=threads > 1)
-            parts = want
-            ob, cb = og, N * P
-            if parts > 1:
-                if og * k <= k * N * P:
-                    cb = _round16(-(-N * P // parts), N * P)
-                else:
-                    ob = _round16(-(-og // parts), og)
             with one_tile_at_a_time(kernel == 0):
-                WIDE_TILES_K[kernel](gemm, wg, cols, N, P, ob, cb, np.empty((O, N * P), F32), out3,
+                WIDE_TILES_K[kernel](gemm, wg, cols, N, P, ob, pb, np.empty((O, N * P), F32), out3,
                                      codes, vecs, params)
             return out
         if pointwise:
@@ -374,18 +374,54 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
         else:
             b_mat = im2col_batch(x, (kh, kw), stride, pad, dilation, (oh, ow), parallel=threads > 1)
             b_img, ldb = P, N * P
-        parts = -(-want // (N * group))
-        ob, pb = og, P
-        if parts > 1:  # split the side whose other operand is cheaper to repack per tile
-            if og * k <= k * P:
-                pb = _round16(-(-P // parts), P)
-            else:
-                ob = _round16(-(-og // parts), og)
         own, q, u, panel = own_gemm(w, wg, ob, ob, pb, ldb)
         with one_tile_at_a_time(kernel == 0):
             BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb, out3,
                                   codes, vecs, params, own, q, u, panel)
     return out
+
+
+def gemm_tiling(N, group, og, k, oh, ow, big):
+    """How the im2col + GEMM paths cut a layer into GEMM calls, from its shapes alone:
+    ("rows", 0, output rows per tile), ("wide", channel block, column block) or ("block",
+    channel block, pixel block)."""
+    P = oh * ow
+    K = group * k
+    want = TILES if big else 1
+    if 4 * K * N * P > ROW_TILES_ABOVE:
+        rows = max(1, min(oh, TILE_BYTES // (4 * K * ow)))
+        if N * -(-oh // rows) < want:
+            rows = max(1, -(-N * oh // want))
+        return "rows", 0, rows
+    if N > 1 and og > P:
+        ob, cb = og, N * P
+        if want > 1:
+            if og * k <= k * N * P:
+                cb = _round16(-(-N * P // want), N * P)
+            else:
+                ob = _round16(-(-og // want), og)
+        return "wide", ob, cb
+    parts = -(-want // (N * group))
+    ob, pb = og, P
+    if parts > 1:  # split the side whose other operand is cheaper to repack per tile
+        if og * k <= k * P:
+            pb = _round16(-(-P // parts), P)
+        else:
+            ob = _round16(-(-og // parts), og)
+    return "block", ob, pb
+
+
+def smallest_gemm(tiling, N, group, og, k, oh, ow) -> int:
+    """Multiply-adds of the smallest GEMM call of ``tiling`` (:func:`gemm_tiling`)."""
+    kind, ob, pb = tiling
+
+    def last(size, block):
+        return min(block, size - (-(-size // block) - 1) * block)
+
+    if kind == "rows":
+        return og * last(oh, pb) * ow * k
+    cols = N * oh * ow if kind == "wide" else oh * ow
+    return last(og, ob) * last(cols, pb) * k
 
 
 def _conv2d_matmul(x, wg, kernel, stride, pad, dilation, out_hw, ep):

@@ -1,0 +1,116 @@
+"""The thin-layer direct convolution (pixel vectors over phase planes) against the im2col +
+OpenBLAS path bit for bit and against float64, its input addressing against plain indexing,
+and which layers it takes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from caffe_surgeon.engine.kernels import blas, conv, direct_conv_thin as thin, microkernel, reference
+from caffe_surgeon.engine.kernels.epilogue import Epilogue
+
+F32 = np.float32
+
+# res10's 32-channel 3x3 at 75x75 and a 16-channel SSD head (K in two OpenBLAS blocks); its
+# 7x7 stride-2 stem; a batch of 3 with rows not a multiple of the pass; stride 2 with
+# dilation 2, unequal pads and channels not a multiple of the tile's 8; a non-square map
+# with a 1x5 kernel; stride (1, 2) with a 3x3 whose map is narrower than one vector
+THIN = [
+    dict(x=(1, 32, 75, 75), w=(32, 32, 3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1)),
+    dict(x=(1, 128, 38, 38), w=(16, 128, 3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1)),
+    dict(x=(1, 3, 150, 150), w=(32, 3, 7, 7), stride=(2, 2), pad=(3, 3), dil=(1, 1)),
+    dict(x=(3, 24, 41, 41), w=(24, 24, 3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1)),
+    dict(x=(1, 16, 61, 47), w=(36, 16, 3, 3), stride=(2, 2), pad=(2, 1), dil=(2, 2)),
+    dict(x=(1, 20, 37, 90), w=(40, 20, 1, 5), stride=(1, 1), pad=(0, 2), dil=(1, 1)),
+    dict(x=(1, 64, 60, 26), w=(24, 64, 3, 3), stride=(1, 2), pad=(1, 1), dil=(1, 1)),
+]
+
+
+def _ids(c):
+    return "x".join(map(str, c["x"])) + "-w" + "x".join(map(str, c["w"])) + f"-s{c['stride'][0]}{c['stride'][1]}"
+
+
+@pytest.mark.parametrize("case", THIN, ids=_ids)
+def test_thin_direct_convolutions_give_the_im2col_paths_bits_and_the_reference(case, forced, monkeypatch):
+    if blas.gemm() is None:
+        pytest.skip("no callable OpenBLAS in this NumPy")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(case["x"], dtype=F32)
+    w = rng.standard_normal(case["w"], dtype=F32) * F32(0.1)
+    O = case["w"][0]
+    b = rng.standard_normal(O, dtype=F32)
+    args = (case["stride"], case["pad"], case["dil"])
+    ep = Epilogue(O).mul(rng.random(O, dtype=F32) + F32(0.5)).relu()
+    forced(None)
+    base = conv.conv2d(x, w, b, *args, epilogue=ep)
+    ran = []
+    real = thin.conv2d
+    monkeypatch.setattr(thin, "conv2d", lambda *a, **k: ran.append(1) or real(*a, **k))
+    if forced() is None:
+        pytest.skip("our kernels do not reproduce this machine's OpenBLAS: the engine keeps OpenBLAS")
+    got = conv.conv2d(x, w, b, *args, epilogue=ep)
+    assert ran, "this convolution is one the thin direct path is meant to take"
+    assert np.array_equal(base.view(np.uint32), got.view(np.uint32))
+    want = reference.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), *args, 1)
+    want = np.maximum(want * ep.stages[0][1].astype(np.float64).reshape(1, -1, 1, 1), 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("stride,dil,pad", [((1, 1), (1, 1), (1, 1)), ((2, 2), (1, 1), (3, 3)),
+                                            ((2, 3), (2, 1), (2, 0)), ((3, 1), (1, 3), (0, 4))])
+def test_phase_planes_and_tap_offsets_address_the_padded_input(stride, dil, pad):
+    # every tap of every output pixel read through the planes is the padded input's value
+    rng = np.random.default_rng(3)
+    N, C, H, W, kh, kw = 2, 3, 13, 11, 3, 2
+    x = rng.standard_normal((N, C, H, W), dtype=F32)
+    sh, sw = stride
+    Hq, Wq = -(-(H + 2 * pad[0]) // sh), -(-(W + 2 * pad[1]) // sw)
+    img = sh * sw * C * Hq * Wq
+    xq = np.zeros(N * img, F32)  # zeroed, as conv2d hands it over
+    thin.PHASE_PLANES_K[1](x, pad[0], pad[1], sh, sw, Hq, Wq, xq)
+    offs = thin.tap_offsets(C, kh, kw, Hq, Wq, sh, sw, *dil)
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2))
+    oh = conv.out_size(H, kh, sh, pad[0], dil[0])
+    ow = conv.out_size(W, kw, sw, pad[1], dil[1])
+    for n in range(N):
+        for c in range(C):
+            for ky in range(kh):
+                for kx in range(kw):
+                    k = (c * kh + ky) * kw + kx
+                    for y in range(oh):
+                        got = xq[n * img + offs[k] + y * Wq: n * img + offs[k] + y * Wq + ow]
+                        want = xp[n, c, y * sh + ky * dil[0], kx * dil[1]::sw][:ow]
+                        assert np.array_equal(got, want), (n, c, ky, kx, y)
+
+
+def test_thin_path_takes_thin_kxk_layers_whose_gemms_are_all_above_the_small_matrix_size():
+    big = microkernel.SMALL_MNK + 1
+    assert thin.use((32, 32, 3, 3), (1, 1), 1, big)
+    assert thin.use((16, 3, 3, 3), (1, 1), 1, big)  # 27 taps at stride 1
+    assert thin.use((32, 3, 7, 7), (2, 2), 1, big)
+    assert not thin.use((32, 3, 3, 3), (2, 2), 1, big)  # 27 taps strided: the plane copy dominates
+    assert not thin.use((48, 32, 3, 3), (1, 1), 1, big)  # 48 channels: the channel kernel's
+    assert not thin.use((32, 32, 1, 1), (1, 1), 1, big)  # 1x1
+    assert not thin.use((32, 16, 3, 3), (1, 1), 2, big)  # grouped
+    assert not thin.use((32, 32, 3, 3), (1, 1), 1, microkernel.SMALL_MNK)  # OpenBLAS's small kernels
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 416, 416, 16, 3), (1, 256, 5, 5, 24, 3), (8, 256, 19, 19, 24, 3),
+                                   (1, 32, 75, 75, 32, 3), (2, 512, 7, 7, 600, 1)])
+def test_smallest_gemm_is_the_smallest_call_of_the_tiling(shape):
+    # the tiles of gemm_tiling, enumerated: their sizes cover the output once, and the
+    # smallest is smallest_gemm's (the thin path's guard against OpenBLAS's small kernels)
+    N, C, H, W, O, k = shape
+    oh = ow = H - k + 1 if k > 1 else H
+    K = C * k * k
+    big = N * O * K * oh * ow >= conv.parallel.MIN_PARALLEL_MACS
+    kind, ob, pb = conv.gemm_tiling(N, 1, O, K, oh, ow, big)
+    if kind == "rows":
+        sizes = [O * min(pb, oh - y) * ow * K for _ in range(N) for y in range(0, oh, pb)]
+    else:
+        cols = N * oh * ow if kind == "wide" else oh * ow
+        images = 1 if kind == "wide" else N
+        sizes = [min(ob, O - o) * min(pb, cols - p) * K for _ in range(images)
+                 for o in range(0, O, ob) for p in range(0, cols, pb)]
+    assert sum(sizes) == N * O * oh * ow * K
+    assert conv.smallest_gemm((kind, ob, pb), N, 1, O, K, oh, ow) == min(sizes)
