@@ -56,7 +56,7 @@ def _path(conv, x_shape, w_shape, stride, pad, out_hw) -> str:
         return "direct"
     N, O, K = x_shape[0], w_shape[0], w_shape[1] * w_shape[2] * w_shape[3]
     big = N * O * K * out_hw[0] * out_hw[1] >= parallel.MIN_PARALLEL_MACS
-    tiling = conv.gemm_tiling(N, 1, O, K, *out_hw, big)
+    tiling = conv.gemm_tiling(N, 1, O, K, *out_hw, conv.TILES if big else 1)
     if direct_conv_thin.use(w_shape, (stride,) * 2, 1, conv.smallest_gemm(tiling, N, 1, O, K, *out_hw)):
         return "thin"
     return "GEMM tiles"

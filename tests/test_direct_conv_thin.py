@@ -1,6 +1,7 @@
 """The thin-layer direct convolution (pixel vectors over phase planes) against the im2col +
 OpenBLAS path bit for bit and against float64, its input addressing against plain indexing,
-and which layers it takes."""
+which layers it takes, and the im2col path's GEMM tiling it relies on (the smallest call; the
+same bits at any thread count)."""
 from __future__ import annotations
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_smallest_gemm_is_the_smallest_call_of_the_tiling(shape):
     oh = ow = H - k + 1 if k > 1 else H
     K = C * k * k
     big = N * O * K * oh * ow >= conv.parallel.MIN_PARALLEL_MACS
-    kind, ob, pb = conv.gemm_tiling(N, 1, O, K, oh, ow, big)
+    kind, ob, pb = conv.gemm_tiling(N, 1, O, K, oh, ow, conv.TILES if big else 1)
     if kind == "rows":
         sizes = [O * min(pb, oh - y) * ow * K for _ in range(N) for y in range(0, oh, pb)]
     else:
@@ -114,3 +115,25 @@ def test_smallest_gemm_is_the_smallest_call_of_the_tiling(shape):
                  for o in range(0, O, ob) for p in range(0, cols, pb)]
     assert sum(sizes) == N * O * oh * ow * K
     assert conv.smallest_gemm((kind, ob, pb), N, 1, O, K, oh, ow) == min(sizes)
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 56, 56, 256, 1), (1, 512, 7, 7, 512, 3), (2, 128, 28, 28, 128, 1),
+                                   (1, 128, 6, 6, 100, 3), (1, 32, 75, 75, 32, 3)])
+def test_results_do_not_depend_on_the_thread_count(shape, forced):
+    # one thread merges the GEMM tiles into whole calls where no call is small: same bits
+    import numba
+    N, C, H, W, O, k = shape
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((N, C, H, W), dtype=F32)
+    w = rng.standard_normal((O, C, k, k), dtype=F32)
+    before = numba.get_num_threads()
+    try:
+        for blocking in (None, "auto"):
+            forced(blocking)
+            outs = []
+            for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+                numba.set_num_threads(threads)
+                outs.append(conv.conv2d(x, w, None, (1, 1), (k // 2, k // 2)))
+            assert np.array_equal(outs[0].view(np.uint32), outs[1].view(np.uint32))
+    finally:
+        numba.set_num_threads(before)

@@ -58,10 +58,11 @@ F32 = np.float32
 TILE_BYTES = 1 << 20
 #: feature maps whose whole column matrix is larger than this take row tiles
 ROW_TILES_ABOVE = 4 << 20
-#: tiles a layer big enough for the pool is cut into, whatever the thread count: the cut
-#: fixes the GEMM shapes and so the float rounding, which makes results independent of
-#: the number of threads (2 tiles per thread on the 2-core machines it was tuned on; on
-#: bigger machines, run several ana workers rather than wider layers)
+#: tiles a layer big enough for the pool is cut into (2 per thread on the 2-core machines
+#: it was tuned on; on bigger machines, run several ana workers rather than wider layers).
+#: A cut never splits K, so it changes no sum; it stays the same at any thread count where
+#: a smaller call could fall to OpenBLAS's small-matrix kernels (another order), so that
+#: results never depend on the number of threads
 TILES = 4
 #: Winograd when C*O/(C+O) reaches this and the batch has this many 2x2 output tiles
 WINOGRAD_MIN, WINOGRAD_MIN_TILES = 40, 36
@@ -341,9 +342,14 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
         return direct_conv.conv2d(x, packed_weights(w, wg, O, panel), panel, w.shape, stride, pad,
                                   dilation, (oh, ow), (codes, vecs, params), threads, *blocking)
     pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
-    tiling = gemm_tiling(N, group, og, k, oh, ow, big)
-    if blocking is not None and direct_conv_thin.use(w.shape, stride, group,
-                                                     smallest_gemm(tiling, N, group, og, k, oh, ow)):
+    tiling = gemm_tiling(N, group, og, k, oh, ow, want)
+    smallest = smallest_gemm(tiling, N, group, og, k, oh, ow)
+    if threads == 1 and want > 1 and smallest > microkernel.SMALL_MNK:
+        # one thread: whole GEMMs (OpenBLAS repacks the weights per call: 4 pixel blocks
+        # cost 15-20% more than one). The cut never changes a sum's order, and every call
+        # of either cut is above OpenBLAS's small-matrix size, so the bits are the same.
+        tiling = gemm_tiling(N, group, og, k, oh, ow, 1)
+    if blocking is not None and direct_conv_thin.use(w.shape, stride, group, smallest):
         return direct_conv_thin.conv2d(x, packed_weights(w, wg, O, direct_conv_thin.ROWS), w.shape,
                                        stride, pad, dilation, (oh, ow), (codes, vecs, params), threads,
                                        want, *blocking)
@@ -381,13 +387,12 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
     return out
 
 
-def gemm_tiling(N, group, og, k, oh, ow, big):
-    """How the im2col + GEMM paths cut a layer into GEMM calls, from its shapes alone:
-    ("rows", 0, output rows per tile), ("wide", channel block, column block) or ("block",
-    channel block, pixel block)."""
+def gemm_tiling(N, group, og, k, oh, ow, want):
+    """How the im2col + GEMM paths cut a layer into GEMM calls for ``want`` tiles or more,
+    from its shapes alone: ("rows", 0, output rows per tile), ("wide", channel block, column
+    block) or ("block", channel block, pixel block)."""
     P = oh * ow
     K = group * k
-    want = TILES if big else 1
     if 4 * K * N * P > ROW_TILES_ABOVE:
         rows = max(1, min(oh, TILE_BYTES // (4 * K * ow)))
         if N * -(-oh // rows) < want:
