@@ -45,11 +45,15 @@ LAYERS = [
     ("res10 head 128->16", 128, 38, 16, 3, 1, 1),
     ("res10 head 256->24", 256, 19, 24, 3, 1, 1),
     ("yolov3-tiny 3->16", 3, 416, 16, 3, 1, 1),
+    ("ResNet-50 res2 1x1 out", 64, 56, 256, 1, 1, 0),
+    ("ResNet-50 res2 1x1 in", 256, 56, 64, 1, 1, 0),
+    ("ResNet-50 res3 1x1 out", 128, 28, 512, 1, 1, 0),
+    ("MobileNet v2 144->24", 144, 56, 24, 1, 1, 0),
 ]
 
 
 def _path(conv, x_shape, w_shape, stride, pad, out_hw) -> str:
-    from caffe_surgeon.engine.kernels import direct_conv, direct_conv_thin, parallel
+    from caffe_surgeon.engine.kernels import direct_conv, direct_conv_thin, parallel, pointwise_conv
     if conv.use_winograd(x_shape, w_shape, (stride,) * 2, (1, 1), 1, (pad,) * 2):
         return "Winograd"
     if direct_conv.use(x_shape, w_shape, (stride,) * 2, (1, 1), 1, out_hw):
@@ -57,8 +61,11 @@ def _path(conv, x_shape, w_shape, stride, pad, out_hw) -> str:
     N, O, K = x_shape[0], w_shape[0], w_shape[1] * w_shape[2] * w_shape[3]
     big = N * O * K * out_hw[0] * out_hw[1] >= parallel.MIN_PARALLEL_MACS
     tiling = conv.gemm_tiling(N, 1, O, K, *out_hw, conv.TILES if big else 1)
-    if direct_conv_thin.use(w_shape, (stride,) * 2, 1, conv.smallest_gemm(tiling, N, 1, O, K, *out_hw)):
+    smallest = conv.smallest_gemm(tiling, N, 1, O, K, *out_hw)
+    if direct_conv_thin.use(w_shape, (stride,) * 2, 1, smallest):
         return "thin"
+    if pointwise_conv.use(w_shape, (stride,) * 2, (pad,) * 2, 1, out_hw[0] * out_hw[1], smallest):
+        return "pointwise"
     return "GEMM tiles"
 
 

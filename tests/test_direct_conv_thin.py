@@ -137,3 +137,51 @@ def test_results_do_not_depend_on_the_thread_count(shape, forced):
             assert np.array_equal(outs[0].view(np.uint32), outs[1].view(np.uint32))
     finally:
         numba.set_num_threads(before)
+
+
+# packed pointwise path: ResNet-50's 64 -> 256 at 56x56 (KS sub-blocks: 3 with 256 inputs),
+# a map whose last 48-pixel tile is ragged, a batch of 3, MobileNet v2's 16 -> 96 expansion
+POINTWISE = [(1, 64, 56, 56, 256), (1, 256, 28, 28, 64), (1, 40, 37, 23, 48), (3, 96, 20, 20, 32),
+             (1, 16, 112, 112, 96)]
+
+
+@pytest.mark.parametrize("shape", POINTWISE, ids=lambda s: "x".join(map(str, s)))
+def test_packed_pointwise_convolutions_give_the_gemm_paths_bits_and_the_reference(shape, forced, monkeypatch):
+    if blas.gemm() is None:
+        pytest.skip("no callable OpenBLAS in this NumPy")
+    from caffe_surgeon.engine.kernels import pointwise_conv
+    N, C, H, W, O = shape
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((N, C, H, W), dtype=F32)
+    w = rng.standard_normal((O, C, 1, 1), dtype=F32) * F32(0.1)
+    b = rng.standard_normal(O, dtype=F32)
+    ep = Epilogue(O).mul(rng.random(O, dtype=F32) + F32(0.5)).relu()
+    ran = []
+    real = pointwise_conv.conv2d
+    monkeypatch.setattr(pointwise_conv, "conv2d", lambda *a, **k: ran.append(1) or real(*a, **k))
+    if forced() is None:
+        pytest.skip("our kernels do not reproduce this machine's OpenBLAS: the engine keeps OpenBLAS")
+    poison = np.full((N, O, H, W), np.nan, F32)  # freed, its memory likely backs the next output
+    del poison
+    got = conv.conv2d(x, w, b, epilogue=ep)
+    forced(None)
+    base = conv.conv2d(x, w, b, epilogue=ep)
+    assert ran, "this convolution is one the packed pointwise path is meant to take"
+    assert np.array_equal(base.view(np.uint32), got.view(np.uint32))
+    want = np.einsum("oc,nchw->nohw", w[:, :, 0, 0].astype(np.float64), x.astype(np.float64)) + b.reshape(1, -1, 1, 1)
+    want = np.maximum(want * ep.stages[0][1].astype(np.float64).reshape(1, -1, 1, 1), 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_packed_pointwise_path_takes_unpadded_1x1_layers_on_large_maps_only():
+    from caffe_surgeon.engine.kernels import pointwise_conv
+    big = microkernel.SMALL_MNK + 1
+    use = pointwise_conv.use
+    assert use((256, 64, 1, 1), (1, 1), (0, 0), 1, 3136, big)
+    assert not use((256, 64, 1, 1), (1, 1), (0, 0), 1, 196, big)  # small map: the channel kernel's
+    assert not use((256, 64, 1, 1), (2, 2), (0, 0), 1, 784, big)  # strided
+    assert not use((256, 64, 1, 1), (1, 1), (1, 1), 1, 3136, big)  # padded
+    assert not use((252, 64, 1, 1), (1, 1), (0, 0), 1, 3136, big)  # not a multiple of 8 channels
+    assert not use((128, 512, 1, 1), (1, 1), (0, 0), 1, 784, big)  # deep K: OpenBLAS
+    assert not use((256, 64, 3, 3), (1, 1), (0, 0), 1, 3136, big)
+    assert not use((256, 64, 1, 1), (1, 1), (0, 0), 1, 3136, microkernel.SMALL_MNK)

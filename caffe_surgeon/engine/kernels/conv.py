@@ -28,7 +28,8 @@ tiles and the Winograd GEMMs call :func:`.microkernel.gemm` or
 :func:`.channel_microkernel.gemm` instead, on weights packed once per layer
 (:func:`own_gemm`); kxk layers with 48+ output channels on large maps take
 :mod:`.direct_conv` (that micro-kernel on the padded input, no im2col), thinner ones
-:mod:`.direct_conv_thin` (pixel vectors over phase planes of the input). Only where they
+:mod:`.direct_conv_thin` (pixel vectors over phase planes of the input), and 1x1 layers on
+large maps :mod:`.pointwise_conv` (the same tile on packed input blocks). Only where they
 give OpenBLAS's bits, so which one ran never shows in a result: :func:`gemm_tiling` is the
 im2col path's cut into GEMM calls, from the shapes alone.
 
@@ -47,7 +48,8 @@ import weakref
 import numba as nb
 import numpy as np
 
-from . import blas, channel_microkernel, direct_conv, direct_conv_thin, microkernel, parallel, winograd
+from . import (blas, channel_microkernel, direct_conv, direct_conv_thin, microkernel, parallel,
+               pointwise_conv, winograd)
 from . import epilogue as epi
 from .depthwise import depthwise_conv
 from .epilogue import _stages_row
@@ -353,6 +355,9 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
         return direct_conv_thin.conv2d(x, packed_weights(w, wg, O, direct_conv_thin.ROWS), w.shape,
                                        stride, pad, dilation, (oh, ow), (codes, vecs, params), threads,
                                        want, *blocking)
+    if blocking is not None and pointwise_conv.use(w.shape, stride, pad, group, P, smallest):
+        return pointwise_conv.conv2d(x, packed_weights(w, wg, O, direct_conv_thin.ROWS), O,
+                                     (codes, vecs, params), threads, want, *blocking)
     out = np.empty((N, O, oh, ow), F32)
     out3 = out.reshape(N, O, P)
     kind, ob, pb = tiling

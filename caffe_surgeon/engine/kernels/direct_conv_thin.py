@@ -51,32 +51,33 @@ PASS_PIXELS = 1024
 
 
 @intrinsic
-def _tile(typingctx, a, a_off, b, b_off, offs, o_off, kc, t, t_off, ldt, finish, s, resume):
+def _tile(typingctx, a, a_off, b, b_off, offs, o_off, kc, t, t_off, ldt, finish, s, s_off, lds, resume):
     """For ROWS channels i and WIDTH pixels j: acc[i, j] = sum over kc taps k of
     a[a_off + k*ROWS + i] * b[b_off + offs[o_off + k] + j] (fused, in k order), started from 0
-    or, with ``resume``, from s[t_off + i*ldt + j]; then by ``finish``: store to t (same
-    index), add to t (one rounding), or park in s."""
+    or, with ``resume``, from s[s_off + i*lds + j]; then by ``finish``: store to
+    t[t_off + i*ldt + j], add to it (one rounding), or park in s."""
     sig = types.void(a, types.int64, b, types.int64, offs, types.int64, types.int64, t, types.int64,
-                     types.int64, types.int64, s, types.int64)
+                     types.int64, types.int64, s, types.int64, types.int64, types.int64)
 
     def codegen(context, builder, sig, args):
-        a_arr, a_off, b_arr, b_off, offs_arr, o_off, kc, t_arr, t_off, ldt, finish, s_arr, resume = args
+        (a_arr, a_off, b_arr, b_off, offs_arr, o_off, kc, t_arr, t_off, ldt, finish, s_arr, s_off, lds,
+         resume) = args
         ap = data_pointer(context, builder, sig.args[0], a_arr, a_off)
         bp = data_pointer(context, builder, sig.args[2], b_arr, b_off)
         op = data_pointer(context, builder, sig.args[4], offs_arr, o_off)
         tp = data_pointer(context, builder, sig.args[7], t_arr, t_off)
-        sp = data_pointer(context, builder, sig.args[11], s_arr, t_off)
+        sp = data_pointer(context, builder, sig.args[11], s_arr, s_off)
         zero = ir.Constant(VEC, [0.0] * LANES)
 
-        def at(base, i, v):
-            return builder.gep(base, [builder.add(builder.mul(ir.Constant(I64, i), ldt),
+        def at(base, i, v, ld):
+            return builder.gep(base, [builder.add(builder.mul(ir.Constant(I64, i), ld),
                                                   ir.Constant(I64, v * LANES))])
 
         sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)] for _ in range(ROWS)]
         with builder.if_then(builder.icmp_signed("!=", resume, ir.Constant(I64, 0))):
             for i in range(ROWS):
                 for v in range(VECTORS):
-                    builder.store(load(builder, at(sp, i, v)), sums[i][v])
+                    builder.store(load(builder, at(sp, i, v, lds)), sums[i][v])
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VEC, [VEC] * 3),
                                              f"llvm.fma.v{LANES}f32")
         with cgutils.for_range(builder, kc) as loop:
@@ -93,11 +94,11 @@ def _tile(typingctx, a, a_off, b, b_off, offs, o_off, kc, t, t_off, ldt, finish,
             with park:
                 for i in range(ROWS):
                     for v in range(VECTORS):
-                        store(builder, builder.load(sums[i][v]), at(sp, i, v))
+                        store(builder, builder.load(sums[i][v]), at(sp, i, v, lds))
             with done:
                 for i in range(ROWS):
                     for v in range(VECTORS):
-                        ptr = at(tp, i, v)
+                        ptr = at(tp, i, v, ldt)
                         acc = builder.load(sums[i][v])
                         store(builder, builder.select(adding, builder.fadd(load(builder, ptr), acc), acc), ptr)
         return context.get_dummy_value()
@@ -175,7 +176,7 @@ def _passes(ap, xq, img, offs, Wq, K, oh, ow, rows_per_pass, out, codes, vecs, p
                 k, sc, finish, resume = steps[i, 0], steps[i, 1], steps[i, 2], steps[i, 3]
                 for j in range(tiles):
                     _tile(ap, (p * K + k) * ROWS, xq, n * img + j0 + j * WIDTH, offs, k, sc, t,
-                          j * WIDTH, ldt, finish, s, resume)
+                          j * WIDTH, ldt, finish, s, j * WIDTH, ldt, resume)
             for i in range(min(ROWS, O - p * ROWS)):
                 o = p * ROWS + i
                 for y in range(r0, r1):
