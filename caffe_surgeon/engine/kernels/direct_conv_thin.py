@@ -204,9 +204,7 @@ def conv2d(x, packed, w_shape, stride, pad, dilation, out_hw, ep_arrays, threads
     parallel.pick(PHASE_PLANES_K, N * img)(x, pad[0], pad[1], sh, sw, Hq, Wq, xq)
     offs = tap_offsets(C, kh, kw, Hq, Wq, sh, sw, dilation[0], dilation[1])
     rows = max(1, min(oh, PASS_PIXELS // Wq))
-    per_image = -(-jobs // N)
-    if -(-oh // rows) < per_image:
-        rows = max(1, -(-oh // per_image))
+    rows = -(-oh // min(oh, parallel.balanced_passes(N, -(-oh // rows), jobs)))
     out = np.empty((N, O, oh, ow), F32)
     kernel = PASSES_K[0] if threads > 1 else PASSES_K[1]
     with nb.parallel_chunksize(1) if threads > 1 else contextlib.nullcontext():

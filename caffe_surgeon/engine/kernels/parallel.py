@@ -57,6 +57,15 @@ def pick(kernels, work: int, threshold: int | None = None):
     return par if work >= limit and threads() > 1 else ser
 
 
+def balanced_passes(N: int, passes: int, jobs: int) -> int:
+    """Passes per image for a kernel that cuts each of ``N`` images in ``passes`` (or more)
+    shared out to the threads: at least ``jobs`` in all, and a multiple of ``jobs`` over
+    the batch, so that the threads get equal shares (5 passes over 2 threads left one
+    thread 3 of them: 1.2x where 1.5x was possible). The cut changes no result."""
+    total = -(-max(N * passes, jobs) // jobs) * jobs
+    return -(-total // N)
+
+
 def _layer_started() -> bool:
     try:
         from numba.np.ufunc import parallel as numba_parallel

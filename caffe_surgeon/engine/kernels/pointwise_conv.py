@@ -110,11 +110,8 @@ def conv2d(x, packed, O, ep_arrays, threads, jobs, q, u):
     where the map allows (the thread split; it never changes a result) -> (N, O, H, W)."""
     N, C, H, W = x.shape
     P = H * W
-    per_pass = pass_tiles(C)
     tiles = -(-P // WIDTH)
-    per_image = -(-jobs // N)
-    if -(-tiles // per_pass) < per_image:
-        per_pass = max(1, -(-tiles // per_image))
+    per_pass = -(-tiles // parallel.balanced_passes(N, -(-tiles // pass_tiles(C)), jobs))
     out = np.empty((N, O, H, W), F32)
     kernel = PASSES_K[0] if threads > 1 else PASSES_K[1]
     with nb.parallel_chunksize(1) if threads > 1 else contextlib.nullcontext():
