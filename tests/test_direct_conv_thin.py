@@ -185,3 +185,13 @@ def test_packed_pointwise_path_takes_unpadded_1x1_layers_on_large_maps_only():
     assert not use((128, 512, 1, 1), (1, 1), (0, 0), 1, 784, big)  # deep K: OpenBLAS
     assert not use((256, 64, 3, 3), (1, 1), (0, 0), 1, 3136, big)
     assert not use((256, 64, 1, 1), (1, 1), (0, 0), 1, 3136, microkernel.SMALL_MNK)
+
+
+def test_balanced_passes_give_every_thread_an_equal_share():
+    from caffe_surgeon.engine.kernels.parallel import balanced_passes
+    assert balanced_passes(1, 5, 4) == 8  # 5 passes on 2 threads: 3 + 2; 8: 4 + 4
+    assert balanced_passes(1, 8, 4) == 8
+    assert balanced_passes(1, 1, 4) == 4  # at least the tiles wanted
+    assert balanced_passes(8, 3, 4) == 3  # 24 passes over the batch already share evenly
+    assert balanced_passes(3, 5, 4) == 6  # 15 -> 16 wanted over 3 images: 6 each
+    assert balanced_passes(2, 7, 1) == 7  # one tile wanted: as many as the pass size gives

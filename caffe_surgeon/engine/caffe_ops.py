@@ -1,6 +1,8 @@
 """Forward functions of Caffe layer types (inference semantics of BVLC Caffe and its forks)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from ..errors import ModelError
@@ -54,13 +56,26 @@ def _conv_args(layer, x):
     return stride, pad, dilation, spec_for("caffe", layer).group(layer, x.shape[1])
 
 
+def _cached_conv_args(layer, x, ctx):
+    """:func:`_conv_args`, decoded once per layer while its params (compared with a copy of
+    them, on every call) and input channels stay the same: decoding cost 15-20 us a call,
+    a tenth of a small layer."""
+    key = ("conv_args", layer.name)
+    hit = ctx.cache.get(key)
+    if hit is not None and hit[0] is layer and hit[1] == x.shape[1] and hit[2] == layer.params:
+        return hit[3]
+    args = _conv_args(layer, x)
+    ctx.cache[key] = (layer, x.shape[1], copy.deepcopy(layer.params), args)
+    return args
+
+
 @op("caffe", "Convolution", "ConvolutionDepthwise", "DepthwiseConvolution", "ConvolutionFixed")
 def convolution(layer, inputs, ctx):
     w = layer.weights["weight"]
     b = layer.weights.get("bias")
     outs = []
     for x in inputs:
-        stride, pad, dilation, group = _conv_args(layer, x)
+        stride, pad, dilation, group = _cached_conv_args(layer, x, ctx)
         u = winograd_weights(ctx.cache, ("winograd", layer.name), w, stride, dilation, group)
         outs.append(conv2d(x, w, b, stride, pad, dilation, group, epilogue=ctx.epilogue, winograd_u=u))
     return outs

@@ -232,14 +232,16 @@ def _agrees(ap, a, b, ref, q, u) -> bool:
 
 def blocking() -> tuple[int, int] | None:
     """(q, u) for :func:`gemm` when it reproduces the BLAS here, else None (then the
-    convolutions keep the BLAS). Found once per process; ``CAFFE_SURGEON_OWN_GEMM=0`` turns
-    our kernel off."""
-    if os.environ.get("CAFFE_SURGEON_OWN_GEMM", "1") == "0":
-        return None
+    convolutions keep the BLAS). Found once per process, as is ``CAFFE_SURGEON_OWN_GEMM=0``
+    (our kernels off), read at the first call: every convolution asks."""
+    state = _state
+    if "blocking" in state:
+        return state["blocking"]
     with _lock:
-        if "blocking" not in _state:
-            _state["blocking"] = _blas_blocking()
-        return _state["blocking"]
+        if "blocking" not in state:
+            off = os.environ.get("CAFFE_SURGEON_OWN_GEMM", "1") == "0"
+            state["blocking"] = None if off else _blas_blocking()
+        return state["blocking"]
 
 
 def worth_it(M: int, N: int, K: int, ldb: int) -> bool:
