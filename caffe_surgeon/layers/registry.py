@@ -247,9 +247,15 @@ def spec_for(framework: str, layer: Layer, file: str | None = None) -> LayerSpec
     return spec
 
 
+_loaded = []
+
+
 def _load() -> None:
-    # Import the per-framework spec modules on first use; they register themselves.
-    from . import caffe, darknet  # noqa: F401
+    # Import the per-framework spec modules on first use; they register themselves. (Asked
+    # for every layer of every forward pass: the import statement alone costs microseconds.)
+    if not _loaded:
+        from . import caffe, darknet  # noqa: F401
+        _loaded.append(True)
 
 
 def specs(framework: str, role: str | None = None) -> dict[str, LayerSpec]:
