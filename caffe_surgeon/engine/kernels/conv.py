@@ -342,7 +342,7 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
     if blocking is not None and direct_conv.use(x.shape, w.shape, stride, dilation, group, (oh, ow)):
         panel = channel_microkernel.panel_rows(O)
         return direct_conv.conv2d(x, packed_weights(w, wg, O, panel), panel, w.shape, stride, pad,
-                                  dilation, (oh, ow), (codes, vecs, params), threads, *blocking)
+                                  dilation, (oh, ow), (codes, vecs, params), threads, want, *blocking)
     pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
     tiling = gemm_tiling(N, group, og, k, oh, ow, want)
     smallest = smallest_gemm(tiling, N, group, og, k, oh, ow)

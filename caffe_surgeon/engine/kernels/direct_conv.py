@@ -63,12 +63,13 @@ def _pass_shape(ow, pixels):
     return ow, max(1, NB // (tiles * pixels))
 
 
-def _passes(ap, panel, xp, offs, Hp, Wp, sh, sw, K, oh, ow, out, codes, vecs, params, q, u):
-    # xp (N, C, Hp, Wp) padded input, flat; out (N, O, oh*ow); one pass per prange step
+def _passes(ap, panel, xp, offs, Hp, Wp, sh, sw, K, oh, ow, seg, rows_per_pass, out, codes, vecs,
+            params, q, u):
+    # xp (N, C, Hp, Wp) padded input, flat; out (N, O, oh*ow); one pass (``rows_per_pass``
+    # output rows, or a ``seg`` stretch of one) per prange step
     N, O = out.shape[0], out.shape[1]
     P = oh * ow
     pixels = _PIXELS48 if panel == 48 else _PIXELS64
-    seg, rows_per_pass = _pass_shape(ow, pixels)
     segs = (ow + seg - 1) // seg
     row_groups = (oh + rows_per_pass - 1) // rows_per_pass
     per_image = row_groups * segs
@@ -117,9 +118,11 @@ def _passes(ap, panel, xp, offs, Hp, Wp, sh, sw, K, oh, ow, out, codes, vecs, pa
 PASSES_K = parallel.dual(_passes)
 
 
-def conv2d(x, packed, panel, w_shape, stride, pad, dilation, out_hw, ep_arrays, threads, q, u):
+def conv2d(x, packed, panel, w_shape, stride, pad, dilation, out_hw, ep_arrays, threads, jobs, q, u):
     """x (N, C, H, W) float32 contiguous; ``packed``: the weights as
-    ``microkernel.pack_weights(w.reshape(1, O, -1), None, panel)`` -> (N, O, oh, ow)."""
+    ``microkernel.pack_weights(w.reshape(1, O, -1), None, panel)``; passes of whole rows
+    cut in a multiple of ``jobs`` where the map allows (the thread split; it never changes
+    a result) -> (N, O, oh, ow)."""
     N, C, H, W = x.shape
     O, _, kh, kw = w_shape
     oh, ow = out_hw
@@ -131,9 +134,12 @@ def conv2d(x, packed, panel, w_shape, stride, pad, dilation, out_hw, ep_arrays, 
     else:
         xp = x
     offs = tap_offsets(C, kh, kw, Hp, Wp, dilation[0], dilation[1])
+    seg, rows = _pass_shape(ow, _PIXELS48 if panel == 48 else _PIXELS64)
+    if seg >= ow:  # whole rows: share them out evenly (3 passes on 2 threads ran at 1.2x)
+        rows = -(-oh // min(oh, parallel.balanced_passes(N, -(-oh // rows), jobs)))
     out = np.empty((N, O, oh, ow), F32)
     kernel = PASSES_K[0] if threads > 1 else PASSES_K[1]
     with nb.parallel_chunksize(1) if threads > 1 else contextlib.nullcontext():
         kernel(packed, panel, xp.reshape(-1), offs, Hp, Wp, stride[0], stride[1], C * kh * kw, oh, ow,
-               out.reshape(N, O, oh * ow), *ep_arrays, q, u)
+               seg, rows, out.reshape(N, O, oh * ow), *ep_arrays, q, u)
     return out
