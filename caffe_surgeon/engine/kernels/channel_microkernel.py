@@ -42,6 +42,23 @@ _PIXELS48, _PIXELS64 = PIXELS[48], PIXELS[64]
 STORE, ADD, PARK = 0, 1, 2
 
 
+def emit_finish(builder, sums, finish, t_at, s_at):
+    """A tile's last step, by ``finish``: PARK the accumulators ``sums[r][v]`` at ``s_at(r, v)``,
+    or STORE them at ``t_at(r, v)``, or ADD them to what is there (one rounding)."""
+    adding = builder.icmp_signed("==", finish, ir.Constant(I64, ADD))
+    with builder.if_else(builder.icmp_signed("==", finish, ir.Constant(I64, PARK))) as (park, done):
+        with park:
+            for r, row in enumerate(sums):
+                for v, acc in enumerate(row):
+                    store(builder, builder.load(acc), s_at(r, v))
+        with done:
+            for r, row in enumerate(sums):
+                for v, acc in enumerate(row):
+                    ptr = t_at(r, v)
+                    value = builder.load(acc)
+                    store(builder, builder.select(adding, builder.fadd(load(builder, ptr), value), value), ptr)
+
+
 def _make_tile(vectors: int, pixels: int, indirect: bool):
     rows = vectors * LANES
 
@@ -93,18 +110,7 @@ def _make_tile(vectors: int, pixels: int, indirect: bool):
                     bv = splat(builder, builder.load(builder.gep(brow, [column[r]])))
                     for v in range(vectors):
                         builder.store(builder.call(fma, [bv, av[v], builder.load(sums[r][v])]), sums[r][v])
-            adding = builder.icmp_signed("==", finish, ir.Constant(I64, ADD))
-            with builder.if_else(builder.icmp_signed("==", finish, ir.Constant(I64, PARK))) as (park, done):
-                with park:
-                    for r in range(pixels):
-                        for v in range(vectors):
-                            store(builder, builder.load(sums[r][v]), at(sp, r, v))
-                with done:
-                    for r in range(pixels):
-                        for v in range(vectors):
-                            ptr = at(tp, r, v)
-                            acc = builder.load(sums[r][v])
-                            store(builder, builder.select(adding, builder.fadd(load(builder, ptr), acc), acc), ptr)
+            emit_finish(builder, sums, finish, lambda r, v: at(tp, r, v), lambda r, v: at(sp, r, v))
             return context.get_dummy_value()
 
         return sig, codegen

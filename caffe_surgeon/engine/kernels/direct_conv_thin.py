@@ -34,7 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import parallel
-from .channel_microkernel import ADD, PARK, k_schedule
+from .channel_microkernel import emit_finish, k_schedule
 from .epilogue import _stages_row
 from .microkernel import SMALL_MNK
 from .simd import I64, LANES, VEC, data_pointer, load, splat, store
@@ -89,18 +89,7 @@ def _tile(typingctx, a, a_off, b, b_off, offs, o_off, kc, t, t_off, ldt, finish,
                 av = splat(builder, builder.load(builder.gep(arow, [ir.Constant(I64, i)])))
                 for v in range(VECTORS):
                     builder.store(builder.call(fma, [av, bv[v], builder.load(sums[i][v])]), sums[i][v])
-        adding = builder.icmp_signed("==", finish, ir.Constant(I64, ADD))
-        with builder.if_else(builder.icmp_signed("==", finish, ir.Constant(I64, PARK))) as (park, done):
-            with park:
-                for i in range(ROWS):
-                    for v in range(VECTORS):
-                        store(builder, builder.load(sums[i][v]), at(sp, i, v, lds))
-            with done:
-                for i in range(ROWS):
-                    for v in range(VECTORS):
-                        ptr = at(tp, i, v, ldt)
-                        acc = builder.load(sums[i][v])
-                        store(builder, builder.select(adding, builder.fadd(load(builder, ptr), acc), acc), ptr)
+        emit_finish(builder, sums, finish, lambda i, v: at(tp, i, v, ldt), lambda i, v: at(sp, i, v, lds))
         return context.get_dummy_value()
 
     return sig, codegen
