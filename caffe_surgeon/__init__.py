@@ -1,4 +1,7 @@
 """caffe-surgeon: model surgery and pruning for Caffe and Darknet models, without either framework."""
+from .numba_pool import prefer_openmp_early
+
+prefer_openmp_early()  # before anyone starts Numba's pool
 from .api import convert, init, load, save, stat
 from .errors import ModelError
 from .graph import Graph, Layer

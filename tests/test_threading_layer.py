@@ -162,3 +162,33 @@ def test_a_chosen_layer_is_left_alone(tmp_path):
     got = _run(tmp_path, NUMBA_THREADING_LAYER="workqueue")
     assert got["layer"] == "workqueue"
     assert got["exit"] == 0 and got["equal"] is True, got
+
+
+ORDER_SCRIPT = r"""
+import sys
+{first}
+numba.set_num_threads(2)  # starts Numba's pool before any kernel of ours is loaded
+print(numba.threading_layer())
+"""
+
+
+@pytest.mark.skipif(not HAVE_GOMP, reason="GNU OpenMP (libgomp) is not installed here")
+@pytest.mark.parametrize("first", ["import caffe_surgeon, numba", "import numba, caffe_surgeon"])
+def test_openmp_even_when_the_caller_sets_threads_before_the_first_pass(first):
+    # Numba picks its layer on set_num_threads: without the choice made on import, these
+    # scripts ran on TBB (MobileNet v2 at batch 1 was no faster on 2 threads than on 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_THREADING_LAYER")}
+    env.update(PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", ORDER_SCRIPT.format(first=first)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == "omp"
+
+
+def test_importing_the_package_does_not_load_numba():
+    # load / save / stat users never pay for Numba's import
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", "import sys, caffe_surgeon; print('numba' in sys.modules)"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == "False"

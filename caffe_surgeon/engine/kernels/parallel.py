@@ -22,12 +22,14 @@ import types
 
 import numba as nb
 
+from ...numba_pool import LAYER_PRIORITY_ENV
+
 #: work (multiply-adds, or elements moved for memory-bound kernels) below which a layer runs
 #: on the calling thread alone
 MIN_PARALLEL_MACS = 4_000_000
 MIN_PARALLEL_ELEMENTS = 200_000
 #: Numba's threading layers in the order the engine prefers them (the first that loads)
-LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+LAYER_PRIORITY = LAYER_PRIORITY_ENV.split()
 
 _state = {"serial_only": False}
 
