@@ -42,10 +42,10 @@ F32 = np.float32
 BLOCK_FLOATS = 2048
 #: one AVX-512 vector of float32: the 3x3 loop runs in whole vectors
 LANES = simd.LANES
-#: multiply-adds from which a layer is shared among threads: tiles are independent planes
-#: with no GEMM inside, so the pool pays off earlier than parallel.MIN_PARALLEL_MACS (1M
-#: multiply-adds are ~120 us here at 8 GMAC/s: half of it saved beats the 20-45 us of
-#: waking the pool)
+#: work (multiply-adds, plus twice the phase floats filled) from which a layer is shared
+#: among threads: tiles are independent planes with no GEMM inside, so the pool pays off
+#: earlier than parallel.MIN_PARALLEL_MACS (1M multiply-adds are ~120 us here at 8 GMAC/s:
+#: half of it saved beats the 10-45 us of waking the pool)
 MIN_PARALLEL_MACS = 1_000_000
 #: chunks of planes per thread (0: Numba's default, one equal share per thread)
 CHUNKS_PER_THREAD = 8
@@ -244,7 +244,10 @@ def depthwise_planes(x, w, stride, pad, dilation, out_hw, arrays) -> np.ndarray 
     # the serial build reads: a build loaded from the cache into a process that has not
     # started it would read an unset thread id
     threads = max(1, min(nb.get_num_threads(), parallel.threads()))
-    kernel = parallel.pick(DEPTHWISE_PLANES_K, N * O * oh * ow * kh * kw, MIN_PARALLEL_MACS)
+    # the work: its multiply-adds and the phase fill (which made MobileNet v2's 384-channel
+    # stride-2 layer, 0.68M multiply-adds, take 240 us on one thread: 2x the rate of stride 1)
+    kernel = parallel.pick(DEPTHWISE_PLANES_K, N * O * oh * ow * kh * kw + 2 * N * C * lay.floats,
+                           MIN_PARALLEL_MACS)
     args = (x, np.ascontiguousarray(w[:, 0], F32), O // C, lay.rows, lay.cols, lay.taps, lay.Wq,
             lay.floats, oh, ow, _thread_scratch(lay.floats + block + LANES), block,
             out.reshape(N, O, oh * ow)) + tuple(arrays)
