@@ -340,6 +340,61 @@ def test_winograd_matches_its_definition_and_direct_conv(case):
         np.testing.assert_allclose(got, ref.conv2d(x, wt, None, (1, 1), (p, p), (1, 1), 1), rtol=1e-4, atol=1e-4)
 
 
+BLOCKED_WINOGRAD_CASES = [  # N, C, H, W, O, pad: res10's 38x38, odd maps, a batch, pad 0
+    (1, 128, 38, 38, 128, 1), (2, 64, 27, 25, 128, 1), (1, 96, 33, 30, 64, 0), (3, 128, 20, 20, 96, 1)]
+
+
+@pytest.mark.parametrize("blocking", ["auto", None])
+@pytest.mark.parametrize("case", BLOCKED_WINOGRAD_CASES)
+def test_blocked_winograd_gives_the_whole_layer_bits(case, blocking, forced, monkeypatch):
+    """Runs of tile rows with their V and M in cache: the same GEMM sums (columns cut, never
+    K, every call above the small-matrix size), the same transforms and epilogue, whether
+    OpenBLAS (None) or our kernels run the GEMMs, at 1 and 2 threads."""
+    import numba
+    from caffe_surgeon.engine.kernels import epilogue as epi
+    from caffe_surgeon.engine.kernels import winograd
+    n, c, h, w, o, p = case
+    forced(blocking)
+    oh, ow = h + 2 * p - 2, w + 2 * p - 2
+    assert winograd.blocked_groups(n, c, o, (oh, ow), 1) > 0
+    r = np.random.default_rng(11)
+    x = r.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (r.standard_normal((o, c, 3, 3)) * 0.1).astype(np.float32)
+    b = r.standard_normal(o).astype(np.float32)
+    ep = _epilogue(o)
+    u = winograd.transform_weights(wt)
+    before = numba.get_num_threads()
+    try:
+        for t in (1, 2) if numba.config.NUMBA_NUM_THREADS >= 2 else (1,):
+            numba.set_num_threads(t)
+            blocked = conv.conv2d(x, wt, b, (1, 1), (p, p), epilogue=ep, winograd_u=u)
+            with monkeypatch.context() as m:
+                m.setattr(winograd, "blocked_groups", lambda *a: 0)
+                whole = conv.conv2d(x, wt, b, (1, 1), (p, p), epilogue=ep, winograd_u=u)
+            np.testing.assert_array_equal(blocked, whole)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_allclose(blocked, epi.apply(ref.conv2d(x, wt, b, (1, 1), (p, p), (1, 1), 1), ep),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_blocked_winograd_runs_stay_above_the_small_matrix_size_and_move_less_memory():
+    from caffe_surgeon.engine.kernels import microkernel, winograd
+    for c, o, th, tw in [(128, 128, 19, 19), (64, 128, 26, 26), (16, 16, 40, 40), (8, 8, 100, 3)]:
+        rows = winograd.blocked_rows(c, o, th, tw, microkernel.SMALL_MNK)
+        if rows:  # the shortest run (th // (th // rows) rows or more) is above it
+            groups = th // rows
+            assert o * (th // groups) * tw * c > microkernel.SMALL_MNK
+    # the 8 -> 8 map: no run of 3-tile rows up to 99 is long enough
+    assert winograd.blocked_rows(8, 8, 100, 3, microkernel.SMALL_MNK) == 0
+    # res10's 128 -> 128 on 38x38 (V and M 2.9 MB each, U 1 MB): blocked, 4 runs
+    assert winograd.blocked_groups(1, 128, 128, (38, 38), 2) == 4
+    # yolov3-tiny's 512 -> 1024 on 13x13 (U 32 MB, re-read by every run): whole
+    assert winograd.blocked_groups(1, 512, 1024, (13, 13), 1) == 0
+    # too few runs for 2 threads: whole (its 16 GEMMs share out)
+    assert winograd.blocked_groups(1, 128, 128, (16, 16), 2) == 0
+
+
 @pytest.mark.parametrize("n, c, o, hw", [(1, 64, 128, (13, 11)), (2, 96, 80, (10, 9))])
 def test_conv2d_takes_winograd_for_wide_3x3_layers(n, c, o, hw):
     from caffe_surgeon.engine.kernels import epilogue as epi

@@ -9,7 +9,8 @@ NumPy's OpenBLAS ``cblas_sgemm`` called single-threaded on strided blocks
 after it, on values still in cache. The paths, by shape:
 
 - *Winograd* F(2x2, 3x3) (:mod:`.winograd`, 2.25x fewer GEMM flops) for 3x3
-  stride-1 layers with channels enough on both sides (:func:`use_winograd`);
+  stride-1 layers with channels enough on both sides (:func:`use_winograd`), in runs
+  of tile rows that keep its transformed data in cache where that moves less memory;
 - *row tiles* (large feature maps): whole output rows of one image; the tile
   does its own im2col into a per-thread buffer that stays in cache (about
   ``TILE_BYTES``), then its GEMM and epilogue;
@@ -333,8 +334,8 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
     if use_winograd(x.shape, w.shape, stride, dilation, group, pad):
         if winograd_u is None:
             winograd_u = winograd.transform_weights(w)
-        NT = winograd.tiles(x.shape, (oh, ow))
-        own = own_gemm(winograd_u, winograd_u, O, O, NT, NT)
+        cols = winograd.gemm_columns(N, C, O, (oh, ow), threads)
+        own = own_gemm(winograd_u, winograd_u, O, O, cols, cols)
         with blas.single_threaded():
             return winograd.conv2d(gemm, x, winograd_u, pad, (oh, ow), (codes, vecs, params), threads,
                                    own)
