@@ -308,6 +308,41 @@ def test_conv_results_do_not_depend_on_the_thread_count(path):
     np.testing.assert_array_equal(out[1], out[2])
 
 
+OWN_JOB_CASES = [  # N, C, H, O: a 14x14 map cut 64, 64, 64 and 4 pixels (the last on the BLAS's
+    # small kernel), MobileNet v2's classifier (one GEMV-like call), 7x7 cut by channels, a batch
+    (1, 576, 14, 96), (1, 1280, 1, 1000), (1, 960, 7, 160), (2, 200, 9, 100)]
+
+
+@pytest.mark.parametrize("case", OWN_JOB_CASES)
+def test_our_gemm_tiles_in_panel_jobs_give_the_blas_bits_at_any_thread_count(case, forced):
+    """At 2 threads the tiles on our GEMM are cut further into jobs of whole weight panels
+    (and run in the pool even below the BLAS's threshold): the same bits as one thread and as
+    OpenBLAS alone."""
+    import numba
+    from caffe_surgeon.engine.kernels import epilogue as epi
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    n, c, h, o = case
+    r = np.random.default_rng(13)
+    x = r.standard_normal((n, c, h, h)).astype(np.float32)
+    wt = (r.standard_normal((o, c, 1, 1)) * 0.05).astype(np.float32)
+    ep = _epilogue(o)
+    before = numba.get_num_threads()
+    out = {}
+    try:
+        for blocking in ("auto", None):
+            forced(blocking)
+            for t in (1, 2):
+                numba.set_num_threads(t)
+                out[blocking, t] = conv.conv2d(x, wt, None, epilogue=ep)
+    finally:
+        numba.set_num_threads(before)
+    for got in out.values():
+        np.testing.assert_array_equal(got, out[None, 1])
+    np.testing.assert_allclose(out["auto", 2], epi.apply(ref.conv2d(x, wt, None, (1, 1), (0, 0), (1, 1), 1), ep),
+                               rtol=1e-4, atol=1e-4)
+
+
 WINOGRAD_CASES = [  # N, C, H, W, O, pad
     (1, 5, 7, 9, 6, 1), (2, 3, 6, 6, 4, 0), (1, 4, 8, 5, 3, 2), (3, 2, 3, 3, 2, 1)]
 

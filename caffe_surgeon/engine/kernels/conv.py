@@ -67,6 +67,9 @@ ROW_TILES_ABOVE = 4 << 20
 #: a smaller call could fall to OpenBLAS's small-matrix kernels (another order), so that
 #: results never depend on the number of threads
 TILES = 4
+#: multiply-adds from which the tiles on our GEMM run on every thread (the BLAS's only from
+#: parallel.MIN_PARALLEL_MACS: its cut of a layer fixes its bits, ours never does)
+OWN_PARALLEL_MACS = 1_000_000
 #: Winograd when C*O/(C+O) reaches this and the batch has this many 2x2 output tiles
 WINOGRAD_MIN, WINOGRAD_MIN_TILES = 40, 36
 
@@ -133,14 +136,18 @@ ROW_TILES_K = parallel.dual(_row_tiles)
 
 
 def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, params, own, q, u,
-                 panel):
+                 panel, sub):
     # wg (G, og, k); b (1, size) flat: image n's column matrix of group g starts at value
-    # n*b_img + g*k*ldb, rows ldb apart; out (N, G*og, P). Tile = (image, group, channel block, pixel block).
+    # n*b_img + g*k*ldb, rows ldb apart; out (N, G*og, P). Tile = (image, group, channel block,
+    # pixel block). A tile on our GEMM is cut further in ``sub`` jobs of whole weight panels
+    # (any cut of ours gives the tile's bits); one on the BLAS is one call, whatever ``sub``.
     G, og, k = wg.shape
     O = G * og
     nob = (og + ob - 1) // ob
     npb = (P + pb - 1) // pb
-    for t in nb.prange(n_img * G * nob * npb):
+    for job in nb.prange(n_img * G * nob * npb * sub):
+        part = job % sub
+        t = job // sub
         p0 = (t % npb) * pb
         r = t // npb
         o0 = (r % nob) * ob
@@ -150,12 +157,20 @@ def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, pa
         p1 = min(P, p0 + pb)
         o1 = min(og, o0 + ob)
         if own.size and (o1 - o0) * (p1 - p0) * k > microkernel.SMALL_MNK:
+            mr = panel or microkernel.MR
+            panels = (o1 - o0 + mr - 1) // mr
+            first, last = part * panels // sub, (part + 1) * panels // sub
+            if first == last:
+                continue
+            r0, r1 = o0 + first * mr, min(o1, o0 + last * mr)
             channel_microkernel.either_gemm(
-                own, panel, microkernel.block_offset(g, o0, og, ob, k, panel or microkernel.MR),
-                o1 - o0, p1 - p0, k, b[0], n * b_img + g * k * ldb + p0, ldb, out.reshape(-1),
-                (n * O + g * og + o0) * P + p0, P, q, u)
-            for o in range(g * og + o0, g * og + o1):
+                own, panel, microkernel.block_offset(g, o0, og, ob, k, mr) + first * k * mr,
+                r1 - r0, p1 - p0, k, b[0], n * b_img + g * k * ldb + p0, ldb, out.reshape(-1),
+                (n * O + g * og + r0) * P + p0, P, q, u)
+            for o in range(g * og + r0, g * og + r1):
                 _stages_row(out[n, o, p0:p1], o, codes, vecs, params)
+            continue
+        if part:
             continue
         gemm(101, 111, 111, o1 - o0, p1 - p0, k, np.float32(1.0),
              wg.ctypes.data + 4 * (g * og + o0) * k, k,
@@ -387,9 +402,15 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
             b_mat = im2col_batch(x, (kh, kw), stride, pad, dilation, (oh, ow), parallel=threads > 1)
             b_img, ldb = P, N * P
         own, q, u, panel = own_gemm(w, wg, ob, ob, pb, ldb)
+        sub = 1
+        if own.size and parallel.threads() > 1 and N * O * k * P >= OWN_PARALLEL_MACS:
+            # our GEMM's tiles in panel jobs for every thread: the tiles the BLAS cut leaves
+            # (its shapes fix the bits) may be too few or uneven (64, 64, 64 and 4 pixels of a
+            # 14x14 map; one GEMV-like call for MobileNet v2's classifier)
+            sub, kernel = parallel.threads(), 0
         with one_tile_at_a_time(kernel == 0):
             BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb, out3,
-                                  codes, vecs, params, own, q, u, panel)
+                                  codes, vecs, params, own, q, u, panel, sub)
     return out
 
 
