@@ -339,8 +339,8 @@ def test_our_gemm_tiles_in_panel_jobs_give_the_blas_bits_at_any_thread_count(cas
         numba.set_num_threads(before)
     for got in out.values():
         np.testing.assert_array_equal(got, out[None, 1])
-    np.testing.assert_allclose(out["auto", 2], epi.apply(ref.conv2d(x, wt, None, (1, 1), (0, 0), (1, 1), 1), ep),
-                               rtol=1e-4, atol=1e-4)
+    want = epi.apply(ref.conv2d(x, wt, None, (1, 1), (0, 0), (1, 1), 1), ep)
+    np.testing.assert_allclose(out["auto", 2], want, rtol=1e-4, atol=1e-4)
 
 
 WINOGRAD_CASES = [  # N, C, H, W, O, pad

@@ -162,8 +162,8 @@ def detection_output(layer, inputs, ctx):
         # its top_k of 400) was a third of this layer
         need = np.unique(np.concatenate([np.empty(0, np.int64), *orders.values()]))
         boxes = np.zeros((num_priors, 4))
-        decoded = decode_boxes(loc[i, need], priors[0, need], priors[1, need], p.get("code_type", "CORNER"),
-                               p.get("variance_encoded_in_target", False))
+        decoded = decode_boxes(loc[i, need], priors[0, need], priors[1, need],
+                               p.get("code_type", "CORNER"), p.get("variance_encoded_in_target", False))
         boxes[need] = np.clip(decoded, 0.0, 1.0) if p.get("clip", False) else decoded
         found = []
         for c, order in orders.items():

@@ -256,7 +256,8 @@ def _blocks(gemm, x, u, ph, pw, th, tw, groups, out, codes, vecs, params, own, q
                     O, tb, C, v.reshape(-1), xi * C * tb, tb, m.reshape(-1), xi * O * tb, tb, q, uq)
             else:
                 gemm(101, 111, 111, O, tb, C, np.float32(1.0), u.ctypes.data + 4 * xi * O * C, C,
-                     v.ctypes.data + 4 * xi * C * tb, tb, np.float32(0.0), m.ctypes.data + 4 * xi * O * tb, tb)
+                     v.ctypes.data + 4 * xi * C * tb, tb, np.float32(0.0),
+                     m.ctypes.data + 4 * xi * O * tb, tb)
         r0 = 2 * ty0
         r1 = min(oh, 2 * ty1)
         for o in range(O):
