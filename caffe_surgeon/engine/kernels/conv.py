@@ -349,11 +349,12 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
     if use_winograd(x.shape, w.shape, stride, dilation, group, pad):
         if winograd_u is None:
             winograd_u = winograd.transform_weights(w)
-        cols = winograd.gemm_columns(N, C, O, (oh, ow), threads)
+        groups = winograd.blocked_groups(N, C, O, (oh, ow), threads)
+        cols = winograd.gemm_columns(N, (oh, ow), groups)
         own = own_gemm(winograd_u, winograd_u, O, O, cols, cols)
         with blas.single_threaded():
             return winograd.conv2d(gemm, x, winograd_u, pad, (oh, ow), (codes, vecs, params), threads,
-                                   own)
+                                   own, groups)
     blocking = microkernel.blocking()
     if blocking is not None and direct_conv.use(x.shape, w.shape, stride, dilation, group, (oh, ow)):
         panel = channel_microkernel.panel_rows(O)

@@ -313,10 +313,10 @@ def blocked_groups(N, C, O, out_hw, threads) -> int:
     return groups if (N * groups - 1) * O * C < 2 * (C + O) * N * th * tw else 0
 
 
-def gemm_columns(N, C, O, out_hw, threads) -> int:
-    """Columns of the largest GEMM of a layer (for the choice of GEMM kernel)."""
+def gemm_columns(N, out_hw, groups) -> int:
+    """Columns of the largest GEMM of a layer run in ``groups`` runs per image
+    (:func:`blocked_groups`; 0: whole), for the choice of GEMM kernel."""
     th, tw = -(-out_hw[0] // 2), -(-out_hw[1] // 2)
-    groups = blocked_groups(N, C, O, out_hw, threads)
     return -(-th // groups) * tw if groups else N * th * tw
 
 
@@ -325,9 +325,10 @@ def tiles(x_shape, out_hw) -> int:
     return x_shape[0] * -(-out_hw[0] // 2) * -(-out_hw[1] // 2)
 
 
-def conv2d(gemm, x, u, pad, out_hw, ep_arrays, threads: int, own=None) -> np.ndarray:
+def conv2d(gemm, x, u, pad, out_hw, ep_arrays, threads: int, own=None, groups=None) -> np.ndarray:
     """x (N, C, H, W) float32 contiguous, u = transform_weights(w) -> (N, O, oh, ow).
-    ``own``: (panels, q, u, panel) of u for our GEMM (``conv.own_gemm``), or None for the BLAS's."""
+    ``own``: (panels, q, u, panel) of u for our GEMM (``conv.own_gemm``), or None for the BLAS's;
+    ``groups``: :func:`blocked_groups` when the caller has it."""
     N, C, H, W = x.shape
     O = u.shape[1]
     oh, ow = out_hw
@@ -335,7 +336,8 @@ def conv2d(gemm, x, u, pad, out_hw, ep_arrays, threads: int, own=None) -> np.nda
     NT = N * th * tw
     own = own or (_NO_WEIGHTS, 0, 0, 0)
     par = threads > 1  # the caller decided (conv2d: enough work for the pool)
-    groups = blocked_groups(N, C, O, out_hw, threads)
+    if groups is None:
+        groups = blocked_groups(N, C, O, out_hw, threads)
     if groups:
         out = np.empty((N, O, oh, ow), F32)
         kernel = BLOCKS_K[0] if par else BLOCKS_K[1]
