@@ -101,8 +101,9 @@ def test_non_finite_weights_take_the_tap_skipping_kernels():
 @pytest.mark.parametrize("hw,stride", [((16, 16), 1), ((28, 30), 2), ((7, 7), 1)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_conv2d_depthwise_with_fused_epilogue_equals_the_separate_passes(hw, stride, threads, monkeypatch):
-    """conv2d on a depthwise layer, either path (plane kernel from 14x14 outputs, channels-last
-    below), bias + epilogue fused: the bits of today's kernel followed by the separate passes."""
+    """conv2d on a depthwise layer, any path (3x3 stride 1 on whole planes, else the plane
+    kernel from 14x14 outputs, channels-last below), bias + epilogue fused: the bits of
+    today's kernel followed by the separate passes."""
     monkeypatch.setattr(parallel, "MIN_PARALLEL_MACS", 0)
     monkeypatch.setattr(depthwise_planes, "MIN_PARALLEL_MACS", 0)
     rng = np.random.default_rng(7)
@@ -120,7 +121,7 @@ def test_conv2d_depthwise_with_fused_epilogue_equals_the_separate_passes(hw, str
         got = conv.conv2d(x, wt, b, (stride, stride), (1, 1), (1, 1), 24, epilogue=ep)
     finally:
         numba.set_num_threads(before)
-    assert bool(planes) == (out_hw[0] * out_hw[1] >= depthwise.PLANES_MIN_PIXELS)
+    assert bool(planes) == (stride > 1 and out_hw[0] * out_hw[1] >= depthwise.PLANES_MIN_PIXELS)
     want = depthwise.depthwise_unfused(x, wt, (stride, stride), (1, 1), (1, 1), out_hw)
     want = epi.apply(epi.apply(want, epi.Epilogue(24).add(b)), ep)
     np.testing.assert_array_equal(_bits(got), _bits(want))

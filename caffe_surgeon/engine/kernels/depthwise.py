@@ -5,7 +5,7 @@ import numba as nb
 import numpy as np
 
 from . import epilogue as epi
-from . import parallel
+from . import depthwise_3x3, parallel
 from .depthwise_planes import depthwise_planes
 
 
@@ -85,7 +85,12 @@ PLANES_MIN_PIXELS = 14 * 14
 
 def depthwise_conv(x, w, stride, pad, dilation, out_hw, ep: epi.Epilogue | None = None) -> np.ndarray:
     """x (N, C, H, W), w (C*m, 1, kh, kw) -> (N, C*m, oh, ow), with the epilogue ``ep``
-    (bias first, if any) applied: fused per plane where the plane kernel runs."""
+    (bias first, if any) applied: fused per plane where the plane kernels run."""
+    if depthwise_3x3.applies(w.shape, stride, pad, dilation):
+        out = depthwise_3x3.depthwise_3x3(np.ascontiguousarray(x, np.float32), w,
+                                          (ep or epi.Epilogue(w.shape[0])).arrays())
+        if out is not None:
+            return out
     if out_hw[0] * out_hw[1] >= PLANES_MIN_PIXELS:
         out = depthwise_planes(np.ascontiguousarray(x, np.float32), w, stride, pad, dilation, out_hw,
                                (ep or epi.Epilogue(w.shape[0])).arrays())

@@ -1,0 +1,108 @@
+"""The 3x3 stride-1 depthwise kernel on whole planes (kernels/depthwise_3x3.py): the bits of
+the tap-skipping kernels with the epilogue after them, whatever the map, the batch, the
+channel multiplier or the thread count, and the path conv2d takes for such layers."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from caffe_surgeon.engine.kernels import conv, depthwise, depthwise_3x3, parallel
+from caffe_surgeon.engine.kernels import epilogue as epi
+
+CASES = [  # N, C, multiplier, H, W
+    (1, 5, 1, 13, 17),
+    (3, 4, 1, 9, 8),     # batch 3
+    (1, 4, 2, 9, 9),     # channel multiplier 2: planes 2c and 2c+1 read plane c
+    (2, 3, 3, 7, 7),     # multiplier 3 on a MobileNet-sized 7x7 map
+    (2, 3, 1, 1, 1),     # 1x1 map: every tap but the centre padded
+    (1, 3, 1, 1, 19),    # one row: no row above or below
+    (1, 3, 1, 21, 1),    # one column
+    (1, 2, 1, 2, 2),
+    (1, 3, 1, 4, 4),     # 16 pixels: exactly one vector
+    (1, 3, 1, 3, 6),     # 18 pixels: a vector and a 2-lane tail
+    (1, 3, 1, 61, 60),   # rows wider than a vector
+]
+
+
+def _case(case, seed=0):
+    n, c, m, h, w = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c * m, 1, 3, 3)).astype(np.float32)
+    o = c * m
+    ep = (epi.Epilogue(o).add(rng.standard_normal(o)).mul(rng.standard_normal(o))
+          .add(rng.standard_normal(o)).relu().clip(-1, 2.5))
+    return x, wt, ep
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint32)
+
+
+def _skipping(x, wt):
+    return depthwise.depthwise_unfused(x, wt, (1, 1), (1, 1), (1, 1), x.shape[2:])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_3x3_kernel_gives_the_tap_skipping_kernels_bits_with_the_epilogue(case):
+    x, wt, ep = _case(case)
+    plain = _skipping(x, wt)
+    got = depthwise_3x3.depthwise_3x3(x, wt, ep.arrays())
+    np.testing.assert_array_equal(_bits(got), _bits(epi.apply(plain.copy(), ep)))
+    bare = depthwise_3x3.depthwise_3x3(x, wt, epi.Epilogue(wt.shape[0]).arrays())
+    np.testing.assert_array_equal(_bits(bare), _bits(plain))
+
+
+def test_3x3_kernel_reads_nothing_outside_its_plane():
+    """Huge values in the neighbouring planes and rows of a batch: a tap that strays across
+    a plane's edge (a wrong mask or offset) would carry them into the edge outputs."""
+    rng = np.random.default_rng(5)
+    x = np.full((3, 4, 6, 7), 1e30, np.float32)
+    x[1, 2] = rng.standard_normal((6, 7))
+    wt = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    got = depthwise_3x3.depthwise_3x3(x, wt, epi.Epilogue(4).arrays())
+    np.testing.assert_array_equal(_bits(got[1, 2]), _bits(_skipping(x, wt)[1, 2]))
+    assert np.abs(got[1, 2]).max() < 100
+
+
+def test_3x3_kernel_does_not_depend_on_the_thread_count(monkeypatch):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    monkeypatch.setattr(depthwise_3x3, "MIN_PARALLEL_MACS", 0)  # the parallel build at 2 threads
+    x, wt, ep = _case((2, 24, 2, 15, 14), seed=3)
+    out = {}
+    before = numba.get_num_threads()
+    try:
+        for t in (1, 2):
+            numba.set_num_threads(t)
+            out[t] = depthwise_3x3.depthwise_3x3(x, wt, ep.arrays())
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(_bits(out[1]), _bits(out[2]))
+    np.testing.assert_array_equal(_bits(out[1]), _bits(epi.apply(_skipping(x, wt), ep)))
+
+
+def test_non_finite_weights_are_declined():
+    x, wt, ep = _case((1, 3, 1, 8, 8))
+    wt[2, 0, 2, 2] = -np.inf
+    assert depthwise_3x3.depthwise_3x3(x, wt, ep.arrays()) is None
+
+
+@pytest.mark.parametrize("hw", [(7, 7), (28, 28), (5, 40)])
+def test_conv2d_takes_the_3x3_kernel_for_stride_1_pad_1_only(hw, monkeypatch):
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_MACS", 0)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 16) + hw).astype(np.float32)
+    wt = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    calls = []
+    real = depthwise_3x3.depthwise_3x3
+    monkeypatch.setattr(depthwise_3x3, "depthwise_3x3", lambda *a: calls.append(1) or real(*a))
+    for stride, pad, taken in [(1, 1, True), (2, 1, False), (1, 0, False)]:
+        calls.clear()
+        got = conv.conv2d(x, wt, b, (stride, stride), (pad, pad), (1, 1), 16)
+        assert bool(calls) == taken
+        out_hw = tuple(conv.out_size(v, 3, stride, pad, 1) for v in hw)
+        want = depthwise.depthwise_unfused(x, wt, (stride, stride), (pad, pad), (1, 1), out_hw)
+        np.testing.assert_array_equal(_bits(got), _bits(epi.apply(want, epi.Epilogue(16).add(b))))
