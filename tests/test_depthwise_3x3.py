@@ -1,6 +1,6 @@
-"""The 3x3 stride-1 depthwise kernel on whole planes (kernels/depthwise_3x3.py): the bits of
-the tap-skipping kernels with the epilogue after them, whatever the map, the batch, the
-channel multiplier or the thread count, and the path conv2d takes for such layers."""
+"""The 3x3 depthwise kernels of kernels/depthwise_3x3.py (stride 1 on whole planes, stride 2
+by rows): the bits of the tap-skipping kernels with the epilogue after them, whatever the
+map, the batch, the channel multiplier or the thread count, and the path conv2d takes."""
 from __future__ import annotations
 
 import numba
@@ -22,6 +22,8 @@ CASES = [  # N, C, multiplier, H, W
     (1, 3, 1, 4, 4),     # 16 pixels: exactly one vector
     (1, 3, 1, 3, 6),     # 18 pixels: a vector and a 2-lane tail
     (1, 3, 1, 61, 60),   # rows wider than a vector
+    (1, 2, 1, 33, 35),   # stride 2: odd width, an output row of 18 (a vector and a tail)
+    (1, 2, 1, 64, 64),   # stride 2: output rows of exactly two vectors
 ]
 
 
@@ -40,33 +42,37 @@ def _bits(a):
     return np.ascontiguousarray(a).view(np.uint32)
 
 
-def _skipping(x, wt):
-    return depthwise.depthwise_unfused(x, wt, (1, 1), (1, 1), (1, 1), x.shape[2:])
+def _skipping(x, wt, s=1):
+    out_hw = tuple(conv.out_size(v, 3, s, 1, 1) for v in x.shape[2:])
+    return depthwise.depthwise_unfused(x, wt, (s, s), (1, 1), (1, 1), out_hw)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("case", CASES)
-def test_3x3_kernel_gives_the_tap_skipping_kernels_bits_with_the_epilogue(case):
+def test_3x3_kernel_gives_the_tap_skipping_kernels_bits_with_the_epilogue(case, stride):
     x, wt, ep = _case(case)
-    plain = _skipping(x, wt)
-    got = depthwise_3x3.depthwise_3x3(x, wt, ep.arrays())
+    plain = _skipping(x, wt, stride)
+    got = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), ep.arrays())
     np.testing.assert_array_equal(_bits(got), _bits(epi.apply(plain.copy(), ep)))
-    bare = depthwise_3x3.depthwise_3x3(x, wt, epi.Epilogue(wt.shape[0]).arrays())
+    bare = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), epi.Epilogue(wt.shape[0]).arrays())
     np.testing.assert_array_equal(_bits(bare), _bits(plain))
 
 
-def test_3x3_kernel_reads_nothing_outside_its_plane():
-    """Huge values in the neighbouring planes and rows of a batch: a tap that strays across
-    a plane's edge (a wrong mask or offset) would carry them into the edge outputs."""
+@pytest.mark.parametrize("stride", [1, 2])
+def test_3x3_kernel_reads_nothing_outside_its_plane(stride):
+    """Huge values in the neighbouring planes of a batch: a tap that strays across a plane's
+    edge (a wrong mask or offset) would carry them into the edge outputs."""
     rng = np.random.default_rng(5)
-    x = np.full((3, 4, 6, 7), 1e30, np.float32)
-    x[1, 2] = rng.standard_normal((6, 7))
+    x = np.full((3, 4, 7, 7), 1e30, np.float32)
+    x[1, 2] = rng.standard_normal((7, 7))
     wt = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
-    got = depthwise_3x3.depthwise_3x3(x, wt, epi.Epilogue(4).arrays())
-    np.testing.assert_array_equal(_bits(got[1, 2]), _bits(_skipping(x, wt)[1, 2]))
+    got = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), epi.Epilogue(4).arrays())
+    np.testing.assert_array_equal(_bits(got[1, 2]), _bits(_skipping(x, wt, stride)[1, 2]))
     assert np.abs(got[1, 2]).max() < 100
 
 
-def test_3x3_kernel_does_not_depend_on_the_thread_count(monkeypatch):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_3x3_kernel_does_not_depend_on_the_thread_count(stride, monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 Numba threads")
     monkeypatch.setattr(depthwise_3x3, "MIN_PARALLEL_MACS", 0)  # the parallel build at 2 threads
@@ -76,21 +82,22 @@ def test_3x3_kernel_does_not_depend_on_the_thread_count(monkeypatch):
     try:
         for t in (1, 2):
             numba.set_num_threads(t)
-            out[t] = depthwise_3x3.depthwise_3x3(x, wt, ep.arrays())
+            out[t] = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), ep.arrays())
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(_bits(out[1]), _bits(out[2]))
-    np.testing.assert_array_equal(_bits(out[1]), _bits(epi.apply(_skipping(x, wt), ep)))
+    np.testing.assert_array_equal(_bits(out[1]), _bits(epi.apply(_skipping(x, wt, stride), ep)))
 
 
 def test_non_finite_weights_are_declined():
     x, wt, ep = _case((1, 3, 1, 8, 8))
     wt[2, 0, 2, 2] = -np.inf
-    assert depthwise_3x3.depthwise_3x3(x, wt, ep.arrays()) is None
+    assert depthwise_3x3.depthwise_3x3(x, wt, (1, 1), ep.arrays()) is None
+    assert depthwise_3x3.depthwise_3x3(x, wt, (2, 2), ep.arrays()) is None
 
 
 @pytest.mark.parametrize("hw", [(7, 7), (28, 28), (5, 40)])
-def test_conv2d_takes_the_3x3_kernel_for_stride_1_pad_1_only(hw, monkeypatch):
+def test_conv2d_takes_the_3x3_kernels_for_stride_1_or_2_pad_1_only(hw, monkeypatch):
     monkeypatch.setattr(parallel, "MIN_PARALLEL_MACS", 0)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((1, 16) + hw).astype(np.float32)
@@ -99,7 +106,7 @@ def test_conv2d_takes_the_3x3_kernel_for_stride_1_pad_1_only(hw, monkeypatch):
     calls = []
     real = depthwise_3x3.depthwise_3x3
     monkeypatch.setattr(depthwise_3x3, "depthwise_3x3", lambda *a: calls.append(1) or real(*a))
-    for stride, pad, taken in [(1, 1, True), (2, 1, False), (1, 0, False)]:
+    for stride, pad, taken in [(1, 1, True), (2, 1, True), (3, 1, False), (1, 0, False)]:
         calls.clear()
         got = conv.conv2d(x, wt, b, (stride, stride), (pad, pad), (1, 1), 16)
         assert bool(calls) == taken

@@ -98,20 +98,22 @@ def test_non_finite_weights_take_the_tap_skipping_kernels():
     assert np.isfinite(bare[0, 1, 0]).all() and np.isinf(bare[0, 1, 1:, 1:]).all()
 
 
-@pytest.mark.parametrize("hw,stride", [((16, 16), 1), ((28, 30), 2), ((7, 7), 1)])
+@pytest.mark.parametrize("hw,stride,k", [((16, 16), 1, 3), ((28, 30), 2, 3), ((7, 7), 1, 3),
+                                         ((28, 30), 2, 5), ((9, 9), 3, 3)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_conv2d_depthwise_with_fused_epilogue_equals_the_separate_passes(hw, stride, threads, monkeypatch):
-    """conv2d on a depthwise layer, any path (3x3 stride 1 on whole planes, else the plane
-    kernel from 14x14 outputs, channels-last below), bias + epilogue fused: the bits of
-    today's kernel followed by the separate passes."""
+def test_conv2d_depthwise_with_fused_epilogue_equals_the_separate_passes(hw, stride, k, threads,
+                                                                         monkeypatch):
+    """conv2d on a depthwise layer, any path (3x3 pad 1 at stride 1 or 2 in depthwise_3x3, else
+    the plane kernel from 14x14 outputs, channels-last below), bias + epilogue fused: the
+    bits of today's kernel followed by the separate passes."""
     monkeypatch.setattr(parallel, "MIN_PARALLEL_MACS", 0)
     monkeypatch.setattr(depthwise_planes, "MIN_PARALLEL_MACS", 0)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 24) + hw).astype(np.float32)
-    wt = rng.standard_normal((24, 1, 3, 3)).astype(np.float32)
+    wt = rng.standard_normal((24, 1, k, k)).astype(np.float32)
     b = rng.standard_normal(24).astype(np.float32)
     ep = epi.Epilogue(24).mul(rng.standard_normal(24)).add(rng.standard_normal(24)).clip(0, 6)
-    out_hw = tuple(conv.out_size(v, 3, stride, 1, 1) for v in hw)
+    out_hw = tuple(conv.out_size(v, k, stride, 1, 1) for v in hw)
     planes = []
     real = depthwise.depthwise_planes
     monkeypatch.setattr(depthwise, "depthwise_planes", lambda *a: planes.append(1) or real(*a))
@@ -121,7 +123,7 @@ def test_conv2d_depthwise_with_fused_epilogue_equals_the_separate_passes(hw, str
         got = conv.conv2d(x, wt, b, (stride, stride), (1, 1), (1, 1), 24, epilogue=ep)
     finally:
         numba.set_num_threads(before)
-    assert bool(planes) == (stride > 1 and out_hw[0] * out_hw[1] >= depthwise.PLANES_MIN_PIXELS)
+    assert bool(planes) == (k != 3 and out_hw[0] * out_hw[1] >= depthwise.PLANES_MIN_PIXELS)
     want = depthwise.depthwise_unfused(x, wt, (stride, stride), (1, 1), (1, 1), out_hw)
     want = epi.apply(epi.apply(want, epi.Epilogue(24).add(b)), ep)
     np.testing.assert_array_equal(_bits(got), _bits(want))

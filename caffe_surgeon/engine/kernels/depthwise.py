@@ -87,7 +87,7 @@ def depthwise_conv(x, w, stride, pad, dilation, out_hw, ep: epi.Epilogue | None 
     """x (N, C, H, W), w (C*m, 1, kh, kw) -> (N, C*m, oh, ow), with the epilogue ``ep``
     (bias first, if any) applied: fused per plane where the plane kernels run."""
     if depthwise_3x3.applies(w.shape, stride, pad, dilation):
-        out = depthwise_3x3.depthwise_3x3(np.ascontiguousarray(x, np.float32), w,
+        out = depthwise_3x3.depthwise_3x3(np.ascontiguousarray(x, np.float32), w, stride,
                                           (ep or epi.Epilogue(w.shape[0])).arrays())
         if out is not None:
             return out

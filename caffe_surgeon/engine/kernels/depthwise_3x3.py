@@ -98,6 +98,57 @@ def _plane3x3(typingctx, x, at, width, edges, stride, pixels, w0, w1, w2, w3, w4
     return sig, codegen
 
 
+@intrinsic
+def _row3x3_s2(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5, w6, w7, w8, out, dst):
+    """One output row of a stride-2 layer: out[dst + q] = ((+0.0 + x[r0 + 2q - 1]*w0) + x[r0 + 2q]*w1)
+    + ... + x[r2 + 2q + 1]*w8 for q in [0, outs); an input row given as -1 (in the padding)
+    and columns outside [0, width) read as 0.0. Each input row is read as whole vectors from
+    column 2q0 - 1 and split into its even and odd columns by shuffles."""
+    sig = types.void(x, types.int64, types.int64, types.int64, types.int64, types.int64,
+                     *([types.float32] * 9), out, types.int64)
+
+    def codegen(context, builder, sig, args):
+        x_arr, starts, width, outs = args[0], args[1:4], args[4], args[5]
+        weights = [simd.splat(builder, w) for w in args[6:15]]
+        out_arr, dst = args[15], args[16]
+        src = context.make_array(sig.args[0])(context, builder, x_arr).data
+        dest = context.make_array(sig.args[15])(context, builder, out_arr).data
+        lanes = ir.Constant(INDEX, list(range(LANES)))
+        zero = ir.Constant(simd.I64, 0)
+        wide = simd.splat(builder, width, INDEX)
+        last = simd.splat(builder, outs, INDEX)
+        present = [builder.icmp_signed(">=", r, zero) for r in starts]
+        even = ir.Constant(ir.VectorType(simd.I32, LANES), list(range(0, 2 * LANES, 2)))
+        odd = ir.Constant(ir.VectorType(simd.I32, LANES), list(range(1, 2 * LANES, 2)))
+        shift = ir.Constant(ir.VectorType(simd.I32, LANES), list(range(1, LANES + 1)))
+        step = ir.Constant(simd.I64, LANES)
+        with cgutils.for_range_slice(builder, zero, outs, step, intp=simd.I64) as (q, _):
+            inside = builder.icmp_signed("<", builder.add(simd.splat(builder, q, INDEX), lanes), last)
+            col0 = builder.sub(builder.add(q, q), ir.Constant(simd.I64, 1))  # column 2q - 1
+            total = ir.Constant(simd.VEC, [0.0] * LANES)
+            for i in range(3):
+                vectors = []
+                for part in range(3):  # columns col0 + 16*part + lane
+                    cols = builder.add(simd.splat(builder, builder.add(col0, ir.Constant(simd.I64, 16 * part)),
+                                                  INDEX), lanes)
+                    ok = builder.and_(builder.icmp_signed(">=", cols, ir.Constant(INDEX, [0] * LANES)),
+                                      builder.icmp_signed("<", cols, wide))
+                    ok = builder.and_(ok, builder.select(present[i], ir.Constant(MASK, [1] * LANES),
+                                                         ir.Constant(MASK, [0] * LANES)))
+                    at = builder.add(starts[i], builder.add(col0, ir.Constant(simd.I64, 16 * part)))
+                    vectors.append(_masked_load(builder, builder.gep(src, [at]), ok))
+                a, b, c = vectors
+                left = builder.shuffle_vector(a, b, even)   # columns 2q - 1
+                mid = builder.shuffle_vector(a, b, odd)     # columns 2q
+                right = builder.shuffle_vector(left, c, shift)  # columns 2q + 1
+                for j, v in enumerate((left, mid, right)):
+                    total = builder.fadd(total, builder.fmul(v, weights[3 * i + j]))
+            _masked_store(builder, total, builder.gep(dest, [builder.add(dst, q)]), inside)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @functools.lru_cache(maxsize=64)
 def edge_masks(H: int, W: int) -> np.ndarray:
     """(4, H*W + LANES) uint8 for a plane of H x W: whether each pixel has a row above, a row
@@ -135,26 +186,57 @@ def _depthwise_3x3(x, w, mult, edges, out, codes, vecs, params):
 DEPTHWISE_3X3_K = parallel.dual(_depthwise_3x3)
 
 
+def _depthwise_3x3_s2(x, w, mult, oh, ow, out, codes, vecs, params):
+    # x (N, C, H, W), w (C*mult, 3, 3), out (N, C*mult, oh*ow), stride 2, pad 1
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    for t in nb.prange(N * O):
+        n = t // O
+        o = t % O
+        at = (n * C + o // mult) * H * W
+        for y in range(oh):
+            r = 2 * y - 1
+            r0 = at + r * W if r >= 0 else -1
+            r2 = at + (r + 2) * W if r + 2 < H else -1
+            _row3x3_s2(xf, r0, at + (r + 1) * W, r2, W, ow,
+                       w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
+                       w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * oh * ow + y * ow)
+        _stages_row(out[n, o], o, codes, vecs, params)
+
+
+DEPTHWISE_3X3_S2_K = parallel.dual(_depthwise_3x3_s2)
+
+
 def applies(w_shape, stride, pad, dilation) -> bool:
     """Whether :func:`depthwise_3x3` takes a depthwise layer of this geometry."""
-    return tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(pad) == (1, 1) \
-        and tuple(dilation) == (1, 1)
+    return tuple(w_shape[2:]) == (3, 3) and tuple(stride) in ((1, 1), (2, 2)) \
+        and tuple(pad) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def depthwise_3x3(x, w, arrays) -> np.ndarray | None:
-    """x (N, C, H, W) float32 C-contiguous, w (C*m, 1, 3, 3) -> (N, C*m, H, W) (stride 1,
-    pad 1) with the epilogue ``arrays`` (:meth:`.epilogue.Epilogue.arrays`) applied; None
-    when a weight is not finite (a padded tap would then add NaN where the tap-skipping
-    kernels add nothing)."""
+def depthwise_3x3(x, w, stride, arrays) -> np.ndarray | None:
+    """x (N, C, H, W) float32 C-contiguous, w (C*m, 1, 3, 3) -> (N, C*m, oh, ow) (pad 1,
+    ``stride`` (1, 1) or (2, 2)) with the epilogue ``arrays``
+    (:meth:`.epilogue.Epilogue.arrays`) applied; None when a weight is not finite (a padded
+    tap would then add NaN where the tap-skipping kernels add nothing)."""
     if not np.isfinite(w).all():
         return None
     N, C, H, W = x.shape
     O = w.shape[0]
-    out = np.empty((N, O, H, W), F32)
-    kernel = parallel.pick(DEPTHWISE_3X3_K, N * O * H * W * 9, MIN_PARALLEL_MACS)
-    args = (x, np.ascontiguousarray(w[:, 0], F32), O // C, edge_masks(H, W), out.reshape(N, O, H * W)) \
-        + tuple(arrays)
-    if kernel is DEPTHWISE_3X3_K[1] or not CHUNKS_PER_THREAD:
+    s = stride[0]
+    oh, ow = (H - 1) // s + 1, (W - 1) // s + 1
+    out = np.empty((N, O, oh, ow), F32)
+    wt = np.ascontiguousarray(w[:, 0], F32)
+    flat = out.reshape(N, O, oh * ow)
+    work = N * O * oh * ow * 9 + (N * C * H * W if s > 1 else 0)
+    if s == 1:
+        kernels, args = DEPTHWISE_3X3_K, (x, wt, O // C, edge_masks(H, W), flat)
+    else:
+        kernels, args = DEPTHWISE_3X3_S2_K, (x, wt, O // C, oh, ow, flat)
+    kernel = parallel.pick(kernels, work, MIN_PARALLEL_MACS)
+    args += tuple(arrays)
+    if kernel is kernels[1] or not CHUNKS_PER_THREAD:
         kernel(*args)
         return out
     # chunks of planes handed out as threads come free (see depthwise_planes)
