@@ -78,6 +78,34 @@ def test_gemm_is_bit_equal_to_openblas_where_the_engine_uses_it(forced):
             checked += 1
 
 
+@pytest.mark.parametrize("M,N,K", [(1000, 1, 1280), (400, 2, 1300), (320, 3, 1100), (96, 12, 900),
+                                   (64, 57, 450), (512, 1, 2048)])
+def test_leftover_pixels_on_one_pixel_tiles_give_openblas_bits(M, N, K, forced):
+    """1-3 pixels left after the full tiles (N = 1: a classifier run as a 1x1 convolution) go
+    to one-pixel tiles, whose sums must be OpenBLAS's as the full tile's are (above its
+    small-matrix size, as where the engine uses them)."""
+    gemm = blas.gemm()
+    if gemm is None:
+        pytest.skip("no callable OpenBLAS in this NumPy")
+    blocking = forced()
+    if blocking is None:
+        pytest.skip("our kernels do not reproduce this machine's OpenBLAS: the engine keeps OpenBLAS")
+    q, u = blocking
+    assert M * N * K > microkernel.SMALL_MNK
+    rng = np.random.default_rng(M + N + K)
+    a = rng.standard_normal((1, M, K), dtype=F32)
+    b = rng.standard_normal((K, N), dtype=F32)
+    for panel in (48, 64):
+        assert N % cm.PIXELS[panel] < cm.ONE_PIXEL_BELOW or N % cm.PIXELS[48 + 64 - panel] < cm.ONE_PIXEL_BELOW
+        ref, got = np.empty((M, N), F32), np.empty((M, N), F32)
+        with blas.single_threaded():
+            gemm(101, 111, 111, M, N, K, F32(1), a.ctypes.data, K, b.ctypes.data, N, F32(0),
+                 ref.ctypes.data, N)
+        cm.gemm(microkernel.pack_weights(a, None, panel), 0, M, N, K, b.reshape(-1), 0, N,
+                got.reshape(-1), 0, N, q, u, panel)
+        assert np.array_equal(ref.view(np.uint32), got.view(np.uint32)), (M, N, K, panel)
+
+
 def test_panel_rows_pads_the_channel_block_least():
     assert cm.panel_rows(128) == 64 and cm.panel_rows(512) == 64 and cm.panel_rows(256) == 64
     assert cm.panel_rows(96) == 48 and cm.panel_rows(240) == 48 and cm.panel_rows(48) == 48

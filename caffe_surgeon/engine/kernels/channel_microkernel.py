@@ -120,6 +120,14 @@ def _make_tile(vectors: int, pixels: int, indirect: bool):
 
 _tile48 = _make_tile(3, PIXELS[48], False)
 _tile64 = _make_tile(4, PIXELS[64], False)
+#: one-pixel tiles for the last few pixels of a block, and for N = 1 (a classifier as a 1x1
+#: convolution): the full tile would do 6-9 pixels' multiply-adds for them
+_one48 = _make_tile(3, 1, False)
+_one64 = _make_tile(4, 1, False)
+#: pixels left over below which they take one-pixel tiles: a full tile's 27 or 24 fused
+#: multiply-adds per k step run about as fast as 4 one-pixel tiles (each waits on its
+#: accumulators' latency)
+ONE_PIXEL_BELOW = 4
 _taps48 = _make_tile(3, PIXELS[48], True)
 _taps64 = _make_tile(4, PIXELS[64], True)
 _NO_OFFSETS = np.zeros(1, np.int64)
@@ -226,7 +234,15 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel):
                 for n0 in range(n_start, n_end, pixels):
                     b_at = b_off + k * ldb + n0
                     t_at = (n0 - n_start) * panel
-                    if panel == 48:
+                    if n_end - n0 < ONE_PIXEL_BELOW:
+                        for j in range(n_end - n0):
+                            if panel == 48:
+                                _one48(ap, a_at, b, b_at + j, ldb, _NO_OFFSETS, 0, sc, 1, t, t_at + j * panel,
+                                       finish, s, resume)
+                            else:
+                                _one64(ap, a_at, b, b_at + j, ldb, _NO_OFFSETS, 0, sc, 1, t, t_at + j * panel,
+                                       finish, s, resume)
+                    elif panel == 48:
                         _tile48(ap, a_at, b, b_at, ldb, _NO_OFFSETS, 0, sc, n_end - n0, t, t_at, finish, s, resume)
                     else:
                         _tile64(ap, a_at, b, b_at, ldb, _NO_OFFSETS, 0, sc, n_end - n0, t, t_at, finish, s, resume)
