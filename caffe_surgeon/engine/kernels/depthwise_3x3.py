@@ -1,13 +1,18 @@
-"""3x3 stride-1 depthwise convolution (pad 1) on whole NCHW planes, no padded copy.
+"""3x3 depthwise convolution (pad 1) in NCHW without a padded copy: stride 1 on whole
+planes, stride 2 by rows. AVX-512 machines only (:data:`USABLE`); elsewhere the plane
+kernel of :mod:`.depthwise_planes` runs.
 
-The most common depthwise layer (MobileNet v1/v2, every stride-1 block) keeps its map
-size. Output pixel ``p`` of a plane (flattened ``y*W + x``) reads input pixel
-``p + (i-1)*W + (j-1)`` for tap (i, j), so one pass over the flattened plane in whole
-vectors reads every tap as one contiguous run: no phase copy, no copy-out (the
-:mod:`.depthwise_planes` kernel's fill and copy are half its time on 28x28 maps). A tap
-that falls in the padding (first or last row or column) is a masked-off lane of its
-load: it reads nothing (so it cannot fault before the first plane or after the last)
-and gives 0.0.
+Stride 1 keeps the map size (MobileNet v1/v2's every stride-1 block). Output pixel ``p``
+of a plane (flattened ``y*W + x``) reads input pixel ``p + (i-1)*W + (j-1)`` for tap
+(i, j), so one pass over the flattened plane in whole vectors reads every tap as one
+contiguous run: no phase copy, no copy-out (the plane kernel's fill and copy are half its
+time on 28x28 maps). A tap that falls in the padding (first or last row or column) is a
+masked-off lane of its load: it reads nothing (so it cannot fault before the first plane
+or after the last) and gives 0.0.
+
+Stride 2 reads each input row as whole vectors from column ``2q - 1`` and splits them
+into even and odd columns by shuffles (the plane kernel copies the input into phases for
+that); rows and columns outside the map are masked off the same way.
 
 Same bits as the tap-skipping kernels of :mod:`.depthwise`: each output sums its nine
 taps in order (i, then j) from +0.0, a multiply then an add per tap (never fused); a
@@ -28,7 +33,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import parallel, simd
+from . import microkernel, parallel, simd
 from .depthwise_planes import CHUNKS_PER_THREAD, MIN_PARALLEL_MACS
 from .epilogue import _stages_row
 
@@ -37,6 +42,10 @@ LANES = simd.LANES
 MASK = ir.VectorType(ir.IntType(1), LANES)
 BYTES = ir.VectorType(ir.IntType(8), LANES)
 INDEX = ir.VectorType(simd.I64, LANES)
+#: AVX-512, whose masked loads and stores are plain ones. Compiled for AVX2 (vmaskmovps,
+#: ymm pairs, cross-lane shuffles) these kernels ran 0.7-0.8x the plane kernel on 56x56 and
+#: 112x112 maps, and AMD's masked stores are microcoded: there the plane kernels stay
+USABLE = microkernel.USABLE
 #: LLVM 17 on has opaque pointers only, which the masked intrinsics' names reflect
 _POINTER = "p0" if llvm.llvm_version_info[0] >= 17 else "p0v16f32"
 
@@ -210,8 +219,8 @@ DEPTHWISE_3X3_S2_K = parallel.dual(_depthwise_3x3_s2)
 
 
 def applies(w_shape, stride, pad, dilation) -> bool:
-    """Whether :func:`depthwise_3x3` takes a depthwise layer of this geometry."""
-    return tuple(w_shape[2:]) == (3, 3) and tuple(stride) in ((1, 1), (2, 2)) \
+    """Whether :func:`depthwise_3x3` takes a depthwise layer of this geometry here."""
+    return USABLE and tuple(w_shape[2:]) == (3, 3) and tuple(stride) in ((1, 1), (2, 2)) \
         and tuple(pad) == (1, 1) and tuple(dilation) == (1, 1)
 
 
