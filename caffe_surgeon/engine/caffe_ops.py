@@ -378,14 +378,19 @@ def slice_(layer, inputs, ctx):
     return [np.ascontiguousarray(x[lead + (slice(a, b),)]) for a, b in zip(bounds, bounds[1:])]
 
 
-def _reshape_like_spec(layer, inputs):
-    shape = spec_for("caffe", layer).infer(layer, [inputs[0].shape])[0]
-    return [inputs[0].reshape(shape)]
-
-
 @op("caffe", "Flatten", "Reshape")
 def reshape(layer, inputs, ctx):
-    return _reshape_like_spec(layer, inputs)
+    """A view in the shape the layer's spec infers, worked out once per layer and input
+    shape while its params stay the same (inferring it cost 20 us a call: res10's 13
+    Flatten layers took a quarter of a millisecond a pass)."""
+    x = inputs[0]
+    key = ("reshape", layer.name)
+    hit = ctx.cache.get(key)
+    if hit is not None and hit[0] is layer and hit[1] == x.shape and hit[2] == layer.params:
+        return [x.reshape(hit[3])]
+    shape = spec_for("caffe", layer).infer(layer, [x.shape])[0]
+    ctx.cache[key] = (layer, x.shape, copy.deepcopy(layer.params), shape)
+    return [x.reshape(shape)]
 
 
 @op("caffe", "Permute")
