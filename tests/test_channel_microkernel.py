@@ -165,7 +165,8 @@ def test_convolutions_give_openblas_bits_and_the_reference(case, forced, monkeyp
 
 # direct convolutions: ResNet-50's stem (7x7 stride 2), a 3x3 at 56x56, a batch of 2, stride 2
 # with dilation 2 and unequal pads, a 5x5 on a non-square map with channels not a multiple
-# of the panel, rows longer than one pass (stretches of a row), a 3x1 kernel
+# of the panel, rows longer than one pass (stretches of a row), a 3x1 kernel; rows whose
+# last 1-3 pixels take one-pixel tiles (56 = 9 x 6 + 2, 25 = 4 x 6 + 1, 30 = 3 x 9 + 3, 19)
 DIRECT = [
     dict(x=(1, 3, 224, 224), w=(64, 3, 7, 7), stride=(2, 2), pad=(3, 3), dil=(1, 1)),
     dict(x=(1, 64, 56, 56), w=(64, 64, 3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1)),
@@ -174,6 +175,9 @@ DIRECT = [
     dict(x=(1, 8, 33, 29), w=(56, 8, 5, 5), stride=(1, 1), pad=(2, 0), dil=(1, 1)),
     dict(x=(1, 8, 6, 230), w=(64, 8, 3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1)),
     dict(x=(1, 24, 30, 30), w=(48, 24, 3, 1), stride=(1, 1), pad=(1, 0), dil=(1, 1)),
+    # res10's 19x19 layers: rows of 3 x 6 pixels and one on a one-pixel tile
+    dict(x=(1, 128, 38, 38), w=(256, 128, 3, 3), stride=(2, 2), pad=(1, 1), dil=(1, 1)),
+    dict(x=(1, 32, 19, 19), w=(64, 32, 3, 3), stride=(1, 1), pad=(1, 1), dil=(1, 1)),
 ]
 
 

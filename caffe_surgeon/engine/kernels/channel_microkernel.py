@@ -120,10 +120,13 @@ def _make_tile(vectors: int, pixels: int, indirect: bool):
 
 _tile48 = _make_tile(3, PIXELS[48], False)
 _tile64 = _make_tile(4, PIXELS[64], False)
-#: one-pixel tiles for the last few pixels of a block, and for N = 1 (a classifier as a 1x1
-#: convolution): the full tile would do 6-9 pixels' multiply-adds for them
+#: one-pixel tiles for the last few pixels of a block or of a direct convolution's row, and
+#: for N = 1 (a classifier as a 1x1 convolution): the full tile would do 6-9 pixels'
+#: multiply-adds for them
 _one48 = _make_tile(3, 1, False)
 _one64 = _make_tile(4, 1, False)
+_one_taps48 = _make_tile(3, 1, True)
+_one_taps64 = _make_tile(4, 1, True)
 #: pixels left over below which they take one-pixel tiles: a full tile's 27 or 24 fused
 #: multiply-adds per k step run about as fast as 4 one-pixel tiles (each waits on its
 #: accumulators' latency)

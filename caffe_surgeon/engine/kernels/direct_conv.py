@@ -25,8 +25,9 @@ import numba as nb
 import numpy as np
 
 from . import parallel
-from .channel_microkernel import (LANES, NB, _PIXELS48, _PIXELS64, _put_transposed, _taps48,
-                                  _taps64, k_schedule, panel_rows)
+from .channel_microkernel import (LANES, NB, ONE_PIXEL_BELOW, _PIXELS48, _PIXELS64, _one_taps48,
+                                  _one_taps64, _put_transposed, _taps48, _taps64, k_schedule,
+                                  panel_rows)
 from .epilogue import _stages_row
 
 F32 = np.float32
@@ -100,7 +101,15 @@ def _passes(ap, panel, xp, offs, Hp, Wp, sh, sw, K, oh, ow, seg, rows_per_pass, 
                         b_at = n * img + y * sh * Wp + x0 * sw
                         t_at = ((y - r0) * tiles + j) * pixels * panel
                         cols = min(pixels, xe - x0)
-                        if panel == 48:
+                        if cols < ONE_PIXEL_BELOW:  # a row's last 1-3 pixels (19 = 3 x 6 + 1)
+                            for c in range(cols):
+                                if panel == 48:
+                                    _one_taps48(ap, a_at, xp, b_at + c * sw, sw, offs, k, sc, 1, t,
+                                                t_at + c * panel, finish, s, resume)
+                                else:
+                                    _one_taps64(ap, a_at, xp, b_at + c * sw, sw, offs, k, sc, 1, t,
+                                                t_at + c * panel, finish, s, resume)
+                        elif panel == 48:
                             _taps48(ap, a_at, xp, b_at, sw, offs, k, sc, cols, t, t_at, finish, s, resume)
                         else:
                             _taps64(ap, a_at, xp, b_at, sw, offs, k, sc, cols, t, t_at, finish, s, resume)
