@@ -162,8 +162,7 @@ def test_sum2_with_stages_equals_the_sum_then_the_stages(parallel_kernels, monke
     from caffe_surgeon.engine.kernels import eltwise
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
 
-    if parallel_kernels:
-        monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
+    monkeypatch.setattr(eltwise, "MIN_PARALLEL_SUM", 0 if parallel_kernels else 1 << 60)
     scale = np.random.default_rng(2).standard_normal(5).astype(np.float32)
     ep = Epilogue(5).mul(scale).add(scale).leaky(0.1).clip(-1, 2)
     for shape in [(3, 5, 6, 7), (1, 5, 65, 66)]:  # rows shorter and longer than a PIECE
