@@ -140,9 +140,10 @@ def test_results_do_not_depend_on_the_thread_count(shape, forced):
 
 
 # packed pointwise path: ResNet-50's 64 -> 256 at 56x56 (KS sub-blocks: 3 with 256 inputs),
-# a map whose last 48-pixel tile is ragged, a batch of 3, MobileNet v2's 16 -> 96 expansion
+# a map whose last 48-pixel tile is ragged, a batch of 3, MobileNet v2's 16 -> 96 expansion,
+# its 384 -> 64 projection (deep K into few outputs), and K in several OpenBLAS blocks
 POINTWISE = [(1, 64, 56, 56, 256), (1, 256, 28, 28, 64), (1, 40, 37, 23, 48), (3, 96, 20, 20, 32),
-             (1, 16, 112, 112, 96)]
+             (1, 16, 112, 112, 96), (1, 384, 28, 28, 64), (1, 1000, 16, 16, 32)]
 
 
 @pytest.mark.parametrize("shape", POINTWISE, ids=lambda s: "x".join(map(str, s)))
@@ -183,6 +184,7 @@ def test_packed_pointwise_path_takes_unpadded_1x1_layers_on_large_maps_only():
     assert not use((256, 64, 1, 1), (1, 1), (1, 1), 1, 3136, big)  # padded
     assert not use((252, 64, 1, 1), (1, 1), (0, 0), 1, 3136, big)  # not a multiple of 8 channels
     assert not use((128, 512, 1, 1), (1, 1), (0, 0), 1, 784, big)  # deep K: OpenBLAS
+    assert use((64, 384, 1, 1), (1, 1), (0, 0), 1, 784, big)  # unless into few outputs
     assert not use((256, 64, 3, 3), (1, 1), (0, 0), 1, 3136, big)
     assert not use((256, 64, 1, 1), (1, 1), (0, 0), 1, 3136, microkernel.SMALL_MNK)
 

@@ -31,19 +31,23 @@ F32 = np.float32
 PASS_BYTES = 192 << 10
 #: maps up to this many pixels go to the channel micro-kernel (:mod:`.channel_microkernel`)
 MIN_PIXELS = 201
-#: input channels at most: with more, OpenBLAS's deeper K blocks were as fast (0.9-1.05x)
+#: input channels at most: with more, OpenBLAS's deeper K blocks were as fast (0.9-1.05x)...
 MAX_CHANNELS_IN = 256
+#: ...unless the layer has this many output channels or fewer (MobileNet v2's 384 -> 64 on
+#: 28x28: 1.22x; 384 -> 96: 0.99x; ResNet-50's 512 -> 128: 0.94x)
+MAX_CHANNELS_OUT_DEEP = 64
 
 
 def use(w_shape, stride, pad, group, pixels, smallest_gemm: int) -> bool:
     """Whether this convolution takes the packed pointwise path (given that our kernels give
     the BLAS's bits here): 1x1, stride 1, no padding, ungrouped, output channels a multiple
-    of the tile's 8, at most MAX_CHANNELS_IN input channels, a map over MIN_PIXELS, and
-    every call of the GEMM path above OpenBLAS's small-matrix size."""
+    of the tile's 8, at most MAX_CHANNELS_IN input channels (any number into at most
+    MAX_CHANNELS_OUT_DEEP outputs), a map over MIN_PIXELS, and every call of the GEMM path
+    above OpenBLAS's small-matrix size."""
     O, C, kh, kw = w_shape
     return (kh == kw == 1 and tuple(stride) == (1, 1) and tuple(pad) == (0, 0) and group == 1
-            and O % ROWS == 0 and C <= MAX_CHANNELS_IN and pixels >= MIN_PIXELS
-            and smallest_gemm > SMALL_MNK)
+            and O % ROWS == 0 and (C <= MAX_CHANNELS_IN or O <= MAX_CHANNELS_OUT_DEEP)
+            and pixels >= MIN_PIXELS and smallest_gemm > SMALL_MNK)
 
 
 def pass_tiles(C: int) -> int:
