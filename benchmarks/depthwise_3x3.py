@@ -12,7 +12,6 @@ input is reordered to its blocked layout and back inside the call. Run:
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import cpu_model, median_time  # noqa: E402
+from timing import kernel_bench_args, median_time  # noqa: E402
 
 #: (channels, H=W, stride): MobileNet v2 at 224x224
 LAYERS = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (384, 28, 1),
@@ -46,17 +45,9 @@ def _ort_session(c, h, s, w, threads):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args()
-    import caffe_surgeon.engine.kernels  # noqa: F401  (the engine's thread pool choice first)
-    import numba
-    numba.set_num_threads(args.threads)
+    args = kernel_bench_args(__doc__, 5)
     from caffe_surgeon.engine.kernels import depthwise_3x3, depthwise_planes
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
-    print(f"CPU: {cpu_model()}; {args.threads} thread(s); Numba layer {numba.threading_layer()}; "
-          f"medians of {args.rounds} interleaved rounds x 5 calls")
     if not depthwise_3x3.USABLE:
         print("no AVX-512 here: the engine keeps the plane kernel (timed anyway)")
     print(f"{'layer':22s} {'plane ms':>9} {'3x3 ms':>8} {'ratio':>6}  bit-equal  {'ort ms':>7} {'3x3/ort':>7}")

@@ -11,7 +11,6 @@ the runs are faster) and whether both outputs are equal bit for bit (they must b
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import cpu_model, median_time  # noqa: E402
+from timing import kernel_bench_args, median_time  # noqa: E402
 
 #: (layer, batch, C, H=W, O)
 LAYERS = [
@@ -39,17 +38,9 @@ LAYERS = [
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args()
-    import caffe_surgeon.engine.kernels  # noqa: F401  (the engine's thread pool choice first)
-    import numba
-    numba.set_num_threads(args.threads)
+    args = kernel_bench_args(__doc__, 3)
     from caffe_surgeon.engine.kernels import conv, winograd
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
-    print(f"CPU: {cpu_model()}; {args.threads} thread(s); Numba layer {numba.threading_layer()}; "
-          f"medians of {args.rounds} interleaved rounds x 3 calls")
     print(f"{'layer':32s} {'batch':>5} {'runs':>4} {'whole ms':>9} {'runs ms':>8} {'ratio':>6}  bit-equal")
     rng = np.random.default_rng(0)
     engine_groups = winograd.blocked_groups

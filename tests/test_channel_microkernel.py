@@ -51,14 +51,30 @@ def test_sub_blocks_change_no_rounding():
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
-def test_gemm_is_bit_equal_to_openblas_where_the_engine_uses_it(forced):
+def _openblas_reproduced(forced):
+    """(cblas_sgemm, q, u) with our kernels forced on, or skip where they cannot be."""
     gemm = blas.gemm()
     if gemm is None:
         pytest.skip("no callable OpenBLAS in this NumPy")
     blocking = forced()
     if blocking is None:
         pytest.skip("our kernels do not reproduce this machine's OpenBLAS: the engine keeps OpenBLAS")
-    q, u = blocking
+    return (gemm,) + tuple(blocking)
+
+
+def _openblas_and_ours(gemm, a, b, panel, q, u):
+    """a (1, M, K) @ b (K, N) by OpenBLAS's cblas_sgemm and by cm.gemm on ``panel``-row panels."""
+    _, M, K = a.shape
+    N = b.shape[1]
+    ref, got = np.empty((M, N), F32), np.empty((M, N), F32)
+    gemm(101, 111, 111, M, N, K, F32(1), a.ctypes.data, K, b.ctypes.data, N, F32(0), ref.ctypes.data, N)
+    cm.gemm(microkernel.pack_weights(a, None, panel), 0, M, N, K, b.reshape(-1), 0, N, got.reshape(-1),
+            0, N, q, u, panel)
+    return ref, got
+
+
+def test_gemm_is_bit_equal_to_openblas_where_the_engine_uses_it(forced):
+    gemm, q, u = _openblas_reproduced(forced)
     rng = np.random.default_rng(2)
     checked = 0
     with blas.single_threaded():
@@ -69,11 +85,7 @@ def test_gemm_is_bit_equal_to_openblas_where_the_engine_uses_it(forced):
             panel = cm.panel_rows(M)
             a = rng.standard_normal((1, M, K), dtype=F32)
             b = rng.standard_normal((K, N), dtype=F32)
-            ref, got = np.empty((M, N), F32), np.empty((M, N), F32)
-            gemm(101, 111, 111, M, N, K, F32(1), a.ctypes.data, K, b.ctypes.data, N, F32(0),
-                 ref.ctypes.data, N)
-            cm.gemm(microkernel.pack_weights(a, None, panel), 0, M, N, K, b.reshape(-1), 0, N,
-                    got.reshape(-1), 0, N, q, u, panel)
+            ref, got = _openblas_and_ours(gemm, a, b, panel, q, u)
             assert np.array_equal(ref.view(np.uint32), got.view(np.uint32)), (M, N, K)
             checked += 1
 
@@ -84,25 +96,15 @@ def test_leftover_pixels_on_one_pixel_tiles_give_openblas_bits(M, N, K, forced):
     """1-3 pixels left after the full tiles (N = 1: a classifier run as a 1x1 convolution) go
     to one-pixel tiles, whose sums must be OpenBLAS's as the full tile's are (above its
     small-matrix size, as where the engine uses them)."""
-    gemm = blas.gemm()
-    if gemm is None:
-        pytest.skip("no callable OpenBLAS in this NumPy")
-    blocking = forced()
-    if blocking is None:
-        pytest.skip("our kernels do not reproduce this machine's OpenBLAS: the engine keeps OpenBLAS")
-    q, u = blocking
+    gemm, q, u = _openblas_reproduced(forced)
     assert M * N * K > microkernel.SMALL_MNK
     rng = np.random.default_rng(M + N + K)
     a = rng.standard_normal((1, M, K), dtype=F32)
     b = rng.standard_normal((K, N), dtype=F32)
     for panel in (48, 64):
         assert N % cm.PIXELS[panel] < cm.ONE_PIXEL_BELOW or N % cm.PIXELS[48 + 64 - panel] < cm.ONE_PIXEL_BELOW
-        ref, got = np.empty((M, N), F32), np.empty((M, N), F32)
         with blas.single_threaded():
-            gemm(101, 111, 111, M, N, K, F32(1), a.ctypes.data, K, b.ctypes.data, N, F32(0),
-                 ref.ctypes.data, N)
-        cm.gemm(microkernel.pack_weights(a, None, panel), 0, M, N, K, b.reshape(-1), 0, N,
-                got.reshape(-1), 0, N, q, u, panel)
+            ref, got = _openblas_and_ours(gemm, a, b, panel, q, u)
         assert np.array_equal(ref.view(np.uint32), got.view(np.uint32)), (M, N, K, panel)
 
 

@@ -34,7 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import microkernel, parallel, simd
-from .depthwise_planes import CHUNKS_PER_THREAD
+from .depthwise_planes import run_in_chunks
 from .epilogue import _stages_row
 
 F32 = np.float32
@@ -247,16 +247,5 @@ def depthwise_3x3(x, w, stride, arrays) -> np.ndarray | None:
         kernels, args = DEPTHWISE_3X3_K, (x, wt, O // C, edge_masks(H, W), flat)
     else:
         kernels, args = DEPTHWISE_3X3_S2_K, (x, wt, O // C, oh, ow, flat)
-    kernel = parallel.pick(kernels, work, MIN_PARALLEL_MACS)
-    args += tuple(arrays)
-    if kernel is kernels[1] or not CHUNKS_PER_THREAD:
-        kernel(*args)
-        return out
-    # chunks of planes handed out as threads come free (see depthwise_planes)
-    threads = max(1, parallel.threads())
-    before = nb.set_parallel_chunksize(max(1, -(-N * O // (CHUNKS_PER_THREAD * threads))))
-    try:
-        kernel(*args)
-    finally:
-        nb.set_parallel_chunksize(before)
+    run_in_chunks(kernels, parallel.pick(kernels, work, MIN_PARALLEL_MACS), args + tuple(arrays), N * O)
     return out

@@ -243,7 +243,7 @@ def depthwise_planes(x, w, stride, pad, dilation, out_hw, arrays) -> np.ndarray 
     # nb.get_num_threads() starts Numba's threading layer, which get_thread_id() inside even
     # the serial build reads: a build loaded from the cache into a process that has not
     # started it would read an unset thread id
-    threads = max(1, min(nb.get_num_threads(), parallel.threads()))
+    nb.get_num_threads()
     # the work: its multiply-adds and the phase fill (which made MobileNet v2's 384-channel
     # stride-2 layer, 0.68M multiply-adds, take 240 us on one thread: 2x the rate of stride 1)
     kernel = parallel.pick(DEPTHWISE_PLANES_K, N * O * oh * ow * kh * kw + 2 * N * C * lay.floats,
@@ -251,14 +251,21 @@ def depthwise_planes(x, w, stride, pad, dilation, out_hw, arrays) -> np.ndarray 
     args = (x, np.ascontiguousarray(w[:, 0], F32), O // C, lay.rows, lay.cols, lay.taps, lay.Wq,
             lay.floats, oh, ow, _thread_scratch(lay.floats + block + LANES), block,
             out.reshape(N, O, oh * ow)) + tuple(arrays)
-    if kernel is DEPTHWISE_PLANES_K[1] or not CHUNKS_PER_THREAD:
+    run_in_chunks(DEPTHWISE_PLANES_K, kernel, args, N * C)
+    return out
+
+
+def run_in_chunks(kernels, kernel, args, tiles: int) -> None:
+    """``kernel(*args)``, ``kernel`` one of the builds ``kernels`` (:func:`.parallel.dual`).
+    The parallel build hands its ``tiles`` out in chunks as threads come free, rather than
+    one half per thread: on shared cores a descheduled worker then holds up one chunk, not
+    half the layer."""
+    if kernel is kernels[1] or not CHUNKS_PER_THREAD:
         kernel(*args)
-        return out
-    # chunks of planes handed out as threads come free, rather than one half per thread: on
-    # shared cores a descheduled worker then holds up one chunk, not half the layer
-    before = nb.set_parallel_chunksize(max(1, -(-N * C // (CHUNKS_PER_THREAD * threads))))
+        return
+    threads = max(1, parallel.threads())
+    before = nb.set_parallel_chunksize(max(1, -(-tiles // (CHUNKS_PER_THREAD * threads))))
     try:
         kernel(*args)
     finally:
         nb.set_parallel_chunksize(before)
-    return out
