@@ -35,7 +35,8 @@ def _ort_session(c, h, s, w, threads):
     o = (h - 1) // s + 1
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[s, s],
                             pads=[1, 1, 1, 1], group=c)
-    graph = helper.make_graph([node], "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+    graph = helper.make_graph([node], "dw",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, o, o])],
                               [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -50,7 +51,8 @@ def main() -> int:
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
     if not depthwise_3x3.USABLE:
         print("no AVX-512 here: the engine keeps the plane kernel (timed anyway)")
-    print(f"{'layer':22s} {'plane ms':>9} {'3x3 ms':>8} {'ratio':>6}  bit-equal  {'ort ms':>7} {'3x3/ort':>7}")
+    print(f"{'layer':22s} {'plane ms':>9} {'3x3 ms':>8} {'ratio':>6}  bit-equal  "
+          f"{'ort ms':>7} {'3x3/ort':>7}")
     rng = np.random.default_rng(0)
     ratios, versus = [], []
     for c, h, s in LAYERS:
@@ -60,7 +62,8 @@ def main() -> int:
             .mul(rng.random(c, dtype=np.float32)).add(rng.random(c, dtype=np.float32)).clip(0, 6)
         arrays = ep.arrays()
         o = (h - 1) // s + 1
-        runs = {"plane": lambda: depthwise_planes.depthwise_planes(x, w, (s, s), (1, 1), (1, 1), (o, o), arrays),
+        runs = {"plane": lambda: depthwise_planes.depthwise_planes(x, w, (s, s), (1, 1), (1, 1), (o, o),
+                                                                   arrays),
                 "3x3": lambda: depthwise_3x3.depthwise_3x3(x, w, (s, s), arrays)}
         sess = _ort_session(c, h, s, w, args.threads)
         if sess is not None:

@@ -142,13 +142,13 @@ def _row3x3_s2(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5, w6
             for i in range(3):
                 vectors = []
                 for part in range(3):  # columns col0 + 16*part + lane
-                    cols = builder.add(simd.splat(builder, builder.add(col0, ir.Constant(simd.I64, 16 * part)),
-                                                  INDEX), lanes)
+                    first = builder.add(col0, ir.Constant(simd.I64, 16 * part))
+                    cols = builder.add(simd.splat(builder, first, INDEX), lanes)
                     ok = builder.and_(builder.icmp_signed(">=", cols, ir.Constant(INDEX, [0] * LANES)),
                                       builder.icmp_signed("<", cols, wide))
                     ok = builder.and_(ok, builder.select(present[i], ir.Constant(MASK, [1] * LANES),
                                                          ir.Constant(MASK, [0] * LANES)))
-                    at = builder.add(starts[i], builder.add(col0, ir.Constant(simd.I64, 16 * part)))
+                    at = builder.add(starts[i], first)
                     vectors.append(_masked_load(builder, builder.gep(src, [at]), ok))
                 a, b, c = vectors
                 left = builder.shuffle_vector(a, b, even)   # columns 2q - 1
