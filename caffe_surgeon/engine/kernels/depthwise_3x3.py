@@ -34,7 +34,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import microkernel, parallel, simd
-from .depthwise_planes import run_in_chunks
 from .epilogue import _stages_row
 
 F32 = np.float32
@@ -247,5 +246,6 @@ def depthwise_3x3(x, w, stride, arrays) -> np.ndarray | None:
         kernels, args = DEPTHWISE_3X3_K, (x, wt, O // C, edge_masks(H, W), flat)
     else:
         kernels, args = DEPTHWISE_3X3_S2_K, (x, wt, O // C, oh, ow, flat)
-    run_in_chunks(kernels, parallel.pick(kernels, work, MIN_PARALLEL_MACS), args + tuple(arrays), N * O)
+    parallel.run_in_chunks(kernels, parallel.pick(kernels, work, MIN_PARALLEL_MACS), args + tuple(arrays),
+                           N * O)
     return out

@@ -47,8 +47,6 @@ LANES = simd.LANES
 #: earlier than parallel.MIN_PARALLEL_MACS (1M multiply-adds are ~120 us here at 8 GMAC/s:
 #: half of it saved beats the 10-45 us of waking the pool)
 MIN_PARALLEL_MACS = 1_000_000
-#: chunks of planes per thread (0: Numba's default, one equal share per thread)
-CHUNKS_PER_THREAD = 8
 
 
 class PhaseLayout:
@@ -251,21 +249,5 @@ def depthwise_planes(x, w, stride, pad, dilation, out_hw, arrays) -> np.ndarray 
     args = (x, np.ascontiguousarray(w[:, 0], F32), O // C, lay.rows, lay.cols, lay.taps, lay.Wq,
             lay.floats, oh, ow, _thread_scratch(lay.floats + block + LANES), block,
             out.reshape(N, O, oh * ow)) + tuple(arrays)
-    run_in_chunks(DEPTHWISE_PLANES_K, kernel, args, N * C)
+    parallel.run_in_chunks(DEPTHWISE_PLANES_K, kernel, args, N * C)
     return out
-
-
-def run_in_chunks(kernels, kernel, args, tiles: int) -> None:
-    """``kernel(*args)``, ``kernel`` one of the builds ``kernels`` (:func:`.parallel.dual`).
-    The parallel build hands its ``tiles`` out in chunks as threads come free, rather than
-    one half per thread: on shared cores a descheduled worker then holds up one chunk, not
-    half the layer."""
-    if kernel is kernels[1] or not CHUNKS_PER_THREAD:
-        kernel(*args)
-        return
-    threads = max(1, parallel.threads())
-    before = nb.set_parallel_chunksize(max(1, -(-tiles // (CHUNKS_PER_THREAD * threads))))
-    try:
-        kernel(*args)
-    finally:
-        nb.set_parallel_chunksize(before)

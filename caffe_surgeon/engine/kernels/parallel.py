@@ -59,6 +59,27 @@ def pick(kernels, work: int, threshold: int | None = None):
     return par if work >= limit and threads() > 1 else ser
 
 
+#: chunks of tiles per thread for :func:`run_in_chunks` (0: Numba's default, one equal share
+#: per thread)
+CHUNKS_PER_THREAD = 8
+
+
+def run_in_chunks(kernels, kernel, args, tiles: int) -> None:
+    """``kernel(*args)``, ``kernel`` one of the builds ``kernels`` (:func:`dual`).
+    The parallel build hands its ``tiles`` out in chunks as threads come free, rather than
+    one half per thread: on shared cores a descheduled worker then holds up one chunk, not
+    half the layer."""
+    if kernel is kernels[1] or not CHUNKS_PER_THREAD:
+        kernel(*args)
+        return
+    jobs = max(1, threads())
+    before = nb.set_parallel_chunksize(max(1, -(-tiles // (CHUNKS_PER_THREAD * jobs))))
+    try:
+        kernel(*args)
+    finally:
+        nb.set_parallel_chunksize(before)
+
+
 def balanced_passes(N: int, passes: int, jobs: int) -> int:
     """Passes per image for a kernel that cuts each of ``N`` images in ``passes`` (or more)
     shared out to the threads: at least ``jobs`` in all, and a multiple of ``jobs`` over
