@@ -148,8 +148,8 @@ def test_im2col_batch_matches_reference(case, parallel):
 
 
 
-def test_im2col_strided_rows_match_reference_over_many_geometries():
-    """Strided rows copy between the padding bounds [lo, hi): every stride 1-4 against padding
+def test_im2col_rows_match_reference_over_many_geometries():
+    """Rows copy between the padding bounds [lo, hi): every stride 1-4 against padding
     wider than the kernel, maps narrower than the padding, dilation, uneven strides."""
     from caffe_surgeon.engine.kernels.im2col import im2col_batch
     r = np.random.default_rng(5)
