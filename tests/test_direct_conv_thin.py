@@ -117,6 +117,60 @@ def test_smallest_gemm_is_the_smallest_call_of_the_tiling(shape):
     assert conv.smallest_gemm((kind, ob, pb), N, 1, O, K, oh, ow) == min(sizes)
 
 
+#: (N, C, O, out H = W, k): row tiles, block tiles, Winograd blocked and whole
+PLANNED = [(1, 64, 256, 56, 1), (2, 128, 128, 28, 1), (1, 16, 32, 208, 3), (1, 32, 64, 104, 3),
+           (1, 256, 256, 28, 3), (1, 128, 128, 56, 3), (2, 64, 64, 56, 3)]
+
+
+def test_where_cuts_show_in_the_bits_no_cut_follows_the_thread_count(monkeypatch):
+    """OpenBLAS's Haswell kernel sums some tiles in two chains by where they lie in a call:
+    there the GEMM cut and the Winograd path are the same at 1, 2 and 8 threads."""
+    from caffe_surgeon.engine.kernels import winograd
+
+    def plans():
+        out = []
+        for N, C, O, hw, k in PLANNED:
+            want = conv.TILES
+            out.append(tuple(conv.blas_tiling(N, 1, O, C * k * k, hw, hw, want, t) for t in (1, 2, 8))
+                       + tuple(winograd.blocked_groups(N, C, O, (hw, hw), t) for t in (1, 2, 8)))
+        return out
+
+    monkeypatch.setattr(microkernel, "cuts_change_no_sum", lambda: True)
+    free = plans()
+    monkeypatch.setattr(microkernel, "cuts_change_no_sum", lambda: False)
+    fixed = plans()
+    for plan in fixed:
+        assert len(set(plan[:3])) == 1 and len(set(plan[3:])) == 1, plan
+    # where the cuts change no bit, they do follow the thread count (else this test is empty)
+    assert sum(len(set(p[:3])) > 1 for p in free) >= 2 and sum(len(set(p[3:])) > 1 for p in free) >= 1
+
+
+def test_cuts_change_no_sum_where_it_says_so():
+    """Where :func:`microkernel.cuts_change_no_sum` holds, a GEMM cut into calls by columns or
+    by rows gives the whole call's bits."""
+    gemm = blas.gemm()
+    if gemm is None or not microkernel.cuts_change_no_sum():
+        pytest.skip("this BLAS's sums depend on the cut (or there is no BLAS): the cuts stay fixed")
+    r = np.random.default_rng(11)
+    # every call above OpenBLAS's small-matrix size (whose kernels sum in another order)
+    for M, N, K in [(8, 12000, 40), (24, 2000, 300), (64, 1000, 100), (32, 5408, 144)]:
+        a = r.standard_normal((M, K), dtype=F32)
+        b = r.standard_normal((K, N), dtype=F32)
+        whole = np.empty((M, N), F32)
+        cut = np.empty((M, N), F32)
+        with blas.single_threaded():
+            gemm(101, 111, 111, M, N, K, F32(1), a.ctypes.data, K, b.ctypes.data, N, F32(0), whole.ctypes.data, N)
+            n0 = N // 3 + 5
+            for c0, c1 in ((0, n0), (n0, N)):
+                gemm(101, 111, 111, M, c1 - c0, K, F32(1), a.ctypes.data, K, b.ctypes.data + 4 * c0, N, F32(0),
+                     cut.ctypes.data + 4 * c0, N)
+            assert np.array_equal(whole.view(np.uint32), cut.view(np.uint32)), (M, N, K, "columns")
+            m0 = M // 2
+            gemm(101, 111, 111, M - m0, N, K, F32(1), a.ctypes.data + 4 * m0 * K, K, b.ctypes.data, N, F32(0),
+                 cut.ctypes.data + 4 * m0 * N, N)
+            assert np.array_equal(whole.view(np.uint32), cut.view(np.uint32)), (M, N, K, "rows")
+
+
 @pytest.mark.parametrize("shape", [(1, 64, 56, 56, 256, 1), (1, 512, 7, 7, 512, 3), (2, 128, 28, 28, 128, 1),
                                    (1, 128, 6, 6, 100, 3), (1, 32, 75, 75, 32, 3)])
 def test_results_do_not_depend_on_the_thread_count(shape, forced):

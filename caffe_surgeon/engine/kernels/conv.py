@@ -35,8 +35,9 @@ give OpenBLAS's bits, so which one ran never shows in a result: :func:`gemm_tili
 im2col path's cut into GEMM calls, from the shapes alone.
 
 Depthwise convolutions use their direct kernel. The tiling depends only on the
-shapes and the thread count, never on the epilogue, so fused and unfused layers
-agree bit for bit (and a run is deterministic for a given thread count). Without
+shapes, never on the epilogue, so fused and unfused layers agree bit for bit; it
+depends on the thread count only where the BLAS's sums do not depend on the cut
+(:func:`.microkernel.cuts_change_no_sum`), so the results never do. Without
 a usable OpenBLAS (:func:`.blas.gemm` is None) the convolution is im2col +
 ``np.matmul`` per image.
 """
@@ -361,13 +362,7 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
         return direct_conv.conv2d(x, packed_weights(w, wg, O, panel), panel, w.shape, stride, pad,
                                   dilation, (oh, ow), (codes, vecs, params), threads, want, *blocking)
     pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
-    tiling = gemm_tiling(N, group, og, k, oh, ow, want)
-    smallest = smallest_gemm(tiling, N, group, og, k, oh, ow)
-    if threads == 1 and want > 1 and smallest > microkernel.SMALL_MNK:
-        # one thread: whole GEMMs (OpenBLAS repacks the weights per call: 4 pixel blocks
-        # cost 15-20% more than one). The cut never changes a sum's order, and every call
-        # of either cut is above OpenBLAS's small-matrix size, so the bits are the same.
-        tiling = gemm_tiling(N, group, og, k, oh, ow, 1)
+    tiling, smallest = blas_tiling(N, group, og, k, oh, ow, want, threads)
     if blocking is not None and direct_conv_thin.use(w.shape, stride, group, smallest):
         return direct_conv_thin.conv2d(x, packed_weights(w, wg, O, direct_conv_thin.ROWS), w.shape,
                                        stride, pad, dilation, (oh, ow), (codes, vecs, params), threads,
@@ -442,6 +437,19 @@ def gemm_tiling(N, group, og, k, oh, ow, want):
         else:
             ob = _round16(-(-og // parts), og)
     return "block", ob, pb
+
+
+def blas_tiling(N, group, og, k, oh, ow, want, threads):
+    """(:func:`gemm_tiling` for this layer and thread count, the multiply-adds of the smallest
+    call of the cut for ``want`` tiles). One thread takes whole GEMMs (OpenBLAS repacks the
+    weights per call: 4 pixel blocks cost 15-20% more than one) where that changes no bit:
+    the BLAS's sums do not depend on the cut, and every call of either cut is above its
+    small-matrix size."""
+    tiling = gemm_tiling(N, group, og, k, oh, ow, want)
+    smallest = smallest_gemm(tiling, N, group, og, k, oh, ow)
+    if threads == 1 and want > 1 and smallest > microkernel.SMALL_MNK and microkernel.cuts_change_no_sum():
+        return gemm_tiling(N, group, og, k, oh, ow, 1), smallest
+    return tiling, smallest
 
 
 def smallest_gemm(tiling, N, group, og, k, oh, ow) -> int:

@@ -230,18 +230,33 @@ def _agrees(ap, a, b, ref, q, u) -> bool:
     return bool(np.array_equal(got.view(np.uint32), ref.view(np.uint32)))
 
 
+def _reproduced() -> tuple[int, int] | None:
+    """:func:`_blas_blocking`, found once per process."""
+    state = _state
+    if "reproduced" not in state:
+        with _lock:
+            if "reproduced" not in state:
+                state["reproduced"] = _blas_blocking()
+    return state["reproduced"]
+
+
 def blocking() -> tuple[int, int] | None:
     """(q, u) for :func:`gemm` when it reproduces the BLAS here, else None (then the
     convolutions keep the BLAS). Found once per process, as is ``CAFFE_SURGEON_OWN_GEMM=0``
     (our kernels off), read at the first call: every convolution asks."""
     state = _state
-    if "blocking" in state:
-        return state["blocking"]
-    with _lock:
-        if "blocking" not in state:
-            off = os.environ.get("CAFFE_SURGEON_OWN_GEMM", "1") == "0"
-            state["blocking"] = None if off else _blas_blocking()
-        return state["blocking"]
+    if "blocking" not in state:
+        off = os.environ.get("CAFFE_SURGEON_OWN_GEMM", "1") == "0"
+        state["blocking"] = None if off else _reproduced()
+    return state["blocking"]
+
+
+def cuts_change_no_sum() -> bool:
+    """Whether cutting a GEMM into calls along M or N leaves every output's bits alone: known
+    where our kernel reproduces the BLAS (each output one chain per K block, wherever it lies).
+    OpenBLAS's Haswell kernel (AVX2) sums some tiles in two chains (even and odd k), by where
+    the tile lies in the call, so there a layer's cut must not depend on the thread count."""
+    return _reproduced() is not None
 
 
 def worth_it(M: int, N: int, K: int, ldb: int) -> bool:

@@ -37,6 +37,10 @@ F32 = np.float32
 #: bytes of V and M per job of the blocked path: they stay in the core's 2 MB L2 while the
 #: 16 GEMMs and the output transform re-read them
 BLOCK_BYTES = 1 << 20
+#: where the BLAS's sums depend on the cut (:func:`.microkernel.cuts_change_no_sum`), the
+#: choice between the blocked and whole-layer paths is made for this many threads at any
+#: thread count, so that it never shows in a result
+PLANNED_THREADS = 2
 _NO_WEIGHTS = np.empty(0, F32)
 
 
@@ -305,6 +309,8 @@ def blocked_groups(N, C, O, out_hw, threads) -> int:
     th, tw = -(-out_hw[0] // 2), -(-out_hw[1] // 2)
     rows = blocked_rows(C, O, th, tw, microkernel.SMALL_MNK)
     groups = th // rows if rows else 0
+    if not microkernel.cuts_change_no_sum():
+        threads = PLANNED_THREADS  # the two paths cut the GEMMs differently
     if not groups or N * groups < threads:
         return 0
     # each job re-reads all of U (16*O*C floats), where the whole-layer path writes and
