@@ -1,7 +1,11 @@
-"""The 3x3 depthwise kernels of kernels/depthwise_3x3.py (stride 1 on whole planes, stride 2
-by rows): the bits of the tap-skipping kernels with the epilogue after them, whatever the
-map, the batch, the channel multiplier or the thread count, and the path conv2d takes."""
+"""The 3x3 depthwise kernels of kernels/depthwise_3x3.py (stride 1 on whole planes in zmm or
+ymm vectors, stride 2 by rows): the bits of the tap-skipping kernels with the epilogue after
+them, whatever the map, the batch, the channel multiplier or the thread count, no read
+outside the input, and the path conv2d takes."""
 from __future__ import annotations
+
+import ctypes
+import mmap
 
 import numba
 import numpy as np
@@ -47,32 +51,68 @@ def _skipping(x, wt, s=1):
     return depthwise.depthwise_unfused(x, wt, (s, s), (1, 1), (1, 1), out_hw)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
+#: (stride, lanes of the stride-1 kernel): zmm and ymm at stride 1, whatever this machine runs
+KERNELS = [(1, 16), (1, 8), (2, 16)]
+
+
+@pytest.mark.parametrize("stride,lanes", KERNELS)
 @pytest.mark.parametrize("case", CASES)
-def test_3x3_kernel_gives_the_tap_skipping_kernels_bits_with_the_epilogue(case, stride):
+def test_3x3_kernel_gives_the_tap_skipping_kernels_bits_with_the_epilogue(case, stride, lanes):
     x, wt, ep = _case(case)
     plain = _skipping(x, wt, stride)
-    got = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), ep.arrays())
+    got = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), ep.arrays(), lanes)
     np.testing.assert_array_equal(_bits(got), _bits(epi.apply(plain.copy(), ep)))
-    bare = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), epi.Epilogue(wt.shape[0]).arrays())
+    bare = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), epi.Epilogue(wt.shape[0]).arrays(), lanes)
     np.testing.assert_array_equal(_bits(bare), _bits(plain))
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_3x3_kernel_reads_nothing_outside_its_plane(stride):
+@pytest.mark.parametrize("stride,lanes", KERNELS)
+@pytest.mark.parametrize("hw", [(7, 7), (12, 21)])
+def test_3x3_kernel_reads_nothing_outside_its_plane(stride, lanes, hw):
     """Huge values in the neighbouring planes of a batch: a tap that strays across a plane's
     edge (a wrong mask or offset) would carry them into the edge outputs."""
     rng = np.random.default_rng(5)
-    x = np.full((3, 4, 7, 7), 1e30, np.float32)
-    x[1, 2] = rng.standard_normal((7, 7))
+    x = np.full((3, 4) + hw, 1e30, np.float32)
+    x[1, 2] = rng.standard_normal(hw)
     wt = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
-    got = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), epi.Epilogue(4).arrays())
+    got = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), epi.Epilogue(4).arrays(), lanes)
     np.testing.assert_array_equal(_bits(got[1, 2]), _bits(_skipping(x, wt, stride)[1, 2]))
     assert np.abs(got[1, 2]).max() < 100
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_3x3_kernel_does_not_depend_on_the_thread_count(stride, monkeypatch):
+def _between_guard_pages(shape, at_start: bool):
+    """A float32 array of ``shape`` that starts right after (or ends right before) a page
+    nobody may read: a load past the input's first or last float faults."""
+    page = mmap.PAGESIZE
+    nbytes = int(np.prod(shape)) * 4
+    span = -(-nbytes // page) * page
+    region = mmap.mmap(-1, span + 2 * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for guard in (base, base + page + span):
+        assert libc.mprotect(guard, page, 0) == 0, ctypes.get_errno()
+    offset = page if at_start else page + span - nbytes
+    return np.frombuffer(region, np.float32, int(np.prod(shape)), offset).reshape(shape), region
+
+
+@pytest.mark.parametrize("stride,lanes", KERNELS)
+@pytest.mark.parametrize("hw", [(16, 24), (9, 13)])
+def test_3x3_kernel_loads_nothing_before_or_after_the_input(stride, lanes, hw):
+    """The input between two unreadable pages: the first plane's top row and the last plane's
+    bottom row (whose taps reach W + 1 floats beyond the input) must mask their loads."""
+    rng = np.random.default_rng(8)
+    wt = rng.standard_normal((2, 1, 3, 3)).astype(np.float32)
+    for at_start in (True, False):
+        x, region = _between_guard_pages((1, 2) + hw, at_start)
+        x[...] = rng.standard_normal(x.shape)
+        got = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), epi.Epilogue(2).arrays(), lanes)
+        np.testing.assert_array_equal(_bits(got), _bits(_skipping(np.array(x), wt, stride)))
+        del x
+
+
+@pytest.mark.parametrize("stride,lanes", KERNELS)
+def test_3x3_kernel_does_not_depend_on_the_thread_count(stride, lanes, monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 Numba threads")
     monkeypatch.setattr(depthwise_3x3, "MIN_PARALLEL_MACS", 0)  # the parallel build at 2 threads
@@ -82,7 +122,7 @@ def test_3x3_kernel_does_not_depend_on_the_thread_count(stride, monkeypatch):
     try:
         for t in (1, 2):
             numba.set_num_threads(t)
-            out[t] = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), ep.arrays())
+            out[t] = depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), ep.arrays(), lanes)
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(_bits(out[1]), _bits(out[2]))
@@ -92,8 +132,8 @@ def test_3x3_kernel_does_not_depend_on_the_thread_count(stride, monkeypatch):
 def test_non_finite_weights_are_declined():
     x, wt, ep = _case((1, 3, 1, 8, 8))
     wt[2, 0, 2, 2] = -np.inf
-    assert depthwise_3x3.depthwise_3x3(x, wt, (1, 1), ep.arrays()) is None
-    assert depthwise_3x3.depthwise_3x3(x, wt, (2, 2), ep.arrays()) is None
+    for stride, lanes in KERNELS:
+        assert depthwise_3x3.depthwise_3x3(x, wt, (stride, stride), ep.arrays(), lanes) is None
 
 
 @pytest.mark.parametrize("hw", [(7, 7), (28, 28), (5, 40)])
@@ -109,7 +149,7 @@ def test_conv2d_takes_the_3x3_kernels_for_stride_1_or_2_pad_1_only(hw, monkeypat
     for stride, pad, taken in [(1, 1, True), (2, 1, True), (3, 1, False), (1, 0, False)]:
         calls.clear()
         got = conv.conv2d(x, wt, b, (stride, stride), (pad, pad), (1, 1), 16)
-        assert bool(calls) == (taken and depthwise_3x3.USABLE)
+        assert bool(calls) == (taken and (depthwise_3x3.USABLE or stride == 1 and depthwise_3x3.USABLE_YMM))
         out_hw = tuple(conv.out_size(v, 3, stride, pad, 1) for v in hw)
         want = depthwise.depthwise_unfused(x, wt, (stride, stride), (pad, pad), (1, 1), out_hw)
         np.testing.assert_array_equal(_bits(got), _bits(epi.apply(want, epi.Epilogue(16).add(b))))

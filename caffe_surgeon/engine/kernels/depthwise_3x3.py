@@ -1,6 +1,7 @@
 """3x3 depthwise convolution (pad 1) in NCHW without a padded copy: stride 1 on whole
-planes, stride 2 by rows. AVX-512 machines only (:data:`USABLE`); elsewhere the plane
-kernel of :mod:`.depthwise_planes` runs.
+planes, stride 2 by rows. Both on AVX-512 machines (:data:`USABLE`); on AVX2 ones stride 1
+in ymm vectors (:func:`_plane3x3_ymm`, :data:`USABLE_YMM`); elsewhere the plane kernel of
+:mod:`.depthwise_planes` runs.
 
 Stride 1 keeps the map size (MobileNet v1/v2's every stride-1 block). Output pixel ``p``
 of a plane (flattened ``y*W + x``) reads input pixel ``p + (i-1)*W + (j-1)`` for tap
@@ -45,25 +46,37 @@ INDEX = ir.VectorType(simd.I64, LANES)
 #: ymm pairs, cross-lane shuffles) these kernels ran 0.7-0.8x the plane kernel on 56x56 and
 #: 112x112 maps, and AMD's masked stores are microcoded: there the plane kernels stay
 USABLE = microkernel.USABLE
+#: stride 1 on AVX2 (Zen 3, no AVX-512): ymm vectors, plain loads and stores wherever a
+#: vector's pixels all lie inside the plane's border (there every tap is inside the plane),
+#: masked ones on the border and the tail only; the same sums. 1.3-1.9x the plane kernel
+#: on MobileNet v2's stride-1 shapes (``benchmarks/depthwise_3x3.py``)
+USABLE_YMM = "+avx2" in microkernel._FEATURES
+#: lanes of the stride-1 kernel this machine runs: zmm where AVX-512 has them, else ymm
+STRIDE1_LANES = LANES if USABLE else 8
 #: work (multiply-adds, plus the input floats at stride 2) from which a layer is shared among
 #: threads: at 2 threads MobileNet v2's 960-channel 7x7 layer (0.42M) took 0.035 ms against
 #: 0.046 on one, its 384-channel 28x28 stride-2 layer 0.055 against 0.088
 MIN_PARALLEL_MACS = 300_000
 #: LLVM 17 on has opaque pointers only, which the masked intrinsics' names reflect
-_POINTER = "p0" if llvm.llvm_version_info[0] >= 17 else "p0v16f32"
+_OPAQUE = llvm.llvm_version_info[0] >= 17
 
 
-def _masked_load(builder, ptr, mask):
-    fnty = ir.FunctionType(simd.VEC, [simd.VEC.as_pointer(), simd.I32, MASK, simd.VEC])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.v16f32.{_POINTER}")
-    return builder.call(fn, [builder.bitcast(ptr, simd.VEC.as_pointer()), ir.Constant(simd.I32, 4),
-                             mask, ir.Constant(simd.VEC, [0.0] * LANES)])
+def _name(op, vec):
+    return f"llvm.masked.{op}.v{vec.count}f32." + ("p0" if _OPAQUE else f"p0v{vec.count}f32")
+
+
+def _masked_load(builder, ptr, mask, vec=simd.VEC):
+    fnty = ir.FunctionType(vec, [vec.as_pointer(), simd.I32, mask.type, vec])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, _name("load", vec))
+    return builder.call(fn, [builder.bitcast(ptr, vec.as_pointer()), ir.Constant(simd.I32, 4),
+                             mask, ir.Constant(vec, [0.0] * vec.count)])
 
 
 def _masked_store(builder, value, ptr, mask):
-    fnty = ir.FunctionType(ir.VoidType(), [simd.VEC, simd.VEC.as_pointer(), simd.I32, MASK])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.v16f32.{_POINTER}")
-    builder.call(fn, [value, builder.bitcast(ptr, simd.VEC.as_pointer()), ir.Constant(simd.I32, 4), mask])
+    vec = value.type
+    fnty = ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), simd.I32, mask.type])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, _name("store", vec))
+    builder.call(fn, [value, builder.bitcast(ptr, vec.as_pointer()), ir.Constant(simd.I32, 4), mask])
 
 
 @intrinsic
@@ -105,6 +118,104 @@ def _plane3x3(typingctx, x, at, width, edges, stride, pixels, w0, w1, w2, w3, w4
                     v = _masked_load(builder, builder.gep(src, [off]), mask)
                     total = builder.fadd(total, builder.fmul(v, weights[3 * i + j]))
             _masked_store(builder, total, builder.gep(dest, [builder.add(dst, p)]), inside)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+YMM = 8
+_VEC_Y = ir.VectorType(ir.FloatType(), YMM)
+_BYTES_Y = ir.VectorType(ir.IntType(8), YMM)
+_INDEX_Y = ir.VectorType(simd.I64, YMM)
+
+
+@intrinsic
+def _plane3x3_ymm(typingctx, x, at, width, edges, stride, pixels, w0, w1, w2, w3, w4, w5, w6, w7, w8,
+                  out, dst):
+    """:func:`_plane3x3` in vectors of 8, with AVX2's masked loads and stores (slow on AMD)
+    only where a load could leave ``x`` or a store the plane: a vector with no pixel on the
+    plane's border (row 4 of :func:`edge_masks`) reads every tap with plain loads (they all
+    lie inside the plane); one with a border pixel reads them plainly too and zeroes the
+    padded taps' lanes with the edge masks (the values read there, from a neighbouring
+    plane, never count); only the plane's last vector, when partial, and the vectors whose
+    taps reach before x[0] or past its end mask their loads. Same sums in the same order."""
+    sig = types.void(x, types.int64, types.int64, edges, types.int64, types.int64,
+                     *([types.float32] * 9), out, types.int64)
+
+    def codegen(context, builder, sig, args):
+        x_arr, at, width, edges_arr, stride, pixels = args[:6]
+        weights = [simd.splat(builder, w, _VEC_Y) for w in args[6:15]]
+        out_arr, dst = args[15], args[16]
+        x_struct = context.make_array(sig.args[0])(context, builder, x_arr)
+        src, size = x_struct.data, x_struct.nitems
+        flags = context.make_array(sig.args[3])(context, builder, edges_arr).data
+        dest = context.make_array(sig.args[15])(context, builder, out_arr).data
+        i64 = simd.I64
+        lanes = ir.Constant(_INDEX_Y, list(range(YMM)))
+        zero8 = ir.Constant(_BYTES_Y, [0] * YMM)
+        zero = ir.Constant(_VEC_Y, [0.0] * YMM)
+        end = simd.splat(builder, pixels, _INDEX_Y)
+        vptr = _VEC_Y.as_pointer()
+        words = ir.VectorType(ir.IntType(32), YMM)
+        reach = builder.add(width, ir.Constant(i64, 1))  # taps lie within W + 1 of the pixel
+
+        def tap(i, j, p):
+            off = builder.add(builder.add(at, p), builder.add(builder.mul(ir.Constant(i64, i - 1), width),
+                                                             ir.Constant(i64, j - 1)))
+            return builder.gep(src, [off])
+
+        def flag_bytes(r, p):
+            ptr = builder.gep(flags, [builder.add(builder.mul(ir.Constant(i64, r), stride), p)])
+            return builder.load(builder.bitcast(ptr, _BYTES_Y.as_pointer()), align=1)
+
+        def nine(p, load):
+            total = zero
+            for i in range(3):
+                for j in range(3):
+                    total = builder.fadd(total, builder.fmul(load(i, j, p), weights[3 * i + j]))
+            return total
+
+        with cgutils.for_range_slice(builder, ir.Constant(i64, 0), pixels, ir.Constant(i64, YMM),
+                                     intp=i64) as (p, _):
+            border = builder.gep(flags, [builder.add(builder.mul(ir.Constant(i64, 4), stride), p)])
+            on_border = builder.load(builder.bitcast(border, ir.IntType(64).as_pointer()), align=1)
+            whole = builder.icmp_signed("<=", builder.add(p, ir.Constant(i64, YMM)), pixels)
+            first = builder.add(at, p)
+            in_x = builder.and_(builder.icmp_signed(">=", builder.sub(first, reach), ir.Constant(i64, 0)),
+                                builder.icmp_signed("<=", builder.add(builder.add(first, reach),
+                                                                      ir.Constant(i64, YMM)), size))
+            out_ptr = builder.bitcast(builder.gep(dest, [builder.add(dst, p)]), vptr)
+            plain = builder.and_(whole, builder.icmp_unsigned("==", on_border, ir.Constant(ir.IntType(64), 0)))
+            with builder.if_else(plain) as (inner, other):
+                with inner:
+                    builder.store(nine(p, lambda i, j, p: builder.load(builder.bitcast(tap(i, j, p), vptr),
+                                                                       align=4)), out_ptr, align=4)
+                with other:
+                    with builder.if_else(builder.and_(whole, in_x)) as (edge, outer):
+                        with edge:
+                            # 0 or all ones per lane (edge_masks holds 0 or 255)
+                            m = [builder.sext(flag_bytes(r, p), words) for r in range(4)]
+                            every = ir.Constant(words, [-1] * YMM)
+                            rows = (m[0], every, m[1])
+
+                            def masked(i, j, p):
+                                mask = rows[i] if j == 1 else builder.and_(rows[i], m[2 if j == 0 else 3])
+                                v = builder.load(builder.bitcast(tap(i, j, p), vptr), align=4)
+                                return builder.bitcast(builder.and_(builder.bitcast(v, words), mask), _VEC_Y)
+
+                            builder.store(nine(p, masked), out_ptr, align=4)
+                        with outer:
+                            inside = builder.icmp_signed("<", builder.add(simd.splat(builder, p, _INDEX_Y),
+                                                                          lanes), end)
+                            e = [builder.and_(inside, builder.icmp_unsigned("!=", flag_bytes(r, p), zero8))
+                                 for r in range(4)]
+                            rows_m = (e[0], inside, e[1])
+
+                            def faulting(i, j, p):
+                                mask = rows_m[i] if j == 1 else builder.and_(rows_m[i], e[2 if j == 0 else 3])
+                                return _masked_load(builder, tap(i, j, p), mask, _VEC_Y)
+
+                            _masked_store(builder, nine(p, faulting), out_ptr, inside)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -163,16 +274,19 @@ def _row3x3_s2(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5, w6
 
 @functools.lru_cache(maxsize=64)
 def edge_masks(H: int, W: int) -> np.ndarray:
-    """(4, H*W + LANES) uint8 for a plane of H x W: whether each pixel has a row above, a row
-    below, a column left and a column right (LANES spare zeros: whole-vector loads);
-    shared, so never written to."""
+    """(5, H*W + LANES) uint8 for a plane of H x W, 255 for yes and 0 for no: whether each
+    pixel has a row above, a row below, a column left and a column right, and whether it
+    lies on the border (lacks one of them) (LANES spare zeros: whole-vector loads); shared,
+    so never written to."""
     p = np.arange(H * W)
     y, x = np.divmod(p, W)
-    masks = np.zeros((4, H * W + LANES), np.uint8)
+    masks = np.zeros((5, H * W + LANES), np.uint8)
     masks[0, :H * W] = y > 0
     masks[1, :H * W] = y < H - 1
     masks[2, :H * W] = x > 0
     masks[3, :H * W] = x < W - 1
+    masks[4, :H * W] = masks[:4, :H * W].min(axis=0) == 0
+    masks *= 255  # all ones: a lane mask when sign-extended
     masks.setflags(write=False)
     return masks
 
@@ -196,6 +310,27 @@ def _depthwise_3x3(x, w, mult, edges, out, codes, vecs, params):
 
 
 DEPTHWISE_3X3_K = parallel.dual(_depthwise_3x3)
+
+
+def _depthwise_3x3_ymm(x, w, mult, edges, out, codes, vecs, params):
+    # _depthwise_3x3 on _plane3x3_ymm
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    P = H * W
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    flags = edges.reshape(-1)
+    stride = edges.shape[1]
+    for t in nb.prange(N * O):
+        n = t // O
+        o = t % O
+        _plane3x3_ymm(xf, (n * C + o // mult) * P, W, flags, stride, P,
+                      w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
+                      w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * P)
+        _stages_row(out[n, o], o, codes, vecs, params)
+
+
+DEPTHWISE_3X3_YMM_K = parallel.dual(_depthwise_3x3_ymm)
 
 
 def _depthwise_3x3_s2(x, w, mult, oh, ow, out, codes, vecs, params):
@@ -222,16 +357,19 @@ DEPTHWISE_3X3_S2_K = parallel.dual(_depthwise_3x3_s2)
 
 
 def applies(w_shape, stride, pad, dilation) -> bool:
-    """Whether :func:`depthwise_3x3` takes a depthwise layer of this geometry here."""
-    return USABLE and tuple(w_shape[2:]) == (3, 3) and tuple(stride) in ((1, 1), (2, 2)) \
+    """Whether :func:`depthwise_3x3` takes a depthwise layer of this geometry here: stride 1
+    or 2 with AVX-512, stride 1 with AVX2."""
+    strides = ((1, 1), (2, 2)) if USABLE else ((1, 1),) if USABLE_YMM else ()
+    return tuple(w_shape[2:]) == (3, 3) and tuple(stride) in strides \
         and tuple(pad) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def depthwise_3x3(x, w, stride, arrays) -> np.ndarray | None:
+def depthwise_3x3(x, w, stride, arrays, lanes: int | None = None) -> np.ndarray | None:
     """x (N, C, H, W) float32 C-contiguous, w (C*m, 1, 3, 3) -> (N, C*m, oh, ow) (pad 1,
     ``stride`` (1, 1) or (2, 2)) with the epilogue ``arrays``
     (:meth:`.epilogue.Epilogue.arrays`) applied; None when a weight is not finite (a padded
-    tap would then add NaN where the tap-skipping kernels add nothing)."""
+    tap would then add NaN where the tap-skipping kernels add nothing). ``lanes``: the
+    stride-1 kernel's vectors, 16 or 8 (default: :data:`STRIDE1_LANES`)."""
     if not np.isfinite(w).all():
         return None
     N, C, H, W = x.shape
@@ -243,7 +381,8 @@ def depthwise_3x3(x, w, stride, arrays) -> np.ndarray | None:
     flat = out.reshape(N, O, oh * ow)
     work = N * O * oh * ow * 9 + (N * C * H * W if s > 1 else 0)
     if s == 1:
-        kernels, args = DEPTHWISE_3X3_K, (x, wt, O // C, edge_masks(H, W), flat)
+        kernels = DEPTHWISE_3X3_K if (lanes or STRIDE1_LANES) == LANES else DEPTHWISE_3X3_YMM_K
+        args = (x, wt, O // C, edge_masks(H, W), flat)
     else:
         kernels, args = DEPTHWISE_3X3_S2_K, (x, wt, O // C, oh, ow, flat)
     parallel.run_in_chunks(kernels, parallel.pick(kernels, work, MIN_PARALLEL_MACS), args + tuple(arrays),
