@@ -2,8 +2,8 @@
 kernel they replace, and against onnxruntime's depthwise Conv, in one process.
 
 For each layer shape (stride 1 and 2, pad 1, with the BatchNorm + Scale + ReLU6 epilogue the
-net fuses) this times ``depthwise_3x3.depthwise_3x3`` (at stride 1 in this machine's vectors:
-zmm with AVX-512, else ymm) and ``depthwise_planes.depthwise_planes``
+net fuses) this times ``depthwise_3x3.depthwise_3x3`` (in this machine's vectors: zmm with
+AVX-512, else ymm) and ``depthwise_planes.depthwise_planes``
 interleaved, medians, and prints the ratio (plane / 3x3: above 1, the new kernel is faster)
 and whether both outputs are equal bit for bit (they must be). onnxruntime (when installed)
 runs the same depthwise Conv alone, bias-free and without the epilogue, for scale: its NCHW
@@ -50,10 +50,9 @@ def main() -> int:
     args = kernel_bench_args(__doc__, 5)
     from caffe_surgeon.engine.kernels import depthwise_3x3, depthwise_planes
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
-    lanes = depthwise_3x3.STRIDE1_LANES
-    print(f"stride 1: the {'zmm' if lanes == 16 else 'ymm'} kernel" +
-          ("" if depthwise_3x3.USABLE else "; stride 2: no AVX-512 here, the engine keeps the plane "
-           "kernel (its zmm kernel, compiled for this CPU, timed anyway)"))
+    if not depthwise_3x3.applies((1, 1, 3, 3), (1, 1), (1, 1), (1, 1)):
+        print("no AVX2 here: the engine keeps the plane kernel (timed anyway)")
+    print(f"3x3 kernels in {'zmm' if depthwise_3x3.MACHINE_LANES == 16 else 'ymm'} vectors")
     print(f"{'layer':22s} {'plane ms':>9} {'3x3 ms':>8} {'ratio':>6}  bit-equal  "
           f"{'ort ms':>7} {'3x3/ort':>7}")
     rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
-"""The 3x3 depthwise kernels of kernels/depthwise_3x3.py (stride 1 on whole planes in zmm or
-ymm vectors, stride 2 by rows): the bits of the tap-skipping kernels with the epilogue after
+"""The 3x3 depthwise kernels of kernels/depthwise_3x3.py (stride 1 on whole planes, stride 2
+by rows, in zmm or ymm vectors): the bits of the tap-skipping kernels with the epilogue after
 them, whatever the map, the batch, the channel multiplier or the thread count, no read
 outside the input, and the path conv2d takes."""
 from __future__ import annotations
@@ -28,6 +28,7 @@ CASES = [  # N, C, multiplier, H, W
     (1, 3, 1, 61, 60),   # rows wider than a vector
     (1, 2, 1, 33, 35),   # stride 2: odd width, an output row of 18 (a vector and a tail)
     (1, 2, 1, 64, 64),   # stride 2: output rows of exactly two vectors
+    (2, 3, 1, 21, 53),   # stride 2 in ymm: output rows of 27, three whole vectors and a tail
 ]
 
 
@@ -51,8 +52,8 @@ def _skipping(x, wt, s=1):
     return depthwise.depthwise_unfused(x, wt, (s, s), (1, 1), (1, 1), out_hw)
 
 
-#: (stride, lanes of the stride-1 kernel): zmm and ymm at stride 1, whatever this machine runs
-KERNELS = [(1, 16), (1, 8), (2, 16)]
+#: (stride, lanes): the zmm and ymm kernels, whatever this machine runs
+KERNELS = [(1, 16), (1, 8), (2, 16), (2, 8)]
 
 
 @pytest.mark.parametrize("stride,lanes", KERNELS)
@@ -149,7 +150,7 @@ def test_conv2d_takes_the_3x3_kernels_for_stride_1_or_2_pad_1_only(hw, monkeypat
     for stride, pad, taken in [(1, 1, True), (2, 1, True), (3, 1, False), (1, 0, False)]:
         calls.clear()
         got = conv.conv2d(x, wt, b, (stride, stride), (pad, pad), (1, 1), 16)
-        assert bool(calls) == (taken and (depthwise_3x3.USABLE or stride == 1 and depthwise_3x3.USABLE_YMM))
+        assert bool(calls) == (taken and (depthwise_3x3.USABLE or depthwise_3x3.USABLE_YMM))
         out_hw = tuple(conv.out_size(v, 3, stride, pad, 1) for v in hw)
         want = depthwise.depthwise_unfused(x, wt, (stride, stride), (pad, pad), (1, 1), out_hw)
         np.testing.assert_array_equal(_bits(got), _bits(epi.apply(want, epi.Epilogue(16).add(b))))

@@ -1,7 +1,7 @@
 """3x3 depthwise convolution (pad 1) in NCHW without a padded copy: stride 1 on whole
-planes, stride 2 by rows. Both on AVX-512 machines (:data:`USABLE`); on AVX2 ones stride 1
-in ymm vectors (:func:`_plane3x3_ymm`, :data:`USABLE_YMM`); elsewhere the plane kernel of
-:mod:`.depthwise_planes` runs.
+planes, stride 2 by rows, in zmm vectors on AVX-512 machines (:data:`USABLE`), in ymm
+vectors on AVX2 ones (:data:`USABLE_YMM`: :func:`_plane3x3_ymm`, :func:`_row3x3_s2_ymm`);
+elsewhere the plane kernel of :mod:`.depthwise_planes` runs.
 
 Stride 1 keeps the map size (MobileNet v1/v2's every stride-1 block). Output pixel ``p``
 of a plane (flattened ``y*W + x``) reads input pixel ``p + (i-1)*W + (j-1)`` for tap
@@ -46,13 +46,12 @@ INDEX = ir.VectorType(simd.I64, LANES)
 #: ymm pairs, cross-lane shuffles) these kernels ran 0.7-0.8x the plane kernel on 56x56 and
 #: 112x112 maps, and AMD's masked stores are microcoded: there the plane kernels stay
 USABLE = microkernel.USABLE
-#: stride 1 on AVX2 (Zen 3, no AVX-512): ymm vectors, plain loads and stores wherever a
-#: vector's pixels all lie inside the plane's border (there every tap is inside the plane),
-#: masked ones on the border and the tail only; the same sums. 1.3-1.9x the plane kernel
-#: on MobileNet v2's stride-1 shapes (``benchmarks/depthwise_3x3.py``)
+#: AVX2 (Zen 3, no AVX-512): ymm vectors, with masked loads and stores only where a plain
+#: one could leave the input or the plane; the same sums. On MobileNet v2's shapes, against
+#: the plane kernel: stride 1 1.1-2.4x, stride 2 1.0-2.1x (``benchmarks/depthwise_3x3.py``)
 USABLE_YMM = "+avx2" in microkernel._FEATURES
-#: lanes of the stride-1 kernel this machine runs: zmm where AVX-512 has them, else ymm
-STRIDE1_LANES = LANES if USABLE else 8
+#: lanes of the kernels this machine runs: zmm where AVX-512 has them, else ymm
+MACHINE_LANES = LANES if USABLE else 8
 #: work (multiply-adds, plus the input floats at stride 2) from which a layer is shared among
 #: threads: at 2 threads MobileNet v2's 960-channel 7x7 layer (0.42M) took 0.035 ms against
 #: 0.046 on one, its 384-channel 28x28 stride-2 layer 0.055 against 0.088
@@ -272,6 +271,111 @@ def _row3x3_s2(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5, w6
     return sig, codegen
 
 
+@intrinsic
+def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5, w6, w7, w8, out, dst):
+    """:func:`_row3x3_s2` in vectors of 8, with masked loads and stores (slow on AMD) only at
+    the row's ends, on rows next to the padding and where a load could pass x's end: inside,
+    each input row is three plain loads from column 2q - 1. Same sums in the same order."""
+    sig = types.void(x, types.int64, types.int64, types.int64, types.int64, types.int64,
+                     *([types.float32] * 9), out, types.int64)
+
+    def codegen(context, builder, sig, args):
+        x_arr, starts, width, outs = args[0], args[1:4], args[4], args[5]
+        weights = [simd.splat(builder, w, _VEC_Y) for w in args[6:15]]
+        out_arr, dst = args[15], args[16]
+        x_struct = context.make_array(sig.args[0])(context, builder, x_arr)
+        src, size = x_struct.data, x_struct.nitems
+        dest = context.make_array(sig.args[15])(context, builder, out_arr).data
+        i64 = simd.I64
+        lanes = ir.Constant(_INDEX_Y, list(range(YMM)))
+        zero = ir.Constant(i64, 0)
+        wide = simd.splat(builder, width, _INDEX_Y)
+        last = simd.splat(builder, outs, _INDEX_Y)
+        vptr = _VEC_Y.as_pointer()
+        mask_t = ir.VectorType(ir.IntType(1), YMM)
+        present = [builder.icmp_signed(">=", r, zero) for r in starts]
+        all_rows = builder.and_(builder.and_(present[0], present[1]), present[2])
+        even = ir.Constant(ir.VectorType(simd.I32, YMM), list(range(0, 2 * YMM, 2)))
+        odd = ir.Constant(ir.VectorType(simd.I32, YMM), list(range(1, 2 * YMM, 2)))
+        shift = ir.Constant(ir.VectorType(simd.I32, YMM), list(range(1, YMM + 1)))
+
+        def one_row(i, load):
+            a, b, c = (load(i, part) for part in range(3))
+            left = builder.shuffle_vector(a, b, even)   # columns 2q - 1
+            mid = builder.shuffle_vector(a, b, odd)     # columns 2q
+            right = builder.shuffle_vector(left, c, shift)  # columns 2q + 1
+            return left, mid, right
+
+        def nine(load):
+            total = ir.Constant(_VEC_Y, [0.0] * YMM)
+            for i in range(3):
+                for j, v in enumerate(one_row(i, load)):
+                    total = builder.fadd(total, builder.fmul(v, weights[3 * i + j]))
+            return total
+
+        with cgutils.for_range_slice(builder, zero, outs, ir.Constant(i64, YMM), intp=i64) as (q, _):
+            col0 = builder.sub(builder.add(q, q), ir.Constant(i64, 1))  # column 2q - 1
+            whole = builder.icmp_signed("<=", builder.add(q, ir.Constant(i64, YMM)), outs)
+            # columns 2q - 1 .. 2q + 15 inside the row, and the third load (to 2q + 22) inside x
+            inside = builder.and_(builder.icmp_signed(">=", col0, zero),
+                                  builder.icmp_signed("<", builder.add(col0, ir.Constant(i64, 2 * YMM)), width))
+            in_x = builder.icmp_signed("<=", builder.add(builder.add(starts[2], col0), ir.Constant(i64, 3 * YMM)),
+                                       size)
+            plain = builder.and_(builder.and_(whole, all_rows), builder.and_(inside, in_x))
+            out_ptr = builder.bitcast(builder.gep(dest, [builder.add(dst, q)]), vptr)
+            with builder.if_else(plain) as (inner, edge):
+                with inner:
+                    def plain_load(i, part):
+                        at = builder.add(builder.add(starts[i], col0), ir.Constant(i64, YMM * part))
+                        return builder.load(builder.bitcast(builder.gep(src, [at]), vptr), align=4)
+
+                    builder.store(nine(plain_load), out_ptr, align=4)
+                with edge:
+                    def lanes_ok(i, part):  # the lanes whose column and row lie inside the map
+                        first = builder.add(col0, ir.Constant(i64, YMM * part))
+                        cols = builder.add(simd.splat(builder, first, _INDEX_Y), lanes)
+                        ok = builder.and_(builder.icmp_signed(">=", cols, ir.Constant(_INDEX_Y, [0] * YMM)),
+                                          builder.icmp_signed("<", cols, wide))
+                        ok = builder.and_(ok, builder.select(present[i], ir.Constant(mask_t, [1] * YMM),
+                                                             ir.Constant(mask_t, [0] * YMM)))
+                        return first, ok
+
+                    def masked_load(i, part):
+                        first, ok = lanes_ok(i, part)
+                        return _masked_load(builder, builder.gep(src, [builder.add(starts[i], first)]), ok, _VEC_Y)
+
+                    def zeroed_load(i, part):  # an absent row reads the middle one, all zeroed
+                        first, ok = lanes_ok(i, part)
+                        row = builder.select(present[i], starts[i], starts[1])
+                        v = builder.load(builder.bitcast(builder.gep(src, [builder.add(row, first)]), vptr), align=4)
+                        return builder.select(ok, v, ir.Constant(_VEC_Y, [0.0] * YMM))
+
+                    # every load within a row of the middle one lies inside x: plain loads, zeroed lanes
+                    mid_at = builder.add(starts[1], col0)
+                    safe = builder.and_(builder.icmp_signed(">=", builder.sub(mid_at, width), zero),
+                                        builder.icmp_signed("<=", builder.add(builder.add(mid_at, width),
+                                                                              ir.Constant(i64, 3 * YMM)), size))
+                    with builder.if_else(safe) as (near, far):
+                        with near:
+                            total_near = nine(zeroed_load)
+                            block_near = builder.block
+                        with far:
+                            total_far = nine(masked_load)
+                            block_far = builder.block
+                    total = builder.phi(_VEC_Y)
+                    total.add_incoming(total_near, block_near)
+                    total.add_incoming(total_far, block_far)
+                    with builder.if_else(whole) as (full, part):
+                        with full:
+                            builder.store(total, out_ptr, align=4)
+                        with part:
+                            fits = builder.icmp_signed("<", builder.add(simd.splat(builder, q, _INDEX_Y), lanes), last)
+                            _masked_store(builder, total, out_ptr, fits)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @functools.lru_cache(maxsize=64)
 def edge_masks(H: int, W: int) -> np.ndarray:
     """(5, H*W + LANES) uint8 for a plane of H x W, 255 for yes and 0 for no: whether each
@@ -356,11 +460,33 @@ def _depthwise_3x3_s2(x, w, mult, oh, ow, out, codes, vecs, params):
 DEPTHWISE_3X3_S2_K = parallel.dual(_depthwise_3x3_s2)
 
 
+def _depthwise_3x3_s2_ymm(x, w, mult, oh, ow, out, codes, vecs, params):
+    # _depthwise_3x3_s2 on _row3x3_s2_ymm
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    for t in nb.prange(N * O):
+        n = t // O
+        o = t % O
+        at = (n * C + o // mult) * H * W
+        for y in range(oh):
+            r = 2 * y - 1
+            r0 = at + r * W if r >= 0 else -1
+            r2 = at + (r + 2) * W if r + 2 < H else -1
+            _row3x3_s2_ymm(xf, r0, at + (r + 1) * W, r2, W, ow,
+                           w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
+                           w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * oh * ow + y * ow)
+        _stages_row(out[n, o], o, codes, vecs, params)
+
+
+DEPTHWISE_3X3_S2_YMM_K = parallel.dual(_depthwise_3x3_s2_ymm)
+
+
 def applies(w_shape, stride, pad, dilation) -> bool:
-    """Whether :func:`depthwise_3x3` takes a depthwise layer of this geometry here: stride 1
-    or 2 with AVX-512, stride 1 with AVX2."""
-    strides = ((1, 1), (2, 2)) if USABLE else ((1, 1),) if USABLE_YMM else ()
-    return tuple(w_shape[2:]) == (3, 3) and tuple(stride) in strides \
+    """Whether :func:`depthwise_3x3` takes a depthwise layer of this geometry here (AVX-512
+    or AVX2)."""
+    return (USABLE or USABLE_YMM) and tuple(w_shape[2:]) == (3, 3) and tuple(stride) in ((1, 1), (2, 2)) \
         and tuple(pad) == (1, 1) and tuple(dilation) == (1, 1)
 
 
@@ -369,7 +495,7 @@ def depthwise_3x3(x, w, stride, arrays, lanes: int | None = None) -> np.ndarray 
     ``stride`` (1, 1) or (2, 2)) with the epilogue ``arrays``
     (:meth:`.epilogue.Epilogue.arrays`) applied; None when a weight is not finite (a padded
     tap would then add NaN where the tap-skipping kernels add nothing). ``lanes``: the
-    stride-1 kernel's vectors, 16 or 8 (default: :data:`STRIDE1_LANES`)."""
+    kernels' vectors, 16 (zmm) or 8 (ymm) (default: :data:`MACHINE_LANES`)."""
     if not np.isfinite(w).all():
         return None
     N, C, H, W = x.shape
@@ -381,10 +507,11 @@ def depthwise_3x3(x, w, stride, arrays, lanes: int | None = None) -> np.ndarray 
     flat = out.reshape(N, O, oh * ow)
     work = N * O * oh * ow * 9 + (N * C * H * W if s > 1 else 0)
     if s == 1:
-        kernels = DEPTHWISE_3X3_K if (lanes or STRIDE1_LANES) == LANES else DEPTHWISE_3X3_YMM_K
+        kernels = DEPTHWISE_3X3_K if (lanes or MACHINE_LANES) == LANES else DEPTHWISE_3X3_YMM_K
         args = (x, wt, O // C, edge_masks(H, W), flat)
     else:
-        kernels, args = DEPTHWISE_3X3_S2_K, (x, wt, O // C, oh, ow, flat)
+        kernels = DEPTHWISE_3X3_S2_K if (lanes or MACHINE_LANES) == LANES else DEPTHWISE_3X3_S2_YMM_K
+        args = (x, wt, O // C, oh, ow, flat)
     parallel.run_in_chunks(kernels, parallel.pick(kernels, work, MIN_PARALLEL_MACS), args + tuple(arrays),
                            N * O)
     return out
