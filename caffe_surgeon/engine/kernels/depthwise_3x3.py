@@ -395,8 +395,9 @@ def edge_masks(H: int, W: int) -> np.ndarray:
     return masks
 
 
-def _depthwise_3x3(x, w, mult, edges, out, codes, vecs, params):
-    # x (N, C, H, W), w (C*mult, 3, 3), out (N, C*mult, H*W); tile = one output plane
+def _depthwise_3x3(x, w, mult, edges, ymm, out, codes, vecs, params):
+    # x (N, C, H, W), w (C*mult, 3, 3), out (N, C*mult, H*W); tile = one output plane;
+    # ymm: _plane3x3_ymm, else _plane3x3
     N, C, H, W = x.shape
     O = w.shape[0]
     P = H * W
@@ -407,38 +408,24 @@ def _depthwise_3x3(x, w, mult, edges, out, codes, vecs, params):
     for t in nb.prange(N * O):
         n = t // O
         o = t % O
-        _plane3x3(xf, (n * C + o // mult) * P, W, flags, stride, P,
-                  w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
-                  w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * P)
+        at = (n * C + o // mult) * P
+        if ymm:
+            _plane3x3_ymm(xf, at, W, flags, stride, P,
+                          w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
+                          w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * P)
+        else:
+            _plane3x3(xf, at, W, flags, stride, P,
+                      w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
+                      w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * P)
         _stages_row(out[n, o], o, codes, vecs, params)
 
 
 DEPTHWISE_3X3_K = parallel.dual(_depthwise_3x3)
 
 
-def _depthwise_3x3_ymm(x, w, mult, edges, out, codes, vecs, params):
-    # _depthwise_3x3 on _plane3x3_ymm
-    N, C, H, W = x.shape
-    O = w.shape[0]
-    P = H * W
-    xf = x.reshape(-1)
-    of = out.reshape(-1)
-    flags = edges.reshape(-1)
-    stride = edges.shape[1]
-    for t in nb.prange(N * O):
-        n = t // O
-        o = t % O
-        _plane3x3_ymm(xf, (n * C + o // mult) * P, W, flags, stride, P,
-                      w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
-                      w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * P)
-        _stages_row(out[n, o], o, codes, vecs, params)
-
-
-DEPTHWISE_3X3_YMM_K = parallel.dual(_depthwise_3x3_ymm)
-
-
-def _depthwise_3x3_s2(x, w, mult, oh, ow, out, codes, vecs, params):
-    # x (N, C, H, W), w (C*mult, 3, 3), out (N, C*mult, oh*ow), stride 2, pad 1
+def _depthwise_3x3_s2(x, w, mult, oh, ow, ymm, out, codes, vecs, params):
+    # x (N, C, H, W), w (C*mult, 3, 3), out (N, C*mult, oh*ow), stride 2, pad 1;
+    # ymm: _row3x3_s2_ymm, else _row3x3_s2
     N, C, H, W = x.shape
     O = w.shape[0]
     xf = x.reshape(-1)
@@ -451,36 +438,18 @@ def _depthwise_3x3_s2(x, w, mult, oh, ow, out, codes, vecs, params):
             r = 2 * y - 1
             r0 = at + r * W if r >= 0 else -1
             r2 = at + (r + 2) * W if r + 2 < H else -1
-            _row3x3_s2(xf, r0, at + (r + 1) * W, r2, W, ow,
-                       w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
-                       w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * oh * ow + y * ow)
-        _stages_row(out[n, o], o, codes, vecs, params)
-
-
-DEPTHWISE_3X3_S2_K = parallel.dual(_depthwise_3x3_s2)
-
-
-def _depthwise_3x3_s2_ymm(x, w, mult, oh, ow, out, codes, vecs, params):
-    # _depthwise_3x3_s2 on _row3x3_s2_ymm
-    N, C, H, W = x.shape
-    O = w.shape[0]
-    xf = x.reshape(-1)
-    of = out.reshape(-1)
-    for t in nb.prange(N * O):
-        n = t // O
-        o = t % O
-        at = (n * C + o // mult) * H * W
-        for y in range(oh):
-            r = 2 * y - 1
-            r0 = at + r * W if r >= 0 else -1
-            r2 = at + (r + 2) * W if r + 2 < H else -1
-            _row3x3_s2_ymm(xf, r0, at + (r + 1) * W, r2, W, ow,
+            if ymm:
+                _row3x3_s2_ymm(xf, r0, at + (r + 1) * W, r2, W, ow,
+                               w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
+                               w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * oh * ow + y * ow)
+            else:
+                _row3x3_s2(xf, r0, at + (r + 1) * W, r2, W, ow,
                            w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
                            w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * oh * ow + y * ow)
         _stages_row(out[n, o], o, codes, vecs, params)
 
 
-DEPTHWISE_3X3_S2_YMM_K = parallel.dual(_depthwise_3x3_s2_ymm)
+DEPTHWISE_3X3_S2_K = parallel.dual(_depthwise_3x3_s2)
 
 
 def applies(w_shape, stride, pad, dilation) -> bool:
@@ -506,12 +475,11 @@ def depthwise_3x3(x, w, stride, arrays, lanes: int | None = None) -> np.ndarray 
     wt = np.ascontiguousarray(w[:, 0], F32)
     flat = out.reshape(N, O, oh * ow)
     work = N * O * oh * ow * 9 + (N * C * H * W if s > 1 else 0)
+    ymm = (lanes or MACHINE_LANES) != LANES
     if s == 1:
-        kernels = DEPTHWISE_3X3_K if (lanes or MACHINE_LANES) == LANES else DEPTHWISE_3X3_YMM_K
-        args = (x, wt, O // C, edge_masks(H, W), flat)
+        kernels, args = DEPTHWISE_3X3_K, (x, wt, O // C, edge_masks(H, W), ymm, flat)
     else:
-        kernels = DEPTHWISE_3X3_S2_K if (lanes or MACHINE_LANES) == LANES else DEPTHWISE_3X3_S2_YMM_K
-        args = (x, wt, O // C, oh, ow, flat)
+        kernels, args = DEPTHWISE_3X3_S2_K, (x, wt, O // C, oh, ow, ymm, flat)
     parallel.run_in_chunks(kernels, parallel.pick(kernels, work, MIN_PARALLEL_MACS), args + tuple(arrays),
                            N * O)
     return out
