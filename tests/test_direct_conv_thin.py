@@ -159,11 +159,12 @@ def test_cuts_change_no_sum_where_it_says_so():
         whole = np.empty((M, N), F32)
         cut = np.empty((M, N), F32)
         with blas.single_threaded():
-            gemm(101, 111, 111, M, N, K, F32(1), a.ctypes.data, K, b.ctypes.data, N, F32(0), whole.ctypes.data, N)
+            gemm(101, 111, 111, M, N, K, F32(1), a.ctypes.data, K, b.ctypes.data, N, F32(0),
+                 whole.ctypes.data, N)
             n0 = N // 3 + 5
             for c0, c1 in ((0, n0), (n0, N)):
-                gemm(101, 111, 111, M, c1 - c0, K, F32(1), a.ctypes.data, K, b.ctypes.data + 4 * c0, N, F32(0),
-                     cut.ctypes.data + 4 * c0, N)
+                gemm(101, 111, 111, M, c1 - c0, K, F32(1), a.ctypes.data, K, b.ctypes.data + 4 * c0, N,
+                     F32(0), cut.ctypes.data + 4 * c0, N)
             assert np.array_equal(whole.view(np.uint32), cut.view(np.uint32)), (M, N, K, "columns")
             m0 = M // 2
             gemm(101, 111, 111, M - m0, N, K, F32(1), a.ctypes.data + 4 * m0 * K, K, b.ctypes.data, N, F32(0),

@@ -44,7 +44,7 @@ BYTES = ir.VectorType(ir.IntType(8), LANES)
 INDEX = ir.VectorType(simd.I64, LANES)
 #: AVX-512, whose masked loads and stores are plain ones. Compiled for AVX2 (vmaskmovps,
 #: ymm pairs, cross-lane shuffles) these kernels ran 0.7-0.8x the plane kernel on 56x56 and
-#: 112x112 maps, and AMD's masked stores are microcoded: there the plane kernels stay
+#: 112x112 maps, and AMD's masked stores are microcoded: there the ymm kernels run
 USABLE = microkernel.USABLE
 #: AVX2 (Zen 3, no AVX-512): ymm vectors, with masked loads and stores only where a plain
 #: one could leave the input or the plane; the same sums. On MobileNet v2's shapes, against
@@ -184,7 +184,8 @@ def _plane3x3_ymm(typingctx, x, at, width, edges, stride, pixels, w0, w1, w2, w3
                                 builder.icmp_signed("<=", builder.add(builder.add(first, reach),
                                                                       ir.Constant(i64, YMM)), size))
             out_ptr = builder.bitcast(builder.gep(dest, [builder.add(dst, p)]), vptr)
-            plain = builder.and_(whole, builder.icmp_unsigned("==", on_border, ir.Constant(ir.IntType(64), 0)))
+            inner_only = builder.icmp_unsigned("==", on_border, ir.Constant(ir.IntType(64), 0))
+            plain = builder.and_(whole, inner_only)
             with builder.if_else(plain) as (inner, other):
                 with inner:
                     builder.store(nine(p, lambda i, j, p: builder.load(builder.bitcast(tap(i, j, p), vptr),
@@ -317,10 +318,11 @@ def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5
             col0 = builder.sub(builder.add(q, q), ir.Constant(i64, 1))  # column 2q - 1
             whole = builder.icmp_signed("<=", builder.add(q, ir.Constant(i64, YMM)), outs)
             # columns 2q - 1 .. 2q + 15 inside the row, and the third load (to 2q + 22) inside x
+            col_end = builder.add(col0, ir.Constant(i64, 2 * YMM))
             inside = builder.and_(builder.icmp_signed(">=", col0, zero),
-                                  builder.icmp_signed("<", builder.add(col0, ir.Constant(i64, 2 * YMM)), width))
-            in_x = builder.icmp_signed("<=", builder.add(builder.add(starts[2], col0), ir.Constant(i64, 3 * YMM)),
-                                       size)
+                                  builder.icmp_signed("<", col_end, width))
+            load_end = builder.add(builder.add(starts[2], col0), ir.Constant(i64, 3 * YMM))
+            in_x = builder.icmp_signed("<=", load_end, size)
             plain = builder.and_(builder.and_(whole, all_rows), builder.and_(inside, in_x))
             out_ptr = builder.bitcast(builder.gep(dest, [builder.add(dst, q)]), vptr)
             with builder.if_else(plain) as (inner, edge):
@@ -342,19 +344,21 @@ def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5
 
                     def masked_load(i, part):
                         first, ok = lanes_ok(i, part)
-                        return _masked_load(builder, builder.gep(src, [builder.add(starts[i], first)]), ok, _VEC_Y)
+                        at = builder.gep(src, [builder.add(starts[i], first)])
+                        return _masked_load(builder, at, ok, _VEC_Y)
 
                     def zeroed_load(i, part):  # an absent row reads the middle one, all zeroed
                         first, ok = lanes_ok(i, part)
                         row = builder.select(present[i], starts[i], starts[1])
-                        v = builder.load(builder.bitcast(builder.gep(src, [builder.add(row, first)]), vptr), align=4)
+                        at = builder.gep(src, [builder.add(row, first)])
+                        v = builder.load(builder.bitcast(at, vptr), align=4)
                         return builder.select(ok, v, ir.Constant(_VEC_Y, [0.0] * YMM))
 
                     # every load within a row of the middle one lies inside x: plain loads, zeroed lanes
                     mid_at = builder.add(starts[1], col0)
+                    far_end = builder.add(builder.add(mid_at, width), ir.Constant(i64, 3 * YMM))
                     safe = builder.and_(builder.icmp_signed(">=", builder.sub(mid_at, width), zero),
-                                        builder.icmp_signed("<=", builder.add(builder.add(mid_at, width),
-                                                                              ir.Constant(i64, 3 * YMM)), size))
+                                        builder.icmp_signed("<=", far_end, size))
                     with builder.if_else(safe) as (near, far):
                         with near:
                             total_near = nine(zeroed_load)
@@ -369,7 +373,8 @@ def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5
                         with full:
                             builder.store(total, out_ptr, align=4)
                         with part:
-                            fits = builder.icmp_signed("<", builder.add(simd.splat(builder, q, _INDEX_Y), lanes), last)
+                            outputs = builder.add(simd.splat(builder, q, _INDEX_Y), lanes)
+                            fits = builder.icmp_signed("<", outputs, last)
                             _masked_store(builder, total, out_ptr, fits)
         return context.get_dummy_value()
 
