@@ -124,7 +124,7 @@ def test_conv2d_depthwise_with_fused_epilogue_equals_the_separate_passes(hw, str
         got = conv.conv2d(x, wt, b, (stride, stride), (1, 1), (1, 1), 24, epilogue=ep)
     finally:
         numba.set_num_threads(before)
-    three = k == 3 and stride < 3 and depthwise_3x3.USABLE
+    three = depthwise_3x3.applies(wt.shape, (stride, stride), (1, 1), (1, 1))
     assert bool(planes) == (not three and out_hw[0] * out_hw[1] >= depthwise.PLANES_MIN_PIXELS)
     want = depthwise.depthwise_unfused(x, wt, (stride, stride), (1, 1), (1, 1), out_hw)
     want = epi.apply(epi.apply(want, epi.Epilogue(24).add(b)), ep)

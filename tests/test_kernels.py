@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from caffe_surgeon.engine.kernels import conv, depthwise, pooling, reference as ref
+from caffe_surgeon.engine.kernels import conv, depthwise, microkernel, pooling, reference as ref
 from caffe_surgeon.engine.kernels.im2col import col2im, im2col
 
 rng = np.random.default_rng(0)
@@ -390,7 +390,13 @@ def test_blocked_winograd_gives_the_whole_layer_bits(case, blocking, forced, mon
     from caffe_surgeon.engine.kernels import winograd
     n, c, h, w, o, p = case
     forced(blocking)
+    # OpenBLAS's Haswell kernel (AVX2): the two paths' column cuts round differently, so there
+    # they agree to float32 rounding only and the engine picks one per layer whatever the
+    # thread count (test_direct_conv_thin.py)
+    same_bits = microkernel.cuts_change_no_sum()
     oh, ow = h + 2 * p - 2, w + 2 * p - 2
+    if not same_bits and not winograd.blocked_groups(n, c, o, (oh, ow), 1):
+        pytest.skip("a single run: planned for 2 threads, this layer takes the whole-layer path here")
     assert winograd.blocked_groups(n, c, o, (oh, ow), 1) > 0
     r = np.random.default_rng(11)
     x = r.standard_normal((n, c, h, w)).astype(np.float32)
@@ -406,7 +412,10 @@ def test_blocked_winograd_gives_the_whole_layer_bits(case, blocking, forced, mon
             with monkeypatch.context() as m:
                 m.setattr(winograd, "blocked_groups", lambda *a: 0)
                 whole = conv.conv2d(x, wt, b, (1, 1), (p, p), epilogue=ep, winograd_u=u)
-            np.testing.assert_array_equal(blocked, whole)
+            if same_bits:
+                np.testing.assert_array_equal(blocked, whole)
+            else:
+                np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
     finally:
         numba.set_num_threads(before)
     np.testing.assert_allclose(blocked, epi.apply(ref.conv2d(x, wt, b, (1, 1), (p, p), (1, 1), 1), ep),
