@@ -49,7 +49,7 @@ USABLE = microkernel.USABLE
 #: AVX2 (Zen 3, no AVX-512): ymm vectors, with masked loads and stores only where a plain
 #: one could leave the input or the plane; the same sums. On MobileNet v2's shapes, against
 #: the plane kernel: stride 1 1.1-2.4x, stride 2 1.0-2.1x (``benchmarks/depthwise_3x3.py``)
-USABLE_YMM = "+avx2" in microkernel._FEATURES
+USABLE_YMM = "+avx2" in microkernel.FEATURES
 #: lanes of the kernels this machine runs: zmm where AVX-512 has them, else ymm
 MACHINE_LANES = LANES if USABLE else 8
 #: work (multiply-adds, plus the input floats at stride 2) from which a layer is shared among

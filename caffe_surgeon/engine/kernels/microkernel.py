@@ -54,11 +54,12 @@ def _target_features() -> str:
     return ll.get_host_cpu_features().flatten()
 
 
-_FEATURES = _target_features()
+#: the CPU features Numba compiles for (``+avx2,+fma,...``): which kernels this machine runs
+FEATURES = _target_features()
 #: AVX-512 with FMA: where the kernel was measured faster than OpenBLAS (compiled for AVX2,
 #: as a 6x16 block of ymm pairs, it was slower on 5 of the 9 layer shapes worth_it picks, so
 #: elsewhere the convolutions keep OpenBLAS; without FMA it would not give OpenBLAS's bits)
-USABLE = "+avx512f" in _FEATURES and "+fma" in _FEATURES
+USABLE = "+avx512f" in FEATURES and "+fma" in FEATURES
 #: rows per micro-tile: 12 zmm accumulators of AVX-512's 32 registers
 MR = 12
 
