@@ -150,6 +150,26 @@ def test_threshold_inputs_override_the_defaults_stored_in_the_file(yolov3_tiny):
     assert counts[2] > counts[0] > counts[1] and counts[3] == 0  # each threshold matters
 
 
+def _nms_tie_margin(dets, conf: float, nms: float) -> float:
+    """The smallest |IoU - nms| over same-class pairs of boxes above conf: every pair NMS
+    could compare. Two runtimes' boxes agree to about 1e-6, so a pair nearer the threshold
+    than that may be kept by one and suppressed by the other, and the flip cascades."""
+    boxes = np.array([[d.x - d.w / 2, d.y - d.h / 2, d.x + d.w / 2, d.y + d.h / 2] for d in dets])
+    probs = np.array([d.prob for d in dets])
+    margin = np.inf
+    for k in range(probs.shape[1]):
+        b = boxes[probs[:, k] > np.float32(conf)]
+        if len(b) < 2:
+            continue
+        iw = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
+        ih = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
+        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        iou = inter / (area[:, None] + area[None, :] - inter)
+        margin = min(margin, np.abs(iou[np.triu_indices(len(b), 1)] - nms).min())
+    return margin
+
+
 def _region_case(case, conf, darknet_bn="pjreddie"):
     path = DARKNET_SHARE / "cfg" / case if not case.startswith("darknet/") else zoo(case)
     if not path.exists():
@@ -164,7 +184,9 @@ def _region_case(case, conf, darknet_bn="pjreddie"):
     det = _run(model, {"data": x})["detections"]
     classes = int(g.layers[-1].params.get("classes", 20))
     for i in range(2):
-        dets = db.do_nms_sort(db.network_boxes(g, outs, net_w, net_h, conf, batch_index=i), classes, .45)
+        boxes = db.network_boxes(g, outs, net_w, net_h, conf, batch_index=i)
+        assert _nms_tie_margin(boxes, conf, .45) > 1e-5, f"{case} image {i}: an NMS tie at {conf}"
+        dets = db.do_nms_sort(boxes, classes, .45)
         ours = _rows(dets, conf)
         _same(ours, _by_image(det, i))
         assert len(ours) > 3, "no detections to compare: lower the threshold"
@@ -173,15 +195,15 @@ def _region_case(case, conf, darknet_bn="pjreddie"):
 
 @pytest.mark.parametrize("case, conf, bn", [
     ("yolov2-tiny-voc.cfg", .03, "pjreddie"),   # [region] with softmax, 20 classes
-    ("darknet/alexeyab/yolov4-tiny.cfg", .9, "alexeyab"),  # [yolo] with scale_x_y
+    ("darknet/alexeyab/yolov4-tiny.cfg", .95, "alexeyab"),  # [yolo] with scale_x_y
 ])
 def test_init_weights_region_and_alexeyab_heads_decode_as_our_decoder(case, conf, bn):
     _region_case(case, conf, bn)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, conf", [("yolov2-voc.cfg", .03), ("yolov2-tiny.cfg", .01),
-                                        ("yolov3-tiny.cfg", .3), ("darknet/pjreddie/tiny-yolo-voc.cfg", .03)])
+@pytest.mark.parametrize("case, conf", [("yolov2-voc.cfg", .6), ("yolov2-tiny.cfg", .01),
+                                        ("yolov3-tiny.cfg", .98), ("darknet/pjreddie/tiny-yolo-voc.cfg", .03)])
 def test_more_detectors_decode_as_our_decoder(case, conf):
     _region_case(case, conf)
 
