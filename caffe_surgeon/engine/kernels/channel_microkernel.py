@@ -26,7 +26,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import microkernel
+from . import haswell_gemm, microkernel
 from .microkernel import SMALL_MNK, k_block
 from .simd import I32, I64, LANES, VEC, data_pointer, load, splat, store
 
@@ -260,11 +260,23 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel):
 @nb.njit(cache=True, nogil=True, inline="always")
 def either_gemm(ap, panel, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u):
     """Our GEMM on panels packed for it (``conv.own_gemm``): this module's when ``panel``
-    (its panel rows) is set, else :func:`.microkernel.gemm`'s 12x16 kernel."""
-    if panel:
+    (its panel rows) is positive, :func:`.microkernel.gemm`'s 12x16 kernel when 0, the AVX2
+    one (:mod:`.haswell_gemm`, the whole call) when ``haswell_gemm.PANEL`` (negative)."""
+    if panel > 0:
         gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u, panel)
-    else:
+    elif panel == 0:
         microkernel.gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, q, u)
+    else:
+        haswell_gemm.gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, 0, haswell_gemm.tile_count(M))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def own_offset(panel, group, row, og, block, k):
+    """Where :func:`either_gemm`'s weights for the block of rows from ``row`` of ``group``
+    start, packed for ``panel`` (see :func:`either_gemm`)."""
+    if panel < 0:
+        return haswell_gemm.block_offset(group, row, og, block, k)
+    return microkernel.block_offset(group, row, og, block, k, panel if panel > 0 else microkernel.MR)
 
 
 def panel_rows(block: int) -> int:

@@ -50,8 +50,8 @@ import weakref
 import numba as nb
 import numpy as np
 
-from . import (blas, channel_microkernel, direct_conv, direct_conv_thin, microkernel, parallel,
-               pointwise_conv, winograd)
+from . import (blas, channel_microkernel, direct_conv, direct_conv_thin, haswell_gemm, microkernel,
+               parallel, pointwise_conv, winograd)
 from . import epilogue as epi
 from .depthwise import depthwise_conv
 from .epilogue import _stages_row
@@ -120,9 +120,9 @@ def _row_tiles(gemm, x, wg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows, out, c
         # output rows y0..y1-1 are rows 0.. of the same conv padded ph - y0*sh on top
         _im2col_batch(x[n:n + 1], kh, kw, sh, sw, ph - y0 * sh, pw, dh, dw, y1 - y0, ow, cols)
         for g in range(G):
-            if own.size and og * T * k > microkernel.SMALL_MNK:
+            if own.size and (panel < 0 or og * T * k > microkernel.SMALL_MNK):
                 channel_microkernel.either_gemm(
-                    own, panel, microkernel.block_offset(g, 0, og, og, k, panel or microkernel.MR),
+                    own, panel, channel_microkernel.own_offset(panel, g, 0, og, og, k),
                     og, T, k, scratch[nb.get_thread_id()], g * k * T, T, out.reshape(-1),
                     (n * O + g * og) * P + y0 * ow, P, q, u)
                 continue
@@ -157,6 +157,20 @@ def _block_tiles(gemm, wg, b, b_img, ldb, n_img, P, ob, pb, out, codes, vecs, pa
         n = r // G
         p1 = min(P, p0 + pb)
         o1 = min(og, o0 + ob)
+        if own.size and panel < 0:
+            # the AVX2 GEMM takes the call's whole shape; a job computes some of its tiles
+            tiles = haswell_gemm.tile_count(o1 - o0)
+            first, last = part * tiles // sub, (part + 1) * tiles // sub
+            if first == last:
+                continue
+            haswell_gemm.gemm(own, haswell_gemm.block_offset(g, o0, og, ob, k), o1 - o0, p1 - p0, k, b[0],
+                              n * b_img + g * k * ldb + p0, ldb, out.reshape(-1),
+                              (n * O + g * og + o0) * P + p0, P, first, last)
+            r0 = haswell_gemm.row_tile(o1 - o0, first)[0]
+            r1 = haswell_gemm.row_tile(o1 - o0, last - 1)
+            for o in range(g * og + o0 + r0, g * og + o0 + r1[0] + r1[1]):
+                _stages_row(out[n, o, p0:p1], o, codes, vecs, params)
+            continue
         if own.size and (o1 - o0) * (p1 - p0) * k > microkernel.SMALL_MNK:
             mr = panel or microkernel.MR
             panels = (o1 - o0 + mr - 1) // mr
@@ -280,15 +294,20 @@ _NO_WEIGHTS = np.empty(0, F32)
 _PACKED: dict[tuple, tuple] = {}
 
 
-def own_gemm(w, wg, block, rows, cols, ldb):
+def own_gemm(w, wg, block, rows, cols, ldb, avx2=False):
     """(panels, q, u, panel) for the tiles to run our GEMM on, or an empty array when the BLAS
     is used: ours only where it gives the BLAS's bits (:func:`.microkernel.blocking`) and is
     faster for a tile of ``rows`` x ``cols`` (``worth_it`` of :mod:`.channel_microkernel`,
-    then of :mod:`.microkernel`; ``panel`` is the former's panel rows, 0 for the latter). The
-    panels are packed once per weight array and channel block while the array lives."""
+    then of :mod:`.microkernel`; ``panel`` is the former's panel rows, 0 for the latter). With
+    ``avx2`` (a caller that takes :mod:`.haswell_gemm`'s tiles), on AVX2: that kernel where it
+    reproduces the BLAS and is faster (``panel`` = its PANEL). The panels are packed once per
+    weight array and channel block while the array lives."""
     blocking = microkernel.blocking()
     k = wg.shape[2]
     if blocking is None:
+        if avx2 and haswell_gemm.USABLE and haswell_gemm.worth_it(rows, cols, k, ldb) and haswell_gemm.enabled():
+            return (packed_weights(w, wg, block, haswell_gemm.PANEL), haswell_gemm.GEMM_Q,
+                    haswell_gemm.UNROLL_M, haswell_gemm.PANEL)
         return _NO_WEIGHTS, 0, 0, 0
     if channel_microkernel.worth_it(rows, cols, k, ldb):
         panel = channel_microkernel.panel_rows(block)
@@ -300,12 +319,13 @@ def own_gemm(w, wg, block, rows, cols, ldb):
 
 
 def packed_weights(w, wg, block, mr):
-    """``microkernel.pack_weights(wg, block, mr)``, once per weight array while it lives."""
+    """``microkernel.pack_weights(wg, block, mr)`` (``haswell_gemm.pack_weights(wg, block)``
+    for its negative PANEL), once per weight array while it lives."""
     key = (id(w), block, wg.shape, mr)
     hit = _PACKED.get(key)
     if hit is not None and hit[0]() is w:
         return hit[1]
-    panels = microkernel.pack_weights(wg, block, mr)
+    panels = haswell_gemm.pack_weights(wg, block) if mr < 0 else microkernel.pack_weights(wg, block, mr)
     try:
         _PACKED[key] = (weakref.ref(w, lambda _, k=key: _PACKED.pop(k, None)), panels)
     except TypeError:  # an array type without weak references: packed per call
@@ -378,7 +398,7 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
             rows = pb
             scratch = _thread_scratch(K * rows * ow)
             T = rows * ow
-            own, q, u, panel = own_gemm(w, wg, og, og, T, T)
+            own, q, u, panel = own_gemm(w, wg, og, og, T, T, avx2=True)
             with one_tile_at_a_time(kernel == 0):
                 ROW_TILES_K[kernel](gemm, x, wg, kh, kw, stride[0], stride[1], pad[0], pad[1],
                                     dilation[0], dilation[1], oh, ow, rows, out3, codes, vecs, params,
@@ -397,7 +417,7 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
         else:
             b_mat = im2col_batch(x, (kh, kw), stride, pad, dilation, (oh, ow), parallel=threads > 1)
             b_img, ldb = P, N * P
-        own, q, u, panel = own_gemm(w, wg, ob, ob, pb, ldb)
+        own, q, u, panel = own_gemm(w, wg, ob, ob, pb, ldb, avx2=True)
         sub = 1
         if own.size and parallel.threads() > 1 and N * O * k * P >= OWN_PARALLEL_MACS:
             # our GEMM's tiles in panel jobs for every thread: the tiles the BLAS cut leaves

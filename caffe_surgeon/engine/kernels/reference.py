@@ -203,3 +203,77 @@ def maxpool_scan(x, kernel, stride, pad, out_hw):
                 m = v if v > m else m
         out[n, c, y, xo] = m
     return out
+
+
+def _haswell_two_chains(M, N, P=320, unroll_m=8):
+    """(M, N) mask of the outputs OpenBLAS's Haswell sgemm sums in two chains, walked as its
+    level-3 driver (interface/level3.c) and kernel (sgemm_kernel_8x4_haswell_2.c) walk a
+    row-major M x N call: pixel blocks (its m) of GEMM_P; the first block's channels (its n)
+    in calls of 12, then 4, then the rest, later blocks' in one call; each call's channels
+    12, 8, 4, 2, 1 at a time."""
+    two = np.zeros((M, N), bool)
+    js = 0
+    while js < N:
+        rest = N - js
+        ml = P if rest >= 2 * P else (-(-(rest // 2) // unroll_m) * unroll_m if rest > P else rest)
+        calls, c0 = [], 0
+        if js == 0:
+            while c0 < M:
+                left = M - c0
+                jj = 12 if left >= 12 else 4 if left > 4 else left
+                calls.append((c0, jj))
+                c0 += jj
+        else:
+            calls.append((0, M))
+        for c0, cn in calls:
+            while cn > 0:
+                w = 12 if cn > 11 else 8 if cn > 7 else 4 if cn > 3 else 2 if cn > 1 else 1
+                if w == 12 and ml >= 16:
+                    # H: panel 0, channels 0-5; then m16 pairs alternating right/left halves;
+                    # T: whichever half of the last panel no pair covered
+                    two[c0:c0 + 6, js:js + 8] = True
+                    m, p, side = ml, 0, "R"
+                    while True:
+                        m -= 8
+                        p += 1
+                        if m < 16:
+                            half = slice(c0, c0 + 6) if side == "R" else slice(c0 + 6, c0 + 12)
+                            two[half, js + 8 * p:js + 8 * p + 8] = True
+                            break
+                        side = "L" if side == "R" else "R"
+                elif w == 4:
+                    two[c0:c0 + 4, js:js + ml // 8 * 8] = True
+                c0 += w
+                cn -= w
+        js += ml
+    return two
+
+
+def haswell_sgemm(a, b, P=320, Q=320, unroll_m=8):
+    """Row-major a (M, K) @ b (K, N) in float32 as OpenBLAS's Haswell/Zen sgemm sums it: K in
+    blocks (GEMM_Q rule); per block, each output one chain of fused multiply-adds in k order,
+    or, where :func:`_haswell_two_chains` says, the even and odd k below the block's last
+    multiple of 8 in two chains (the rest on the even one) added at the end; each block's
+    sum added to C (the first to a zeroed C). The fused multiply-adds in x87 extended precision,
+    which holds a product of two floats exactly."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    (M, K), N = a.shape, b.shape[1]
+    two = _haswell_two_chains(M, N, P, unroll_m)
+    ext = np.longdouble
+    c = np.zeros((M, N), np.float32)
+    k0 = 0
+    while k0 < K:
+        rest = K - k0
+        kc = Q if rest >= 2 * Q else (-(-(rest // 2) // unroll_m) * unroll_m if rest > Q else rest)
+        main = kc // 8 * 8
+        even = np.zeros((M, N), np.float32)
+        odd = np.zeros((M, N), np.float32)
+        for k in range(kc):
+            prod = a[:, k0 + k, None].astype(ext) * b[k0 + k].astype(ext)
+            to_odd = two if (k < main and k % 2) else np.zeros_like(two)
+            even = np.where(to_odd, even, (even.astype(ext) + prod).astype(np.float32))
+            odd = np.where(to_odd, (odd.astype(ext) + prod).astype(np.float32), odd)
+        block = np.where(two, even + odd, even)
+        c = (c + block).astype(np.float32)
+        k0 += kc
+    return c

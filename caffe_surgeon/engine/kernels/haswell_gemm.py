@@ -1,0 +1,347 @@
+"""Our GEMM on AVX2 machines, bit-equal to OpenBLAS's Haswell kernel call for call.
+
+On AVX-512 every output of an OpenBLAS call is one chain of fused multiply-adds per K
+block, wherever it lies, so :mod:`.microkernel` can cut and order the work as it likes.
+The Haswell kernel (``sgemm_kernel_8x4_haswell_2.c``, which Zen runs too) does not: some
+8-pixel x 4- or 6-channel tiles sum the even k and the odd k in two chains, added at the
+end, and which tiles do depends on where they lie in the call. So this GEMM takes a call's
+whole shape (M channels x N pixels x K), as the im2col paths make it, and gives each output
+the chains OpenBLAS gives it there (:func:`two_chains`). Which rows and columns it computes,
+in which order and on which thread, then changes no bit.
+
+OpenBLAS's level-3 driver sees a row-major ``C = A @ B`` as the column-major
+``C^T = B^T A^T``: its m is our N (pixels, 8 to a ymm vector) and its n our M (channels).
+It cuts the pixels in blocks of up to ``GEMM_P`` (320) and, for the first block only, the
+channels in calls of 12, then 4, then the rest; the kernel takes a call's channels 12, 8,
+4, 2, 1 at a time. Two chains (k < the last multiple of 8 split into even and odd, the
+rest added to the even chain) fall on:
+
+- a 12-channel chunk over a pixel block of 16 or more: the first 6 channels of the block's
+  first 8 pixels, and 6 channels of its last full 8 (the first 6 if the block has an even
+  number of full 8s, else the last 6);
+- a 4-channel chunk: every full 8 pixels.
+
+Every other output is one chain in k order. K is cut in ``GEMM_Q`` blocks as everywhere
+(:func:`.microkernel.k_block`), each block's sum added to C once (the first to a zeroed C).
+:func:`reproduces` checks all of it against the BLAS on this machine; the convolutions use
+this kernel only where it holds.
+
+The weights are packed once per layer in tiles of at most 6 channels that never straddle a
+chunk boundary (:func:`pack_weights`): the 12-channel chunks' halves, then the remainder as
+4, 4 and the rest. A one-chain tile is 6 x 16 pixels (12 ymm accumulators), a two-chain
+tile 6 x 8 pixels in two sets of 6.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import blas
+from .microkernel import FEATURES, SMALL_MNK, k_block
+from .simd import I32, I64, data_pointer, splat
+
+F32 = np.float32
+#: OpenBLAS's Haswell/Zen blocking: pixels per block, K per block, its pixel unroll
+GEMM_P, GEMM_Q, UNROLL_M = 320, 320, 8
+#: channels per packed tile; pixels per one-chain tile
+MR, NR = 6, 16
+#: 8-pixel panels per run of columns every tile passes over
+CHUNK = 8
+#: AVX2 with FMA, and no AVX-512 (whose kernels are :mod:`.microkernel`'s)
+USABLE = "+avx2" in FEATURES and "+fma" in FEATURES and "+avx512f" not in FEATURES
+#: ``panel`` code of this kernel's weights in the convolutions' tiles (``conv.own_gemm``)
+PANEL = -1
+# tile kinds: the halves of a 12-channel chunk, then the remainder's 4, 4 and rest
+LEFT, RIGHT, REST0, REST1, REST2 = 0, 1, 2, 3, 4
+
+_V16 = ir.VectorType(ir.FloatType(), NR)
+_V8 = ir.VectorType(ir.FloatType(), 8)
+
+
+def _fma(builder, vec):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                          f"llvm.fma.v{vec.count}f32")
+
+
+def _finish(builder, v, ptr, acc, vec):
+    """C at ``ptr`` = its value + v (one rounding) when ``acc``, else v + 0.0: OpenBLAS adds
+    every block's sum to C, the first to a zeroed C (so -0.0 comes out +0.0)."""
+    zero = ir.Constant(vec, [0.0] * vec.count)
+    old = builder.select(acc, builder.load(ptr, align=4), zero)
+    builder.store(builder.fadd(old, v), ptr, align=4)
+
+
+@intrinsic
+def _tile1(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, cols, accumulate):
+    """One chain: c[c_off + i*ldc + j] (+)= sum_k a[a_off + k*MR + i] * b[b_off + k*ldb + j]
+    for i < rows (<= MR), j < cols (<= NR), fused multiply-adds in k order."""
+    sig = types.void(a, types.int64, b, types.int64, types.int64, c, types.int64, types.int64,
+                     types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        a_arr, a_off, b_arr, b_off, ldb, c_arr, c_off, ldc, kc, rows, cols, acc = args
+        ap = data_pointer(context, builder, sig.args[0], a_arr, a_off)
+        bp = data_pointer(context, builder, sig.args[2], b_arr, b_off)
+        cp = data_pointer(context, builder, sig.args[5], c_arr, c_off)
+        vptr = _V16.as_pointer()
+        zero = ir.Constant(_V16, [0.0] * NR)
+        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(MR)]
+        fma = _fma(builder, _V16)
+        mask_t = ir.VectorType(ir.IntType(1), NR)
+        lanes = ir.Constant(ir.VectorType(I64, NR), list(range(NR)))
+        mask = builder.icmp_signed("<", lanes, splat(builder, cols, ir.VectorType(I64, NR)))
+        mload = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16, [vptr, I32, mask_t, _V16]), f"llvm.masked.load.v{NR}f32.p0")
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_V16, vptr, I32, mask_t]),
+            f"llvm.masked.store.v{NR}f32.p0")
+        full = builder.icmp_signed("==", cols, ir.Constant(I64, NR))
+        align = ir.Constant(I32, 4)
+
+        def steps(masked):
+            with cgutils.for_range(builder, kc) as loop:
+                k = loop.index
+                bptr = builder.bitcast(builder.gep(bp, [builder.mul(k, ldb)]), vptr)
+                # a partial tile's columns past ``cols`` may lie past the array's end
+                bv = (builder.call(mload, [bptr, align, mask, zero]) if masked
+                      else builder.load(bptr, align=4))
+                arow = builder.gep(ap, [builder.mul(k, ir.Constant(I64, MR))])
+                for i in range(MR):
+                    av = splat(builder, builder.load(builder.gep(arow, [ir.Constant(I64, i)])), _V16)
+                    builder.store(builder.call(fma, [av, bv, builder.load(sums[i])]), sums[i])
+
+        with builder.if_else(full) as (whole, part):
+            with whole:
+                steps(False)
+            with part:
+                steps(True)
+        adding = builder.icmp_signed("!=", acc, ir.Constant(I64, 0))
+        for i in range(MR):
+            with builder.if_then(builder.icmp_signed(">", rows, ir.Constant(I64, i))):
+                ptr = builder.bitcast(builder.gep(cp, [builder.mul(ir.Constant(I64, i), ldc)]), vptr)
+                v = builder.load(sums[i])
+                with builder.if_else(full) as (whole, part):
+                    with whole:
+                        _finish(builder, v, ptr, adding, _V16)
+                    with part:
+                        old = builder.select(adding, builder.call(mload, [ptr, align, mask, zero]), zero)
+                        builder.call(mstore, [builder.fadd(old, v), ptr, align, mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _tile2(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, accumulate):
+    """Two chains over 8 whole columns: the even k below kc's last multiple of 8 in one, the
+    odd k in the other, the rest added to the even chain in order; the two added at the end."""
+    sig = types.void(a, types.int64, b, types.int64, types.int64, c, types.int64, types.int64,
+                     types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        a_arr, a_off, b_arr, b_off, ldb, c_arr, c_off, ldc, kc, rows, acc = args
+        ap = data_pointer(context, builder, sig.args[0], a_arr, a_off)
+        bp = data_pointer(context, builder, sig.args[2], b_arr, b_off)
+        cp = data_pointer(context, builder, sig.args[5], c_arr, c_off)
+        vptr = _V8.as_pointer()
+        zero = ir.Constant(_V8, [0.0] * 8)
+        even = [cgutils.alloca_once_value(builder, zero) for _ in range(MR)]
+        odd = [cgutils.alloca_once_value(builder, zero) for _ in range(MR)]
+        fma = _fma(builder, _V8)
+        mr = ir.Constant(I64, MR)
+
+        def step(k, sums):
+            bv = builder.load(builder.bitcast(builder.gep(bp, [builder.mul(k, ldb)]), vptr), align=4)
+            arow = builder.gep(ap, [builder.mul(k, mr)])
+            for i in range(MR):
+                av = splat(builder, builder.load(builder.gep(arow, [ir.Constant(I64, i)])), _V8)
+                builder.store(builder.call(fma, [av, bv, builder.load(sums[i])]), sums[i])
+
+        main = builder.and_(kc, ir.Constant(I64, ~7))
+        with cgutils.for_range(builder, builder.ashr(main, ir.Constant(I64, 1))) as loop:
+            k = builder.shl(loop.index, ir.Constant(I64, 1))
+            step(k, even)
+            step(builder.add(k, ir.Constant(I64, 1)), odd)
+        with cgutils.for_range(builder, builder.sub(kc, main)) as loop:
+            step(builder.add(main, loop.index), even)
+        adding = builder.icmp_signed("!=", acc, ir.Constant(I64, 0))
+        for i in range(MR):
+            with builder.if_then(builder.icmp_signed(">", rows, ir.Constant(I64, i))):
+                ptr = builder.bitcast(builder.gep(cp, [builder.mul(ir.Constant(I64, i), ldc)]), vptr)
+                _finish(builder, builder.fadd(builder.load(even[i]), builder.load(odd[i])), ptr, adding, _V8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def tile_count(M):
+    """Packed tiles of a call of M channels: two per 12-channel chunk, then 4, 4, the rest."""
+    rest = M % 12
+    return 2 * (M // 12) + (rest > 0) + (rest > 4) + (rest > 8)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def row_tile(M, t):
+    """(first row, rows, kind) of tile t of a call of M channels."""
+    n12 = M // 12
+    if t < 2 * n12:
+        return 6 * t, 6, LEFT if t % 2 == 0 else RIGHT
+    i = t - 2 * n12
+    return 12 * n12 + 4 * i, min(4, M - 12 * n12 - 4 * i), REST0 + i
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def two_chains(kind, rest, first_block, panel, panels):
+    """Whether OpenBLAS sums tile ``kind`` over full 8-pixel panel ``panel`` of a pixel block
+    of ``panels`` full 8s in two chains (``rest`` = M % 12; see the module's docstring)."""
+    if kind == LEFT:
+        return panels >= 2 and (panel == 0 or (panel == panels - 1 and panels % 2 == 0))
+    if kind == RIGHT:
+        return panels >= 2 and panel == panels - 1 and panels % 2 == 1
+    if kind == REST0:
+        return rest >= 4 if first_block else 4 <= rest < 8
+    if kind == REST1:
+        return first_block and rest >= 8
+    return False
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def pixel_block(N, start):
+    """Length of OpenBLAS's pixel block starting at ``start`` of N (level-3 driver's rule)."""
+    rest = N - start
+    if rest >= 2 * GEMM_P:
+        return GEMM_P
+    if rest > GEMM_P:
+        return ((rest // 2 + UNROLL_M - 1) // UNROLL_M) * UNROLL_M
+    return rest
+
+
+@nb.njit(cache=True, nogil=True)
+def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
+    """Tiles [t0, t1) (:func:`tile_count`) of the call c[c_off:] (M x N, rows ldc apart) =
+    A (M x K, packed from ap[a_off]) @ b[b_off:] (K x N, rows ldb apart), with the bits
+    OpenBLAS's call of that shape gives."""
+    rest = M % 12
+    k0 = 0
+    while k0 < K:
+        kc = k_block(K - k0, GEMM_Q, UNROLL_M)
+        acc = 1 if k0 > 0 else 0
+        js = 0
+        while js < N:
+            ml = pixel_block(N, js)
+            panels = ml // 8
+            # the block's columns in runs of CHUNK panels, each run's K block staying in L2
+            # while every tile passes over it
+            for q0 in range(0, max(panels, 1), CHUNK):
+                q1 = min(panels, q0 + CHUNK)
+                tail = ml - 8 * panels if q1 == panels else 0
+                for t in range(t0, t1):
+                    r0, rows, kind = row_tile(M, t)
+                    a_t = a_off + t * K * MR + k0 * MR
+                    b_t = b_off + k0 * ldb + js
+                    c_t = c_off + r0 * ldc + js
+                    p = q0
+                    while p < q1:
+                        if two_chains(kind, rest, js == 0, p, panels):
+                            _tile2(ap, a_t, b, b_t + 8 * p, ldb, c, c_t + 8 * p, ldc, kc, rows, acc)
+                            p += 1
+                        elif p + 1 < q1 and not two_chains(kind, rest, js == 0, p + 1, panels):
+                            _tile1(ap, a_t, b, b_t + 8 * p, ldb, c, c_t + 8 * p, ldc, kc, rows, 16, acc)
+                            p += 2
+                        else:
+                            _tile1(ap, a_t, b, b_t + 8 * p, ldb, c, c_t + 8 * p, ldc, kc, rows, 8, acc)
+                            p += 1
+                    if tail:
+                        _tile1(ap, a_t, b, b_t + 8 * panels, ldb, c, c_t + 8 * panels, ldc, kc, rows,
+                               tail, acc)
+            js += ml
+        k0 += kc
+
+
+def pack_weights(wg: np.ndarray, block: int | None = None) -> np.ndarray:
+    """(G, og, k) weights -> flat tiles for :func:`gemm`: each group's rows in blocks of
+    ``block`` (the calls' channels; default og), each block in :func:`tile_count` tiles of
+    MR rows (zero rows past a tile's end), k-major; see :func:`block_offset`."""
+    G, og, k = wg.shape
+    block = og if block is None else block
+    blocks, tiles = -(-og // block), tile_count(block)
+    out = np.zeros((G, blocks, tiles, k, MR), F32)
+    for i in range(blocks):
+        rows = wg[:, i * block:(i + 1) * block]
+        for t in range(tile_count(rows.shape[1])):
+            r0, n, _ = row_tile(rows.shape[1], t)
+            out[:, i, t, :, :n] = rows[:, r0:r0 + n].transpose(0, 2, 1)
+    return out.reshape(-1)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def block_offset(group, row, og, block, k):
+    """Where the block of rows from ``row`` (a multiple of ``block``) of group ``group``
+    starts in :func:`pack_weights`'s tiles."""
+    blocks = (og + block - 1) // block
+    return (group * blocks + row // block) * tile_count(block) * k * MR
+
+
+_state: dict = {}
+_lock = threading.Lock()
+
+
+def _check() -> bool:
+    blas_gemm = blas.gemm()
+    if not USABLE or blas_gemm is None:
+        return False
+    rng = np.random.default_rng(11)
+    # each chunk kind and remainder, pixel blocks of every kind, K blocks cut or not, ldb > N
+    shapes = [(24, 700, 300, 700), (16, 1000, 64, 1030), (13, 777, 333, 777), (5, 900, 700, 900),
+              (100, 640, 90, 650), (7, 321, 50, 321), (12, 641, 641, 641), (20, 17, 4000, 17),
+              (9, 50, 650, 64), (22, 1300, 24, 1300), (27, 655, 40, 700)]
+    with blas.single_threaded():
+        for M, N, K, ldb in shapes:
+            if M * N * K <= SMALL_MNK:
+                N = SMALL_MNK // (M * K) + 1
+                ldb = max(ldb, N)
+            a = rng.standard_normal((1, M, K), dtype=F32)
+            b = rng.standard_normal((K, ldb), dtype=F32)
+            ref = np.empty((M, N), F32)
+            blas_gemm(101, 111, 111, M, N, K, F32(1.0), a.ctypes.data, K, b.ctypes.data, ldb, F32(0.0),
+                      ref.ctypes.data, N)
+            got = np.full((M, N), np.nan, F32)
+            gemm(pack_weights(a), 0, M, N, K, b.reshape(-1), 0, ldb, got.reshape(-1), 0, N, 0, tile_count(M))
+            if not np.array_equal(got.view(np.uint32), ref.view(np.uint32)):
+                return False
+    return True
+
+
+def reproduces() -> bool:
+    """Whether :func:`gemm` gives this machine's OpenBLAS bits (checked once per process)."""
+    if "ok" not in _state:
+        with _lock:
+            if "ok" not in _state:
+                _state["ok"] = _check()
+    return _state["ok"]
+
+
+def enabled() -> bool:
+    """Whether the convolutions may take :func:`gemm`: it reproduces the BLAS here and
+    ``CAFFE_SURGEON_OWN_GEMM=0`` (our kernels off; read at the first call) is not set."""
+    if "on" not in _state:
+        _state["on"] = os.environ.get("CAFFE_SURGEON_OWN_GEMM", "1") != "0" and reproduces()
+    return _state["on"]
+
+
+def worth_it(M: int, N: int, K: int, ldb: int) -> bool:
+    """Whether :func:`gemm` beats OpenBLAS for one call of this shape. Measured single-threaded
+    on a Zen 3 (``benchmarks/gemm_shapes.py``): 1.1-1.5x where OpenBLAS's per-call packing
+    dominates (K up to 64; up to 160 with 32 channels or fewer), 0.8-1.0x on deeper calls
+    (its packed copy of the columns is read faster than ours in place) and 0.6x on a GEMV."""
+    if N < 16:
+        return False
+    return K <= 64 or (M <= 32 and K <= 160)

@@ -1,0 +1,150 @@
+"""The AVX2 GEMM (caffe_surgeon.engine.kernels.haswell_gemm) gives OpenBLAS's Haswell bits.
+
+Three checks: the kernel equals its slow twin (reference.haswell_sgemm, which follows
+OpenBLAS's driver and kernel loops literally) on any machine; on an AVX2 machine, the twin
+and the kernel equal the BLAS itself, and a one-chain GEMM does not (so the two-chain
+tiles are what the test checks); and the convolutions give the same bits with the kernel
+as with the BLAS.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from caffe_surgeon.engine.kernels import blas, conv, haswell_gemm, reference
+from caffe_surgeon.engine.kernels.conv import conv2d
+
+F32 = np.float32
+# M: every remainder of 12 and a few whole chunks; N: pixel blocks under 8, 8-15, 16+,
+# split in two (320 < N < 640) and in 320s; K: one block and several; ldb wider than N
+SHAPES = [(M, N, K, ldb) for M, N, K, ldb in [
+    (1, 37, 9, 37), (2, 8, 16, 8), (3, 15, 33, 20), (4, 64, 17, 64), (5, 130, 40, 131),
+    (6, 16, 8, 16), (7, 321, 50, 321), (8, 24, 700, 24), (9, 50, 650, 64), (10, 641, 12, 700),
+    (11, 99, 27, 99), (12, 641, 641, 641), (13, 777, 40, 777), (16, 1000, 64, 1030),
+    (20, 17, 400, 17), (24, 700, 300, 700), (27, 655, 33, 700), (36, 2000, 20, 2000),
+    (100, 41, 30, 41), (44, 19, 1000, 19)]]
+
+
+def _call(a, b, ldb, N, t0=0, t1=None):
+    M, K = a.shape
+    c = np.full((M, N), np.nan, F32)
+    ap = haswell_gemm.pack_weights(a[None])
+    haswell_gemm.gemm(ap, 0, M, N, K, b.reshape(-1), 0, ldb, c.reshape(-1), 0, N, t0,
+                      haswell_gemm.tile_count(M) if t1 is None else t1)
+    return c
+
+
+def _operands(M, N, K, ldb, seed=0):
+    rng = np.random.default_rng(seed + M * 7919 + N)
+    return rng.standard_normal((M, K), dtype=F32), rng.standard_normal((K, ldb), dtype=F32)
+
+
+def _bits(x):
+    return np.ascontiguousarray(x).view(np.uint32)
+
+
+def _blas(a, b, ldb, N):
+    M, K = a.shape
+    c = np.empty((M, N), F32)
+    with blas.single_threaded():
+        blas.gemm()(101, 111, 111, M, N, K, F32(1.0), a.ctypes.data, K, b.ctypes.data, ldb, F32(0.0),
+                    c.ctypes.data, N)
+    return c
+
+
+def _need_haswell_blas():
+    if not haswell_gemm.USABLE or blas.gemm() is None:
+        pytest.skip("AVX2 without AVX-512, and NumPy's OpenBLAS: where its Haswell kernel runs")
+
+
+@pytest.mark.parametrize("M, N, K, ldb", SHAPES)
+def test_gemm_equals_its_slow_twin(M, N, K, ldb):
+    a, b = _operands(M, N, K, ldb)
+    np.testing.assert_array_equal(_bits(_call(a, b, ldb, N)), _bits(reference.haswell_sgemm(a, b[:, :N])))
+
+
+@pytest.mark.parametrize("M, N, K, ldb", SHAPES)
+def test_gemm_and_twin_give_the_blas_bits_and_one_chain_does_not(M, N, K, ldb):
+    _need_haswell_blas()
+    a, b = _operands(M, N, K, ldb, seed=1)
+    ref = _bits(_blas(a, b, ldb, N))
+    np.testing.assert_array_equal(_bits(_call(a, b, ldb, N)), ref)
+    np.testing.assert_array_equal(_bits(reference.haswell_sgemm(a, b[:, :N])), ref)
+    if reference._haswell_two_chains(M, N).any() and K >= 16:
+        one_chain = (a.astype(np.float64) @ b[:, :N]).astype(F32)  # any other order
+        assert not np.array_equal(_bits(one_chain), ref)
+
+
+def test_the_two_chain_tiles_change_bits_where_they_lie():
+    """Without the two-chain tiles the twin misses the BLAS: the map is what matters."""
+    _need_haswell_blas()
+    a, b = _operands(24, 700, 300, 700, seed=2)
+    ref = _bits(_blas(a, b, 700, 700))
+    two = reference._haswell_two_chains(24, 700)
+    assert 0 < two.mean() < 0.1
+    saved = reference._haswell_two_chains
+    try:
+        reference._haswell_two_chains = lambda M, N, *rest: np.zeros((M, N), bool)
+        wrong = _bits(reference.haswell_sgemm(a, b))
+    finally:
+        reference._haswell_two_chains = saved
+    assert (wrong != ref)[two].mean() > 0.5 and (wrong == ref)[~two].all()
+
+
+def test_any_split_of_the_tiles_gives_the_whole_calls_bits():
+    a, b = _operands(40, 700, 90, 705, seed=3)
+    whole = _bits(_call(a, b, 705, 700))
+    tiles = haswell_gemm.tile_count(40)
+    c = np.full((40, 700), np.nan, F32)
+    ap = haswell_gemm.pack_weights(a[None])
+    for t0, t1 in ((0, 1), (1, 4), (4, tiles)):
+        haswell_gemm.gemm(ap, 0, 40, 700, 90, b.reshape(-1), 0, 705, c.reshape(-1), 0, 700, t0, t1)
+    np.testing.assert_array_equal(_bits(c), whole)
+
+
+def test_packed_tiles_hold_each_row_once_in_chunk_order():
+    wg = np.arange(2 * 23 * 3, dtype=F32).reshape(2, 23, 3) + 1
+    packed = haswell_gemm.pack_weights(wg, block=16).reshape(2, 2, -1)
+    for g in range(2):
+        for blk, rows in ((0, 16), (1, 7)):
+            start = haswell_gemm.block_offset(g, 16 * blk, 23, 16, 3)
+            seen = []
+            for t in range(haswell_gemm.tile_count(rows)):
+                r0, n, _ = haswell_gemm.row_tile(rows, t)
+                tile = packed.reshape(-1)[start + t * 3 * 6:start + (t + 1) * 3 * 6].reshape(3, 6)
+                np.testing.assert_array_equal(tile[:, :n].T, wg[g, 16 * blk + r0:16 * blk + r0 + n])
+                assert not tile[:, n:].any()
+                seen += range(r0, r0 + n)
+            assert seen == list(range(rows))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, pad", [
+    ((1, 16, 112, 112), (96, 16, 1, 1), 1, 0),   # block tiles, pixel blocks (MobileNet v2)
+    ((1, 64, 14, 14), (384, 64, 1, 1), 1, 0),    # block tiles, channel blocks of 96
+    ((1, 3, 208, 208), (16, 3, 3, 3), 1, 1),     # row tiles, K 27
+    ((2, 24, 56, 56), (144, 24, 1, 1), 1, 0),    # a batch
+    ((1, 16, 104, 104), (32, 16, 3, 3), 2, 1),   # stride 2, K 144 with 32 channels
+])
+def test_convolutions_give_the_blas_bits_with_the_avx2_gemm(monkeypatch, x_shape, w_shape, stride, pad):
+    _need_haswell_blas()
+    if not haswell_gemm.reproduces():
+        pytest.skip("this machine's BLAS is not the Haswell kernel the GEMM reproduces")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(x_shape, dtype=F32)
+    w = rng.standard_normal(w_shape, dtype=F32)
+    b = rng.standard_normal(w_shape[0], dtype=F32)
+    taken = []
+    own_gemm = conv.own_gemm
+
+    def spy(*args, **kwargs):
+        out = own_gemm(*args, **kwargs)
+        taken.append(out[3])
+        return out
+
+    monkeypatch.setattr(conv, "own_gemm", spy)
+    monkeypatch.setitem(haswell_gemm._state, "on", True)
+    ours = conv2d(x, w, b, (stride, stride), (pad, pad))
+    assert haswell_gemm.PANEL in taken
+    monkeypatch.setitem(haswell_gemm._state, "on", False)
+    theirs = conv2d(x, w, b, (stride, stride), (pad, pad))
+    np.testing.assert_array_equal(_bits(ours), _bits(theirs))
