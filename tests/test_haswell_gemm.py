@@ -123,7 +123,7 @@ def test_packed_tiles_hold_each_row_once_in_chunk_order():
     ((1, 64, 14, 14), (384, 64, 1, 1), 1, 0),    # block tiles, channel blocks of 96
     ((1, 3, 208, 208), (16, 3, 3, 3), 1, 1),     # row tiles, K 27
     ((2, 24, 56, 56), (144, 24, 1, 1), 1, 0),    # a batch
-    ((1, 16, 104, 104), (32, 16, 3, 3), 2, 1),   # stride 2, K 144 with 32 channels
+    ((1, 32, 56, 56), (64, 32, 1, 1), 2, 0),     # stride 2 (im2col), K 32
 ])
 def test_convolutions_give_the_blas_bits_with_the_avx2_gemm(monkeypatch, x_shape, w_shape, stride, pad):
     _need_haswell_blas()

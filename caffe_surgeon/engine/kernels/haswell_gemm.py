@@ -339,9 +339,10 @@ def enabled() -> bool:
 
 def worth_it(M: int, N: int, K: int, ldb: int) -> bool:
     """Whether :func:`gemm` beats OpenBLAS for one call of this shape. Measured single-threaded
-    on a Zen 3 (``benchmarks/gemm_shapes.py``): 1.1-1.5x where OpenBLAS's per-call packing
-    dominates (K up to 64; up to 160 with 32 channels or fewer), 0.8-1.0x on deeper calls
-    (its packed copy of the columns is read faster than ours in place) and 0.6x on a GEMV."""
+    on a Zen 3 (``benchmarks/gemm_shapes.py``): 1.1-1.4x on K up to 32 (OpenBLAS's per-call
+    packing dominates), 1.0-1.35x on K 64 with rows of up to 1024 columns; 0.7-0.95x on
+    deeper calls, and on longer rows (its packed copy of the columns is read faster than
+    ours in place)."""
     if N < 16:
         return False
-    return K <= 64 or (M <= 32 and K <= 160)
+    return K <= 32 or (K <= 64 and ldb <= 1024)
