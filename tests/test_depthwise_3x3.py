@@ -112,6 +112,24 @@ def test_3x3_kernel_loads_nothing_before_or_after_the_input(stride, lanes, hw):
         del x
 
 
+@pytest.mark.parametrize("hw", [(16, 24), (9, 13), (5, 3), (3, 1)])
+def test_stride_2_ymm_stores_nothing_after_the_output(hw):
+    """A row's partial last vector is stored whole where later rows of its plane take the
+    spare lanes: never past the plane's end, so never past the output's last float (here
+    right before an unwritable page) or into a plane another thread has written."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 3) + hw).astype(np.float32)
+    wt = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    oh, ow = (hw[0] + 1) // 2, (hw[1] + 1) // 2
+    out, region = _between_guard_pages((1, 3, oh * ow), at_start=False)
+    codes, vecs, params = epi.Epilogue(3).arrays()
+    depthwise_3x3.DEPTHWISE_3X3_S2_K[1](x, np.ascontiguousarray(wt[:, 0]), 1, oh, ow, True, out,
+                                         codes, vecs, params)
+    want = _skipping(x, wt, 2).reshape(1, 3, oh * ow)
+    np.testing.assert_array_equal(_bits(out), _bits(want))
+    del out
+
+
 @pytest.mark.parametrize("stride,lanes", KERNELS)
 def test_3x3_kernel_does_not_depend_on_the_thread_count(stride, lanes, monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:

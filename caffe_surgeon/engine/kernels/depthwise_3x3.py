@@ -273,17 +273,21 @@ def _row3x3_s2(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5, w6
 
 
 @intrinsic
-def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5, w6, w7, w8, out, dst):
+def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5, w6, w7, w8, out, dst,
+                   room):
     """:func:`_row3x3_s2` in vectors of 8, with masked loads and stores (slow on AMD) only at
     the row's ends, on rows next to the padding and where a load could pass x's end: inside,
-    each input row is three plain loads from column 2q - 1. Same sums in the same order."""
+    each input row is three plain loads from column 2q - 1. Same sums in the same order. A
+    row's last, partial vector is stored whole where ``room`` (outputs from dst on that the
+    caller writes later, in order) holds it: its spare lanes land on the next row, not yet
+    written."""
     sig = types.void(x, types.int64, types.int64, types.int64, types.int64, types.int64,
-                     *([types.float32] * 9), out, types.int64)
+                     *([types.float32] * 9), out, types.int64, types.int64)
 
     def codegen(context, builder, sig, args):
         x_arr, starts, width, outs = args[0], args[1:4], args[4], args[5]
         weights = [simd.splat(builder, w, _VEC_Y) for w in args[6:15]]
-        out_arr, dst = args[15], args[16]
+        out_arr, dst, room = args[15], args[16], args[17]
         x_struct = context.make_array(sig.args[0])(context, builder, x_arr)
         src, size = x_struct.data, x_struct.nitems
         dest = context.make_array(sig.args[15])(context, builder, out_arr).data
@@ -369,7 +373,8 @@ def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5
                     total = builder.phi(_VEC_Y)
                     total.add_incoming(total_near, block_near)
                     total.add_incoming(total_far, block_far)
-                    with builder.if_else(whole) as (full, part):
+                    spare = builder.icmp_signed("<=", builder.add(q, ir.Constant(i64, YMM)), room)
+                    with builder.if_else(builder.or_(whole, spare)) as (full, part):
                         with full:
                             builder.store(total, out_ptr, align=4)
                         with part:
@@ -446,7 +451,7 @@ def _depthwise_3x3_s2(x, w, mult, oh, ow, ymm, out, codes, vecs, params):
             if ymm:
                 _row3x3_s2_ymm(xf, r0, at + (r + 1) * W, r2, W, ow,
                                w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
-                               w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * oh * ow + y * ow)
+                               w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * oh * ow + y * ow, (oh - y - 1) * ow)
             else:
                 _row3x3_s2(xf, r0, at + (r + 1) * W, r2, W, ow,
                            w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
