@@ -26,8 +26,9 @@ after it, on values still in cache. The paths, by shape:
 Where a tile's GEMM is thin enough for OpenBLAS's per-call packing to dominate, or its
 map small enough for OpenBLAS's pixel vectors to be mostly padding, the row and block
 tiles and the Winograd GEMMs call :func:`.microkernel.gemm` or
-:func:`.channel_microkernel.gemm` instead, on weights packed once per layer
-(:func:`own_gemm`); kxk layers with 48+ output channels on large maps take
+:func:`.channel_microkernel.gemm` instead (on AVX2 the row and block tiles call
+:func:`.haswell_gemm.gemm`, which takes each call's whole shape), on weights packed once
+per layer (:func:`own_gemm`); kxk layers with 48+ output channels on large maps take
 :mod:`.direct_conv` (that micro-kernel on the padded input, no im2col), thinner ones
 :mod:`.direct_conv_thin` (pixel vectors over phase planes of the input), and 1x1 layers on
 large maps :mod:`.pointwise_conv` (the same tile on packed input blocks). Only where they
