@@ -306,7 +306,8 @@ def own_gemm(w, wg, block, rows, cols, ldb, avx2=False):
     blocking = microkernel.blocking()
     k = wg.shape[2]
     if blocking is None:
-        if avx2 and haswell_gemm.USABLE and haswell_gemm.worth_it(rows, cols, k, ldb) and haswell_gemm.enabled():
+        if avx2 and haswell_gemm.USABLE and haswell_gemm.worth_it(rows, cols, k, ldb) \
+                and haswell_gemm.enabled():
             return (packed_weights(w, wg, block, haswell_gemm.PANEL), haswell_gemm.GEMM_Q,
                     haswell_gemm.UNROLL_M, haswell_gemm.PANEL)
         return _NO_WEIGHTS, 0, 0, 0

@@ -44,8 +44,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import blas
-from .microkernel import FEATURES, SMALL_MNK, k_block
-from .simd import I32, I64, data_pointer, splat
+from .microkernel import FEATURES, SMALL_MNK, k_block, make_tile
+from .simd import I64, data_pointer, splat
 
 F32 = np.float32
 #: OpenBLAS's Haswell/Zen blocking: pixels per block, K per block, its pixel unroll
@@ -61,7 +61,6 @@ PANEL = -1
 # tile kinds: the halves of a 12-channel chunk, then the remainder's 4, 4 and rest
 LEFT, RIGHT, REST0, REST1, REST2 = 0, 1, 2, 3, 4
 
-_V16 = ir.VectorType(ir.FloatType(), NR)
 _V8 = ir.VectorType(ir.FloatType(), 8)
 
 
@@ -78,64 +77,8 @@ def _finish(builder, v, ptr, acc, vec):
     builder.store(builder.fadd(old, v), ptr, align=4)
 
 
-@intrinsic
-def _tile1(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, cols, accumulate):
-    """One chain: c[c_off + i*ldc + j] (+)= sum_k a[a_off + k*MR + i] * b[b_off + k*ldb + j]
-    for i < rows (<= MR), j < cols (<= NR), fused multiply-adds in k order."""
-    sig = types.void(a, types.int64, b, types.int64, types.int64, c, types.int64, types.int64,
-                     types.int64, types.int64, types.int64, types.int64)
-
-    def codegen(context, builder, sig, args):
-        a_arr, a_off, b_arr, b_off, ldb, c_arr, c_off, ldc, kc, rows, cols, acc = args
-        ap = data_pointer(context, builder, sig.args[0], a_arr, a_off)
-        bp = data_pointer(context, builder, sig.args[2], b_arr, b_off)
-        cp = data_pointer(context, builder, sig.args[5], c_arr, c_off)
-        vptr = _V16.as_pointer()
-        zero = ir.Constant(_V16, [0.0] * NR)
-        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(MR)]
-        fma = _fma(builder, _V16)
-        mask_t = ir.VectorType(ir.IntType(1), NR)
-        lanes = ir.Constant(ir.VectorType(I64, NR), list(range(NR)))
-        mask = builder.icmp_signed("<", lanes, splat(builder, cols, ir.VectorType(I64, NR)))
-        mload = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V16, [vptr, I32, mask_t, _V16]), f"llvm.masked.load.v{NR}f32.p0")
-        mstore = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [_V16, vptr, I32, mask_t]),
-            f"llvm.masked.store.v{NR}f32.p0")
-        full = builder.icmp_signed("==", cols, ir.Constant(I64, NR))
-        align = ir.Constant(I32, 4)
-
-        def steps(masked):
-            with cgutils.for_range(builder, kc) as loop:
-                k = loop.index
-                bptr = builder.bitcast(builder.gep(bp, [builder.mul(k, ldb)]), vptr)
-                # a partial tile's columns past ``cols`` may lie past the array's end
-                bv = (builder.call(mload, [bptr, align, mask, zero]) if masked
-                      else builder.load(bptr, align=4))
-                arow = builder.gep(ap, [builder.mul(k, ir.Constant(I64, MR))])
-                for i in range(MR):
-                    av = splat(builder, builder.load(builder.gep(arow, [ir.Constant(I64, i)])), _V16)
-                    builder.store(builder.call(fma, [av, bv, builder.load(sums[i])]), sums[i])
-
-        with builder.if_else(full) as (whole, part):
-            with whole:
-                steps(False)
-            with part:
-                steps(True)
-        adding = builder.icmp_signed("!=", acc, ir.Constant(I64, 0))
-        for i in range(MR):
-            with builder.if_then(builder.icmp_signed(">", rows, ir.Constant(I64, i))):
-                ptr = builder.bitcast(builder.gep(cp, [builder.mul(ir.Constant(I64, i), ldc)]), vptr)
-                v = builder.load(sums[i])
-                with builder.if_else(full) as (whole, part):
-                    with whole:
-                        _finish(builder, v, ptr, adding, _V16)
-                    with part:
-                        old = builder.select(adding, builder.call(mload, [ptr, align, mask, zero]), zero)
-                        builder.call(mstore, [builder.fadd(old, v), ptr, align, mask])
-        return context.get_dummy_value()
-
-    return sig, codegen
+#: one chain: 6 x 16 (12 ymm accumulators), partial tiles reading only their columns
+_tile1 = make_tile(MR, masked_loads=True, zero_first=True)
 
 
 @intrinsic

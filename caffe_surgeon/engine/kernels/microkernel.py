@@ -63,61 +63,95 @@ USABLE = "+avx512f" in FEATURES and "+fma" in FEATURES
 #: rows per micro-tile: 12 zmm accumulators of AVX-512's 32 registers
 MR = 12
 
-@intrinsic
-def _tile(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, cols, accumulate):
-    """c[c_off + i*ldc + j] (+)= sum_k a[a_off + k*MR + i] * b[b_off + k*ldb + j] for
-    i < rows (<= MR), j < cols (<= NR), k < kc: fused multiply-adds in k order from 0;
-    ``accumulate`` adds the block's sums to what c holds (one rounding), else stores them."""
-    sig = types.void(a, types.int64, b, types.int64, types.int64, c, types.int64, types.int64,
-                     types.int64, types.int64, types.int64, types.int64)
+def make_tile(mr: int, masked_loads: bool = False, zero_first: bool = False):
+    """The micro-tile as a Numba intrinsic, ``tile(a, a_off, b, b_off, ldb, c, c_off, ldc, kc,
+    rows, cols, accumulate)``: c[c_off + i*ldc + j] (+)= sum_k a[a_off + k*mr + i] *
+    b[b_off + k*ldb + j] for i < rows (<= mr), j < cols (<= NR), k < kc: fused multiply-adds
+    in k order from 0, ``mr`` accumulators of ``<NR x float>``; ``accumulate`` adds the
+    block's sums to what c holds (one rounding), else stores them. ``masked_loads``: a
+    partial tile reads only its ``cols`` columns (else whole vectors, which must lie inside
+    b); ``zero_first``: a stored block is added to +0.0, as OpenBLAS's kernels add it to a
+    zeroed C (-0.0 comes out +0.0)."""
+    @intrinsic
+    def tile(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, cols, accumulate):
+        sig = types.void(a, types.int64, b, types.int64, types.int64, c, types.int64, types.int64,
+                         types.int64, types.int64, types.int64, types.int64)
 
-    def codegen(context, builder, sig, args):
-        a_arr, a_off, b_arr, b_off, ldb, c_arr, c_off, ldc, kc, rows, cols, acc = args
-        ap = data_pointer(context, builder, sig.args[0], a_arr, a_off)
-        bp = data_pointer(context, builder, sig.args[2], b_arr, b_off)
-        cp = data_pointer(context, builder, sig.args[5], c_arr, c_off)
-        vptr = _VEC.as_pointer()
-        zero = ir.Constant(_VEC, [0.0] * NR)
-        # entry-block allocas: promoted to registers, one accumulator per row
-        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(MR)]
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
-                                             f"llvm.fma.v{NR}f32")
-        mr = ir.Constant(_I64, MR)
-        with cgutils.for_range(builder, kc) as loop:
-            k = loop.index
-            bv = load(builder, builder.gep(bp, [builder.mul(k, ldb)]))
-            arow = builder.gep(ap, [builder.mul(k, mr)])
-            for i in range(MR):
-                av = splat(builder, builder.load(builder.gep(arow, [ir.Constant(_I64, i)])))
-                builder.store(builder.call(fma, [av, bv, builder.load(sums[i])]), sums[i])
-        mask_t = ir.VectorType(ir.IntType(1), NR)
-        lanes = ir.Constant(ir.VectorType(_I64, NR), list(range(NR)))
-        mask = builder.icmp_signed("<", lanes, splat(builder, cols, ir.VectorType(_I64, NR)))
-        mload = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_VEC, [vptr, _I32, mask_t, _VEC]), f"llvm.masked.load.v{NR}f32.p0")
-        mstore = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [_VEC, vptr, _I32, mask_t]),
-            f"llvm.masked.store.v{NR}f32.p0")
-        full = builder.icmp_signed("==", cols, ir.Constant(_I64, NR))
-        adding = builder.icmp_signed("!=", acc, ir.Constant(_I64, 0))
-        align = ir.Constant(_I32, 4)
-        for i in range(MR):
-            with builder.if_then(builder.icmp_signed(">", rows, ir.Constant(_I64, i))):
-                ptr = builder.bitcast(builder.gep(cp, [builder.mul(ir.Constant(_I64, i), ldc)]), vptr)
-                v = builder.load(sums[i])
+        def codegen(context, builder, sig, args):
+            a_arr, a_off, b_arr, b_off, ldb, c_arr, c_off, ldc, kc, rows, cols, acc = args
+            ap = data_pointer(context, builder, sig.args[0], a_arr, a_off)
+            bp = data_pointer(context, builder, sig.args[2], b_arr, b_off)
+            cp = data_pointer(context, builder, sig.args[5], c_arr, c_off)
+            vptr = _VEC.as_pointer()
+            zero = ir.Constant(_VEC, [0.0] * NR)
+            # entry-block allocas: promoted to registers, one accumulator per row
+            sums = [cgutils.alloca_once_value(builder, zero) for _ in range(mr)]
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
+                                                 f"llvm.fma.v{NR}f32")
+            step = ir.Constant(_I64, mr)
+            mask_t = ir.VectorType(ir.IntType(1), NR)
+            lanes = ir.Constant(ir.VectorType(_I64, NR), list(range(NR)))
+            mask = builder.icmp_signed("<", lanes, splat(builder, cols, ir.VectorType(_I64, NR)))
+            mload = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_VEC, [vptr, _I32, mask_t, _VEC]),
+                f"llvm.masked.load.v{NR}f32.p0")
+            mstore = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [_VEC, vptr, _I32, mask_t]),
+                f"llvm.masked.store.v{NR}f32.p0")
+            full = builder.icmp_signed("==", cols, ir.Constant(_I64, NR))
+            align = ir.Constant(_I32, 4)
+
+            def steps(masked):
+                with cgutils.for_range(builder, kc) as loop:
+                    k = loop.index
+                    bptr = builder.gep(bp, [builder.mul(k, ldb)])
+                    bv = (builder.call(mload, [builder.bitcast(bptr, vptr), align, mask, zero]) if masked
+                          else load(builder, bptr))
+                    arow = builder.gep(ap, [builder.mul(k, step)])
+                    for i in range(mr):
+                        av = splat(builder, builder.load(builder.gep(arow, [ir.Constant(_I64, i)])))
+                        builder.store(builder.call(fma, [av, bv, builder.load(sums[i])]), sums[i])
+
+            if masked_loads:  # the loop twice: its loads never test the mask
                 with builder.if_else(full) as (whole, part):
                     with whole:
-                        with builder.if_else(adding) as (add, put):
-                            with add:
-                                builder.store(builder.fadd(builder.load(ptr, align=4), v), ptr, align=4)
-                            with put:
-                                builder.store(v, ptr, align=4)
+                        steps(False)
                     with part:
-                        old = builder.call(mload, [ptr, align, mask, zero])
-                        builder.call(mstore, [builder.select(adding, builder.fadd(old, v), v), ptr, align, mask])
-        return context.get_dummy_value()
+                        steps(True)
+            else:
+                steps(False)
+            adding = builder.icmp_signed("!=", acc, ir.Constant(_I64, 0))
+            for i in range(mr):
+                with builder.if_then(builder.icmp_signed(">", rows, ir.Constant(_I64, i))):
+                    ptr = builder.bitcast(builder.gep(cp, [builder.mul(ir.Constant(_I64, i), ldc)]), vptr)
+                    v = builder.load(sums[i])
+                    with builder.if_else(full) as (whole, part):
+                        with whole:
+                            if zero_first:
+                                old = builder.select(adding, builder.load(ptr, align=4), zero)
+                                builder.store(builder.fadd(old, v), ptr, align=4)
+                            else:
+                                with builder.if_else(adding) as (add, put):
+                                    with add:
+                                        old = builder.load(ptr, align=4)
+                                        builder.store(builder.fadd(old, v), ptr, align=4)
+                                    with put:
+                                        builder.store(v, ptr, align=4)
+                        with part:
+                            old = builder.call(mload, [ptr, align, mask, zero])
+                            if zero_first:
+                                value = builder.fadd(builder.select(adding, old, zero), v)
+                            else:
+                                value = builder.select(adding, builder.fadd(old, v), v)
+                            builder.call(mstore, [value, ptr, align, mask])
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    return tile
+
+
+_tile = make_tile(MR)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
