@@ -156,17 +156,6 @@ def two_chains(kind, rest, first_block, panel, panels):
     return False
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def pixel_block(N, start):
-    """Length of OpenBLAS's pixel block starting at ``start`` of N (level-3 driver's rule)."""
-    rest = N - start
-    if rest >= 2 * GEMM_P:
-        return GEMM_P
-    if rest > GEMM_P:
-        return ((rest // 2 + UNROLL_M - 1) // UNROLL_M) * UNROLL_M
-    return rest
-
-
 @nb.njit(cache=True, nogil=True)
 def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
     """Tiles [t0, t1) (:func:`tile_count`) of the call c[c_off:] (M x N, rows ldc apart) =
@@ -179,7 +168,7 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
         acc = 1 if k0 > 0 else 0
         js = 0
         while js < N:
-            ml = pixel_block(N, js)
+            ml = k_block(N - js, GEMM_P, UNROLL_M)  # the driver cuts pixels as it cuts K
             panels = ml // 8
             # the block's columns in runs of CHUNK panels, each run's K block staying in L2
             # while every tile passes over it
