@@ -45,6 +45,22 @@ def _libraries():
     return paths
 
 
+def core_name() -> str | None:
+    """The CPU core whose kernels NumPy's OpenBLAS runs here (``Haswell`` on AVX2 machines,
+    Zen included; ``SkylakeX``, ...), or None when it does not say."""
+    for path in _libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
+            if hasattr(lib, name):
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = [], ctypes.c_char_p
+                return fn().decode()
+    return None
+
+
 def _probe():
     for path in _libraries():
         try:
