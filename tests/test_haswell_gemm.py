@@ -22,7 +22,9 @@ SHAPES = [(M, N, K, ldb) for M, N, K, ldb in [
     (6, 16, 8, 16), (7, 321, 50, 321), (8, 24, 700, 24), (9, 50, 650, 64), (10, 641, 12, 700),
     (11, 99, 27, 99), (12, 641, 641, 641), (13, 777, 40, 777), (16, 1000, 64, 1030),
     (20, 17, 400, 17), (24, 700, 300, 700), (27, 655, 33, 700), (36, 2000, 20, 2000),
-    (100, 41, 30, 41), (44, 19, 1000, 19)]]
+    (100, 41, 30, 41), (44, 19, 1000, 19),
+    # under 8 columns: the narrow path (a column of four tiles at a time)
+    (1000, 1, 1280, 1), (37, 3, 700, 5), (13, 1, 333, 1), (100, 4, 999, 4), (7, 2, 5, 2), (30, 7, 9, 7)]]
 
 
 def _call(a, b, ldb, N, t0=0, t1=None):
@@ -104,6 +106,20 @@ def test_any_split_of_the_tiles_gives_the_whole_calls_bits():
     np.testing.assert_array_equal(_bits(c), whole)
 
 
+def test_narrow_calls_read_nothing_after_the_packed_weights():
+    """The narrow path loads 8 weights where a tile step has 6: the packed array's spare zeros
+    take the last step's extra 2, here right before an unreadable page."""
+    from test_depthwise_3x3 import _between_guard_pages
+    a, b = _operands(25, 1, 40, 1, seed=5)
+    packed = haswell_gemm.pack_weights(a[None])
+    ap, region = _between_guard_pages(packed.shape, at_start=False)
+    ap[...] = packed
+    c = np.full((25, 1), np.nan, F32)
+    haswell_gemm.gemm(ap, 0, 25, 1, 40, b.reshape(-1), 0, 1, c.reshape(-1), 0, 1, 0, haswell_gemm.tile_count(25))
+    np.testing.assert_array_equal(_bits(c), _bits(reference.haswell_sgemm(a, b)))
+    del ap
+
+
 def test_packed_tiles_hold_each_row_once_in_chunk_order():
     wg = np.arange(2 * 23 * 3, dtype=F32).reshape(2, 23, 3) + 1
     packed = haswell_gemm.pack_weights(wg, block=16).reshape(2, 2, -1)
@@ -126,6 +142,7 @@ def test_packed_tiles_hold_each_row_once_in_chunk_order():
     ((1, 3, 208, 208), (16, 3, 3, 3), 1, 1),     # row tiles, K 27
     ((2, 24, 56, 56), (144, 24, 1, 1), 1, 0),    # a batch
     ((1, 32, 56, 56), (64, 32, 1, 1), 2, 0),     # stride 2 (im2col), K 32
+    ((1, 1280, 1, 1), (1000, 1280, 1, 1), 1, 0),  # a classifier at batch 1: the narrow path
 ])
 def test_convolutions_give_the_blas_bits_with_the_avx2_gemm(monkeypatch, x_shape, w_shape, stride, pad):
     _need_haswell_blas()

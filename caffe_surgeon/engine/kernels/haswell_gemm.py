@@ -45,13 +45,15 @@ from numba.extending import intrinsic
 
 from . import blas
 from .microkernel import FEATURES, k_block, make_tile
-from .simd import I64, data_pointer, splat
+from .simd import I32, I64, data_pointer, splat
 
 F32 = np.float32
 #: OpenBLAS's Haswell/Zen blocking: pixels per block, K per block, its pixel unroll
 GEMM_P, GEMM_Q, UNROLL_M = 320, 320, 8
 #: channels per packed tile; pixels per one-chain tile
 MR, NR = 6, 16
+#: zeros after the packed tiles: a narrow call's vector of a tile's 6 weights reads 2 past them
+SPARE = 8
 #: 8-pixel panels per run of columns every tile passes over
 CHUNK = 8
 #: AVX2 with FMA, and no AVX-512 (whose kernels are :mod:`.microkernel`'s)
@@ -124,6 +126,71 @@ def _tile2(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, accumula
     return sig, codegen
 
 
+@intrinsic
+def _column4(typingctx, a, a0, a1, a2, a3, b, b_off, ldb, c, c0, c1, c2, c3, ldc, kc, rows, accumulate):
+    """One column of four packed tiles (from a[a0..a3], rows[i] rows each) in one chain per
+    output: the tiles' 6 weights of step k as one vector (2 lanes spare), times b[b_off +
+    k*ldb]; each lane's sum stored at c[ci + lane*ldc] (or added to it, one rounding)."""
+    sig = types.void(a, types.int64, types.int64, types.int64, types.int64, b, types.int64, types.int64,
+                     c, types.int64, types.int64, types.int64, types.int64, types.int64, types.int64,
+                     rows, types.int64)
+
+    def codegen(context, builder, sig, args):
+        a_arr, b_arr, b_off, ldb, c_arr, ldc, kc, rows_arr, acc = (args[0], args[5], args[6], args[7],
+                                                                   args[8], args[13], args[14], args[15],
+                                                                   args[16])
+        aps = [data_pointer(context, builder, sig.args[0], a_arr, off) for off in args[1:5]]
+        bp = data_pointer(context, builder, sig.args[5], b_arr, b_off)
+        rows = context.make_array(sig.args[15])(context, builder, rows_arr).data
+        zero = ir.Constant(_V8, [0.0] * 8)
+        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+        fma = _fma(builder, _V8)
+        with cgutils.for_range(builder, kc) as loop:
+            k = loop.index
+            bv = splat(builder, builder.load(builder.gep(bp, [builder.mul(k, ldb)])), _V8)
+            for i, ap in enumerate(aps):
+                wv = builder.load(builder.bitcast(builder.gep(ap, [builder.mul(k, ir.Constant(I64, MR))]),
+                                                  _V8.as_pointer()), align=4)
+                builder.store(builder.call(fma, [wv, bv, builder.load(sums[i])]), sums[i])
+        adding = builder.icmp_signed("!=", acc, ir.Constant(I64, 0))
+        for i in range(4):
+            cp = data_pointer(context, builder, sig.args[8], c_arr, args[9 + i])
+            n = builder.load(builder.gep(rows, [ir.Constant(I64, i)]))
+            v = builder.load(sums[i])
+            for lane in range(MR):
+                with builder.if_then(builder.icmp_signed(">", n, ir.Constant(I64, lane))):
+                    ptr = builder.gep(cp, [builder.mul(ir.Constant(I64, lane), ldc)])
+                    old = builder.select(adding, builder.load(ptr), ir.Constant(ir.FloatType(), 0.0))
+                    builder.store(builder.fadd(old, builder.extract_element(v, ir.Constant(I32, lane))), ptr)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@nb.njit(cache=True, nogil=True)
+def _narrow(ap, a_off, M, K, b, b_off, ldb, c, c_off, ldc, N, t0, t1):
+    # fewer than 8 columns: no full 8-pixel panel, so every output is one chain; a column of
+    # four tiles at a time, the weights read once per column (a GEMV for N = 1)
+    rows = np.zeros(4, np.int64)
+    k0 = 0
+    while k0 < K:
+        kc = k_block(K - k0, GEMM_Q, UNROLL_M)
+        acc = 1 if k0 > 0 else 0
+        for g in range(t0, t1, 4):
+            offs = np.zeros(4, np.int64)
+            cs = np.zeros(4, np.int64)
+            for i in range(4):
+                t = min(g + i, t1 - 1)  # a missing tile repeats the last one, storing nothing
+                r0, n, _ = row_tile(M, t)
+                rows[i] = n if g + i < t1 else 0
+                offs[i] = a_off + t * K * MR + k0 * MR
+                cs[i] = c_off + r0 * ldc
+            for j in range(N):
+                _column4(ap, offs[0], offs[1], offs[2], offs[3], b, b_off + k0 * ldb + j, ldb, c,
+                         cs[0] + j, cs[1] + j, cs[2] + j, cs[3] + j, ldc, kc, rows, acc)
+        k0 += kc
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
 def tile_count(M):
     """Packed tiles of a call of M channels: two per 12-channel chunk, then 4, 4, the rest."""
@@ -161,6 +228,9 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
     """Tiles [t0, t1) (:func:`tile_count`) of the call c[c_off:] (M x N, rows ldc apart) =
     A (M x K, packed from ap[a_off]) @ b[b_off:] (K x N, rows ldb apart), with the bits
     OpenBLAS's call of that shape gives."""
+    if N < 8:
+        _narrow(ap, a_off, M, K, b, b_off, ldb, c, c_off, ldc, N, t0, t1)
+        return
     rest = M % 12
     k0 = 0
     while k0 < K:
@@ -201,17 +271,18 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
 def pack_weights(wg: np.ndarray, block: int | None = None) -> np.ndarray:
     """(G, og, k) weights -> flat tiles for :func:`gemm`: each group's rows in blocks of
     ``block`` (the calls' channels; default og), each block in :func:`tile_count` tiles of
-    MR rows (zero rows past a tile's end), k-major; see :func:`block_offset`."""
+    MR rows (zero rows past a tile's end), k-major, then SPARE zeros; see :func:`block_offset`."""
     G, og, k = wg.shape
     block = og if block is None else block
     blocks, tiles = -(-og // block), tile_count(block)
-    out = np.zeros((G, blocks, tiles, k, MR), F32)
+    flat = np.zeros(G * blocks * tiles * k * MR + SPARE, F32)
+    out = flat[:-SPARE].reshape(G, blocks, tiles, k, MR)
     for i in range(blocks):
         rows = wg[:, i * block:(i + 1) * block]
         for t in range(tile_count(rows.shape[1])):
             r0, n, _ = row_tile(rows.shape[1], t)
             out[:, i, t, :, :n] = rows[:, r0:r0 + n].transpose(0, 2, 1)
-    return out.reshape(-1)
+    return flat
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -272,7 +343,10 @@ def worth_it(M: int, N: int, K: int, ldb: int) -> bool:
     on a Zen 3 (``benchmarks/gemm_shapes.py``): 1.1-1.4x on K up to 32 (OpenBLAS's per-call
     packing dominates), 1.0-1.35x on K 64 with rows of up to 1024 columns; 0.7-0.95x on
     deeper calls, and on longer rows (its packed copy of the columns is read faster than
-    ours in place)."""
+    ours in place). Under 8 columns (a classifier at batch 1) ours reads each weight once
+    per column, where OpenBLAS packs them all per call: 2.4-5x."""
+    if N < 8:
+        return True
     if N < 16:
         return False
     return K <= 32 or (K <= 64 and ldb <= 1024)
