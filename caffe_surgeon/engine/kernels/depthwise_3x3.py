@@ -278,9 +278,8 @@ def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5
     """:func:`_row3x3_s2` in vectors of 8, with masked loads and stores (slow on AMD) only at
     the row's ends, on rows next to the padding and where a load could pass x's end: inside,
     each input row is three plain loads from column 2q - 1. Same sums in the same order. A
-    row's last, partial vector is stored whole where ``room`` (outputs from dst on that the
-    caller writes later, in order) holds it: its spare lanes land on the next row, not yet
-    written."""
+    row's last, partial vector is stored whole where the ``room`` outputs after the row (its
+    plane's later rows, which the caller writes after it) take its spare lanes."""
     sig = types.void(x, types.int64, types.int64, types.int64, types.int64, types.int64,
                      *([types.float32] * 9), out, types.int64, types.int64)
 
@@ -373,7 +372,8 @@ def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5
                     total = builder.phi(_VEC_Y)
                     total.add_incoming(total_near, block_near)
                     total.add_incoming(total_far, block_far)
-                    spare = builder.icmp_signed("<=", builder.add(q, ir.Constant(i64, YMM)), room)
+                    spare = builder.icmp_signed("<=", builder.add(q, ir.Constant(i64, YMM)),
+                                                builder.add(outs, room))
                     with builder.if_else(builder.or_(whole, spare)) as (full, part):
                         with full:
                             builder.store(total, out_ptr, align=4)
