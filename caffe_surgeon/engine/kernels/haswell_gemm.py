@@ -172,13 +172,13 @@ def _narrow(ap, a_off, M, K, b, b_off, ldb, c, c_off, ldc, N, t0, t1):
     # fewer than 8 columns: no full 8-pixel panel, so every output is one chain; a column of
     # four tiles at a time, the weights read once per column (a GEMV for N = 1)
     rows = np.zeros(4, np.int64)
+    offs = np.zeros(4, np.int64)
+    cs = np.zeros(4, np.int64)
     k0 = 0
     while k0 < K:
         kc = k_block(K - k0, GEMM_Q, UNROLL_M)
         acc = 1 if k0 > 0 else 0
         for g in range(t0, t1, 4):
-            offs = np.zeros(4, np.int64)
-            cs = np.zeros(4, np.int64)
             for i in range(4):
                 t = min(g + i, t1 - 1)  # a missing tile repeats the last one, storing nothing
                 r0, n, _ = row_tile(M, t)
