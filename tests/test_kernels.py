@@ -170,6 +170,37 @@ def test_im2col_rows_match_reference_over_many_geometries():
         done += 1
     assert done > 150
 
+def test_im2col_shifted_runs_match_reference():
+    """Stride 1 with outputs as wide as the input copies each row as one shifted run of the
+    plane: kernels and pads (dilated too) that keep the width, on maps from 1x1 up, and
+    tiles of output rows (a row tile's shifted pad, negative past the top) against the
+    whole layer's columns."""
+    from caffe_surgeon.engine.kernels.im2col import _im2col_batch, im2col_batch
+    r = np.random.default_rng(6)
+    done = 0
+    for _ in range(200):
+        kw, dw = int(r.choice([1, 3, 5, 7])), int(r.integers(1, 3))
+        pw = dw * (kw - 1) // 2
+        kh, dh, ph = int(r.integers(1, 8)), int(r.integers(1, 3)), int(r.integers(0, 9))
+        h, w = int(r.integers(1, 16)), int(r.integers(1, 16))
+        oh, ow = conv.out_size(h, kh, 1, ph, dh), conv.out_size(w, kw, 1, pw, dw)
+        assert ow == w
+        if oh <= 0:
+            continue
+        x = r.standard_normal((2, 3, h, w)).astype(np.float32)
+        got = im2col_batch(x, (kh, kw), (1, 1), (ph, pw), (dh, dw), (oh, ow))
+        want = ref.im2col(x, (kh, kw), (1, 1), (ph, pw), (dh, dw), (oh, ow))
+        np.testing.assert_array_equal(got, want, err_msg=str((h, w, kh, kw, ph, pw, dh, dw)))
+        y0 = int(r.integers(0, oh))
+        rows = int(r.integers(1, oh - y0 + 1))
+        tile = np.full((3 * kh * kw, 1, rows * ow), np.nan, np.float32)
+        _im2col_batch(x[1:2], kh, kw, 1, 1, ph - y0, pw, dh, dw, rows, ow, tile)
+        whole = want.reshape(-1, 2, oh * ow)[:, 1, y0 * ow:(y0 + rows) * ow]
+        np.testing.assert_array_equal(tile[:, 0], whole, err_msg=str((h, w, kh, kw, ph, pw, y0, rows)))
+        done += 1
+    assert done > 150
+
+
 def _epilogue(o):
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
     return (Epilogue(o).add(rng.standard_normal(o)).mul(rng.standard_normal(o)).add(rng.standard_normal(o))
