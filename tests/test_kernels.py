@@ -201,6 +201,36 @@ def test_im2col_shifted_runs_match_reference():
     assert done > 150
 
 
+@pytest.mark.parametrize("x_shape, w_shape, group", [
+    ((6, 32, 7, 7), (24, 32, 3, 3), 1),     # the Fashion net's 3x3 branch
+    ((6, 10, 14, 14), (32, 10, 3, 3), 1),
+    ((6, 1, 28, 28), (16, 1, 3, 3), 1),     # K 9
+    ((6, 8, 9, 11), (12, 4, 3, 3), 2),      # groups
+])
+def test_whole_image_block_tiles_run_as_row_tiles_with_the_same_bits(monkeypatch, x_shape, w_shape, group):
+    """A batch whose block tiles would each be a whole image takes the row tiles (same GEMM
+    calls): bit-equal to the images one at a time, which stay on the block tiles."""
+    r = np.random.default_rng(8)
+    x = r.standard_normal(x_shape).astype(np.float32)
+    w = r.standard_normal(w_shape).astype(np.float32)
+    b = r.standard_normal(w_shape[0]).astype(np.float32)
+    N, C, H, W = x_shape
+    og, k = w_shape[0] // group, w_shape[1] * 9
+    kind, ob, pb = conv.blas_tiling(N, group, og, k, H, W, conv.TILES, 2)[0]
+    assert (kind, ob, pb) == ("block", og, H * W)
+    ran = []
+    row_tiles = conv.ROW_TILES_K
+    monkeypatch.setattr(conv, "ROW_TILES_K", tuple(
+        (lambda *a, f=f: (ran.append(1), f(*a))[1]) for f in row_tiles))
+    whole = conv.conv2d(x, w, b, (1, 1), (1, 1), group=group)
+    assert ran
+    ran.clear()
+    alone = np.concatenate([conv.conv2d(x[n:n + 1], w, b, (1, 1), (1, 1), group=group) for n in range(N)])
+    assert not ran
+    np.testing.assert_array_equal(whole.view(np.uint32), alone.view(np.uint32))
+    np.testing.assert_allclose(whole, ref.conv2d(x, w, b, (1, 1), (1, 1), (1, 1), group), rtol=1e-4, atol=1e-4)
+
+
 def _epilogue(o):
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
     return (Epilogue(o).add(rng.standard_normal(o)).mul(rng.standard_normal(o)).add(rng.standard_normal(o))

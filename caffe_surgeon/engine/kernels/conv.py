@@ -21,7 +21,9 @@ after it, on values still in cache. The paths, by shape:
   over input channels), then each tile is one image x group x block of output
   channels x block of output pixels, split along whichever of the two makes the
   GEMMs repack less (each tile repacks its weight block and its column block).
-  1x1 stride-1 unpadded convolutions read the input in place.
+  1x1 stride-1 unpadded convolutions read the input in place. Where each tile would be
+  a whole image and the batch has images enough for every thread, the row tiles make
+  the same calls from per-image columns that stay in cache.
 
 Where a tile's GEMM is thin enough for OpenBLAS's per-call packing to dominate, or its
 map small enough for OpenBLAS's pixel vectors to be mostly padding, the row and block
@@ -395,6 +397,10 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
     out = np.empty((N, O, oh, ow), F32)
     out3 = out.reshape(N, O, P)
     kind, ob, pb = tiling
+    if kind == "block" and not pointwise and ob == og and pb == P and N >= 2 * threads:
+        # whole-image calls either way (same calls, same bits): the row tiles im2col each
+        # image into their own cache-resident buffer instead of the whole batch up front
+        kind, pb = "rows", oh
     with blas.single_threaded():
         if kind == "rows":
             rows = pb
