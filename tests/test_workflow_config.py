@@ -515,48 +515,84 @@ def test_sensitivity_csv(tmp_path):
 
 
 def test_sensitivity_png(tmp_path):
-    need_module("matplotlib")
+    from PIL import Image
     out = tmp_path / "ana.png"
     write_sensitivity_plot(_ana(), out)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (1020, 500)
+    img = Image.open(out)
+    width, height = img.size
+    assert 700 < width < 1000 and 400 < height < 500, img.size
     again = tmp_path / "again.png"
     write_sensitivity_plot(_ana(), again)
     assert again.read_bytes() == data  # deterministic
+    # every group's colour is drawn: the first group's blue, the second's orange
+    colours = {c for _, c in img.convert("RGB").getcolors(1 << 20)}
+    assert (0x1f, 0x77, 0xb4) in colours and (0xff, 0x7f, 0x0e) in colours
     assert "output folder" in error_of(write_sensitivity_plot, _ana(), tmp_path / "no/x.png")
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_sensitivity_png_without_matplotlib(tmp_path, monkeypatch):
-    import builtins
-    real_import = builtins.__import__
-
-    def no_mpl(name, *a, **kw):
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
-        return real_import(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_mpl)
-    out = tmp_path / "ana.png"
-    msg = error_of(write_sensitivity_plot, _ana(), out)
-    assert msg.startswith(f"{out}: the sensitivity plot needs matplotlib") and \
-        "pip install matplotlib" in msg
-    assert not out.exists()
-
-
-def test_prefetch_plotting_imports_the_plot_modules_in_the_background():
-    import subprocess
+def test_sensitivity_png_needs_no_plotting_library(tmp_path, monkeypatch):
     import sys
-    pytest.importorskip("matplotlib")
-    code = ("import sys, threading\n"
-            "from caffe_surgeon.workflow.report import prefetch_plotting\n"
-            "assert 'matplotlib.figure' not in sys.modules\n"
-            "prefetch_plotting()\n"
-            "t = [t for t in threading.enumerate() if t.name == 'prefetch-matplotlib']\n"
-            "assert len(t) == 1 and t[0].daemon\n"
-            "t[0].join(120)\n"
-            "print('matplotlib.figure' in sys.modules, 'matplotlib.backends.backend_agg' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "True"]
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    out = tmp_path / "ana.png"
+    write_sensitivity_plot(_ana(), out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chart_ticks_are_round_and_cover_the_values():
+    from caffe_surgeon.workflow.chart import nice_ticks, tick_label
+    assert nice_ticks(0.28, 0.9) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert nice_ticks(0, 1000) == [0, 200, 400, 600, 800, 1000]
+    for lo, hi in [(0.28, 0.9), (-3.7, 12.2), (1e-4, 3e-4), (5, 5), (-1, -1), (0.9, 0.3)]:
+        t = nice_ticks(lo, hi)
+        assert t[0] <= min(lo, hi) and t[-1] >= max(lo, hi) and 2 <= len(t) <= 9, (lo, hi, t)
+        steps = {round(b - a, 12) for a, b in zip(t, t[1:])}
+        assert len(steps) == 1
+    assert tick_label(0.25, 0.05) == "0.25" and tick_label(2.5, 2.5) == "2.5"
+    assert tick_label(400, 200) == "400" and tick_label(-1e-17, 0.1) == "0"
+
+
+def test_chart_legend_takes_columns_for_many_groups():
+    import io
+    from PIL import Image
+    from caffe_surgeon.workflow.chart import PALETTE, Series, line_chart_png
+
+    def width(n):
+        s = [Series(f"group {i}", [(0.1, i), (0.9, i + 1)], PALETTE[i % 10], "o") for i in range(n)]
+        return Image.open(io.BytesIO(line_chart_png(s, "t", "x", "y"))).size[0]
+    assert width(20) < width(5) + 20 < width(40) - 40  # 25 entries to a column here
+
+
+def test_training_log_plot_has_the_loss_and_the_test_metrics_on_their_own_axes(tmp_path):
+    import io
+    from PIL import Image
+    from caffe_surgeon.training.progress import LOG_NAMES, TrainingLog
+    log = TrainingLog(tmp_path, 100, out=io.StringIO())
+    log.test(0, {"top-1": 0.5})  # a test before any loss is logged
+    png = tmp_path / LOG_NAMES[1]
+    first = png.read_bytes()
+    assert first[:4] == b"\x89PNG"
+    for i in range(10, 101, 10):
+        log.train(i, 2.0 / i, 0.01, show=True)
+    log.test(100, {"top-1": 0.9})
+    img = Image.open(png).convert("RGB")
+    colours = {c for _, c in img.getcolors(1 << 20)}
+    for want in [(0x1f, 0x77, 0xb4), (0xff, 0x7f, 0x0e)]:  # the loss line, top-1's markers
+        assert any(max(abs(a - b) for a, b in zip(c, want)) < 8 for c in colours), want
+    assert png.read_bytes() != first and (tmp_path / LOG_NAMES[0]).read_text().count("\n") == 23
+
+
+def test_chart_draws_with_pillows_bitmap_font(tmp_path, monkeypatch):
+    """Without FreeType (or before Pillow 10.1) the text falls back to the bitmap font."""
+    from PIL import ImageFont
+    from caffe_surgeon.workflow import chart
+    if not hasattr(ImageFont, "load_default_imagefont"):
+        pytest.skip("this Pillow has no separate bitmap default font")
+    monkeypatch.setattr(chart, "_font", lambda size: ImageFont.load_default_imagefont())
+    out = tmp_path / "ana.png"
+    write_sensitivity_plot(_ana(), out)
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -123,8 +123,6 @@ def run(args) -> int:
 
 def _ana(args, cfg, job) -> int:
     from ..workflow.ana import run_ana, write_reports
-    from ..workflow.report import prefetch_plotting
-    prefetch_plotting()
     from ..workflow.report import format_sensitivity
     workers = cfg.worker_count if args.workers is None else args.workers  # -workers 0: refused
     result = run_ana(job, cfg.ana_file, workers=workers, scheduler=args.scheduler,

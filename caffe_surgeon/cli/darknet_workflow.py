@@ -115,8 +115,6 @@ def _early_stop(args, conf):
 
 def _ana(args, conf, spec, workers) -> int:
     from ..workflow.ana import run_ana, write_reports
-    from ..workflow.report import prefetch_plotting
-    prefetch_plotting()
     from ..workflow.report import format_sensitivity
     result = run_ana(_job(args, conf, spec), conf.ana_out_file, workers=workers,
                      scheduler=args.scheduler, progress=not args.no_progress, restart=args.restart)

@@ -8,17 +8,14 @@ A display line (every ``display`` iterations, as Caffe prints them, plus speed):
 The CSV is long format, one value per row (``iteration,phase,name,value``; phase
 ``train`` holds the smoothed ``loss`` and ``lr``, phase ``test`` the evaluator's
 metrics), rewritten whole and atomically at every display and test, so a killed run
-leaves a readable log. The plot needs matplotlib; without it one line on stderr says so,
-once.
+leaves a readable log; the plot is rewritten with it (:mod:`..workflow.chart`).
 """
 from __future__ import annotations
 
-import io
 import sys
 import time
 from pathlib import Path
 
-from ..errors import ModelError
 from ..fileio import atomic_write
 
 LOG_NAMES = ("finetune_log.csv", "finetune_log.png")
@@ -52,7 +49,6 @@ class TrainingLog:
         self.out = out or sys.stdout
         self.rows = list(rows or [])
         self._mark: tuple[float, int] | None = None
-        self._plot_note_given = False
 
     def start(self, iteration: int) -> None:
         """Start the clock at ``iteration`` (speeds are measured from here)."""
@@ -91,50 +87,24 @@ class TrainingLog:
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
-        """Rewrite the CSV and (with matplotlib) the plot."""
+        """Rewrite the CSV and the plot."""
         if self.folder is None:
             return
         csv_path, png_path = (self.folder / n for n in LOG_NAMES)
         atomic_write(csv_path, self.csv())
-        try:
-            atomic_write(png_path, self.png())
-        except ModelError as e:
-            if not self._plot_note_given:
-                self._plot_note_given = True
-                print(f"note: {png_path.name} not written: {e.message}", file=sys.stderr)
+        atomic_write(png_path, self.png())
 
     def png(self) -> bytes:
         """The loss (left axis) and test metrics (right axis) against iterations."""
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise ModelError("the training plot needs matplotlib (pip install matplotlib, "
-                             "or pip install 'caffe-surgeon[plot]')") from None
-        fig = Figure(figsize=(8, 4.5), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
+        from ..workflow.chart import PALETTE, Series, line_chart_png
         loss = [(i, v) for i, p, n, v in self.rows if p == "train" and n == "loss"]
-        if loss:
-            ax.plot(*zip(*loss), color="#1f77b4", linewidth=1.2, label="train loss (smoothed)")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss")
-        ax.grid(True, linewidth=0.3)
+        series = [Series("train loss (smoothed)", loss, PALETTE[0])]
         names = sorted({n for _, p, n, _ in self.rows if p == "test"})
-        if names:
-            ax2 = ax.twinx()
-            for k, name in enumerate(names):
-                pts = [(i, v) for i, p, n, v in self.rows if p == "test" and n == name]
-                ax2.plot(*zip(*pts), marker="o", markersize=3, linewidth=1,
-                         color=("#ff7f0e", "#2ca02c", "#d62728", "#9467bd")[k % 4], label=name)
-            ax2.set_ylabel("test")
-            ax2.legend(loc="upper right", fontsize=7, frameon=False)
-        if loss:  # the first plot comes before any loss is logged
-            ax.legend(loc="upper left", fontsize=7, frameon=False)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", metadata={"Software": None})
-        return buf.getvalue()
+        for k, name in enumerate(names):
+            pts = [(i, v) for i, p, n, v in self.rows if p == "test" and n == name]
+            series.append(Series(name, pts, PALETTE[1 + k % (len(PALETTE) - 1)], "o", right=True))
+        return line_chart_png(series, "finetune", "iteration", "loss",
+                              y2_label="test" if names else None)
 
 
 def read_log_rows(folder, up_to: int) -> list:

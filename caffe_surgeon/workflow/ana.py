@@ -153,19 +153,10 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 
 
 def write_reports(result: AnaResult, workspace) -> list[Path]:
-    """Write ``ana_sensitivity.txt`` (table), ``.csv`` and ``.png`` (if matplotlib is
-    installed) into ``workspace``, atomically; return the paths written.
-
-    Without matplotlib the plot is left out and one line on stderr says what to install,
-    so no caller ever names a plot file that was not written.
-    """
-    from .report import SENSITIVITY_REPORT_NAMES, write_sensitivity_reports
-    written = write_sensitivity_reports(result.to_table(), workspace)
-    plot = SENSITIVITY_REPORT_NAMES[-1]
-    if all(p.name != plot for p in written):
-        print(f"note: {plot} not written: the sensitivity plot needs matplotlib "
-              "(pip install matplotlib, or pip install 'caffe-surgeon[plot]')", file=sys.stderr)
-    return written
+    """Write ``ana_sensitivity.txt`` (table), ``.csv`` and ``.png`` into ``workspace``,
+    atomically; return the paths written."""
+    from .report import write_sensitivity_reports
+    return write_sensitivity_reports(result.to_table(), workspace)
 
 
 __all__ = ["AnaJob", "AnaResult", "run_ana", "write_reports", "job_inputs", "ratio_key",

@@ -244,92 +244,40 @@ def write_sensitivity_csv(table: SensitivityTable, path) -> None:
     atomic_write(path, sensitivity_csv(table))
 
 
-def sensitivity_png(table: SensitivityTable, title: str | None = None, dpi: int = 100) -> bytes:
-    """PNG bytes of the sensitivity curves (metric vs ratio, one line per group).
-
-    Uses matplotlib's Agg canvas directly (no pyplot, no global backend
-    change). Raises ModelError if matplotlib is not installed.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ModelError("the sensitivity plot needs matplotlib, which is not installed "
-                         "(pip install matplotlib); the text table and CSV do not") from None
-    n = len(table.rows)
-    legend_cols = 1 if n <= 16 else 2 if n <= 40 else 3
-    fig = Figure(figsize=(8 + 2.2 * legend_cols, 5), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-              "#7f7f7f", "#bcbd22", "#17becf")
-    markers = "os^vD<>pxh"
+def sensitivity_png(table: SensitivityTable, title: str | None = None) -> bytes:
+    """PNG bytes of the sensitivity curves (metric vs ratio, one line per group, the
+    baseline dashed), drawn by :mod:`.chart`."""
+    from .chart import MARKERS, PALETTE, Series, line_chart_png
+    series = []
     for i, r in enumerate(table.rows):
-        xs = [x for x, v in zip(table.ratios, r.values) if not _absent(v)]
-        ys = [float(v) for v in r.values if not _absent(v)]
-        ax.plot(xs, ys, color=colors[i % len(colors)], marker=markers[(i // len(colors)) % 10],
-                markersize=4, linewidth=1.2, label=r.group)
-    ax.axhline(table.baseline, color="black", linestyle="--", linewidth=1,
-               label=f"baseline {table.baseline:.4g}")
-    ax.set_xlabel("fraction of the group's channels pruned")
-    ax.set_ylabel(table.metric)
-    ax.set_xticks(list(table.ratios))
-    ax.set_xticklabels([_ratio_label(r) for r in table.ratios])
-    ax.grid(True, linewidth=0.3)
-    ax.set_title(title or f"ana sensitivity: {table.metric} with one group pruned")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=legend_cols,
-              frameon=False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+        points = [(x, float(v)) for x, v in zip(table.ratios, r.values) if not _absent(v)]
+        series.append(Series(r.group, points, PALETTE[i % len(PALETTE)],
+                             MARKERS[(i // len(PALETTE)) % len(MARKERS)]))
+    ratios = list(table.ratios)
+    if ratios:
+        series.append(Series(f"baseline {table.baseline:.4g}",
+                             [(min(ratios), table.baseline), (max(ratios), table.baseline)],
+                             "#000000", dashed=True))
+    return line_chart_png(series, title or f"ana sensitivity: {table.metric} with one group pruned",
+                          "fraction of the group's channels pruned", table.metric,
+                          x_ticks=[(r, _ratio_label(r)) for r in ratios])
 
 
-def write_sensitivity_plot(table: SensitivityTable, path, title: str | None = None,
-                           dpi: int = 100) -> None:
+def write_sensitivity_plot(table: SensitivityTable, path, title: str | None = None) -> None:
     """:func:`sensitivity_png` to ``path``, atomically."""
-    path = Path(path)
-    try:
-        data = sensitivity_png(table, title, dpi)
-    except ModelError as e:
-        raise e.located(file=path) from None
-    atomic_write(path, data)
+    atomic_write(Path(path), sensitivity_png(table, title))
 
 
 SENSITIVITY_REPORT_NAMES = ("ana_sensitivity.txt", "ana_sensitivity.csv", "ana_sensitivity.png")
 
 
-def prefetch_plotting() -> None:
-    """Start importing matplotlib's figure and Agg canvas on a daemon thread, for a command
-    that will plot after minutes of work: the half second of imports overlaps that work
-    instead of following it (the evaluations' kernels release the GIL)."""
-    import importlib
-    import importlib.util
-    import threading
-
-    def load():
-        try:
-            importlib.import_module("matplotlib.figure")
-            importlib.import_module("matplotlib.backends.backend_agg")
-        except Exception:  # not installed or broken: sensitivity_png says so when it is needed
-            pass
-    if importlib.util.find_spec("matplotlib") is not None:
-        threading.Thread(target=load, name="prefetch-matplotlib", daemon=True).start()
-
-
 def write_sensitivity_reports(table: SensitivityTable, folder) -> list[Path]:
-    """Write ``ana_sensitivity.txt`` (table), ``.csv`` and ``.png`` (if matplotlib is
-    installed) into ``folder`` (created), atomically; return the paths written."""
+    """Write ``ana_sensitivity.txt`` (table), ``.csv`` and ``.png`` into ``folder``
+    (created), atomically; return the paths written."""
     folder = Path(folder)
     make_folder(folder)
     txt, csv_, png = (folder / n for n in SENSITIVITY_REPORT_NAMES)
     write_sensitivity_table(table, txt)
     write_sensitivity_csv(table, csv_)
-    written = [txt, csv_]
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return written
     write_sensitivity_plot(table, png)
-    written.append(png)
-    return written
+    return [txt, csv_, png]
