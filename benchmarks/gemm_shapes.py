@@ -26,7 +26,7 @@ from timing import cpu_model, median_time  # noqa: E402
 
 from caffe_surgeon.engine.kernels import blas, channel_microkernel, haswell_gemm, microkernel  # noqa: E402
 
-#: (M, K, N): MobileNet v2, yolov3-tiny, res10 and ResNet-50 layers (whole, and as the row
+#: (M, K, N): MobileNet v2, yolov3-tiny, res10, ResNet-50 and Fashion-fixture layers (whole, and as the row
 #: tiles of about 1 MB of columns that large maps are cut into), then a grid
 LAYERS = [(96, 16, 12544), (144, 24, 3136), (24, 144, 3136), (192, 32, 784), (32, 192, 784),
           (16, 27, 43264), (32, 144, 10816), (64, 288, 2704), (32, 147, 22500), (64, 64, 3136),
@@ -34,7 +34,9 @@ LAYERS = [(96, 16, 12544), (144, 24, 3136), (24, 144, 3136), (192, 32, 784), (32
           (256, 64, 3136), (128, 1152, 784), (1280, 320, 49), (320, 960, 49),
           # ResNet-50 on 7x7 and 14x14 maps: 1x1 channel blocks, 3x3 im2col, Winograd GEMMs
           (512, 512, 49), (128, 2048, 49), (128, 4608, 49), (256, 256, 49), (256, 1024, 196),
-          (256, 512, 196), (1024, 256, 196), (512, 512, 392)]
+          (256, 512, 196), (1024, 256, 196), (512, 512, 392),
+          # the Fashion fixture's per-image calls (7x7 and 14x14 maps, ana's pruned variants)
+          (24, 288, 49), (64, 432, 49), (32, 288, 196), (32, 144, 196), (16, 432, 196), (64, 144, 100)]
 GRID = [(M, K, N) for N in (12544, 3136, 784, 196, 49) for K in (16, 32, 64, 160, 320, 960)
         for M in (32, 128, 512)]
 

@@ -143,6 +143,8 @@ def test_packed_tiles_hold_each_row_once_in_chunk_order():
     ((2, 24, 56, 56), (144, 24, 1, 1), 1, 0),    # a batch
     ((1, 32, 56, 56), (64, 32, 1, 1), 2, 0),     # stride 2 (im2col), K 32
     ((1, 1280, 1, 1), (1000, 1280, 1, 1), 1, 0),  # a classifier at batch 1: the narrow path
+    ((4, 32, 7, 7), (24, 32, 3, 3), 1, 1),       # few channels on a small map, K 288 (row tiles)
+    ((1, 16, 14, 14), (32, 16, 3, 3), 1, 1),     # 32 channels, K 144 (block tiles)
 ])
 def test_convolutions_give_the_blas_bits_with_the_avx2_gemm(monkeypatch, x_shape, w_shape, stride, pad):
     _need_haswell_blas()
@@ -166,3 +168,12 @@ def test_convolutions_give_the_blas_bits_with_the_avx2_gemm(monkeypatch, x_shape
     monkeypatch.setitem(haswell_gemm._state, "on", False)
     theirs = conv2d(x, w, b, (stride, stride), (pad, pad))
     np.testing.assert_array_equal(_bits(ours), _bits(theirs))
+
+
+def test_worth_it_takes_few_channels_on_small_maps():
+    assert haswell_gemm.worth_it(24, 49, 288, 49)  # the Fashion net's 3x3 branch on 7x7
+    assert haswell_gemm.worth_it(32, 196, 144, 196) and haswell_gemm.worth_it(64, 100, 144, 100)
+    assert haswell_gemm.worth_it(32, 49, 288, 2450)  # a block tile of a batch: rows far apart
+    assert not haswell_gemm.worth_it(32, 196, 288, 196)  # 1.0-1.1x measured: OpenBLAS stays
+    assert not haswell_gemm.worth_it(24, 784, 288, 784)  # larger maps: its packed columns win
+    assert not haswell_gemm.worth_it(128, 49, 1152, 49) and not haswell_gemm.worth_it(64, 49, 432, 49)

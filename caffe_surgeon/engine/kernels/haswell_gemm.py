@@ -341,12 +341,18 @@ def enabled() -> bool:
 def worth_it(M: int, N: int, K: int, ldb: int) -> bool:
     """Whether :func:`gemm` beats OpenBLAS for one call of this shape. Measured single-threaded
     on a Zen 3 (``benchmarks/gemm_shapes.py``): 1.1-1.4x on K up to 32 (OpenBLAS's per-call
-    packing dominates), 1.0-1.35x on K 64 with rows of up to 1024 columns; 0.7-0.95x on
-    deeper calls, and on longer rows (its packed copy of the columns is read faster than
-    ours in place). Under 8 columns (a classifier at batch 1) ours reads each weight once
-    per column, where OpenBLAS packs them all per call: 2.4-5x."""
+    packing dominates), 1.0-1.35x on K 64 with rows of up to 1024 columns, and 1.1-2.4x on
+    few channels over a small map (an image of 14x14 or less: 24 channels with K up to 432,
+    64 with K up to 144, 32 with K up to 288 on 10x10 or less), where OpenBLAS packs the
+    weights again for little work; 0.7-0.95x on other deep calls and on longer rows (its
+    packed copy of the columns is read faster than ours in place). Under 8 columns (a
+    classifier at batch 1) ours reads each weight once per column, where OpenBLAS packs them
+    all per call: 2.4-5x."""
     if N < 8:
         return True
     if N < 16:
         return False
-    return K <= 32 or (K <= 64 and ldb <= 1024)
+    if K <= 32 or (K <= 64 and ldb <= 1024):
+        return True
+    return N <= 200 and ((M <= 24 and K <= 432) or (M <= 64 and K <= 144)
+                         or (M <= 32 and K <= 288 and N <= 100))
