@@ -596,3 +596,13 @@ def test_chart_draws_with_pillows_bitmap_font(tmp_path, monkeypatch):
     out = tmp_path / "ana.png"
     write_sensitivity_plot(_ana(), out)
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_chart_leaves_out_values_that_are_not_finite():
+    import io
+    from PIL import Image
+    from caffe_surgeon.workflow.chart import Series, line_chart_png
+    nan, inf = float("nan"), float("inf")
+    png = line_chart_png([Series("a", [(0.1, 0.5), (0.5, nan), (0.9, 0.7)], "#1f77b4", "o"),
+                          Series("b", [(0.1, inf), (0.5, nan)], "#ff7f0e", dashed=True)], "t", "x", "y")
+    assert Image.open(io.BytesIO(png)).size[0] > 300

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: drawn this many times larger, then reduced (anti-aliasing)
 SCALE = 2
@@ -156,6 +156,8 @@ def line_chart_png(series: list[Series], title: str, x_label: str, y_label: str,
     """PNG bytes of ``series`` on one plot area of ``plot_size`` pixels, with the legend on
     the right in as many columns as the entries need. ``x_ticks``: (value, label) pairs, else
     round values; a right-hand axis (``y2_label``) for the series marked ``right``."""
+    series = [replace(s, points=[(x, y) for x, y in s.points if math.isfinite(x) and math.isfinite(y)])
+              for s in series]  # a NaN or infinite metric has no place on the plot
     series = [s for s in series if s.points]
     xs = [x for s in series for x, _ in s.points] or [0.0, 1.0]
     if x_ticks is None:
