@@ -56,7 +56,11 @@ def emit_finish(builder, sums, finish, t_at, s_at):
                 for v, acc in enumerate(row):
                     ptr = t_at(r, v)
                     value = builder.load(acc)
-                    store(builder, builder.select(adding, builder.fadd(load(builder, ptr), value), value), ptr)
+                    with builder.if_else(adding) as (add, put):  # C read only when added to
+                        with add:
+                            store(builder, builder.fadd(load(builder, ptr), value), ptr)
+                        with put:
+                            store(builder, value, ptr)
 
 
 def _make_tile(vectors: int, pixels: int, indirect: bool):

@@ -75,8 +75,11 @@ def _finish(builder, v, ptr, acc, vec):
     """C at ``ptr`` = its value + v (one rounding) when ``acc``, else v + 0.0: OpenBLAS adds
     every block's sum to C, the first to a zeroed C (so -0.0 comes out +0.0)."""
     zero = ir.Constant(vec, [0.0] * vec.count)
-    old = builder.select(acc, builder.load(ptr, align=4), zero)
-    builder.store(builder.fadd(old, v), ptr, align=4)
+    with builder.if_else(acc) as (add, put):  # never a load of C that is only stored to
+        with add:
+            builder.store(builder.fadd(builder.load(ptr, align=4), v), ptr, align=4)
+        with put:
+            builder.store(builder.fadd(zero, v), ptr, align=4)
 
 
 #: one chain: 6 x 16 (12 ymm accumulators), partial tiles reading only their columns

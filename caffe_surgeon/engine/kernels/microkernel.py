@@ -128,8 +128,14 @@ def make_tile(mr: int, masked_loads: bool = False, zero_first: bool = False):
                     with builder.if_else(full) as (whole, part):
                         with whole:
                             if zero_first:
-                                old = builder.select(adding, builder.load(ptr, align=4), zero)
-                                builder.store(builder.fadd(old, v), ptr, align=4)
+                                # a branch, not a select of a load: a stored tile never reads C
+                                # (a cold C would be fetched from memory for nothing)
+                                with builder.if_else(adding) as (add, put):
+                                    with add:
+                                        old = builder.load(ptr, align=4)
+                                        builder.store(builder.fadd(old, v), ptr, align=4)
+                                    with put:
+                                        builder.store(builder.fadd(zero, v), ptr, align=4)
                             else:
                                 with builder.if_else(adding) as (add, put):
                                     with add:
