@@ -115,6 +115,40 @@ def test_avgpool_valid_only_divisor():
     np.testing.assert_allclose(got[0, 0, 0, 0], x[0, 0, :2, :2].mean(), rtol=1e-6)
 
 
+def _avgpool_in_window_order(x, k, s, p, out_hw, padded):
+    # the slow twin of the kernels' order: a float32 sum from +0.0 over the window's rows,
+    # then columns, divided in float64 by the (padded or valid) window size
+    N, C, H, W = x.shape
+    out = np.empty((N, C) + tuple(out_hw), np.float32)
+    for n, c, y, xo in np.ndindex(out.shape):
+        hs0, ws0 = y * s - p, xo * s - p
+        he0, we0 = min(hs0 + k, H + p), min(ws0 + k, W + p)
+        hs, he, ws, we = max(hs0, 0), min(he0, H), max(ws0, 0), min(we0, W)
+        acc = np.float32(0.0)
+        for i in range(hs, he):
+            for j in range(ws, we):
+                acc = np.float32(acc + x[n, c, i, j])
+        size = (he0 - hs0) * (we0 - ws0) if padded else (he - hs) * (we - ws)
+        out[n, c, y, xo] = np.float32(np.float64(acc) / size)
+    return out
+
+
+@pytest.mark.parametrize("shape, k, s, p", [((2, 11, 7, 7), 7, 1, 0), ((1, 19, 9, 10), 5, 2, 2),
+                                            ((3, 5, 6, 6), 4, 1, 1)])
+@pytest.mark.parametrize("padded", [True, False])
+def test_avgpool_wide_windows_keep_the_window_order(shape, k, s, p, padded):
+    """Windows of 16 taps or more sum 8 planes side by side (a global pool is otherwise one
+    latency-bound chain per plane): each sum still runs in window order, so the bits are the
+    one-plane loop's, for plane counts that leave a partial last group too."""
+    assert k * k >= pooling.WIDE_WINDOW
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    H, W = shape[2:]
+    out_hw = ((H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1)
+    got = pooling.avgpool(x, (k, k), (s, s), (p, p), out_hw, divide_by_padded=padded)
+    want = _avgpool_in_window_order(x, k, s, p, out_hw, padded)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 @pytest.mark.parametrize("n, thr, eta, top_k", [(300, 0.45, 1.0, 400), (500, 0.3, 1.0, -1),
                                                (200, 0.7, 0.9, 100), (50, 0.0, 1.0, -1)])
 def test_nms_matches_reference(n, thr, eta, top_k):
