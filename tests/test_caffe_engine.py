@@ -151,6 +151,23 @@ def test_in_place_chains_and_intermediate_blobs():
         Executor(g).run({"data": x}, layer_outputs=["scale1"])["scale1:conv1"], 0), rtol=1e-6)
 
 
+def test_layers_whose_values_nobody_needs_are_not_run(monkeypatch):
+    """Asked for an early blob only, the executor runs the layers it depends on and none
+    after: the values are those of a whole run."""
+    from caffe_surgeon.engine import ops
+    g = cs.load(TINY, TINY_W)
+    x = np.random.default_rng(5).random((1, 3, 32, 32)).astype(np.float32)
+    whole = Executor(g).run({"data": x}, ["pool2", "prob"])
+    ran = []
+    for key, fn in list(ops.OPS.items()):
+        monkeypatch.setitem(ops.OPS, key, lambda layer, a, ctx, fn=fn: ran.append(layer.name) or fn(layer, a, ctx))
+    early = Executor(g).run({"data": x}, ["pool2"])
+    assert np.array_equal(early["pool2"], whole["pool2"])
+    assert "pool2" in ran and g.index(ran[-1]) <= g.index("pool2")
+    Executor(g).run({"data": x})
+    assert "prob" in ran
+
+
 def test_missing_weights_is_a_clear_error():
     g = cs.load(TINY)
     with pytest.raises(ModelError, match=r"layer 'conv1': missing weights: this Convolution needs weight \(16, 3, 3, 3\)"):

@@ -60,6 +60,7 @@ class Executor:
             for t in layer.tops:
                 self.final[t] = (i, t)
         self._checked: set = set()
+        self._needed_cache: dict = {}
         if check_weights:
             try:
                 shapes = infer_shapes(self.graph)
@@ -233,6 +234,7 @@ class Executor:
         # arrays to every variant), nor any view of them
         layers = self.graph.layers
         ctx = self.ctx
+        needed = self._needed(start, stop, wanted)
         early = set()  # later members of a sibling group, computed with its first
         i = start
         while i < stop:
@@ -252,6 +254,14 @@ class Executor:
                 i += 1
                 continue
             layer = layers[i]
+            if i not in needed:
+                # nothing asked for or run later reads what it writes (a [yolo] head whose
+                # input an evaluator decodes itself): not run; what dies here is dropped
+                for v in self.reads[i]:
+                    if self.last_use.get(v) == i and v not in wanted:
+                        env.pop(v, None)
+                i += 1
+                continue
             try:
                 args = [env[v] for v in self.reads[i]]
             except KeyError as e:
@@ -299,6 +309,26 @@ class Executor:
                 if (end, t) not in self.last_use and (end, t) not in wanted:
                     env.pop((end, t), None)
             i = end + 1
+
+    def _needed(self, start: int, stop: int, wanted) -> set:
+        """The layers of start .. stop-1 whose values are asked for (``wanted``), read by
+        layers from ``stop`` on, or read by such layers, transitively."""
+        key = (start, stop, frozenset(wanted))
+        hit = self._needed_cache.get(key)
+        if hit is not None:
+            return hit
+        live = set(wanted)
+        for row in self.reads[stop:]:
+            live.update(row)
+        needed = set()
+        for i in range(stop - 1, start - 1, -1):
+            if any((i, t) in live for t in self.graph.layers[i].tops):
+                needed.add(i)
+                live.update(self.reads[i])
+        if len(self._needed_cache) >= 64:
+            self._needed_cache.clear()
+        self._needed_cache[key] = needed
+        return needed
 
     def _run_group(self, env, group, wanted, result) -> bool:
         """Run a sibling group as one layer; False (nothing done) if it no longer stacks."""
