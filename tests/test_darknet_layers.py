@@ -224,6 +224,25 @@ def test_yolo_forward_matches_entry_index_loops(params):
     np.testing.assert_allclose(op(layer, x), want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("params", [dict(), dict(scale_x_y=1.05), dict(scale_x_y=2.0, new_coords=1)])
+def test_yolo_values_of_some_cells_are_the_layers_bits_there(params):
+    """An evaluator activates only the (cell, anchor) rows above its threshold, and the
+    objectness on its own: the same bits as the layer's output at those places."""
+    from caffe_surgeon.detection.darknet_boxes import yolo_cells
+    from caffe_surgeon.engine.darknet_ops import yolo_objectness, yolo_values
+    x = rand(2, 3 * 7, 4, 5, lo_=-4, hi=4)
+    layer = make("yolo", classes=2, mask=[0, 1, 2], num=6, **params)
+    full = op(layer, x)
+    for j in range(2):
+        raw, out = yolo_cells(layer, x[j]), yolo_cells(layer, full[j])
+        obj = yolo_objectness(layer, np.ascontiguousarray(raw[:, :, 4]))
+        assert np.array_equal(obj.view(np.uint32), np.ascontiguousarray(out[:, :, 4]).view(np.uint32))
+        cell, n = np.nonzero(obj > np.float32(0.3))
+        assert 0 < len(cell) < obj.size
+        rows = yolo_values(layer, raw[cell, n], 1)
+        assert np.array_equal(rows.view(np.uint32), out[cell, n].view(np.uint32))
+
+
 @pytest.mark.parametrize("softmax, background", [(1, 0), (0, 0), (1, 1)])
 def test_region_forward_matches_loops(softmax, background):
     x = rand(2, 2 * 8, 3, 4, lo_=-4, hi=4)

@@ -90,6 +90,31 @@ def test_detector_label_free_agreement(detector):
     print(f"yolov3-tiny, half of convolutional_8 zeroed: mAP@0.5 agreement {agree:.4f}")
 
 
+def test_detector_decodes_yolo_inputs_with_the_bits_of_the_yolo_outputs(detector, monkeypatch):
+    """The evaluator reads each [yolo] head's input and computes the objectness first, the
+    other entries only for cells above thresh; the yolo layers do not run, and the boxes
+    are those of darknet's decode of the full yolo output, bit for bit."""
+    from caffe_surgeon.detection import darknet_boxes
+    from caffe_surgeon.engine import Executor, darknet_ops, ops
+    root, cfg, weights, free, reference, pruned = detector
+    g = cs.load(cfg, weights)
+    heads = [l.name for l in darknet_boxes.head_layers(g)]
+    assert free.layer_outputs == ["convolutional_15", "convolutional_22"] and len(heads) == 2
+    full = [Executor(g).run(f, outputs=[], layer_outputs=heads) for f in free.feeds]
+    ran = []
+    yolo = darknet_ops.yolo
+    monkeypatch.setitem(ops.OPS, ("darknet", "yolo"), lambda *a: ran.append(1) or yolo(*a))
+    lazy = free.run(g)
+    assert not ran and sorted(lazy[0]) == ["convolutional_15:convolutional_15",
+                                           "convolutional_22:convolutional_22"]
+    got = free.box_rows(lazy)
+    monkeypatch.setattr(free, "raw_inputs", {})  # the whole yolo outputs, decoded as darknet does
+    monkeypatch.setattr(free, "layer_outputs", heads)
+    want = free.box_rows(full)
+    assert sum(len(r) for r in got) > 100
+    assert all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(got, want))
+
+
 def test_detector_map_from_label_files(detector):
     root, cfg, weights, free, reference, pruned = detector
     (root / "labels").mkdir(exist_ok=True)

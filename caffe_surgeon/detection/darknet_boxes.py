@@ -108,16 +108,29 @@ def yolo_detections(layer, out: np.ndarray, im_w, im_h, net_w, net_h, thresh) ->
     Detections come in darknet's loop order (cell, then anchor), only where the
     objectness exceeds ``thresh``; class probabilities at or below it are zero.
     """
-    c, h, w = out.shape
+    p = yolo_cells(layer, out)
+    cell, n = np.nonzero(p[:, :, 4] > F32(thresh))
+    return yolo_cell_detections(layer, cell, n, p[cell, n], out.shape[1:], im_w, im_h, net_w, net_h,
+                                thresh)
+
+
+def yolo_cells(layer, out: np.ndarray) -> np.ndarray:
+    """A yolo layer's (C, H, W) output or input as (cell, anchor, entry)."""
+    _, h, w = out.shape
     mask = opt_list(layer, "mask") or list(range(opt_int(layer, "num", 1)))
-    classes = opt_int(layer, "classes", 20)
-    anchors = _anchors(layer)
-    thresh = F32(thresh)
-    p = out.reshape(len(mask), 5 + classes, h * w).transpose(2, 0, 1)  # (cell, anchor, entry)
-    cell, n = np.nonzero(p[:, :, 4] > thresh)
+    return out.reshape(len(mask), 5 + opt_int(layer, "classes", 20), h * w).transpose(2, 0, 1)
+
+
+def yolo_cell_detections(layer, cell, n, v, hw, im_w, im_h, net_w, net_h, thresh) -> list[Detection]:
+    """The rest of ``get_yolo_detections``: the detections of the (cell, anchor) pairs whose
+    objectness exceeds ``thresh``, in that order, from their yolo output entries ``v``
+    (pairs x (5 + classes)); ``hw`` is the map's (H, W)."""
     if not len(cell):
         return []
-    v = p[cell, n]                                     # (dets, 5 + classes)
+    h, w = hw
+    mask = opt_list(layer, "mask") or list(range(opt_int(layer, "num", 1)))
+    anchors = _anchors(layer)
+    thresh = F32(thresh)
     row, col = np.divmod(cell, w)
     bx, by = _grid_xy(col, row, v[:, 0], v[:, 1], w, h)
     aw, ah = anchors[2 * np.asarray(mask)[n]], anchors[2 * np.asarray(mask)[n] + 1]
@@ -198,15 +211,19 @@ def network_boxes(graph: Graph, outputs: dict, im_w: int, im_h: int, thresh: flo
         im_w, im_h: size of the original image (before letterboxing).
         thresh: objectness / probability threshold.
     """
-    _, _, net_h, net_w = graph.inputs["data"]
     dets: list[Detection] = []
     for layer in head_layers(graph):
         if layer.name not in outputs:
             raise ModelError(f"the output of {layer.type} layer '{layer.name}' was not computed")
-        out = np.asarray(outputs[layer.name][batch_index], F32)
-        decode = DECODERS[box_format(graph, layer)]
-        dets += decode(layer, out, im_w, im_h, net_w, net_h, thresh)
+        dets += head_boxes(graph, layer, np.asarray(outputs[layer.name][batch_index], F32), im_w, im_h,
+                           thresh)
     return dets
+
+
+def head_boxes(graph: Graph, layer, out: np.ndarray, im_w: int, im_h: int, thresh: float) -> list[Detection]:
+    """The detections of one head of ``graph`` from its (C, H, W) output ``out``."""
+    _, _, net_h, net_w = graph.inputs["data"]
+    return DECODERS[box_format(graph, layer)](layer, out, im_w, im_h, net_w, net_h, thresh)
 
 
 #: box_format of a Darknet head -> its ``get_*_detections``

@@ -441,16 +441,31 @@ def yolo(layer, inputs, ctx):
     x = inputs[0]
     n, c, h, w = x.shape
     na = len(opt_list(layer, "mask")) or opt_int(layer, "num", 1)
+    return [yolo_values(layer, x.reshape(n, na, c // na, h, w), 2).reshape(x.shape)]
+
+
+def yolo_values(layer, raw: np.ndarray, axis: int) -> np.ndarray:
+    """The [yolo] layer's output for its raw input ``raw``, whose entries (x, y, w, h,
+    objectness, classes) lie along ``axis``: the whole map, or some cells' entries (an
+    evaluator decoding only the cells above its threshold); element by element, so the
+    same bits either way."""
+    at = (slice(None),) * axis
     if not opt_int(layer, "new_coords", 0):
-        # one contiguous pass over all channels, then w and h (2 of each 85) put back raw
-        y = logistic_values(x).reshape(n, na, c // na, h, w)
-        y[:, :, 2:4] = x.reshape(n, na, c // na, h, w)[:, :, 2:4]
+        # one contiguous pass over all entries, then w and h (2 of each 85) put back raw
+        y = logistic_values(raw)
+        y[at + (slice(2, 4),)] = raw[at + (slice(2, 4),)]
     else:
-        y = x.reshape(n, na, c // na, h, w).copy()
+        y = np.array(raw, F32)
     s = F32(opt_float(layer, "scale_x_y", 1))
     if s != 1:
-        y[:, :, 0:2] = y[:, :, 0:2] * s + F32(-0.5 * (float(s) - 1))
-    return [y.reshape(x.shape)]
+        xy = at + (slice(0, 2),)
+        y[xy] = y[xy] * s + F32(-0.5 * (float(s) - 1))
+    return y
+
+
+def yolo_objectness(layer, raw: np.ndarray) -> np.ndarray:
+    """The [yolo] layer's objectness for raw objectness entries (any shape)."""
+    return np.array(raw, F32) if opt_int(layer, "new_coords", 0) else logistic_values(raw)
 
 
 @op("darknet", "region")

@@ -79,6 +79,12 @@ class _DarknetEvaluator(Evaluator):
             raise ModelError(f"a result has no '{key}' (run with {self.run_args})") from None
 
 
+def _producer(graph: Graph, layer) -> str | None:
+    """The name of the layer that writes ``layer``'s (first) input, None for a net input."""
+    i = graph.producers()[graph.index(layer.name)][0]
+    return None if i is None else graph.layers[i].name
+
+
 def _output_layer(graph: Graph):
     """darknet's network output: the last layer that is not a [cost] layer."""
     for layer in reversed(graph.layers):
@@ -213,7 +219,12 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
         self.thresh, self.nms, self.iou_thresh = thresh, nms, iou_thresh
         self.truth_thresh, self.label_free = truth_thresh, label_free
         self.metric_name = "mAP@0.5 agreement" if label_free else "mAP@0.5"
-        self.layer_outputs = [l.name for l in heads]
+        # A [yolo] head's input is decoded here, the head itself not run: its logistic over
+        # every entry of every cell was 14% of a yolov3-tiny ana; here the objectness comes
+        # first and the other entries only for the cells above thresh (the same bits).
+        self.raw_inputs = {l.name: _producer(graph, l) for l in heads
+                           if darknet_boxes.box_format(graph, l) == "yolo_v3" and _producer(graph, l)}
+        self.layer_outputs = [self.raw_inputs.get(l.name, l.name) for l in heads]
         #: head name -> whether its boxes come in image pixels (YOLOv1) rather than relative
         self.pixel_boxes = {l.name: darknet_boxes.boxes_in_pixels(graph, l) for l in heads}
         self.decoder = Graph("darknet", layers=heads, inputs=dict(graph.inputs), source=graph.source)
@@ -254,13 +265,34 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
                 raise ModelError(f"a result lacks the outputs of {missing} (run with {self.run_args})")
             for j in range(len(next(iter(outs.values())))):
                 w, h = self.sizes[len(per_image)]
-                dets = darknet_boxes.network_boxes(self.decoder, outs, w, h, self.thresh, batch_index=j)
+                dets = self._image_boxes(outs, w, h, j)
                 if self.nms:
                     dets = darknet_boxes.do_nms_sort(dets, self.classes, self.nms)
                 per_image.append(dets)
         if len(per_image) != len(self.items):
             raise ModelError(f"results cover {len(per_image)} images, the evaluator has {len(self.items)}")
         return per_image
+
+    def _image_boxes(self, outs: dict, w: int, h: int, j: int) -> list[darknet_boxes.Detection]:
+        """``get_network_boxes`` of image ``j``: the heads in layer order, a [yolo] head's
+        from its raw input (:meth:`__init__`), the others from their outputs."""
+        from ..engine import darknet_ops
+        dets = []
+        _, _, net_h, net_w = self.decoder.inputs["data"]
+        for layer in darknet_boxes.head_layers(self.decoder):
+            source = self.raw_inputs.get(layer.name)
+            if source is None:
+                dets += darknet_boxes.head_boxes(self.decoder, layer, np.asarray(outs[layer.name][j], np.float32),
+                                                 w, h, self.thresh)
+                continue
+            out = np.asarray(outs[source][j], np.float32)
+            raw = darknet_boxes.yolo_cells(layer, out)
+            obj = darknet_ops.yolo_objectness(layer, np.ascontiguousarray(raw[:, :, 4]))
+            cell, n = np.nonzero(obj > np.float32(self.thresh))
+            v = darknet_ops.yolo_values(layer, raw[cell, n], 1)
+            dets += darknet_boxes.yolo_cell_detections(layer, cell, n, v, out.shape[1:], w, h, net_w, net_h,
+                                                       self.thresh)
+        return dets
 
     def box_rows(self, results) -> list[np.ndarray]:
         """Per image, rows ``(class, prob, x1, y1, x2, y2)`` in relative units, clipped to the image."""
