@@ -103,6 +103,28 @@ def test_plan_is_deterministic_and_ranks_by_l1():
     assert Plan.from_json(p1.to_json()).to_json() == p1.to_json()
 
 
+def test_a_scores_cache_scores_each_group_once_and_plans_the_same(monkeypatch):
+    """ana plans every group at every ratio from the same weights: with a cache each group
+    is scored once, and every plan equals the one made without it."""
+    from caffe_surgeon.pruning import plan as plan_module
+    g = cs.load(*TINY)
+    a = analyse(g)
+    groups = [x.id for x in a.prunable_groups()]
+    want = [make_plan(a, ratios={gid: r}).to_json() for gid in groups for r in (0.25, 0.5)]
+    scored = []
+    real = plan_module.class_scores
+    monkeypatch.setattr(plan_module, "class_scores", lambda a_, grp, *k: scored.append(grp.id) or real(a_, grp, *k))
+    cache: dict = {}
+    got = [make_plan(a, ratios={gid: r}, scores_cache=cache).to_json() for gid in groups for r in (0.25, 0.5)]
+    assert got == want and len(groups) > 1
+    assert sorted(scored) == sorted(groups)
+    # a group that cannot be scored is left whole while untouched, and refused once pruned
+    bn: dict = {}
+    make_plan(a, ratios={"conv1": 0.25}, criterion="bn", scores_cache=bn)
+    with pytest.raises(ModelError, match="no BatchNorm/Scale multiplier"):
+        make_plan(a, ratios={"conv2a": 0.5}, criterion="bn", scores_cache=bn)
+
+
 def test_bn_criterion_reads_scale_after_bn():
     g = cs.load(*TINY)
     a = analyse(g)

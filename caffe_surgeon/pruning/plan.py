@@ -142,7 +142,7 @@ def kept_classes(analysis: ChannelAnalysis, group, keep_n: int, order, divisor: 
 
 def make_plan(analysis: ChannelAnalysis, ratio: float | None = None, ratios: dict | None = None,
               criterion="l1", reduction: str = "sum", divisor: int = 1,
-              model: str = "") -> Plan:
+              model: str = "", scores_cache: dict | None = None) -> Plan:
     """Rank channels and keep the best ``1 - ratio`` of every prunable group.
 
     Args:
@@ -151,6 +151,9 @@ def make_plan(analysis: ChannelAnalysis, ratio: float | None = None, ratios: dic
             unprunable group is an error that gives the reason.
         criterion: "l1", "l2", "bn" or a callable (see :mod:`.criteria`).
         divisor: kept channels are a multiple of it (``channel_divisible``, ``kernel_batch``).
+        scores_cache: a dict kept by a caller that plans the same analysed weights many
+            times (``ana``: every group at every ratio): each group's scores are computed
+            once, on the first plan.
     """
     per_group = {}
     for ref, r in (ratios or {}).items():
@@ -166,22 +169,29 @@ def make_plan(analysis: ChannelAnalysis, ratio: float | None = None, ratios: dic
     for g in analysis.prunable_groups():
         r = per_group.get(g.id, ratio if ratio is not None else 0.0)
         keep_n = kept_count(g.channels, float(r), divisor)
-        try:
-            if hasattr(criterion, "group_scores"):  # data-driven, needs the kept count (LASSO)
-                scores = criterion.group_scores(analysis, g, keep_n) if keep_n < g.channels else None
-            else:
-                scores = class_scores(analysis, g, criterion, reduction)
-        except ModelError:
-            if keep_n < g.channels:
-                raise
-            scores = None  # an untouched group need not be scorable
+        cached = not hasattr(criterion, "group_scores") and scores_cache is not None
+        hit = scores_cache.get((g.id, reduction)) if cached else None
+        if hit is not None and (hit[0] is not None or keep_n == g.channels):
+            scores, shown = hit
+        else:
+            try:
+                if hasattr(criterion, "group_scores"):  # data-driven, needs the kept count (LASSO)
+                    scores = criterion.group_scores(analysis, g, keep_n) if keep_n < g.channels else None
+                else:
+                    scores = class_scores(analysis, g, criterion, reduction)
+            except ModelError:
+                if keep_n < g.channels:
+                    raise
+                scores = None  # an untouched group need not be scorable
+            shown = None if scores is None else [float(f"{s:.9g}") for s in scores]
+            if cached:
+                scores_cache[(g.id, reduction)] = (scores, shown)
         if scores is None:
             keep = list(range(g.channels))
         else:
             keep = kept_classes(analysis, g, keep_n, lowest_first(scores), divisor)
         groups.append(GroupPlan(g.id, list(g.producers), list(g.members), g.channels, keep,
-                                float(r), None if scores is None else
-                                [float(f"{s:.9g}") for s in scores]))
+                                float(r), None if shown is None else list(shown)))
     name = criterion if isinstance(criterion, str) else \
         getattr(criterion, "name", getattr(criterion, "__name__", "custom"))
     return Plan(analysis.graph.framework, model or analysis.graph.source_text or "", groups,

@@ -58,6 +58,7 @@ class IncrementalEvaluator:
         self.executor = Executor(self.graph, darknet_bn=job.darknet_bn)
         self.cache_budget = cache_budget
         self.criterion = criterion_for(job.criterion, job.model_files, job.criterion_options)
+        self.scores: dict = {}  # make_plan's per-group scores of the original weights
         # Per batch, the original model's values at one layer (what later layers read, and
         # every scored value so far): groups run in order of their start layer, so each
         # group's prefix continues the previous group's instead of starting from the input.
@@ -114,7 +115,8 @@ class IncrementalEvaluator:
             raise ValueError("early stop needs the baseline before the groups run")
         plans: dict[tuple, list] = {}
         for r in sorted(ratios):
-            plan = make_plan(a, ratios={gid: r}, criterion=self.criterion, divisor=job.divisor)
+            plan = make_plan(a, ratios={gid: r}, criterion=self.criterion, divisor=job.divisor,
+                             scores_cache=self.scores)
             keep = tuple(next(gp.keep for gp in plan.groups if gp.id == gid))
             plans.setdefault(keep, [plan, []])[1].append(r)
         self.group_cache_bytes = 0
