@@ -108,6 +108,10 @@ def test_detector_decodes_yolo_inputs_with_the_bits_of_the_yolo_outputs(detector
     assert not ran and sorted(lazy[0]) == ["convolutional_15:convolutional_15",
                                            "convolutional_22:convolutional_22"]
     got = free.box_rows(lazy)
+    # the rows of all boxes at once are the box-by-box loop's, bit for bit
+    dets = free.detections(lazy)
+    slow = [free._box_rows_one_by_one(d, w, h) for d, (w, h) in zip(dets, free.sizes)]
+    assert all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(got, slow))
     monkeypatch.setattr(free, "raw_inputs", {})  # the whole yolo outputs, decoded as darknet does
     monkeypatch.setattr(free, "layer_outputs", heads)
     want = free.box_rows(full)

@@ -298,15 +298,29 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
         """Per image, rows ``(class, prob, x1, y1, x2, y2)`` in relative units, clipped to the image."""
         rows = []
         for dets, (w, h) in zip(self.detections(results), self.sizes):
-            image_rows = []
-            for d in dets:
-                x, y, bw, bh = d.x, d.y, d.w, d.h
-                if self.pixel_boxes[d.layer]:
-                    x, y, bw, bh = x / w, y / h, bw / w, bh / h
-                box = np.clip([x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2], 0, 1)
-                image_rows += [(c, float(d.prob[c]), *box) for c in np.nonzero(d.prob)[0]]
-            rows.append(np.asarray(image_rows, np.float64).reshape(-1, 6))
+            if not dets or len({len(d.prob) for d in dets}) != 1:
+                rows.append(self._box_rows_one_by_one(dets, w, h))
+                continue
+            # the loop's float64 steps on all boxes at once; rows in box, then class order
+            xywh = np.array([(d.x, d.y, d.w, d.h) for d in dets], np.float64)
+            pixels = np.array([self.pixel_boxes[d.layer] for d in dets])
+            xywh[pixels] /= (w, h, w, h)
+            x, y, bw, bh = xywh.T
+            box = np.clip(np.stack([x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2], axis=1), 0, 1)
+            prob = np.stack([d.prob for d in dets])
+            det, cls = np.nonzero(prob)
+            rows.append(np.column_stack([cls, prob[det, cls].astype(np.float64), box[det]]).reshape(-1, 6))
         return rows
+
+    def _box_rows_one_by_one(self, dets, w, h) -> np.ndarray:
+        image_rows = []
+        for d in dets:
+            x, y, bw, bh = d.x, d.y, d.w, d.h
+            if self.pixel_boxes[d.layer]:
+                x, y, bw, bh = x / w, y / h, bw / w, bh / h
+            box = np.clip([x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2], 0, 1)
+            image_rows += [(c, float(d.prob[c]), *box) for c in np.nonzero(d.prob)[0]]
+        return np.asarray(image_rows, np.float64).reshape(-1, 6)
 
     def _score(self, results) -> float:
         return voc_map(self.box_rows(results), self.truths, self.classes, self.iou_thresh).mean
