@@ -139,6 +139,15 @@ def _maxpool(x, kh, kw, sh, sw, ph, pw, oh, ow, out):
 MAXPOOL_K = parallel.dual(_maxpool)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _window(o, s, p, k, size):
+    """Output o's window along one axis: (start, end) within the padded map (Caffe's
+    divisor), then within the map."""
+    s0 = o * s - p
+    e0 = min(s0 + k, size + p)
+    return s0, e0, max(s0, 0), min(e0, size)
+
+
 def _avgpool(x, kh, kw, sh, sw, ph, pw, oh, ow, padded, out):
     N, C, H, W = x.shape
     if kh * kw >= WIDE_WINDOW:
@@ -151,23 +160,14 @@ def _avgpool(x, kh, kw, sh, sw, ph, pw, oh, ow, padded, out):
         n = t // C
         c = t % C
         for y in range(oh):
-            hs0 = y * sh - ph
-            he0 = min(hs0 + kh, H + ph)
-            hs = max(hs0, 0)
-            he = min(he0, H)
+            hs0, he0, hs, he = _window(y, sh, ph, kh, H)
             for xo in range(ow):
-                ws0 = xo * sw - pw
-                we0 = min(ws0 + kw, W + pw)
-                ws = max(ws0, 0)
-                we = min(we0, W)
+                ws0, we0, ws, we = _window(xo, sw, pw, kw, W)
                 acc = np.float32(0.0)
                 for i in range(hs, he):
                     for j in range(ws, we):
                         acc += x[n, c, i, j]
-                if padded:
-                    size = (he0 - hs0) * (we0 - ws0)
-                else:
-                    size = (he - hs) * (we - ws)
+                size = (he0 - hs0) * (we0 - ws0) if padded else (he - hs) * (we - ws)
                 out[n, c, y, xo] = acc / size if size > 0 else np.float32(0.0)
 
 
@@ -187,15 +187,9 @@ def _avgpool_planes(x, p0, kh, kw, sh, sw, ph, pw, oh, ow, padded, out):
     n = min(PLANES, T - p0)
     acc = np.empty(PLANES, np.float32)
     for y in range(oh):
-        hs0 = y * sh - ph
-        he0 = min(hs0 + kh, H + ph)
-        hs = max(hs0, 0)
-        he = min(he0, H)
+        hs0, he0, hs, he = _window(y, sh, ph, kh, H)
         for xo in range(ow):
-            ws0 = xo * sw - pw
-            we0 = min(ws0 + kw, W + pw)
-            ws = max(ws0, 0)
-            we = min(we0, W)
+            ws0, we0, ws, we = _window(xo, sw, pw, kw, W)
             for lane in range(PLANES):
                 acc[lane] = np.float32(0.0)
             for i in range(hs, he):
