@@ -375,7 +375,7 @@ def test_darknet_valid_on_a_classifier_prints_the_lines_of_darknet_classifier_va
     from assets import darknet_binary
     exe = str(darknet_binary())
     work = tmp_path / "fashion"
-    shutil.copytree(FASHION, work)
+    shutil.copytree(FASHION, work, ignore=shutil.ignore_patterns("ws"))  # not a local run's output
     monkeypatch.chdir(work)
     assert main(["pruner", "valid", "pruning.cfg", "fashion.weights"]) == 0
     ours = capsys.readouterr().out.splitlines()
@@ -403,7 +403,7 @@ def test_a_test_iter_past_the_data_says_once_that_the_evaluation_wraps_around(
     from caffe_surgeon.cli.vai_p_caffe import main
     from caffe_surgeon.evaluation.caffe_eval import CaffeEvaluator
     work = tmp_path / "fashion"
-    shutil.copytree(FASHION, work)
+    shutil.copytree(FASHION, work, ignore=shutil.ignore_patterns("ws"))  # not a local run's output
     config = (work / "config.prototxt").read_text()
     assert "\ntest_iter: 10 " in config
     (work / "config.prototxt").write_text(config.replace("\ntest_iter: 10 ", "\ntest_iter: 12 ")
