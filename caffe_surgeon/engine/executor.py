@@ -242,9 +242,7 @@ class Executor:
                 i += 1
                 continue
             if i in early:  # its value is there: drop what dies here, as running it would
-                for v in self.reads[i]:
-                    if self.last_use.get(v) == i and v not in wanted:
-                        env.pop(v, None)
+                self._drop_dying(env, i, wanted)
                 i += 1
                 continue
             group = self.groups.get(i)
@@ -257,9 +255,7 @@ class Executor:
             if i not in needed:
                 # nothing asked for or run later reads what it writes (a [yolo] head whose
                 # input an evaluator decodes itself): not run; what dies here is dropped
-                for v in self.reads[i]:
-                    if self.last_use.get(v) == i and v not in wanted:
-                        env.pop(v, None)
+                self._drop_dying(env, i, wanted)
                 i += 1
                 continue
             try:
@@ -309,6 +305,12 @@ class Executor:
                 if (end, t) not in self.last_use and (end, t) not in wanted:
                     env.pop((end, t), None)
             i = end + 1
+
+    def _drop_dying(self, env, i, wanted):
+        """Drop the values layer ``i`` is the last to read (it is skipped, not run)."""
+        for v in self.reads[i]:
+            if self.last_use.get(v) == i and v not in wanted:
+                env.pop(v, None)
 
     def _needed(self, start: int, stop: int, wanted) -> set:
         """The layers of start .. stop-1 whose values are asked for (``wanted``), read by

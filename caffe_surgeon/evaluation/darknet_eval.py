@@ -222,8 +222,9 @@ class DarknetDetectorEvaluator(_DarknetEvaluator):
         # A [yolo] head's input is decoded here, the head itself not run: its logistic over
         # every entry of every cell was 14% of a yolov3-tiny ana; here the objectness comes
         # first and the other entries only for the cells above thresh (the same bits).
-        self.raw_inputs = {l.name: _producer(graph, l) for l in heads
-                           if darknet_boxes.box_format(graph, l) == "yolo_v3" and _producer(graph, l)}
+        producers = {l.name: _producer(graph, l) for l in heads
+                     if darknet_boxes.box_format(graph, l) == "yolo_v3"}
+        self.raw_inputs = {head: source for head, source in producers.items() if source}
         self.layer_outputs = [self.raw_inputs.get(l.name, l.name) for l in heads]
         #: head name -> whether its boxes come in image pixels (YOLOv1) rather than relative
         self.pixel_boxes = {l.name: darknet_boxes.boxes_in_pixels(graph, l) for l in heads}
