@@ -405,6 +405,35 @@ def test_conv_results_do_not_depend_on_the_thread_count(path):
     np.testing.assert_array_equal(out[1], out[2])
 
 
+
+@pytest.mark.parametrize("path", sorted(THREAD_CASES))
+def test_a_kept_plan_gives_the_bits_of_choosing_anew_and_follows_the_thread_count(path):
+    import numba
+    n, c, h, w, o, k = THREAD_CASES[path]
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    ep = conv.epi.Epilogue(o).mul(rng.random(o, dtype=np.float32)).add(rng.random(o, dtype=np.float32)).relu()
+    plans = {}
+    before = numba.get_num_threads()
+    try:
+        for t in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(t)
+            fresh = conv.conv2d(x, wt, None, pad=(k // 2, k // 2), epilogue=ep)
+            planned = conv.conv2d(x, wt, None, pad=(k // 2, k // 2), epilogue=ep, plans=plans, plan_key=0)
+            plan = plans[0]
+            assert plan.threads == t  # a plan made for another thread count is not reused
+            again = conv.conv2d(x, wt, None, pad=(k // 2, k // 2), epilogue=ep, plans=plans, plan_key=0)
+            assert plans[0] is plan
+            np.testing.assert_array_equal(planned.view(np.uint32), fresh.view(np.uint32))
+            np.testing.assert_array_equal(again.view(np.uint32), fresh.view(np.uint32))
+    finally:
+        numba.set_num_threads(before)
+    other = conv.epi.Epilogue(o).clip(0, 6)  # another epilogue: chosen anew
+    got = conv.conv2d(x, wt, None, pad=(k // 2, k // 2), epilogue=other, plans=plans, plan_key=0)
+    np.testing.assert_array_equal(got, conv.conv2d(x, wt, None, pad=(k // 2, k // 2), epilogue=other))
+    assert plans[0] is not plan
+
 OWN_JOB_CASES = [  # N, C, H, O: a 14x14 map cut 64, 64, 64 and 4 pixels (the last on the BLAS's
     # small kernel), MobileNet v2's classifier (one GEMV-like call), 7x7 cut by channels, a batch
     (1, 576, 14, 96), (1, 1280, 1, 1000), (1, 960, 7, 160), (2, 200, 9, 100)]

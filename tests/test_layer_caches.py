@@ -42,3 +42,22 @@ def test_convolution_follows_its_edited_stride(tmp_path):
     got = ex.run({"data": x})["f"]
     assert got.shape == (1, 3, 3, 3)
     np.testing.assert_array_equal(got, Executor(g).run({"data": x})["f"])
+
+
+def test_convolution_plan_is_kept_and_follows_replaced_arrays_and_input_sizes(tmp_path):
+    g, x = _net(tmp_path)
+    g.layer("f").params["reshape_param"]["shape"]["dim"] = [0, 0, 0, 0]
+    ex = Executor(g)
+    first = ex.run({"data": x})["f"]
+    plan = ex.ctx.cache[("conv_plan", "c", 0)]
+    np.testing.assert_array_equal(ex.run({"data": x})["f"], first)
+    assert ex.ctx.cache[("conv_plan", "c", 0)] is plan  # nothing chosen again
+    rng = np.random.default_rng(1)
+    layer = g.layer("c")
+    for name in ("weight", "bias"):  # a replaced array (pruning, finetune) is planned anew
+        layer.weights[name] = rng.standard_normal(layer.weights[name].shape).astype(np.float32)
+        np.testing.assert_array_equal(ex.run({"data": x})["f"], Executor(g).run({"data": x})["f"])
+    batch = rng.standard_normal((3, 2, 6, 6)).astype(np.float32)  # another input size
+    got = ex.run({"data": batch})["f"]
+    assert got.shape == (3, 3, 6, 6)
+    np.testing.assert_array_equal(got, Executor(g).run({"data": batch})["f"])

@@ -74,10 +74,11 @@ def convolution(layer, inputs, ctx):
     w = layer.weights["weight"]
     b = layer.weights.get("bias")
     outs = []
-    for x in inputs:
+    for i, x in enumerate(inputs):
         stride, pad, dilation, group = _cached_conv_args(layer, x, ctx)
         u = winograd_weights(ctx.cache, ("winograd", layer.name), w, stride, dilation, group)
-        outs.append(conv2d(x, w, b, stride, pad, dilation, group, epilogue=ctx.epilogue, winograd_u=u))
+        outs.append(conv2d(x, w, b, stride, pad, dilation, group, epilogue=ctx.epilogue, winograd_u=u,
+                           plans=ctx.cache, plan_key=("conv_plan", layer.name, i)))
     return outs
 
 

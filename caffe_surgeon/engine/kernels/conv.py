@@ -337,15 +337,53 @@ def packed_weights(w, wg, block, mr):
     return panels
 
 
+class ConvPlan:
+    """What :func:`conv2d` chose for one input shape, weight arrays, epilogue and thread
+    count (kernel, tiling, packed weights, epilogue arrays), kept so that a layer run again
+    on the same shapes goes straight to its kernel: the choosing cost 20-40 us a call, a
+    tenth of MobileNet v2's small layers at batch 1."""
+
+    __slots__ = ("shape", "given", "geometry", "threads", "run")
+
+    def __init__(self, shape, given, geometry, threads, run):
+        self.shape, self.given, self.geometry, self.threads, self.run = shape, given, geometry, threads, run
+
+    def fits(self, shape, given, geometry, threads) -> bool:
+        return (shape == self.shape and threads == self.threads and geometry == self.geometry
+                and all(a is b for a, b in zip(given, self.given)))
+
+
 def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
-           epilogue: epi.Epilogue | None = None, winograd_u: np.ndarray | None = None) -> np.ndarray:
+           epilogue: epi.Epilogue | None = None, winograd_u: np.ndarray | None = None,
+           plans: dict | None = None, plan_key=None) -> np.ndarray:
     """x (N, C, H, W) float32, w (O, C/group, kh, kw), b (O,) or None -> (N, O, oh, ow).
 
     ``epilogue`` (per output channel, after the bias) is applied in the same pass.
     ``winograd_u``: ``winograd.transform_weights(w)``, cached by the caller, for the layers
     :func:`use_winograd` picks (computed here when not given).
+    ``plans``: a dict where the :class:`ConvPlan` of this call is kept under ``plan_key``
+    and reused while the input shape, the thread count, the geometry and the arrays (``w``,
+    ``b``, ``epilogue`` and its stages, ``winograd_u``, by identity) stay the same. The
+    arrays must not be changed in place meanwhile (the packed weights are not either).
     """
-    N, C, H, W = x.shape
+    given = (w, b, epilogue, None if epilogue is None else epilogue.arrays(), winograd_u)
+    geometry = (stride, pad, dilation, group)
+    threads = parallel.threads()
+    if plans is not None:
+        hit = plans.get(plan_key)
+        if hit is not None and hit.fits(x.shape, given, geometry, threads):
+            return hit.run(x)
+    plan = ConvPlan(x.shape, given, geometry, threads,
+                    _choose(x.shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, threads))
+    if plans is not None:
+        plans[plan_key] = plan
+    return plan.run(x)
+
+
+def _choose(shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, threads_now):
+    """:func:`conv2d`'s choices for an input of ``shape``: a function of the input that runs
+    the chosen kernel."""
+    N, C, H, W = shape
     O, cg, kh, kw = w.shape
     oh = out_size(H, kh, stride[0], pad[0], dilation[0])
     ow = out_size(W, kw, stride[1], pad[1], dilation[1])
@@ -354,88 +392,109 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
                          f"for a {H}x{W} input")
     P = oh * ow
     ep = _with_bias(b, epilogue, O)
-    x = np.ascontiguousarray(x, F32)
     w = np.ascontiguousarray(w, F32)
+
+    def contiguous(x):
+        return np.ascontiguousarray(x, F32)
+
     if cg == 1 and group == C and group > 1:
-        return depthwise_conv(x, w, stride, pad, dilation, (oh, ow), ep)
+        return lambda x: depthwise_conv(contiguous(x), w, stride, pad, dilation, (oh, ow), ep)
     og = O // group
     k = cg * kh * kw
     K = group * k
     wg = w.reshape(group, og, k)
     gemm = blas.gemm()
     if gemm is None:
-        return _conv2d_matmul(x, wg, (kh, kw), stride, pad, dilation, (oh, ow), ep)
-    codes, vecs, params = (ep or epi.Epilogue(O)).arrays()
+        return lambda x: _conv2d_matmul(contiguous(x), wg, (kh, kw), stride, pad, dilation, (oh, ow), ep)
+    arrays = (ep or epi.Epilogue(O)).arrays()
+    codes, vecs, params = arrays
     # a small layer runs on the calling thread alone (see parallel.py)
     big = N * O * k * P >= parallel.MIN_PARALLEL_MACS
-    threads = parallel.threads() if big else 1
+    threads = threads_now if big else 1
     kernel = 0 if threads > 1 else 1  # parallel or serial build, same tiles
     want = TILES if big else 1  # tiles to share out
-    if use_winograd(x.shape, w.shape, stride, dilation, group, pad):
-        if winograd_u is None:
-            winograd_u = winograd.transform_weights(w)
+    if use_winograd(shape, w.shape, stride, dilation, group, pad):
+        u = winograd.transform_weights(w) if winograd_u is None else winograd_u
         groups = winograd.blocked_groups(N, C, O, (oh, ow), threads)
         cols = winograd.gemm_columns(N, (oh, ow), groups)
-        own = own_gemm(winograd_u, winograd_u, O, O, cols, cols)
-        with blas.single_threaded():
-            return winograd.conv2d(gemm, x, winograd_u, pad, (oh, ow), (codes, vecs, params), threads,
-                                   own, groups)
+        own_u = own_gemm(u, u, O, O, cols, cols)
+
+        def run_winograd(x):
+            with blas.single_threaded():
+                return winograd.conv2d(gemm, contiguous(x), u, pad, (oh, ow), arrays, threads, own_u,
+                                       groups)
+        return run_winograd
     blocking = microkernel.blocking()
-    if blocking is not None and direct_conv.use(x.shape, w.shape, stride, dilation, group, (oh, ow)):
+    if blocking is not None and direct_conv.use(shape, w.shape, stride, dilation, group, (oh, ow)):
         panel = channel_microkernel.panel_rows(O)
-        return direct_conv.conv2d(x, packed_weights(w, wg, O, panel), panel, w.shape, stride, pad,
-                                  dilation, (oh, ow), (codes, vecs, params), threads, want, *blocking)
+        packed = packed_weights(w, wg, O, panel)
+        return lambda x: direct_conv.conv2d(contiguous(x), packed, panel, w.shape, stride, pad, dilation,
+                                            (oh, ow), arrays, threads, want, *blocking)
     pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
     tiling, smallest = blas_tiling(N, group, og, k, oh, ow, want, threads)
     if blocking is not None and direct_conv_thin.use(w.shape, stride, group, smallest):
-        return direct_conv_thin.conv2d(x, packed_weights(w, wg, O, direct_conv_thin.ROWS), w.shape,
-                                       stride, pad, dilation, (oh, ow), (codes, vecs, params), threads,
-                                       want, *blocking)
+        packed = packed_weights(w, wg, O, direct_conv_thin.ROWS)
+        return lambda x: direct_conv_thin.conv2d(contiguous(x), packed, w.shape, stride, pad, dilation,
+                                                 (oh, ow), arrays, threads, want, *blocking)
     if blocking is not None and pointwise_conv.use(w.shape, stride, pad, group, P, smallest):
-        return pointwise_conv.conv2d(x, packed_weights(w, wg, O, direct_conv_thin.ROWS), O,
-                                     (codes, vecs, params), threads, want, *blocking)
-    out = np.empty((N, O, oh, ow), F32)
-    out3 = out.reshape(N, O, P)
+        packed = packed_weights(w, wg, O, direct_conv_thin.ROWS)
+        return lambda x: pointwise_conv.conv2d(contiguous(x), packed, O, arrays, threads, want, *blocking)
     kind, ob, pb = tiling
     if kind == "block" and not pointwise and ob == og and pb == P and N >= 2 * threads:
         # whole-image calls either way (same calls, same bits): the row tiles im2col each
         # image into their own cache-resident buffer instead of the whole batch up front
         kind, pb = "rows", oh
-    with blas.single_threaded():
-        if kind == "rows":
-            rows = pb
+    if kind == "rows":
+        rows = pb
+        T = rows * ow
+        own, q, u, panel = own_gemm(w, wg, og, og, T, T, avx2=True)
+
+        def run_rows(x):
+            x = contiguous(x)
+            out = np.empty((N, O, oh, ow), F32)
             scratch = _thread_scratch(K * rows * ow)
-            T = rows * ow
-            own, q, u, panel = own_gemm(w, wg, og, og, T, T, avx2=True)
-            with one_tile_at_a_time(kernel == 0):
+            with blas.single_threaded(), one_tile_at_a_time(kernel == 0):
                 ROW_TILES_K[kernel](gemm, x, wg, kh, kw, stride[0], stride[1], pad[0], pad[1],
-                                    dilation[0], dilation[1], oh, ow, rows, out3, codes, vecs, params,
-                                    scratch, own, q, u, panel)
+                                    dilation[0], dilation[1], oh, ow, rows, out.reshape(N, O, P),
+                                    codes, vecs, params, scratch, own, q, u, panel)
             return out
-        if kind == "wide":
-            # small maps, big weights: one GEMM over the batch side by side (weights packed
-            # once per tile rather than once per image), then back to NCHW
-            cols = im2col_batch(x, (kh, kw), stride, pad, dilation, (oh, ow), parallel=threads > 1)
+        return run_rows
+    if kind == "wide":
+        # small maps, big weights: one GEMM over the batch side by side (weights packed
+        # once per tile rather than once per image), then back to NCHW
+        def run_wide(x):
+            x = contiguous(x)
+            out = np.empty((N, O, oh, ow), F32)
+            with blas.single_threaded():
+                cols = im2col_batch(x, (kh, kw), stride, pad, dilation, (oh, ow), parallel=threads > 1)
+                with one_tile_at_a_time(kernel == 0):
+                    WIDE_TILES_K[kernel](gemm, wg, cols, N, P, ob, pb, np.empty((O, N * P), F32),
+                                         out.reshape(N, O, P), codes, vecs, params)
+            return out
+        return run_wide
+    if pointwise:
+        b_img, ldb = C * P, P  # the input is the column matrix
+    else:
+        b_img, ldb = P, N * P
+    own, q, u, panel = own_gemm(w, wg, ob, ob, pb, ldb, avx2=True)
+    sub = 1
+    if own.size and threads_now > 1 and N * O * k * P >= OWN_PARALLEL_MACS:
+        # our GEMM's tiles in panel jobs for every thread: the tiles the BLAS cut leaves
+        # (its shapes fix the bits) may be too few or uneven (64, 64, 64 and 4 pixels of a
+        # 14x14 map; one GEMV-like call for MobileNet v2's classifier)
+        sub, kernel = threads_now, 0
+
+    def run_blocks(x):
+        x = contiguous(x)
+        out = np.empty((N, O, oh, ow), F32)
+        with blas.single_threaded():
+            b_mat = x if pointwise else im2col_batch(x, (kh, kw), stride, pad, dilation, (oh, ow),
+                                                     parallel=threads > 1)
             with one_tile_at_a_time(kernel == 0):
-                WIDE_TILES_K[kernel](gemm, wg, cols, N, P, ob, pb, np.empty((O, N * P), F32), out3,
-                                     codes, vecs, params)
-            return out
-        if pointwise:
-            b_mat, b_img, ldb = x, C * P, P  # the input is the column matrix
-        else:
-            b_mat = im2col_batch(x, (kh, kw), stride, pad, dilation, (oh, ow), parallel=threads > 1)
-            b_img, ldb = P, N * P
-        own, q, u, panel = own_gemm(w, wg, ob, ob, pb, ldb, avx2=True)
-        sub = 1
-        if own.size and parallel.threads() > 1 and N * O * k * P >= OWN_PARALLEL_MACS:
-            # our GEMM's tiles in panel jobs for every thread: the tiles the BLAS cut leaves
-            # (its shapes fix the bits) may be too few or uneven (64, 64, 64 and 4 pixels of a
-            # 14x14 map; one GEMV-like call for MobileNet v2's classifier)
-            sub, kernel = parallel.threads(), 0
-        with one_tile_at_a_time(kernel == 0):
-            BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb, out3,
-                                  codes, vecs, params, own, q, u, panel, sub)
-    return out
+                BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb,
+                                      out.reshape(N, O, P), codes, vecs, params, own, q, u, panel, sub)
+        return out
+    return run_blocks
 
 
 def gemm_tiling(N, group, og, k, oh, ow, want):
