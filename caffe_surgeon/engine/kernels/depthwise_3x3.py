@@ -48,7 +48,7 @@ INDEX = ir.VectorType(simd.I64, LANES)
 USABLE = microkernel.USABLE
 #: AVX2 (Zen 3, no AVX-512): ymm vectors, with masked loads and stores only where a plain
 #: one could leave the input or the plane; the same sums. On MobileNet v2's shapes, against
-#: the plane kernel: stride 1 1.1-2.4x, stride 2 1.0-2.1x (``benchmarks/depthwise_3x3.py``)
+#: the plane kernel: stride 1 1.3-2.4x, stride 2 1.5-2.2x (``benchmarks/depthwise_3x3.py``)
 USABLE_YMM = "+avx2" in microkernel.FEATURES
 #: lanes of the kernels this machine runs: zmm where AVX-512 has them, else ymm
 MACHINE_LANES = LANES if USABLE else 8
@@ -275,11 +275,14 @@ def _row3x3_s2(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5, w6
 @intrinsic
 def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5, w6, w7, w8, out, dst,
                    room):
-    """:func:`_row3x3_s2` in vectors of 8, with masked loads and stores (slow on AMD) only at
-    the row's ends, on rows next to the padding and where a load could pass x's end: inside,
-    each input row is three plain loads from column 2q - 1. Same sums in the same order. A
-    row's last, partial vector is stored whole where the ``room`` outputs after the row (its
-    plane's later rows, which the caller writes after it) take its spare lanes."""
+    """:func:`_row3x3_s2` in vectors of 8: each input row is three plain loads from column
+    2q - 1. At the row's ends and next to the padding rows the loads stay plain too (an
+    absent row reads the middle one) and the lanes of column -1, of column W and of an
+    absent row are zeroed after the split; masked loads (slow on AMD) only where a load
+    could pass x's start or end. Which vectors are inner is worked out once per row. Same
+    sums in the same order (a zeroed tap adds 0.0 * w, as a padded one does). A row's last,
+    partial vector is stored whole where the ``room`` outputs after the row (its plane's
+    later rows, which the caller writes after it) take its spare lanes; else masked."""
     sig = types.void(x, types.int64, types.int64, types.int64, types.int64, types.int64,
                      *([types.float32] * 9), out, types.int64, types.int64)
 
@@ -317,54 +320,71 @@ def _row3x3_s2_ymm(typingctx, x, r0, r1, r2, width, outs, w0, w1, w2, w3, w4, w5
                     total = builder.fadd(total, builder.fmul(v, weights[3 * i + j]))
             return total
 
-        with cgutils.for_range_slice(builder, zero, outs, ir.Constant(i64, YMM), intp=i64) as (q, _):
-            col0 = builder.sub(builder.add(q, q), ir.Constant(i64, 1))  # column 2q - 1
-            whole = builder.icmp_signed("<=", builder.add(q, ir.Constant(i64, YMM)), outs)
-            # columns 2q - 1 .. 2q + 15 inside the row, and the third load (to 2q + 22) inside x
-            col_end = builder.add(col0, ir.Constant(i64, 2 * YMM))
-            inside = builder.and_(builder.icmp_signed(">=", col0, zero),
-                                  builder.icmp_signed("<", col_end, width))
-            load_end = builder.add(builder.add(starts[2], col0), ir.Constant(i64, 3 * YMM))
-            in_x = builder.icmp_signed("<=", load_end, size)
-            plain = builder.and_(builder.and_(whole, all_rows), builder.and_(inside, in_x))
-            out_ptr = builder.bitcast(builder.gep(dest, [builder.add(dst, q)]), vptr)
-            with builder.if_else(plain) as (inner, edge):
-                with inner:
-                    def plain_load(i, part):
-                        at = builder.add(builder.add(starts[i], col0), ir.Constant(i64, YMM * part))
-                        return builder.load(builder.bitcast(builder.gep(src, [at]), vptr), align=4)
+        # The row's inner vectors, q in [YMM, limit]: whole (q + 8 <= outs), columns 2q - 1 ..
+        # 2q + 15 inside the row, the third load (to 2q + 22) inside x, every row present.
+        # Worked out once per row; a shift right is a floor division of a negative too.
+        one = ir.Constant(i64, 1)
+        limit = builder.sub(outs, ir.Constant(i64, YMM))
+        for bound in (builder.ashr(builder.sub(width, ir.Constant(i64, 2 * YMM)), one),
+                      builder.ashr(builder.sub(builder.sub(size, starts[2]), ir.Constant(i64, 3 * YMM - 1)), one)):
+            limit = builder.select(builder.icmp_signed("<", bound, limit), bound, limit)
+        limit = builder.select(all_rows, limit, ir.Constant(i64, -1))
+        ones_v = ir.Constant(_INDEX_Y, [1] * YMM)
+        zeros_v = ir.Constant(_INDEX_Y, [0] * YMM)
+        on = [builder.select(p, ir.Constant(mask_t, [1] * YMM), ir.Constant(mask_t, [0] * YMM))
+              for p in present]
+        nothing = ir.Constant(_VEC_Y, [0.0] * YMM)
 
-                    builder.store(nine(plain_load), out_ptr, align=4)
+        with cgutils.for_range_slice(builder, zero, outs, ir.Constant(i64, YMM), intp=i64) as (q, _):
+            col0 = builder.sub(builder.add(q, q), one)  # column 2q - 1
+            whole = builder.icmp_signed("<=", builder.add(q, ir.Constant(i64, YMM)), outs)
+            inner = builder.and_(builder.icmp_signed(">=", q, ir.Constant(i64, YMM)),
+                                 builder.icmp_signed("<=", q, limit))
+            out_ptr = builder.bitcast(builder.gep(dest, [builder.add(dst, q)]), vptr)
+
+            def plain_load(row, part):
+                at = builder.add(builder.add(row, col0), ir.Constant(i64, YMM * part))
+                return builder.load(builder.bitcast(builder.gep(src, [at]), vptr), align=4)
+
+            with builder.if_else(inner) as (fast, edge):
+                with fast:
+                    builder.store(nine(lambda i, part: plain_load(starts[i], part)), out_ptr, align=4)
                 with edge:
-                    def lanes_ok(i, part):  # the lanes whose column and row lie inside the map
+                    def masked_load(i, part):  # the lanes whose column and row lie inside the map
                         first = builder.add(col0, ir.Constant(i64, YMM * part))
                         cols = builder.add(simd.splat(builder, first, _INDEX_Y), lanes)
-                        ok = builder.and_(builder.icmp_signed(">=", cols, ir.Constant(_INDEX_Y, [0] * YMM)),
+                        ok = builder.and_(builder.icmp_signed(">=", cols, zeros_v),
                                           builder.icmp_signed("<", cols, wide))
-                        ok = builder.and_(ok, builder.select(present[i], ir.Constant(mask_t, [1] * YMM),
-                                                             ir.Constant(mask_t, [0] * YMM)))
-                        return first, ok
-
-                    def masked_load(i, part):
-                        first, ok = lanes_ok(i, part)
                         at = builder.gep(src, [builder.add(starts[i], first)])
-                        return _masked_load(builder, at, ok, _VEC_Y)
+                        return _masked_load(builder, at, builder.and_(ok, on[i]), _VEC_Y)
 
-                    def zeroed_load(i, part):  # an absent row reads the middle one, all zeroed
-                        first, ok = lanes_ok(i, part)
-                        row = builder.select(present[i], starts[i], starts[1])
-                        at = builder.gep(src, [builder.add(row, first)])
-                        v = builder.load(builder.bitcast(at, vptr), align=4)
-                        return builder.select(ok, v, ir.Constant(_VEC_Y, [0.0] * YMM))
+                    def nine_near():
+                        # plain loads (an absent row reads the middle one), then the lanes of
+                        # an absent row, of column -1 or of column W zeroed after the split:
+                        # an output's lanes hold no other column outside the row
+                        qs = builder.add(simd.splat(builder, q, _INDEX_Y), lanes)
+                        twice = builder.add(qs, qs)
+                        left_ok = builder.icmp_signed(">=", builder.sub(twice, ones_v), zeros_v)
+                        right_ok = builder.icmp_signed("<", builder.add(twice, ones_v), wide)
+                        total = nothing
+                        for i in range(3):
+                            row = builder.select(present[i], starts[i], starts[1])
+                            left, mid, right = one_row(i, lambda _, part, row=row: plain_load(row, part))
+                            kept = (builder.select(builder.and_(left_ok, on[i]), left, nothing),
+                                    builder.select(on[i], mid, nothing),
+                                    builder.select(builder.and_(right_ok, on[i]), right, nothing))
+                            for j, v in enumerate(kept):
+                                total = builder.fadd(total, builder.fmul(v, weights[3 * i + j]))
+                        return total
 
-                    # every load within a row of the middle one lies inside x: plain loads, zeroed lanes
+                    # every load within a row of the middle one lies inside x: plain loads
                     mid_at = builder.add(starts[1], col0)
                     far_end = builder.add(builder.add(mid_at, width), ir.Constant(i64, 3 * YMM))
                     safe = builder.and_(builder.icmp_signed(">=", builder.sub(mid_at, width), zero),
                                         builder.icmp_signed("<=", far_end, size))
                     with builder.if_else(safe) as (near, far):
                         with near:
-                            total_near = nine(zeroed_load)
+                            total_near = nine_near()
                             block_near = builder.block
                         with far:
                             total_far = nine(masked_load)
@@ -444,18 +464,21 @@ def _depthwise_3x3_s2(x, w, mult, oh, ow, ymm, out, codes, vecs, params):
         n = t // O
         o = t % O
         at = (n * C + o // mult) * H * W
+        # the taps read once per plane: the row kernels' stores may alias w as far as LLVM
+        # knows, so it would load all nine again for every row
+        w0, w1, w2 = w[o, 0, 0], w[o, 0, 1], w[o, 0, 2]
+        w3, w4, w5 = w[o, 1, 0], w[o, 1, 1], w[o, 1, 2]
+        w6, w7, w8 = w[o, 2, 0], w[o, 2, 1], w[o, 2, 2]
         for y in range(oh):
             r = 2 * y - 1
             r0 = at + r * W if r >= 0 else -1
             r2 = at + (r + 2) * W if r + 2 < H else -1
             if ymm:
-                _row3x3_s2_ymm(xf, r0, at + (r + 1) * W, r2, W, ow,
-                               w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
-                               w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * oh * ow + y * ow, (oh - y - 1) * ow)
+                _row3x3_s2_ymm(xf, r0, at + (r + 1) * W, r2, W, ow, w0, w1, w2, w3, w4, w5, w6, w7, w8,
+                               of, t * oh * ow + y * ow, (oh - y - 1) * ow)
             else:
-                _row3x3_s2(xf, r0, at + (r + 1) * W, r2, W, ow,
-                           w[o, 0, 0], w[o, 0, 1], w[o, 0, 2], w[o, 1, 0], w[o, 1, 1], w[o, 1, 2],
-                           w[o, 2, 0], w[o, 2, 1], w[o, 2, 2], of, t * oh * ow + y * ow)
+                _row3x3_s2(xf, r0, at + (r + 1) * W, r2, W, ow, w0, w1, w2, w3, w4, w5, w6, w7, w8,
+                           of, t * oh * ow + y * ow)
         _stages_row(out[n, o], o, codes, vecs, params)
 
 
