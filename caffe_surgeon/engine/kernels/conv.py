@@ -363,10 +363,11 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
     :func:`use_winograd` picks (computed here when not given).
     ``plans``: a dict where the :class:`ConvPlan` of this call is kept under ``plan_key``
     and reused while the input shape, the thread count, the geometry and the arrays (``w``,
-    ``b``, ``epilogue`` and its stages, ``winograd_u``, by identity) stay the same. The
+    ``b``, ``epilogue``'s stage arrays, ``winograd_u``, by identity) stay the same. The
     arrays must not be changed in place meanwhile (the packed weights are not either).
     """
-    given = (w, b, epilogue, None if epilogue is None else epilogue.arrays(), winograd_u)
+    # an epilogue's stage arrays are made anew when it changes: their identity stands for it
+    given = (w, b, None if epilogue is None else epilogue.arrays(), winograd_u)
     geometry = (stride, pad, dilation, group)
     threads = parallel.threads()
     if plans is not None:
@@ -414,15 +415,15 @@ def _choose(shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, thr
     kernel = 0 if threads > 1 else 1  # parallel or serial build, same tiles
     want = TILES if big else 1  # tiles to share out
     if use_winograd(shape, w.shape, stride, dilation, group, pad):
-        u = winograd.transform_weights(w) if winograd_u is None else winograd_u
+        transform = winograd.transform_weights(w) if winograd_u is None else winograd_u
         groups = winograd.blocked_groups(N, C, O, (oh, ow), threads)
         cols = winograd.gemm_columns(N, (oh, ow), groups)
-        own_u = own_gemm(u, u, O, O, cols, cols)
+        own_u = own_gemm(transform, transform, O, O, cols, cols)
 
         def run_winograd(x):
             with blas.single_threaded():
-                return winograd.conv2d(gemm, contiguous(x), u, pad, (oh, ow), arrays, threads, own_u,
-                                       groups)
+                return winograd.conv2d(gemm, contiguous(x), transform, pad, (oh, ow), arrays, threads,
+                                       own_u, groups)
         return run_winograd
     blocking = microkernel.blocking()
     if blocking is not None and direct_conv.use(shape, w.shape, stride, dilation, group, (oh, ow)):
