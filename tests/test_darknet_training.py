@@ -172,6 +172,36 @@ def test_the_oracle_notices_darknet_dropping_deltas_a_1x1_convolution_overwrites
     assert errors["convolutional_16.weights"] < CHANGE_TOLERANCE  # the head's side is right
 
 
+def test_how_darknet_trains_each_section_is_stated_where_its_torch_forward_registers():
+    """The trainable sections, the heads and the backwards that assign the delta below come
+    from the torch backend's registrations: a forward registered without its rule would
+    leave its section refused, or sum deltas Darknet drops."""
+    from caffe_surgeon.graph import Layer
+    from caffe_surgeon.training.torch_darknet_train import (head_of, overwrites_input_delta,
+                                                            training_refusal)
+
+    def section(t, **params):
+        return Layer(name=f"{t}_0", type=t, bottoms=["x"], tops=["y"], params=params)
+
+    trainable = ["activation", "avgpool", "convolutional", "maxpool", "region", "reorg",
+                 "route", "shortcut", "upsample", "yolo"]
+    for t in trainable:
+        assert training_refusal(section(t)) == "", t
+    for t in ["reorg3d", "dropout", "connected", "crop", "batchnorm", "softmax"]:
+        why = training_refusal(section(t))
+        assert f"[{t}] section" in why and f"trainable: {', '.join(trainable)})" in why, why
+    assert [t for t in trainable if head_of(section(t))] == ["region", "yolo"]
+    assert head_of(section("region")).logistic_backward
+    assert not head_of(section("yolo")).logistic_backward
+    assigning = [section("convolutional", size=1), section("convolutional"),  # size=1 default
+                 section("upsample", stride=-2),
+                 section("reorg"), section("activation", activation="leaky")]
+    adding = [section("convolutional", size=3), section("upsample", stride=2), section("route", layers="-1"), section("shortcut"),
+              section("maxpool"), section("yolo"), section("reorg3d"), section("dropout")]
+    assert all(overwrites_input_delta(layer) for layer in assigning)
+    assert not any(overwrites_input_delta(layer) for layer in adding)
+
+
 def test_same_inputs_give_byte_identical_weights_and_seen_in_the_header(tmp_path):
     weights = random_weights(TINY, tmp_path / "start.weights", seed=5, seen=8)
     images, truths = random_batches(TINY, 2, seed=6)

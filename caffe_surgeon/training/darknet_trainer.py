@@ -37,7 +37,7 @@ from ..graph import Graph
 from ..layers.darknet import opt_float, opt_int
 from .darknet_solver import DarknetSGD, current_rate, net_settings
 from .module import CaffeModule  # first: without torch, its error
-from .torch_darknet_train import HEADS, overwrites_input_delta, training_refusal
+from .torch_darknet_train import head_of, overwrites_input_delta, training_refusal
 from .torch_ops import TorchContext
 
 import torch  # noqa: E402,I001
@@ -97,8 +97,8 @@ class DarknetTrainer:
                                  layer=layer.name)
             if opt_int(layer, "stopbackward", 0):
                 self.stop = i
-        self.heads = [(i, layer, HEADS[layer.type]) for i, layer in enumerate(graph.layers)
-                      if layer.type in HEADS]
+        self.heads = [(i, layer, head_of(layer)) for i, layer in enumerate(graph.layers)
+                      if head_of(layer) is not None]
         if not self.heads:
             raise ModelError("the graph has no [yolo] or [region] section to train against",
                              file=file)

@@ -26,6 +26,7 @@ from ..layers.darknet import opt_float, opt_int
 from ..layers.registry import spec_for
 from . import torch_darknet_activations as acts
 from .torch_darknet_bn import train_batchnorm
+from .torch_darknet_train import AUTOGRAD, DarknetRule
 from .torch_ops import op, refuse, refuse_training
 
 TRAIN_REASON = ("the Caffe solver cannot train Darknet graphs (its BatchNorm statistics, "
@@ -86,7 +87,12 @@ def _conv_check(layer) -> str:
     return acts.unknown_activation(layer)
 
 
-@op("darknet", "convolutional", statistics=BN_STATISTICS, check=_conv_check)
+#: a 1x1 convolution's backward GEMM writes the delta below with beta 0
+_CONV_TRAINING = DarknetRule(assigns_delta=lambda layer: opt_int(layer, "size", 1) == 1)
+
+
+@op("darknet", "convolutional", statistics=BN_STATISTICS, check=_conv_check,
+    darknet=_CONV_TRAINING)
 def convolutional(layer, inputs, ctx):
     x = inputs[0]
     g = spec_for("darknet", layer).geometry(layer, [tuple(x.shape)])
@@ -152,7 +158,7 @@ def _windows(x, k, s, p, hw, value):
     return F.pad(x, (p[1], extra[1], p[0], extra[0]), value=value)
 
 
-@op("darknet", "maxpool")
+@op("darknet", "maxpool", darknet=AUTOGRAD)
 def maxpool(layer, inputs, ctx):
     x = inputs[0]
     if opt_int(layer, "maxpool_depth", 0):
@@ -177,7 +183,7 @@ def local_avgpool(layer, inputs, ctx):
     return [(total / count)[:, :, :hw[0], :hw[1]]]
 
 
-@op("darknet", "avgpool")
+@op("darknet", "avgpool", darknet=AUTOGRAD)
 def avgpool(layer, inputs, ctx):
     return [inputs[0].mean(dim=(2, 3), keepdim=True)]
 

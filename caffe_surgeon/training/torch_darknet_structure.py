@@ -20,11 +20,12 @@ from ..layers.darknet import opt_float, opt_int, opt_list
 from ..layers.darknet.structure import reorg_walk
 from . import torch_darknet_activations as acts
 from .torch_darknet import _shape
+from .torch_darknet_train import AUTOGRAD, AUTOGRAD_ASSIGNING, REGION, YOLO, DarknetRule
 from .torch_ops import op
 
 
 # ---------------------------------------------------------------- joins
-@op("darknet", "route")
+@op("darknet", "route", darknet=AUTOGRAD)
 def route(layer, inputs, ctx):
     groups, gid = max(1, opt_int(layer, "groups", 1)), opt_int(layer, "group_id", 0)
     _shape(layer, *inputs)  # same H x W, divisible C
@@ -83,7 +84,7 @@ def _shortcut_alexeyab(layer, prev, adds, arrays):
     return out.reshape(prev.shape)
 
 
-@op("darknet", "shortcut", check=acts.unknown_activation)
+@op("darknet", "shortcut", check=acts.unknown_activation, darknet=AUTOGRAD)
 def shortcut(layer, inputs, ctx):
     prev, adds = inputs[0], inputs[1:]
     alexeyab_only = len(adds) > 1 or layer.params.get("weights_type", "none") != "none"
@@ -108,7 +109,11 @@ def sam(layer, inputs, ctx):
 
 
 # ---------------------------------------------------------------- resampling
-@op("darknet", "upsample")
+#: a summing [upsample] (negative stride) copies into the delta below
+_UPSAMPLE_TRAINING = DarknetRule(assigns_delta=lambda layer: opt_int(layer, "stride", 2) < 0)
+
+
+@op("darknet", "upsample", darknet=_UPSAMPLE_TRAINING)
 def upsample(layer, inputs, ctx):
     """Nearest upsample times ``scale``; a negative stride sums stride x stride blocks
     (``upsample_cpu`` run backwards), reading the input as darknet indexes it."""
@@ -142,7 +147,8 @@ def _reorg_cpu(x, w, h, c, s, forward, out_shape, ctx):
     return out.reshape((x.shape[0],) + tuple(out_shape[1:]))
 
 
-@op("darknet", "reorg", "reorg3d")
+@op("darknet", "reorg3d")
+@op("darknet", "reorg", darknet=AUTOGRAD_ASSIGNING)
 def reorg(layer, inputs, ctx):
     x = inputs[0]
     n, c, h, w = x.shape
@@ -193,7 +199,7 @@ def softmax(layer, inputs, ctx):
     return [_softmax(flat, opt_float(layer, "temperature", 1)).reshape(x.shape)]
 
 
-@op("darknet", "yolo")
+@op("darknet", "yolo", darknet=YOLO)
 def yolo(layer, inputs, ctx):
     """``forward_yolo_layer``: logistic on x, y, objectness and classes; AlexeyAB
     ``scale_x_y`` (x*s - (s-1)/2 on x, y) and ``new_coords`` (no logistic at all)."""
@@ -211,7 +217,7 @@ def yolo(layer, inputs, ctx):
     return [y.reshape(x.shape)]
 
 
-@op("darknet", "region", check=_no_tree)
+@op("darknet", "region", check=_no_tree, darknet=REGION)
 def region(layer, inputs, ctx):
     """pjreddie ``forward_region_layer`` at test time (no training deltas)."""
     x = inputs[0]
@@ -251,7 +257,7 @@ def detection(layer, inputs, ctx):
 op("darknet", "dropout", "cost", "empty")(engine_ops.identity)
 
 
-@op("darknet", "activation", check=acts.unknown_activation)
+@op("darknet", "activation", check=acts.unknown_activation, darknet=AUTOGRAD_ASSIGNING)
 def activation(layer, inputs, ctx):
     return [acts.apply(layer, inputs[0])]
 

@@ -1,25 +1,22 @@
-"""Which Darknet sections train by Darknet's rules in the torch backend, and the heads' deltas.
+"""How the torch backend trains Darknet sections by Darknet's rules, and the heads' deltas.
 
 A section trains here when the gradient autograd derives from its torch forward is the
 delta its Darknet ``backward_*`` computes (convolution and its BatchNorm, which has its own
 backward in ``torch_darknet_bn.py``; pooling, joins, resampling), or when it is a head whose
-deltas are written out (:data:`HEADS`). Every other section is refused by name with why,
-before anything runs: dropout and crop draw random numbers in training, connected and
-the others have update rules or deltas not reproduced here.
+deltas are written out. Each forward states which at its registration (``op(...,
+darknet=DarknetRule(...))`` in the torch backend's table), so no list of types lives here.
+Every other section is refused by name with why, before anything runs: dropout and crop draw
+random numbers in training, connected and the others have update rules or deltas not
+reproduced here.
 """
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from ..layers.darknet import opt_int
-
+from .torch_ops import tables
 from .torch_region_loss import REGION_ROWS, region_check, region_deltas
 from .torch_yolo_loss import TRUTH_ROWS
 from .yolo_alexeyab import yolo_head_check, yolo_head_deltas
-
-#: sections whose Darknet backward is the autograd of the torch forward
-TRAINABLE = frozenset({"convolutional", "maxpool", "avgpool", "route", "upsample", "shortcut",
-                       "reorg", "activation"})
 
 
 class Head(NamedTuple):
@@ -34,12 +31,36 @@ class Head(NamedTuple):
     logistic_backward: bool
 
 
-HEADS = {
-    "yolo": Head(yolo_head_check, lambda layer, out, truths, seen, net_w, net_h:
-                 yolo_head_deltas(layer, out, truths, net_w, net_h), TRUTH_ROWS, False),
-    "region": Head(region_check, lambda layer, out, truths, seen, net_w, net_h:
-                   region_deltas(layer, out, truths, seen), REGION_ROWS, True),
-}
+class DarknetRule(NamedTuple):
+    """How Darknet trains one section type: ``head`` its loss (None: its backward is the
+    autograd of the torch forward); ``assigns_delta(layer)``: whether its backward *assigns*
+    the delta of the layer before it instead of adding to it (see
+    :func:`overwrites_input_delta`); None: it never does."""
+
+    head: Head | None = None
+    assigns_delta: Callable | None = None
+
+
+#: a section whose Darknet backward is the autograd of its torch forward and adds to the delta
+AUTOGRAD = DarknetRule()
+#: the same, but its backward copies into the delta below ([reorg], [activation])
+AUTOGRAD_ASSIGNING = DarknetRule(assigns_delta=lambda layer: True)
+YOLO = DarknetRule(Head(yolo_head_check, lambda layer, out, truths, seen, net_w, net_h:
+                        yolo_head_deltas(layer, out, truths, net_w, net_h), TRUTH_ROWS, False))
+REGION = DarknetRule(Head(region_check, lambda layer, out, truths, seen, net_w, net_h:
+                          region_deltas(layer, out, truths, seen), REGION_ROWS, True))
+
+
+def darknet_rule(layer) -> DarknetRule | None:
+    """How Darknet trains ``layer``'s type, as its torch forward registered it (None: refused)."""
+    entry = tables()[0].get(("darknet", layer.type))
+    return entry.darknet if entry is not None else None
+
+
+def head_of(layer) -> Head | None:
+    """The loss ``layer`` computes in Darknet training, None for any other section."""
+    rule = darknet_rule(layer)
+    return rule.head if rule is not None else None
 
 
 def overwrites_input_delta(layer) -> bool:
@@ -49,25 +70,16 @@ def overwrites_input_delta(layer) -> bool:
     Darknet runs backward from the last layer down, so whatever routes and shortcuts had
     added to that delta before is lost: the trainer reproduces it by showing them a detached
     copy of that layer's output."""
-    rule = OVERWRITES_INPUT_DELTA.get(layer.type)
-    return bool(rule and rule(layer))
-
-
-#: section type -> whether its backward assigns (rather than adds to) the delta below
-OVERWRITES_INPUT_DELTA = {
-    "convolutional": lambda layer: opt_int(layer, "size", 1) == 1,
-    "upsample": lambda layer: opt_int(layer, "stride", 2) < 0,
-    "reorg": lambda layer: True,
-    "activation": lambda layer: True,
-}
+    rule = darknet_rule(layer)
+    return bool(rule is not None and rule.assigns_delta is not None and rule.assigns_delta(layer))
 
 
 def training_refusal(layer) -> str:
     """Why ``layer`` cannot be trained as pjreddie Darknet trains it ("" when it can)."""
-    head = HEADS.get(layer.type)
-    if head is not None:
-        return head.check(layer)
-    if layer.type in TRAINABLE:
-        return ""
+    rule = darknet_rule(layer)
+    if rule is not None:
+        return rule.head.check(layer) if rule.head is not None else ""
+    trainable = sorted(t for (f, t), entry in tables()[0].items()
+                       if f == "darknet" and entry.darknet is not None)
     return (f"training a [{layer.type}] section as Darknet does is not implemented (trainable: "
-            f"{', '.join(sorted(TRAINABLE | set(HEADS)))})")
+            f"{', '.join(trainable)})")

@@ -21,6 +21,9 @@ backend may know beyond the forward is declared at registration, not found by ty
   top, no loss weight on either), so no blob anyone could read disappears; ``arrays`` are the
   two layers' stored array names. The fused forward is ``fn(layer, next_layer, inputs, ctx,
   next_arrays) -> [top]``, ``ctx.arrays`` holding this layer's arrays.
+* ``darknet``: how pjreddie Darknet trains the section (a ``torch_darknet_train.DarknetRule``:
+  its backward is the autograd of this forward, or it is a loss head); None where Darknet
+  training refuses it.
 
 Importing this module imports torch: only ``caffe_surgeon.training`` does.
 """
@@ -47,6 +50,7 @@ class TorchOp:
     statistics: frozenset = frozenset()
     check: Callable | None = None
     fuse: Callable | None = None
+    darknet: object | None = None
 
 
 def _load():
@@ -66,7 +70,7 @@ TRAINING_REFUSED: dict[str, str] = {}
 
 
 def op(framework: str, *types: str, statistics=(), check: Callable | None = None,
-       fuse: Callable | None = None):
+       fuse: Callable | None = None, darknet=None):
     """Decorator registering a torch forward for the given layer types.
 
     Args:
@@ -75,9 +79,10 @@ def op(framework: str, *types: str, statistics=(), check: Callable | None = None
         statistics: names of stored arrays that are running statistics (buffers, not learned).
         check: ``fn(layer) -> str``: why these settings cannot be trained ("" if they can).
         fuse: ``fn(layer, next_layer, arrays, next_arrays) -> forward | None`` (module doc).
+        darknet: how Darknet trains these sections (module doc); None: it is refused.
     """
     def register(fn):
-        _TABLE.add(framework, types, TorchOp(fn, frozenset(statistics), check, fuse))
+        _TABLE.add(framework, types, TorchOp(fn, frozenset(statistics), check, fuse, darknet))
         return fn
     return register
 
