@@ -106,16 +106,18 @@ def test_any_split_of_the_tiles_gives_the_whole_calls_bits():
     np.testing.assert_array_equal(_bits(c), whole)
 
 
-def test_narrow_calls_read_nothing_after_the_packed_weights():
-    """The narrow path loads 8 weights where a tile step has 6: the packed array's spare zeros
-    take the last step's extra 2, here right before an unreadable page."""
+@pytest.mark.parametrize("N", [1, 49, 7 * 8 + 3])
+def test_column_kernels_read_nothing_after_the_packed_weights(N):
+    """The narrow path (N < 8) and a call's last 1-7 columns load 8 weights where a tile step
+    has 6: the packed array's spare zeros take the last step's extra 2, here right before an
+    unreadable page."""
     from test_depthwise_3x3 import _between_guard_pages
-    a, b = _operands(25, 1, 40, 1, seed=5)
+    a, b = _operands(25, N, 40, N, seed=5)
     packed = haswell_gemm.pack_weights(a[None])
     ap, region = _between_guard_pages(packed.shape, at_start=False)
     ap[...] = packed
-    c = np.full((25, 1), np.nan, F32)
-    haswell_gemm.gemm(ap, 0, 25, 1, 40, b.reshape(-1), 0, 1, c.reshape(-1), 0, 1, 0, haswell_gemm.tile_count(25))
+    c = np.full((25, N), np.nan, F32)
+    haswell_gemm.gemm(ap, 0, 25, N, 40, b.reshape(-1), 0, N, c.reshape(-1), 0, N, 0, haswell_gemm.tile_count(25))
     np.testing.assert_array_equal(_bits(c), _bits(reference.haswell_sgemm(a, b)))
     del ap
 

@@ -235,6 +235,9 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
         _narrow(ap, a_off, M, K, b, b_off, ldb, c, c_off, ldc, N, t0, t1)
         return
     rest = M % 12
+    rows4 = np.zeros(4, np.int64)
+    offs = np.zeros(4, np.int64)
+    cs = np.zeros(4, np.int64)
     k0 = 0
     while k0 < K:
         kc = k_block(K - k0, GEMM_Q, UNROLL_M)
@@ -264,9 +267,21 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
                         else:
                             _tile1(ap, a_t, b, b_t + 8 * p, ldb, c, c_t + 8 * p, ldc, kc, rows, 8, acc)
                             p += 1
-                    if tail:
-                        _tile1(ap, a_t, b, b_t + 8 * panels, ldb, c, c_t + 8 * panels, ldc, kc, rows,
-                               tail, acc)
+                if tail:
+                    # the last 1-7 columns, one chain each as in a partial tile, a column of
+                    # four tiles at a time: a 16-column tile would do its 12 vector FMAs a step
+                    # for them (a 7x7 map's 49th column cost a third of the call)
+                    for g in range(t0, t1, 4):
+                        for i in range(4):
+                            t = min(g + i, t1 - 1)  # a missing tile repeats the last, storing nothing
+                            r0, n, _ = row_tile(M, t)
+                            rows4[i] = n if g + i < t1 else 0
+                            offs[i] = a_off + t * K * MR + k0 * MR
+                            cs[i] = c_off + r0 * ldc + js + 8 * panels
+                        for j in range(tail):
+                            _column4(ap, offs[0], offs[1], offs[2], offs[3], b,
+                                     b_off + k0 * ldb + js + 8 * panels + j, ldb, c, cs[0] + j,
+                                     cs[1] + j, cs[2] + j, cs[3] + j, ldc, kc, rows4, acc)
             js += ml
         k0 += kc
 
