@@ -192,3 +192,37 @@ def test_importing_the_package_does_not_load_numba():
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-1] == "False"
+
+
+def test_the_engines_chunk_size_and_thread_count_are_numbas_own():
+    """``parallel.chunksize`` and ``parallel.threads`` go to the started layer's entries
+    directly (Numba's public functions take its start locks every call): they must read and
+    set what Numba's public API reads and sets, per thread, and put the old size back."""
+    import threading
+
+    import numba as nb
+
+    from caffe_surgeon.engine.kernels import parallel
+
+    before = nb.get_parallel_chunksize()
+    with parallel.chunksize(7):
+        assert nb.get_parallel_chunksize() == 7
+        with parallel.chunksize(1):
+            assert nb.get_parallel_chunksize() == 1
+        assert nb.get_parallel_chunksize() == 7
+    assert nb.get_parallel_chunksize() == before
+    with pytest.raises(KeyError), parallel.chunksize(3):
+        raise KeyError("restored on the way out")
+    assert nb.get_parallel_chunksize() == before
+
+    counts = {}
+
+    def one_thread():
+        nb.set_num_threads(1)  # Numba's count is per thread
+        counts["other"] = parallel.threads()
+
+    t = threading.Thread(target=one_thread)
+    t.start()
+    t.join()
+    assert counts["other"] == 1
+    assert parallel.threads() == nb.get_num_threads()

@@ -243,7 +243,7 @@ def one_tile_at_a_time(parallel_build: bool = True):
     (Numba's default): a thread the OS deschedules then holds up one tile, not half the
     layer. The tiles, and so the results, stay the same. A serial build has no share to
     hand out (and setting the chunk size costs more than a small layer's GEMM)."""
-    return nb.parallel_chunksize(1) if parallel_build else contextlib.nullcontext()
+    return parallel.chunksize(1) if parallel_build else contextlib.nullcontext()
 
 
 def _round16(v: int, cap: int) -> int:

@@ -150,7 +150,7 @@ def conv2d(x, packed, panel, w_shape, stride, pad, dilation, out_hw, ep_arrays, 
         rows = -(-oh // min(oh, parallel.balanced_passes(N, -(-oh // rows), jobs)))
     out = np.empty((N, O, oh, ow), F32)
     kernel = PASSES_K[0] if threads > 1 else PASSES_K[1]
-    with nb.parallel_chunksize(1) if threads > 1 else contextlib.nullcontext():
+    with parallel.chunksize(1) if threads > 1 else contextlib.nullcontext():
         kernel(packed, panel, xp.reshape(-1), offs, Hp, Wp, stride[0], stride[1], C * kh * kw, oh, ow,
                seg, rows, out.reshape(N, O, oh * ow), *ep_arrays, q, u)
     return out

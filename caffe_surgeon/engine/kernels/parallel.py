@@ -31,7 +31,7 @@ MIN_PARALLEL_ELEMENTS = 200_000
 #: Numba's threading layers in the order the engine prefers them (the first that loads)
 LAYER_PRIORITY = LAYER_PRIORITY_ENV.split()
 
-_state = {"serial_only": False}
+_state: dict = {"serial_only": False}
 
 
 def dual(fn):
@@ -45,10 +45,59 @@ def dual(fn):
     return par, nb.njit(cache=True, nogil=True)(clone)
 
 
+def _started_layer():
+    """Numba's ctypes entries (get_num_threads, get and set the chunk size) of its started
+    threading layer, or None where this Numba keeps them elsewhere. Numba's public
+    functions take its process-wide start locks on every call: ``parallel_chunksize`` three
+    times, 4.4 us, about what a small layer's GEMM costs."""
+    fns = _state.get("layer")
+    if fns is None:
+        nb.get_num_threads()  # starts the layer, which binds the entries below
+        from numba.np.ufunc import parallel as numba_parallel
+        fns = tuple(getattr(numba_parallel, n, None) for n in
+                    ("_get_num_threads", "_get_parallel_chunksize", "_set_parallel_chunksize"))
+        fns = fns if all(callable(f) for f in fns) else ()
+        _state["layer"] = fns
+    return fns or None
+
+
 def threads() -> int:
-    """Threads a kernel may use now: Numba's count, or 1 in a process where a parallel
-    region would be fatal (see :func:`_after_fork_in_child`)."""
-    return 1 if _state["serial_only"] else nb.get_num_threads()
+    """Threads a kernel may use now: Numba's count (this thread's, as
+    ``numba.get_num_threads``), or 1 in a process where a parallel region would be fatal
+    (see :func:`_after_fork_in_child`)."""
+    if _state["serial_only"]:
+        return 1
+    fns = _started_layer()
+    n = fns[0]() if fns else 0
+    return n if n > 0 else nb.get_num_threads()  # (the public one reports a bad count)
+
+
+class chunksize:
+    """``with chunksize(n):`` what ``numba.parallel_chunksize(n)`` does (this thread's
+    prange loops hand out ``n`` iterations at a time; the old size comes back after),
+    through the layer's own entries."""
+
+    __slots__ = ("n", "before")
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def __enter__(self):
+        fns = _started_layer()
+        if fns:
+            self.before = fns[1]()
+            fns[2](self.n)
+        else:
+            self.before = nb.set_parallel_chunksize(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        fns = _started_layer()
+        if fns:
+            fns[2](self.before)
+        else:
+            nb.set_parallel_chunksize(self.before)
+        return False
 
 
 def pick(kernels, work: int, threshold: int | None = None):
@@ -73,11 +122,8 @@ def run_in_chunks(kernels, kernel, args, tiles: int) -> None:
         kernel(*args)
         return
     jobs = max(1, threads())
-    before = nb.set_parallel_chunksize(max(1, -(-tiles // (CHUNKS_PER_THREAD * jobs))))
-    try:
+    with chunksize(max(1, -(-tiles // (CHUNKS_PER_THREAD * jobs)))):
         kernel(*args)
-    finally:
-        nb.set_parallel_chunksize(before)
 
 
 def balanced_passes(N: int, passes: int, jobs: int) -> int:

@@ -118,6 +118,6 @@ def conv2d(x, packed, O, ep_arrays, threads, jobs, q, u):
     per_pass = -(-tiles // parallel.balanced_passes(N, -(-tiles // pass_tiles(C)), jobs))
     out = np.empty((N, O, H, W), F32)
     kernel = PASSES_K[0] if threads > 1 else PASSES_K[1]
-    with nb.parallel_chunksize(1) if threads > 1 else contextlib.nullcontext():
+    with parallel.chunksize(1) if threads > 1 else contextlib.nullcontext():
         kernel(packed, x.reshape(N, C, P), per_pass, out.reshape(N, O, P), *ep_arrays, q, u)
     return out

@@ -347,7 +347,7 @@ def conv2d(gemm, x, u, pad, out_hw, ep_arrays, threads: int, own=None, groups=No
     if groups:
         out = np.empty((N, O, oh, ow), F32)
         kernel = BLOCKS_K[0] if par else BLOCKS_K[1]
-        with nb.parallel_chunksize(1) if par else contextlib.nullcontext():
+        with parallel.chunksize(1) if par else contextlib.nullcontext():
             kernel(gemm, x, u, pad[0], pad[1], th, tw, groups, out, *ep_arrays, *own)
         return out
     v = np.empty((16, C, NT), F32)
@@ -356,7 +356,7 @@ def conv2d(gemm, x, u, pad, out_hw, ep_arrays, threads: int, own=None, groups=No
     # the 16 GEMMs share out over the threads whole, so their shapes (and the rounding)
     # do not depend on the thread count
     if par:
-        with nb.parallel_chunksize(1):  # one GEMM at a time to whichever thread is free
+        with parallel.chunksize(1):  # one GEMM at a time to whichever thread is free
             GEMMS_K[0](gemm, u, v, m, O, NT, *own)
     else:
         GEMMS_K[1](gemm, u, v, m, O, NT, *own)
