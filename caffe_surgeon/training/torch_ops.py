@@ -81,6 +81,9 @@ def op(framework: str, *types: str, statistics=(), check: Callable | None = None
         fuse: ``fn(layer, next_layer, arrays, next_arrays) -> forward | None`` (module doc).
         darknet: how Darknet trains these sections (module doc); None: it is refused.
     """
+    if darknet is not None and framework != "darknet":
+        raise RuntimeError(f"a Darknet training rule for {framework} {types}")
+
     def register(fn):
         _TABLE.add(framework, types, TorchOp(fn, frozenset(statistics), check, fuse, darknet))
         return fn
