@@ -308,7 +308,7 @@ class _Group:
         import torch
         self.torch, self.dist = torch, torch.distributed
         self.device, self.world = device, world
-        if device.type == "cuda":  # NCCL's communicator and barrier use the current device
+        if str(device).startswith("cuda"):  # NCCL's communicator and barrier use the current device
             torch.cuda.set_device(device)
         # NCCL moves CUDA tensors; gloo moves CPU ones
         self.wire = device if backend == "nccl" else torch.device("cpu")
