@@ -235,9 +235,6 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
         _narrow(ap, a_off, M, K, b, b_off, ldb, c, c_off, ldc, N, t0, t1)
         return
     rest = M % 12
-    rows4 = np.zeros(4, np.int64)
-    offs = np.zeros(4, np.int64)
-    cs = np.zeros(4, np.int64)
     k0 = 0
     while k0 < K:
         kc = k_block(K - k0, GEMM_Q, UNROLL_M)
@@ -271,6 +268,9 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
                     # the last 1-7 columns, one chain each as in a partial tile, a column of
                     # four tiles at a time: a 16-column tile would do its 12 vector FMAs a step
                     # for them (a 7x7 map's 49th column cost a third of the call)
+                    rows4 = np.zeros(4, np.int64)
+                    offs = np.zeros(4, np.int64)
+                    cs = np.zeros(4, np.int64)
                     for g in range(t0, t1, 4):
                         for i in range(4):
                             t = min(g + i, t1 - 1)  # a missing tile repeats the last, storing nothing
