@@ -172,10 +172,20 @@ def test_convolutions_give_the_blas_bits_with_the_avx2_gemm(monkeypatch, x_shape
     np.testing.assert_array_equal(_bits(ours), _bits(theirs))
 
 
-def test_worth_it_takes_few_channels_on_small_maps():
+def test_worth_it_takes_few_channels_on_small_maps(monkeypatch):
+    monkeypatch.setattr(haswell_gemm, "WIDE_HOST", False)  # an AVX2 machine (Zen 3)
     assert haswell_gemm.worth_it(24, 49, 288, 49)  # the Fashion net's 3x3 branch on 7x7
     assert haswell_gemm.worth_it(32, 196, 144, 196) and haswell_gemm.worth_it(64, 100, 144, 100)
     assert haswell_gemm.worth_it(32, 49, 288, 2450)  # a block tile of a batch: rows far apart
     assert not haswell_gemm.worth_it(32, 196, 288, 196)  # 1.0-1.1x measured: OpenBLAS stays
     assert not haswell_gemm.worth_it(24, 784, 288, 784)  # larger maps: its packed columns win
     assert not haswell_gemm.worth_it(128, 49, 1152, 49) and not haswell_gemm.worth_it(64, 49, 432, 49)
+
+
+def test_worth_it_on_an_avx512_host_takes_every_call_of_16_columns_or_more(monkeypatch):
+    # Zen 5 under OpenBLAS's Haswell kernels, with the wide tile: ours won on every shape
+    monkeypatch.setattr(haswell_gemm, "WIDE_HOST", True)
+    assert haswell_gemm.worth_it(128, 49, 1152, 49) and haswell_gemm.worth_it(64, 784, 384, 784)
+    assert haswell_gemm.worth_it(512, 12544, 960, 12544) and haswell_gemm.worth_it(16, 43264, 27, 43264)
+    assert haswell_gemm.worth_it(64, 4, 64, 4)  # a classifier's few columns, as everywhere
+    assert not haswell_gemm.worth_it(64, 12, 64, 12)  # 8-15 columns: a partial 16-wide tile
