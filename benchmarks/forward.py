@@ -25,7 +25,7 @@ OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset in the subprocesses: the
 machines set them for old OpenBLAS builds, and they slow the current one.
 
 Usage: python benchmarks/forward.py [--runs 7] [--quick] [--cells 1x1,2x1,1x8,2x8]
-       [--models yolov3-tiny,res10,resnet50,mobilenetv2]
+       [--models yolov3-tiny,res10,resnet50,mobilenetv2] [--blas-core Haswell]
 """
 from __future__ import annotations
 
@@ -194,10 +194,16 @@ print(json.dumps({"weights": weights, "peak_live": peak, "rss_before": before, "
 """
 
 
+#: OPENBLAS_CORETYPE for the workers (``--blas-core``); None: OpenBLAS picks for the CPU
+BLAS_CORE = None
+
+
 def env_for(threads):
     env = dict(os.environ)
     for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         env.pop(k, None)
+    if BLAS_CORE:
+        env["OPENBLAS_CORETYPE"] = BLAS_CORE
     for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[k] = str(threads)
     env["PYTHONPATH"] = str(ROOT)
@@ -266,7 +272,12 @@ def main():
     ap.add_argument("--cells", default="1x1,2x1,1x8,2x8", help="threads x batch cells, comma-separated")
     ap.add_argument("--settle", type=float, default=0.25,
                     help="seconds of idle before each timed call (0: back to back)")
+    ap.add_argument("--blas-core", default=None,
+                    help="OPENBLAS_CORETYPE for the workers (e.g. Haswell on an AVX-512 machine: "
+                         "the AVX2 GEMM's path); default: OpenBLAS picks")
     args = ap.parse_args()
+    global BLAS_CORE
+    BLAS_CORE = args.blas_core
     runs = args.runs or (3 if args.quick else 7)
     configs = [tuple(int(v) for v in c.split("x")) for c in args.cells.split(",")]
     model, isa, cpus = cpu_header()
@@ -274,6 +285,11 @@ def main():
     print(f"CPU: {model} ({cpus} logical CPUs), ISA: {isa}; SGEMM peak (NumPy OpenBLAS float32 "
           "3072^3): " + ", ".join(f"{t} thread{'s' * (t > 1)} {p:.0f} GFLOP/s" for t, p in peaks.items() if p)
           + f"; load average {os.getloadavg()[0]:.2f}; medians of {runs} interleaved calls")
+    # which of our GEMMs can run depends on the BLAS's kernels (Zen 4/5: SkylakeX's by
+    # default, Haswell's under OPENBLAS_CORETYPE=Haswell)
+    core = subprocess.run([sys.executable, "-c", "from caffe_surgeon.engine.kernels import blas; "
+                           "print(blas.core_name())"], env=env_for(1), capture_output=True, text=True)
+    print(f"OpenBLAS kernels in the workers: {core.stdout.strip() or core.stderr.strip()[-200:]}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         found = models(tmp, args.models.split(","))

@@ -27,12 +27,15 @@ SHAPES = [(M, N, K, ldb) for M, N, K, ldb in [
     (1000, 1, 1280, 1), (37, 3, 700, 5), (13, 1, 333, 1), (100, 4, 999, 4), (7, 2, 5, 2), (30, 7, 9, 7)]]
 
 
-def _call(a, b, ldb, N, t0=0, t1=None):
+def _call(a, b, ldb, N, t0=0, t1=None, wide=None):
     M, K = a.shape
     c = np.full((M, N), np.nan, F32)
     ap = haswell_gemm.pack_weights(a[None])
-    haswell_gemm.gemm(ap, 0, M, N, K, b.reshape(-1), 0, ldb, c.reshape(-1), 0, N, t0,
-                      haswell_gemm.tile_count(M) if t1 is None else t1)
+    t1 = haswell_gemm.tile_count(M) if t1 is None else t1
+    if wide is None:  # as the convolutions call it on this machine
+        haswell_gemm.gemm(ap, 0, M, N, K, b.reshape(-1), 0, ldb, c.reshape(-1), 0, N, t0, t1)
+    else:
+        haswell_gemm.tiles(ap, 0, M, N, K, b.reshape(-1), 0, ldb, c.reshape(-1), 0, N, t0, t1, wide)
     return c
 
 
@@ -61,18 +64,21 @@ def _need_haswell_blas():
         pytest.skip(f"NumPy's OpenBLAS runs its {blas.core_name()} kernels here, not Haswell's")
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["16-column tiles", "wide tiles"])
 @pytest.mark.parametrize("M, N, K, ldb", SHAPES)
-def test_gemm_equals_its_slow_twin(M, N, K, ldb):
+def test_gemm_equals_its_slow_twin(M, N, K, ldb, wide):
     a, b = _operands(M, N, K, ldb)
-    np.testing.assert_array_equal(_bits(_call(a, b, ldb, N)), _bits(reference.haswell_sgemm(a, b[:, :N])))
+    np.testing.assert_array_equal(_bits(_call(a, b, ldb, N, wide=wide)),
+                                  _bits(reference.haswell_sgemm(a, b[:, :N])))
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["16-column tiles", "wide tiles"])
 @pytest.mark.parametrize("M, N, K, ldb", SHAPES)
-def test_gemm_and_twin_give_the_blas_bits_and_one_chain_does_not(M, N, K, ldb):
+def test_gemm_and_twin_give_the_blas_bits_and_one_chain_does_not(M, N, K, ldb, wide):
     _need_haswell_blas()
     a, b = _operands(M, N, K, ldb, seed=1)
     ref = _bits(_blas(a, b, ldb, N))
-    np.testing.assert_array_equal(_bits(_call(a, b, ldb, N)), ref)
+    np.testing.assert_array_equal(_bits(_call(a, b, ldb, N, wide=wide)), ref)
     np.testing.assert_array_equal(_bits(reference.haswell_sgemm(a, b[:, :N])), ref)
     if reference._haswell_two_chains(M, N).any() and K >= 16:
         one_chain = (a.astype(np.float64) @ b[:, :N]).astype(F32)  # any other order
@@ -95,14 +101,15 @@ def test_the_two_chain_tiles_change_bits_where_they_lie():
     assert (wrong != ref)[two].mean() > 0.5 and (wrong == ref)[~two].all()
 
 
-def test_any_split_of_the_tiles_gives_the_whole_calls_bits():
+@pytest.mark.parametrize("wide", [False, True], ids=["16-column tiles", "wide tiles"])
+def test_any_split_of_the_tiles_gives_the_whole_calls_bits(wide):
     a, b = _operands(40, 700, 90, 705, seed=3)
-    whole = _bits(_call(a, b, 705, 700))
+    whole = _bits(_call(a, b, 705, 700, wide=not wide))
     tiles = haswell_gemm.tile_count(40)
     c = np.full((40, 700), np.nan, F32)
     ap = haswell_gemm.pack_weights(a[None])
     for t0, t1 in ((0, 1), (1, 4), (4, tiles)):
-        haswell_gemm.gemm(ap, 0, 40, 700, 90, b.reshape(-1), 0, 705, c.reshape(-1), 0, 700, t0, t1)
+        haswell_gemm.tiles(ap, 0, 40, 700, 90, b.reshape(-1), 0, 705, c.reshape(-1), 0, 700, t0, t1, wide)
     np.testing.assert_array_equal(_bits(c), whole)
 
 

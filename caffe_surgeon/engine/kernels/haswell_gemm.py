@@ -273,6 +273,14 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
     """Tiles [t0, t1) (:func:`tile_count`) of the call c[c_off:] (M x N, rows ldc apart) =
     A (M x K, packed from ap[a_off]) @ b[b_off:] (K x N, rows ldb apart), with the bits
     OpenBLAS's call of that shape gives."""
+    tiles(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1, WIDE_HOST)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def tiles(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1, wide):
+    """:func:`gemm`, with its one-chain runs of 4 panels in the wide tile when ``wide`` (the
+    same bits either way; an argument so that any machine can test both, inlined so that
+    :func:`gemm` compiles only the branch its machine takes)."""
     if N < 8:
         _narrow(ap, a_off, M, K, b, b_off, ldb, c, c_off, ldc, N, t0, t1)
         return
@@ -300,7 +308,7 @@ def gemm(ap, a_off, M, N, K, b, b_off, ldb, c, c_off, ldc, t0, t1):
                         if two_chains(kind, rest, js == 0, p, panels):
                             _tile2(ap, a_t, b, b_t + 8 * p, ldb, c, c_t + 8 * p, ldc, kc, rows, acc)
                             p += 1
-                        elif WIDE_HOST and p + 3 < q1 and not two_chains(kind, rest, js == 0, p + 1, panels) \
+                        elif wide and p + 3 < q1 and not two_chains(kind, rest, js == 0, p + 1, panels) \
                                 and not two_chains(kind, rest, js == 0, p + 2, panels) \
                                 and not two_chains(kind, rest, js == 0, p + 3, panels):
                             _tile1_wide(ap, a_t, b, b_t + 8 * p, ldb, c, c_t + 8 * p, ldc, kc, rows, acc)
