@@ -165,7 +165,7 @@ def test_sum2_with_stages_equals_the_sum_then_the_stages(parallel_kernels, monke
     monkeypatch.setattr(eltwise, "MIN_PARALLEL_SUM", 0 if parallel_kernels else 1 << 60)
     scale = np.random.default_rng(2).standard_normal(5).astype(np.float32)
     ep = Epilogue(5).mul(scale).add(scale).leaky(0.1).clip(-1, 2)
-    for shape in [(3, 5, 6, 7), (1, 5, 65, 66)]:  # rows shorter and longer than a PIECE
+    for shape in [(3, 5, 6, 7), (1, 5, 65, 66)]:  # rows shorter and longer than 4096
         a, b = _ties_and_nans(shape, seed=11), _ties_and_nans(shape, seed=12)
         want = ref.epilogue(a + b, ep.stages)
         assert np.array_equal(_bits(eltwise.sum2(a, b, ep)), _bits(want))
@@ -260,10 +260,15 @@ def test_stages_into_leaves_its_input_and_equals_the_stages():
     from caffe_surgeon.engine.kernels.epilogue import Epilogue
 
     v = np.random.default_rng(1).standard_normal(4).astype(np.float32)
-    ep = Epilogue(4).mul(v).add(v).relu()
-    for shape in [(2, 4, 3, 5), (1, 4, 70, 71)]:  # rows shorter and longer than a PIECE
-        x = _ties_and_nans(shape, seed=8)
-        keep = x.copy()
-        got = eltwise.stages_into(x, ep)
-        assert np.array_equal(_bits(x), _bits(keep))
-        assert np.array_equal(_bits(got), _bits(ref.epilogue(x, ep.stages)))
+    w = np.random.default_rng(2).standard_normal(4).astype(np.float32)
+    # the first run of stages reads x, the rest run in place: none, one run, an activation
+    # alone, and three runs (six multiplies and adds, then a leaky, then a clip)
+    epilogues = [Epilogue(4), Epilogue(4).mul(v).add(v).relu(), Epilogue(4).clip(-0.5, 0.5),
+                 Epilogue(4).mul(v).add(w).mul(w).add(v).mul(v).add(w).leaky(0.1).clip(-1, 2)]
+    for ep in epilogues:
+        for shape in [(2, 4, 3, 5), (1, 4, 70, 71)]:  # rows shorter and longer than 4096
+            x = _ties_and_nans(shape, seed=8)
+            keep = x.copy()
+            got = eltwise.stages_into(x, ep)
+            assert np.array_equal(_bits(x), _bits(keep))
+            assert np.array_equal(_bits(got), _bits(ref.epilogue(x, ep.stages))), ep.stages

@@ -95,43 +95,63 @@ def _vec(v, channels):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _stages_row(row, o, codes, vecs, params):
+def _next_run(o, codes, vecs, params, s):
     # Runs of up to 4 MUL/ADD stages and the activation after them go in one pass over the
     # row instead of one pass each. Every MUL/ADD stage is v * m + a with MUL as (m, -0.0)
     # and ADD as (1.0, a): x + -0.0 == x and x * 1.0 == x for every float, signed zeros and
     # NaN included, and a multiply and an add are never contracted into an FMA here, so each
     # stage rounds exactly as it does alone. Unused slots of the run are (1.0, -0.0).
+    # Returns the stage after the run, its MUL/ADD count, the 4 (m, a) and the activation.
     S = codes.shape[0]
     one = np.float32(1.0)
     nz = np.float32(-0.0)
-    s = 0
-    while s < S:
-        m0 = m1 = m2 = m3 = one
-        a0 = a1 = a2 = a3 = nz
-        k = 0
-        while s < S and codes[s] <= 1 and k < 4:
-            m, a = (vecs[s, o], nz) if codes[s] == 0 else (one, vecs[s, o])
-            if k == 0:
-                m0, a0 = m, a
-            elif k == 1:
-                m1, a1 = m, a
-            elif k == 2:
-                m2, a2 = m, a
-            else:
-                m3, a3 = m, a
-            k += 1
-            s += 1
-        act = -1
-        p0 = p1 = one
-        if s < S and codes[s] >= 2:
-            act = codes[s]
-            p0 = params[s, 0]
-            p1 = params[s, 1]
-            s += 1
+    m0 = m1 = m2 = m3 = one
+    a0 = a1 = a2 = a3 = nz
+    k = 0
+    while s < S and codes[s] <= 1 and k < 4:
+        m, a = (vecs[s, o], nz) if codes[s] == 0 else (one, vecs[s, o])
+        if k == 0:
+            m0, a0 = m, a
+        elif k == 1:
+            m1, a1 = m, a
+        elif k == 2:
+            m2, a2 = m, a
+        else:
+            m3, a3 = m, a
+        k += 1
+        s += 1
+    act = -1
+    p0 = p1 = one
+    if s < S and codes[s] >= 2:
+        act = codes[s]
+        p0 = params[s, 0]
+        p1 = params[s, 1]
+        s += 1
+    return s, k, m0, a0, m1, a1, m2, a2, m3, a3, act, p0, p1
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _stages_row(row, o, codes, vecs, params, s=0):
+    """The stages from ``s`` on, in place on ``row`` (channel ``o``)."""
+    while s < codes.shape[0]:
+        s, k, m0, a0, m1, a1, m2, a2, m3, a3, act, p0, p1 = _next_run(o, codes, vecs, params, s)
         if k > 2:
             _run4(row, m0, a0, m1, a1, m2, a2, m3, a3, act, p0, p1)
         else:  # the common runs (bias; BatchNorm's or Scale's multiply-add) at half the work
             _run2(row, m0, a0, m1, a1, act, p0, p1)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _stages_row_from(src, row, o, codes, vecs, params):
+    """``row`` = ``src`` (another array) after the stages: the first run reads ``src`` in the
+    same pass (a copy, then the stages in place, took 7x as long: 0.17 against 0.024 ms on
+    a 3 x 300 x 300 input), the rest run in place."""
+    if codes.shape[0] == 0:
+        row[:] = src
+        return
+    s, k, m0, a0, m1, a1, m2, a2, m3, a3, act, p0, p1 = _next_run(o, codes, vecs, params, 0)
+    _run4_from(src, row, m0, a0, m1, a1, m2, a2, m3, a3, act, p0, p1)
+    _stages_row(row, o, codes, vecs, params, s)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -180,6 +200,24 @@ def _run4(row, m0, a0, m1, a1, m2, a2, m3, a3, act, p0, p1):
             row[p] = _activate((((row[p] * m0 + a0) * m1 + a1) * m2 + a2) * m3 + a3, 4, p0, p1)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _run4_from(src, row, m0, a0, m1, a1, m2, a2, m3, a3, act, p0, p1):
+    # _run4 reading src: in place, as _run4(row, ...) with src row, LLVM's overlap check
+    # would send every loop to its scalar version
+    if act == -1:
+        for p in range(row.shape[0]):
+            row[p] = (((src[p] * m0 + a0) * m1 + a1) * m2 + a2) * m3 + a3
+    elif act == 2:
+        for p in range(row.shape[0]):
+            row[p] = _activate((((src[p] * m0 + a0) * m1 + a1) * m2 + a2) * m3 + a3, 2, p0, p1)
+    elif act == 3:
+        for p in range(row.shape[0]):
+            row[p] = _activate((((src[p] * m0 + a0) * m1 + a1) * m2 + a2) * m3 + a3, 3, p0, p1)
+    else:
+        for p in range(row.shape[0]):
+            row[p] = _activate((((src[p] * m0 + a0) * m1 + a1) * m2 + a2) * m3 + a3, 4, p0, p1)
+
+
 def _apply(y, codes, vecs, params):
     N, O, P = y.shape
     for t in nb.prange(N * O):
@@ -206,11 +244,7 @@ def _transpose_apply(src, codes, vecs, params, out):
     for t in nb.prange(N * O):
         n = t // O
         o = t % O
-        row = out[n, o]
-        s = src[o, n]
-        for p in range(P):
-            row[p] = s[p]
-        _stages_row(row, o, codes, vecs, params)
+        _stages_row_from(src[o, n], out[n, o], o, codes, vecs, params)
 
 
 TRANSPOSE_APPLY_K = parallel.dual(_transpose_apply)
