@@ -53,8 +53,8 @@ import weakref
 import numba as nb
 import numpy as np
 
-from . import (blas, channel_microkernel, direct_conv, direct_conv_thin, haswell_gemm, microkernel,
-               parallel, pointwise_conv, winograd)
+from . import (blas, channel_microkernel, direct_conv, direct_conv_thin, fastest, haswell_gemm,
+               microkernel, parallel, pointwise_conv, winograd)
 from . import epilogue as epi
 from .depthwise import depthwise_conv
 from .epilogue import _stages_row
@@ -297,14 +297,16 @@ _NO_WEIGHTS = np.empty(0, F32)
 _PACKED: dict[tuple, tuple] = {}
 
 
-def own_gemm(w, wg, block, rows, cols, ldb, avx2=False):
+def own_gemm(w, wg, block, rows, cols, ldb, avx2=False, own=True):
     """(panels, q, u, panel) for the tiles to run our GEMM on, or an empty array when the BLAS
     is used: ours only where it gives the BLAS's bits (:func:`.microkernel.blocking`) and is
     faster for a tile of ``rows`` x ``cols`` (``worth_it`` of :mod:`.channel_microkernel`,
     then of :mod:`.microkernel`; ``panel`` is the former's panel rows, 0 for the latter). With
     ``avx2`` (a caller that takes :mod:`.haswell_gemm`'s tiles), on AVX2: that kernel where it
     reproduces the BLAS and is faster (``panel`` = its PANEL). The panels are packed once per
-    weight array and channel block while the array lives."""
+    weight array and channel block while the array lives. ``own`` False: the BLAS."""
+    if not own:
+        return _NO_WEIGHTS, 0, 0, 0
     blocking = microkernel.blocking()
     k = wg.shape[2]
     if blocking is None:
@@ -374,16 +376,22 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1,
         hit = plans.get(plan_key)
         if hit is not None and hit.fits(x.shape, given, geometry, threads):
             return hit.run(x)
-    plan = ConvPlan(x.shape, given, geometry, threads,
-                    _choose(x.shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, threads))
+    args = (x.shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, threads)
+    run, own = _choose(*args)
+    if own and fastest.enabled():
+        # the same layer on the BLAS alone (the same bits): the faster one is kept, measured
+        # on this machine (the rules of _choose were measured on a few)
+        run = fastest.Fastest((run, _choose(*args, own=False)[0]))
+    plan = ConvPlan(x.shape, given, geometry, threads, run)
     if plans is not None:
         plans[plan_key] = plan
     return plan.run(x)
 
 
-def _choose(shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, threads_now):
-    """:func:`conv2d`'s choices for an input of ``shape``: a function of the input that runs
-    the chosen kernel."""
+def _choose(shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, threads_now, own=True):
+    """:func:`conv2d`'s choices for an input of ``shape``: (a function of the input that runs
+    the chosen kernel, whether it runs one of our GEMM kernels); ``own`` False: the BLAS's
+    GEMMs only."""
     N, C, H, W = shape
     O, cg, kh, kw = w.shape
     oh = out_size(H, kh, stride[0], pad[0], dilation[0])
@@ -399,14 +407,15 @@ def _choose(shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, thr
         return np.ascontiguousarray(x, F32)
 
     if cg == 1 and group == C and group > 1:
-        return lambda x: depthwise_conv(contiguous(x), w, stride, pad, dilation, (oh, ow), ep)
+        return (lambda x: depthwise_conv(contiguous(x), w, stride, pad, dilation, (oh, ow), ep)), False
     og = O // group
     k = cg * kh * kw
     K = group * k
     wg = w.reshape(group, og, k)
     gemm = blas.gemm()
     if gemm is None:
-        return lambda x: _conv2d_matmul(contiguous(x), wg, (kh, kw), stride, pad, dilation, (oh, ow), ep)
+        return (lambda x: _conv2d_matmul(contiguous(x), wg, (kh, kw), stride, pad, dilation, (oh, ow),
+                                         ep)), False
     arrays = (ep or epi.Epilogue(O)).arrays()
     codes, vecs, params = arrays
     # a small layer runs on the calling thread alone (see parallel.py)
@@ -418,28 +427,29 @@ def _choose(shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, thr
         transform = winograd.transform_weights(w) if winograd_u is None else winograd_u
         groups = winograd.blocked_groups(N, C, O, (oh, ow), threads)
         cols = winograd.gemm_columns(N, (oh, ow), groups)
-        own_u = own_gemm(transform, transform, O, O, cols, cols)
+        own_u = own_gemm(transform, transform, O, O, cols, cols, own=own)
 
         def run_winograd(x):
             with blas.single_threaded():
                 return winograd.conv2d(gemm, contiguous(x), transform, pad, (oh, ow), arrays, threads,
                                        own_u, groups)
-        return run_winograd
-    blocking = microkernel.blocking()
+        return run_winograd, own_u[0].size > 0
+    blocking = microkernel.blocking() if own else None
     if blocking is not None and direct_conv.use(shape, w.shape, stride, dilation, group, (oh, ow)):
         panel = channel_microkernel.panel_rows(O)
         packed = packed_weights(w, wg, O, panel)
-        return lambda x: direct_conv.conv2d(contiguous(x), packed, panel, w.shape, stride, pad, dilation,
-                                            (oh, ow), arrays, threads, want, *blocking)
+        return (lambda x: direct_conv.conv2d(contiguous(x), packed, panel, w.shape, stride, pad, dilation,
+                                             (oh, ow), arrays, threads, want, *blocking)), True
     pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0) and group == 1
     tiling, smallest = blas_tiling(N, group, og, k, oh, ow, want, threads)
     if blocking is not None and direct_conv_thin.use(w.shape, stride, group, smallest):
         packed = packed_weights(w, wg, O, direct_conv_thin.ROWS)
-        return lambda x: direct_conv_thin.conv2d(contiguous(x), packed, w.shape, stride, pad, dilation,
-                                                 (oh, ow), arrays, threads, want, *blocking)
+        return (lambda x: direct_conv_thin.conv2d(contiguous(x), packed, w.shape, stride, pad, dilation,
+                                                  (oh, ow), arrays, threads, want, *blocking)), True
     if blocking is not None and pointwise_conv.use(w.shape, stride, pad, group, P, smallest):
         packed = packed_weights(w, wg, O, direct_conv_thin.ROWS)
-        return lambda x: pointwise_conv.conv2d(contiguous(x), packed, O, arrays, threads, want, *blocking)
+        return (lambda x: pointwise_conv.conv2d(contiguous(x), packed, O, arrays, threads, want,
+                                                *blocking)), True
     kind, ob, pb = tiling
     if kind == "block" and not pointwise and ob == og and pb == P and N >= 2 * threads:
         # whole-image calls either way (same calls, same bits): the row tiles im2col each
@@ -448,7 +458,7 @@ def _choose(shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, thr
     if kind == "rows":
         rows = pb
         T = rows * ow
-        own, q, u, panel = own_gemm(w, wg, og, og, T, T, avx2=True)
+        mine, q, u, panel = own_gemm(w, wg, og, og, T, T, avx2=True, own=own)
 
         def run_rows(x):
             x = contiguous(x)
@@ -457,9 +467,9 @@ def _choose(shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, thr
             with blas.single_threaded(), one_tile_at_a_time(kernel == 0):
                 ROW_TILES_K[kernel](gemm, x, wg, kh, kw, stride[0], stride[1], pad[0], pad[1],
                                     dilation[0], dilation[1], oh, ow, rows, out.reshape(N, O, P),
-                                    codes, vecs, params, scratch, own, q, u, panel)
+                                    codes, vecs, params, scratch, mine, q, u, panel)
             return out
-        return run_rows
+        return run_rows, mine.size > 0
     if kind == "wide":
         # small maps, big weights: one GEMM over the batch side by side (weights packed
         # once per tile rather than once per image), then back to NCHW
@@ -472,14 +482,14 @@ def _choose(shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, thr
                     WIDE_TILES_K[kernel](gemm, wg, cols, N, P, ob, pb, np.empty((O, N * P), F32),
                                          out.reshape(N, O, P), codes, vecs, params)
             return out
-        return run_wide
+        return run_wide, False
     if pointwise:
         b_img, ldb = C * P, P  # the input is the column matrix
     else:
         b_img, ldb = P, N * P
-    own, q, u, panel = own_gemm(w, wg, ob, ob, pb, ldb, avx2=True)
+    mine, q, u, panel = own_gemm(w, wg, ob, ob, pb, ldb, avx2=True, own=own)
     sub = 1
-    if own.size and threads_now > 1 and N * O * k * P >= OWN_PARALLEL_MACS:
+    if mine.size and threads_now > 1 and N * O * k * P >= OWN_PARALLEL_MACS:
         # our GEMM's tiles in panel jobs for every thread: the tiles the BLAS cut leaves
         # (its shapes fix the bits) may be too few or uneven (64, 64, 64 and 4 pixels of a
         # 14x14 map; one GEMV-like call for MobileNet v2's classifier)
@@ -493,9 +503,9 @@ def _choose(shape, w, b, stride, pad, dilation, group, epilogue, winograd_u, thr
                                                      parallel=threads > 1)
             with one_tile_at_a_time(kernel == 0):
                 BLOCK_TILES_K[kernel](gemm, wg, b_mat.reshape(1, -1), b_img, ldb, N, P, ob, pb,
-                                      out.reshape(N, O, P), codes, vecs, params, own, q, u, panel, sub)
+                                      out.reshape(N, O, P), codes, vecs, params, mine, q, u, panel, sub)
         return out
-    return run_blocks
+    return run_blocks, mine.size > 0
 
 
 def gemm_tiling(N, group, og, k, oh, ow, want):
