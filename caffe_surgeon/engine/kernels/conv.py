@@ -57,7 +57,7 @@ from . import (blas, channel_microkernel, direct_conv, direct_conv_thin, fastest
                microkernel, parallel, pointwise_conv, winograd)
 from . import epilogue as epi
 from .depthwise import depthwise_conv
-from .epilogue import _stages_row
+from .epilogue import _stages_row, _stages_row_from
 from .im2col import _im2col_batch, col2im, im2col_batch
 
 F32 = np.float32
@@ -227,11 +227,7 @@ def _wide_tiles(gemm, wg, cols, n_img, P, ob, cb, wide, out, codes, vecs, params
             while n * P < c1:
                 a = max(c0, n * P)
                 b = min(c1, (n + 1) * P)
-                d = out[n, o, a - n * P:b - n * P]
-                s = src[a:b]
-                for p in range(b - a):
-                    d[p] = s[p]
-                _stages_row(d, o, codes, vecs, params)
+                _stages_row_from(src[a:b], out[n, o, a - n * P:b - n * P], o, codes, vecs, params)
                 n += 1
 
 

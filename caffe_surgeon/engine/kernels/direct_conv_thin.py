@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 
 from . import parallel
 from .channel_microkernel import emit_finish, k_schedule
-from .epilogue import _stages_row
+from .epilogue import _stages_row_from
 from .microkernel import SMALL_MNK
 from .simd import I64, LANES, VEC, data_pointer, load, splat, store
 
@@ -172,10 +172,7 @@ def _passes(ap, xq, img, offs, Wq, K, oh, ow, rows_per_pass, out, codes, vecs, p
                 o = p * ROWS + i
                 for y in range(r0, r1):
                     src = i * ldt + (y - r0) * Wq
-                    d = out[n, o, y * ow:(y + 1) * ow]
-                    for x in range(ow):
-                        d[x] = t[src + x]
-                    _stages_row(d, o, codes, vecs, params)
+                    _stages_row_from(t[src:src + ow], out[n, o, y * ow:(y + 1) * ow], o, codes, vecs, params)
 
 
 PASSES_K = parallel.dual(_passes)
