@@ -206,7 +206,6 @@ def _wide_tiles(gemm, wg, cols, n_img, P, ob, cb, wide, out, codes, vecs, params
     # (group, channel block, column block) per tile, then the tile's columns move to out
     # (N, O, P) image by image with the epilogue.
     G, og, k = wg.shape
-    O = G * og
     NP = n_img * P
     nob = (og + ob - 1) // ob
     ncb = (NP + cb - 1) // cb

@@ -38,7 +38,7 @@ from . import parallel
 from .channel_microkernel import emit_finish, k_schedule
 from .epilogue import _stages_row_from
 from .microkernel import SMALL_MNK
-from .simd import I64, LANES, VEC, data_pointer, load, splat, store
+from .simd import I64, LANES, VEC, data_pointer, load, splat
 
 F32 = np.float32
 #: output channels x 16-pixel vectors per micro-tile: 24 accumulators, 3 input loads and 8

@@ -90,18 +90,26 @@ def _finish(builder, v, ptr, acc, vec):
 _tile1 = make_tile(MR, masked_loads=True, zero_first=True)
 
 
+def _tile_sig(a, b, c):
+    """The signature of a tile ``(a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, accumulate)``."""
+    return types.void(a, types.int64, b, types.int64, types.int64, c, types.int64, types.int64,
+                      types.int64, types.int64, types.int64)
+
+
+def _tile_args(context, builder, sig, args):
+    """A tile's (a, b, c pointers at their offsets, ldb, ldc, kc, rows, accumulate)."""
+    a_arr, a_off, b_arr, b_off, ldb, c_arr, c_off, ldc, kc, rows, acc = args
+    return (data_pointer(context, builder, sig.args[0], a_arr, a_off),
+            data_pointer(context, builder, sig.args[2], b_arr, b_off),
+            data_pointer(context, builder, sig.args[5], c_arr, c_off), ldb, ldc, kc, rows, acc)
+
+
 @intrinsic
 def _tile1_wide(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, accumulate):
-    """One chain over WIDE whole columns (4 panels): _tile1's sums, two vectors a row, so
+    """One chain over 32 whole columns (4 panels): _tile1's sums, two vectors a row, so
     that an AVX-512 core keeps 12 zmm accumulators busy where _tile1 keeps 6."""
-    sig = types.void(a, types.int64, b, types.int64, types.int64, c, types.int64, types.int64,
-                     types.int64, types.int64, types.int64)
-
     def codegen(context, builder, sig, args):
-        a_arr, a_off, b_arr, b_off, ldb, c_arr, c_off, ldc, kc, rows, acc = args
-        ap = data_pointer(context, builder, sig.args[0], a_arr, a_off)
-        bp = data_pointer(context, builder, sig.args[2], b_arr, b_off)
-        cp = data_pointer(context, builder, sig.args[5], c_arr, c_off)
+        ap, bp, cp, ldb, ldc, kc, rows, acc = _tile_args(context, builder, sig, args)
         zero = ir.Constant(VEC, [0.0] * LANES)
         sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(MR)]
         fma = _fma(builder, VEC)
@@ -125,21 +133,15 @@ def _tile1_wide(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, acc
                     _finish(builder, builder.load(sums[i][h]), ptr, adding, VEC)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return _tile_sig(a, b, c), codegen
 
 
 @intrinsic
 def _tile2(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, accumulate):
     """Two chains over 8 whole columns: the even k below kc's last multiple of 8 in one, the
     odd k in the other, the rest added to the even chain in order; the two added at the end."""
-    sig = types.void(a, types.int64, b, types.int64, types.int64, c, types.int64, types.int64,
-                     types.int64, types.int64, types.int64)
-
     def codegen(context, builder, sig, args):
-        a_arr, a_off, b_arr, b_off, ldb, c_arr, c_off, ldc, kc, rows, acc = args
-        ap = data_pointer(context, builder, sig.args[0], a_arr, a_off)
-        bp = data_pointer(context, builder, sig.args[2], b_arr, b_off)
-        cp = data_pointer(context, builder, sig.args[5], c_arr, c_off)
+        ap, bp, cp, ldb, ldc, kc, rows, acc = _tile_args(context, builder, sig, args)
         vptr = _V8.as_pointer()
         zero = ir.Constant(_V8, [0.0] * 8)
         even = [cgutils.alloca_once_value(builder, zero) for _ in range(MR)]
@@ -168,7 +170,7 @@ def _tile2(typingctx, a, a_off, b, b_off, ldb, c, c_off, ldc, kc, rows, accumula
                 _finish(builder, builder.fadd(builder.load(even[i]), builder.load(odd[i])), ptr, adding, _V8)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return _tile_sig(a, b, c), codegen
 
 
 @intrinsic
