@@ -1,23 +1,34 @@
 """A layer's equivalent kernels measured on its first calls, the fastest kept."""
-import time
-
 import numpy as np
 import pytest
 
 from caffe_surgeon.engine.kernels import conv, fastest, haswell_gemm, microkernel
 
 
-def _sleeper(name, seconds, log):
+class _Clock:
+    """A scripted timer: each candidate call advances it by its next duration."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _candidate(name, durations, clock, log):
+    durations = iter(durations)
+
     def run(x):
         log.append(name)
-        time.sleep(seconds)
+        clock.now += next(durations)
         return (name, x)
     return run
 
 
-def test_each_candidate_runs_in_turn_then_the_fastest_alone():
-    log = []
-    f = fastest.Fastest([_sleeper("slow", 0.004, log), _sleeper("quick", 0.0, log)])
+def test_each_candidate_runs_in_turn_then_the_fastest_alone(monkeypatch):
+    clock, log = _Clock(), []
+    monkeypatch.setattr(fastest, "clock", clock)
+    f = fastest.Fastest([_candidate("slow", [4.0] * 9, clock, log), _candidate("quick", [1.0] * 9, clock, log)])
     # the first call is the first candidate's (a layer run once keeps the rules' choice)
     assert f(1) == ("slow", 1)
     for i in range(2, 2 * fastest.TRIALS + 1):
@@ -27,14 +38,14 @@ def test_each_candidate_runs_in_turn_then_the_fastest_alone():
     assert log[-5:] == ["quick"] * 5
 
 
-def test_the_fastest_call_of_each_counts_not_the_first():
-    log = []
-    waits = iter([0.0, 0.002, 0.03, 0.002])  # the first candidate's second call was disturbed
-    f = fastest.Fastest([lambda x: log.append("a") or time.sleep(next(waits)),
-                         lambda x: log.append("b") or time.sleep(next(waits))])
+def test_the_fastest_call_of_each_counts_not_the_first(monkeypatch):
+    clock, log = _Clock(), []
+    monkeypatch.setattr(fastest, "clock", clock)
+    # the first candidate's second call was disturbed (30), its first was the fastest of all
+    f = fastest.Fastest([_candidate("a", [1.0, 30.0], clock, log), _candidate("b", [2.0, 2.0], clock, log)])
     for _ in range(2 * fastest.TRIALS):
         f(0)
-    assert f.chosen is f.candidates[0]
+    assert f.chosen is f.candidates[0] and f.times == [1.0, 2.0]
 
 
 def _own_kernels_here():
