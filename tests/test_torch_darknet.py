@@ -33,9 +33,12 @@ FASHION = FIXTURES / "fashion"
 #: yolov7-tiny the heads' logistic convs see pre-activations up to ~45, so the 2-3e-6
 #: relative float32 summation-order difference every earlier top shows becomes ~2e-5 of the
 #: logistic's range (given the engine's own inputs, those convs agree within 4e-6); they are
-#: held to ILL_RTOL instead
+#: held to ILL_RTOL instead. vgg-16's softmax over logits spanning 39 (|max| 20) turns their
+#: 1.8e-6 relative difference into 1.04e-5 of the probabilities (Zen 5, torch's AVX-512
+#: kernels; every top before the softmax agrees within 1.8e-6)
 ILL_CONDITIONED = {"alexeyab/yolov7-tiny.cfg": {"convolutional_89", "yolo_90", "convolutional_93",
-                                                "yolo_94", "convolutional_97", "yolo_98"}}
+                                                "yolo_94", "convolutional_97", "yolo_98"},
+                   "alexeyab/vgg-16.cfg": {"softmax_24", "cost_25"}}
 ILL_RTOL = 1e-4
 
 
